@@ -1,0 +1,27 @@
+"""Pub/Sub-pushed entry point: generate the variants of one job."""
+
+from __future__ import annotations
+
+import logging
+
+import functions_framework
+from cloudevents.http import CloudEvent
+
+from functions import wiring
+from shared.errors import PermanentError
+from shared.events import job_message, push_message
+from shared.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+@functions_framework.cloud_event
+def generate_images(cloud_event: CloudEvent) -> None:
+    """Return acknowledges the message; a raised error has it redelivered."""
+    setup_logging()
+    try:
+        message = job_message(push_message(cloud_event.data))
+    except PermanentError as exc:
+        log.error("message dropped: %s", exc, extra={"event": cloud_event["id"]})
+        return
+    wiring.generation().handle(message)

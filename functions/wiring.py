@@ -1,0 +1,123 @@
+"""Composition root: adapters and services, created lazily once per instance.
+
+Heavy client libraries are imported inside the factory that needs them, so a
+function only pays at cold start for what it uses.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from shared.links import LinkSigner
+from shared.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from shared.adapters.firestore_store import FirestoreJobStore
+    from shared.adapters.gcs_store import GcsObjectStore
+    from shared.services.generation import Generation
+    from shared.services.intake import Intake
+    from shared.services.sheet_sync import SheetSync
+    from shared.services.thumbnails import Thumbnails
+
+SHEETS_SCOPES = ("https://www.googleapis.com/auth/spreadsheets",)
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+@lru_cache(maxsize=1)
+def job_store() -> FirestoreJobStore:
+    from google.cloud import firestore
+
+    from shared.adapters.firestore_store import FirestoreJobStore
+
+    cfg = settings()
+    return FirestoreJobStore(
+        firestore.Client(project=cfg.google_cloud_project, database=cfg.firestore_database)
+    )
+
+
+@lru_cache(maxsize=1)
+def object_store() -> GcsObjectStore:
+    from google.cloud import storage  # type: ignore[attr-defined]
+
+    from shared.adapters.gcs_store import GcsObjectStore
+
+    cfg = settings()
+    return GcsObjectStore(
+        storage.Client(project=cfg.google_cloud_project), cfg.signing_credentials_file
+    )
+
+
+@lru_cache(maxsize=1)
+def link_signer() -> LinkSigner:
+    cfg = settings().require("public_base_url", "link_signing_key")
+    return LinkSigner(cfg.link_signing_key, cfg.public_base_url)
+
+
+@lru_cache(maxsize=1)
+def sheet_sync() -> SheetSync:
+    import gspread
+    from google.auth import default
+    from google.auth.credentials import AnonymousCredentials, Credentials
+
+    from shared.adapters.sheets import GspreadSheetWriter
+    from shared.adapters.sheets_session import GOOGLE_SHEETS_URL, SheetsSession
+    from shared.services.sheet_sync import SheetSync
+
+    cfg = settings()
+    credentials: Credentials
+    if cfg.sheets_api_url:
+        # Like the *_EMULATOR_HOST settings of Google's clients: another endpoint
+        # (the local protocol stub) gets no Google credentials.
+        credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
+    else:
+        credentials, _ = default(scopes=list(SHEETS_SCOPES))
+    session = SheetsSession(credentials, cfg.sheets_api_url or GOOGLE_SHEETS_URL)
+    client = gspread.Client(auth=None, session=session)  # type: ignore[arg-type]
+    client.set_timeout(30)
+    return SheetSync(job_store(), GspreadSheetWriter(client), link_signer())
+
+
+@lru_cache(maxsize=1)
+def intake() -> Intake:
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+    from shared.adapters.pubsub_publisher import PubSubJobPublisher
+    from shared.services.intake import Intake
+
+    cfg = settings()
+    client = pubsub_v1.PublisherClient()
+    topic = client.topic_path(cfg.google_cloud_project, cfg.jobs_topic)
+    return Intake(cfg, job_store(), PubSubJobPublisher(client, topic), link_signer())
+
+
+@lru_cache(maxsize=1)
+def generation() -> Generation:
+    from shared.adapters.gemini import GeminiImageGenerator
+    from shared.adapters.references import PackReferenceLoader
+    from shared.services.generation import Generation
+
+    cfg = settings().require("gemini_api_key")
+    objects = object_store()
+    return Generation(
+        settings=cfg,
+        store=job_store(),
+        objects=objects,
+        generator=GeminiImageGenerator(cfg.gemini_api_key, cfg.gemini_timeout_s),
+        references=PackReferenceLoader(
+            objects, cfg.images_bucket, cfg.reference_max_bytes, cfg.reference_max_images
+        ),
+        sheet=sheet_sync(),
+    )
+
+
+@lru_cache(maxsize=1)
+def thumbnails() -> Thumbnails:
+    from shared.imaging import make_thumbnail
+    from shared.services.thumbnails import Thumbnails
+
+    cfg = settings()
+    return Thumbnails(cfg, job_store(), object_store(), make_thumbnail, sheet_sync())

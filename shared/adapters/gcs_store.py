@@ -1,0 +1,81 @@
+"""ObjectStore on Cloud Storage."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+import google.auth
+from google.api_core import exceptions as gexc
+from google.auth.transport.requests import Request
+from google.cloud import storage  # type: ignore[attr-defined]
+from google.oauth2 import service_account
+
+from shared.errors import NotFound, PermanentError
+
+
+class GcsObjectStore:
+    def __init__(self, client: storage.Client, signing_credentials_file: str = "") -> None:
+        self._client = client
+        # Locally a generated key signs; in production signing goes through IAM
+        # signBlob with the runtime service account (needs Token Creator on itself).
+        self._signer = (
+            service_account.Credentials.from_service_account_file(signing_credentials_file)
+            if signing_credentials_file
+            else None
+        )
+
+    def exists(self, bucket: str, name: str) -> bool:
+        return bool(self._client.bucket(bucket).blob(name).exists())
+
+    def find(self, bucket: str, prefix: str) -> str | None:
+        for blob in self._client.list_blobs(bucket, prefix=prefix, max_results=1):
+            return str(blob.name)
+        return None
+
+    def create(
+        self,
+        bucket: str,
+        name: str,
+        data: bytes,
+        content_type: str,
+        metadata: Mapping[str, str],
+    ) -> bool:
+        blob = self._client.bucket(bucket).blob(name)
+        blob.metadata = dict(metadata)
+        try:
+            blob.upload_from_string(data, content_type=content_type, if_generation_match=0)
+        except gexc.PreconditionFailed:
+            return False
+        return True
+
+    def read(self, bucket: str, name: str, max_bytes: int) -> bytes:
+        blob = self._client.bucket(bucket).get_blob(name)
+        if blob is None:
+            raise NotFound(f"gs://{bucket}/{name} does not exist")
+        if blob.size is not None and blob.size > max_bytes:
+            raise PermanentError(f"gs://{bucket}/{name} is {blob.size} bytes; limit {max_bytes}")
+        data: bytes = blob.download_as_bytes()
+        return data
+
+    def signed_url(self, bucket: str, name: str, ttl_s: int) -> str:
+        blob = self._client.bucket(bucket).blob(name)
+        kwargs: dict[str, Any]
+        if self._signer is not None:
+            kwargs = {"credentials": self._signer}
+        else:
+            credentials, _ = google.auth.default()
+            credentials.refresh(Request())
+            kwargs = {
+                "service_account_email": getattr(credentials, "service_account_email", None),
+                "access_token": credentials.token,
+            }
+        url: str = blob.generate_signed_url(
+            version="v4",
+            expiration=timedelta(seconds=ttl_s),
+            method="GET",
+            api_access_endpoint=self._client.api_endpoint,
+            **kwargs,
+        )
+        return url

@@ -1,0 +1,33 @@
+"""JobPublisher on Pub/Sub, using the client's batching publisher."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+from shared.models import JobMessage
+
+PUBLISH_TIMEOUT_S = 60.0
+
+
+class PubSubJobPublisher:
+    def __init__(self, client: pubsub_v1.PublisherClient, topic_path: str) -> None:
+        self._client = client
+        self._topic = topic_path
+
+    def publish(self, messages: Sequence[tuple[JobMessage, Mapping[str, str]]]) -> dict[str, str]:
+        futures = {
+            message.job_id: self._client.publish(
+                self._topic, message.model_dump_json().encode(), **attributes
+            )
+            for message, attributes in messages
+        }
+        failed: dict[str, str] = {}
+        # Wait for every future: an answer must say exactly which jobs went out.
+        for job_id, future in futures.items():
+            try:
+                future.result(timeout=PUBLISH_TIMEOUT_S)
+            except Exception as exc:
+                failed[job_id] = f"{type(exc).__name__}: {exc}"
+        return failed

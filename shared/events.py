@@ -1,0 +1,76 @@
+"""Parse Pub/Sub push payloads (as functions-framework's CloudEvent data)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared.errors import PermanentError
+from shared.models import JobMessage
+
+
+@dataclass(frozen=True)
+class PushMessage:
+    data: bytes
+    attributes: dict[str, str]
+    message_id: str
+    publish_time: str
+
+
+def push_message(event_data: Any) -> PushMessage:
+    """The Pub/Sub message inside a ``messagePublished`` CloudEvent."""
+    if not isinstance(event_data, dict) or not isinstance(event_data.get("message"), dict):
+        raise PermanentError("event has no Pub/Sub message")
+    message = event_data["message"]
+    try:
+        data = base64.b64decode(message.get("data") or "", validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise PermanentError("message data is not base64") from exc
+    return PushMessage(
+        data=data,
+        attributes={str(k): str(v) for k, v in (message.get("attributes") or {}).items()},
+        message_id=str(message.get("messageId") or message.get("message_id") or ""),
+        publish_time=str(message.get("publishTime") or message.get("publish_time") or ""),
+    )
+
+
+def job_message(message: PushMessage) -> JobMessage:
+    try:
+        return JobMessage.model_validate_json(message.data)
+    except ValidationError as exc:
+        raise PermanentError(f"job message is malformed: {exc.error_count()} error(s)") from exc
+
+
+@dataclass(frozen=True)
+class StorageObject:
+    """The parts of a GCS ``OBJECT_FINALIZE`` notification we act on."""
+
+    event_type: str
+    bucket: str
+    name: str
+    generation: str
+    content_type: str
+    size: int
+    metadata: dict[str, str]
+
+
+def storage_object(message: PushMessage) -> StorageObject:
+    try:
+        payload = json.loads(message.data) if message.data else {}
+    except ValueError as exc:
+        raise PermanentError("notification payload is not JSON") from exc
+    attrs = message.attributes
+    return StorageObject(
+        event_type=attrs.get("eventType", ""),
+        bucket=attrs.get("bucketId") or str(payload.get("bucket", "")),
+        name=attrs.get("objectId") or str(payload.get("name", "")),
+        generation=attrs.get("objectGeneration") or str(payload.get("generation", "")),
+        content_type=str(payload.get("contentType", "")),
+        size=int(payload.get("size") or 0),
+        metadata={str(k): str(v) for k, v in (payload.get("metadata") or {}).items()},
+    )

@@ -1,0 +1,223 @@
+"""Domain records: batch requests, jobs and their variants. No cloud imports here."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+SCENE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class Limits(BaseModel):
+    """Request limits, taken from settings and passed as validation context."""
+
+    max_items: int = 500
+    max_variants: int = 4
+    max_prompt_chars: int = 4000
+    images_bucket: str = ""
+
+
+def _limits(info: ValidationInfo) -> Limits:
+    context = info.context or {}
+    limits = context.get("limits")
+    return limits if isinstance(limits, Limits) else Limits()
+
+
+class BatchItem(BaseModel):
+    """One scene row of the sheet."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    scene_id: str
+    prompt: str = Field(min_length=1)
+    ref_pack_public_url: str | None = None
+    variants: int = Field(ge=1)
+
+    @field_validator("scene_id")
+    @classmethod
+    def _scene_id(cls, value: str) -> str:
+        if not SCENE_ID_PATTERN.fullmatch(value):
+            raise ValueError(
+                "must be 1-64 characters: letters, digits, '_', '-' or '.', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str, info: ValidationInfo) -> str:
+        limit = _limits(info).max_prompt_chars
+        if len(value) > limit:
+            raise ValueError(f"is {len(value)} characters long; the limit is {limit}")
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, value: int, info: ValidationInfo) -> int:
+        limit = _limits(info).max_variants
+        if value > limit:
+            raise ValueError(f"must be between 1 and {limit}")
+        return value
+
+    @field_validator("ref_pack_public_url")
+    @classmethod
+    def _ref_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if not value:
+            return None
+        bucket = _limits(info).images_bucket
+        if value.startswith("https://") and len(value) > len("https://"):
+            return value
+        if bucket and value.startswith(f"gs://{bucket}/") and len(value) > len(f"gs://{bucket}/"):
+            return value
+        allowed = "an https:// URL" + (f" or a gs://{bucket}/ object" if bucket else "")
+        raise ValueError(f"must be {allowed}")
+
+
+class BatchRequest(BaseModel):
+    """Body of ``POST /batch/images``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    items: list[BatchItem] = Field(min_length=1)
+    run_mode: Literal["dry_run", "live"] = Field(default="dry_run", alias="runMode")
+    spreadsheet_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
+    worksheet: str = Field(min_length=1, max_length=100)
+
+    @field_validator("items")
+    @classmethod
+    def _count(cls, value: list[BatchItem], info: ValidationInfo) -> list[BatchItem]:
+        limit = _limits(info).max_items
+        if len(value) > limit:
+            raise ValueError(f"has {len(value)} items; the limit is {limit}")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_scenes(self) -> BatchRequest:
+        seen: set[str] = set()
+        for item in self.items:
+            if item.scene_id in seen:
+                raise ValueError(f"scene_id {item.scene_id!r} appears more than once")
+            seen.add(item.scene_id)
+        return self
+
+
+class VariantState(StrEnum):
+    PENDING = "pending"
+    GENERATING = "generating"
+    UPLOADED = "uploaded"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    GENERATING = "generating"
+    COMPLETED = "completed"
+    PARTIAL = "partial"
+    FAILED = "failed"
+
+
+TERMINAL_VARIANT_STATES = frozenset({VariantState.DONE, VariantState.FAILED})
+TERMINAL_JOB_STATES = frozenset({JobState.COMPLETED, JobState.PARTIAL, JobState.FAILED})
+
+
+class Variant(BaseModel):
+    """State of one generated image of a job."""
+
+    n: int
+    state: VariantState = VariantState.PENDING
+    object_name: str | None = None
+    thumb_name: str | None = None
+    content_type: str | None = None
+    error: str | None = None
+    claim_id: str | None = None
+    claim_expires: datetime | None = None
+    attempts: int = 0
+    generated_at: datetime | None = None
+    done_at: datetime | None = None
+
+
+class Job(BaseModel):
+    """One scene of a batch: the unit that is published, generated and reported."""
+
+    job_id: str
+    batch_id: str
+    scene_id: str
+    prompt: str
+    ref_pack_public_url: str | None = None
+    variant_count: int
+    caller: str
+    spreadsheet_id: str
+    worksheet: str
+    model: str
+    price_per_image: str
+    state: JobState = JobState.QUEUED
+    error: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    variants: dict[str, Variant] = Field(default_factory=dict)
+    sheet_digest: str | None = None
+    sheet_error: str | None = None
+
+    @model_validator(mode="after")
+    def _fill_variants(self) -> Job:
+        for n in range(1, self.variant_count + 1):
+            self.variants.setdefault(str(n), Variant(n=n))
+        return self
+
+    def variant(self, n: int) -> Variant:
+        return self.variants[str(n)]
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_JOB_STATES
+
+    def counts(self) -> dict[str, int]:
+        result: dict[str, int] = {}
+        for v in self.variants.values():
+            result[v.state.value] = result.get(v.state.value, 0) + 1
+        return result
+
+    def to_doc(self) -> dict[str, Any]:
+        return self.model_dump(mode="python")
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Job:
+        return cls.model_validate(doc)
+
+
+class Batch(BaseModel):
+    """A submitted batch: who sent it and which jobs it made."""
+
+    batch_id: str
+    caller: str
+    spreadsheet_id: str
+    worksheet: str
+    model: str
+    job_ids: list[str]
+    image_count: int
+    estimated_cost_usd: str
+    created_at: datetime
+
+    def to_doc(self) -> dict[str, Any]:
+        return self.model_dump(mode="python")
+
+
+class JobMessage(BaseModel):
+    """Pub/Sub payload of one job; Firestore stays the source of truth."""
+
+    job_id: str
+    batch_id: str
+    scene_id: str
+
+
+def money(value: Decimal) -> str:
+    """Dollar amounts travel as fixed-point strings so no float rounding creeps in."""
+    return f"{value.quantize(Decimal('0.0001'))}"

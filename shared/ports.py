@@ -1,0 +1,123 @@
+"""The small interfaces through which services reach the cloud (one adapter each)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from shared.models import Batch, Job, JobMessage
+
+R = TypeVar("R")
+
+
+class JobStore(Protocol):
+    """Batches and jobs (Firestore in production)."""
+
+    def create_batch(self, batch: Batch, jobs: Sequence[Job]) -> None: ...
+
+    def get_batch(self, batch_id: str) -> Batch | None: ...
+
+    def get_job(self, job_id: str) -> Job | None: ...
+
+    def update_job(self, job_id: str, change: Callable[[Job], tuple[Job | None, R]]) -> R:
+        """Run ``change`` on the current job in a transaction and write what it returns.
+
+        Raises ``NotFound`` if the job does not exist.
+        """
+        ...
+
+
+class JobPublisher(Protocol):
+    """Hands jobs to the generate function (Pub/Sub in production)."""
+
+    def publish(self, messages: Sequence[tuple[JobMessage, Mapping[str, str]]]) -> dict[str, str]:
+        """Publish all; return ``{job_id: error}`` for those that did not go out."""
+        ...
+
+
+class ObjectStore(Protocol):
+    """Image objects (Cloud Storage in production)."""
+
+    def exists(self, bucket: str, name: str) -> bool: ...
+
+    def find(self, bucket: str, prefix: str) -> str | None:
+        """The name of one object under ``prefix``, if any."""
+        ...
+
+    def create(
+        self,
+        bucket: str,
+        name: str,
+        data: bytes,
+        content_type: str,
+        metadata: Mapping[str, str],
+    ) -> bool:
+        """Create-only upload; False when the object already existed."""
+        ...
+
+    def read(self, bucket: str, name: str, max_bytes: int) -> bytes: ...
+
+    def signed_url(self, bucket: str, name: str, ttl_s: int) -> str: ...
+
+
+@dataclass(frozen=True)
+class ReferenceImage:
+    data: bytes
+    mime_type: str
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    data: bytes
+    mime_type: str
+    usage: Mapping[str, int] = field(default_factory=dict)
+
+
+class ImageGenerator(Protocol):
+    """The image model (Gemini through google-genai in production).
+
+    Raises ``TransientError`` for what a later delivery may fix and
+    ``PermanentError`` (with the reason in words) for what it cannot.
+    """
+
+    def generate(
+        self, model: str, prompt: str, references: Sequence[ReferenceImage], seed: int
+    ) -> GeneratedImage: ...
+
+
+class ReferenceLoader(Protocol):
+    """Turns a scene's ``ref_pack_public_url`` into reference images."""
+
+    def load(self, url: str) -> list[ReferenceImage]: ...
+
+
+@dataclass(frozen=True)
+class Text:
+    """A cell written as plain text, never interpreted as a formula."""
+
+    value: str
+
+
+@dataclass(frozen=True)
+class Formula:
+    """A cell holding one of our own formulas."""
+
+    value: str
+
+
+Cell = Text | Formula
+
+
+class SheetWriter(Protocol):
+    """Writes a scene's row (Google Sheets through gspread in production)."""
+
+    def write_row(
+        self, spreadsheet_id: str, worksheet: str, scene_id: str, cells: Mapping[str, Cell]
+    ) -> None:
+        """Write ``cells`` (by header name) into the row whose ``scene_id`` matches.
+
+        Raises ``PermanentError`` for a missing row, sheet or access, and
+        ``TransientError`` for quota and server errors.
+        """
+        ...

@@ -1,0 +1,115 @@
+"""Typed configuration, read once per instance from the environment.
+
+A missing or malformed setting fails at start with its name (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.errors import ConfigError
+
+DEFAULT_PRICES = {
+    "gemini-3.1-flash-image": Decimal("0.067"),
+    "gemini-2.5-flash-image": Decimal("0.039"),
+}
+
+
+class Settings(BaseSettings):
+    """Every setting of every function; each function reads only what it uses."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    google_cloud_project: str = Field(min_length=1)
+    jobs_topic: str = "image-jobs"
+    images_bucket: str = Field(min_length=3)
+    thumbnails_bucket: str = ""
+    images_prefix: str = "images/"
+    thumbnails_prefix: str = "thumbnails/"
+    firestore_database: str = "(default)"
+
+    gemini_model: str = "gemini-3.1-flash-image"
+    gemini_api_key: str = ""
+    price_table: Annotated[dict[str, Decimal], NoDecode] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICES)
+    )
+    max_items_per_batch: int = Field(default=500, ge=1)
+    max_variants: int = Field(default=4, ge=1, le=8)
+    max_prompt_chars: int = Field(default=4000, ge=1)
+    generate_concurrency: int = Field(default=4, ge=1)
+    gemini_timeout_s: float = Field(default=120.0, gt=0)
+    claim_lease_s: float = Field(default=300.0, gt=0)
+    claim_wait_s: float = Field(default=240.0, ge=0)
+    reference_max_bytes: int = Field(default=7 * 1024 * 1024, ge=1)
+    reference_max_images: int = Field(default=3, ge=0)
+
+    api_key_hashes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    public_base_url: str = ""
+    link_signing_key: str = ""
+    signed_url_ttl_s: int = Field(default=900, ge=60, le=7 * 24 * 3600)
+    signing_credentials_file: str = ""
+
+    sheets_api_url: str = ""
+    thumbnail_size: int = Field(default=256, ge=16, le=2048)
+
+    @field_validator("price_table", mode="before")
+    @classmethod
+    def _parse_prices(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else {}
+        return value
+
+    @field_validator("api_key_hashes", mode="before")
+    @classmethod
+    def _parse_key_hashes(cls, value: object) -> object:
+        # Format: "caller-a:sha256hex,caller-b:sha256hex" (one entry per caller).
+        if isinstance(value, str):
+            pairs = [item.strip() for item in value.split(",") if item.strip()]
+            parsed: dict[str, str] = {}
+            for pair in pairs:
+                caller, sep, digest = pair.partition(":")
+                if not sep or len(digest) != 64:
+                    raise ValueError("expected 'caller:sha256hex' entries separated by commas")
+                parsed[caller] = digest.lower()
+            return parsed
+        return value
+
+    @property
+    def thumbs_bucket(self) -> str:
+        return self.thumbnails_bucket or self.images_bucket
+
+    def price_per_image(self, model: str | None = None) -> Decimal:
+        name = model or self.gemini_model
+        try:
+            return self.price_table[name]
+        except KeyError:
+            raise ConfigError(f"PRICE_TABLE has no price for model {name!r}") from None
+
+    def require(self, *names: str) -> Settings:
+        """Fail with the setting's name when a function needs one that is empty."""
+        missing = [name.upper() for name in names if not getattr(self, name)]
+        if missing:
+            raise ConfigError(f"missing setting(s): {', '.join(missing)}")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Read the environment once per instance."""
+    try:
+        settings = Settings()  # type: ignore[call-arg]
+    except ValidationError as exc:
+        names = ", ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper()} ({err['msg']})" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid or missing setting(s): {names}") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"PRICE_TABLE is not valid JSON: {exc}") from exc
+    settings.price_per_image()
+    return settings
