@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from shared.errors import NotFound
+from shared.errors import NotFound, TransientError
 from shared.models import Batch, Job
 
 R = TypeVar("R")
 
 # Firestore commits at most 500 writes at once.
 _WRITES_PER_COMMIT = 450
+_CAS_ATTEMPTS = 30
 
 
 class FirestoreJobStore:
@@ -44,17 +48,27 @@ class FirestoreJobStore:
         return Job.from_doc(snap.to_dict() or {}) if snap.exists else None
 
     def update_job(self, job_id: str, change: Callable[[Job], tuple[Job | None, R]]) -> R:
-        ref = self._jobs.document(job_id)
+        """Compare-and-set on the document's update time.
 
-        @firestore.transactional  # type: ignore[untyped-decorator,unused-ignore]
-        def run(transaction: firestore.Transaction) -> R:
-            snap = ref.get(transaction=transaction)
+        Optimistic instead of a transaction: transactions on one document take
+        read locks that deadlock under concurrent writers (a lock timeout of
+        seconds each time); a failed precondition costs one more read.
+        """
+        ref = self._jobs.document(job_id)
+        for attempt in range(_CAS_ATTEMPTS):
+            snap = ref.get()
             if not snap.exists:
                 raise NotFound(f"job {job_id} does not exist")
             updated, result = change(Job.from_doc(snap.to_dict() or {}))
-            if updated is not None:
-                transaction.set(ref, updated.to_doc())
+            if updated is None:
+                return result
+            try:
+                ref.update(
+                    updated.to_doc(),
+                    option=self._db.write_option(last_update_time=snap.update_time),
+                )
+            except gexc.FailedPrecondition:
+                time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
+                continue
             return result
-
-        result: R = run(self._db.transaction())
-        return result
+        raise TransientError(f"job {job_id} kept changing; gave up after {_CAS_ATTEMPTS} tries")

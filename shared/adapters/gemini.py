@@ -7,6 +7,7 @@ from typing import Any
 
 from google import genai
 from google.genai import errors, types
+from pydantic import ValidationError
 
 from shared.errors import PermanentError, TransientError
 from shared.imageformat import sniff
@@ -21,6 +22,8 @@ class GeminiImageGenerator:
         self._client = genai.Client(
             api_key=api_key,
             http_options=types.HttpOptions(
+                # Google documents image settings (image_config) on v1beta.
+                api_version="v1beta",
                 timeout=int(timeout_s * 1000),
                 retry_options=types.HttpRetryOptions(
                     attempts=retry_attempts,
@@ -46,6 +49,11 @@ class GeminiImageGenerator:
             if exc.code in RETRYABLE_CODES:
                 raise TransientError(detail) from exc
             raise PermanentError(detail) from exc
+        except ValidationError as exc:
+            # The SDK decodes base64 itself; broken image data surfaces here.
+            raise PermanentError(
+                f"Gemini returned malformed data: {exc.error_count()} error(s)"
+            ) from exc
         except (OSError, TimeoutError) as exc:
             raise TransientError(f"Gemini unreachable: {exc}") from exc
         except Exception as exc:

