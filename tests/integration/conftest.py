@@ -1,0 +1,126 @@
+"""Session fixtures: the real local stack (emulators, stubs, three functions)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from devstack.stack import HEADER, Stack, StackConfig, emulator_env, sheets_client
+
+pytestmark = pytest.mark.integration
+
+TERMINAL = {"completed", "partial", "failed"}
+
+
+@dataclass
+class LiveStack:
+    """Handles on the running stack for tests."""
+
+    env: dict[str, str]
+    firestore: Any
+    storage: Any
+    publisher: Any
+    worksheet: Any
+
+    @property
+    def api(self) -> str:
+        return self.env["API_URL"]
+
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.env["API_KEY"]}
+
+    def post_batch(self, items: list[dict[str, Any]], run_mode: str = "live") -> requests.Response:
+        body = {
+            "items": items,
+            "runMode": run_mode,
+            "spreadsheet_id": self.env["SPREADSHEET_ID"],
+            "worksheet": self.env["WORKSHEET"],
+        }
+        return requests.post(f"{self.api}/batch/images", json=body, headers=self.headers(), timeout=60)
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        answer = requests.get(f"{self.api}/status/{job_id}", headers=self.headers(), timeout=30)
+        answer.raise_for_status()
+        data: dict[str, Any] = answer.json()
+        return data
+
+    def add_rows(self, items: list[dict[str, Any]]) -> None:
+        """Put scenes in the sheet the way the team does before sending them."""
+        rows = [
+            [item["scene_id"], item["prompt"], item.get("ref_pack_public_url") or "", item["variants"]]
+            for item in items
+        ]
+        self.worksheet.append_rows(rows, value_input_option="RAW", table_range="A1")
+
+    def sheet_row(self, scene_id: str, render: str = "FORMULA") -> dict[str, str]:
+        grid = self.worksheet.get_all_values(value_render_option=render)
+        header = grid[0]
+        for row in grid[1:]:
+            if row and row[0] == scene_id:
+                return {name: row[i] if i < len(row) else "" for i, name in enumerate(header)}
+        raise AssertionError(f"no row for {scene_id}")
+
+    def wait_jobs(self, job_ids: list[str], timeout_s: float = 120) -> dict[str, dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            views = {job_id: self.status(job_id) for job_id in job_ids}
+            if all(v["state"] in TERMINAL for v in views.values()):
+                return views
+            if time.monotonic() > deadline:
+                raise AssertionError(f"jobs not finished: {views}")
+            time.sleep(0.5)
+
+    def wait_for(self, check: Callable[[], bool], timeout_s: float = 60, what: str = "") -> None:
+        deadline = time.monotonic() + timeout_s
+        while not check():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            time.sleep(0.5)
+
+    def gemini(self, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        url = f"{self.env['GEMINI_STUB_URL']}/_stub/{path}"
+        answer = requests.post(url, json=payload or {}, timeout=10) if payload is not None else requests.get(url, timeout=10)
+        answer.raise_for_status()
+        data: dict[str, Any] = answer.json()
+        return data
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    if shutil.which("gcloud") is None:
+        pytest.fail("gcloud (with the Pub/Sub and Firestore emulators) is required")
+    state = Path(tmp_path_factory.mktemp("stack"))
+    running = Stack(StackConfig(state_dir=state, gemini_latency_ms=100))
+    env = running.start()
+    try:
+        with emulator_env(env):
+            from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defined]
+
+            handles = LiveStack(
+                env=env,
+                firestore=firestore.Client(project=env["GOOGLE_CLOUD_PROJECT"]),
+                storage=storage.Client(project=env["GOOGLE_CLOUD_PROJECT"]),
+                publisher=pubsub_v1.PublisherClient(),
+                worksheet=sheets_client(env["SHEETS_API_URL"])
+                .open_by_key(env["SPREADSHEET_ID"])
+                .worksheet(env["WORKSHEET"]),
+            )
+        assert handles.worksheet.row_values(1) == HEADER
+        yield handles
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def scene() -> Callable[[str], str]:
+    """Unique scene ids, so tests sharing the sheet never collide."""
+    run = uuid.uuid4().hex[:6]
+    return lambda name: f"{name}-{run}"

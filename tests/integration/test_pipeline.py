@@ -1,0 +1,189 @@
+"""The whole chain over the emulators and stubs: intake → generate → thumbnail → sheet."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Callable
+
+import pytest
+import requests
+from PIL import Image
+
+from tests.integration.conftest import LiveStack
+
+pytestmark = pytest.mark.integration
+
+
+def _reference_png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_batch_becomes_images_thumbnails_job_states_and_sheet_rows(
+    stack: LiveStack, scene: Callable[[str], str]
+) -> None:
+    bucket = stack.storage.bucket(stack.env["IMAGES_BUCKET"])
+    bucket.blob("refs/int-red.png").upload_from_string(_reference_png(), content_type="image/png")
+    items = [
+        {"scene_id": scene("a"), "prompt": "A red kite over dunes", "variants": 2},
+        {
+            "scene_id": scene("b"),
+            "prompt": "A lantern in fog",
+            "variants": 3,
+            "ref_pack_public_url": f"gs://{stack.env['IMAGES_BUCKET']}/refs/int-red.png",
+        },
+        {"scene_id": scene("c"), "prompt": "A quiet harbour at noon", "variants": 1},
+    ]
+    stack.add_rows(items)
+    before = stack.gemini("stats")
+
+    answer = stack.post_batch(items)
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    assert body["image_count"] == 6 and body["unpublished"] == []
+    job_ids = {job["scene_id"]: job["job_id"] for job in body["jobs"]}
+    views = stack.wait_jobs(list(job_ids.values()))
+    assert {v["state"] for v in views.values()} == {"completed"}
+
+    # Objects: one image per variant with its metadata, one small JPEG thumbnail each.
+    for item in items:
+        job_id = job_ids[item["scene_id"]]
+        for n in range(1, item["variants"] + 1):
+            image = bucket.get_blob(f"images/{item['scene_id']}/{job_id}/var_{n}.png")
+            assert image is not None
+            assert image.metadata["job_id"] == job_id
+            assert image.metadata["variant"] == str(n)
+            assert image.metadata["batch_id"] == body["batch_id"]
+            assert Image.open(io.BytesIO(image.download_as_bytes())).format == "PNG"
+            thumb = bucket.get_blob(f"thumbnails/{item['scene_id']}/{job_id}/var_{n}.jpg")
+            assert thumb is not None and thumb.metadata.get("pipeline-thumbnail")
+            with Image.open(io.BytesIO(thumb.download_as_bytes())) as small:
+                assert small.format == "JPEG" and max(small.size) <= 256
+
+    # Firestore: every variant done, the batch records its jobs.
+    for job_id in job_ids.values():
+        doc = stack.firestore.collection("jobs").document(job_id).get().to_dict()
+        assert doc["state"] == "completed"
+        assert {v["state"] for v in doc["variants"].values()} == {"done"}
+    batch = stack.firestore.collection("batches").document(body["batch_id"]).get().to_dict()
+    assert sorted(batch["job_ids"]) == sorted(job_ids.values())
+
+    # Gemini: exactly one paid generation per variant, reference images sent for scene b.
+    after = stack.gemini("stats")
+    assert after["generated"] - before["generated"] == 6
+    assert after["reference_images"] - before["reference_images"] == 3
+
+    # Sheet: completed, one =IMAGE() per variant, job id filled in.
+    for item in items:
+        stack.wait_for(
+            lambda item=item: stack.sheet_row(item["scene_id"])["status_img"] == "completed",
+            what=f"sheet row of {item['scene_id']}",
+        )
+        row = stack.sheet_row(item["scene_id"])
+        assert row["job_id"] == job_ids[item["scene_id"]]
+        for n in range(1, 4):
+            cell = row[f"nano_img_{n}"]
+            if n <= item["variants"]:
+                assert cell.startswith('=IMAGE("') and f"/assets/{row['job_id']}/{n}?" in cell
+            else:
+                assert cell == ""
+
+
+def test_refused_prompt_fails_its_job_with_reason_and_others_complete(
+    stack: LiveStack, scene: Callable[[str], str]
+) -> None:
+    items = [
+        {"scene_id": scene("ok"), "prompt": "A calm lake", "variants": 1},
+        {"scene_id": scene("bad"), "prompt": "Something [refuse] me", "variants": 2},
+    ]
+    stack.add_rows(items)
+    answer = stack.post_batch(items)
+    assert answer.status_code == 202, answer.text
+    job_ids = {job["scene_id"]: job["job_id"] for job in answer.json()["jobs"]}
+    views = stack.wait_jobs(list(job_ids.values()))
+    assert views[job_ids[items[0]["scene_id"]]]["state"] == "completed"
+    failed = views[job_ids[items[1]["scene_id"]]]
+    assert failed["state"] == "failed"
+    assert "prompt blocked" in failed["error"]
+    assert all(v["state"] == "failed" for v in failed["variants"])
+    stack.wait_for(
+        lambda: stack.sheet_row(items[1]["scene_id"])["status_img"].startswith("failed: "),
+        what="failed status in the sheet",
+    )
+    assert "prompt blocked" in stack.sheet_row(items[1]["scene_id"])["status_img"]
+
+
+def test_dry_run_answers_the_plan_and_writes_nothing(
+    stack: LiveStack, scene: Callable[[str], str]
+) -> None:
+    jobs_before = len(list(stack.firestore.collection("jobs").list_documents()))
+    gemini_before = stack.gemini("stats")["requests"]
+    items = [
+        {"scene_id": scene("d1"), "prompt": "p", "variants": 3},
+        {"scene_id": scene("d2"), "prompt": "q", "variants": 2},
+    ]
+    answer = stack.post_batch(items, run_mode="dry_run")
+    assert answer.status_code == 200
+    plan = answer.json()
+    assert plan["job_count"] == 2 and plan["image_count"] == 5
+    assert plan["estimated_cost_usd"] == "0.3350"  # 5 x $0.067, the configured price
+    assert "batch_id" not in plan
+    assert len(list(stack.firestore.collection("jobs").list_documents())) == jobs_before
+    assert stack.gemini("stats")["requests"] == gemini_before
+
+
+def test_redelivered_job_message_pays_nothing_twice(
+    stack: LiveStack, scene: Callable[[str], str]
+) -> None:
+    items = [{"scene_id": scene("r"), "prompt": "A red door", "variants": 2}]
+    stack.add_rows(items)
+    answer = stack.post_batch(items)
+    job = answer.json()["jobs"][0]
+    stack.wait_jobs([job["job_id"]])
+    generated = stack.gemini("stats")["generated"]
+    message = {"job_id": job["job_id"], "batch_id": answer.json()["batch_id"], "scene_id": job["scene_id"]}
+    topic = stack.publisher.topic_path(stack.env["GOOGLE_CLOUD_PROJECT"], stack.env["JOBS_TOPIC"])
+    stack.publisher.publish(topic, json.dumps(message).encode()).result(timeout=30)
+    # Deliver it straight to the function too, as a redelivery would.
+    push = {
+        "message": {
+            "data": base64.b64encode(json.dumps(message).encode()).decode(),
+            "attributes": {},
+            "messageId": "redelivery-1",
+            "publishTime": "2026-01-01T00:00:00Z",
+        },
+        "subscription": "projects/local-project/subscriptions/replay",
+    }
+    url = f"{stack.env['GENERATE_URL']}/projects/local-project/topics/{stack.env['JOBS_TOPIC']}"
+    assert requests.post(url, json=push, timeout=60).status_code < 300
+    assert stack.gemini("stats")["generated"] == generated
+    objects = list(stack.storage.list_blobs(stack.env["IMAGES_BUCKET"], prefix=f"images/{job['scene_id']}/"))
+    assert len(objects) == 2
+
+
+def test_api_key_is_required(stack: LiveStack) -> None:
+    answer = requests.post(f"{stack.api}/batch/images", json={}, timeout=10)
+    assert answer.status_code == 401
+    assert answer.json()["error"] == "unauthenticated"
+    wrong = requests.get(f"{stack.api}/status/job_x", headers={"X-API-Key": "nope"}, timeout=10)
+    assert wrong.status_code == 401
+
+
+def test_sheet_links_redirect_to_the_image_and_tampering_is_refused(
+    stack: LiveStack, scene: Callable[[str], str]
+) -> None:
+    items = [{"scene_id": scene("l"), "prompt": "A green bottle", "variants": 1}]
+    stack.add_rows(items)
+    job_id = stack.post_batch(items).json()["jobs"][0]["job_id"]
+    view = stack.wait_jobs([job_id])[job_id]
+    link = view["variants"][0]["thumbnail_url"]
+    first = requests.get(link, allow_redirects=False, timeout=10)
+    assert first.status_code == 302
+    assert "X-Goog-Signature=" in first.headers["Location"]
+    image = requests.get(link, timeout=10)
+    assert Image.open(io.BytesIO(image.content)).format == "JPEG"
+    tampered = link.replace("size=thumb", "size=full")
+    assert requests.get(tampered, allow_redirects=False, timeout=10).status_code == 403
