@@ -227,12 +227,12 @@ def write_output(
                 download(variant["thumbnail_url"], output / thumb)
                 tiles.append(f'<a href="{image}"><img src="{thumb}" alt="variant {n}"></a>')
             else:
-                tiles.append(
-                    f'<div class="missing">variant {n}: {html.escape(str(variant.get("error")))}</div>'
-                )
+                reason = html.escape(str(variant.get("error")))
+                tiles.append(f'<div class="missing">variant {n}: {reason}</div>')
         state = view.get("status_text", "unknown")
         cards.append(
-            f'<section class="{html.escape(view.get("state", ""))}"><h2>{html.escape(scene_id)}</h2>'
+            f'<section class="{html.escape(view.get("state", ""))}">'
+            f"<h2>{html.escape(scene_id)}</h2>"
             f'<p>{html.escape(scene["prompt"])}</p><p class="status">{html.escape(state)}</p>'
             f'<div class="tiles">{"".join(tiles)}</div></section>'
         )
@@ -248,7 +248,8 @@ GALLERY = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Demo batch</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2rem; background: #fafafa; }}
-section {{ background: white; border-left: 6px solid #2e7d32; margin: 1rem 0; padding: .5rem 1rem; }}
+section {{ background: white; border-left: 6px solid #2e7d32; margin: 1rem 0;
+  padding: .5rem 1rem; }}
 section.failed {{ border-color: #c62828; }} section.partial {{ border-color: #f9a825; }}
 .tiles {{ display: flex; gap: .5rem; flex-wrap: wrap; }} .tiles img {{ border: 1px solid #ccc; }}
 .status {{ font-weight: bold; }} .missing {{ color: #c62828; }}

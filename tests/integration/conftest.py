@@ -44,7 +44,9 @@ class LiveStack:
             "spreadsheet_id": self.env["SPREADSHEET_ID"],
             "worksheet": self.env["WORKSHEET"],
         }
-        return requests.post(f"{self.api}/batch/images", json=body, headers=self.headers(), timeout=60)
+        return requests.post(
+            f"{self.api}/batch/images", json=body, headers=self.headers(), timeout=60
+        )
 
     def status(self, job_id: str) -> dict[str, Any]:
         answer = requests.get(f"{self.api}/status/{job_id}", headers=self.headers(), timeout=30)
@@ -55,7 +57,12 @@ class LiveStack:
     def add_rows(self, items: list[dict[str, Any]]) -> None:
         """Put scenes in the sheet the way the team does before sending them."""
         rows = [
-            [item["scene_id"], item["prompt"], item.get("ref_pack_public_url") or "", item["variants"]]
+            [
+                item["scene_id"],
+                item["prompt"],
+                item.get("ref_pack_public_url") or "",
+                item["variants"],
+            ]
             for item in items
         ]
         self.worksheet.append_rows(rows, value_input_option="RAW", table_range="A1")
@@ -87,7 +94,11 @@ class LiveStack:
 
     def gemini(self, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
         url = f"{self.env['GEMINI_STUB_URL']}/_stub/{path}"
-        answer = requests.post(url, json=payload or {}, timeout=10) if payload is not None else requests.get(url, timeout=10)
+        answer = (
+            requests.post(url, json=payload or {}, timeout=10)
+            if payload is not None
+            else requests.get(url, timeout=10)
+        )
         answer.raise_for_status()
         data: dict[str, Any] = answer.json()
         return data

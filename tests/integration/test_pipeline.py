@@ -144,7 +144,11 @@ def test_redelivered_job_message_pays_nothing_twice(
     job = answer.json()["jobs"][0]
     stack.wait_jobs([job["job_id"]])
     generated = stack.gemini("stats")["generated"]
-    message = {"job_id": job["job_id"], "batch_id": answer.json()["batch_id"], "scene_id": job["scene_id"]}
+    message = {
+        "job_id": job["job_id"],
+        "batch_id": answer.json()["batch_id"],
+        "scene_id": job["scene_id"],
+    }
     topic = stack.publisher.topic_path(stack.env["GOOGLE_CLOUD_PROJECT"], stack.env["JOBS_TOPIC"])
     stack.publisher.publish(topic, json.dumps(message).encode()).result(timeout=30)
     # Deliver it straight to the function too, as a redelivery would.
@@ -160,7 +164,9 @@ def test_redelivered_job_message_pays_nothing_twice(
     url = f"{stack.env['GENERATE_URL']}/projects/local-project/topics/{stack.env['JOBS_TOPIC']}"
     assert requests.post(url, json=push, timeout=60).status_code < 300
     assert stack.gemini("stats")["generated"] == generated
-    objects = list(stack.storage.list_blobs(stack.env["IMAGES_BUCKET"], prefix=f"images/{job['scene_id']}/"))
+    objects = list(
+        stack.storage.list_blobs(stack.env["IMAGES_BUCKET"], prefix=f"images/{job['scene_id']}/")
+    )
     assert len(objects) == 2
 
 
