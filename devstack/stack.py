@@ -39,7 +39,12 @@ HEADER = [
     "nano_img_3",
     "job_id",
 ]
-FUNCTIONS = {"api": "http_api", "generate": "generate_images", "thumbnail": "make_thumbnails"}
+FUNCTIONS = {
+    "api": "http_api",
+    "generate": "generate_images",
+    "thumbnail": "make_thumbnails",
+    "deadletter": "handle_dead_letters",
+}
 
 
 class StackError(RuntimeError):
@@ -242,7 +247,8 @@ class Stack:
             "CLAIM_WAIT_S": "30",
             **self.config.function_env,
         }
-        ports = {"api": api_port, "generate": free_port(), "thumbnail": free_port()}
+        ports = {name: free_port() for name in FUNCTIONS}
+        ports["api"] = api_port
         for name, target in FUNCTIONS.items():
             self._spawn(
                 f"fn-{name}",
@@ -264,7 +270,7 @@ class Stack:
                 cwd=REPO,
             )
         self._wait_http("fn-api", f"http://{LOCALHOST}:{api_port}/healthz")
-        for name in ("generate", "thumbnail"):
+        for name in ("generate", "thumbnail", "deadletter"):
             self._wait_port(f"fn-{name}", ports[name])
         self._create_subscriptions(ports)
 
@@ -345,10 +351,15 @@ class Stack:
                 max_delivery_attempts=cfg.max_delivery_attempts,
             )
             pushes = {
-                f"{cfg.jobs_topic}-generate": (cfg.jobs_topic, ports["generate"]),
-                f"{cfg.gcs_topic}-thumbnail": (cfg.gcs_topic, ports["thumbnail"]),
+                f"{cfg.jobs_topic}-generate": (cfg.jobs_topic, ports["generate"], True),
+                f"{cfg.gcs_topic}-thumbnail": (cfg.gcs_topic, ports["thumbnail"], True),
+                f"{cfg.dead_letter_topic}-handler": (
+                    cfg.dead_letter_topic,
+                    ports["deadletter"],
+                    False,
+                ),
             }
-            for name, (topic, port) in pushes.items():
+            for name, (topic, port, with_dead_letter) in pushes.items():
                 # The URL path names the topic so the CloudEvent's source does too.
                 endpoint = f"http://{LOCALHOST}:{port}/projects/{cfg.project}/topics/{topic}"
                 with contextlib.suppress(AlreadyExists):
@@ -359,19 +370,9 @@ class Stack:
                             push_config=types.PushConfig(push_endpoint=endpoint),
                             ack_deadline_seconds=600,
                             retry_policy=retry,
-                            dead_letter_policy=dead_letter,
+                            dead_letter_policy=dead_letter if with_dead_letter else None,
                         )
                     )
-            # Dead letters are kept (not lost) until their handler is deployed.
-            with contextlib.suppress(AlreadyExists):
-                subscriber.create_subscription(
-                    request=types.Subscription(
-                        name=subscriber.subscription_path(
-                            cfg.project, f"{cfg.dead_letter_topic}-hold"
-                        ),
-                        topic=topic_path(cfg.dead_letter_topic),
-                    )
-                )
 
     def _ensure_spreadsheet(self, sheets_url: str) -> str:
         """Create the spreadsheet and worksheet with the seed's header if missing."""

@@ -15,6 +15,7 @@ from shared.settings import Settings, get_settings
 if TYPE_CHECKING:
     from shared.adapters.firestore_store import FirestoreJobStore
     from shared.adapters.gcs_store import GcsObjectStore
+    from shared.services.dead_letters import DeadLetters
     from shared.services.generation import Generation
     from shared.services.intake import Intake
     from shared.services.sheet_sync import SheetSync
@@ -106,7 +107,9 @@ def generation() -> Generation:
         settings=cfg,
         store=job_store(),
         objects=objects,
-        generator=GeminiImageGenerator(cfg.gemini_api_key, cfg.gemini_timeout_s),
+        generator=GeminiImageGenerator(
+            cfg.gemini_api_key, cfg.gemini_timeout_s, cfg.gemini_retry_attempts
+        ),
         references=PackReferenceLoader(
             objects, cfg.images_bucket, cfg.reference_max_bytes, cfg.reference_max_images
         ),
@@ -121,3 +124,10 @@ def thumbnails() -> Thumbnails:
 
     cfg = settings()
     return Thumbnails(cfg, job_store(), object_store(), make_thumbnail, sheet_sync())
+
+
+@lru_cache(maxsize=1)
+def dead_letters() -> DeadLetters:
+    from shared.services.dead_letters import DeadLetters
+
+    return DeadLetters(job_store(), sheet_sync())

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(default=4000, ge=1)
     generate_concurrency: int = Field(default=4, ge=1)
     gemini_timeout_s: float = Field(default=120.0, gt=0)
+    gemini_retry_attempts: int = Field(default=3, ge=1, le=10)
+    max_event_age_s: int = Field(default=3 * 3600, ge=60)
     claim_lease_s: float = Field(default=300.0, gt=0)
     claim_wait_s: float = Field(default=240.0, ge=0)
     reference_max_bytes: int = Field(default=7 * 1024 * 1024, ge=1)

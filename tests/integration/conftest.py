@@ -109,7 +109,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     if shutil.which("gcloud") is None:
         pytest.fail("gcloud (with the Pub/Sub and Firestore emulators) is required")
     state = Path(tmp_path_factory.mktemp("stack"))
-    running = Stack(StackConfig(state_dir=state, gemini_latency_ms=100))
+    running = Stack(
+        StackConfig(
+            state_dir=state,
+            gemini_latency_ms=100,
+            # One SDK attempt per delivery keeps the dead-letter test short.
+            function_env={"GEMINI_RETRY_ATTEMPTS": "1"},
+        )
+    )
     env = running.start()
     try:
         with emulator_env(env):

@@ -193,3 +193,23 @@ def test_sheet_links_redirect_to_the_image_and_tampering_is_refused(
     assert Image.open(io.BytesIO(image.content)).format == "JPEG"
     tampered = link.replace("size=thumb", "size=full")
     assert requests.get(tampered, allow_redirects=False, timeout=10).status_code == 403
+
+
+def test_job_that_keeps_failing_is_dead_lettered_and_fails_with_its_last_error(
+    stack: LiveStack, scene: Callable[[str], str]
+) -> None:
+    stack.gemini("script", {"rules": [{"match": "always busy", "mode": "http:503"}]})
+    try:
+        items = [{"scene_id": scene("dl"), "prompt": "always busy model", "variants": 1}]
+        stack.add_rows(items)
+        job_id = stack.post_batch(items).json()["jobs"][0]["job_id"]
+        view = stack.wait_jobs([job_id], timeout_s=180)[job_id]
+    finally:
+        stack.gemini("script", {"rules": []})
+    assert view["state"] == "failed"
+    assert "gave up after 5 deliveries" in view["error"]
+    assert "503" in view["error"]
+    stack.wait_for(
+        lambda: "gave up" in stack.sheet_row(items[0]["scene_id"])["status_img"],
+        what="dead-letter reason in the sheet",
+    )

@@ -1,0 +1,27 @@
+"""Dead-letter entry point: jobs and notifications Pub/Sub stopped retrying."""
+
+from __future__ import annotations
+
+import logging
+
+import functions_framework
+from cloudevents.http import CloudEvent
+
+from functions import wiring
+from shared.errors import PermanentError
+from shared.events import push_message
+from shared.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+@functions_framework.cloud_event
+def handle_dead_letters(cloud_event: CloudEvent) -> None:
+    """Always acknowledges: a dead letter is recorded, never retried again."""
+    setup_logging()
+    try:
+        message = push_message(cloud_event.data)
+    except PermanentError as exc:
+        log.error("dead letter dropped: %s", exc, extra={"event": cloud_event["id"]})
+        return
+    wiring.dead_letters().handle(message)
