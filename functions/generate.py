@@ -20,8 +20,9 @@ def generate_images(cloud_event: CloudEvent) -> None:
     """Return acknowledges the message; a raised error has it redelivered."""
     setup_logging()
     try:
-        message = job_message(push_message(cloud_event.data))
+        push = push_message(cloud_event.data)
+        message = job_message(push)
     except PermanentError as exc:
         log.error("message dropped: %s", exc, extra={"event": cloud_event["id"]})
         return
-    wiring.generation().handle(message)
+    wiring.generation().handle(message, push.published_at)

@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,6 +21,15 @@ class PushMessage:
     attributes: dict[str, str]
     message_id: str
     publish_time: str
+
+    @property
+    def published_at(self) -> datetime | None:
+        """The publish time, if Pub/Sub gave a readable one."""
+        try:
+            stamp = datetime.fromisoformat(self.publish_time.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
 def push_message(event_data: Any) -> PushMessage:

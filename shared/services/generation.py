@@ -36,7 +36,7 @@ class Generation:
     clock: Callable[[], datetime] = utcnow
     sleep: Callable[[float], None] = field(default=time.sleep)
 
-    def handle(self, message: JobMessage) -> None:
+    def handle(self, message: JobMessage, published_at: datetime | None = None) -> None:
         """Generate the job's missing variants. Raises TransientError to be retried."""
         job = self.store.get_job(message.job_id)
         context = {"job_id": message.job_id, "batch_id": message.batch_id}
@@ -46,6 +46,17 @@ class Generation:
         context["scene_id"] = job.scene_id
         if job.terminal:
             log.info("job already finished; redelivery ignored", extra=context)
+            return
+        age = (self.clock() - published_at).total_seconds() if published_at else 0.0
+        if age > self.settings.max_event_age_s:
+            # Retrying forever helps nobody: record why and acknowledge.
+            limit = self.settings.max_event_age_s
+            reason = f"dropped: the job waited {int(age)} s, over the {limit} s limit"
+            self.store.update_job(
+                job.job_id, lambda j: transitions.fail_job(j, reason, self.clock())
+            )
+            log.warning("job failed", extra={**context, "state": "failed", "error": reason})
+            self.sheet.sync(job.job_id)
             return
         started = self.store.update_job(job.job_id, lambda j: transitions.start(j, self.clock()))
         if started:
