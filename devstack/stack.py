@@ -240,6 +240,7 @@ class Stack:
         function_env = {
             **self.env,
             "API_KEY_HASHES": f"local-dev:{hash_key(api_key)}",
+            "ALLOWED_SPREADSHEET_IDS": spreadsheet_id,
             "PUBLIC_BASE_URL": f"http://{LOCALHOST}:{api_port}",
             "LINK_SIGNING_KEY": secrets.token_hex(32),
             "SIGNING_CREDENTIALS_FILE": str(self._signing_key_file()),

@@ -2,41 +2,50 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import flask
 import functions_framework
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from functions import wiring
-from shared.auth import caller_for_api_key
+from shared.errors import TransientError
+from shared.identity import AuthFailure, Identity
 from shared.logs import setup_logging
 from shared.models import BatchRequest, Limits, VariantState
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+MAX_IDEMPOTENCY_KEY = 200
 
 Handler = Callable[..., flask.Response]
 
 
 def error(
-    status: int, code: str, message: str, details: list[dict[str, str]] | None = None
+    status: int,
+    code: str,
+    message: str,
+    details: list[dict[str, str]] | None = None,
+    **extra: Any,
 ) -> flask.Response:
-    body: dict[str, Any] = {"error": code, "message": message}
+    body: dict[str, Any] = {"error": code, "message": message, **extra}
     if details:
         body["details"] = details
-    response = flask.jsonify(body)
-    response.status_code = status
-    return response
+    return _json(status, body)
 
 
-def _json(status: int, body: dict[str, Any]) -> flask.Response:
-    response = flask.jsonify(body)
-    response.status_code = status
+def _json(status: int, body: dict[str, Any] | BaseModel) -> flask.Response:
+    if isinstance(body, BaseModel):
+        body = body.model_dump(mode="json", by_alias=True, exclude_none=True)
+    response = flask.make_response(json.dumps(body), status)
+    response.mimetype = "application/json"
     return response
 
 
@@ -59,35 +68,67 @@ def validation_details(exc: ValidationError) -> list[dict[str, str]]:
     return details
 
 
-def _caller(request: flask.Request) -> str | None:
-    return caller_for_api_key(request.headers.get("X-API-Key"), wiring.settings().api_key_hashes)
-
-
-def _unauthenticated() -> flask.Response:
-    return error(401, "unauthenticated", "send a valid API key in the X-API-Key header")
+def _identify(request: flask.Request) -> Identity | flask.Response:
+    headers = {name: value for name, value in request.headers.items()}
+    result = wiring.authenticator().authenticate(headers)
+    if isinstance(result, AuthFailure):
+        response = error(result.status, result.code, result.message)
+        if result.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="image-pipeline"'
+        return response
+    return result
 
 
 def healthz(request: flask.Request) -> flask.Response:
     return _json(200, {"ok": True})
 
 
+def openapi(request: flask.Request) -> flask.Response:
+    return _json(200, _openapi_document())
+
+
+@lru_cache(maxsize=1)
+def _openapi_document() -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(OPENAPI_PATH.read_text())
+    return document
+
+
 def submit_batch(request: flask.Request) -> flask.Response:
-    caller = _caller(request)
-    if caller is None:
-        return _unauthenticated()
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        return error(413, "payload_too_large", f"the body must be at most {MAX_BODY_BYTES} bytes")
+    identity = _identify(request)
+    if isinstance(identity, flask.Response):
+        return identity
+    cfg = wiring.settings()
+    if (request.content_length or 0) > cfg.max_body_bytes:
+        return error(
+            413, "payload_too_large", f"the body must be at most {cfg.max_body_bytes} bytes"
+        )
     if request.mimetype != "application/json":
         return error(415, "unsupported_media_type", "send the batch as application/json")
-    payload = request.get_json(silent=True)
+    raw = request.get_data(cache=False)
+    if len(raw) > cfg.max_body_bytes:  # a chunked body has no Content-Length
+        return error(
+            413, "payload_too_large", f"the body must be at most {cfg.max_body_bytes} bytes"
+        )
+    try:
+        payload = json.loads(raw)
+    except ValueError as exc:
+        return error(400, "invalid_json", f"the body is not valid JSON: {exc}")
     if not isinstance(payload, dict):
         return error(400, "invalid_json", "the body must be a JSON object")
-    cfg = wiring.settings()
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY):
+        return error(
+            400,
+            "invalid_request",
+            "the batch is invalid",
+            [{"field": "Idempotency-Key", "reason": f"must be 1-{MAX_IDEMPOTENCY_KEY} characters"}],
+        )
     limits = Limits(
         max_items=cfg.max_items_per_batch,
         max_variants=cfg.max_variants,
         max_prompt_chars=cfg.max_prompt_chars,
         images_bucket=cfg.images_bucket,
+        allowed_spreadsheet_ids=tuple(cfg.allowed_spreadsheet_ids),
     )
     try:
         batch = BatchRequest.model_validate(payload, context={"limits": limits})
@@ -95,22 +136,36 @@ def submit_batch(request: flask.Request) -> flask.Response:
         return error(400, "invalid_request", "the batch is invalid", validation_details(exc))
     service = wiring.intake()
     if batch.run_mode == "dry_run":
-        return _json(200, service.plan(batch))
-    answer = service.submit(batch, caller)
-    log.info(
-        "batch accepted",
-        extra={"batch_id": answer["batch_id"], "event": "batch_accepted"},
-    )
-    return _json(202, answer)
+        return _json(200, service.plan(batch, identity.caller))
+    outcome = service.submit(batch, identity.caller, key)
+    response = _json(outcome.status, outcome.body)
+    if outcome.replay:
+        response.headers["Idempotent-Replay"] = "true"
+    if outcome.status == 202:
+        log.info(
+            "batch accepted",
+            extra={"batch_id": outcome.body["batch_id"], "event": "batch_accepted"},
+        )
+    return response
 
 
 def job_status(request: flask.Request, job_id: str) -> flask.Response:
-    caller = _caller(request)
-    if caller is None:
-        return _unauthenticated()
-    view = wiring.intake().job_status(job_id, caller)
+    identity = _identify(request)
+    if isinstance(identity, flask.Response):
+        return identity
+    view = wiring.intake().job_status(job_id, identity.caller, identity.admin)
     if view is None:
         return error(404, "not_found", f"no job {job_id} for this caller")
+    return _json(200, view)
+
+
+def batch_status(request: flask.Request, batch_id: str) -> flask.Response:
+    identity = _identify(request)
+    if isinstance(identity, flask.Response):
+        return identity
+    view = wiring.intake().batch_status(batch_id, identity.caller, identity.admin)
+    if view is None:
+        return error(404, "not_found", f"no batch {batch_id} for this caller")
     return _json(200, view)
 
 
@@ -139,8 +194,10 @@ def asset(request: flask.Request, job_id: str, variant: str) -> flask.Response:
 ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
     (re.compile(r"/healthz"), {"GET": healthz}),
     (re.compile(r"/test"), {"GET": healthz}),  # the seed's health check
+    (re.compile(r"/openapi\.json"), {"GET": openapi}),
     (re.compile(r"/batch/images"), {"POST": submit_batch}),
     (re.compile(r"/status/(?P<job_id>[A-Za-z0-9_-]{1,64})"), {"GET": job_status}),
+    (re.compile(r"/batches/(?P<batch_id>[A-Za-z0-9_-]{1,64})"), {"GET": batch_status}),
     (
         re.compile(r"/assets/(?P<job_id>[A-Za-z0-9_-]{1,64})/(?P<variant>[0-9]{1,2})"),
         {"GET": asset},
@@ -148,9 +205,7 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
 ]
 
 
-@functions_framework.http
-def http_api(request: flask.Request) -> flask.Response:
-    setup_logging()
+def route(request: flask.Request) -> flask.Response:
     path = request.path.rstrip("/") or "/"
     for pattern, methods in ROUTES:
         match = pattern.fullmatch(path)
@@ -163,3 +218,19 @@ def http_api(request: flask.Request) -> flask.Response:
             return response
         return handler(request, **match.groupdict())
     return error(404, "not_found", f"no route {request.path}")
+
+
+@functions_framework.http
+def http_api(request: flask.Request) -> flask.Response:
+    setup_logging()
+    try:
+        return route(request)
+    except TransientError as exc:
+        log.warning("request failed, retry later: %s", exc)
+        response = error(503, "unavailable", "a backing service is busy; try again shortly")
+        response.headers["Retry-After"] = "5"
+        return response
+    except Exception:
+        # Always answer JSON, even for a bug; the log has the traceback.
+        log.exception("request failed")
+        return error(500, "internal", "the request failed; it has been logged")

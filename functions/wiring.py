@@ -7,7 +7,7 @@ function only pays at cold start for what it uses.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.links import LinkSigner
 from shared.settings import Settings, get_settings
@@ -15,6 +15,7 @@ from shared.settings import Settings, get_settings
 if TYPE_CHECKING:
     from shared.adapters.firestore_store import FirestoreJobStore
     from shared.adapters.gcs_store import GcsObjectStore
+    from shared.identity import Authenticator
     from shared.services.dead_letters import DeadLetters
     from shared.services.generation import Generation
     from shared.services.intake import Intake
@@ -30,14 +31,9 @@ def settings() -> Settings:
 
 @lru_cache(maxsize=1)
 def job_store() -> FirestoreJobStore:
-    from google.cloud import firestore
-
     from shared.adapters.firestore_store import FirestoreJobStore
 
-    cfg = settings()
-    return FirestoreJobStore(
-        firestore.Client(project=cfg.google_cloud_project, database=cfg.firestore_database)
-    )
+    return FirestoreJobStore(firestore_client())
 
 
 @lru_cache(maxsize=1)
@@ -83,16 +79,47 @@ def sheet_sync() -> SheetSync:
 
 
 @lru_cache(maxsize=1)
+def firestore_client() -> Any:
+    from google.cloud import firestore
+
+    cfg = settings()
+    return firestore.Client(project=cfg.google_cloud_project, database=cfg.firestore_database)
+
+
+@lru_cache(maxsize=1)
+def authenticator() -> Authenticator:
+    from shared.identity import Authenticator, IdTokenVerifier
+
+    cfg = settings()
+    verifier = (
+        IdTokenVerifier(cfg.id_token_audiences, cfg.id_token_certs_url)
+        if cfg.id_token_audiences
+        else None
+    )
+    return Authenticator(
+        cfg.api_key_hashes, verifier, cfg.allowed_emails, cfg.allowed_domains, cfg.admin_callers
+    )
+
+
+@lru_cache(maxsize=1)
 def intake() -> Intake:
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
+    from shared.adapters.firestore_store import FirestoreBudgetLedger, FirestoreIdempotencyStore
     from shared.adapters.pubsub_publisher import PubSubJobPublisher
     from shared.services.intake import Intake
 
     cfg = settings()
     client = pubsub_v1.PublisherClient()
     topic = client.topic_path(cfg.google_cloud_project, cfg.jobs_topic)
-    return Intake(cfg, job_store(), PubSubJobPublisher(client, topic), link_signer())
+    return Intake(
+        cfg,
+        job_store(),
+        PubSubJobPublisher(client, topic),
+        link_signer(),
+        FirestoreBudgetLedger(firestore_client()),
+        FirestoreIdempotencyStore(firestore_client()),
+    )
 
 
 @lru_cache(maxsize=1)

@@ -20,6 +20,7 @@ class Limits(BaseModel):
     max_variants: int = 4
     max_prompt_chars: int = 4000
     images_bucket: str = ""
+    allowed_spreadsheet_ids: tuple[str, ...] = ("*",)
 
 
 def _limits(info: ValidationInfo) -> Limits:
@@ -33,10 +34,13 @@ class BatchItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    scene_id: str
-    prompt: str = Field(min_length=1)
-    ref_pack_public_url: str | None = None
-    variants: int = Field(ge=1)
+    scene_id: str = Field(json_schema_extra={"pattern": SCENE_ID_PATTERN.pattern})
+    prompt: str = Field(min_length=1, description="At most MAX_PROMPT_CHARS characters")
+    ref_pack_public_url: str | None = Field(default=None, max_length=2048)
+    variants: int = Field(ge=1, description="1 to MAX_VARIANTS (default 4)")
+    # The values the Gemini image models accept (GUIDE.md, section 3).
+    aspect_ratio: Literal["1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9", "21:9"] | None = None
+    image_size: Literal["1K", "2K", "4K"] | None = None
 
     @field_validator("scene_id")
     @classmethod
@@ -87,6 +91,14 @@ class BatchRequest(BaseModel):
     run_mode: Literal["dry_run", "live"] = Field(default="dry_run", alias="runMode")
     spreadsheet_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
     worksheet: str = Field(min_length=1, max_length=100)
+
+    @field_validator("spreadsheet_id")
+    @classmethod
+    def _allowed_sheet(cls, value: str, info: ValidationInfo) -> str:
+        allowed = _limits(info).allowed_spreadsheet_ids
+        if "*" not in allowed and value not in allowed:
+            raise ValueError("is not in this deployment's allowlist of spreadsheets")
+        return value
 
     @field_validator("items")
     @classmethod
@@ -150,6 +162,8 @@ class Job(BaseModel):
     scene_id: str
     prompt: str
     ref_pack_public_url: str | None = None
+    aspect_ratio: str | None = None
+    image_size: str | None = None
     variant_count: int
     caller: str
     spreadsheet_id: str

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
 from typing import Protocol, TypeVar
 
 from shared.models import Batch, Job, JobMessage
@@ -20,11 +22,64 @@ class JobStore(Protocol):
 
     def get_job(self, job_id: str) -> Job | None: ...
 
+    def get_jobs(self, job_ids: Sequence[str]) -> list[Job]:
+        """The jobs that exist among ``job_ids``, in that order."""
+        ...
+
+    def active_jobs(self, spreadsheet_id: str, worksheet: str) -> list[Job]:
+        """Queued or generating jobs that write to this worksheet."""
+        ...
+
     def update_job(self, job_id: str, change: Callable[[Job], tuple[Job | None, R]]) -> R:
         """Run ``change`` on the current job in a transaction and write what it returns.
 
         Raises ``NotFound`` if the job does not exist.
         """
+        ...
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a caller has committed on one UTC day."""
+
+    images: int = 0
+    cost: Decimal = Decimal(0)
+
+
+class BudgetLedger(Protocol):
+    """Per-caller daily usage, reserved atomically before jobs are recorded."""
+
+    def usage(self, caller: str, day: str) -> Usage: ...
+
+    def reserve(
+        self, caller: str, day: str, images: int, cost: Decimal, image_cap: int, cost_cap: Decimal
+    ) -> tuple[bool, Usage]:
+        """Add to the day's usage unless a cap would be passed; returns (ok, usage before)."""
+        ...
+
+    def refund(self, caller: str, day: str, images: int, cost: Decimal) -> None: ...
+
+
+@dataclass(frozen=True)
+class StoredAnswer:
+    """An idempotency record: ``status`` 0 while the first request is still running."""
+
+    status: int
+    body: Mapping[str, object]
+    created_at: datetime
+
+
+class IdempotencyStore(Protocol):
+    """First answers of live batches, by idempotency key."""
+
+    def begin(self, key: str, now: datetime, expires_at: datetime) -> StoredAnswer | None:
+        """Create a pending record; None if we did, else the record already there."""
+        ...
+
+    def finish(self, key: str, status: int, body: Mapping[str, object]) -> None: ...
+
+    def abandon(self, key: str) -> None:
+        """Forget a pending record whose request ended without an answer to keep."""
         ...
 
 

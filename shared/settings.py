@@ -52,6 +52,16 @@ class Settings(BaseSettings):
     reference_max_images: int = Field(default=3, ge=0)
 
     api_key_hashes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    id_token_audiences: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    id_token_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    allowed_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_domains: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    admin_callers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_spreadsheet_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    daily_image_cap: int = Field(default=1000, ge=0)
+    daily_cost_cap_usd: Decimal = Field(default=Decimal("100"), ge=0)
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     public_base_url: str = ""
     link_signing_key: str = ""
     signed_url_ttl_s: int = Field(default=900, ge=60, le=7 * 24 * 3600)
@@ -65,6 +75,20 @@ class Settings(BaseSettings):
     def _parse_prices(cls, value: object) -> object:
         if isinstance(value, str):
             value = json.loads(value) if value.strip() else {}
+        return value
+
+    @field_validator(
+        "id_token_audiences",
+        "allowed_emails",
+        "allowed_domains",
+        "admin_callers",
+        "allowed_spreadsheet_ids",
+        mode="before",
+    )
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
     @field_validator("api_key_hashes", mode="before")

@@ -1,23 +1,57 @@
-"""JobStore on Firestore: a ``batches`` and a ``jobs`` collection."""
+"""Firestore adapters: jobs and batches, daily budgets, idempotency records."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared.errors import NotFound, TransientError
-from shared.models import Batch, Job
+from shared.models import Batch, Job, JobState
+from shared.ports import StoredAnswer, Usage
 
 R = TypeVar("R")
 
 # Firestore commits at most 500 writes at once.
 _WRITES_PER_COMMIT = 450
 _CAS_ATTEMPTS = 30
+_GET_ALL_CHUNK = 300
+
+
+def compare_and_set(
+    ref: Any, change: Callable[[dict[str, Any] | None], tuple[dict[str, Any] | None, R]]
+) -> R:
+    """Read, change, write only if nobody wrote in between (update-time precondition).
+
+    Optimistic instead of a transaction: transactions on one document take read
+    locks that deadlock under concurrent writers (the emulator then waits for a
+    lock timeout of seconds); a failed precondition costs one more read.
+    """
+    client = ref._client
+    for attempt in range(_CAS_ATTEMPTS):
+        snap = ref.get()
+        current = snap.to_dict() if snap.exists else None
+        updated, result = change(current)
+        if updated is None:
+            return result
+        try:
+            if snap.exists:
+                ref.update(updated, option=client.write_option(last_update_time=snap.update_time))
+            else:
+                ref.create(updated)
+        except (gexc.FailedPrecondition, gexc.Conflict):
+            time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
+            continue
+        return result
+    raise TransientError(f"{ref.path} kept changing; gave up after {_CAS_ATTEMPTS} tries")
 
 
 class FirestoreJobStore:
@@ -28,11 +62,10 @@ class FirestoreJobStore:
 
     def create_batch(self, batch: Batch, jobs: Sequence[Job]) -> None:
         writes: list[tuple[Any, dict[str, Any]]] = [
-            (self._batches.document(batch.batch_id), batch.to_doc())
+            (self._jobs.document(job.job_id), job.to_doc()) for job in jobs
         ]
-        writes += [(self._jobs.document(job.job_id), job.to_doc()) for job in jobs]
         # The batch document goes last, so a batch that exists has all its jobs.
-        writes.append(writes.pop(0))
+        writes.append((self._batches.document(batch.batch_id), batch.to_doc()))
         for start in range(0, len(writes), _WRITES_PER_COMMIT):
             commit = self._db.batch()
             for ref, doc in writes[start : start + _WRITES_PER_COMMIT]:
@@ -47,28 +80,109 @@ class FirestoreJobStore:
         snap = self._jobs.document(job_id).get()
         return Job.from_doc(snap.to_dict() or {}) if snap.exists else None
 
-    def update_job(self, job_id: str, change: Callable[[Job], tuple[Job | None, R]]) -> R:
-        """Compare-and-set on the document's update time.
+    def get_jobs(self, job_ids: Sequence[str]) -> list[Job]:
+        found: dict[str, Job] = {}
+        for start in range(0, len(job_ids), _GET_ALL_CHUNK):
+            refs = [self._jobs.document(j) for j in job_ids[start : start + _GET_ALL_CHUNK]]
+            for snap in self._db.get_all(refs):
+                if snap.exists:
+                    found[snap.id] = Job.from_doc(snap.to_dict() or {})
+        return [found[j] for j in job_ids if j in found]
 
-        Optimistic instead of a transaction: transactions on one document take
-        read locks that deadlock under concurrent writers (a lock timeout of
-        seconds each time); a failed precondition costs one more read.
-        """
-        ref = self._jobs.document(job_id)
-        for attempt in range(_CAS_ATTEMPTS):
-            snap = ref.get()
-            if not snap.exists:
-                raise NotFound(f"job {job_id} does not exist")
-            updated, result = change(Job.from_doc(snap.to_dict() or {}))
-            if updated is None:
-                return result
-            try:
-                ref.update(
-                    updated.to_doc(),
-                    option=self._db.write_option(last_update_time=snap.update_time),
+    def active_jobs(self, spreadsheet_id: str, worksheet: str) -> list[Job]:
+        query = (
+            self._jobs.where(filter=FieldFilter("spreadsheet_id", "==", spreadsheet_id))
+            .where(filter=FieldFilter("worksheet", "==", worksheet))
+            .where(
+                filter=FieldFilter(
+                    "state", "in", [JobState.QUEUED.value, JobState.GENERATING.value]
                 )
-            except gexc.FailedPrecondition:
-                time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
-                continue
-            return result
-        raise TransientError(f"job {job_id} kept changing; gave up after {_CAS_ATTEMPTS} tries")
+            )
+        )
+        return [Job.from_doc(snap.to_dict() or {}) for snap in query.stream()]
+
+    def update_job(self, job_id: str, change: Callable[[Job], tuple[Job | None, R]]) -> R:
+        def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, R]:
+            if doc is None:
+                raise NotFound(f"job {job_id} does not exist")
+            updated, result = change(Job.from_doc(doc))
+            return (updated.to_doc() if updated is not None else None), result
+
+        return compare_and_set(self._jobs.document(job_id), apply)
+
+
+class FirestoreBudgetLedger:
+    """``usage/{caller-hash}_{day}``: images and cost committed that UTC day."""
+
+    def __init__(self, client: firestore.Client) -> None:
+        self._usage = client.collection("usage")
+
+    def _ref(self, caller: str, day: str) -> Any:
+        digest = hashlib.sha256(caller.encode()).hexdigest()[:24]
+        return self._usage.document(f"{digest}_{day}")
+
+    @staticmethod
+    def _read(doc: Mapping[str, Any] | None) -> Usage:
+        if not doc:
+            return Usage()
+        return Usage(images=int(doc.get("images", 0)), cost=Decimal(str(doc.get("cost_usd", "0"))))
+
+    def usage(self, caller: str, day: str) -> Usage:
+        snap = self._ref(caller, day).get()
+        return self._read(snap.to_dict() if snap.exists else None)
+
+    def reserve(
+        self, caller: str, day: str, images: int, cost: Decimal, image_cap: int, cost_cap: Decimal
+    ) -> tuple[bool, Usage]:
+        def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, tuple[bool, Usage]]:
+            used = self._read(doc)
+            if used.images + images > image_cap or used.cost + cost > cost_cap:
+                return None, (False, used)
+            return {
+                "caller": caller,
+                "day": day,
+                "images": used.images + images,
+                "cost_usd": str(used.cost + cost),
+            }, (True, used)
+
+        return compare_and_set(self._ref(caller, day), apply)
+
+    def refund(self, caller: str, day: str, images: int, cost: Decimal) -> None:
+        def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, None]:
+            used = self._read(doc)
+            return {
+                "caller": caller,
+                "day": day,
+                "images": max(used.images - images, 0),
+                "cost_usd": str(max(used.cost - cost, Decimal(0))),
+            }, None
+
+        compare_and_set(self._ref(caller, day), apply)
+
+
+class FirestoreIdempotencyStore:
+    """``idempotency/{key}``; ``expires_at`` is the collection's TTL field."""
+
+    def __init__(self, client: firestore.Client) -> None:
+        self._records = client.collection("idempotency")
+
+    def begin(self, key: str, now: datetime, expires_at: datetime) -> StoredAnswer | None:
+        def apply(
+            doc: dict[str, Any] | None,
+        ) -> tuple[dict[str, Any] | None, StoredAnswer | None]:
+            # TTL deletion is lazy (up to a day late): an expired record counts as absent.
+            if doc is not None and doc["expires_at"] > now:
+                return None, StoredAnswer(
+                    status=int(doc.get("status", 0)),
+                    body=doc.get("body") or {},
+                    created_at=doc["created_at"],
+                )
+            return {"status": 0, "body": {}, "created_at": now, "expires_at": expires_at}, None
+
+        return compare_and_set(self._records.document(key), apply)
+
+    def finish(self, key: str, status: int, body: Mapping[str, object]) -> None:
+        self._records.document(key).update({"status": status, "body": dict(body)})
+
+    def abandon(self, key: str) -> None:
+        self._records.document(key).delete()

@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from shared import jobs as transitions
+from shared.api_models import (
+    BatchView,
+    Budget,
+    JobView,
+    Plan,
+    PlanJob,
+    Submitted,
+    SubmittedJob,
+    VariantView,
+    Warning,
+)
 from shared.ids import new_id, utcnow
 from shared.links import LinkSigner
 from shared.models import Batch, BatchRequest, Job, JobMessage, VariantState, money
-from shared.ports import JobPublisher, JobStore
+from shared.ports import BudgetLedger, IdempotencyStore, JobPublisher, JobStore, Usage
 from shared.settings import Settings
+
+# A request without an Idempotency-Key is keyed by its content; that key only
+# catches double submissions, so it lives much shorter than an explicit key.
+DERIVED_KEY_TTL_S = 600
+# A pending record older than this belongs to a request that died.
+PENDING_STALE_S = 120
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """An HTTP answer: status, JSON body and whether it replays a first answer."""
+
+    status: int
+    body: dict[str, Any]
+    replay: bool = False
 
 
 @dataclass(frozen=True)
@@ -23,35 +52,127 @@ class Intake:
     store: JobStore
     publisher: JobPublisher
     links: LinkSigner
+    budget: BudgetLedger
+    idempotency: IdempotencyStore
     clock: Callable[[], datetime] = utcnow
     ids: Callable[[str], str] = new_id
 
-    def plan(self, request: BatchRequest) -> dict[str, Any]:
-        """What ``live`` would do, without writing or publishing anything."""
+    # ------------------------------------------------------------------ plan
+    def plan(self, request: BatchRequest, caller: str) -> Plan:
+        """Exactly what ``live`` would do, without writing or publishing anything."""
         price = self.settings.price_per_image()
         images = sum(item.variants for item in request.items)
-        return {
-            "runMode": request.run_mode,
-            "model": self.settings.gemini_model,
-            "price_per_image_usd": money(price),
-            "job_count": len(request.items),
-            "image_count": images,
-            "estimated_cost_usd": money(price * images),
-            "jobs": [
-                {
-                    "scene_id": item.scene_id,
-                    "variants": item.variants,
-                    "estimated_cost_usd": money(price * item.variants),
-                }
+        day = self._day()
+        return Plan(
+            runMode=request.run_mode,
+            model=self.settings.gemini_model,
+            price_per_image_usd=money(price),
+            job_count=len(request.items),
+            image_count=images,
+            estimated_cost_usd=money(price * images),
+            budget=self._budget(day, self.budget.usage(caller, day), images, price * images),
+            warnings=self._warnings(request),
+            jobs=[
+                PlanJob(
+                    scene_id=item.scene_id,
+                    variants=item.variants,
+                    estimated_cost_usd=money(price * item.variants),
+                )
                 for item in request.items
             ],
-        }
+        )
 
-    def submit(self, request: BatchRequest, caller: str) -> dict[str, Any]:
-        """Record the batch and its jobs, then publish one message per job."""
-        answer = self.plan(request)
+    def _day(self) -> str:
+        return self.clock().strftime("%Y-%m-%d")
+
+    def _budget(self, day: str, used: Usage, images: int, cost: Decimal) -> Budget:
+        cfg = self.settings
+        return Budget(
+            day=day,
+            images_limit=cfg.daily_image_cap,
+            images_used=used.images,
+            images_requested=images,
+            images_remaining=max(cfg.daily_image_cap - used.images, 0),
+            cost_limit_usd=money(cfg.daily_cost_cap_usd),
+            cost_used_usd=money(used.cost),
+            cost_requested_usd=money(cost),
+            cost_remaining_usd=money(max(cfg.daily_cost_cap_usd - used.cost, Decimal(0))),
+        )
+
+    def _warnings(self, request: BatchRequest) -> list[Warning]:
+        scenes = {item.scene_id for item in request.items}
+        active = self.store.active_jobs(request.spreadsheet_id, request.worksheet)
+        return [
+            Warning(
+                scene_id=job.scene_id,
+                message=f"job {job.job_id} for this scene is still {job.state.value}",
+            )
+            for job in sorted(active, key=lambda j: (j.scene_id, j.job_id))
+            if job.scene_id in scenes
+        ]
+
+    # ------------------------------------------------------------------ live
+    def submit(
+        self, request: BatchRequest, caller: str, idempotency_key: str | None = None
+    ) -> Outcome:
+        """Run a live batch once per idempotency key; replays get the first answer."""
         now = self.clock()
-        price = money(self.settings.price_per_image())
+        ttl = self.settings.idempotency_ttl_s if idempotency_key else DERIVED_KEY_TTL_S
+        key = _scoped_key(caller, idempotency_key or _content_key(request))
+        existing = self.idempotency.begin(key, now, now + timedelta(seconds=ttl))
+        if existing is not None:
+            if existing.status:
+                return Outcome(existing.status, dict(existing.body), replay=True)
+            if (now - existing.created_at).total_seconds() < PENDING_STALE_S:
+                return Outcome(
+                    409,
+                    {
+                        "error": "in_progress",
+                        "message": "the same batch is being submitted right now; "
+                        "ask for its status in a moment",
+                    },
+                )
+            self.idempotency.abandon(key)
+            return self.submit(request, caller, idempotency_key)
+        try:
+            outcome = self._submit(request, caller)
+        except BaseException:
+            self.idempotency.abandon(key)
+            raise
+        if outcome.status == 202:
+            self.idempotency.finish(key, outcome.status, outcome.body)
+        else:
+            # A refusal (budget) is not a first answer to keep: retrying later may pass.
+            self.idempotency.abandon(key)
+        return outcome
+
+    def _submit(self, request: BatchRequest, caller: str) -> Outcome:
+        plan = self.plan(request, caller)
+        price = self.settings.price_per_image()
+        cost = price * plan.image_count
+        ok, before = self.budget.reserve(
+            caller,
+            plan.budget.day,
+            plan.image_count,
+            cost,
+            self.settings.daily_image_cap,
+            self.settings.daily_cost_cap_usd,
+        )
+        budget = self._budget(plan.budget.day, before, plan.image_count, cost)
+        if not ok:
+            return Outcome(
+                429,
+                {
+                    "error": "budget_exceeded",
+                    "message": (
+                        f"this batch needs {plan.image_count} images (${money(cost)}); "
+                        f"today {budget.images_remaining} images and "
+                        f"${budget.cost_remaining_usd} remain"
+                    ),
+                    "budget": budget.model_dump(mode="json"),
+                },
+            )
+        now = self.clock()
         batch_id = self.ids("bat")
         jobs = [
             Job(
@@ -60,29 +181,33 @@ class Intake:
                 scene_id=item.scene_id,
                 prompt=item.prompt,
                 ref_pack_public_url=item.ref_pack_public_url,
+                aspect_ratio=item.aspect_ratio,
+                image_size=item.image_size,
                 variant_count=item.variants,
                 caller=caller,
                 spreadsheet_id=request.spreadsheet_id,
                 worksheet=request.worksheet,
                 model=self.settings.gemini_model,
-                price_per_image=price,
+                price_per_image=money(price),
                 created_at=now,
                 updated_at=now,
             )
             for item in request.items
         ]
-        batch = Batch(
-            batch_id=batch_id,
-            caller=caller,
-            spreadsheet_id=request.spreadsheet_id,
-            worksheet=request.worksheet,
-            model=self.settings.gemini_model,
-            job_ids=[job.job_id for job in jobs],
-            image_count=answer["image_count"],
-            estimated_cost_usd=answer["estimated_cost_usd"],
-            created_at=now,
+        self.store.create_batch(
+            Batch(
+                batch_id=batch_id,
+                caller=caller,
+                spreadsheet_id=request.spreadsheet_id,
+                worksheet=request.worksheet,
+                model=self.settings.gemini_model,
+                job_ids=[job.job_id for job in jobs],
+                image_count=plan.image_count,
+                estimated_cost_usd=plan.estimated_cost_usd,
+                created_at=now,
+            ),
+            jobs,
         )
-        self.store.create_batch(batch, jobs)
         attributes = {"batch_id": batch_id, "user_id": caller, "run_mode": request.run_mode}
         failed = self.publisher.publish(
             [
@@ -90,58 +215,108 @@ class Intake:
                 for j in jobs
             ]
         )
-        for job_id, error in failed.items():
-            self._fail(job_id, f"could not be queued: {error}")
-        answer["batch_id"] = batch_id
-        answer["unpublished"] = sorted(failed)
-        answer["jobs"] = [
-            {
-                "scene_id": job.scene_id,
-                "job_id": job.job_id,
-                "variants": job.variant_count,
-                "state": "failed" if job.job_id in failed else "queued",
-                **({"error": failed[job.job_id]} if job.job_id in failed else {}),
-            }
-            for job in jobs
-        ]
-        return answer
+        refund = 0
+        for job in jobs:
+            if job.job_id in failed:
+                self._fail(job.job_id, f"could not be queued: {failed[job.job_id]}")
+                refund += job.variant_count
+        if refund:
+            self.budget.refund(caller, plan.budget.day, refund, price * refund)
+        answer = Submitted(
+            runMode="live",
+            model=plan.model,
+            price_per_image_usd=plan.price_per_image_usd,
+            job_count=plan.job_count,
+            image_count=plan.image_count,
+            estimated_cost_usd=plan.estimated_cost_usd,
+            budget=budget,
+            warnings=plan.warnings,
+            batch_id=batch_id,
+            jobs=[
+                SubmittedJob(
+                    scene_id=job.scene_id,
+                    job_id=job.job_id,
+                    variants=job.variant_count,
+                    state="failed" if job.job_id in failed else "queued",
+                    error=failed.get(job.job_id),
+                )
+                for job in jobs
+            ],
+            unpublished=sorted(failed),
+        )
+        return Outcome(202, answer.model_dump(mode="json", by_alias=True, exclude_none=True))
 
     def _fail(self, job_id: str, reason: str) -> None:
         self.store.update_job(job_id, lambda job: transitions.fail_job(job, reason, self.clock()))
 
-    def job_status(self, job_id: str, caller: str) -> dict[str, Any] | None:
+    # ---------------------------------------------------------------- status
+    def job_status(self, job_id: str, caller: str, admin: bool = False) -> JobView | None:
         """The job as its caller sees it; None if missing or someone else's."""
         job = self.store.get_job(job_id)
-        if job is None or job.caller != caller:
+        if job is None or (job.caller != caller and not admin):
             return None
         return job_view(job, self.links)
 
+    def batch_status(self, batch_id: str, caller: str, admin: bool = False) -> BatchView | None:
+        """Counts per state and every job of the batch; None if not the caller's."""
+        batch = self.store.get_batch(batch_id)
+        if batch is None or (batch.caller != caller and not admin):
+            return None
+        jobs = self.store.get_jobs(batch.job_ids)
+        counts: dict[str, int] = {}
+        for job in jobs:
+            counts[job.state.value] = counts.get(job.state.value, 0) + 1
+        return BatchView(
+            batch_id=batch.batch_id,
+            created_at=batch.created_at.isoformat(),
+            image_count=batch.image_count,
+            estimated_cost_usd=batch.estimated_cost_usd,
+            counts=counts,
+            jobs=[job_view(job, self.links) for job in jobs],
+        )
 
-def job_view(job: Job, links: LinkSigner) -> dict[str, Any]:
-    """Public JSON view of a job, with durable links to finished images."""
 
-    def when(value: datetime | None) -> str | None:
-        return value.isoformat() if value else None
+def _content_key(request: BatchRequest) -> str:
+    canonical = request.model_dump(mode="json", by_alias=True, exclude={"run_mode"})
+    return "content:" + json.dumps(canonical, sort_keys=True)
 
+
+def _scoped_key(caller: str, key: str) -> str:
+    """Keys are per caller, so one caller can never replay another's answer."""
+    return hashlib.sha256(f"{caller}\0{key}".encode()).hexdigest()
+
+
+def job_view(job: Job, links: LinkSigner) -> JobView:
+    """Public view of a job, with durable links to finished images."""
     variants = []
     for key in sorted(job.variants, key=int):
         v = job.variants[key]
-        entry: dict[str, Any] = {"variant": v.n, "state": v.state.value, "error": v.error}
-        if v.state in (VariantState.UPLOADED, VariantState.DONE):
-            entry["image_url"] = links.link(job.job_id, v.n, "full")
-        if v.state == VariantState.DONE:
-            entry["thumbnail_url"] = links.link(job.job_id, v.n, "thumb")
-        variants.append(entry)
-    return {
-        "job_id": job.job_id,
-        "batch_id": job.batch_id,
-        "scene_id": job.scene_id,
-        "state": job.state.value,
-        "status_text": transitions.progress(job).status,
-        "error": job.error,
-        "model": job.model,
-        "variants": variants,
-        "created_at": when(job.created_at),
-        "started_at": when(job.started_at),
-        "finished_at": when(job.finished_at),
-    }
+        has_image = v.state in (VariantState.UPLOADED, VariantState.DONE)
+        variants.append(
+            VariantView(
+                variant=v.n,
+                state=v.state.value,
+                error=v.error,
+                image_url=links.link(job.job_id, v.n, "full") if has_image else None,
+                thumbnail_url=(
+                    links.link(job.job_id, v.n, "thumb") if v.state == VariantState.DONE else None
+                ),
+            )
+        )
+    duration = (
+        (job.finished_at - job.created_at).total_seconds() if job.finished_at is not None else None
+    )
+    return JobView(
+        job_id=job.job_id,
+        batch_id=job.batch_id,
+        scene_id=job.scene_id,
+        state=job.state.value,
+        status_text=transitions.progress(job).status,
+        error=job.error,
+        model=job.model,
+        variants=variants,
+        created_at=job.created_at.isoformat(),
+        started_at=job.started_at.isoformat() if job.started_at else None,
+        finished_at=job.finished_at.isoformat() if job.finished_at else None,
+        duration_s=duration,
+    )

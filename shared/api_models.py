@@ -1,0 +1,125 @@
+"""Shapes of the HTTP API's answers; the OpenAPI document is generated from them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ErrorDetail(_Answer):
+    field: str = Field(description="Path of the offending field, e.g. items[2].variants")
+    reason: str
+
+
+class ErrorBody(_Answer):
+    error: str = Field(description="Machine-readable code, e.g. invalid_request")
+    message: str
+    details: list[ErrorDetail] | None = None
+    budget: Budget | None = None
+
+
+class Health(_Answer):
+    ok: bool
+
+
+class Budget(_Answer):
+    """The caller's daily allowance (UTC day) and what this batch would use of it."""
+
+    day: str
+    images_limit: int
+    images_used: int
+    images_requested: int
+    images_remaining: int
+    cost_limit_usd: str
+    cost_used_usd: str
+    cost_requested_usd: str
+    cost_remaining_usd: str
+
+
+class Warning(_Answer):
+    scene_id: str
+    message: str
+
+
+class PlanJob(_Answer):
+    scene_id: str
+    variants: int
+    estimated_cost_usd: str
+
+
+class Plan(_Answer):
+    """What a batch does and costs (dry run), also the base of the live answer."""
+
+    run_mode: Literal["dry_run", "live"] = Field(alias="runMode")
+    model: str
+    price_per_image_usd: str
+    job_count: int
+    image_count: int
+    estimated_cost_usd: str
+    budget: Budget
+    warnings: list[Warning]
+    jobs: list[PlanJob]
+
+
+class SubmittedJob(_Answer):
+    scene_id: str
+    job_id: str
+    variants: int
+    state: Literal["queued", "failed"]
+    error: str | None = None
+
+
+class Submitted(_Answer):
+    """The 202 answer of a live batch (and of its idempotent replays)."""
+
+    run_mode: Literal["live"] = Field(alias="runMode")
+    model: str
+    price_per_image_usd: str
+    job_count: int
+    image_count: int
+    estimated_cost_usd: str
+    budget: Budget
+    warnings: list[Warning]
+    batch_id: str
+    jobs: list[SubmittedJob]
+    unpublished: list[str] = Field(description="Job ids that could not be queued")
+
+
+class VariantView(_Answer):
+    variant: int
+    state: Literal["pending", "generating", "uploaded", "done", "failed"]
+    error: str | None = None
+    image_url: str | None = None
+    thumbnail_url: str | None = None
+
+
+class JobView(_Answer):
+    job_id: str
+    batch_id: str
+    scene_id: str
+    state: Literal["queued", "generating", "completed", "partial", "failed"]
+    status_text: str
+    error: str | None = None
+    model: str
+    variants: list[VariantView]
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_s: float | None = None
+
+
+class BatchView(_Answer):
+    batch_id: str
+    created_at: str
+    image_count: int
+    estimated_cost_usd: str
+    counts: dict[str, int]
+    jobs: list[JobView]
+
+
+ErrorBody.model_rebuild()

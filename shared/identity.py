@@ -1,0 +1,148 @@
+"""Who is calling: a Google ID token (Apps Script) or an API key; never anonymous."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shared.auth import caller_for_api_key
+
+GOOGLE_ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"})
+CERTS_FALLBACK_TTL_S = 3600.0
+CLOCK_SKEW_S = 10
+
+
+@dataclass(frozen=True)
+class Identity:
+    caller: str
+    kind: str  # "id_token" or "api_key"
+    admin: bool = False
+
+
+@dataclass(frozen=True)
+class AuthFailure:
+    status: int  # 401: no valid credential; 403: valid, but not allowed
+    code: str
+    message: str
+
+
+CertsFetcher = Callable[[str], tuple[Mapping[str, str], float]]
+
+
+def fetch_certs(url: str) -> tuple[Mapping[str, str], float]:
+    """Google's ``{kid: PEM certificate}`` document and how long it may be cached."""
+    import requests
+
+    answer = requests.get(url, timeout=10)
+    answer.raise_for_status()
+    ttl = CERTS_FALLBACK_TTL_S
+    for part in answer.headers.get("Cache-Control", "").split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "max-age" and value.isdigit():
+            ttl = float(value)
+    certs: Mapping[str, str] = answer.json()
+    return certs, ttl
+
+
+class IdTokenVerifier:
+    """Checks signature, expiry, audience and issuer of Google ID tokens.
+
+    Certificates are cached for their ``max-age`` and re-fetched once when a
+    token names a key id we have not seen (Google rotates keys).
+    """
+
+    def __init__(
+        self,
+        audiences: Collection[str],
+        certs_url: str,
+        fetcher: CertsFetcher = fetch_certs,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._audiences = list(audiences)
+        self._url = certs_url
+        self._fetcher = fetcher
+        self._clock = clock
+        self._certs: Mapping[str, str] = {}
+        self._expires = 0.0
+        self._lock = threading.Lock()
+
+    def _certs_for(self, kid: str | None) -> Mapping[str, str]:
+        with self._lock:
+            now = self._clock()
+            if now >= self._expires or (kid is not None and kid not in self._certs):
+                self._certs, ttl = self._fetcher(self._url)
+                self._expires = now + ttl
+            return self._certs
+
+    def verify(self, token: str) -> Mapping[str, Any]:
+        """The token's claims; ValueError with the reason when it is not valid."""
+        from google.auth import exceptions, jwt
+
+        try:
+            header = jwt.decode_header(token)
+            certs = self._certs_for(header.get("kid"))
+            claims: Mapping[str, Any] = jwt.decode(
+                token,
+                certs=certs,
+                audience=self._audiences,
+                clock_skew_in_seconds=CLOCK_SKEW_S,
+            )
+        except (ValueError, exceptions.GoogleAuthError) as exc:
+            raise ValueError(str(exc)) from exc
+        if claims.get("iss") not in GOOGLE_ISSUERS:
+            raise ValueError(f"token issuer {claims.get('iss')!r} is not Google")
+        return claims
+
+
+class Authenticator:
+    """Turns request headers into an ``Identity`` or an ``AuthFailure``."""
+
+    def __init__(
+        self,
+        key_hashes: Mapping[str, str],
+        verifier: IdTokenVerifier | None,
+        allowed_emails: Collection[str],
+        allowed_domains: Collection[str],
+        admins: Collection[str],
+    ) -> None:
+        self._key_hashes = key_hashes
+        self._verifier = verifier
+        self._emails = {e.lower() for e in allowed_emails}
+        self._domains = {d.lower() for d in allowed_domains}
+        self._admins = {a.lower() for a in admins}
+
+    def authenticate(self, headers: Mapping[str, str]) -> Identity | AuthFailure:
+        # HTTP header names are case-insensitive.
+        lowered = {name.lower(): value for name, value in headers.items()}
+        api_key = lowered.get("x-api-key")
+        authorization = lowered.get("authorization")
+        if api_key:
+            caller = caller_for_api_key(api_key, self._key_hashes)
+            if caller is None:
+                return AuthFailure(401, "unauthenticated", "the API key is not recognised")
+            return Identity(caller, "api_key", caller.lower() in self._admins)
+        if not authorization:
+            return AuthFailure(
+                401,
+                "unauthenticated",
+                "send an API key (X-API-Key) or a Google ID token (Authorization: Bearer)",
+            )
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return AuthFailure(401, "unauthenticated", "Authorization must be 'Bearer <ID token>'")
+        if self._verifier is None:
+            return AuthFailure(401, "unauthenticated", "ID tokens are not accepted here")
+        try:
+            claims = self._verifier.verify(token.strip())
+        except ValueError as exc:
+            return AuthFailure(401, "unauthenticated", f"the ID token is not valid: {exc}")
+        email = str(claims.get("email", "")).lower()
+        if not email or claims.get("email_verified") is not True:
+            return AuthFailure(403, "forbidden", "the ID token carries no verified email")
+        domain = str(claims.get("hd") or email.rpartition("@")[2]).lower()
+        if email not in self._emails and domain not in self._domains:
+            return AuthFailure(403, "forbidden", f"{email} is not allowed to use this service")
+        return Identity(email, "id_token", email in self._admins)
