@@ -1,0 +1,39 @@
+"""The OpenAPI document in the repo equals what the pydantic models say."""
+
+from __future__ import annotations
+
+import json
+
+from functions.http_api import OPENAPI_PATH
+from tools.openapi import build, render
+
+
+def test_committed_document_matches_the_models() -> None:
+    assert OPENAPI_PATH.read_text() == render(), "run: python -m tools.openapi"
+
+
+def test_document_is_openapi_3_1_with_every_route() -> None:
+    document = json.loads(OPENAPI_PATH.read_text())
+    assert document["openapi"] == "3.1.0"
+    assert set(document["paths"]) == {
+        "/healthz",
+        "/batch/images",
+        "/status/{job_id}",
+        "/batches/{batch_id}",
+    }
+    schemas = document["components"]["schemas"]
+    assert {"BatchRequest", "BatchItem", "Plan", "Submitted", "JobView", "ErrorBody"} <= set(
+        schemas
+    )
+    # The request schema carries the validation the function applies.
+    assert schemas["BatchItem"]["additionalProperties"] is False
+    assert "pattern" in schemas["BatchItem"]["properties"]["scene_id"]
+
+
+def test_every_error_status_is_documented_as_json() -> None:
+    for path in build()["paths"].values():
+        for operation in path.values():
+            for status, response in operation["responses"].items():
+                if status.startswith(("4", "5")):
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ErrorBody"}
