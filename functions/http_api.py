@@ -13,6 +13,7 @@ from typing import Any
 import flask
 import functions_framework
 from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import HTTPException
 
 from functions import wiring
 from shared.errors import TransientError
@@ -218,6 +219,19 @@ def route(request: flask.Request) -> flask.Response:
             return response
         return handler(request, **match.groupdict())
     return error(404, "not_found", f"no route {request.path}")
+
+
+def _http_error(exc: HTTPException) -> flask.Response:
+    """Errors raised before our handler runs (e.g. an unroutable path) as JSON too."""
+    code = exc.code or 500
+    name = (exc.name or "error").lower().replace(" ", "_")
+    return error(code, name, exc.description or name)
+
+
+# functions-framework loads this module inside its app's context: errors that
+# Flask itself answers (no route matched the raw path) get the JSON shape too.
+if flask.has_app_context():
+    flask.current_app.register_error_handler(HTTPException, _http_error)
 
 
 @functions_framework.http
