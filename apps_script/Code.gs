@@ -1,0 +1,418 @@
+/**
+ * AI images: the spreadsheet menu of the Sheets-driven image pipeline.
+ *
+ * Estimate, Generate and Refresh work on the selected rows of the active sheet
+ * (header in row 1: scene_id, prompt, ref_pack_public_url, variants,
+ * status_img, nano_img_1..n, job_id). Every menu action catches its errors and
+ * shows them as a dialog: a message for people, never a stack trace.
+ *
+ * Files: Code.gs (menu and actions), Sheet.gs (reading, checking and writing
+ * rows), Api.gs (HTTP calls and error messages), Submissions.gs (idempotency
+ * of "Generate"), Settings.gs (the Settings dialog and stored properties).
+ */
+
+const MENU_TITLE = 'AI images';
+/** How long a document lock may be waited for before giving up. */
+const LOCK_WAIT_MS = 30 * 1000;
+
+// Both error classes live here: a class that extends one from another file would
+// depend on the order in which Apps Script loads the files.
+
+/** An error whose message is meant for the person at the sheet. */
+class UserError extends Error {
+  constructor(message, title) {
+    super(message);
+    this.name = 'UserError';
+    this.title = title || '';
+  }
+}
+
+/** An API answer that is not what we asked for; `uncertain` if it may have run anyway. */
+class ApiError extends UserError {
+  constructor(message, status, code, uncertain) {
+    super(message);
+    this.name = 'ApiError';
+    this.status = status;
+    this.code = code || '';
+    this.uncertain = !!uncertain;
+  }
+}
+
+function onOpen() {
+  SpreadsheetApp.getUi()
+    .createMenu(MENU_TITLE)
+    .addItem('Estimate selected rows', 'estimateSelectedRows')
+    .addItem('Generate selected rows', 'generateSelectedRows')
+    .addItem('Refresh status', 'refreshStatus')
+    .addSeparator()
+    .addItem('Settings', 'openSettings')
+    .addToUi();
+}
+
+function estimateSelectedRows() {
+  runAction_('Estimate', estimate_);
+}
+
+function generateSelectedRows() {
+  runAction_('Generate', generate_);
+}
+
+function refreshStatus() {
+  runAction_('Refresh status', refresh_);
+}
+
+function openSettings() {
+  runAction_('Settings', settingsDialog_);
+}
+
+/** Runs one menu action; any error becomes a dialog instead of a stack trace. */
+function runAction_(title, action) {
+  const ui = SpreadsheetApp.getUi();
+  try {
+    action(ui);
+  } catch (err) {
+    if (err instanceof UserError) {
+      ui.alert(dialogTitle_(err.title || title), err.message, ui.ButtonSet.OK);
+      return;
+    }
+    console.error(err && err.stack ? err.stack : String(err));
+    const text = err && err.message ? err.message : String(err);
+    ui.alert(
+      dialogTitle_(title),
+      'Something went wrong: ' + text +
+        '\n\nIf this keeps happening, tell the pipeline\'s administrator ' +
+        '(details are in the script\'s execution log).',
+      ui.ButtonSet.OK);
+  }
+}
+
+/** The lock shared by every execution on this spreadsheet (needs a bound script). */
+function documentLock_() {
+  const lock = LockService.getDocumentLock();
+  if (!lock) throw new UserError(NOT_BOUND_TEXT);
+  return lock;
+}
+
+const NOT_BOUND_TEXT = 'This script must be bound to the spreadsheet: open the spreadsheet, ' +
+  'then Extensions → Apps Script, and install it there.';
+
+function dialogTitle_(title) {
+  return MENU_TITLE + ': ' + title;
+}
+
+// ------------------------------------------------------------------ Estimate
+
+function estimate_(ui) {
+  const table = readSheet_();
+  const batch = selectedBatch_(table);
+  const settings = loadSettings_();
+  const plan = postBatch_(settings, table, batch, 'dry_run').json;
+  ui.alert(
+    dialogTitle_('Estimate'),
+    planText_(plan, batch) + '\n\nNothing has been sent. Use "Generate selected rows" to start.',
+    ui.ButtonSet.OK);
+}
+
+// ------------------------------------------------------------------ Generate
+
+function generate_(ui) {
+  const table = readSheet_();
+  const batch = selectedBatch_(table);
+  const settings = loadSettings_();
+  const plan = postBatch_(settings, table, batch, 'dry_run').json;
+  const hash = submissionHash_(table, batch.items);
+  const seen = getSubmission_(hash);
+
+  const answer = ui.alert(
+    dialogTitle_('Generate'), confirmText_(plan, batch, seen), ui.ButtonSet.YES_NO);
+  if (answer !== ui.Button.YES) {
+    ui.alert(dialogTitle_('Generate'), 'Nothing was sent.', ui.ButtonSet.OK);
+    return;
+  }
+
+  // Two clicks are two executions running side by side: only one at a time may
+  // mark rows and send, and the second must see what the first did.
+  const lock = documentLock_();
+  if (!lock.tryLock(LOCK_WAIT_MS)) {
+    throw new UserError(
+      'Another "Generate" from this spreadsheet is still running. ' +
+      'Wait until it has finished, then try again. Nothing was sent.');
+  }
+  let message;
+  try {
+    message = submitLocked_(settings, batch, hash, seen);
+  } finally {
+    lock.releaseLock();  // before the final dialog, which waits for a click
+  }
+  ui.alert(dialogTitle_('Generate'), message, ui.ButtonSet.OK);
+}
+
+/** Marks the rows, sends the batch and writes the job ids; returns the message to show. */
+function submitLocked_(settings, batch, hash, seen) {
+  const current = getSubmission_(hash);
+  if (current && current.state === 'sent' && !sameSubmission_(seen, current)) {
+    return 'These rows were already sent ' + ago_(current.at) + ' (batch ' + current.batch_id +
+      '), by another click on Generate, so nothing was sent again.';
+  }
+  // The rows may have changed while the question was open: check again.
+  const table = readSheet_({ formulas: true });
+  const fresh = batchForRows_(table, batch.rows);
+  if (fresh.errors.length || JSON.stringify(fresh.items) !== JSON.stringify(batch.items)) {
+    throw new UserError(
+      'The selected rows changed while the question was open, so nothing was sent. ' +
+      'Check them and choose "Generate selected rows" again.');
+  }
+
+  // An answer that never arrived is retried with the same key, so it cannot run twice.
+  const record = current && current.state === 'sending' ? current : newSubmission_(hash);
+  record.state = 'sending';
+  record.at = Date.now();
+  saveSubmission_(hash, record);
+
+  // Mark the rows before sending, so that a fast job is never overwritten by a late "queued".
+  const marks = queuedMarks_(table, batch);
+  writeCells_(table.sheet, marks.updates);
+  SpreadsheetApp.flush();
+
+  let res;
+  try {
+    res = postBatch_(settings, table, batch, 'live', { 'Idempotency-Key': record.key });
+  } catch (err) {
+    if (err instanceof ApiError && !err.uncertain) {
+      writeCells_(table.sheet, marks.previous);
+      deleteSubmission_(hash);
+      throw new UserError(err.message + '\n\nNothing was sent; the rows are as they were.');
+    }
+    if (err instanceof ApiError) {
+      throw new UserError(
+        err.message + '\n\nIt is not known whether the batch arrived; the rows stay marked ' +
+        '"queued". Choose "Generate selected rows" again within ' +
+        Math.round(SUBMISSION_WINDOW_MS / 60000) + ' minutes: the same request is sent ' +
+        'again and the server does not run it twice.');
+    }
+    throw err;
+  }
+
+  const sent = res.json;
+  record.state = 'sent';
+  record.batch_id = sent.batch_id;
+  record.at = Date.now();
+  saveSubmission_(hash, record);
+  const failed = writeJobIds_(table, batch, sent);
+
+  const lines = [
+    'Batch ' + sent.batch_id + ' accepted: ' + plural_(sent.job_count, 'scene') + ', ' +
+      plural_(sent.image_count, 'image') + ', estimated $' + sent.estimated_cost_usd + '.',
+  ];
+  if (header_(res, 'idempotent-replay') === 'true') {
+    // An earlier attempt did arrive: the rows get the real state of its jobs.
+    lines.push('');
+    try {
+      const refreshed = refreshRows_(settings, readSheet_({ formulas: true }), batch.rows);
+      lines.push('This batch had already arrived from an earlier attempt; it was not run ' +
+        'twice. The rows now show its jobs (' + countsText_(refreshed.states) + ').');
+    } catch (err) {
+      lines.push('This batch had already arrived from an earlier attempt; it was not run ' +
+        'twice. Use "Refresh status" to show the state of its jobs.');
+    }
+  } else {
+    lines.push('');
+    lines.push('The rows are marked "queued" and fill in as the images finish ' +
+      '(use "Refresh status" to update them).');
+  }
+  if (failed.length) {
+    lines.push('');
+    lines.push('Could not be queued:');
+    failed.forEach(function (line) { lines.push('  • ' + line); });
+  }
+  return lines.join('\n');
+}
+
+function confirmText_(plan, batch, seen) {
+  const head = [];
+  if (seen && seen.state === 'sent') {
+    head.push('These exact rows were already sent ' + ago_(seen.at) + ' (batch ' +
+      seen.batch_id + ').');
+    head.push('Send them AGAIN as a new batch (and pay again)?');
+  } else {
+    if (seen && seen.state === 'sending') {
+      head.push('An earlier attempt to send these rows ' + ago_(seen.at) + ' got no answer. ' +
+        'Sending again is safe: if it did arrive, the server will not run it twice.');
+      head.push('');
+    }
+    head.push('Generate ' + plural_(plan.image_count, 'image') + ' for ' +
+      plural_(plan.job_count, 'scene') + '?');
+  }
+  return head.join('\n') + '\n\n' + planText_(plan, batch);
+}
+
+// ------------------------------------------------------------------ Refresh
+
+function refresh_(ui) {
+  const settings = loadSettings_();
+  const table = readSheet_();
+  const jobCol = table.columns.job_id;
+  const selected = selectedRowNumbers_(table).filter(function (row) {
+    return cellText_(table.values[row - 1][jobCol]) !== '';
+  });
+  let rows = selected;
+  let scope = 'selected rows';
+  if (!rows.length) {
+    // Nothing with a job selected: every row whose job is not finished yet.
+    scope = 'unfinished rows';
+    for (let row = HEADER_ROW + 1; row <= table.lastRow; row++) {
+      const values = table.values[row - 1];
+      if (cellText_(values[jobCol]) && !isFinalStatus_(cellText_(values[table.columns.status_img]))) {
+        rows.push(row);
+      }
+    }
+  }
+  if (!rows.length) {
+    throw new UserError(
+      'There is nothing to refresh: no selected row has a job_id, and every row with a ' +
+      'job_id is finished.\n\nRows get a job_id when they are sent with "Generate selected rows".',
+      'Refresh status');
+  }
+  let note = '';
+  if (rows.length > REFRESH_MAX_JOBS) {
+    note = '\n\nOnly the first ' + REFRESH_MAX_JOBS + ' of ' + rows.length +
+      ' rows were refreshed; run Refresh again for the rest.';
+    rows = rows.slice(0, REFRESH_MAX_JOBS);
+  }
+
+  const lock = documentLock_();
+  if (!lock.tryLock(LOCK_WAIT_MS)) {
+    throw new UserError('A "Generate" from this spreadsheet is running; try again in a moment.');
+  }
+  let result;
+  try {
+    result = refreshRows_(settings, readSheet_({ formulas: true }), rows);
+  } finally {
+    lock.releaseLock();
+  }
+  const summary = 'Refreshed ' + plural_(result.checked, 'row') + ' (' + scope + '): ' +
+    countsText_(result.states) + '; ' + plural_(result.written, 'row') + ' updated.';
+  if (result.problems.length || note) {
+    ui.alert(dialogTitle_('Refresh status'),
+      summary + (result.problems.length
+        ? '\n\nProblems:\n' + limitLines_(result.problems, 20).map(function (p) {
+          return '  • ' + p;
+        }).join('\n')
+        : '') + note,
+      ui.ButtonSet.OK);
+  } else {
+    table.ss.toast(summary, MENU_TITLE, 8);
+  }
+}
+
+/**
+ * Pulls the jobs of the given rows from /status and writes what advanced:
+ * status_img, nano_img_k as =IMAGE(thumbnail link), job_id.
+ */
+function refreshRows_(settings, table, rows) {
+  const jobCol = table.columns.job_id;
+  const wanted = rows.map(function (row) {
+    return { row: row, jobId: cellText_(table.values[row - 1][jobCol]) };
+  }).filter(function (entry) { return entry.jobId !== ''; });
+  const answers = fetchJobStatuses_(settings, wanted.map(function (e) { return e.jobId; }));
+
+  const result = { checked: wanted.length, written: 0, states: {}, problems: [] };
+  const failures = [];
+  const updates = [];
+  wanted.forEach(function (entry, i) {
+    const res = answers[i];
+    if (res.status !== 200 || !res.json) {
+      failures.push(res);
+      result.problems.push('Row ' + entry.row + ' (job ' + entry.jobId + '): ' +
+        (res.status === 404
+          ? 'not found for your sign-in (sent with another API key or account?)'
+          : apiError_(res, null).message.split('\n')[0]));
+      return;
+    }
+    const view = res.json;
+    result.states[view.state] = (result.states[view.state] || 0) + 1;
+    const cells = rowUpdatesForJob_(table, entry.row, view);
+    if (cells.length) {
+      result.written += 1;
+      Array.prototype.push.apply(updates, cells);
+    }
+  });
+  // Every call failed the same way (signed out, server down): say that, not per row.
+  if (failures.length && failures.length === wanted.length &&
+      failures.every(function (r) { return r.status === failures[0].status; }) &&
+      failures[0].status !== 404) {
+    throw apiError_(failures[0], null);
+  }
+  writeCells_(table.sheet, updates);
+  return result;
+}
+
+// ------------------------------------------------------------------ helpers
+
+function planText_(plan, batch) {
+  const lines = [];
+  lines.push(plural_(plan.job_count, 'scene') + ' (' + batch.rowsLabel + '), ' +
+    plural_(plan.image_count, 'image'));
+  lines.push('Estimated cost: $' + plan.estimated_cost_usd + ' with ' + plan.model +
+    ' ($' + plan.price_per_image_usd + ' per image)');
+  const jobs = plan.jobs || [];
+  if (jobs.length && jobs.length <= 12) {
+    jobs.forEach(function (job) {
+      lines.push('  • row ' + batch.rowOfScene[job.scene_id] + ', ' + job.scene_id + ': ' +
+        plural_(job.variants, 'image') + ', $' + job.estimated_cost_usd);
+    });
+  }
+  const budget = budgetLines_(plan.budget);
+  if (budget.length) {
+    lines.push('');
+    lines.push('Budget:');
+    Array.prototype.push.apply(lines, budget);
+    if (overBudget_(plan)) {
+      lines.push('  ⚠ This is more than what is left for today: the server will refuse it.');
+    }
+  }
+  const warnings = plan.warnings || [];
+  if (warnings.length) {
+    lines.push('');
+    lines.push('Warnings:');
+    limitLines_(warnings.map(function (w) {
+      return '  • ' + sceneLabel_(batch, w.scene_id) + ': ' + w.message;
+    }), 15).forEach(function (line) { lines.push(line); });
+  }
+  return lines.join('\n');
+}
+
+function overBudget_(plan) {
+  const b = plan.budget;
+  if (!b || typeof b !== 'object') return false;
+  const images = Number(b.images_remaining);
+  const cost = Number(b.cost_remaining_usd);
+  return (!isNaN(images) && plan.image_count > images) ||
+    (!isNaN(cost) && Number(plan.estimated_cost_usd) > cost);
+}
+
+function sceneLabel_(batch, sceneId) {
+  const row = batch && batch.rowOfScene[sceneId];
+  return row ? 'Row ' + row + ' (' + sceneId + ')' : String(sceneId);
+}
+
+function plural_(n, word) {
+  return n + ' ' + word + (n === 1 ? '' : 's');
+}
+
+function countsText_(states) {
+  const names = Object.keys(states).sort();
+  if (!names.length) return 'no jobs';
+  return names.map(function (name) { return name + ' ' + states[name]; }).join(', ');
+}
+
+function limitLines_(lines, max) {
+  if (lines.length <= max) return lines;
+  return lines.slice(0, max).concat(['…and ' + (lines.length - max) + ' more']);
+}
+
+function ago_(when) {
+  const seconds = Math.max(0, Math.round((Date.now() - when) / 1000));
+  if (seconds < 90) return plural_(seconds, 'second') + ' ago';
+  return plural_(Math.round(seconds / 60), 'minute') + ' ago';
+}

@@ -1,0 +1,348 @@
+/**
+ * Reading, checking and writing scene rows. Columns are found by header name
+ * (row 1), rows by the selection; nothing depends on column order.
+ */
+
+const HEADER_ROW = 1;
+const REQUIRED_COLUMNS = ['scene_id', 'prompt', 'variants', 'status_img', 'job_id'];
+/** The server's rule for scene ids (shared/models.py SCENE_ID_PATTERN). */
+const SCENE_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+const MAX_VARIANTS = 4;
+const ASPECT_RATIO_PATTERN = /^[1-9][0-9]{0,2}:[1-9][0-9]{0,2}$/;
+const IMAGE_SIZES = ['1K', '2K', '4K'];
+const MAX_ERROR_LINES = 25;
+/** statusRank_ of completed, partial and failed. */
+const FINAL_RANK = 3;
+
+/** The whole active sheet in one read: values (and formulas), header and columns. */
+function readSheet_(options) {
+  const ss = SpreadsheetApp.getActiveSpreadsheet();
+  const sheet = ss.getActiveSheet();
+  const lastRow = sheet.getLastRow();
+  const lastColumn = sheet.getLastColumn();
+  if (lastRow < 1 || lastColumn < 1) {
+    throw new UserError(missingColumnsText_(sheet, REQUIRED_COLUMNS));
+  }
+  const range = sheet.getRange(1, 1, lastRow, lastColumn);
+  const values = range.getValues();
+  const formulas = options && options.formulas ? range.getFormulas() : null;
+  const header = values[HEADER_ROW - 1].map(cellText_);
+  const columns = {};
+  header.forEach(function (name, i) {
+    if (name && !Object.prototype.hasOwnProperty.call(columns, name)) columns[name] = i;
+  });
+  const missing = REQUIRED_COLUMNS.filter(function (name) { return !(name in columns); });
+  if (missing.length) throw new UserError(missingColumnsText_(sheet, missing));
+  const images = [];
+  header.forEach(function (name, i) {
+    const match = /^nano_img_(\d+)$/.exec(name);
+    if (match && columns[name] === i) images.push({ n: Number(match[1]), index: i });
+  });
+  return {
+    ss: ss, sheet: sheet, lastRow: lastRow, lastColumn: lastColumn, values: values,
+    formulas: formulas, header: header, columns: columns, images: images,
+  };
+}
+
+function missingColumnsText_(sheet, missing) {
+  return 'The sheet "' + sheet.getName() + '" has no column ' +
+    missing.map(function (name) { return '"' + name + '"'; }).join(', ') + ' in row 1.\n\n' +
+    'Open the scenes sheet (header: scene_id, prompt, ref_pack_public_url, variants, ' +
+    'status_img, nano_img_1..3, job_id) and try again.';
+}
+
+/** A cell as trimmed text ('' for empty). */
+function cellText_(value) {
+  if (value === null || value === undefined) return '';
+  if (value instanceof Date) return value.toISOString();
+  return String(value).trim();
+}
+
+/** Row numbers (below the header, within the data) covered by the selection. */
+function selectedRowNumbers_(table) {
+  const list = table.sheet.getActiveRangeList();
+  const ranges = list ? list.getRanges() : [];
+  const rows = {};
+  ranges.forEach(function (range) {
+    const first = Math.max(range.getRow(), HEADER_ROW + 1);
+    const last = Math.min(range.getLastRow(), table.lastRow);
+    for (let row = first; row <= last; row++) rows[row] = true;
+  });
+  return Object.keys(rows).map(Number).sort(function (a, b) { return a - b; });
+}
+
+/** The selected scenes as a checked batch; throws a UserError naming each bad row. */
+function selectedBatch_(table) {
+  const batch = batchForRows_(table, selectedRowNumbers_(table));
+  if (!batch.scenes.length) {
+    throw new UserError(
+      'No scene rows are selected.\n\nOn the scenes sheet, select the rows to send (click ' +
+      'the row numbers on the left; hold Ctrl or ⌘ to add more), then choose the menu ' +
+      'item again.');
+  }
+  if (batch.errors.length) {
+    throw new UserError(
+      'Nothing was sent: ' + plural_(batch.errors.length, 'problem') +
+      ' in the selected rows.\n\n' + limitLines_(batch.errors, MAX_ERROR_LINES).join('\n'));
+  }
+  return batch;
+}
+
+/** Scenes, request items and problems of the given rows (blank rows are skipped). */
+function batchForRows_(table, rowNumbers) {
+  const col = table.columns;
+  const get = function (row, name) {
+    return name in col ? table.values[row - 1][col[name]] : '';
+  };
+  const inSelection = {};
+  rowNumbers.forEach(function (row) { inSelection[row] = true; });
+  const rowsOfScene = {};
+  for (let row = HEADER_ROW + 1; row <= table.lastRow; row++) {
+    const id = cellText_(get(row, 'scene_id'));
+    if (id) (rowsOfScene[id] = rowsOfScene[id] || []).push(row);
+  }
+
+  const scenes = [];
+  const errors = [];
+  const firstInSelection = {};
+  rowNumbers.forEach(function (row) {
+    const scene = {
+      row: row,
+      scene_id: cellText_(get(row, 'scene_id')),
+      prompt: cellText_(get(row, 'prompt')),
+      ref: cellText_(get(row, 'ref_pack_public_url')),
+      variantsRaw: get(row, 'variants'),
+      aspect: cellText_(get(row, 'aspect_ratio')),
+      size: cellText_(get(row, 'image_size')).toUpperCase(),
+    };
+    if (!scene.scene_id && !scene.prompt && !scene.ref && cellText_(scene.variantsRaw) === '') {
+      return;  // a blank row inside the selection
+    }
+    const where = 'Row ' + row + ': ';
+    const id = scene.scene_id;
+    if (!id) {
+      errors.push(where + 'scene_id is empty.');
+    } else if (!SCENE_ID_PATTERN.test(id)) {
+      errors.push(where + 'scene_id "' + clip_(id) + '" is not valid: use 1-64 letters, ' +
+        'digits, "_", "-" or ".", starting with a letter or digit.');
+    } else if (firstInSelection[id]) {
+      errors.push(where + 'scene_id "' + id + '" is also in row ' + firstInSelection[id] +
+        ' of the selection; every scene needs its own scene_id.');
+    } else {
+      firstInSelection[id] = row;
+      const elsewhere = rowsOfScene[id].filter(function (r) { return !inSelection[r]; });
+      if (elsewhere.length) {
+        errors.push(where + 'scene_id "' + id + '" also appears in row ' + elsewhere[0] +
+          '; results go to the first row with that scene_id, so give each row its own.');
+      }
+    }
+    if (!scene.prompt) errors.push(where + 'prompt is empty.');
+    const variants = parseVariants_(scene.variantsRaw);
+    if (variants === null) {
+      errors.push(where + 'variants must be a whole number from 1 to ' + MAX_VARIANTS +
+        ' (found "' + clip_(cellText_(scene.variantsRaw)) + '").');
+    }
+    if (scene.ref && !/^https:\/\/[^\s/]+\S*$/.test(scene.ref) &&
+        !/^gs:\/\/[^\s/]+\/\S+$/.test(scene.ref)) {
+      errors.push(where + 'ref_pack_public_url must be an https:// link or a ' +
+        'gs://bucket/object path (found "' + clip_(scene.ref) + '").');
+    }
+    if (scene.aspect && !ASPECT_RATIO_PATTERN.test(scene.aspect)) {
+      errors.push(where + 'aspect_ratio must look like 16:9 (found "' + clip_(scene.aspect) +
+        '").');
+    }
+    if (scene.size && IMAGE_SIZES.indexOf(scene.size) < 0) {
+      errors.push(where + 'image_size must be one of ' + IMAGE_SIZES.join(', ') +
+        ' (found "' + clip_(scene.size) + '").');
+    }
+    scene.variants = variants;
+    scenes.push(scene);
+  });
+
+  const items = scenes.map(function (scene) {
+    const item = { scene_id: scene.scene_id, prompt: scene.prompt, variants: scene.variants };
+    if (scene.ref) item.ref_pack_public_url = scene.ref;
+    if (scene.aspect) item.aspect_ratio = scene.aspect;
+    if (scene.size) item.image_size = scene.size;
+    return item;
+  });
+  const rowOfScene = {};
+  scenes.forEach(function (scene) {
+    if (!(scene.scene_id in rowOfScene)) rowOfScene[scene.scene_id] = scene.row;
+  });
+  return {
+    scenes: scenes,
+    items: items,
+    errors: errors,
+    rows: scenes.map(function (scene) { return scene.row; }),
+    rowOfScene: rowOfScene,
+    rowsLabel: rowsLabel_(scenes.map(function (scene) { return scene.row; })),
+  };
+}
+
+/** 1..MAX_VARIANTS from a number or digits; empty means 1; anything else null. */
+function parseVariants_(raw) {
+  if (raw === '' || raw === null || raw === undefined) return 1;
+  let n;
+  if (typeof raw === 'number') {
+    n = raw;
+  } else if (typeof raw === 'string' && /^\s*\d+\s*$/.test(raw)) {
+    n = Number(raw);
+  } else {
+    return null;
+  }
+  return Number.isInteger(n) && n >= 1 && n <= MAX_VARIANTS ? n : null;
+}
+
+function clip_(text) {
+  return text.length > 40 ? text.slice(0, 37) + '…' : text;
+}
+
+/** [5, 6, 7, 9] -> "rows 5-7, 9". */
+function rowsLabel_(rows) {
+  const parts = [];
+  let i = 0;
+  while (i < rows.length) {
+    let j = i;
+    while (j + 1 < rows.length && rows[j + 1] === rows[j] + 1) j++;
+    parts.push(j > i ? rows[i] + '-' + rows[j] : String(rows[i]));
+    i = j + 1;
+  }
+  return (rows.length === 1 ? 'row ' : 'rows ') + parts.join(', ');
+}
+
+/**
+ * The cells that mark the batch's rows "queued" (old images and job id cleared),
+ * and the cells that put them back as they were.
+ */
+function queuedMarks_(table, batch) {
+  const updates = [];
+  const previous = [];
+  const clear = [table.columns.job_id].concat(table.images.map(function (img) {
+    return img.index;
+  }));
+  batch.rows.forEach(function (row) {
+    updates.push({ row: row, col: table.columns.status_img, value: 'queued' });
+    previous.push({ row: row, col: table.columns.status_img, value: currentCell_(table, row, table.columns.status_img) });
+    clear.forEach(function (col) {
+      updates.push({ row: row, col: col, value: '' });
+      previous.push({ row: row, col: col, value: currentCell_(table, row, col) });
+    });
+  });
+  return { updates: updates, previous: previous };
+}
+
+/** A cell as it must be written back to stay the same: its formula, or its value as text. */
+function currentCell_(table, row, col) {
+  const formula = table.formulas ? table.formulas[row - 1][col] : '';
+  if (formula) return formula;
+  const value = table.values[row - 1][col];
+  return typeof value === 'string' ? textCell_(value) : value;
+}
+
+/** Text that is never read as a formula or a number when written. */
+function textCell_(text) {
+  return /^[=+\-@']/.test(text) ? "'" + text : text;
+}
+
+/** Writes job ids (and failures) from a live answer; returns lines about failed jobs. */
+function writeJobIds_(table, batch, answer) {
+  const updates = [];
+  const failed = [];
+  (answer.jobs || []).forEach(function (job) {
+    const row = batch.rowOfScene[job.scene_id];
+    if (!row) return;
+    updates.push({ row: row, col: table.columns.job_id, value: textCell_(String(job.job_id)) });
+    if (job.state === 'failed') {
+      const reason = job.error || 'could not be queued';
+      updates.push({ row: row, col: table.columns.status_img, value: textCell_('failed: ' + reason) });
+      failed.push('Row ' + row + ' (' + job.scene_id + '): ' + reason);
+    }
+  });
+  writeCells_(table.sheet, updates);
+  return failed;
+}
+
+/** The cells of one row that a job view moves forward (never backwards). */
+function rowUpdatesForJob_(table, row, view) {
+  const values = table.values[row - 1];
+  const updates = [];
+  const jobCol = table.columns.job_id;
+  if (cellText_(values[jobCol]) !== view.job_id) return updates;  // the row was sent again
+  const statusCol = table.columns.status_img;
+  const current = cellText_(values[statusCol]);
+  const next = view.status_text || view.state;
+  const rankNext = statusRank_(next);
+  const rankNow = statusRank_(current);
+  if (rankNext > rankNow || (rankNext === FINAL_RANK && rankNow === FINAL_RANK && next !== current)) {
+    updates.push({ row: row, col: statusCol, value: textCell_(next) });
+  }
+  (view.variants || []).forEach(function (variant) {
+    if (!variant.thumbnail_url) return;
+    const column = table.images.filter(function (img) { return img.n === variant.variant; })[0];
+    if (!column) return;  // no nano_img_k column for this variant
+    const formula = imageFormula_(variant.thumbnail_url);
+    const now = table.formulas ? table.formulas[row - 1][column.index] : '';
+    if (now !== formula) updates.push({ row: row, col: column.index, value: formula });
+  });
+  return updates;
+}
+
+/** The same formula the pipeline writes. */
+function imageFormula_(url) {
+  return '=IMAGE("' + String(url).replace(/"/g, '""') + '")';
+}
+
+
+/** queued 0 < generating (k/n) 1..2 < completed / partial / failed 3; unknown -1. */
+function statusRank_(text) {
+  const t = String(text || '').toLowerCase();
+  if (/^(completed|partial|failed)\b/.test(t)) return FINAL_RANK;
+  const generating = /^generating(?:\s*\((\d+)\/(\d+)\))?/.exec(t);
+  if (generating) {
+    const done = Number(generating[1] || 0);
+    const total = Number(generating[2] || 1);
+    return 1 + done / (total + 1);
+  }
+  if (/^queued\b/.test(t)) return 0;
+  return -1;
+}
+
+function isFinalStatus_(text) {
+  return statusRank_(text) === FINAL_RANK;
+}
+
+/**
+ * Writes {row, col (0-based), value} cells with as few calls as possible:
+ * one setValues per block of consecutive rows and consecutive columns.
+ */
+function writeCells_(sheet, updates) {
+  if (!updates.length) return;
+  const byRow = {};
+  updates.forEach(function (u) { (byRow[u.row] = byRow[u.row] || {})[u.col] = u.value; });
+  const rows = Object.keys(byRow).map(Number).sort(function (a, b) { return a - b; });
+  const colsKey = function (row) {
+    return Object.keys(byRow[row]).map(Number).sort(function (a, b) { return a - b; }).join(',');
+  };
+  let i = 0;
+  while (i < rows.length) {
+    let j = i;
+    while (j + 1 < rows.length && rows[j + 1] === rows[j] + 1 &&
+           colsKey(rows[j + 1]) === colsKey(rows[i])) j++;
+    const cols = colsKey(rows[i]).split(',').map(Number);
+    let a = 0;
+    while (a < cols.length) {
+      let b = a;
+      while (b + 1 < cols.length && cols[b + 1] === cols[b] + 1) b++;
+      const block = [];
+      for (let r = i; r <= j; r++) {
+        const line = [];
+        for (let c = a; c <= b; c++) line.push(byRow[rows[r]][cols[c]]);
+        block.push(line);
+      }
+      sheet.getRange(rows[i], cols[a] + 1, j - i + 1, b - a + 1).setValues(block);
+      a = b + 1;
+    }
+    i = j + 1;
+  }
+}

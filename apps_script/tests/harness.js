@@ -1,0 +1,765 @@
+'use strict';
+/**
+ * Runs the Apps Script sources (../*.gs) unchanged in a `vm` context whose
+ * globals are small stand-ins for the Apps Script services:
+ *
+ *   SpreadsheetApp  the active spreadsheet and sheet, the selection (a range
+ *                   list), getRange/getValues/getFormulas/setValues/...; the
+ *                   cells live in the local Sheets stub and are read and written
+ *                   through its REST API (Google's Sheets v4 JSON), so the rows the
+ *                   script marks and the rows the pipeline fills are the same.
+ *                   Writes are buffered until SpreadsheetApp.flush(), a read, or
+ *                   the end of the execution, as in Apps Script.
+ *   Ui              alert / prompt / createMenu / showModalDialog, recorded; the
+ *                   answers to questions are scripted.
+ *   UrlFetchApp     fetch / fetchAll making real, synchronous HTTP calls.
+ *   PropertiesService, LockService, Utilities, ScriptApp, Logger, console.
+ *
+ * Document properties and the document lock can live in files instead of
+ * memory so that two processes (two racing executions) share them.
+ */
+const fs = require('node:fs');
+const path = require('node:path');
+const vm = require('node:vm');
+const crypto = require('node:crypto');
+const { SyncFetcher } = require('./sync_fetch');
+
+const SCRIPT_DIR = path.resolve(__dirname, '..');
+const SLEEPER = new Int32Array(new SharedArrayBuffer(4));
+
+let sharedFetcher = null;
+function fetcher() {
+  if (!sharedFetcher) sharedFetcher = new SyncFetcher();
+  return sharedFetcher;
+}
+
+function sleepSync(ms) {
+  Atomics.wait(SLEEPER, 0, 0, Math.max(0, ms));
+}
+
+function scriptFiles(order = 'sorted') {
+  const names = fs.readdirSync(SCRIPT_DIR).filter((n) => n.endsWith('.gs')).sort();
+  if (order === 'reversed') names.reverse();
+  return names.map((n) => path.join(SCRIPT_DIR, n));
+}
+
+// ------------------------------------------------------------------ A1 helpers
+
+function columnLetters(index) {
+  let letters = '';
+  let n = index;
+  while (n > 0) {
+    const rem = (n - 1) % 26;
+    letters = String.fromCharCode(65 + rem) + letters;
+    n = Math.floor((n - 1) / 26);
+  }
+  return letters;
+}
+
+function columnIndex(letters) {
+  let n = 0;
+  for (const ch of letters.toUpperCase()) n = n * 26 + ch.charCodeAt(0) - 64;
+  return n;
+}
+
+function quoteTitle(title) {
+  return `'${title.replace(/'/g, "''")}'`;
+}
+
+/** "B2", "A5:I7", "5:7" (whole rows), "A:C" (whole columns) -> 1-based corners or nulls. */
+function parseA1(text) {
+  const m = /^([A-Z]*)(\d*)(?::([A-Z]*)(\d*))?$/i.exec(text.trim());
+  if (!m || (!m[1] && !m[2])) throw new Error(`Range not found: ${text}`);
+  const c1 = m[1] ? columnIndex(m[1]) : null;
+  const r1 = m[2] ? Number(m[2]) : null;
+  const hasEnd = m[3] !== undefined;
+  const c2 = hasEnd ? (m[3] ? columnIndex(m[3]) : null) : c1;
+  const r2 = hasEnd ? (m[4] ? Number(m[4]) : null) : r1;
+  return { r1, c1, r2, c2 };
+}
+
+// ------------------------------------------------------------------ Sheets stub REST
+
+class StubSheets {
+  constructor(env, onWrite) {
+    this.base = env.SHEETS_API_URL.replace(/\/+$/, '');
+    this.id = env.SPREADSHEET_ID;
+    this.onWrite = onWrite;
+  }
+
+  request(method, suffix, body) {
+    const result = fetcher().fetch({
+      url: `${this.base}/v4/spreadsheets/${encodeURIComponent(this.id)}${suffix}`,
+      method,
+      headers: { 'content-type': 'application/json' },
+      body: body === undefined ? null : Buffer.from(JSON.stringify(body)).toString('base64'),
+    });
+    if (!result.ok) throw new Error(`Service Spreadsheets failed: ${result.error}`);
+    const json = JSON.parse(result.body.toString('utf8') || '{}');
+    if (result.status !== 200) {
+      const message = json.error && json.error.message ? json.error.message : result.status;
+      throw new Error(`Service Spreadsheets failed: ${message}`);
+    }
+    return json;
+  }
+
+  values(title, a1, render) {
+    const range = encodeURIComponent(quoteTitle(title) + (a1 ? `!${a1}` : ''));
+    const answer = this.request('GET', `/values/${range}?valueRenderOption=${render}`);
+    return answer.values || [];
+  }
+
+  write(data) {
+    this.request('POST', '/values:batchUpdate', {
+      valueInputOption: 'USER_ENTERED',
+      data: data.map((d) => ({ range: `${quoteTitle(d.title)}!${d.a1}`, values: d.values })),
+    });
+    this.onWrite(data);
+  }
+
+  grid(title) {
+    const sheet = (this.request('GET', '').sheets || []).find(
+      (s) => s.properties.title.toLowerCase() === title.toLowerCase(),
+    );
+    if (!sheet) throw new Error(`no sheet ${title}`);
+    return sheet.properties.gridProperties;
+  }
+}
+
+// ------------------------------------------------------------------ SpreadsheetApp
+
+function cellForWrite(value) {
+  if (value === null || value === undefined) return '';
+  if (typeof value === 'number' || typeof value === 'boolean' || typeof value === 'string') return value;
+  throw new Error(`Unsupported cell value in the stand-in: ${Object.prototype.toString.call(value)}`);
+}
+
+class FakeRange {
+  constructor(sheet, row, column, numRows, numColumns) {
+    if (!(row >= 1 && column >= 1 && numRows >= 1 && numColumns >= 1)) {
+      throw new Error(
+        `The coordinates of the range are outside the dimensions of the sheet (${row}, ${column}, ${numRows}, ${numColumns}).`,
+      );
+    }
+    Object.assign(this, { sheet, row, column, numRows, numColumns });
+  }
+
+  getSheet() { return this.sheet; }
+  getRow() { return this.row; }
+  getColumn() { return this.column; }
+  getNumRows() { return this.numRows; }
+  getNumColumns() { return this.numColumns; }
+  getLastRow() { return this.row + this.numRows - 1; }
+  getLastColumn() { return this.column + this.numColumns - 1; }
+
+  getA1Notation() {
+    const start = `${columnLetters(this.column)}${this.row}`;
+    if (this.numRows === 1 && this.numColumns === 1) return start;
+    return `${start}:${columnLetters(this.getLastColumn())}${this.getLastRow()}`;
+  }
+
+  read(render) {
+    const raw = this.sheet.read(this.getA1Notation(), render);
+    const out = [];
+    for (let r = 0; r < this.numRows; r++) {
+      const line = [];
+      for (let c = 0; c < this.numColumns; c++) {
+        const v = raw[r] && raw[r][c] !== undefined ? raw[r][c] : '';
+        line.push(v);
+      }
+      out.push(line);
+    }
+    return out;
+  }
+
+  getValues() { return this.read('UNFORMATTED_VALUE'); }
+  getValue() { return this.getValues()[0][0]; }
+  getDisplayValues() { return this.read('FORMATTED_VALUE').map((r) => r.map(String)); }
+  getFormulas() {
+    return this.read('FORMULA').map((r) => r.map((v) => (typeof v === 'string' && v.startsWith('=') ? v : '')));
+  }
+  getFormula() { return this.getFormulas()[0][0]; }
+
+  setValues(values) {
+    if (!Array.isArray(values) || values.length !== this.numRows) {
+      throw new Error(
+        `The number of rows in the data does not match the number of rows in the range. The data has ${values && values.length} but the range has ${this.numRows}.`,
+      );
+    }
+    values.forEach((line) => {
+      if (!Array.isArray(line) || line.length !== this.numColumns) {
+        throw new Error(
+          `The number of columns in the data does not match the number of columns in the range. The data has ${line && line.length} but the range has ${this.numColumns}.`,
+        );
+      }
+    });
+    this.sheet.queueWrite(this.getA1Notation(), values.map((line) => line.map(cellForWrite)));
+    return this;
+  }
+
+  setValue(value) {
+    const line = new Array(this.numColumns).fill(cellForWrite(value));
+    return this.setValues(Array.from({ length: this.numRows }, () => line.slice()));
+  }
+
+  setFormula(formula) { return this.setValue(formula); }
+  setFormulas(formulas) { return this.setValues(formulas); }
+  clearContent() { return this.setValue(''); }
+}
+
+class FakeSheet {
+  constructor(harness, title) {
+    this.h = harness;
+    this.title = title;
+  }
+
+  getName() { return this.title; }
+  getSheetName() { return this.title; }
+  getParent() { return this.h.spreadsheet; }
+
+  read(a1, render) {
+    this.h.flushWrites();  // a read makes Apps Script apply pending writes first
+    return this.h.sheets.values(this.title, a1, render);
+  }
+
+  queueWrite(a1, values) {
+    this.h.pendingWrites.push({ title: this.title, a1, values });
+  }
+
+  all() {
+    return this.read(null, 'FORMULA');
+  }
+
+  getLastRow() {
+    const rows = this.all();
+    for (let r = rows.length; r > 0; r--) if (rows[r - 1].some((v) => v !== '')) return r;
+    return 0;
+  }
+
+  getLastColumn() {
+    let last = 0;
+    for (const row of this.all()) {
+      for (let c = row.length; c > last; c--) if (row[c - 1] !== '') { last = c; break; }
+    }
+    return last;
+  }
+
+  getMaxRows() { return this.h.sheets.grid(this.title).rowCount; }
+  getMaxColumns() { return this.h.sheets.grid(this.title).columnCount; }
+
+  getRange(a, b, c, d) {
+    if (typeof a === 'string') {
+      const p = parseA1(a);
+      const r1 = p.r1 === null ? 1 : p.r1;
+      const c1 = p.c1 === null ? 1 : p.c1;
+      const r2 = p.r2 === null ? this.getMaxRows() : p.r2;
+      const c2 = p.c2 === null ? this.getMaxColumns() : p.c2;
+      return new FakeRange(this, Math.min(r1, r2), Math.min(c1, c2), Math.abs(r2 - r1) + 1, Math.abs(c2 - c1) + 1);
+    }
+    return new FakeRange(this, a, b, c === undefined ? 1 : c, d === undefined ? 1 : d);
+  }
+
+  getDataRange() {
+    return new FakeRange(this, 1, 1, Math.max(this.getLastRow(), 1), Math.max(this.getLastColumn(), 1));
+  }
+
+  getRangeList(a1s) {
+    const ranges = a1s.map((a1) => this.getRange(a1));
+    return {
+      getRanges: () => ranges.slice(),
+      setValue: (v) => { ranges.forEach((r) => r.setValue(v)); },
+    };
+  }
+
+  getActiveRangeList() {
+    if (this.h.activeTitle !== this.title || !this.h.selection.length) return null;
+    return this.getRangeList(this.h.selection);
+  }
+
+  getActiveRange() {
+    const list = this.getActiveRangeList();
+    return list ? list.getRanges()[0] : null;
+  }
+}
+
+// ------------------------------------------------------------------ Ui
+
+const BUTTON = { OK: 'OK', CANCEL: 'CANCEL', YES: 'YES', NO: 'NO', CLOSE: 'CLOSE' };
+const BUTTON_SET = { OK: 'OK', OK_CANCEL: 'OK_CANCEL', YES_NO: 'YES_NO', YES_NO_CANCEL: 'YES_NO_CANCEL' };
+const ALLOWED = {
+  OK: ['OK', 'CLOSE'],
+  OK_CANCEL: ['OK', 'CANCEL', 'CLOSE'],
+  YES_NO: ['YES', 'NO', 'CLOSE'],
+  YES_NO_CANCEL: ['YES', 'NO', 'CANCEL', 'CLOSE'],
+};
+
+function dialogArgs(args) {
+  // (prompt) | (prompt, buttons) | (title, prompt, buttons)
+  if (args.length >= 3) return { title: String(args[0]), text: String(args[1]), buttons: args[2] };
+  if (args.length === 2 && args[1] in BUTTON_SET) return { title: '', text: String(args[0]), buttons: args[1] };
+  if (args.length === 2) return { title: String(args[0]), text: String(args[1]), buttons: 'OK' };
+  return { title: '', text: String(args[0]), buttons: 'OK' };
+}
+
+function waitAtBarrier(barrier) {
+  fs.mkdirSync(barrier.dir, { recursive: true });
+  fs.writeFileSync(path.join(barrier.dir, `arrived-${process.pid}-${crypto.randomUUID()}`), '');
+  const deadline = Date.now() + (barrier.timeoutMs || 30000);
+  while (fs.readdirSync(barrier.dir).filter((n) => n.startsWith('arrived-')).length < barrier.parties) {
+    if (Date.now() > deadline) throw new Error('barrier timed out');
+    sleepSync(10);
+  }
+}
+
+class FakeUi {
+  constructor(harness) {
+    this.h = harness;
+    this.Button = BUTTON;
+    this.ButtonSet = BUTTON_SET;
+  }
+
+  answerFor(kind, dialog) {
+    const buttons = dialog.buttons || 'OK';
+    if (kind === 'alert' && buttons === 'OK') return { button: 'OK' };
+    const scripted = this.h.answers.shift();
+    if (scripted === undefined) {
+      const error = new Error(`unexpected ${kind} (no scripted answer): ${dialog.title} / ${dialog.text}`);
+      this.h.unexpected.push(error.message);
+      throw error;
+    }
+    const answer = typeof scripted === 'string' ? { button: scripted } : scripted;
+    if (answer.expect && !answer.expect.test(dialog.text)) {
+      const error = new Error(`scripted answer expected a dialog matching ${answer.expect}, got: ${dialog.text}`);
+      this.h.unexpected.push(error.message);
+      throw error;
+    }
+    if (!ALLOWED[buttons].includes(answer.button)) {
+      throw new Error(`button ${answer.button} is not in ${buttons}`);
+    }
+    if (answer.barrier) waitAtBarrier(answer.barrier);
+    return answer;
+  }
+
+  alert(...args) {
+    const dialog = { kind: 'alert', ...dialogArgs(args) };
+    this.h.dialogs.push(dialog);
+    const answer = this.answerFor('alert', dialog);
+    dialog.answer = answer.button;
+    return answer.button;
+  }
+
+  prompt(...args) {
+    const dialog = { kind: 'prompt', ...dialogArgs(args) };
+    if (args.length === 1) dialog.buttons = 'OK';
+    this.h.dialogs.push(dialog);
+    const answer = this.answerFor('prompt', dialog);
+    dialog.answer = answer.button;
+    dialog.response = answer.text || '';
+    return {
+      getSelectedButton: () => answer.button,
+      getResponseText: () => answer.text || '',
+    };
+  }
+
+  showModalDialog(output, title) {
+    this.h.dialogs.push({ kind: 'modal', title, text: output && output.getContent ? output.getContent() : String(output) });
+  }
+
+  createMenu(name) {
+    const menu = { name, items: [] };
+    const builder = {
+      addItem: (caption, functionName) => { menu.items.push({ caption, functionName }); return builder; },
+      addSeparator: () => { menu.items.push({ separator: true }); return builder; },
+      addSubMenu: () => builder,
+      addToUi: () => { this.h.menus.push(menu); },
+    };
+    return builder;
+  }
+}
+
+// ------------------------------------------------------------------ Properties and locks
+
+function checkValue(key, value) {
+  const text = String(value);
+  if (Buffer.byteLength(String(key)) + Buffer.byteLength(text) > 9 * 1024) {
+    throw new Error(`Argument too large: value (property ${key})`);
+  }
+  return text;
+}
+
+class FakeProperties {
+  /** store: {load(): object, save(object)} */
+  constructor(store) { this.store = store; }
+  getProperty(key) {
+    const all = this.store.load();
+    return Object.prototype.hasOwnProperty.call(all, key) ? all[key] : null;
+  }
+  getProperties() { return { ...this.store.load() }; }
+  getKeys() { return Object.keys(this.store.load()); }
+  setProperty(key, value) { this.store.update((all) => { all[key] = checkValue(key, value); }); return this; }
+  setProperties(values, deleteAllOthers) {
+    this.store.update((all) => {
+      if (deleteAllOthers) for (const k of Object.keys(all)) delete all[k];
+      for (const [k, v] of Object.entries(values)) all[k] = checkValue(k, v);
+    });
+    return this;
+  }
+  deleteProperty(key) { this.store.update((all) => { delete all[key]; }); return this; }
+  deleteAllProperties() { this.store.update((all) => { for (const k of Object.keys(all)) delete all[k]; }); return this; }
+}
+
+function memoryStore(initial = {}) {
+  const data = { ...initial };
+  return { load: () => data, update: (fn) => fn(data) };
+}
+
+/** A JSON file shared by processes; each update holds a tiny mkdir mutex. */
+function fileStore(file) {
+  const mutex = `${file}.mutex`;
+  const load = () => {
+    try { return JSON.parse(fs.readFileSync(file, 'utf8')); } catch (err) { return {}; }
+  };
+  return {
+    load,
+    update(fn) {
+      const deadline = Date.now() + 10000;
+      for (;;) {
+        try { fs.mkdirSync(mutex); break; } catch (err) {
+          if (err.code !== 'EEXIST' || Date.now() > deadline) throw err;
+          sleepSync(2);
+        }
+      }
+      try {
+        const data = load();
+        fn(data);
+        const tmp = `${file}.${process.pid}.tmp`;
+        fs.writeFileSync(tmp, JSON.stringify(data));
+        fs.renameSync(tmp, file);
+      } finally {
+        fs.rmdirSync(mutex);
+      }
+    },
+  };
+}
+
+/** The document lock: in memory (one process) or a directory (shared by processes). */
+class FakeLock {
+  constructor(harness) {
+    this.h = harness;
+    this.held = false;
+  }
+
+  tryAcquire() {
+    if (this.h.lockDir) {
+      try {
+        fs.mkdirSync(path.join(this.h.lockDir, 'document.lock'));
+        return true;
+      } catch (err) {
+        if (err.code === 'EEXIST') return false;
+        throw err;
+      }
+    }
+    if (this.h.lockState.holder === null) {
+      this.h.lockState.holder = this;
+      return true;
+    }
+    return this.h.lockState.holder === this;
+  }
+
+  tryLock(timeoutMs) {
+    if (this.held) return true;
+    const deadline = Date.now() + (this.h.lockDir ? timeoutMs : 0);  // in one process nobody can let go
+    for (;;) {
+      if (this.tryAcquire()) {
+        this.held = true;
+        this.h.lockEvents.push('acquired');
+        if (this.h.execution) this.h.execution.locks.push(this);
+        return true;
+      }
+      if (Date.now() >= deadline) {
+        this.h.lockEvents.push('timed-out');
+        return false;
+      }
+      sleepSync(20);
+    }
+  }
+
+  waitLock(timeoutMs) {
+    if (!this.tryLock(timeoutMs)) throw new Error('Lock timeout: another process was holding the lock for too long.');
+  }
+
+  hasLock() { return this.held; }
+
+  releaseLock() {
+    if (!this.held) return;
+    this.held = false;
+    this.h.lockEvents.push('released');
+    if (this.h.lockDir) fs.rmdirSync(path.join(this.h.lockDir, 'document.lock'));
+    else if (this.h.lockState.holder === this) this.h.lockState.holder = null;
+  }
+}
+
+// ------------------------------------------------------------------ Utilities
+
+function toBuffer(data, charset) {
+  if (typeof data === 'string') return Buffer.from(data, charset === 'US_ASCII' ? 'ascii' : 'utf8');
+  if (Array.isArray(data)) return Buffer.from(data.map((b) => b & 0xff));
+  if (data && typeof data.getBytes === 'function') return toBuffer(data.getBytes());
+  throw new Error('Utilities: unsupported data');
+}
+
+function signedBytes(buffer) {
+  return Array.from(buffer, (b) => (b > 127 ? b - 256 : b));
+}
+
+function makeUtilities() {
+  const newBlob = (data) => {
+    const bytes = toBuffer(data);
+    return {
+      getBytes: () => signedBytes(bytes),
+      getDataAsString: () => bytes.toString('utf8'),
+      getContentType: () => null,
+    };
+  };
+  return {
+    DigestAlgorithm: { MD5: 'md5', SHA_1: 'sha1', SHA_256: 'sha256', SHA_384: 'sha384', SHA_512: 'sha512' },
+    Charset: { UTF_8: 'UTF_8', US_ASCII: 'US_ASCII' },
+    computeDigest(algorithm, value, charset) {
+      return signedBytes(crypto.createHash(algorithm).update(toBuffer(value, charset)).digest());
+    },
+    base64Encode: (data, charset) => toBuffer(data, charset).toString('base64'),
+    base64EncodeWebSafe: (data, charset) =>
+      toBuffer(data, charset).toString('base64').replace(/\+/g, '-').replace(/\//g, '_'),
+    base64Decode: (text) => signedBytes(Buffer.from(text, 'base64')),
+    base64DecodeWebSafe: (text) => signedBytes(Buffer.from(text.replace(/-/g, '+').replace(/_/g, '/'), 'base64')),
+    newBlob,
+    getUuid: () => crypto.randomUUID(),
+    sleep: (ms) => sleepSync(ms),
+  };
+}
+
+// ------------------------------------------------------------------ UrlFetchApp
+
+function makeUrlFetchApp(h) {
+  const toRequest = (url, params = {}) => {
+    const method = String(params.method || 'get').toUpperCase();
+    const headers = { ...(params.headers || {}) };
+    let body = null;
+    if (params.payload !== undefined && params.payload !== null) {
+      const payload = params.payload;
+      const buffer = typeof payload === 'string' || Array.isArray(payload)
+        ? toBuffer(payload)
+        : Buffer.from(new URLSearchParams(payload).toString());
+      body = buffer.toString('base64');
+      headers['Content-Type'] = params.contentType || 'application/x-www-form-urlencoded';
+    }
+    return { url, method, headers, body, followRedirects: params.followRedirects !== false, timeoutMs: 60000 };
+  };
+
+  const toResponse = (request, params, result, record) => {
+    if (!result.ok) {
+      record.error = result.error;
+      throw new Error(`Address unavailable: ${request.url} (${result.error})`);
+    }
+    const text = result.body.toString('utf8');
+    record.status = result.status;
+    record.responseHeaders = result.headers;
+    record.response = text;
+    if (!params.muteHttpExceptions && result.status >= 400) {
+      throw new Error(
+        `Request failed for ${request.url} returned code ${result.status}. Truncated server response: ${text.slice(0, 200)} (use muteHttpExceptions option to examine full response)`,
+      );
+    }
+    return {
+      getResponseCode: () => result.status,
+      getContentText: () => text,
+      getContent: () => signedBytes(result.body),
+      getHeaders: () => ({ ...result.headers }),
+      getAllHeaders: () => ({ ...result.headers }),
+      getBlob: () => makeUtilities().newBlob(signedBytes(result.body)),
+    };
+  };
+
+  const record = (request) => {
+    let json = null;
+    const payload = request.body ? Buffer.from(request.body, 'base64').toString('utf8') : null;
+    try { json = payload ? JSON.parse(payload) : null; } catch (err) { json = null; }
+    const entry = { type: 'fetch', method: request.method, url: request.url, headers: request.headers, payload, json };
+    h.fetches.push(entry);
+    h.events.push(entry);
+    return entry;
+  };
+
+  return {
+    fetch(url, params = {}) {
+      const request = toRequest(url, params);
+      const entry = record(request);
+      return toResponse(request, params, fetcher().fetch(request), entry);
+    },
+    fetchAll(list) {
+      const requests = list.map((item) => (typeof item === 'string' ? toRequest(item, {}) : toRequest(item.url, item)));
+      const entries = requests.map(record);
+      const results = fetcher().fetchAll(requests);
+      return results.map((result, i) =>
+        toResponse(requests[i], typeof list[i] === 'string' ? {} : list[i], result, entries[i]),
+      );
+    },
+  };
+}
+
+// ------------------------------------------------------------------ the harness
+
+class Harness {
+  /**
+   * options:
+   *   env            {SPREADSHEET_ID, WORKSHEET, SHEETS_API_URL}
+   *   sheetTitle     the active sheet (default env.WORKSHEET)
+   *   selection      A1 ranges selected on the active sheet
+   *   scriptProperties, userProperties, documentProperties   initial values
+   *   sharedDir      keep document properties and the document lock in this directory
+   *   identityToken  what ScriptApp.getIdentityToken() returns (default null)
+   *   loadOrder      'sorted' | 'reversed' order of the .gs files
+   */
+  constructor(options) {
+    const env = options.env;
+    for (const name of ['SPREADSHEET_ID', 'WORKSHEET', 'SHEETS_API_URL']) {
+      if (!env[name]) throw new Error(`harness: env ${name} is missing`);
+    }
+    this.env = env;
+    this.activeTitle = options.sheetTitle || env.WORKSHEET;
+    this.selection = options.selection || [];
+    this.identityToken = options.identityToken === undefined ? null : options.identityToken;
+    this.dialogs = [];
+    this.toasts = [];
+    this.fetches = [];
+    this.events = [];
+    this.logs = [];
+    this.menus = [];
+    this.answers = [];
+    this.unexpected = [];
+    this.lockEvents = [];
+    this.pendingWrites = [];
+    this.execution = null;
+    this.lockState = { holder: null };
+    this.lockDir = options.sharedDir || null;
+    if (this.lockDir) fs.mkdirSync(this.lockDir, { recursive: true });
+    this.sheets = new StubSheets(env, (data) => {
+      this.events.push({ type: 'sheet-write', data });
+    });
+
+    this.scriptProps = new FakeProperties(memoryStore(options.scriptProperties));
+    this.userProps = new FakeProperties(memoryStore(options.userProperties));
+    this.documentProps = new FakeProperties(
+      this.lockDir
+        ? fileStore(path.join(this.lockDir, 'document-properties.json'))
+        : memoryStore(options.documentProperties),
+    );
+
+    const h = this;
+    const ui = new FakeUi(this);
+    this.ui = ui;
+    const sheetsByTitle = {};
+    const sheetNamed = (title) => (sheetsByTitle[title] = sheetsByTitle[title] || new FakeSheet(h, title));
+    this.spreadsheet = {
+      getId: () => env.SPREADSHEET_ID,
+      getName: () => 'AI image scenes (local)',
+      getActiveSheet: () => sheetNamed(h.activeTitle),
+      getSheetByName: (title) => sheetNamed(title),
+      getActiveRangeList: () => sheetNamed(h.activeTitle).getActiveRangeList(),
+      getActiveRange: () => sheetNamed(h.activeTitle).getActiveRange(),
+      toast: (message, title, seconds) => { h.toasts.push({ message: String(message), title, seconds }); },
+    };
+    const SpreadsheetApp = {
+      getActiveSpreadsheet: () => h.spreadsheet,
+      getActive: () => h.spreadsheet,
+      getActiveSheet: () => h.spreadsheet.getActiveSheet(),
+      getActiveRange: () => h.spreadsheet.getActiveRange(),
+      getActiveRangeList: () => h.spreadsheet.getActiveRangeList(),
+      getUi: () => ui,
+      flush: () => h.flushWrites(),
+    };
+    const consoleFor = (level) => (...args) => {
+      const line = args.map((a) => (typeof a === 'string' ? a : String(a && a.stack ? a.stack : a))).join(' ');
+      h.logs.push({ level, line });
+      if (process.env.APPS_SCRIPT_DEBUG) process.stderr.write(`[script ${level}] ${line}\n`);
+    };
+    this.globals = {
+      SpreadsheetApp,
+      UrlFetchApp: makeUrlFetchApp(this),
+      PropertiesService: {
+        getScriptProperties: () => h.scriptProps,
+        getUserProperties: () => h.userProps,
+        getDocumentProperties: () => h.documentProps,
+      },
+      LockService: {
+        getDocumentLock: () => new FakeLock(h),
+        getScriptLock: () => new FakeLock(h),
+        getUserLock: () => new FakeLock(h),
+      },
+      ScriptApp: {
+        getIdentityToken: () => h.identityToken,
+        getOAuthToken: () => 'stand-in-oauth-token',
+      },
+      Utilities: makeUtilities(),
+      Logger: { log: consoleFor('log') },
+      console: { log: consoleFor('log'), info: consoleFor('info'), warn: consoleFor('warn'), error: consoleFor('error') },
+    };
+    this.context = vm.createContext({ ...this.globals });
+    for (const file of scriptFiles(options.loadOrder)) {
+      vm.runInContext(fs.readFileSync(file, 'utf8'), this.context, { filename: file });
+    }
+  }
+
+  flushWrites() {
+    if (!this.pendingWrites.length) return;
+    const data = this.pendingWrites;
+    this.pendingWrites = [];
+    this.sheets.write(data);
+  }
+
+  select(...ranges) { this.selection = ranges.flat(); }
+  answer(...answers) { this.answers.push(...answers); }
+  holdDocumentLock() { this.lockState.holder = 'another execution'; }
+  releaseDocumentLock() { this.lockState.holder = null; }
+
+  /** Runs a global function of the script as one execution; returns what it did. */
+  run(name, ...args) {
+    const fn = this.context[name];
+    if (typeof fn !== 'function') throw new Error(`the script has no function ${name}`);
+    const mark = {
+      dialogs: this.dialogs.length, fetches: this.fetches.length, toasts: this.toasts.length,
+      events: this.events.length, unexpected: this.unexpected.length,
+    };
+    this.execution = { locks: [] };
+    let thrown = null;
+    try {
+      fn(...args);
+    } catch (err) {
+      thrown = err;
+    } finally {
+      try {
+        this.flushWrites();
+      } finally {
+        for (const lock of this.execution.locks) lock.releaseLock();  // executions end, locks go
+        this.execution = null;
+      }
+    }
+    const dialogs = this.dialogs.slice(mark.dialogs);
+    return {
+      thrown,
+      dialogs,
+      alerts: dialogs.filter((d) => d.kind === 'alert'),
+      lastDialog: dialogs[dialogs.length - 1] || null,
+      fetches: this.fetches.slice(mark.fetches),
+      toasts: this.toasts.slice(mark.toasts),
+      events: this.events.slice(mark.events),
+      unexpected: this.unexpected.slice(mark.unexpected),
+    };
+  }
+}
+
+function createHarness(options) {
+  return new Harness(options);
+}
+
+module.exports = { createHarness, scriptFiles, columnLetters, parseA1, SCRIPT_DIR };

@@ -1,0 +1,117 @@
+'use strict';
+/**
+ * The running local stack as the tests see it: its environment, unique scene
+ * ids, and the Sheets stub's REST API for putting rows in and reading them back
+ * (asynchronously, between executions of the script).
+ */
+const crypto = require('node:crypto');
+const { createHarness, columnLetters } = require('./harness');
+
+const NAMES = ['API_URL', 'API_KEY', 'SPREADSHEET_ID', 'WORKSHEET', 'SHEETS_API_URL'];
+
+function stackEnv() {
+  const missing = NAMES.filter((name) => !process.env[name]);
+  if (missing.length) {
+    throw new Error(
+      `missing ${missing.join(', ')}: run these tests through ` +
+        '`.venv/bin/pytest tests/integration/test_apps_script.py` (it starts the local stack), ' +
+        'or `make up && set -a && . .devstack/env && set +a` first',
+    );
+  }
+  return Object.fromEntries(NAMES.map((name) => [name, process.env[name]]));
+}
+
+const RUN = crypto.randomBytes(3).toString('hex');
+let counter = 0;
+
+/** A scene id no other test (or run) uses: the sheet is shared. */
+function sceneId(name) {
+  counter += 1;
+  return `as-${name}-${RUN}-${counter}`;
+}
+
+function valuesUrl(env, range, suffix = '') {
+  const title = `'${env.WORKSHEET.replace(/'/g, "''")}'`;
+  return `${env.SHEETS_API_URL}/v4/spreadsheets/${encodeURIComponent(env.SPREADSHEET_ID)}/values/${encodeURIComponent(`${title}!${range}`)}${suffix}`;
+}
+
+async function call(url, options = {}) {
+  const res = await fetch(url, {
+    ...options,
+    headers: { 'content-type': 'application/json', ...(options.headers || {}) },
+  });
+  const json = await res.json();
+  if (!res.ok) throw new Error(`Sheets stub ${res.status}: ${JSON.stringify(json)}`);
+  return json;
+}
+
+/** Appends rows (arrays in header order) after the table; returns their row numbers. */
+async function appendRows(env, rows) {
+  const answer = await call(
+    valuesUrl(env, 'A1', ':append?valueInputOption=RAW&insertDataOption=OVERWRITE'),
+    { method: 'POST', body: JSON.stringify({ majorDimension: 'ROWS', values: rows }) },
+  );
+  const m = /!([A-Z]+)(\d+)(?::([A-Z]+)(\d+))?$/.exec(answer.updates.updatedRange);
+  if (!m) throw new Error(`unexpected append answer ${JSON.stringify(answer)}`);
+  const first = Number(m[2]);
+  return rows.map((_, i) => first + i);
+}
+
+/** Scenes as {scene_id, prompt, ref_pack_public_url, variants} objects -> row numbers. */
+async function addScenes(env, scenes) {
+  return appendRows(
+    env,
+    scenes.map((s) => [s.scene_id, s.prompt, s.ref_pack_public_url || '', s.variants === undefined ? '' : s.variants]),
+  );
+}
+
+async function header(env) {
+  const answer = await call(valuesUrl(env, '1:1'));
+  return answer.values[0];
+}
+
+/** Rows by header name; render FORMULA shows =IMAGE() formulas. */
+async function readRows(env, rowNumbers, render = 'FORMULA') {
+  const names = await header(env);
+  const last = columnLetters(names.length);
+  const out = [];
+  for (const row of rowNumbers) {
+    const answer = await call(valuesUrl(env, `A${row}:${last}${row}`, `?valueRenderOption=${render}`));
+    const values = (answer.values && answer.values[0]) || [];
+    out.push(Object.fromEntries(names.map((name, i) => [name, values[i] === undefined ? '' : values[i]])));
+  }
+  return out;
+}
+
+async function writeCells(env, a1, values) {
+  await call(valuesUrl(env, a1, '?valueInputOption=USER_ENTERED'), {
+    method: 'PUT',
+    body: JSON.stringify({ range: a1, majorDimension: 'ROWS', values }),
+  });
+}
+
+/** The A1 range of whole data rows first..last (A..I). */
+function rowsA1(first, last = first) {
+  return `A${first}:I${last}`;
+}
+
+/** A harness on the stack's sheet, configured with the stack's API URL and key. */
+function harnessFor(env, options = {}) {
+  return createHarness({
+    env,
+    scriptProperties: {
+      AI_IMAGES_API_URL: options.apiUrl || env.API_URL,
+      AI_IMAGES_AUTH_MODE: options.authMode || 'api_key',
+    },
+    userProperties: options.apiKey === null ? {} : { AI_IMAGES_API_KEY: options.apiKey || env.API_KEY },
+    ...options.harness,
+  });
+}
+
+async function sleep(ms) {
+  await new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+module.exports = {
+  stackEnv, sceneId, appendRows, addScenes, readRows, writeCells, rowsA1, harnessFor, sleep, header,
+};
