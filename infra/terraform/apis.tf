@@ -1,0 +1,42 @@
+locals {
+  # Why each API: see README.md, "Resources".
+  required_apis = toset([
+    "artifactregistry.googleapis.com",     # function container images
+    "cloudbuild.googleapis.com",           # builds the functions from the source zip
+    "cloudfunctions.googleapis.com",       # Cloud Functions gen2
+    "cloudresourcemanager.googleapis.com", # project IAM bindings from Terraform
+    "firestore.googleapis.com",            # job state
+    "iam.googleapis.com",                  # service accounts
+    "iamcredentials.googleapis.com",       # signBlob for V4 signed URLs, OIDC tokens for push
+    "logging.googleapis.com",              # structured logs, log-based metrics
+    "monitoring.googleapis.com",           # alert policy
+    "pubsub.googleapis.com",               # jobs, GCS events, dead letters
+    "run.googleapis.com",                  # the Cloud Run services behind gen2 functions
+    "secretmanager.googleapis.com",        # Gemini key, API-key hashes, link-signing key
+    "storage.googleapis.com",              # images and source buckets
+  ])
+}
+
+resource "google_project_service" "apis" {
+  for_each = var.enable_apis ? local.required_apis : toset([])
+
+  project                    = var.project_id
+  service                    = each.value
+  disable_on_destroy         = false
+  disable_dependent_services = false
+}
+
+data "google_project" "this" {
+  project_id = var.project_id
+}
+
+# The Pub/Sub service agent (service-NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com)
+# exists only once something asked for it; create it before granting it roles.
+resource "google_project_service_identity" "pubsub" {
+  provider = google-beta
+
+  project = var.project_id
+  service = "pubsub.googleapis.com"
+
+  depends_on = [google_project_service.apis]
+}
