@@ -1,0 +1,173 @@
+"""Shared fixtures: isolated environment and caches, fakes and services built on them."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from functions import wiring
+from shared.links import LinkSigner
+from shared.services.generation import Generation
+from shared.services.sheet_sync import SheetSync
+from shared.settings import Settings, get_settings
+from tests.fakes import (
+    LINK_SIGNING_KEY,
+    PUBLIC_BASE_URL,
+    FakeBudgetLedger,
+    FakeClock,
+    FakeIdempotencyStore,
+    FakeImageGenerator,
+    FakeJobStore,
+    FakeObjectStore,
+    FakePublisher,
+    FakeReferenceLoader,
+    FakeSheetWriter,
+    make_settings,
+)
+
+# The cached factories as defined, captured before any test can monkeypatch them.
+_WIRING_CACHES = [
+    value for value in vars(wiring).values() if callable(getattr(value, "cache_clear", None))
+]
+# Every variable the settings read, plus those functions-framework sets itself.
+_ISOLATED_VARS = [name.upper() for name in Settings.model_fields] + [
+    "FUNCTION_TARGET",
+    "FUNCTION_SIGNATURE_TYPE",
+    "FUNCTION_SOURCE",
+    "ENTRY_POINT",
+    "LOG_EXECUTION_ID",
+]
+
+
+def _clear_caches() -> None:
+    get_settings.cache_clear()
+    for cached in _WIRING_CACHES:
+        cached.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(request: pytest.FixtureRequest) -> Iterator[None]:
+    """No setting leaks in from the shell or out of a test; caches start empty.
+
+    Integration tests run against the live local stack and keep its environment.
+    """
+    if request.node.get_closest_marker("integration") is not None:
+        yield
+        return
+    saved_env = dict(os.environ)
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    for name in _ISOLATED_VARS:
+        os.environ.pop(name, None)
+    _clear_caches()
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        _clear_caches()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store() -> FakeJobStore:
+    return FakeJobStore()
+
+
+@pytest.fixture
+def budget() -> FakeBudgetLedger:
+    return FakeBudgetLedger()
+
+
+@pytest.fixture
+def idempotency() -> FakeIdempotencyStore:
+    return FakeIdempotencyStore()
+
+
+@pytest.fixture
+def publisher() -> FakePublisher:
+    return FakePublisher()
+
+
+@pytest.fixture
+def objects() -> FakeObjectStore:
+    return FakeObjectStore()
+
+
+@pytest.fixture
+def generator() -> FakeImageGenerator:
+    return FakeImageGenerator()
+
+
+@pytest.fixture
+def references() -> FakeReferenceLoader:
+    return FakeReferenceLoader()
+
+
+@pytest.fixture
+def sheet_writer() -> FakeSheetWriter:
+    return FakeSheetWriter()
+
+
+@pytest.fixture
+def links() -> LinkSigner:
+    return LinkSigner(LINK_SIGNING_KEY, PUBLIC_BASE_URL)
+
+
+@pytest.fixture
+def sheet_sync(store: FakeJobStore, sheet_writer: FakeSheetWriter, links: LinkSigner) -> SheetSync:
+    return SheetSync(store, sheet_writer, links)
+
+
+@pytest.fixture
+def fake_monotonic(monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> FakeClock:
+    """Make the generation service's deadlines follow the fake clock."""
+    from shared.services import generation as module
+
+    class _Time:
+        monotonic = staticmethod(clock.monotonic)
+        sleep = staticmethod(clock.sleep)
+
+    monkeypatch.setattr(module, "time", _Time)
+    return clock
+
+
+@pytest.fixture
+def make_generation(
+    store: FakeJobStore,
+    objects: FakeObjectStore,
+    generator: FakeImageGenerator,
+    references: FakeReferenceLoader,
+    sheet_sync: SheetSync,
+    fake_monotonic: FakeClock,
+) -> Callable[..., Generation]:
+    """Builds the generation service on the fakes; keyword arguments override settings."""
+
+    def build(**setting_overrides: Any) -> Generation:
+        return Generation(
+            settings=make_settings(**setting_overrides),
+            store=store,
+            objects=objects,
+            generator=generator,
+            references=references,
+            sheet=sheet_sync,
+            clock=fake_monotonic,
+            sleep=fake_monotonic.sleep,
+        )
+
+    return build

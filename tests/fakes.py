@@ -1,0 +1,543 @@
+"""In-memory fakes of the ports in ``shared/ports.py``, plus small builders.
+
+Every fake records the calls it receives so tests can assert on them. They are
+thread-safe because the generation service works on variants in a thread pool.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from PIL import Image
+
+from shared.errors import NotFound, PermanentError
+from shared.events import StorageObject
+from shared.models import Batch, Job, JobMessage, JobState
+from shared.ports import Cell, GeneratedImage, ReferenceImage, StoredAnswer, Usage
+from shared.settings import Settings
+
+R = TypeVar("R")
+
+T0 = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+IMAGES_BUCKET = "images-bucket"
+PUBLIC_BASE_URL = "https://api.example.test"
+LINK_SIGNING_KEY = "test-link-signing-key"
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def png_bytes(
+    size: tuple[int, int] = (8, 8),
+    color: Any = (200, 30, 30),
+    mode: str = "RGB",
+) -> bytes:
+    """A small valid PNG."""
+    out = io.BytesIO()
+    Image.new(mode, size, color).save(out, format="PNG")
+    return out.getvalue()
+
+
+def jpeg_bytes(size: tuple[int, int] = (8, 8), color: Any = (30, 200, 30)) -> bytes:
+    """A small valid JPEG."""
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings for tests; the environment is isolated by an autouse fixture."""
+    values: dict[str, Any] = {
+        "google_cloud_project": "test-project",
+        "images_bucket": IMAGES_BUCKET,
+        "public_base_url": PUBLIC_BASE_URL,
+        "link_signing_key": LINK_SIGNING_KEY,
+        "claim_wait_s": 30.0,
+        "claim_lease_s": 300.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def make_job(**overrides: Any) -> Job:
+    """A queued job of two variants unless told otherwise."""
+    values: dict[str, Any] = {
+        "job_id": "job_1",
+        "batch_id": "bat_1",
+        "scene_id": "sc-001",
+        "prompt": "a red fox in the snow",
+        "variant_count": 2,
+        "caller": "alice",
+        "spreadsheet_id": "sheet123",
+        "worksheet": "Scenes",
+        "model": "gemini-3.1-flash-image",
+        "price_per_image": "0.0670",
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    values.update(overrides)
+    return Job(**values)
+
+
+def finalize_event(
+    name: str,
+    variant: int | str = 1,
+    job_id: str = "job_1",
+    bucket: str = IMAGES_BUCKET,
+    event_type: str = "OBJECT_FINALIZE",
+    **metadata: str,
+) -> StorageObject:
+    """The notification of an image object the generation service wrote."""
+    meta = {"job_id": job_id, "variant": str(variant), "scene_id": "sc-001", **metadata}
+    return StorageObject(
+        event_type=event_type,
+        bucket=bucket,
+        name=name,
+        generation="1700000000000001",
+        content_type="image/png",
+        size=1234,
+        metadata=meta,
+    )
+
+
+# --------------------------------------------------------------------------- clock
+
+
+class FakeClock:
+    """Wall clock, monotonic clock and sleep that only move when told (or slept)."""
+
+    def __init__(self, start: datetime = T0) -> None:
+        self._now = start
+        self._mono = 1000.0
+        self._lock = threading.Lock()
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._mono
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += timedelta(seconds=seconds)
+            self._mono += seconds
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+        self.advance(seconds)
+
+
+# --------------------------------------------------------------------------- job store
+
+
+class FakeJobStore:
+    """JobStore in memory; ``update_job`` runs the change under a lock like a transaction.
+
+    ``hook(operation, job_id)`` (if set) runs before ``get_job``/``update_job``
+    touch the data, outside the lock, so tests can interleave deliveries.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self.batches: dict[str, Batch] = {}
+        self.created: list[tuple[Batch, list[Job]]] = []
+        self.calls: list[tuple[str, str]] = []
+        self.updates: list[tuple[str, bool]] = []  # (job_id, whether it was written)
+        self.hook: Callable[[str, str], None] | None = None
+
+    def add(self, *jobs: Job) -> None:
+        with self._lock:
+            for job in jobs:
+                self._jobs[job.job_id] = job.model_copy(deep=True)
+
+    def job(self, job_id: str) -> Job:
+        """The stored job (a copy) for assertions; KeyError if missing."""
+        with self._lock:
+            return self._jobs[job_id].model_copy(deep=True)
+
+    @property
+    def job_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._jobs)
+
+    def create_batch(self, batch: Batch, jobs: Sequence[Job]) -> None:
+        with self._lock:
+            self.calls.append(("create_batch", batch.batch_id))
+            self.created.append((batch.model_copy(deep=True), [j.model_copy() for j in jobs]))
+            self.batches[batch.batch_id] = batch.model_copy(deep=True)
+            for job in jobs:
+                self._jobs[job.job_id] = job.model_copy(deep=True)
+
+    def get_batch(self, batch_id: str) -> Batch | None:
+        with self._lock:
+            self.calls.append(("get_batch", batch_id))
+            batch = self.batches.get(batch_id)
+            return batch.model_copy(deep=True) if batch else None
+
+    def get_jobs(self, job_ids: Sequence[str]) -> list[Job]:
+        with self._lock:
+            self.calls.append(("get_jobs", ",".join(job_ids)))
+            return [self._jobs[j].model_copy(deep=True) for j in job_ids if j in self._jobs]
+
+    def active_jobs(self, spreadsheet_id: str, worksheet: str) -> list[Job]:
+        with self._lock:
+            self.calls.append(("active_jobs", f"{spreadsheet_id}/{worksheet}"))
+            return [
+                job.model_copy(deep=True)
+                for job in self._jobs.values()
+                if job.spreadsheet_id == spreadsheet_id
+                and job.worksheet == worksheet
+                and job.state in (JobState.QUEUED, JobState.GENERATING)
+            ]
+
+    @property
+    def writes(self) -> list[tuple[str, str]]:
+        """The calls that could have changed something."""
+        with self._lock:
+            return [c for c in self.calls if c[0] in ("create_batch", "update_job")]
+
+    def get_job(self, job_id: str) -> Job | None:
+        if self.hook is not None:
+            self.hook("get_job", job_id)
+        with self._lock:
+            self.calls.append(("get_job", job_id))
+            job = self._jobs.get(job_id)
+            return job.model_copy(deep=True) if job else None
+
+    def update_job(self, job_id: str, change: Callable[[Job], tuple[Job | None, R]]) -> R:
+        if self.hook is not None:
+            self.hook("update_job", job_id)
+        with self._lock:
+            self.calls.append(("update_job", job_id))
+            current = self._jobs.get(job_id)
+            if current is None:
+                raise NotFound(f"job {job_id} does not exist")
+            updated, result = change(current.model_copy(deep=True))
+            if updated is not None:
+                self._jobs[job_id] = Job.from_doc(updated.to_doc())
+            self.updates.append((job_id, updated is not None))
+            return result
+
+    def mutate(self, job_id: str, fn: Callable[[Job], None]) -> None:
+        """Test-side edit of a stored job (bypasses the call log)."""
+        with self._lock:
+            job = self._jobs[job_id].model_copy(deep=True)
+            fn(job)
+            self._jobs[job_id] = job
+
+
+# --------------------------------------------------------------------------- budget
+
+
+class FakeBudgetLedger:
+    """BudgetLedger in memory, with the caps checked like the Firestore adapter."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.used: dict[tuple[str, str], Usage] = {}
+        self.calls: list[tuple[Any, ...]] = []
+
+    def usage(self, caller: str, day: str) -> Usage:
+        with self._lock:
+            self.calls.append(("usage", caller, day))
+            return self.used.get((caller, day), Usage())
+
+    def reserve(
+        self, caller: str, day: str, images: int, cost: Decimal, image_cap: int, cost_cap: Decimal
+    ) -> tuple[bool, Usage]:
+        with self._lock:
+            self.calls.append(("reserve", caller, day, images, cost, image_cap, cost_cap))
+            before = self.used.get((caller, day), Usage())
+            if before.images + images > image_cap or before.cost + cost > cost_cap:
+                return False, before
+            self.used[(caller, day)] = Usage(before.images + images, before.cost + cost)
+            return True, before
+
+    def refund(self, caller: str, day: str, images: int, cost: Decimal) -> None:
+        with self._lock:
+            self.calls.append(("refund", caller, day, images, cost))
+            before = self.used.get((caller, day), Usage())
+            self.used[(caller, day)] = Usage(
+                max(before.images - images, 0), max(before.cost - cost, Decimal(0))
+            )
+
+
+# --------------------------------------------------------------------------- idempotency
+
+
+@dataclass
+class IdempotencyRecord:
+    answer: StoredAnswer
+    expires_at: datetime
+
+
+class FakeIdempotencyStore:
+    """IdempotencyStore in memory; an expired record counts as absent."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.records: dict[str, IdempotencyRecord] = {}
+        self.calls: list[tuple[str, str]] = []
+
+    def begin(self, key: str, now: datetime, expires_at: datetime) -> StoredAnswer | None:
+        with self._lock:
+            self.calls.append(("begin", key))
+            record = self.records.get(key)
+            if record is not None and record.expires_at > now:
+                return record.answer
+            self.records[key] = IdempotencyRecord(StoredAnswer(0, {}, now), expires_at)
+            return None
+
+    def finish(self, key: str, status: int, body: Mapping[str, object]) -> None:
+        with self._lock:
+            self.calls.append(("finish", key))
+            record = self.records[key]
+            record.answer = StoredAnswer(status, dict(body), record.answer.created_at)
+
+    def abandon(self, key: str) -> None:
+        with self._lock:
+            self.calls.append(("abandon", key))
+            self.records.pop(key, None)
+
+
+# --------------------------------------------------------------------------- publisher
+
+
+class FakePublisher:
+    """JobPublisher that records messages; job ids in ``fail`` are not published."""
+
+    def __init__(self, fail: Mapping[str, str] | None = None) -> None:
+        self.fail: dict[str, str] = dict(fail or {})
+        self.calls: list[list[tuple[JobMessage, dict[str, str]]]] = []
+        self.published: list[tuple[JobMessage, dict[str, str]]] = []
+
+    def publish(self, messages: Sequence[tuple[JobMessage, Mapping[str, str]]]) -> dict[str, str]:
+        batch = [(message, dict(attributes)) for message, attributes in messages]
+        self.calls.append(batch)
+        failed: dict[str, str] = {}
+        for message, attributes in batch:
+            if message.job_id in self.fail:
+                failed[message.job_id] = self.fail[message.job_id]
+            else:
+                self.published.append((message, attributes))
+        return failed
+
+
+# --------------------------------------------------------------------------- objects
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    data: bytes
+    content_type: str
+    metadata: dict[str, str]
+
+
+class FakeObjectStore:
+    """ObjectStore with create-only semantics; ``on_create(bucket, name)`` runs after a create."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.objects: dict[tuple[str, str], StoredObject] = {}
+        self.calls: list[tuple[str, str, str]] = []  # (method, bucket, name)
+        self.on_create: Callable[[str, str], None] | None = None
+
+    def put(
+        self,
+        bucket: str,
+        name: str,
+        data: bytes,
+        content_type: str = "image/png",
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """Seed an object without recording a call."""
+        with self._lock:
+            self.objects[(bucket, name)] = StoredObject(data, content_type, dict(metadata or {}))
+
+    def names(self, bucket: str) -> list[str]:
+        with self._lock:
+            return sorted(name for b, name in self.objects if b == bucket)
+
+    def exists(self, bucket: str, name: str) -> bool:
+        with self._lock:
+            self.calls.append(("exists", bucket, name))
+            return (bucket, name) in self.objects
+
+    def find(self, bucket: str, prefix: str) -> str | None:
+        with self._lock:
+            self.calls.append(("find", bucket, prefix))
+            found = sorted(n for b, n in self.objects if b == bucket and n.startswith(prefix))
+            return found[0] if found else None
+
+    def create(
+        self,
+        bucket: str,
+        name: str,
+        data: bytes,
+        content_type: str,
+        metadata: Mapping[str, str],
+    ) -> bool:
+        with self._lock:
+            self.calls.append(("create", bucket, name))
+            if (bucket, name) in self.objects:
+                return False
+            self.objects[(bucket, name)] = StoredObject(data, content_type, dict(metadata))
+        if self.on_create is not None:
+            self.on_create(bucket, name)
+        return True
+
+    def read(self, bucket: str, name: str, max_bytes: int) -> bytes:
+        with self._lock:
+            self.calls.append(("read", bucket, name))
+            obj = self.objects.get((bucket, name))
+        if obj is None:
+            raise NotFound(f"gs://{bucket}/{name} does not exist")
+        if len(obj.data) > max_bytes:
+            raise PermanentError(
+                f"gs://{bucket}/{name} is {len(obj.data)} bytes; limit {max_bytes}"
+            )
+        return obj.data
+
+    def signed_url(self, bucket: str, name: str, ttl_s: int) -> str:
+        with self._lock:
+            self.calls.append(("signed_url", bucket, name))
+        return f"https://storage.example.test/{bucket}/{name}?ttl={ttl_s}&signature=fake"
+
+
+# --------------------------------------------------------------------------- generator
+
+
+@dataclass(frozen=True)
+class GenerateCall:
+    model: str
+    prompt: str
+    references: tuple[ReferenceImage, ...]
+    seed: int
+    options: dict[str, Any] = field(default_factory=dict)  # any further keyword arguments
+
+
+Outcome = GeneratedImage | Exception
+
+
+class FakeImageGenerator:
+    """ImageGenerator scripted per (prompt, variant); unscripted calls return ``default``.
+
+    The variant is the ``seed`` the generation service passes.
+    """
+
+    def __init__(self, default: GeneratedImage | None = None) -> None:
+        self._lock = threading.Lock()
+        self.default = default or GeneratedImage(
+            data=png_bytes(), mime_type="image/png", usage={"total_tokens": 1290}
+        )
+        self.script: dict[tuple[str, int], list[Outcome]] = {}
+        self.calls: list[GenerateCall] = []
+
+    def on(self, prompt: str, variant: int, *outcomes: Outcome) -> FakeImageGenerator:
+        """Queue outcomes for the next calls with this prompt and variant."""
+        with self._lock:
+            self.script.setdefault((prompt, variant), []).extend(outcomes)
+        return self
+
+    def count(self, prompt: str | None = None, variant: int | None = None) -> int:
+        with self._lock:
+            return sum(
+                1
+                for c in self.calls
+                if (prompt is None or c.prompt == prompt) and (variant is None or c.seed == variant)
+            )
+
+    def generate(
+        self,
+        model: str,
+        prompt: str,
+        references: Sequence[ReferenceImage],
+        seed: int,
+        **options: Any,
+    ) -> GeneratedImage:
+        with self._lock:
+            self.calls.append(GenerateCall(model, prompt, tuple(references), seed, options))
+            queue = self.script.get((prompt, seed))
+            outcome: Outcome = queue.pop(0) if queue else self.default
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+# --------------------------------------------------------------------------- references
+
+
+class FakeReferenceLoader:
+    """ReferenceLoader answering from a mapping of URL to images or an error to raise."""
+
+    def __init__(self, packs: Mapping[str, list[ReferenceImage] | Exception] | None = None) -> None:
+        self.packs: dict[str, list[ReferenceImage] | Exception] = dict(packs or {})
+        self.loads: list[str] = []
+
+    def load(self, url: str) -> list[ReferenceImage]:
+        self.loads.append(url)
+        pack = self.packs.get(url)
+        if pack is None:
+            raise PermanentError(f"reference pack {url} not found")
+        if isinstance(pack, Exception):
+            raise pack
+        return list(pack)
+
+
+# --------------------------------------------------------------------------- sheet
+
+
+@dataclass(frozen=True)
+class RowWrite:
+    spreadsheet_id: str
+    worksheet: str
+    scene_id: str
+    cells: dict[str, Cell] = field(default_factory=dict)
+
+
+class FakeSheetWriter:
+    """SheetWriter recording ``write_row`` calls; queued ``errors`` are raised in turn.
+
+    ``attempts`` has every call, ``writes`` only those that succeeded.
+    ``on_write(write)`` (if set) runs at the start of each call.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.attempts: list[RowWrite] = []
+        self.writes: list[RowWrite] = []
+        self.errors: list[Exception] = []
+        self.on_write: Callable[[RowWrite], None] | None = None
+
+    def write_row(
+        self, spreadsheet_id: str, worksheet: str, scene_id: str, cells: Mapping[str, Cell]
+    ) -> None:
+        write = RowWrite(spreadsheet_id, worksheet, scene_id, dict(cells))
+        if self.on_write is not None:
+            self.on_write(write)
+        with self._lock:
+            self.attempts.append(write)
+            error = self.errors.pop(0) if self.errors else None
+            if error is None:
+                self.writes.append(write)
+        if error is not None:
+            raise error
+
+    def row(self, scene_id: str) -> dict[str, Cell]:
+        """What the sheet row shows now: the cells of the last successful write."""
+        with self._lock:
+            for write in reversed(self.writes):
+                if write.scene_id == scene_id:
+                    return write.cells
+        raise KeyError(scene_id)

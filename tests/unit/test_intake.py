@@ -1,0 +1,509 @@
+"""Intake service: dry-run plans, live submission (budget, idempotency) and status."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from shared import jobs as transitions
+from shared.errors import TransientError
+from shared.links import LinkSigner
+from shared.models import Batch, BatchRequest, Job, JobMessage, JobState, Limits, VariantState
+from shared.ports import Usage
+from shared.services.intake import Intake, Outcome
+from tests.fakes import (
+    IMAGES_BUCKET,
+    T0,
+    FakeBudgetLedger,
+    FakeClock,
+    FakeIdempotencyStore,
+    FakeJobStore,
+    FakePublisher,
+    make_job,
+    make_settings,
+)
+
+DAY = T0.strftime("%Y-%m-%d")
+
+
+def counter_ids() -> Callable[[str], str]:
+    counter = itertools.count(1)
+    return lambda prefix: f"{prefix}_{next(counter)}"
+
+
+def request(
+    *variants: int, run_mode: str = "live", ref: str | None = None, worksheet: str = "Scenes"
+) -> BatchRequest:
+    items = [
+        {"scene_id": f"sc-{i:03d}", "prompt": f"prompt {i}", "variants": v}
+        | ({"ref_pack_public_url": ref} if ref else {})
+        for i, v in enumerate(variants, start=1)
+    ]
+    data: dict[str, Any] = {
+        "items": items,
+        "runMode": run_mode,
+        "spreadsheet_id": "sheet123",
+        "worksheet": worksheet,
+    }
+    return BatchRequest.model_validate(
+        data, context={"limits": Limits(max_variants=8, images_bucket=IMAGES_BUCKET)}
+    )
+
+
+@pytest.fixture
+def make_intake(
+    store: FakeJobStore,
+    publisher: FakePublisher,
+    links: LinkSigner,
+    budget: FakeBudgetLedger,
+    idempotency: FakeIdempotencyStore,
+    clock: FakeClock,
+) -> Callable[..., Intake]:
+    def build(
+        store: FakeJobStore = store,
+        publisher: Any = publisher,
+        idempotency: Any = idempotency,
+        **setting_overrides: Any,
+    ) -> Intake:
+        return Intake(
+            make_settings(**setting_overrides),
+            store,
+            publisher,
+            links,
+            budget,
+            idempotency,
+            clock=clock,
+            ids=counter_ids(),
+        )
+
+    return build
+
+
+@pytest.fixture
+def intake(make_intake: Callable[..., Intake]) -> Intake:
+    return make_intake()
+
+
+def accepted(outcome: Outcome) -> dict[str, Any]:
+    assert outcome.status == 202, outcome.body
+    return outcome.body
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def test_plan_numbers_with_decimal_prices(
+    intake: Intake,
+    store: FakeJobStore,
+    publisher: FakePublisher,
+    budget: FakeBudgetLedger,
+    idempotency: FakeIdempotencyStore,
+) -> None:
+    plan = intake.plan(request(4, 4, 4, 4, 4, 4, 1, run_mode="dry_run"), "alice")
+    assert plan.run_mode == "dry_run"
+    assert plan.model == "gemini-3.1-flash-image"
+    assert plan.price_per_image_usd == "0.0670"
+    assert (plan.job_count, plan.image_count) == (7, 25)
+    assert plan.estimated_cost_usd == "1.6750"
+    assert [(j.scene_id, j.variants, j.estimated_cost_usd) for j in plan.jobs][::6] == [
+        ("sc-001", 4, "0.2680"),
+        ("sc-007", 1, "0.0670"),
+    ]
+    assert plan.warnings == []
+    # A plan writes nothing and publishes nothing.
+    assert store.writes == []
+    assert publisher.calls == []
+    assert [c[0] for c in budget.calls] == ["usage"]
+    assert budget.used == {}
+    assert idempotency.calls == []
+
+
+def test_plan_dumps_with_run_mode_alias(intake: Intake) -> None:
+    body = intake.plan(request(1, run_mode="dry_run"), "alice").model_dump(
+        mode="json", by_alias=True
+    )
+    assert body["runMode"] == "dry_run"
+    assert body["estimated_cost_usd"] == "0.0670"
+
+
+def test_plan_shows_the_days_budget(intake: Intake, budget: FakeBudgetLedger) -> None:
+    budget.used[("alice", DAY)] = Usage(images=990, cost=Decimal("66.33"))
+    budget.used[("bob", DAY)] = Usage(images=5, cost=Decimal("1"))
+    plan = intake.plan(request(4, 4, run_mode="dry_run"), "alice")
+    assert plan.budget.model_dump() == {
+        "day": DAY,
+        "images_limit": 1000,
+        "images_used": 990,
+        "images_requested": 8,
+        "images_remaining": 10,
+        "cost_limit_usd": "100.0000",
+        "cost_used_usd": "66.3300",
+        "cost_requested_usd": "0.5360",
+        "cost_remaining_usd": "33.6700",
+    }
+
+
+def test_plan_uses_configured_model_price(make_intake: Callable[..., Intake]) -> None:
+    intake = make_intake(
+        gemini_model="gemini-2.5-flash-image",
+        price_table={"gemini-2.5-flash-image": Decimal("0.039")},
+    )
+    plan = intake.plan(request(3, 4), "alice")
+    assert (plan.model, plan.price_per_image_usd, plan.estimated_cost_usd) == (
+        "gemini-2.5-flash-image",
+        "0.0390",
+        "0.2730",
+    )
+
+
+def test_plan_warns_about_active_jobs_for_the_same_scenes(
+    intake: Intake, store: FakeJobStore
+) -> None:
+    store.add(
+        make_job(job_id="job_q", scene_id="sc-001"),
+        make_job(job_id="job_g", scene_id="sc-002", state=JobState.GENERATING),
+        make_job(job_id="job_done", scene_id="sc-001", state=JobState.COMPLETED),
+        make_job(job_id="job_other_scene", scene_id="sc-099"),
+        make_job(job_id="job_other_tab", scene_id="sc-001", worksheet="Other"),
+    )
+    plan = intake.plan(request(1, 1, 1, run_mode="dry_run"), "alice")
+    assert [(w.scene_id, w.message) for w in plan.warnings] == [
+        ("sc-001", "job job_q for this scene is still queued"),
+        ("sc-002", "job job_g for this scene is still generating"),
+    ]
+
+
+# --------------------------------------------------------------------------- submit
+
+
+def test_submit_creates_batch_and_one_job_per_item(
+    intake: Intake, store: FakeJobStore, budget: FakeBudgetLedger
+) -> None:
+    outcome = intake.submit(request(2, 3, ref="https://example.com/refs.zip"), "alice")
+    assert outcome.replay is False
+    body = accepted(outcome)
+    assert body["runMode"] == "live"
+    assert body["batch_id"] == "bat_1"
+    assert body["unpublished"] == []
+    assert (body["image_count"], body["estimated_cost_usd"]) == (5, "0.3350")
+    assert body["jobs"] == [
+        {"scene_id": "sc-001", "job_id": "job_2", "variants": 2, "state": "queued"},
+        {"scene_id": "sc-002", "job_id": "job_3", "variants": 3, "state": "queued"},
+    ]
+    assert body["budget"]["images_requested"] == 5
+
+    assert len(store.created) == 1
+    batch, created_jobs = store.created[0]
+    assert (batch.batch_id, batch.caller, batch.job_ids) == ("bat_1", "alice", ["job_2", "job_3"])
+    assert (batch.image_count, batch.estimated_cost_usd) == (5, "0.3350")
+    assert (batch.spreadsheet_id, batch.worksheet, batch.created_at) == ("sheet123", "Scenes", T0)
+    assert [j.job_id for j in created_jobs] == ["job_2", "job_3"]
+
+    job = store.job("job_3")
+    assert job.state == JobState.QUEUED
+    assert (job.batch_id, job.scene_id, job.prompt, job.caller) == (
+        "bat_1",
+        "sc-002",
+        "prompt 2",
+        "alice",
+    )
+    assert (job.variant_count, sorted(job.variants)) == (3, ["1", "2", "3"])
+    assert (job.spreadsheet_id, job.worksheet) == ("sheet123", "Scenes")
+    assert (job.model, job.price_per_image) == ("gemini-3.1-flash-image", "0.0670")
+    assert job.ref_pack_public_url == "https://example.com/refs.zip"
+    assert job.created_at == T0
+    assert budget.used[("alice", DAY)] == Usage(5, Decimal("0.335"))
+
+
+def test_submit_publishes_one_message_per_job_with_attributes(
+    intake: Intake, publisher: FakePublisher
+) -> None:
+    intake.submit(request(1, 2, 3), "alice")
+    assert len(publisher.calls) == 1
+    attrs = {"batch_id": "bat_1", "user_id": "alice", "run_mode": "live"}
+    assert [(m, a) for m, a in publisher.published] == [
+        (JobMessage(job_id="job_2", batch_id="bat_1", scene_id="sc-001"), attrs),
+        (JobMessage(job_id="job_3", batch_id="bat_1", scene_id="sc-002"), attrs),
+        (JobMessage(job_id="job_4", batch_id="bat_1", scene_id="sc-003"), attrs),
+    ]
+
+
+def test_partial_publish_failure_fails_exactly_those_jobs_and_refunds_them(
+    make_intake: Callable[..., Intake], store: FakeJobStore, budget: FakeBudgetLedger
+) -> None:
+    publisher = FakePublisher(fail={"job_3": "DeadlineExceeded: 60s", "job_5": "NotFound: topic"})
+    body = accepted(make_intake(publisher=publisher).submit(request(1, 2, 1, 3), "alice"))
+
+    assert body["unpublished"] == ["job_3", "job_5"]
+    assert {j["job_id"]: (j["state"], j.get("error")) for j in body["jobs"]} == {
+        "job_2": ("queued", None),
+        "job_3": ("failed", "DeadlineExceeded: 60s"),
+        "job_4": ("queued", None),
+        "job_5": ("failed", "NotFound: topic"),
+    }
+    assert [m.job_id for m, _ in publisher.published] == ["job_2", "job_4"]
+
+    failed = store.job("job_3")
+    assert failed.state == JobState.FAILED
+    assert failed.finished_at == T0
+    assert {v.state for v in failed.variants.values()} == {VariantState.FAILED}
+    assert failed.variant(1).error == "could not be queued: DeadlineExceeded: 60s"
+    assert "could not be queued: DeadlineExceeded: 60s" in (failed.error or "")
+    assert store.job("job_5").state == JobState.FAILED
+    assert (store.job("job_2").state, store.job("job_4").state) == (JobState.QUEUED,) * 2
+    # Only the published jobs' images count against the day's budget.
+    assert budget.used[("alice", DAY)] == Usage(2, Decimal("0.134"))
+
+
+@pytest.mark.parametrize(
+    ("cap", "used"),
+    [({"daily_image_cap": 10}, Usage(8, Decimal(0))), ({}, Usage(0, Decimal("99.9")))],
+)
+def test_budget_exceeded_is_429_and_writes_nothing(
+    make_intake: Callable[..., Intake],
+    store: FakeJobStore,
+    publisher: FakePublisher,
+    budget: FakeBudgetLedger,
+    cap: dict[str, Any],
+    used: Usage,
+) -> None:
+    budget.used[("alice", DAY)] = used
+    outcome = make_intake(**cap).submit(request(2, 1), "alice", "key-1")
+    assert outcome.status == 429
+    assert outcome.body["error"] == "budget_exceeded"
+    assert "this batch needs 3 images ($0.2010)" in outcome.body["message"]
+    assert outcome.body["budget"]["images_used"] == used.images
+    assert store.writes == []
+    assert publisher.calls == []
+    assert budget.used[("alice", DAY)] == used
+
+
+def test_refused_batch_is_not_replayed_once_budget_allows(
+    make_intake: Callable[..., Intake], budget: FakeBudgetLedger
+) -> None:
+    budget.used[("alice", DAY)] = Usage(9, Decimal(0))
+    assert make_intake(daily_image_cap=10).submit(request(2), "alice", "k").status == 429
+    outcome = make_intake(daily_image_cap=20).submit(request(2), "alice", "k")
+    assert (outcome.status, outcome.replay) == (202, False)
+
+
+# --------------------------------------------------------------------------- idempotency
+
+
+def test_same_idempotency_key_replays_the_first_answer(
+    intake: Intake, store: FakeJobStore, publisher: FakePublisher, budget: FakeBudgetLedger
+) -> None:
+    first = intake.submit(request(2), "alice", "key-1")
+    again = intake.submit(request(2, 2), "alice", "key-1")  # even with another body
+    assert (again.status, again.replay) == (202, True)
+    assert again.body == first.body
+    assert len(store.created) == 1
+    assert len(publisher.calls) == 1
+    assert budget.used[("alice", DAY)].images == 2
+
+
+def test_idempotency_keys_are_per_caller(intake: Intake, store: FakeJobStore) -> None:
+    first = accepted(intake.submit(request(1), "alice", "shared-key"))
+    other = intake.submit(request(1), "bob", "shared-key")
+    assert other.replay is False
+    assert accepted(other)["batch_id"] != first["batch_id"]
+    assert len(store.created) == 2
+
+
+def test_identical_content_without_key_is_replayed_only_briefly(
+    intake: Intake, store: FakeJobStore, clock: FakeClock
+) -> None:
+    first = accepted(intake.submit(request(1, 2), "alice"))
+    assert intake.submit(request(1, 2), "alice").replay is True
+    assert intake.submit(request(1, 2), "alice").body == first
+    assert intake.submit(request(2, 1), "alice").replay is False  # other content
+    clock.advance(601)
+    assert intake.submit(request(1, 2), "alice").replay is False
+    assert len(store.created) == 3
+
+
+def test_explicit_key_outlives_the_content_key(intake: Intake, clock: FakeClock) -> None:
+    intake.submit(request(1), "alice", "key-1")
+    clock.advance(3600)
+    assert intake.submit(request(1), "alice", "key-1").replay is True
+    clock.advance(24 * 3600)
+    assert intake.submit(request(1), "alice", "key-1").replay is False
+
+
+class ReentrantPublisher(FakePublisher):
+    """Runs another submit while the first one is publishing."""
+
+    def __init__(self, again: Callable[[], Outcome]) -> None:
+        super().__init__()
+        self.again = again
+        self.inner: list[Outcome] = []
+
+    def publish(self, messages: Sequence[tuple[JobMessage, Mapping[str, str]]]) -> dict[str, str]:
+        if not self.inner:
+            self.inner.append(self.again())
+        return super().publish(messages)
+
+
+def test_concurrent_duplicate_is_409_in_progress(
+    make_intake: Callable[..., Intake], store: FakeJobStore
+) -> None:
+    holder: list[Intake] = []
+    publisher = ReentrantPublisher(lambda: holder[0].submit(request(1), "alice", "key-1"))
+    holder.append(make_intake(publisher=publisher))
+    first = holder[0].submit(request(1), "alice", "key-1")
+    assert first.status == 202
+    assert publisher.inner[0].status == 409
+    assert publisher.inner[0].body["error"] == "in_progress"
+    assert len(store.created) == 1
+    # Once the first finished, the duplicate gets its answer.
+    assert holder[0].submit(request(1), "alice", "key-1").body == first.body
+
+
+class CrashingStore(FakeJobStore):
+    """create_batch fails the first ``failures`` times."""
+
+    def __init__(self, failures: int = 1) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def create_batch(self, batch: Batch, jobs: Sequence[Job]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise TransientError("firestore unavailable")
+        super().create_batch(batch, jobs)
+
+
+class LeakyIdempotencyStore(FakeIdempotencyStore):
+    """Drops the first abandon, like an instance that died mid-request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = 1
+
+    def abandon(self, key: str) -> None:
+        if self.lost:
+            self.lost -= 1
+            return
+        super().abandon(key)
+
+
+def test_failed_submit_can_be_retried_with_the_same_key(
+    make_intake: Callable[..., Intake], idempotency: FakeIdempotencyStore
+) -> None:
+    store = CrashingStore()
+    intake = make_intake(store=store)
+    with pytest.raises(TransientError):
+        intake.submit(request(1), "alice", "key-1")
+    assert ("abandon", idempotency.calls[0][1]) in idempotency.calls
+    outcome = intake.submit(request(1), "alice", "key-1")
+    assert (outcome.status, outcome.replay) == (202, False)
+    assert len(store.created) == 1
+
+
+def test_stale_pending_record_is_taken_over(
+    make_intake: Callable[..., Intake], clock: FakeClock
+) -> None:
+    store = CrashingStore()
+    intake = make_intake(store=store, idempotency=LeakyIdempotencyStore())
+    with pytest.raises(TransientError):
+        intake.submit(request(1), "alice", "key-1")
+    # The pending record outlived its request: young, it means "in progress".
+    clock.advance(60)
+    assert intake.submit(request(1), "alice", "key-1").status == 409
+    clock.advance(61)
+    outcome = intake.submit(request(1), "alice", "key-1")
+    assert (outcome.status, outcome.replay) == (202, False)
+    assert len(store.created) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: Intake._submit reserves the daily budget before recording the batch and "
+    "never refunds it when create_batch (or anything after the reservation) raises; "
+    "the caller's retry is charged a second time",
+)
+def test_budget_reservation_is_released_when_recording_fails(
+    make_intake: Callable[..., Intake], budget: FakeBudgetLedger
+) -> None:
+    intake = make_intake(store=CrashingStore())
+    with pytest.raises(TransientError):
+        intake.submit(request(4, 4), "alice", "key-1")
+    assert budget.used.get(("alice", DAY), Usage()) == Usage()
+
+
+# --------------------------------------------------------------------------- status
+
+
+def test_job_status_hides_other_callers_and_missing_jobs(
+    intake: Intake, store: FakeJobStore
+) -> None:
+    store.add(make_job(job_id="job_a", caller="alice"))
+    assert intake.job_status("job_a", "bob") is None
+    assert intake.job_status("job_missing", "alice") is None
+    view = intake.job_status("job_a", "alice")
+    assert view is not None
+    assert view.job_id == "job_a"
+    admin_view = intake.job_status("job_a", "bob", admin=True)
+    assert admin_view is not None
+    assert admin_view.job_id == "job_a"
+
+
+def test_job_status_links_only_for_uploaded_and_done_variants(
+    intake: Intake, store: FakeJobStore, links: LinkSigner
+) -> None:
+    job = make_job(job_id="job_a", variant_count=4, started_at=T0)
+    job.variant(1).state = VariantState.DONE
+    job.variant(2).state = VariantState.UPLOADED
+    job.variant(3).state = VariantState.FAILED
+    job.variant(3).error = "blocked"
+    job.variant(4).state = VariantState.GENERATING
+    job.state = transitions.derive_state(job)
+    store.add(job)
+
+    view = intake.job_status("job_a", "alice")
+    assert view is not None
+    assert (view.state, view.status_text) == ("generating", "generating (1/4)")
+    assert (view.started_at, view.finished_at, view.duration_s) == (T0.isoformat(), None, None)
+    by_n = {v.variant: v for v in view.variants}
+    assert by_n[1].image_url == links.link("job_a", 1, "full")
+    assert by_n[1].thumbnail_url == links.link("job_a", 1, "thumb")
+    assert by_n[2].image_url == links.link("job_a", 2, "full")
+    assert by_n[2].thumbnail_url is None
+    for n in (3, 4):
+        assert (by_n[n].image_url, by_n[n].thumbnail_url) == (None, None)
+    assert by_n[3].error == "blocked"
+
+    link = urlsplit(by_n[1].thumbnail_url or "")
+    assert link.path == "/assets/job_a/1"
+    query = parse_qs(link.query)
+    assert links.verify("job_a", 1, query["size"][0], query["sig"][0])
+
+
+def test_job_status_duration_of_finished_job(intake: Intake, store: FakeJobStore) -> None:
+    job, _ = transitions.fail_job(make_job(job_id="job_a"), "boom", T0)
+    assert job is not None
+    job.created_at = T0.replace(second=0)
+    store.add(job)
+    view = intake.job_status("job_a", "alice")
+    assert view is not None
+    assert view.duration_s == 5.0
+
+
+def test_batch_status_counts_and_jobs(intake: Intake, store: FakeJobStore) -> None:
+    body = accepted(intake.submit(request(1, 2, 1), "alice"))
+    job_ids = [j["job_id"] for j in body["jobs"]]
+    store.mutate(job_ids[0], lambda j: setattr(j, "state", JobState.COMPLETED))
+    view = intake.batch_status(body["batch_id"], "alice")
+    assert view is not None
+    assert view.batch_id == body["batch_id"]
+    assert (view.image_count, view.estimated_cost_usd) == (4, "0.2680")
+    assert view.counts == {"completed": 1, "queued": 2}
+    assert [j.job_id for j in view.jobs] == job_ids
+    assert intake.batch_status(body["batch_id"], "bob") is None
+    assert intake.batch_status(body["batch_id"], "bob", admin=True) is not None
+    assert intake.batch_status("bat_missing", "alice") is None

@@ -1,0 +1,425 @@
+"""Pure state transitions of jobs and variants (shared/jobs.py)."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+
+import pytest
+
+from shared import jobs
+from shared.jobs import Claim
+from shared.models import Job, JobState, VariantState
+from tests.fakes import T0, make_job
+
+P, G, U, D, F = (
+    VariantState.PENDING,
+    VariantState.GENERATING,
+    VariantState.UPLOADED,
+    VariantState.DONE,
+    VariantState.FAILED,
+)
+LEASE = timedelta(seconds=300)
+
+
+def job_with(*states: VariantState, started: bool = True) -> Job:
+    job = make_job(variant_count=len(states), started_at=T0 if started else None)
+    for n, state in enumerate(states, start=1):
+        job.variant(n).state = state
+        if state == F:
+            job.variant(n).error = f"boom {n}"
+    job.state = jobs.derive_state(job)
+    return job
+
+
+# --------------------------------------------------------------------------- derive_state
+
+# Every combination of two variant states (for a started job).
+EXPECTED_TWO: dict[tuple[VariantState, VariantState], JobState] = {}
+for _a, _b in itertools.product([P, G, U, D, F], repeat=2):
+    if {_a, _b} == {D}:
+        EXPECTED_TWO[(_a, _b)] = JobState.COMPLETED
+    elif {_a, _b} == {F}:
+        EXPECTED_TWO[(_a, _b)] = JobState.FAILED
+    elif {_a, _b} == {D, F}:
+        EXPECTED_TWO[(_a, _b)] = JobState.PARTIAL
+    else:
+        EXPECTED_TWO[(_a, _b)] = JobState.GENERATING
+
+
+@pytest.mark.parametrize(("states", "expected"), sorted(EXPECTED_TWO.items()))
+def test_derive_state_started_job_all_pairs(
+    states: tuple[VariantState, VariantState], expected: JobState
+) -> None:
+    assert jobs.derive_state(job_with(*states, started=True)) == expected
+
+
+@pytest.mark.parametrize(("states", "expected"), sorted(EXPECTED_TWO.items()))
+def test_derive_state_unstarted_job_all_pairs(
+    states: tuple[VariantState, VariantState], expected: JobState
+) -> None:
+    # Only an unstarted job whose variants are all pending is still queued.
+    want = JobState.QUEUED if states == (P, P) else expected
+    assert jobs.derive_state(job_with(*states, started=False)) == want
+
+
+@pytest.mark.parametrize(
+    ("states", "expected"),
+    [
+        ((D,), JobState.COMPLETED),
+        ((F,), JobState.FAILED),
+        ((U,), JobState.GENERATING),
+        ((D, D, F), JobState.PARTIAL),
+        ((D, D, U), JobState.GENERATING),
+        ((F, F, F), JobState.FAILED),
+    ],
+)
+def test_derive_state_other_sizes(states: tuple[VariantState, ...], expected: JobState) -> None:
+    assert jobs.derive_state(job_with(*states)) == expected
+
+
+def test_start_marks_queued_job_generating_once() -> None:
+    job = make_job()
+    updated, was_queued = jobs.start(job, T0)
+    assert was_queued is True
+    assert updated is not None
+    assert updated.state == JobState.GENERATING
+    assert updated.started_at == T0
+
+    again, was_queued = jobs.start(updated, T0 + timedelta(seconds=5))
+    assert (again, was_queued) == (None, False)
+
+
+# --------------------------------------------------------------------------- claim
+
+
+def test_claim_pending_variant() -> None:
+    job = make_job()
+    updated, (outcome, expires) = jobs.claim(job, 1, "clm_a", T0, LEASE)
+    assert outcome == Claim.CLAIMED
+    assert expires == T0 + LEASE
+    assert updated is not None
+    v = updated.variant(1)
+    assert (v.state, v.claim_id, v.claim_expires, v.attempts) == (G, "clm_a", T0 + LEASE, 1)
+    assert updated.started_at == T0
+    assert updated.state == JobState.GENERATING
+    assert updated.variant(2).state == P
+
+
+def test_claim_held_by_live_claim_of_another_delivery() -> None:
+    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE)
+    assert job is not None
+    later = T0 + LEASE - timedelta(seconds=1)
+    updated, (outcome, expires) = jobs.claim(job, 1, "clm_b", later, LEASE)
+    assert updated is None
+    assert outcome == Claim.HELD
+    assert expires == T0 + LEASE
+    assert job.variant(1).claim_id == "clm_a"
+
+
+@pytest.mark.parametrize("after_expiry", [timedelta(0), timedelta(seconds=1)])
+def test_claim_taken_over_once_lease_expired(after_expiry: timedelta) -> None:
+    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE)
+    assert job is not None
+    now = T0 + LEASE + after_expiry
+    updated, (outcome, expires) = jobs.claim(job, 1, "clm_b", now, LEASE)
+    assert outcome == Claim.CLAIMED
+    assert updated is not None
+    v = updated.variant(1)
+    assert (v.claim_id, v.claim_expires, v.attempts) == ("clm_b", now + LEASE, 2)
+    assert expires == now + LEASE
+
+
+def test_claim_by_same_delivery_renews() -> None:
+    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE)
+    assert job is not None
+    updated, (outcome, _) = jobs.claim(job, 1, "clm_a", T0 + timedelta(seconds=10), LEASE)
+    assert outcome == Claim.CLAIMED
+    assert updated is not None
+    assert updated.variant(1).attempts == 2
+
+
+@pytest.mark.parametrize("state", [U, D, F])
+def test_finished_variants_are_never_reclaimed(state: VariantState) -> None:
+    job = job_with(state, P)
+    attempts_before = job.variant(1).attempts
+    updated, (outcome, expires) = jobs.claim(job, 1, "clm_x", T0 + timedelta(days=1), LEASE)
+    assert (updated, outcome, expires) == (None, Claim.FINISHED, None)
+    assert job.variant(1).state == state
+    assert job.variant(1).attempts == attempts_before
+
+
+def test_attempts_count_every_claim_across_deliveries() -> None:
+    job = make_job()
+    now = T0
+    for attempt, claim_id in enumerate(["clm_a", "clm_b", "clm_c"], start=1):
+        updated, (outcome, _) = jobs.claim(job, 1, claim_id, now, LEASE)
+        assert outcome == Claim.CLAIMED
+        assert updated is not None
+        job = updated
+        assert job.variant(1).attempts == attempt
+        released, _ = jobs.release(job, 1, claim_id, "quota", now)
+        assert released is not None
+        job = released
+        now += timedelta(seconds=1)
+    assert job.variant(2).attempts == 0
+
+
+# --------------------------------------------------------------------------- release
+
+
+def test_release_by_holder_returns_variant_to_pending() -> None:
+    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE)
+    assert job is not None
+    updated, _ = jobs.release(job, 1, "clm_a", "429 quota", T0 + timedelta(seconds=3))
+    assert updated is not None
+    v = updated.variant(1)
+    assert (v.state, v.claim_id, v.claim_expires, v.error) == (P, None, None, "429 quota")
+    assert v.attempts == 1
+
+
+def test_release_by_non_holder_changes_nothing() -> None:
+    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE)
+    assert job is not None
+    updated, _ = jobs.release(job, 1, "clm_b", "quota", T0)
+    assert updated is None
+    assert job.variant(1).state == G
+    assert job.variant(1).claim_id == "clm_a"
+
+
+@pytest.mark.parametrize("state", [P, U, D, F])
+def test_release_of_unclaimed_variant_changes_nothing(state: VariantState) -> None:
+    job = job_with(state, P)
+    assert jobs.release(job, 1, "clm_a", "quota", T0) == (None, None)
+
+
+# --------------------------------------------------------------------------- uploaded
+
+
+def test_uploaded_records_object_and_clears_claim() -> None:
+    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE)
+    assert job is not None
+    job.variant(1).error = "earlier transient error"
+    now = T0 + timedelta(seconds=9)
+    updated, _ = jobs.uploaded(job, 1, "images/a/var_1.png", "image/png", now)
+    assert updated is not None
+    v = updated.variant(1)
+    assert v.state == U
+    assert (v.object_name, v.content_type, v.generated_at) == (
+        "images/a/var_1.png",
+        "image/png",
+        now,
+    )
+    assert (v.claim_id, v.claim_expires, v.error) == (None, None, None)
+    assert updated.state == JobState.GENERATING
+
+
+def test_uploaded_is_idempotent() -> None:
+    job, _ = jobs.uploaded(make_job(), 1, "images/a/var_1.png", "image/png", T0)
+    assert job is not None
+    again, _ = jobs.uploaded(job, 1, "images/a/var_1.jpg", "image/jpeg", T0 + timedelta(1))
+    assert again is None
+    assert job.variant(1).object_name == "images/a/var_1.png"
+
+
+def test_uploaded_never_downgrades_done() -> None:
+    job = job_with(D, P)
+    job.variant(1).object_name = "images/a/var_1.png"
+    updated, _ = jobs.uploaded(job, 1, "images/a/var_1.png", "image/png", T0)
+    assert updated is None
+    assert job.variant(1).state == D
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: jobs.uploaded turns a FAILED variant back into UPLOADED, so a finished "
+    "(terminal) job becomes 'generating' again and nothing will ever finish it",
+)
+def test_uploaded_does_not_reopen_a_finished_job() -> None:
+    job, finished = jobs.variant_failed(make_job(variant_count=1), 1, "thumbnail: bad", T0)
+    assert job is not None
+    assert finished is True
+    after, _ = jobs.uploaded(job, 1, "images/a/var_1.png", "image/png", T0 + timedelta(1))
+    final = after or job
+    assert final.terminal
+
+
+# --------------------------------------------------------------------------- variant_failed
+
+
+def test_variant_failed_without_claim_id_fails_any_unfinished_variant() -> None:
+    job = job_with(U, D)
+    updated, finished = jobs.variant_failed(job, 1, "thumbnail: corrupt", T0)
+    assert updated is not None
+    assert updated.variant(1).state == F
+    assert updated.variant(1).error == "thumbnail: corrupt"
+    assert finished is True
+    assert updated.state == JobState.PARTIAL
+    assert updated.error == "variant 1: thumbnail: corrupt"
+    assert updated.finished_at == T0
+
+
+def test_variant_failed_with_matching_claim_id() -> None:
+    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE)
+    assert job is not None
+    updated, finished = jobs.variant_failed(job, 1, "blocked", T0, claim_id="clm_a")
+    assert updated is not None
+    v = updated.variant(1)
+    assert (v.state, v.error, v.claim_id, v.claim_expires) == (F, "blocked", None, None)
+    assert finished is False  # variant 2 is still pending
+    assert updated.state == JobState.GENERATING
+
+
+def test_variant_failed_with_stale_claim_id_changes_nothing() -> None:
+    job, _ = jobs.claim(make_job(), 1, "clm_b", T0, LEASE)
+    assert job is not None
+    assert jobs.variant_failed(job, 1, "blocked", T0, claim_id="clm_a") == (None, False)
+    assert job.variant(1).state == G
+
+
+def test_variant_failed_with_claim_id_never_overwrites_an_upload() -> None:
+    job = job_with(U, P)
+    assert jobs.variant_failed(job, 1, "blocked", T0, claim_id="clm_a") == (None, False)
+
+
+@pytest.mark.parametrize("state", [D, F])
+def test_variant_failed_on_finished_variant_changes_nothing(state: VariantState) -> None:
+    job = job_with(state, P)
+    assert jobs.variant_failed(job, 1, "late", T0) == (None, False)
+
+
+def test_variant_failed_last_variant_fails_job() -> None:
+    job = job_with(F, G)
+    updated, finished = jobs.variant_failed(job, 2, "no image", T0)
+    assert updated is not None
+    assert finished is True
+    assert updated.state == JobState.FAILED
+    assert updated.error == "variant 1: boom 1; variant 2: no image"
+
+
+# --------------------------------------------------------------------------- thumbnail_done
+
+
+def test_thumbnail_done_returns_true_exactly_once_per_job() -> None:
+    job = job_with(U, U)
+    results: list[bool] = []
+    calls = [1, 1, 2, 2, 1, 2]
+    for i, n in enumerate(calls):
+        updated, finished = jobs.thumbnail_done(
+            job, n, f"images/x/var_{n}.png", f"thumbnails/x/var_{n}.jpg", T0 + timedelta(i)
+        )
+        results.append(finished)
+        if updated is not None:
+            job = updated
+    assert results == [False, False, True, False, False, False]
+    assert job.state == JobState.COMPLETED
+    assert job.finished_at == T0 + timedelta(2)
+    assert job.error is None
+
+
+def test_thumbnail_done_second_call_changes_nothing() -> None:
+    job, _ = jobs.thumbnail_done(job_with(U), 1, "images/a.png", "thumbnails/a.jpg", T0)
+    assert job is not None
+    assert jobs.thumbnail_done(job, 1, "images/a.png", "thumbnails/a.jpg", T0) == (None, False)
+
+
+def test_thumbnail_done_records_names_and_keeps_known_object_name() -> None:
+    job = job_with(U, P)
+    job.variant(1).object_name = "images/known.png"
+    updated, finished = jobs.thumbnail_done(job, 1, "images/other.png", "thumbnails/t.jpg", T0)
+    assert updated is not None
+    assert finished is False
+    v = updated.variant(1)
+    assert (v.state, v.object_name, v.thumb_name, v.done_at) == (
+        D,
+        "images/known.png",
+        "thumbnails/t.jpg",
+        T0,
+    )
+
+
+def test_thumbnail_done_finishing_with_a_failed_variant_is_partial() -> None:
+    job = job_with(F, U)
+    updated, finished = jobs.thumbnail_done(job, 2, "images/b.png", "thumbnails/b.jpg", T0)
+    assert updated is not None
+    assert finished is True
+    assert updated.state == JobState.PARTIAL
+    assert updated.error == "variant 1: boom 1"
+
+
+# --------------------------------------------------------------------------- fail_job
+
+
+def test_fail_job_fails_every_unfinished_variant() -> None:
+    job = make_job(variant_count=3)
+    job.variant(2).state = G
+    job.variant(2).claim_id = "clm_a"
+    updated, finished = jobs.fail_job(job, "could not be queued: boom", T0)
+    assert updated is not None
+    assert finished is True
+    assert updated.state == JobState.FAILED
+    assert updated.finished_at == T0
+    for n in (1, 2, 3):
+        assert updated.variant(n).state == F
+        assert updated.variant(n).error == "could not be queued: boom"
+        assert updated.variant(n).claim_id is None
+    assert updated.error == "; ".join(f"variant {n}: could not be queued: boom" for n in (1, 2, 3))
+
+
+def test_fail_job_keeps_uploaded_and_done_variants() -> None:
+    job = job_with(D, U, P)
+    updated, finished = jobs.fail_job(job, "dead-lettered", T0)
+    assert updated is not None
+    assert [updated.variant(n).state for n in (1, 2, 3)] == [D, U, F]
+    # An uploaded variant still awaits its thumbnail, so the job is not finished.
+    assert finished is False
+    assert updated.state == JobState.GENERATING
+
+
+def test_fail_job_on_terminal_job_changes_nothing() -> None:
+    job = job_with(D, D)
+    assert job.terminal
+    assert jobs.fail_job(job, "late", T0) == (None, False)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_progress_queued() -> None:
+    assert jobs.progress(make_job()) == jobs.Progress("queued", 0, 2)
+
+
+def test_progress_generating_counts_done_variants() -> None:
+    p = jobs.progress(job_with(D, U, G))
+    assert p == jobs.Progress("generating (1/3)", 1, 3)
+
+
+def test_progress_completed() -> None:
+    assert jobs.progress(job_with(D, D)).status == "completed"
+
+
+def test_progress_failed_with_reason() -> None:
+    job, _ = jobs.fail_job(make_job(variant_count=1), "reference pack: 404", T0)
+    assert job is not None
+    assert jobs.progress(job).status == "failed: variant 1: reference pack: 404"
+
+
+def test_progress_failed_without_reason() -> None:
+    job = make_job(state=JobState.FAILED)
+    assert jobs.progress(job).status == "failed: unknown error"
+
+
+def test_progress_partial_with_reason() -> None:
+    failed, _ = jobs.variant_failed(job_with(D, U, P), 3, "blocked", T0)
+    assert failed is not None
+    job, _ = jobs.thumbnail_done(failed, 2, "images/b.png", "thumbnails/b.jpg", T0)
+    assert job is not None
+    assert job.state == JobState.PARTIAL
+    assert jobs.progress(job) == jobs.Progress("partial (2/3): variant 3: blocked", 2, 3)
+
+
+def test_progress_partial_without_reason() -> None:
+    job = make_job(state=JobState.PARTIAL)
+    job.variant(1).state = D
+    job.variant(2).state = F
+    assert jobs.progress(job).status == "partial (1/2)"

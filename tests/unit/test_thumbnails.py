@@ -1,0 +1,343 @@
+"""Thumbnails service on fakes: skip rules, thumbnail objects, job completion."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+from collections.abc import Callable
+
+import pytest
+from PIL import Image
+
+from shared.errors import PermanentError, TransientError
+from shared.events import StorageObject
+from shared.imaging import make_thumbnail
+from shared.models import JobState, VariantState
+from shared.ports import Formula, Text
+from shared.services.sheet_sync import SheetSync
+from shared.services.thumbnails import THUMBNAIL_MARKER, Thumbnails, skip_reason, thumbnail_name
+from shared.settings import Settings
+from tests.fakes import (
+    IMAGES_BUCKET,
+    T0,
+    FakeClock,
+    FakeJobStore,
+    FakeObjectStore,
+    FakeSheetWriter,
+    finalize_event,
+    make_job,
+    make_settings,
+    png_bytes,
+)
+
+NAME_1 = "images/sc-001/job_1/var_1.png"
+NAME_2 = "images/sc-001/job_1/var_2.png"
+
+
+@pytest.fixture
+def store() -> FakeJobStore:
+    """A job of two variants whose images were uploaded."""
+    store = FakeJobStore()
+    job = make_job(variant_count=2, started_at=T0, state=JobState.GENERATING)
+    for n in (1, 2):
+        job.variant(n).state = VariantState.UPLOADED
+        job.variant(n).object_name = f"images/sc-001/job_1/var_{n}.png"
+    store.add(job)
+    return store
+
+
+@pytest.fixture
+def make_service(
+    settings: Settings,
+    store: FakeJobStore,
+    objects: FakeObjectStore,
+    sheet_sync: SheetSync,
+    clock: FakeClock,
+) -> Callable[..., Thumbnails]:
+    def build(thumbnailer: Callable[[bytes, int], bytes] = make_thumbnail) -> Thumbnails:
+        return Thumbnails(settings, store, objects, thumbnailer, sheet_sync, clock)
+
+    return build
+
+
+def put_images(objects: FakeObjectStore, *names: str) -> None:
+    for name in names:
+        objects.put(IMAGES_BUCKET, name, png_bytes((600, 300)), "image/png", {"job_id": "job_1"})
+
+
+# --------------------------------------------------------------------------- skip_reason
+
+
+def test_skip_reason_none_for_our_image(settings: Settings) -> None:
+    assert skip_reason(finalize_event(NAME_1), settings) is None
+    # An event without a type (direct Eventarc delivery) is also ours.
+    assert skip_reason(finalize_event(NAME_1, event_type=""), settings) is None
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        (finalize_event(NAME_1, event_type="OBJECT_DELETE"), "event type OBJECT_DELETE"),
+        (
+            finalize_event(NAME_1, bucket="other-bucket"),
+            "bucket other-bucket is not the images bucket",
+        ),
+        (
+            finalize_event("refs/pack.zip"),
+            "object refs/pack.zip is outside images/",
+        ),
+        (
+            finalize_event(NAME_1, **{THUMBNAIL_MARKER: "1"}),
+            "object is a thumbnail",
+        ),
+        (
+            dataclasses.replace(finalize_event(NAME_1), metadata={}),
+            "object has no job_id/variant metadata",
+        ),
+        (finalize_event(NAME_1, job_id=""), "object has no job_id/variant metadata"),
+        (finalize_event(NAME_1, variant="x"), "object has no job_id/variant metadata"),
+    ],
+)
+def test_skip_reason(settings: Settings, event: StorageObject, expected: str) -> None:
+    assert skip_reason(event, settings) == expected
+
+
+def test_thumbnail_name(settings: Settings) -> None:
+    assert thumbnail_name(settings, NAME_1) == "thumbnails/sc-001/job_1/var_1.jpg"
+    assert thumbnail_name(settings, "images/a.b/j/var_2.webp") == "thumbnails/a.b/j/var_2.jpg"
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        finalize_event(NAME_1, event_type="OBJECT_METADATA_UPDATE"),
+        finalize_event("thumbnails/sc-001/job_1/var_1.jpg"),
+        finalize_event(NAME_1, **{THUMBNAIL_MARKER: "1"}),
+    ],
+)
+def test_skipped_notification_touches_nothing(
+    make_service: Callable[..., Thumbnails],
+    store: FakeJobStore,
+    objects: FakeObjectStore,
+    sheet_writer: FakeSheetWriter,
+    event: StorageObject,
+) -> None:
+    make_service().handle(event)
+    assert store.calls == []
+    assert objects.calls == []
+    assert sheet_writer.attempts == []
+
+
+# --------------------------------------------------------------------------- handle
+
+
+def test_thumbnail_written_with_marker_and_variant_done(
+    make_service: Callable[..., Thumbnails],
+    store: FakeJobStore,
+    objects: FakeObjectStore,
+    sheet_writer: FakeSheetWriter,
+    clock: FakeClock,
+) -> None:
+    put_images(objects, NAME_1)
+    make_service().handle(finalize_event(NAME_1))
+
+    thumb = objects.objects[(IMAGES_BUCKET, "thumbnails/sc-001/job_1/var_1.jpg")]
+    assert thumb.content_type == "image/jpeg"
+    assert thumb.metadata == {
+        THUMBNAIL_MARKER: "1",
+        "source": NAME_1,
+        "job_id": "job_1",
+        "variant": "1",
+    }
+    with Image.open(io.BytesIO(thumb.data)) as image:
+        assert (image.format, image.size) == ("JPEG", (256, 128))
+    # The thumbnail's own notification would be skipped.
+    thumb_event = finalize_event("thumbnails/sc-001/job_1/var_1.jpg", **thumb.metadata)
+    assert skip_reason(thumb_event, make_settings()) is not None
+
+    job = store.job("job_1")
+    v = job.variant(1)
+    assert (v.state, v.thumb_name, v.done_at) == (
+        VariantState.DONE,
+        "thumbnails/sc-001/job_1/var_1.jpg",
+        T0,
+    )
+    assert job.state == JobState.GENERATING
+    assert sheet_writer.row("sc-001")["status_img"] == Text("generating (1/2)")
+    assert isinstance(sheet_writer.row("sc-001")["nano_img_1"], Formula)
+
+
+def test_thumbnails_go_to_separate_bucket_when_configured(
+    store: FakeJobStore, objects: FakeObjectStore, sheet_sync: SheetSync
+) -> None:
+    put_images(objects, NAME_1)
+    settings = make_settings(thumbnails_bucket="thumbs-bucket")
+    Thumbnails(settings, store, objects, make_thumbnail, sheet_sync).handle(finalize_event(NAME_1))
+    assert objects.names("thumbs-bucket") == ["thumbnails/sc-001/job_1/var_1.jpg"]
+
+
+def test_job_finishes_exactly_once_across_duplicate_events(
+    make_service: Callable[..., Thumbnails],
+    store: FakeJobStore,
+    objects: FakeObjectStore,
+    sheet_writer: FakeSheetWriter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    put_images(objects, NAME_1, NAME_2)
+    service = make_service()
+    caplog.set_level(logging.INFO, logger="shared.services.thumbnails")
+    for name, n in [(NAME_1, 1), (NAME_2, 2), (NAME_2, 2), (NAME_1, 1)]:
+        service.handle(finalize_event(name, variant=n))
+
+    finished = [r for r in caplog.records if r.getMessage() == "job finished"]
+    assert len(finished) == 1
+    job = store.job("job_1")
+    assert job.state == JobState.COMPLETED
+    assert job.finished_at == T0
+    assert sheet_writer.row("sc-001")["status_img"] == Text("completed")
+    assert len([c for c in objects.calls if c[0] == "create"]) == 2
+
+
+def test_concurrent_duplicate_event_finishes_the_job_once(
+    make_service: Callable[..., Thumbnails],
+    store: FakeJobStore,
+    objects: FakeObjectStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    put_images(objects, NAME_1, NAME_2)
+    make_service().handle(finalize_event(NAME_2, variant=2))
+    calls = 0
+    service: Thumbnails | None = None
+
+    def thumbnailer(data: bytes, size: int) -> bytes:
+        # The duplicate arrives while the first delivery is still thumbnailing.
+        nonlocal calls
+        calls += 1
+        if calls == 1 and service is not None:
+            service.handle(finalize_event(NAME_1))
+        return make_thumbnail(data, size)
+
+    service = make_service(thumbnailer)
+    caplog.set_level(logging.INFO, logger="shared.services.thumbnails")
+    service.handle(finalize_event(NAME_1))
+
+    assert calls == 2
+    assert len([r for r in caplog.records if r.getMessage() == "job finished"]) == 1
+    assert store.job("job_1").state == JobState.COMPLETED
+    creates = [c for c in objects.calls if c[2] == "thumbnails/sc-001/job_1/var_1.jpg"]
+    assert len(creates) == 2  # the second create found the object and kept it
+    assert len(objects.names(IMAGES_BUCKET)) == 4
+
+
+def test_corrupt_image_fails_the_variant_without_raising(
+    make_service: Callable[..., Thumbnails],
+    store: FakeJobStore,
+    objects: FakeObjectStore,
+    sheet_writer: FakeSheetWriter,
+) -> None:
+    put_images(objects, NAME_2)
+    objects.put(IMAGES_BUCKET, NAME_1, b"\x89PNG\r\n\x1a\n not really a png")
+    service = make_service()
+    service.handle(finalize_event(NAME_1))
+
+    job = store.job("job_1")
+    assert job.variant(1).state == VariantState.FAILED
+    assert (job.variant(1).error or "").startswith("thumbnail: image could not be decoded")
+    assert objects.names(IMAGES_BUCKET) == [NAME_1, NAME_2]  # no thumbnail written
+
+    service.handle(finalize_event(NAME_2, variant=2))
+    job = store.job("job_1")
+    assert job.state == JobState.PARTIAL
+    assert (job.error or "").startswith("variant 1: thumbnail: image could not be decoded")
+    assert sheet_writer.row("sc-001")["status_img"].value.startswith("partial (1/2): variant 1")
+
+
+def test_missing_source_object_fails_the_variant(
+    make_service: Callable[..., Thumbnails], store: FakeJobStore
+) -> None:
+    make_service().handle(finalize_event(NAME_1))
+    v = store.job("job_1").variant(1)
+    assert v.state == VariantState.FAILED
+    assert (v.error or "").startswith("thumbnail: gs://images-bucket/")
+
+
+def test_transient_error_propagates_and_changes_nothing(
+    make_service: Callable[..., Thumbnails], store: FakeJobStore, objects: FakeObjectStore
+) -> None:
+    put_images(objects, NAME_1)
+
+    def thumbnailer(data: bytes, size: int) -> bytes:
+        raise TransientError("storage 503")
+
+    with pytest.raises(TransientError):
+        make_service(thumbnailer).handle(finalize_event(NAME_1))
+    assert store.job("job_1").variant(1).state == VariantState.UPLOADED
+
+
+def test_thumbnailer_gets_configured_size(
+    store: FakeJobStore, objects: FakeObjectStore, sheet_sync: SheetSync
+) -> None:
+    put_images(objects, NAME_1)
+    sizes: list[int] = []
+
+    def thumbnailer(data: bytes, size: int) -> bytes:
+        sizes.append(size)
+        raise PermanentError("nope")
+
+    Thumbnails(make_settings(thumbnail_size=64), store, objects, thumbnailer, sheet_sync).handle(
+        finalize_event(NAME_1)
+    )
+    assert sizes == [64]
+
+
+def test_unknown_job_or_variant_is_dropped(
+    make_service: Callable[..., Thumbnails],
+    store: FakeJobStore,
+    objects: FakeObjectStore,
+    sheet_writer: FakeSheetWriter,
+) -> None:
+    put_images(objects, NAME_1)
+    service = make_service()
+    service.handle(finalize_event(NAME_1, job_id="job_missing"))
+    service.handle(finalize_event(NAME_1, variant=7))
+    assert [c for c in objects.calls if c[0] != "find"] == []
+    assert sheet_writer.attempts == []
+    assert store.job("job_1").variant(1).state == VariantState.UPLOADED
+
+
+def test_redelivered_event_after_completion_writes_the_sheet_only_once(
+    make_service: Callable[..., Thumbnails],
+    objects: FakeObjectStore,
+    sheet_writer: FakeSheetWriter,
+) -> None:
+    put_images(objects, NAME_1, NAME_2)
+    service = make_service()
+    service.handle(finalize_event(NAME_1))
+    service.handle(finalize_event(NAME_2, variant=2))
+    writes = len(sheet_writer.attempts)
+    reads = len([c for c in objects.calls if c[0] == "read"])
+
+    service.handle(finalize_event(NAME_2, variant=2))
+    service.handle(finalize_event(NAME_1))
+    assert len(sheet_writer.attempts) == writes
+    assert len([c for c in objects.calls if c[0] == "read"]) == reads
+
+
+def test_redelivered_event_retries_a_sheet_write_that_failed(
+    make_service: Callable[..., Thumbnails],
+    store: FakeJobStore,
+    objects: FakeObjectStore,
+    sheet_writer: FakeSheetWriter,
+) -> None:
+    put_images(objects, NAME_1, NAME_2)
+    service = make_service()
+    service.handle(finalize_event(NAME_2, variant=2))
+    sheet_writer.errors.append(TransientError("Sheets API 503"))
+    with pytest.raises(TransientError):
+        service.handle(finalize_event(NAME_1))
+    assert store.job("job_1").state == JobState.COMPLETED
+    assert sheet_writer.row("sc-001")["status_img"] == Text("generating (1/2)")
+
+    service.handle(finalize_event(NAME_1))  # the redelivery
+    assert sheet_writer.row("sc-001")["status_img"] == Text("completed")
