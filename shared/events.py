@@ -37,8 +37,11 @@ def push_message(event_data: Any) -> PushMessage:
     if not isinstance(event_data, dict) or not isinstance(event_data.get("message"), dict):
         raise PermanentError("event has no Pub/Sub message")
     message = event_data["message"]
+    raw = message.get("data") or ""
+    if not isinstance(raw, str):
+        raise PermanentError("message data is not a base64 string")
     try:
-        data = base64.b64decode(message.get("data") or "", validate=True)
+        data = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise PermanentError("message data is not base64") from exc
     return PushMessage(
@@ -74,6 +77,8 @@ def storage_object(message: PushMessage) -> StorageObject:
         payload = json.loads(message.data) if message.data else {}
     except ValueError as exc:
         raise PermanentError("notification payload is not JSON") from exc
+    if not isinstance(payload, dict):
+        raise PermanentError("notification payload is not a JSON object")
     attrs = message.attributes
     return StorageObject(
         event_type=attrs.get("eventType", ""),

@@ -106,7 +106,8 @@ def uploaded(
 ) -> tuple[Job | None, None]:
     """Record that the image object exists (whoever wrote it)."""
     variant = job.variant(n)
-    if variant.state in (VariantState.UPLOADED, VariantState.DONE):
+    # DONE or FAILED (say, its thumbnail could not be made) is final.
+    if variant.state in (VariantState.UPLOADED, *TERMINAL_VARIANT_STATES):
         return None, None
     variant.state = VariantState.UPLOADED
     variant.object_name = object_name

@@ -34,4 +34,5 @@ class LinkSigner:
         if size not in SIZES:
             return False
         expected = self.signature(job_id, variant, size)  # type: ignore[arg-type,unused-ignore]
-        return hmac.compare_digest(expected, sig)
+        # Bytes, because compare_digest refuses non-ASCII str from an untrusted URL.
+        return hmac.compare_digest(expected.encode(), sig.encode("utf-8", "replace"))

@@ -11,7 +11,7 @@ from shared import jobs as transitions
 from shared.errors import NotFound, PermanentError
 from shared.events import PushMessage, job_message, storage_object
 from shared.ids import utcnow
-from shared.models import Job
+from shared.models import TERMINAL_VARIANT_STATES, Job
 from shared.ports import JobStore
 from shared.services.sheet_sync import SheetSync
 
@@ -22,8 +22,10 @@ DELIVERY_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
 
 
 def last_error(job: Job) -> str:
-    """The most recent error recorded on any unfinished variant."""
-    errors = [v.error for v in job.variants.values() if v.error]
+    """The error recorded on an unfinished variant: what kept the job retrying."""
+    errors = [
+        v.error for v in job.variants.values() if v.error and v.state not in TERMINAL_VARIANT_STATES
+    ]
     return errors[-1] if errors else "no error was recorded"
 
 
@@ -49,12 +51,11 @@ class DeadLetters:
         if job is None:
             raise NotFound(f"job {job_id} does not exist")
         reason = f"gave up after {attempts} deliveries: {last_error(job)}"
-        changed = self.store.update_job(
-            job_id, lambda j: transitions.fail_job(j, reason, self.clock())
-        )
+        self.store.update_job(job_id, lambda j: transitions.fail_job(j, reason, self.clock()))
         log.warning("job failed", extra={"job_id": job_id, "state": "failed", "error": reason})
-        if changed or not job.terminal:
-            self.sheet.sync(job_id)
+        # Always: the sync writes only if the row differs, and a redelivery after a
+        # transient sheet error must still write it.
+        self.sheet.sync(job_id)
 
     def _thumbnail_gave_up(self, message: PushMessage, attempts: str) -> None:
         obj = storage_object(message)

@@ -172,6 +172,17 @@ class Intake:
                     "budget": budget.model_dump(mode="json"),
                 },
             )
+        try:
+            return self._record_and_publish(request, caller, plan, budget)
+        except BaseException:
+            # Nothing was queued (or we cannot tell what was): give the budget back.
+            self.budget.refund(caller, plan.budget.day, plan.image_count, cost)
+            raise
+
+    def _record_and_publish(
+        self, request: BatchRequest, caller: str, plan: Plan, budget: Budget
+    ) -> Outcome:
+        price = self.settings.price_per_image()
         now = self.clock()
         batch_id = self.ids("bat")
         jobs = [

@@ -55,13 +55,17 @@ class SheetSync:
         digest was not recorded, the write happens then); permanent ones are
         recorded on the job.
         """
+        written: str | None = None
         for _ in range(MAX_ROUNDS):
             job = self.store.get_job(job_id)
             if job is None:
                 return
             cells = row_cells(job, self.links)
             digest = _digest(cells)
-            if job.sheet_digest == digest:
+            # First round: skip what some sync already wrote (duplicate events).
+            # Later rounds: our own write may have landed after a newer one, so
+            # only what *we* wrote tells whether the sheet shows the job.
+            if digest == (job.sheet_digest if written is None else written):
                 return
             try:
                 self.sheets.write_row(job.spreadsheet_id, job.worksheet, job.scene_id, cells)
@@ -72,6 +76,7 @@ class SheetSync:
                 )
                 self._record(job_id, None, str(exc))
                 return
+            written = digest
             self._record(job_id, digest, None)
 
     def _record(self, job_id: str, digest: str | None, error: str | None) -> None:

@@ -134,12 +134,6 @@ def test_thumbnail_letter_for_missing_job_is_dropped(
     assert sheet_writer.attempts == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after a transient sheet error the dead letter is redelivered, but "
-    "DeadLetters._job_gave_up syncs only when the job was not yet terminal, so the "
-    "redelivery never writes the row and the sheet keeps the stale status",
-)
 def test_transient_sheet_error_is_repaired_by_the_redelivery(
     service: DeadLetters, store: FakeJobStore, sheet_writer: FakeSheetWriter
 ) -> None:
@@ -160,12 +154,6 @@ def test_last_error_is_the_latest_listed() -> None:
     assert last_error(job) == "third"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: dead_letters.last_error promises the error of an unfinished variant but "
-    "also takes errors of variants that already failed, so the dead-letter reason can "
-    "name an unrelated finished failure instead of what kept the job retrying",
-)
 def test_last_error_ignores_finished_variants() -> None:
     job = make_job(variant_count=2)
     job.variant(1).error = "Gemini answered 429 RESOURCE_EXHAUSTED"  # pending, retried

@@ -58,11 +58,6 @@ def test_push_message_bad_base64_is_permanent(data: str) -> None:
         push_message(event(data))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: events.push_message lets TypeError escape when message.data is not a "
-    "string, so a malformed push is retried forever instead of dropped",
-)
 def test_push_message_non_string_data_is_permanent() -> None:
     with pytest.raises(PermanentError):
         push_message({"message": {"data": 123, "messageId": "1"}})
@@ -138,11 +133,6 @@ def test_storage_object_non_json_payload_is_permanent() -> None:
         storage_object(PushMessage(b"{nope", {}, "1", "t"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: events.storage_object assumes the JSON payload is an object; a list or "
-    "null payload raises AttributeError (retried forever) instead of PermanentError",
-)
 @pytest.mark.parametrize("payload", [b"[]", b"null", b'"text"'])
 def test_storage_object_non_object_payload_is_permanent(payload: bytes) -> None:
     with pytest.raises(PermanentError):

@@ -401,12 +401,6 @@ def test_sheet_row_is_synced(
     assert store.job("job_1").sheet_digest is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a thumbnail failure recorded before the generator records its upload is "
-    "undone by jobs.uploaded (FAILED -> UPLOADED); the finished job is left 'generating' "
-    "forever",
-)
 def test_fast_thumbnail_failure_is_not_undone_by_the_upload_record(
     make_generation: Build,
     store: FakeJobStore,

@@ -459,11 +459,6 @@ def test_asset_not_ready_is_404(client: FlaskClient) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a non-ASCII sig makes LinkSigner.verify raise TypeError, so /assets "
-    "answers 500 instead of 403",
-)
 @pytest.mark.usefixtures("done_job")
 def test_asset_with_non_ascii_signature_is_403(client: FlaskClient) -> None:
     response = client.get("/assets/job_a/1?size=thumb&sig=%C3%A9")

@@ -421,12 +421,6 @@ def test_stale_pending_record_is_taken_over(
     assert len(store.created) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Intake._submit reserves the daily budget before recording the batch and "
-    "never refunds it when create_batch (or anything after the reservation) raises; "
-    "the caller's retry is charged a second time",
-)
 def test_budget_reservation_is_released_when_recording_fails(
     make_intake: Callable[..., Intake], budget: FakeBudgetLedger
 ) -> None:

@@ -230,11 +230,6 @@ def test_uploaded_never_downgrades_done() -> None:
     assert job.variant(1).state == D
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: jobs.uploaded turns a FAILED variant back into UPLOADED, so a finished "
-    "(terminal) job becomes 'generating' again and nothing will ever finish it",
-)
 def test_uploaded_does_not_reopen_a_finished_job() -> None:
     job, finished = jobs.variant_failed(make_job(variant_count=1), 1, "thumbnail: bad", T0)
     assert job is not None

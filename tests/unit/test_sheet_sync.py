@@ -217,12 +217,6 @@ class Gate:
         self._event(name).wait(timeout=5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SheetSync records the digest of the cells it computed, not of what the "
-    "sheet shows; when a stale write lands last but records its digest first, the newer "
-    "digest overwrites it and both syncs stop with the stale row in the sheet",
-)
 def test_stale_write_landing_last_is_repaired(
     store: FakeJobStore, sheet_writer: FakeSheetWriter, links: LinkSigner
 ) -> None:
