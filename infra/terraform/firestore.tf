@@ -1,5 +1,6 @@
-# Job state: a `batches` and a `jobs` collection, single-document reads and
-# transactions only, so no composite index is needed.
+# Job state: `batches`, `jobs`, `usage` and `idempotency` collections. Reads are
+# by document id, plus one equality/`in` query on jobs (spreadsheet, worksheet,
+# state) that single-field indexes serve, so no composite index is needed.
 resource "google_firestore_database" "default" {
   count = var.create_firestore_database ? 1 : 0
 
@@ -11,4 +12,21 @@ resource "google_firestore_database" "default" {
   deletion_policy         = "ABANDON"
 
   depends_on = [google_project_service.apis]
+}
+
+# Idempotency records and daily usage documents carry `expires_at`; Firestore's
+# TTL deletes them some time after it (the code treats expired records as absent).
+resource "google_firestore_field" "ttl" {
+  for_each = toset(["idempotency", "usage"])
+
+  project    = var.project_id
+  database   = "(default)"
+  collection = each.value
+  field      = "expires_at"
+
+  # A TTL field needs no index; leaving index_config empty removes the default ones.
+  index_config {}
+  ttl_config {}
+
+  depends_on = [google_firestore_database.default]
 }

@@ -6,7 +6,7 @@ import hashlib
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ R = TypeVar("R")
 _WRITES_PER_COMMIT = 450
 _CAS_ATTEMPTS = 30
 _GET_ALL_CHUNK = 300
+USAGE_KEPT = timedelta(days=90)
 
 
 def compare_and_set(
@@ -138,26 +139,29 @@ class FirestoreBudgetLedger:
             used = self._read(doc)
             if used.images + images > image_cap or used.cost + cost > cost_cap:
                 return None, (False, used)
-            return {
-                "caller": caller,
-                "day": day,
-                "images": used.images + images,
-                "cost_usd": str(used.cost + cost),
-            }, (True, used)
+            return _usage_doc(caller, day, used.images + images, used.cost + cost), (True, used)
 
         return compare_and_set(self._ref(caller, day), apply)
 
     def refund(self, caller: str, day: str, images: int, cost: Decimal) -> None:
         def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, None]:
             used = self._read(doc)
-            return {
-                "caller": caller,
-                "day": day,
-                "images": max(used.images - images, 0),
-                "cost_usd": str(max(used.cost - cost, Decimal(0))),
-            }, None
+            images_left = max(used.images - images, 0)
+            return _usage_doc(caller, day, images_left, max(used.cost - cost, Decimal(0))), None
 
         compare_and_set(self._ref(caller, day), apply)
+
+
+def _usage_doc(caller: str, day: str, images: int, cost: Decimal) -> dict[str, Any]:
+    # Kept a while for the record, then removed by the collection's TTL policy.
+    expires = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC) + USAGE_KEPT
+    return {
+        "caller": caller,
+        "day": day,
+        "images": images,
+        "cost_usd": str(cost),
+        "expires_at": expires,
+    }
 
 
 class FirestoreIdempotencyStore:
