@@ -52,10 +52,9 @@ class PlanJob(_Answer):
     estimated_cost_usd: str
 
 
-class Plan(_Answer):
-    """What a batch does and costs (dry run), also the base of the live answer."""
+class _Costed(_Answer):
+    """What every batch answer says about the model, images, money and budget."""
 
-    run_mode: Literal["dry_run", "live"] = Field(alias="runMode")
     model: str
     price_per_image_usd: str
     job_count: int
@@ -63,6 +62,12 @@ class Plan(_Answer):
     estimated_cost_usd: str
     budget: Budget
     warnings: list[Warning]
+
+
+class Plan(_Costed):
+    """What a batch does and costs (dry run), also the base of the live answer."""
+
+    run_mode: Literal["dry_run", "live"] = Field(alias="runMode")
     jobs: list[PlanJob]
 
 
@@ -74,17 +79,10 @@ class SubmittedJob(_Answer):
     error: str | None = None
 
 
-class Submitted(_Answer):
+class Submitted(_Costed):
     """The 202 answer of a live batch (and of its idempotent replays)."""
 
     run_mode: Literal["live"] = Field(alias="runMode")
-    model: str
-    price_per_image_usd: str
-    job_count: int
-    image_count: int
-    estimated_cost_usd: str
-    budget: Budget
-    warnings: list[Warning]
     batch_id: str
     jobs: list[SubmittedJob]
     unpublished: list[str] = Field(description="Job ids that could not be queued")

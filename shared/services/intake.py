@@ -234,14 +234,9 @@ class Intake:
         if refund:
             self.budget.refund(caller, plan.budget.day, refund, price * refund)
         answer = Submitted(
+            **plan.model_dump(exclude={"run_mode", "jobs", "budget"}),
             runMode="live",
-            model=plan.model,
-            price_per_image_usd=plan.price_per_image_usd,
-            job_count=plan.job_count,
-            image_count=plan.image_count,
-            estimated_cost_usd=plan.estimated_cost_usd,
             budget=budget,
-            warnings=plan.warnings,
             batch_id=batch_id,
             jobs=[
                 SubmittedJob(
