@@ -10,7 +10,9 @@ Deliberate limits: formulas are stored but never evaluated (their FORMATTED/UNFO
 value is ""); USER_ENTERED parses plain numbers and TRUE/FALSE only (no dates,
 percentages or currency); no named ranges, formatting, notes or Drive API.
 Stub extensions: ``spreadsheetId`` in a create body picks the id, and ``/_stub/``
-control endpoints expose request statistics.
+control endpoints expose request statistics and the value writes received
+(``GET /_stub/writes``), and change the write quota (``POST /_stub/quota``) or
+deny a spreadsheet as if it were not shared (``POST /_stub/access``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ Json = dict[str, Any]
 
 _STATUS = {
     400: "INVALID_ARGUMENT",
+    403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
     409: "ALREADY_EXISTS",
     429: "RESOURCE_EXHAUSTED",
@@ -497,6 +500,10 @@ class Store:
         self.window: deque[float] = deque()
         self.reads = self.writes = self.rejected = 0
         self.write_calls: dict[str, int] = {}
+        # Control endpoints: the value writes as received, and spreadsheets
+        # "not shared" with the caller (403, as for an unshared sheet).
+        self.write_log: deque[Json] = deque(maxlen=10_000)
+        self.denied: set[str] = set()
         if data_file is not None and data_file.exists():
             doc = json.loads(data_file.read_text(encoding="utf-8"))
             self.books = {k: Book.from_json(k, v) for k, v in doc["spreadsheets"].items()}
@@ -530,11 +537,28 @@ class Store:
                 "write_calls": dict(self.write_calls),
             }
 
+    def control(self, what: str, body: Json) -> Json:
+        """``quota``: {"write_quota_per_minute": n or null}; ``access``:
+        {"spreadsheetId": id, "allowed": bool} (False answers 403 for it)."""
+        with self.lock:
+            if what == "quota":
+                quota = body.get("write_quota_per_minute")
+                self.quota = None if quota is None else _positive_int(quota, "quota")
+                self.window.clear()
+                return {"write_quota_per_minute": self.quota}
+            sid = str(body.get("spreadsheetId", ""))
+            if body.get("allowed", True):
+                self.denied.discard(sid)
+            else:
+                self.denied.add(sid)
+            return {"denied": sorted(self.denied)}
+
     def reset_stats(self) -> None:
         """Zero the counters and the quota window so a test starts from a clean slate."""
         with self.lock:
             self.reads = self.writes = self.rejected = 0
             self.write_calls.clear()
+            self.write_log.clear()
             self.window.clear()
 
     # persistence
@@ -558,6 +582,8 @@ class Store:
         _atomic_write(m.csv_path, buf.getvalue())
 
     def _book(self, sid: str) -> Book:
+        if sid in self.denied:
+            raise ApiError(403, "The caller does not have permission")
         book = self.books.get(sid)
         if book is None:
             raise ApiError(404, "Requested entity was not found.")
@@ -624,6 +650,9 @@ class Store:
                 for d in data
             ]
             responses = [_apply(p, sid) for p in plans]
+            self.write_log.append(
+                {"spreadsheetId": sid, "valueInputOption": option, "data": copy.deepcopy(data)}
+            )
             if str(params.get("includeValuesInResponse")).lower() == "true":
                 render_opt = params.get("responseValueRenderOption") or "FORMATTED_VALUE"
                 for resp in responses:
@@ -907,6 +936,7 @@ class _Handler(BaseHTTPRequestHandler):
     # request stalls ~40 ms on Nagle plus delayed ACK.
     disable_nagle_algorithm = True
     server: StubServer
+    _raw = b""
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -923,7 +953,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         url = urlsplit(self.path)
         # Always drain the body so the keep-alive connection stays in sync.
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        raw = self._raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         store = self.server.store
         status, payload = 200, cast(Json, {})
         try:
@@ -951,12 +981,26 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _control_body(self) -> Json:
+        try:
+            body = json.loads(self._raw or b"{}")
+        except ValueError as exc:
+            raise ApiError(400, f"Invalid JSON payload received. {exc}") from exc
+        if not isinstance(body, dict):
+            raise ApiError(400, "Expected a JSON object.")
+        return body
+
     def _control(self, method: str, path: str) -> Json:
         store = self.server.store
         if (method, path) == ("GET", "/_stub/healthz"):
             return {"ok": True}
         if (method, path) == ("GET", "/_stub/stats"):
             return store.stats()
+        if (method, path) == ("GET", "/_stub/writes"):
+            with store.lock:
+                return {"writes": list(store.write_log)}
+        if (method, path) in (("POST", "/_stub/quota"), ("POST", "/_stub/access")):
+            return store.control(path.rsplit("/", 1)[1], self._control_body())
         if (method, path) == ("POST", "/_stub/reset_stats"):
             store.reset_stats()
             return {"ok": True}

@@ -303,8 +303,9 @@ class Stack:
             argv += [
                 "--mirror-csv",
                 str(self.state / "sheet.csv"),
-                "--mirror-spreadsheet",
-                mirror,
+                # One token: a random id may start with "-", which argparse
+                # would take for an option.
+                f"--mirror-spreadsheet={mirror}",
                 "--mirror-worksheet",
                 self.config.worksheet,
             ]

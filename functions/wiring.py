@@ -60,9 +60,11 @@ def sheet_sync() -> SheetSync:
     from google.auth import default
     from google.auth.credentials import AnonymousCredentials, Credentials
 
+    from shared.adapters.sheet_coalescer import SheetCoalescer
     from shared.adapters.sheets import GspreadSheetWriter
     from shared.adapters.sheets_session import GOOGLE_SHEETS_URL, SheetsSession
     from shared.services.sheet_sync import SheetSync
+    from shared.throttle import WriteLimiter
 
     cfg = settings()
     credentials: Credentials
@@ -75,7 +77,16 @@ def sheet_sync() -> SheetSync:
     session = SheetsSession(credentials, cfg.sheets_api_url or GOOGLE_SHEETS_URL)
     client = gspread.Client(auth=None, session=session)  # type: ignore[arg-type]
     client.set_timeout(30)
-    return SheetSync(job_store(), GspreadSheetWriter(client), link_signer())
+    # Concurrent requests of this instance share one coalescer and one write budget.
+    writer = SheetCoalescer(
+        GspreadSheetWriter(client),
+        WriteLimiter(cfg.sheets_writes_per_minute),
+        window_s=cfg.sheets_coalesce_ms / 1000,
+        timeout_s=cfg.sheets_write_timeout_s,
+    )
+    # The claim outlives the longest write: window, deadline, one last HTTP call.
+    lease_s = cfg.sheets_coalesce_ms / 1000 + cfg.sheets_write_timeout_s + 90
+    return SheetSync(job_store(), writer, link_signer(), lease_s=lease_s)
 
 
 @lru_cache(maxsize=1)
@@ -125,20 +136,36 @@ def intake() -> Intake:
 @lru_cache(maxsize=1)
 def generation() -> Generation:
     from shared.adapters.gemini import GeminiImageGenerator
-    from shared.adapters.references import PackReferenceLoader
+    from shared.adapters.references import PackLimits, PackReferenceLoader
+    from shared.netguard import SafeFetcher
     from shared.services.generation import Generation
 
     cfg = settings().require("gemini_api_key")
     objects = object_store()
+    limits = PackLimits(
+        max_bytes=cfg.reference_max_bytes,
+        max_images=cfg.reference_max_images,
+        max_pixels=cfg.image_max_pixels,
+        timeout_s=cfg.reference_timeout_s,
+        cache_bytes=cfg.reference_cache_bytes,
+        fresh_s=cfg.reference_cache_fresh_s,
+    )
     return Generation(
         settings=cfg,
         store=job_store(),
         objects=objects,
         generator=GeminiImageGenerator(
-            cfg.gemini_api_key, cfg.gemini_timeout_s, cfg.gemini_retry_attempts
+            cfg.gemini_api_key,
+            cfg.gemini_timeout_s,
+            cfg.gemini_retry_attempts,
+            cfg.gemini_retry_max_delay_s,
+            cfg.image_max_pixels,
         ),
         references=PackReferenceLoader(
-            objects, cfg.images_bucket, cfg.reference_max_bytes, cfg.reference_max_images
+            objects,
+            cfg.images_bucket,
+            SafeFetcher(max_redirects=cfg.reference_max_redirects),
+            limits,
         ),
         sheet=sheet_sync(),
     )
@@ -146,11 +173,12 @@ def generation() -> Generation:
 
 @lru_cache(maxsize=1)
 def thumbnails() -> Thumbnails:
-    from shared.imaging import make_thumbnail
+    from shared.imaging import DecodeSlots, make_thumbnail
     from shared.services.thumbnails import Thumbnails
 
     cfg = settings()
-    return Thumbnails(cfg, job_store(), object_store(), make_thumbnail, sheet_sync())
+    thumbnailer = DecodeSlots(make_thumbnail, cfg.thumbnail_decode_slots)
+    return Thumbnails(cfg, job_store(), object_store(), thumbnailer, sheet_sync())
 
 
 @lru_cache(maxsize=1)

@@ -94,6 +94,7 @@ class VariantView(_Answer):
     error: str | None = None
     image_url: str | None = None
     thumbnail_url: str | None = None
+    cost_usd: str | None = Field(default=None, description="What this image cost, when made")
 
 
 class JobView(_Answer):
@@ -103,12 +104,17 @@ class JobView(_Answer):
     state: Literal["queued", "generating", "completed", "partial", "failed"]
     status_text: str
     error: str | None = None
+    sheet_error: str | None = Field(
+        default=None,
+        description="Why the scene's sheet row could not be (fully) written, e.g. no such row",
+    )
     model: str
     variants: list[VariantView]
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
     duration_s: float | None = None
+    cost_usd: str = Field(description="Real cost so far (compare with the dry-run estimate)")
 
 
 class BatchView(_Answer):

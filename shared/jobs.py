@@ -6,7 +6,8 @@ returns the updated job, or ``None`` when nothing changes, plus a result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -16,6 +17,15 @@ from shared.models import (
     JobState,
     VariantState,
 )
+
+
+@dataclass(frozen=True)
+class Spent:
+    """What one generation of a variant cost."""
+
+    model: str
+    cost_usd: str
+    usage: Mapping[str, int] = field(default_factory=dict)
 
 
 class Claim(StrEnum):
@@ -102,9 +112,14 @@ def release(job: Job, n: int, claim_id: str, error: str, now: datetime) -> tuple
 
 
 def uploaded(
-    job: Job, n: int, object_name: str, content_type: str, now: datetime
+    job: Job,
+    n: int,
+    object_name: str,
+    content_type: str,
+    now: datetime,
+    spent: Spent | None = None,
 ) -> tuple[Job | None, None]:
-    """Record that the image object exists (whoever wrote it)."""
+    """Record that the image object exists (whoever wrote it) and what it cost."""
     variant = job.variant(n)
     # DONE or FAILED (say, its thumbnail could not be made) is final.
     if variant.state in (VariantState.UPLOADED, *TERMINAL_VARIANT_STATES):
@@ -112,6 +127,9 @@ def uploaded(
     variant.state = VariantState.UPLOADED
     variant.object_name = object_name
     variant.content_type = content_type
+    if spent is not None:
+        variant.model, variant.cost_usd = spent.model, spent.cost_usd
+        variant.usage = dict(spent.usage)
     variant.error = None
     variant.claim_id = None
     variant.claim_expires = None

@@ -18,6 +18,9 @@ _FIELDS = (
     "state",
     "error",
     "object",
+    "model",
+    "cost_usd",
+    "tokens",
 )
 
 

@@ -152,6 +152,11 @@ class Variant(BaseModel):
     attempts: int = 0
     generated_at: datetime | None = None
     done_at: datetime | None = None
+    # What generating this variant cost: model, Gemini's usage_metadata token
+    # counts and dollars (a fixed-point string, see ``money``).
+    model: str | None = None
+    usage: dict[str, int] = Field(default_factory=dict)
+    cost_usd: str | None = None
 
 
 class Job(BaseModel):
@@ -179,6 +184,10 @@ class Job(BaseModel):
     variants: dict[str, Variant] = Field(default_factory=dict)
     sheet_digest: str | None = None
     sheet_error: str | None = None
+    # Who is writing the sheet row now (one writer per job, so the final row
+    # is written once even under duplicate and concurrent events).
+    sheet_claim_id: str | None = None
+    sheet_claim_expires: datetime | None = None
 
     @model_validator(mode="after")
     def _fill_variants(self) -> Job:
@@ -192,6 +201,10 @@ class Job(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_JOB_STATES
+
+    def cost(self) -> Decimal:
+        """What the job's generated variants cost, to compare with its estimate."""
+        return sum((Decimal(v.cost_usd) for v in self.variants.values() if v.cost_usd), Decimal(0))
 
     def counts(self) -> dict[str, int]:
         result: dict[str, int] = {}

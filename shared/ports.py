@@ -137,8 +137,16 @@ class ImageGenerator(Protocol):
     """
 
     def generate(
-        self, model: str, prompt: str, references: Sequence[ReferenceImage], seed: int
-    ) -> GeneratedImage: ...
+        self,
+        model: str,
+        prompt: str,
+        references: Sequence[ReferenceImage],
+        seed: int,
+        aspect_ratio: str | None = None,
+        image_size: str | None = None,
+    ) -> GeneratedImage:
+        """One image; ``aspect_ratio``/``image_size`` None leaves them to the model."""
+        ...
 
 
 class ReferenceLoader(Protocol):
@@ -169,10 +177,39 @@ class SheetWriter(Protocol):
 
     def write_row(
         self, spreadsheet_id: str, worksheet: str, scene_id: str, cells: Mapping[str, Cell]
-    ) -> None:
+    ) -> str | None:
         """Write ``cells`` (by header name) into the row whose ``scene_id`` matches.
 
-        Raises ``PermanentError`` for a missing row, sheet or access, and
-        ``TransientError`` for quota and server errors.
+        Returns a note when the row was written without some cells (say, the
+        sheet has no ``nano_img_4`` column). Raises ``PermanentError`` for a
+        missing row, sheet or access, and ``TransientError`` for quota and
+        server errors.
         """
+        ...
+
+
+@dataclass(frozen=True)
+class RowUpdate:
+    """One scene row's cells, as one of several written together."""
+
+    worksheet: str
+    scene_id: str
+    cells: Mapping[str, Cell]
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """What became of one ``RowUpdate``: written (perhaps with a note) or an error."""
+
+    note: str | None = None
+    error: Exception | None = None
+
+
+class RowsWriter(Protocol):
+    """Writes many rows of one spreadsheet in one ``values:batchUpdate``."""
+
+    def write_rows(self, spreadsheet_id: str, updates: Sequence[RowUpdate]) -> list[RowResult]:
+        """One result per update, in order; a row that cannot be placed gets its
+        ``PermanentError`` without keeping the others out. Raises
+        ``TransientError`` when the whole call should be tried again."""
         ...

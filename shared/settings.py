@@ -10,8 +10,16 @@ import os
 from collections.abc import Mapping
 from decimal import Decimal
 from functools import lru_cache
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from shared.errors import ConfigError
 
@@ -19,6 +27,11 @@ DEFAULT_PRICES = {
     "gemini-3.1-flash-image": Decimal("0.067"),
     "gemini-2.5-flash-image": Decimal("0.039"),
 }
+# The SDK's backoff (HttpRetryOptions): initial delay x 2^k plus up to the jitter.
+GEMINI_RETRY_INITIAL_DELAY_S = 1.0
+GEMINI_RETRY_JITTER_S = 1.0
+# Time after the Gemini call that a claim must still cover (upload and record).
+LEASE_MARGIN_S = 10.0
 
 
 class Settings(BaseModel):
@@ -55,12 +68,34 @@ class Settings(BaseModel):
     max_prompt_chars: int = Field(default=4000, ge=1)
     generate_concurrency: int = Field(default=4, ge=1)
     gemini_timeout_s: float = Field(default=120.0, gt=0)
-    gemini_retry_attempts: int = Field(default=3, ge=1, le=10)
+    gemini_retry_attempts: int = Field(default=2, ge=1, le=10)
     max_event_age_s: int = Field(default=3 * 3600, ge=60)
     claim_lease_s: float = Field(default=300.0, gt=0)
     claim_wait_s: float = Field(default=240.0, ge=0)
     reference_max_bytes: int = Field(default=7 * 1024 * 1024, ge=1)
     reference_max_images: int = Field(default=3, ge=0)
+
+    # --- Generation (issue 4): image settings, time budget, reference packs.
+    # Image shape for jobs that name none ("" leaves it to the model).
+    gemini_aspect_ratio: Literal["", "1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9", "21:9"] = ""
+    gemini_image_size: Literal["", "1K", "2K", "4K"] = ""
+    # Time arithmetic of one push delivery (see ``gemini_worst_case_s``):
+    #   attempts x timeout + backoff delays <= GEMINI_BUDGET_S < DELIVERY_DEADLINE_S,
+    #   DELIVERY_DEADLINE_S <= push ack deadline (600 s) and <= the function timeout (540 s).
+    # The timeout bounds each wait of an attempt (connect, send, answer); Gemini sends
+    # its answer in one piece, so in practice it bounds the attempt.
+    # Defaults: 2 x 120 s + 2 s = 242 s <= 280 s < 540 s. A variant starts its Gemini
+    # call only while GEMINI_BUDGET_S remain before the delivery deadline, and its claim
+    # lease covers the budget (``variant_lease_s``), so no call outlives the delivery
+    # or its claim; what does not fit is released and left to Pub/Sub's redelivery.
+    gemini_retry_max_delay_s: float = Field(default=8.0, ge=0)
+    gemini_budget_s: float = Field(default=280.0, gt=0)
+    delivery_deadline_s: float = Field(default=540.0, gt=0, le=600)
+    reference_timeout_s: float = Field(default=20.0, gt=0)
+    reference_max_redirects: int = Field(default=3, ge=0, le=10)
+    image_max_pixels: int = Field(default=40_000_000, ge=1)
+    reference_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    reference_cache_fresh_s: float = Field(default=60.0, ge=0)
 
     api_key_hashes: dict[str, str] = Field(default_factory=dict)
     id_token_audiences: list[str] = Field(default_factory=list)
@@ -80,6 +115,19 @@ class Settings(BaseModel):
 
     sheets_api_url: str = ""
     thumbnail_size: int = Field(default=256, ge=16, le=2048)
+
+    # Thumbnails and sheet writes (issue 5). The sheet limits are per instance:
+    # the Sheets quota is 60 writes a minute per service account, shared by
+    # all instances of a function, so SHEETS_WRITES_PER_MINUTE should be about
+    # 60 / max_instances; SHEETS_COALESCE_MS gathers concurrent row updates of
+    # one spreadsheet into one values:batchUpdate.
+    thumbnail_format: Literal["jpeg", "webp"] = "jpeg"
+    thumbnail_quality: int = Field(default=85, ge=1, le=100)
+    thumbnail_max_pixels: int = Field(default=50_000_000, ge=1_000_000, le=500_000_000)
+    thumbnail_decode_slots: int = Field(default=2, ge=1, le=64)
+    sheets_writes_per_minute: int = Field(default=60, ge=1, le=600)
+    sheets_coalesce_ms: int = Field(default=250, ge=0, le=5000)
+    sheets_write_timeout_s: float = Field(default=60.0, ge=1, le=300)
 
     @field_validator("price_table", mode="before")
     @classmethod
@@ -116,6 +164,53 @@ class Settings(BaseModel):
                 parsed[caller] = digest.lower()
             return parsed
         return value
+
+    @field_validator("thumbnail_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _thumbnails_outside_images(self) -> Settings:
+        # A thumbnail under the notified prefix would trigger its own thumbnail.
+        if self.thumbs_bucket == self.images_bucket and self.thumbnails_prefix.startswith(
+            self.images_prefix
+        ):
+            raise ValueError("THUMBNAILS_PREFIX must lie outside IMAGES_PREFIX in the same bucket")
+        return self
+
+    @model_validator(mode="after")
+    def _gemini_fits_the_delivery(self) -> Settings:
+        worst = self.gemini_worst_case_s
+        if worst > self.gemini_budget_s:
+            raise ValueError(
+                f"GEMINI_RETRY_ATTEMPTS x GEMINI_TIMEOUT_S + backoff delays = {worst:g} s "
+                f"exceeds GEMINI_BUDGET_S ({self.gemini_budget_s:g} s)"
+            )
+        if self.gemini_budget_s >= self.delivery_deadline_s:
+            raise ValueError(
+                f"GEMINI_BUDGET_S ({self.gemini_budget_s:g} s) must be below "
+                f"DELIVERY_DEADLINE_S ({self.delivery_deadline_s:g} s)"
+            )
+        return self
+
+    @property
+    def gemini_worst_case_s(self) -> float:
+        """Longest one Gemini call can take: every SDK attempt runs to its timeout
+        and every backoff delay is at its cap (tenacity's exponential jitter)."""
+        delays = sum(
+            min(
+                self.gemini_retry_max_delay_s,
+                GEMINI_RETRY_INITIAL_DELAY_S * 2.0**k + GEMINI_RETRY_JITTER_S,
+            )
+            for k in range(self.gemini_retry_attempts - 1)
+        )
+        return self.gemini_retry_attempts * self.gemini_timeout_s + delays
+
+    @property
+    def variant_lease_s(self) -> float:
+        """A claim outlives the longest Gemini call plus the upload after it."""
+        return max(self.claim_lease_s, self.gemini_budget_s + LEASE_MARGIN_S)
 
     @property
     def thumbs_bucket(self) -> str:

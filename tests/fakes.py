@@ -464,8 +464,10 @@ class FakeImageGenerator:
         prompt: str,
         references: Sequence[ReferenceImage],
         seed: int,
-        **options: Any,
+        aspect_ratio: str | None = None,
+        image_size: str | None = None,
     ) -> GeneratedImage:
+        options = {"aspect_ratio": aspect_ratio, "image_size": image_size}
         with self._lock:
             self.calls.append(GenerateCall(model, prompt, tuple(references), seed, options))
             queue = self.script.get((prompt, seed))
@@ -510,7 +512,8 @@ class FakeSheetWriter:
     """SheetWriter recording ``write_row`` calls; queued ``errors`` are raised in turn.
 
     ``attempts`` has every call, ``writes`` only those that succeeded.
-    ``on_write(write)`` (if set) runs at the start of each call.
+    ``on_write(write)`` (if set) runs at the start of each call; queued
+    ``notes`` are returned by successful calls in turn.
     """
 
     def __init__(self) -> None:
@@ -518,11 +521,12 @@ class FakeSheetWriter:
         self.attempts: list[RowWrite] = []
         self.writes: list[RowWrite] = []
         self.errors: list[Exception] = []
+        self.notes: list[str | None] = []
         self.on_write: Callable[[RowWrite], None] | None = None
 
     def write_row(
         self, spreadsheet_id: str, worksheet: str, scene_id: str, cells: Mapping[str, Cell]
-    ) -> None:
+    ) -> str | None:
         write = RowWrite(spreadsheet_id, worksheet, scene_id, dict(cells))
         if self.on_write is not None:
             self.on_write(write)
@@ -531,8 +535,8 @@ class FakeSheetWriter:
             error = self.errors.pop(0) if self.errors else None
             if error is None:
                 self.writes.append(write)
-        if error is not None:
-            raise error
+                return self.notes.pop(0) if self.notes else None
+        raise error
 
     def row(self, scene_id: str) -> dict[str, Cell]:
         """What the sheet row shows now: the cells of the last successful write."""

@@ -52,14 +52,22 @@ locals {
       description = "Pushed from the jobs topic: claims each variant, calls Gemini, uploads create-only."
       sizing      = var.generate_function
       env = {
-        GOOGLE_CLOUD_PROJECT = var.project_id
-        IMAGES_BUCKET        = google_storage_bucket.images.name
-        IMAGES_PREFIX        = var.images_prefix
-        GENERATE_CONCURRENCY = tostring(var.generate_concurrency)
-        GEMINI_TIMEOUT_S     = tostring(var.gemini_timeout_s)
-        CLAIM_LEASE_S        = tostring(var.claim_lease_s)
-        CLAIM_WAIT_S         = tostring(var.claim_wait_s)
-        PUBLIC_BASE_URL      = local.public_base_url
+        GOOGLE_CLOUD_PROJECT     = var.project_id
+        IMAGES_BUCKET            = google_storage_bucket.images.name
+        IMAGES_PREFIX            = var.images_prefix
+        GENERATE_CONCURRENCY     = tostring(var.generate_concurrency)
+        GEMINI_TIMEOUT_S         = tostring(var.gemini_timeout_s)
+        GEMINI_RETRY_ATTEMPTS    = tostring(var.gemini_retry_attempts)
+        GEMINI_BUDGET_S          = tostring(var.gemini_budget_s)
+        DELIVERY_DEADLINE_S      = tostring(var.delivery_deadline_s)
+        GEMINI_ASPECT_RATIO      = var.gemini_aspect_ratio
+        GEMINI_IMAGE_SIZE        = var.gemini_image_size
+        REFERENCE_MAX_IMAGES     = tostring(var.reference_max_images)
+        CLAIM_LEASE_S            = tostring(var.claim_lease_s)
+        CLAIM_WAIT_S             = tostring(var.claim_wait_s)
+        PUBLIC_BASE_URL          = local.public_base_url
+        SHEETS_WRITES_PER_MINUTE = tostring(max(1, floor(var.sheets_quota_per_minute / var.generate_function.max_instances)))
+        SHEETS_WRITE_TIMEOUT_S   = tostring(var.sheets_write_timeout_s)
       }
       secrets = {
         GEMINI_API_KEY   = google_secret_manager_secret.gemini_api_key.secret_id
@@ -71,13 +79,21 @@ locals {
       description = "Pushed from the GCS-events topic: thumbnails a new image and updates the job and the sheet."
       sizing      = var.thumbnail_function
       env = {
-        GOOGLE_CLOUD_PROJECT = var.project_id
-        IMAGES_BUCKET        = google_storage_bucket.images.name
-        IMAGES_PREFIX        = var.images_prefix
-        THUMBNAILS_BUCKET    = local.thumbnails_bucket_name
-        THUMBNAILS_PREFIX    = var.thumbnails_prefix
-        THUMBNAIL_SIZE       = tostring(var.thumbnail_size)
-        PUBLIC_BASE_URL      = local.public_base_url
+        GOOGLE_CLOUD_PROJECT   = var.project_id
+        IMAGES_BUCKET          = google_storage_bucket.images.name
+        IMAGES_PREFIX          = var.images_prefix
+        THUMBNAILS_BUCKET      = local.thumbnails_bucket_name
+        THUMBNAILS_PREFIX      = var.thumbnails_prefix
+        THUMBNAIL_SIZE         = tostring(var.thumbnail_size)
+        THUMBNAIL_FORMAT       = var.thumbnail_format
+        THUMBNAIL_QUALITY      = tostring(var.thumbnail_quality)
+        THUMBNAIL_MAX_PIXELS   = tostring(var.thumbnail_max_pixels)
+        THUMBNAIL_DECODE_SLOTS = tostring(var.thumbnail_decode_slots)
+        PUBLIC_BASE_URL        = local.public_base_url
+        # The Sheets quota is per service account, shared by all instances.
+        SHEETS_WRITES_PER_MINUTE = tostring(max(1, floor(var.sheets_quota_per_minute / var.thumbnail_function.max_instances)))
+        SHEETS_COALESCE_MS       = tostring(var.sheets_coalesce_ms)
+        SHEETS_WRITE_TIMEOUT_S   = tostring(var.sheets_write_timeout_s)
       }
       secrets = {
         LINK_SIGNING_KEY = google_secret_manager_secret.link_signing_key.secret_id
@@ -88,9 +104,11 @@ locals {
       description = "Pushed from the dead-letter topic: marks the job failed with its last error, in Firestore and the sheet."
       sizing      = var.dead_letter_function
       env = {
-        GOOGLE_CLOUD_PROJECT = var.project_id
-        IMAGES_BUCKET        = google_storage_bucket.images.name
-        PUBLIC_BASE_URL      = local.public_base_url
+        GOOGLE_CLOUD_PROJECT     = var.project_id
+        IMAGES_BUCKET            = google_storage_bucket.images.name
+        PUBLIC_BASE_URL          = local.public_base_url
+        SHEETS_WRITES_PER_MINUTE = tostring(max(1, floor(var.sheets_quota_per_minute / var.dead_letter_function.max_instances)))
+        SHEETS_WRITE_TIMEOUT_S   = tostring(var.sheets_write_timeout_s)
       }
       secrets = {
         LINK_SIGNING_KEY = google_secret_manager_secret.link_signing_key.secret_id

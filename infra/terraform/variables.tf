@@ -262,6 +262,42 @@ variable "gemini_timeout_s" {
   }
 }
 
+variable "gemini_retry_attempts" {
+  type        = number
+  description = "SDK attempts of one Gemini call, the first included (GEMINI_RETRY_ATTEMPTS); attempts x timeout + backoff must fit GEMINI_BUDGET_S."
+  default     = 2
+}
+
+variable "gemini_budget_s" {
+  type        = number
+  description = "Longest one Gemini call may take with its retries (GEMINI_BUDGET_S); must stay below delivery_deadline_s."
+  default     = 280
+}
+
+variable "delivery_deadline_s" {
+  type        = number
+  description = "Time one push delivery may use (DELIVERY_DEADLINE_S); keep it <= the 600 s ack deadline and <= generate_function.timeout_seconds."
+  default     = 540
+}
+
+variable "gemini_aspect_ratio" {
+  type        = string
+  description = "Aspect ratio for jobs that name none, e.g. 16:9 (GEMINI_ASPECT_RATIO); empty leaves it to the model."
+  default     = ""
+}
+
+variable "gemini_image_size" {
+  type        = string
+  description = "Image size for jobs that name none: 1K, 2K or 4K (GEMINI_IMAGE_SIZE); empty leaves it to the model."
+  default     = ""
+}
+
+variable "reference_max_images" {
+  type        = number
+  description = "Most reference images sent with a prompt (REFERENCE_MAX_IMAGES); the model's limit."
+  default     = 3
+}
+
 variable "claim_lease_s" {
   type        = number
   description = "Lease of a variant claim in seconds (CLAIM_LEASE_S); a claim of a dead instance expires after it."
@@ -304,6 +340,58 @@ variable "thumbnail_size" {
     condition     = var.thumbnail_size >= 16 && var.thumbnail_size <= 2048
     error_message = "thumbnail_size must be between 16 and 2048."
   }
+}
+
+variable "thumbnail_format" {
+  type        = string
+  description = "Thumbnail encoding (THUMBNAIL_FORMAT): jpeg or webp."
+  default     = "jpeg"
+
+  validation {
+    condition     = contains(["jpeg", "webp"], var.thumbnail_format)
+    error_message = "thumbnail_format must be jpeg or webp."
+  }
+}
+
+variable "thumbnail_quality" {
+  type        = number
+  description = "Encoder quality of thumbnails, 1-100 (THUMBNAIL_QUALITY)."
+  default     = 85
+
+  validation {
+    condition     = var.thumbnail_quality >= 1 && var.thumbnail_quality <= 100
+    error_message = "thumbnail_quality must be between 1 and 100."
+  }
+}
+
+variable "thumbnail_max_pixels" {
+  type        = number
+  description = "Largest image (width x height) the thumbnail function decodes; larger ones fail their variant (THUMBNAIL_MAX_PIXELS). Guards against decompression bombs."
+  default     = 50000000
+}
+
+variable "thumbnail_decode_slots" {
+  type        = number
+  description = "Decodes running at once in one thumbnail instance (THUMBNAIL_DECODE_SLOTS); bounds peak memory whatever the concurrency."
+  default     = 2
+}
+
+variable "sheets_quota_per_minute" {
+  type        = number
+  description = "Sheets API writes a minute allowed to one service account (Google's quota: 60). Each sheet-writing function gets this divided by its max_instances as SHEETS_WRITES_PER_MINUTE."
+  default     = 60
+}
+
+variable "sheets_coalesce_ms" {
+  type        = number
+  description = "How long the thumbnail function gathers concurrent row updates of one spreadsheet into one write (SHEETS_COALESCE_MS)."
+  default     = 250
+}
+
+variable "sheets_write_timeout_s" {
+  type        = number
+  description = "Longest a row write may wait for quota and back off on 429/5xx before the event is retried by Pub/Sub (SHEETS_WRITE_TIMEOUT_S); keep it below the function timeout."
+  default     = 60
 }
 
 variable "allowed_spreadsheet_ids" {
@@ -417,9 +505,9 @@ variable "thumbnail_function" {
     timeout_seconds = optional(number, 120)
     min_instances   = optional(number, 0)
     max_instances   = optional(number, 5)
-    concurrency     = optional(number, 2)
+    concurrency     = optional(number, 4)
   })
-  description = "Sizing of the thumbnail function make_thumbnails."
+  description = "Sizing of the thumbnail function make_thumbnails. Concurrency above 1 lets concurrent row updates of one spreadsheet be coalesced into one Sheets write; THUMBNAIL_DECODE_SLOTS bounds the decodes in flight."
   default     = {}
 
   validation {

@@ -1,94 +1,174 @@
-"""ImageGenerator on Gemini through google-genai (imported here only)."""
+"""ImageGenerator on Gemini through google-genai (imported here only).
+
+Retries within one delivery are the SDK's own (``HttpRetryOptions``); their
+worst case is bounded by the settings (``Settings.gemini_worst_case_s``). What
+is still failing after them becomes ``TransientError`` (Pub/Sub redelivers) or
+``PermanentError`` (recorded on the variant, message acknowledged).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+import httpx2
 from google import genai
 from google.genai import errors, types
 from pydantic import ValidationError
 
 from shared.errors import PermanentError, TransientError
-from shared.imageformat import sniff
+from shared.imagecheck import NotAnImage, image_mime
 from shared.ports import GeneratedImage, ReferenceImage
+from shared.settings import GEMINI_RETRY_INITIAL_DELAY_S, GEMINI_RETRY_JITTER_S
 
-# 408 and 429 are worth retrying later; other 4xx mean the request itself is wrong.
+# 408 and 429 are worth retrying; other 4xx mean the request itself is wrong.
 RETRYABLE_CODES = (408, 429, 500, 502, 503, 504)
+# Google documents image settings (image_config) on v1beta.
+API_VERSION = "v1beta"
+
+# Why a candidate carries no image, in words for the sheet.
+FINISH_REASONS = {
+    "STOP": "the model answered without an image",
+    "MAX_TOKENS": "the answer hit the output token limit",
+    "SAFETY": "the answer was blocked by the safety filters",
+    "RECITATION": "the answer was blocked for reciting protected material",
+    "LANGUAGE": "the prompt's language is not supported",
+    "BLOCKLIST": "the answer contained blocklisted terms",
+    "PROHIBITED_CONTENT": "the answer was blocked as prohibited content",
+    "SPII": "the answer contained sensitive personal information",
+    "IMAGE_SAFETY": "the image was blocked by the safety filters",
+    "IMAGE_PROHIBITED_CONTENT": "the image was blocked as prohibited content",
+    "IMAGE_RECITATION": "the image was blocked for reproducing protected material",
+    "IMAGE_OTHER": "the image could not be made (unspecified reason)",
+    "NO_IMAGE": "the model made no image",
+    "OTHER": "the answer stopped for an unspecified reason",
+}
+BLOCK_REASONS = {
+    "SAFETY": "the safety filters",
+    "BLOCKLIST": "blocklisted terms",
+    "PROHIBITED_CONTENT": "prohibited content",
+    "IMAGE_SAFETY": "an unsafe reference image",
+    "OTHER": "an unspecified reason",
+}
+# How much of the model's own words to keep with a failure.
+SAID_CHARS = 120
 
 
 class GeminiImageGenerator:
-    def __init__(self, api_key: str, timeout_s: float, retry_attempts: int = 3) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        timeout_s: float,
+        retry_attempts: int,
+        retry_max_delay_s: float,
+        max_pixels: int,
+    ) -> None:
+        self._max_pixels = max_pixels
         self._client = genai.Client(
             api_key=api_key,
             http_options=types.HttpOptions(
-                # Google documents image settings (image_config) on v1beta.
-                api_version="v1beta",
-                timeout=int(timeout_s * 1000),
+                api_version=API_VERSION,
+                timeout=int(timeout_s * 1000),  # milliseconds, per attempt
                 retry_options=types.HttpRetryOptions(
                     attempts=retry_attempts,
-                    initial_delay=1.0,
-                    max_delay=8.0,
+                    initial_delay=GEMINI_RETRY_INITIAL_DELAY_S,
+                    max_delay=retry_max_delay_s,
+                    exp_base=2,
+                    jitter=GEMINI_RETRY_JITTER_S,
                     http_status_codes=list(RETRYABLE_CODES),
                 ),
             ),
         )
 
     def generate(
-        self, model: str, prompt: str, references: Sequence[ReferenceImage], seed: int
+        self,
+        model: str,
+        prompt: str,
+        references: Sequence[ReferenceImage],
+        seed: int,
+        aspect_ratio: str | None = None,
+        image_size: str | None = None,
     ) -> GeneratedImage:
         contents: list[Any] = [prompt]
         contents += [types.Part.from_bytes(data=r.data, mime_type=r.mime_type) for r in references]
-        config = types.GenerateContentConfig(response_modalities=["IMAGE"], seed=seed)
         try:
             response = self._client.models.generate_content(
-                model=model, contents=contents, config=config
+                model=model, contents=contents, config=image_config(seed, aspect_ratio, image_size)
             )
         except errors.APIError as exc:
-            detail = f"Gemini answered {exc.code} {exc.status or ''}: {exc.message or ''}".strip()
+            detail = f"Gemini answered {exc.code} {exc.status or ''}: {exc.message or ''}"
             if exc.code in RETRYABLE_CODES:
-                raise TransientError(detail) from exc
-            raise PermanentError(detail) from exc
+                raise TransientError(detail.strip()) from exc
+            raise PermanentError(detail.strip()) from exc
         except ValidationError as exc:
             # The SDK decodes base64 itself; broken image data surfaces here.
-            raise PermanentError(
-                f"Gemini returned malformed data: {exc.error_count()} error(s)"
-            ) from exc
-        except (OSError, TimeoutError) as exc:
-            raise TransientError(f"Gemini unreachable: {exc}") from exc
-        except Exception as exc:
-            # httpx transport errors do not share a base class with OSError.
-            if "Timeout" in type(exc).__name__ or "Connect" in type(exc).__name__:
-                raise TransientError(f"Gemini unreachable: {type(exc).__name__}: {exc}") from exc
-            raise
-        return read_image(response)
+            raise PermanentError(f"Gemini returned malformed data: {_first_error(exc)}") from exc
+        except httpx2.TimeoutException as exc:
+            raise TransientError(f"Gemini timed out ({type(exc).__name__})") from exc
+        except (httpx2.TransportError, OSError) as exc:
+            raise TransientError(f"Gemini unreachable: {type(exc).__name__}: {exc}") from exc
+        except errors.UnknownApiResponseError as exc:
+            raise TransientError(f"Gemini answered something unreadable: {exc}") from exc
+        return read_image(response, self._max_pixels)
 
 
-def read_image(response: types.GenerateContentResponse) -> GeneratedImage:
-    """The first real image of the answer; a blocked or empty answer is permanent."""
+def image_config(
+    seed: int, aspect_ratio: str | None, image_size: str | None
+) -> types.GenerateContentConfig:
+    """An image-only answer, in the requested shape when one is given."""
+    shape = None
+    if aspect_ratio or image_size:
+        shape = types.ImageConfig(aspect_ratio=aspect_ratio or None, image_size=image_size or None)
+    return types.GenerateContentConfig(response_modalities=["IMAGE"], seed=seed, image_config=shape)
+
+
+def read_image(response: types.GenerateContentResponse, max_pixels: int) -> GeneratedImage:
+    """The first real image of the answer; a blocked, empty or broken answer is permanent."""
     feedback = response.prompt_feedback
     if feedback is not None and feedback.block_reason:
-        reason = getattr(feedback.block_reason, "value", feedback.block_reason)
-        raise PermanentError(f"prompt blocked by Gemini ({reason})")
+        code = _name(feedback.block_reason)
+        words = BLOCK_REASONS.get(code, "a reason Gemini did not explain")
+        raise PermanentError(f"prompt blocked by Gemini for {words} ({code})")
     if not response.candidates:
-        raise PermanentError("Gemini returned no candidates")
+        raise PermanentError("Gemini returned no candidates (no image and no reason)")
     usage = _usage(response)
     candidate = response.candidates[0]
-    bad_data = False
+    broken: NotAnImage | None = None
+    said: list[str] = []
     for part in (candidate.content.parts if candidate.content else None) or []:
-        if part.thought or part.inline_data is None or not part.inline_data.data:
+        if part.thought:
+            continue  # thinking (text or draft images) is not the answer
+        if part.text:
+            said.append(part.text)
+        if part.inline_data is None or not part.inline_data.data:
             continue
         data = part.inline_data.data
-        mime = sniff(data)
-        if mime is None:
-            bad_data = True
+        try:
+            mime = image_mime(data, max_pixels)
+        except NotAnImage as exc:
+            broken = exc
             continue
         return GeneratedImage(data=data, mime_type=mime, usage=usage)
-    if bad_data:
-        raise PermanentError("Gemini returned image data that is not PNG, JPEG or WebP")
-    reason = candidate.finish_reason
-    reason_text = getattr(reason, "value", reason) or "unknown"
-    raise PermanentError(f"Gemini returned no image (finish reason {reason_text})")
+    if broken is not None:
+        raise PermanentError(f"Gemini returned image data that is unusable: {broken}")
+    code = _name(candidate.finish_reason) if candidate.finish_reason else "unknown"
+    words = FINISH_REASONS.get(code, "no reason given")
+    reason = f"Gemini returned no image: {words} (finish reason {code})"
+    text = " ".join(" ".join(said).split())
+    if text:
+        reason += f"; it said: {text[:SAID_CHARS]}" + ("…" if len(text) > SAID_CHARS else "")
+    raise PermanentError(reason)
+
+
+def _name(value: object) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    more = exc.error_count() - 1
+    return f"{where}: {first['msg']}" + (f" (and {more} more)" if more else "")
 
 
 def _usage(response: types.GenerateContentResponse) -> dict[str, int]:
@@ -98,6 +178,7 @@ def _usage(response: types.GenerateContentResponse) -> dict[str, int]:
     fields = {
         "prompt_tokens": meta.prompt_token_count,
         "output_tokens": meta.candidates_token_count,
+        "thought_tokens": meta.thoughts_token_count,
         "total_tokens": meta.total_token_count,
     }
     return {name: int(value) for name, value in fields.items() if value is not None}

@@ -13,6 +13,7 @@ from shared.events import PushMessage, job_message, storage_object
 from shared.ids import utcnow
 from shared.models import TERMINAL_VARIANT_STATES, Job
 from shared.ports import JobStore
+from shared.services.completion import log_job_finished
 from shared.services.sheet_sync import SheetSync
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ class DeadLetters:
         if job is None:
             raise NotFound(f"job {job_id} does not exist")
         reason = f"gave up after {attempts} deliveries: {last_error(job)}"
-        self.store.update_job(job_id, lambda j: transitions.fail_job(j, reason, self.clock()))
+        if self.store.update_job(job_id, lambda j: transitions.fail_job(j, reason, self.clock())):
+            self._finished(job_id)
         log.warning("job failed", extra={"job_id": job_id, "state": "failed", "error": reason})
         # Always: the sync writes only if the row differs, and a redelivery after a
         # transient sheet error must still write it.
@@ -64,11 +66,17 @@ class DeadLetters:
             raise PermanentError(f"notification for {obj.name} names no job")
         n = int(variant)
         reason = f"thumbnail gave up after {attempts} deliveries"
-        self.store.update_job(
+        if self.store.update_job(
             job_id, lambda j: transitions.variant_failed(j, n, reason, self.clock())
-        )
+        ):
+            self._finished(job_id)
         log.warning(
             "variant failed",
             extra={"job_id": job_id, "variant": n, "state": "failed", "error": reason},
         )
         self.sheet.sync(job_id)
+
+    def _finished(self, job_id: str) -> None:
+        job = self.store.get_job(job_id)
+        if job is not None:
+            log_job_finished(log, job)

@@ -307,6 +307,7 @@ def job_view(job: Job, links: LinkSigner) -> JobView:
                 thumbnail_url=(
                     links.link(job.job_id, v.n, "thumb") if v.state == VariantState.DONE else None
                 ),
+                cost_usd=v.cost_usd,
             )
         )
     duration = (
@@ -319,10 +320,12 @@ def job_view(job: Job, links: LinkSigner) -> JobView:
         state=job.state.value,
         status_text=transitions.progress(job).status,
         error=job.error,
+        sheet_error=job.sheet_error,
         model=job.model,
         variants=variants,
         created_at=job.created_at.isoformat(),
         started_at=job.started_at.isoformat() if job.started_at else None,
         finished_at=job.finished_at.isoformat() if job.finished_at else None,
         duration_s=duration,
+        cost_usd=money(job.cost()),
     )

@@ -1,33 +1,50 @@
-"""Keeps a scene's sheet row equal to its job, with as few writes as possible."""
+"""Keeps a scene's sheet row equal to its job: one writer at a time, as few writes as possible.
+
+Every event that changes a job calls ``sync``. A digest of the row's cells,
+recorded on the job after each write, makes duplicate and redelivered events
+free (one read, no write). A short claim on the job, taken with the store's
+atomic update, lets only one delivery write a job's row at a time: under
+duplicate and concurrent events the final row is written once, and a write
+can never land after a newer one.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
 
 from shared import jobs as transitions
-from shared.errors import PermanentError
-from shared.ids import utcnow
+from shared.errors import NotFound, PermanentError, TransientError
+from shared.ids import new_id, utcnow
 from shared.links import LinkSigner
 from shared.models import Job, VariantState
 from shared.ports import Cell, Formula, JobStore, SheetWriter, Text
 
 log = logging.getLogger(__name__)
 
-# Each write is re-checked against the job afterwards; a concurrent stale
-# write is thereby repaired by whoever wrote last. Bounded so a flapping job
-# cannot loop forever.
+# Writes of one sync; more are needed only when the job changes while its row
+# is being written. Bounded so that a flapping job cannot loop.
 MAX_ROUNDS = 3
+# Sheets holds 50,000 characters a cell; a status should stay readable.
+MAX_CELL_CHARS = 1000
+ERROR_COLUMN = "error_img"
 
 
 def row_cells(job: Job, links: LinkSigner) -> dict[str, Cell]:
-    """The cells of the job's row, by header name."""
+    """The cells of the job's row, by header name.
+
+    ``error_img`` is written only when the sheet has such a column.
+    """
     cells: dict[str, Cell] = {
-        "status_img": Text(transitions.progress(job).status),
+        "status_img": Text(_clip(transitions.progress(job).status)),
         "job_id": Text(job.job_id),
+        ERROR_COLUMN: Text(_clip(job.error or "")),
     }
     for key in sorted(job.variants, key=int):
         variant = job.variants[key]
@@ -37,9 +54,19 @@ def row_cells(job: Job, links: LinkSigner) -> dict[str, Cell]:
     return cells
 
 
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 1] + "…"
+
+
 def _digest(cells: Mapping[str, Cell]) -> str:
     flat = {name: [type(cell).__name__, cell.value] for name, cell in cells.items()}
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Claim(StrEnum):
+    CURRENT = "current"  # the row already shows the job
+    HELD = "held"  # another delivery is writing it
+    CLAIMED = "claimed"  # ours to write
 
 
 @dataclass(frozen=True)
@@ -47,47 +74,108 @@ class SheetSync:
     store: JobStore
     sheets: SheetWriter
     links: LinkSigner
+    # Longer than any one write can take (coalescing window, quota wait, retries).
+    lease_s: float = 180.0
+    # How long a sync waits for another delivery's write of the same row.
+    wait_s: float = 30.0
+    clock: Callable[[], datetime] = utcnow
+    sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
 
     def sync(self, job_id: str) -> None:
         """Write the row if it differs from what was last written for this job.
 
         Transient sheet errors propagate (the event is retried and, since the
         digest was not recorded, the write happens then); permanent ones are
-        recorded on the job.
+        recorded on the job as ``sheet_error``.
         """
-        written: str | None = None
-        for _ in range(MAX_ROUNDS):
-            job = self.store.get_job(job_id)
-            if job is None:
-                return
-            cells = row_cells(job, self.links)
-            digest = _digest(cells)
-            # First round: skip what some sync already wrote (duplicate events).
-            # Later rounds: our own write may have landed after a newer one, so
-            # only what *we* wrote tells whether the sheet shows the job.
-            if digest == (job.sheet_digest if written is None else written):
-                return
+        job = self.store.get_job(job_id)
+        if job is None or _digest(row_cells(job, self.links)) == job.sheet_digest:
+            return  # the common duplicate: one read, no write
+        token = new_id("sheet")
+        give_up = self.monotonic() + self.wait_s
+        polls = rounds = 0
+        while rounds < MAX_ROUNDS:
             try:
-                self.sheets.write_row(job.spreadsheet_id, job.worksheet, job.scene_id, cells)
-            except PermanentError as exc:
-                log.warning(
-                    "sheet row not written",
-                    extra={"job_id": job_id, "scene_id": job.scene_id, "error": str(exc)},
+                claim, job = self.store.update_job(
+                    job_id, lambda j: _claim(j, self.links, token, self.clock(), self.lease_s)
                 )
-                self._record(job_id, None, str(exc))
+            except NotFound:
                 return
-            written = digest
-            self._record(job_id, digest, None)
+            if claim == Claim.CURRENT:
+                return
+            if claim == Claim.HELD:
+                if self.monotonic() >= give_up:
+                    raise TransientError(f"another delivery is still writing the row of {job_id}")
+                self.sleep(min(0.1 * 2**polls, 2.0))
+                polls += 1
+                continue
+            rounds += 1
+            if not self._write(job, token) or self.monotonic() >= give_up:
+                return
 
-    def _record(self, job_id: str, digest: str | None, error: str | None) -> None:
-        self.store.update_job(job_id, lambda job: _record(job, digest, error))
+    def _write(self, job: Job, token: str) -> bool:
+        """Write the claimed row; False when this sync is over (a permanent
+        error, or the claim ran out and another delivery writes the row now)."""
+        cells = row_cells(job, self.links)
+        context = {"job_id": job.job_id, "scene_id": job.scene_id}
+        try:
+            note = self.sheets.write_row(job.spreadsheet_id, job.worksheet, job.scene_id, cells)
+        except PermanentError as exc:
+            log.warning("sheet row not written", extra={**context, "error": str(exc)})
+            self._settle(job.job_id, token, None, str(exc))
+            return False
+        except BaseException:
+            try:
+                self._settle(job.job_id, token, None, None, keep_error=True)
+            except Exception:  # the lease expires by itself
+                log.warning("sheet claim not released", extra=context, exc_info=True)
+            raise
+        if note is not None:
+            log.warning("sheet row written without some cells", extra={**context, "error": note})
+        return self._settle(job.job_id, token, _digest(cells), note)
+
+    def _settle(
+        self,
+        job_id: str,
+        token: str,
+        digest: str | None,
+        error: str | None,
+        keep_error: bool = False,
+    ) -> bool:
+        """Release the claim; False if it was no longer ours."""
+        return self.store.update_job(
+            job_id, lambda job: _settle(job, token, digest, error, keep_error)
+        )
 
 
-def _record(job: Job, digest: str | None, error: str | None) -> tuple[Job | None, None]:
-    if job.sheet_digest == digest and job.sheet_error == error:
-        return None, None
+def _claim(
+    job: Job, links: LinkSigner, token: str, now: datetime, lease_s: float
+) -> tuple[Job | None, tuple[Claim, Job]]:
+    """Take the job's row unless it is current or another live claim holds it."""
+    if _digest(row_cells(job, links)) == job.sheet_digest:
+        return None, (Claim.CURRENT, job)
+    if (
+        job.sheet_claim_id not in (None, token)
+        and job.sheet_claim_expires is not None
+        and job.sheet_claim_expires > now
+    ):
+        return None, (Claim.HELD, job)
+    job.sheet_claim_id = token
+    job.sheet_claim_expires = now + timedelta(seconds=lease_s)
+    return job, (Claim.CLAIMED, job)
+
+
+def _settle(
+    job: Job, token: str, digest: str | None, error: str | None, keep_error: bool
+) -> tuple[Job | None, bool]:
+    """Release our claim, recording what was written (only while the claim is ours)."""
+    if job.sheet_claim_id != token:
+        return None, False  # the lease ran out and another delivery took over
+    job.sheet_claim_id = None
+    job.sheet_claim_expires = None
     if digest is not None:
         job.sheet_digest = digest
-    job.sheet_error = error
-    job.updated_at = utcnow()
-    return job, None
+    if not keep_error:
+        job.sheet_error = error
+    return job, True

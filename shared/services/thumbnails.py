@@ -11,8 +11,10 @@ from shared import jobs as transitions
 from shared.errors import NotFound, PermanentError
 from shared.events import StorageObject
 from shared.ids import utcnow
-from shared.models import VariantState
+from shared.imaging import Thumbnailer, ThumbnailSpec
+from shared.models import Job, VariantState
 from shared.ports import JobStore, ObjectStore
+from shared.services.completion import log_job_finished
 from shared.services.sheet_sync import SheetSync
 from shared.settings import Settings
 
@@ -37,9 +39,19 @@ def skip_reason(obj: StorageObject, settings: Settings) -> str | None:
     return None
 
 
+def thumbnail_spec(settings: Settings) -> ThumbnailSpec:
+    return ThumbnailSpec(
+        longest_side=settings.thumbnail_size,
+        format=settings.thumbnail_format,
+        quality=settings.thumbnail_quality,
+        max_pixels=settings.thumbnail_max_pixels,
+    )
+
+
 def thumbnail_name(settings: Settings, name: str) -> str:
+    """``images/s/j/var_1.png`` -> ``thumbnails/s/j/var_1.jpg`` (outside the notified prefix)."""
     stem = name[len(settings.images_prefix) :].rsplit(".", 1)[0]
-    return f"{settings.thumbnails_prefix}{stem}.jpg"
+    return f"{settings.thumbnails_prefix}{stem}.{thumbnail_spec(settings).extension}"
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,7 @@ class Thumbnails:
     settings: Settings
     store: JobStore
     objects: ObjectStore
-    thumbnailer: Callable[[bytes, int], bytes]
+    thumbnailer: Thumbnailer
     sheet: SheetSync
     clock: Callable[[], datetime] = utcnow
 
@@ -66,29 +78,49 @@ class Thumbnails:
             # A redelivered event: the row may still need the write that failed.
             self.sheet.sync(job_id)
             return
+        spec = thumbnail_spec(self.settings)
         thumb = thumbnail_name(self.settings, obj.name)
         try:
             data = self.objects.read(obj.bucket, obj.name, MAX_SOURCE_BYTES)
-            jpeg = self.thumbnailer(data, self.settings.thumbnail_size)
+            small = self.thumbnailer(data, spec)
         except (PermanentError, NotFound) as exc:
             reason = f"thumbnail: {exc}"
-            self.store.update_job(
-                job_id, lambda j: transitions.variant_failed(j, n, reason, self.clock())
+            finished = self.store.update_job(
+                job_id,
+                _finishing(lambda j: transitions.variant_failed(j, n, reason, self.clock())),
             )
             log.warning("variant failed", extra={**context, "state": "failed", "error": reason})
+            if finished is not None:
+                log_job_finished(log, finished)
             self.sheet.sync(job_id)
             return
+        # Outside the notified prefix (or in another bucket), and marked: the
+        # thumbnail's own notification, if any, is skipped.
         self.objects.create(
             self.settings.thumbs_bucket,
             thumb,
-            jpeg,
-            "image/jpeg",
+            small,
+            spec.content_type,
             {THUMBNAIL_MARKER: "1", "source": obj.name, "job_id": job_id, "variant": str(n)},
         )
         finished = self.store.update_job(
-            job_id, lambda j: transitions.thumbnail_done(j, n, obj.name, thumb, self.clock())
+            job_id,
+            _finishing(lambda j: transitions.thumbnail_done(j, n, obj.name, thumb, self.clock())),
         )
         log.info("thumbnail done", extra={**context, "state": "done"})
-        if finished:
-            log.info("job finished", extra={"job_id": job_id, "event": "job_finished"})
+        if finished is not None:
+            # Only the delivery whose atomic update finished the job gets here.
+            log_job_finished(log, finished)
         self.sheet.sync(job_id)
+
+
+def _finishing(
+    change: Callable[[Job], tuple[Job | None, bool]],
+) -> Callable[[Job], tuple[Job | None, Job | None]]:
+    """The change, answering the finished job when this very change finished it."""
+
+    def apply(job: Job) -> tuple[Job | None, Job | None]:
+        updated, finished = change(job)
+        return updated, (updated.model_copy(deep=True) if finished and updated else None)
+
+    return apply

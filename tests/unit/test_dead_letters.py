@@ -160,3 +160,16 @@ def test_last_error_ignores_finished_variants() -> None:
     job.variant(2).state = VariantState.FAILED
     job.variant(2).error = "prompt blocked by Gemini (SAFETY)"
     assert last_error(job) == "Gemini answered 429 RESOURCE_EXHAUSTED"
+
+
+def test_job_finished_is_logged_once_for_the_metrics(
+    service: DeadLetters, store: FakeJobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.add(make_job(variant_count=2))
+    with caplog.at_level("INFO", logger="shared.services.dead_letters"):
+        service.handle(job_letter("5"))
+        service.handle(job_letter("6"))  # a redelivered dead letter
+    finished = [r for r in caplog.records if getattr(r, "event", None) == "job_finished"]
+    assert len(finished) == 1
+    assert finished[0].state == "failed"  # type: ignore[attr-defined]
+    assert finished[0].job_id == "job_1"  # type: ignore[attr-defined]

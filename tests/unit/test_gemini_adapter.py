@@ -1,17 +1,40 @@
-"""adapters/gemini.read_image on hand-built google-genai responses (no network)."""
+"""adapters/gemini: reading answers (hand-built responses) and calling Gemini.
+
+The calls go through the real google-genai SDK to the Gemini stub served in
+this process on loopback, so the wire format, the SDK's own retries and its
+error types are the real ones.
+"""
 
 from __future__ import annotations
 
-import pytest
-from google.genai import types
+import io
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
 
-from shared.adapters.gemini import read_image
-from shared.errors import PermanentError
+import pytest
+import requests
+from google.genai import types
+from PIL import Image
+
+from devstack.gemini_stub import GeminiStubServer, StubConfig, make_server
+from shared.adapters.gemini import FINISH_REASONS, GeminiImageGenerator, image_config, read_image
+from shared.errors import PermanentError, TransientError
+from shared.ports import ReferenceImage
 from tests.fakes import jpeg_bytes, png_bytes
 
 PNG = png_bytes(color=(1, 2, 3))
 OTHER_PNG = png_bytes(color=(9, 9, 9))
 JPEG = jpeg_bytes()
+MAX_PIXELS = 10_000_000
+MODEL = "gemini-3.1-flash-image"
+
+
+def webp_bytes() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (5, 5, 200)).save(out, format="WEBP")
+    return out.getvalue()
 
 
 def image_part(data: bytes, mime: str = "image/png", thought: bool | None = None) -> types.Part:
@@ -33,83 +56,286 @@ def response(
     )
 
 
+def read(answer: types.GenerateContentResponse, max_pixels: int = MAX_PIXELS) -> Any:
+    return read_image(answer, max_pixels)
+
+
+# --------------------------------------------------------------------------- reading answers
+
+
 def test_text_before_image() -> None:
-    image = read_image(response(types.Part(text="Here is your fox."), image_part(PNG)))
+    image = read(response(types.Part(text="Here is your fox."), image_part(PNG)))
     assert (image.data, image.mime_type) == (PNG, "image/png")
 
 
-def test_thought_image_is_skipped() -> None:
-    image = read_image(response(image_part(OTHER_PNG, thought=True), image_part(PNG)))
+def test_thought_parts_are_skipped() -> None:
+    thinking = types.Part(text="**Planning** the fox", thought=True)
+    image = read(response(thinking, image_part(OTHER_PNG, thought=True), image_part(PNG)))
     assert image.data == PNG
 
 
-def test_jpeg_accepted_with_sniffed_mime() -> None:
-    # The declared mime type is not trusted; the bytes decide.
-    image = read_image(response(image_part(JPEG, mime="image/png")))
-    assert (image.data, image.mime_type) == (JPEG, "image/jpeg")
+@pytest.mark.parametrize(
+    ("data", "mime"), [(JPEG, "image/jpeg"), (webp_bytes(), "image/webp"), (PNG, "image/png")]
+)
+def test_format_is_decided_by_decoding_not_by_the_declared_mime(data: bytes, mime: str) -> None:
+    image = read(response(image_part(data, mime="image/png")))
+    assert (image.data, image.mime_type) == (data, mime)
 
 
 def test_usage_tokens_extracted() -> None:
     usage = types.GenerateContentResponseUsageMetadata(
-        prompt_token_count=12, candidates_token_count=1290, total_token_count=1302
+        prompt_token_count=12,
+        candidates_token_count=1290,
+        thoughts_token_count=64,
+        total_token_count=1366,
     )
-    image = read_image(response(image_part(PNG), usage=usage))
-    assert image.usage == {"prompt_tokens": 12, "output_tokens": 1290, "total_tokens": 1302}
+    image = read(response(image_part(PNG), usage=usage))
+    assert image.usage == {
+        "prompt_tokens": 12,
+        "output_tokens": 1290,
+        "thought_tokens": 64,
+        "total_tokens": 1366,
+    }
 
 
 def test_partial_usage_and_no_usage() -> None:
     usage = types.GenerateContentResponseUsageMetadata(total_token_count=5)
-    assert read_image(response(image_part(PNG), usage=usage)).usage == {"total_tokens": 5}
-    assert read_image(response(image_part(PNG))).usage == {}
+    assert read(response(image_part(PNG), usage=usage)).usage == {"total_tokens": 5}
+    assert read(response(image_part(PNG))).usage == {}
 
 
-def test_prompt_blocked_is_permanent_with_reason() -> None:
+@pytest.mark.parametrize(
+    ("reason", "words"),
+    [
+        (types.BlockedReason.SAFETY, "the safety filters"),
+        (types.BlockedReason.PROHIBITED_CONTENT, "prohibited content"),
+        (types.BlockedReason.BLOCKLIST, "blocklisted terms"),
+        (types.BlockedReason.OTHER, "an unspecified reason"),
+    ],
+)
+def test_prompt_blocked_is_permanent_with_reason_in_words(
+    reason: types.BlockedReason, words: str
+) -> None:
     blocked = types.GenerateContentResponse(
-        prompt_feedback=types.GenerateContentResponsePromptFeedback(
-            block_reason=types.BlockedReason.PROHIBITED_CONTENT
-        )
+        prompt_feedback=types.GenerateContentResponsePromptFeedback(block_reason=reason)
     )
-    with pytest.raises(PermanentError, match=r"prompt blocked by Gemini \(PROHIBITED_CONTENT\)"):
-        read_image(blocked)
+    with pytest.raises(PermanentError) as info:
+        read(blocked)
+    assert str(info.value) == f"prompt blocked by Gemini for {words} ({reason.value})"
 
 
 @pytest.mark.parametrize("candidates", [None, []])
 def test_no_candidates_is_permanent(candidates: list[types.Candidate] | None) -> None:
     with pytest.raises(PermanentError, match="no candidates"):
-        read_image(types.GenerateContentResponse(candidates=candidates))
+        read(types.GenerateContentResponse(candidates=candidates))
 
 
-def test_image_safety_without_image_names_the_reason() -> None:
-    refused = response(
-        types.Part(text="I can't make that image."), finish=types.FinishReason.IMAGE_SAFETY
-    )
-    with pytest.raises(PermanentError, match=r"no image \(finish reason IMAGE_SAFETY\)"):
-        read_image(refused)
-
-
-def test_candidate_without_content_is_permanent() -> None:
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "IMAGE_OTHER",
+        "NO_IMAGE",
+        "SAFETY",
+        "PROHIBITED_CONTENT",
+        "RECITATION",
+        "IMAGE_RECITATION",
+        "BLOCKLIST",
+        "SPII",
+    ],
+)
+def test_missing_image_names_the_finish_reason_in_words(reason: str) -> None:
     empty = types.GenerateContentResponse(
-        candidates=[types.Candidate(finish_reason=types.FinishReason.NO_IMAGE)]
+        candidates=[types.Candidate(finish_reason=types.FinishReason(reason))]
     )
-    with pytest.raises(PermanentError, match="finish reason NO_IMAGE"):
-        read_image(empty)
+    with pytest.raises(PermanentError) as info:
+        read(empty)
+    assert str(info.value) == (
+        f"Gemini returned no image: {FINISH_REASONS[reason]} (finish reason {reason})"
+    )
+
+
+def test_what_the_model_said_is_kept_with_the_reason() -> None:
+    refused = response(
+        types.Part(text="I can't make\nthat image."), finish=types.FinishReason.NO_IMAGE
+    )
+    with pytest.raises(PermanentError) as info:
+        read(refused)
+    assert str(info.value) == (
+        "Gemini returned no image: the model made no image (finish reason NO_IMAGE); "
+        "it said: I can't make that image."
+    )
 
 
 def test_no_finish_reason_says_unknown() -> None:
-    with pytest.raises(PermanentError, match="finish reason unknown"):
-        read_image(response(types.Part(text="hmm"), finish=None))
+    with pytest.raises(PermanentError, match=r"finish reason unknown"):
+        read(response(types.Part(text="hmm"), finish=None))
 
 
-def test_non_image_bytes_are_permanent() -> None:
-    with pytest.raises(PermanentError, match="not PNG, JPEG or WebP"):
-        read_image(response(image_part(b"GIF89a not allowed", mime="image/gif")))
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GIF89a not allowed",
+        PNG[:-30],  # right magic bytes, truncated
+        b"\x89PNG\r\n\x1a\n" + b"garbage" * 10,
+        b"\xff\xd8\xff" + b"\x00" * 40,
+    ],
+    ids=["gif", "truncated-png", "png-magic-garbage", "jpeg-magic-garbage"],
+)
+def test_undecodable_image_bytes_are_a_permanent_failure(data: bytes) -> None:
+    with pytest.raises(PermanentError, match="image data that is unusable"):
+        read(response(image_part(data)))
+
+
+def test_image_over_the_pixel_limit_is_refused_before_decoding() -> None:
+    big = png_bytes(size=(200, 100))
+    with pytest.raises(PermanentError, match="200x100 pixels exceed the limit of 19999"):
+        read(response(image_part(big)), max_pixels=19_999)
+    assert read(response(image_part(big)), max_pixels=20_000).data == big
 
 
 def test_bad_part_followed_by_good_image_uses_the_image() -> None:
-    image = read_image(response(image_part(b"junk"), image_part(PNG)))
+    image = read(response(image_part(b"junk"), image_part(PNG)))
     assert image.data == PNG
 
 
 def test_only_thought_images_is_no_image() -> None:
     with pytest.raises(PermanentError, match="no image"):
-        read_image(response(image_part(PNG, thought=True)))
+        read(response(image_part(PNG, thought=True)))
+
+
+def test_image_config_only_when_asked() -> None:
+    plain = image_config(3, None, None)
+    assert (plain.seed, plain.response_modalities, plain.image_config) == (3, ["IMAGE"], None)
+    shaped = image_config(1, "16:9", "2K")
+    assert shaped.image_config == types.ImageConfig(aspect_ratio="16:9", image_size="2K")
+    assert image_config(1, None, "4K").image_config == types.ImageConfig(image_size="4K")
+
+
+# --------------------------------------------------------------------------- calling the stub
+
+
+@pytest.fixture
+def stub(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiStubServer]:
+    server = make_server("127.0.0.1", 0, StubConfig(refuse_pattern=None))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.url)
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def script(stub: GeminiStubServer, *rules: dict[str, Any]) -> None:
+    requests.post(f"{stub.url}/_stub/script", json={"rules": list(rules)}, timeout=5)
+
+
+def logged(stub: GeminiStubServer) -> list[dict[str, Any]]:
+    answer = requests.get(f"{stub.url}/_stub/requests", timeout=5).json()
+    return list(answer["requests"])
+
+
+def generator(attempts: int = 2, timeout_s: float = 5.0) -> GeminiImageGenerator:
+    # No backoff delay: the retry itself is under test, not its timing.
+    return GeminiImageGenerator("test-key", timeout_s, attempts, 0.0, MAX_PIXELS)
+
+
+def test_call_sends_prompt_references_seed_and_image_config(stub: GeminiStubServer) -> None:
+    refs = [ReferenceImage(PNG, "image/png"), ReferenceImage(JPEG, "image/jpeg")]
+    image = generator().generate(MODEL, "a fox", refs, seed=2, aspect_ratio="16:9", image_size="2K")
+    with Image.open(io.BytesIO(image.data)) as decoded:
+        assert decoded.size == (2048, 1152)
+    assert image.usage["output_tokens"] == 1290
+    (sent,) = logged(stub)
+    assert sent["api_version"] == "v1beta"
+    assert sent["model"] == MODEL
+    assert sent["prompt"] == "a fox"
+    assert [r["mimeType"] for r in sent["reference_images"]] == ["image/png", "image/jpeg"]
+    config = sent["generationConfig"]
+    assert config["seed"] == 2
+    assert config["responseModalities"] == ["IMAGE"]
+    assert config["imageConfig"] == {"aspectRatio": "16:9", "imageSize": "2K"}
+
+
+def test_call_without_shape_leaves_it_to_the_model(stub: GeminiStubServer) -> None:
+    generator().generate(MODEL, "a fox", [], seed=1)
+    assert "imageConfig" not in logged(stub)[0]["generationConfig"]
+
+
+@pytest.mark.parametrize("mode", ["http:429", "http:500", "http:503", "http:408"])
+def test_sdk_retries_retryable_codes_within_one_call(stub: GeminiStubServer, mode: str) -> None:
+    script(stub, {"match": ".", "mode": mode, "times": 1})
+    image = generator(attempts=2).generate(MODEL, "a fox", [], seed=1)
+    assert image.mime_type == "image/png"
+    assert len(logged(stub)) == 2
+
+
+def test_retryable_code_after_all_attempts_is_transient(stub: GeminiStubServer) -> None:
+    script(stub, {"match": ".", "mode": "http:503"})
+    with pytest.raises(TransientError, match="Gemini answered 503 UNAVAILABLE"):
+        generator(attempts=3).generate(MODEL, "a fox", [], seed=1)
+    assert len(logged(stub)) == 3
+
+
+@pytest.mark.parametrize("mode", ["http:400", "http:403", "http:404"])
+def test_other_client_errors_are_permanent_without_retry(stub: GeminiStubServer, mode: str) -> None:
+    script(stub, {"match": ".", "mode": mode})
+    with pytest.raises(PermanentError, match=f"Gemini answered {mode[5:]}"):
+        generator(attempts=3).generate(MODEL, "a fox", [], seed=1)
+    assert len(logged(stub)) == 1
+
+
+def test_timeout_is_retried_then_transient(stub: GeminiStubServer) -> None:
+    script(stub, {"match": ".", "mode": "timeout", "timeout_s": 3})
+    with pytest.raises(TransientError, match=r"Gemini timed out \(ReadTimeout\)"):
+        generator(attempts=2, timeout_s=0.3).generate(MODEL, "a fox", [], seed=1)
+    assert len(logged(stub)) == 2
+
+
+def test_timeout_then_success(stub: GeminiStubServer) -> None:
+    script(stub, {"match": ".", "mode": "timeout", "timeout_s": 3, "times": 1})
+    image = generator(attempts=2, timeout_s=0.3).generate(MODEL, "a fox", [], seed=1)
+    assert image.mime_type == "image/png"
+
+
+def test_unreachable_gemini_is_transient(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A port nothing listens on (the stub fixture is not used here).
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", f"http://127.0.0.1:{port}")
+    with pytest.raises(TransientError, match="Gemini unreachable: ConnectError"):
+        generator(attempts=1).generate(MODEL, "a fox", [], seed=1)
+
+
+@pytest.mark.parametrize(
+    ("mode", "error"),
+    [
+        ("bad_base64", "malformed data: candidates.0.content.parts.1.inlineData.data"),
+        ("bad_image", "image data that is unusable"),
+        ("no_candidates", "no candidates"),
+        ("block_prompt:PROHIBITED_CONTENT", "prompt blocked by Gemini for prohibited content"),
+        ("finish:IMAGE_SAFETY", "the image was blocked by the safety filters"),
+        ("finish:NO_IMAGE", "the model made no image (finish reason NO_IMAGE); it said: I was"),
+    ],
+)
+def test_unusable_answers_are_permanent(stub: GeminiStubServer, mode: str, error: str) -> None:
+    script(stub, {"match": ".", "mode": mode})
+    with pytest.raises(PermanentError, match=error.replace("(", r"\(").replace(")", r"\)")):
+        generator(attempts=3).generate(MODEL, "a fox", [], seed=1)
+    assert len(logged(stub)) == 1  # an answer is an answer: never paid for again
+
+
+@pytest.mark.parametrize(("mode", "mime"), [("jpeg", "image/jpeg"), ("webp", "image/webp")])
+def test_jpeg_and_webp_answers(stub: GeminiStubServer, mode: str, mime: str) -> None:
+    script(stub, {"match": ".", "mode": mode})
+    assert generator().generate(MODEL, "a fox", [], seed=1).mime_type == mime
+
+
+def test_thought_answer_yields_the_final_image(stub: GeminiStubServer) -> None:
+    script(stub, {"match": ".", "mode": "thought"})
+    image = generator().generate(MODEL, "a fox", [], seed=1)
+    assert image.mime_type == "image/png"
+    assert image.usage["thought_tokens"] == 64

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import threading
 from collections.abc import Callable
 from datetime import timedelta
+from decimal import Decimal
+from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from shared.errors import PermanentError, TransientError
 from shared.imaging import make_thumbnail
+from shared.logs import setup_logging
 from shared.models import JobMessage, JobState, VariantState
 from shared.ports import Formula, GeneratedImage, ReferenceImage, Text
 from shared.services.generation import Generation
@@ -371,12 +378,6 @@ def test_old_message_for_finished_job_changes_nothing(
     assert sheet_writer.attempts == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: aspect_ratio and image_size are accepted by the API and stored on the job, "
-    "but Generation never passes them to the image generator (nor does the Gemini adapter "
-    "set image_config), so every image comes out in the model's default shape",
-)
 def test_aspect_ratio_and_image_size_reach_the_generator(
     make_generation: Build, store: FakeJobStore, generator: FakeImageGenerator
 ) -> None:
@@ -386,6 +387,29 @@ def test_aspect_ratio_and_image_size_reach_the_generator(
     passed = repr(generator.calls[0].options)
     assert "16:9" in passed
     assert "2K" in passed
+
+
+@pytest.mark.parametrize(
+    ("on_job", "configured", "expected"),
+    [
+        ((None, None), ("", ""), {"aspect_ratio": None, "image_size": None}),
+        ((None, None), ("3:4", "4K"), {"aspect_ratio": "3:4", "image_size": "4K"}),
+        (("16:9", None), ("3:4", "4K"), {"aspect_ratio": "16:9", "image_size": "4K"}),
+        (("1:1", "1K"), ("3:4", "4K"), {"aspect_ratio": "1:1", "image_size": "1K"}),
+    ],
+)
+def test_image_shape_comes_from_the_job_else_from_configuration(
+    make_generation: Build,
+    store: FakeJobStore,
+    generator: FakeImageGenerator,
+    on_job: tuple[str | None, str | None],
+    configured: tuple[str, str],
+    expected: dict[str, str | None],
+) -> None:
+    store.add(make_job(variant_count=1, aspect_ratio=on_job[0], image_size=on_job[1]))
+    build = make_generation(gemini_aspect_ratio=configured[0], gemini_image_size=configured[1])
+    build.handle(MESSAGE)
+    assert generator.calls[0].options == expected
 
 
 def test_sheet_row_is_synced(
@@ -425,3 +449,325 @@ def test_fast_thumbnail_failure_is_not_undone_by_the_upload_record(
     job = store.job("job_1")
     assert job.variant(1).state == VariantState.FAILED
     assert job.terminal
+
+
+# --------------------------------------------------------------------------- cost and usage
+
+
+def test_model_tokens_and_cost_are_kept_on_the_variant_and_the_object(
+    make_generation: Build,
+    store: FakeJobStore,
+    objects: FakeObjectStore,
+    generator: FakeImageGenerator,
+) -> None:
+    store.add(make_job(variant_count=3))
+    usage = {"prompt_tokens": 9, "output_tokens": 1290, "total_tokens": 1299}
+    generator.on(PROMPT, 1, GeneratedImage(png_bytes(), "image/png", usage))
+    generator.on(PROMPT, 3, PermanentError("Gemini returned no image: ... (NO_IMAGE)"))
+    make_generation().handle(MESSAGE)
+
+    job = store.job("job_1")
+    v1, v2, v3 = (job.variant(n) for n in (1, 2, 3))
+    assert (v1.model, v1.cost_usd, v1.usage) == ("gemini-3.1-flash-image", "0.0670", usage)
+    assert (v2.cost_usd, v2.usage) == ("0.0670", {"total_tokens": 1290})
+    assert (v3.cost_usd, v3.usage) == (None, {})  # no image, nothing billed per image
+    assert job.cost() == Decimal("0.1340")
+    meta = objects.objects[(IMAGES_BUCKET, "images/sc-001/job_1/var_1.png")].metadata
+    assert {k: meta[k] for k in ("model", "cost_usd", "output_tokens", "total_tokens")} == {
+        "model": "gemini-3.1-flash-image",
+        "cost_usd": "0.0670",
+        "output_tokens": "1290",
+        "total_tokens": "1299",
+    }
+
+
+def test_object_found_from_a_dead_delivery_is_recorded_with_its_cost(
+    make_generation: Build, store: FakeJobStore, objects: FakeObjectStore
+) -> None:
+    store.add(make_job(variant_count=1))
+    objects.put(IMAGES_BUCKET, "images/sc-001/job_1/var_1.jpg", jpeg_bytes(), "image/jpeg")
+    make_generation().handle(MESSAGE)
+    v = store.job("job_1").variant(1)
+    assert (v.state, v.content_type, v.cost_usd) == (
+        VariantState.UPLOADED,
+        "image/jpeg",
+        "0.0670",
+    )
+
+
+# --------------------------------------------------------------------------- logs
+
+
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
+    """The fields of the log records of one event (``extra`` lands on the record)."""
+    return [vars(r) for r in caplog.records if getattr(r, "event", None) == name]
+
+
+def test_every_state_change_is_logged_with_job_batch_scene_variant_attempt_duration(
+    make_generation: Build,
+    store: FakeJobStore,
+    generator: FakeImageGenerator,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    store.add(make_job(variant_count=2))
+    generator.on(PROMPT, 2, TransientError("Gemini answered 503 UNAVAILABLE"))
+    with pytest.raises(TransientError):
+        make_generation().handle(MESSAGE)
+
+    (started,) = events(caplog, "job_started")
+    assert (started["job_id"], started["batch_id"], started["scene_id"]) == (
+        "job_1",
+        "bat_1",
+        "sc-001",
+    )
+    (uploaded,) = events(caplog, "variant_uploaded")
+    (released,) = events(caplog, "variant_released")
+    for record, n in ((uploaded, 1), (released, 2)):
+        assert (record["job_id"], record["batch_id"], record["scene_id"]) == (
+            "job_1",
+            "bat_1",
+            "sc-001",
+        )
+        assert (record["variant"], record["attempt"]) == (n, 1)
+        assert isinstance(record["duration_ms"], int)
+    assert (uploaded["state"], uploaded["cost_usd"], uploaded["tokens"]) == (
+        "uploaded",
+        "0.0670",
+        1290,
+    )
+    assert (released["state"], released["error"]) == ("pending", "Gemini answered 503 UNAVAILABLE")
+    assert events(caplog, "job_finished") == []  # nothing ended here
+
+
+def test_job_finished_is_logged_when_the_last_variant_fails(
+    make_generation: Build,
+    store: FakeJobStore,
+    generator: FakeImageGenerator,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    store.add(make_job(variant_count=2))
+    clock.advance(12.5)
+    for n in (1, 2):
+        generator.on(PROMPT, n, PermanentError(f"blocked {n}"))
+    make_generation().handle(MESSAGE)
+
+    assert [r["variant"] for r in events(caplog, "variant_failed")] in ([1, 2], [2, 1])
+    (finished,) = events(caplog, "job_finished")
+    assert (finished["state"], finished["duration_ms"]) == ("failed", 12500)
+    assert finished["error"] == "variant 1: blocked 1; variant 2: blocked 2"
+    assert (finished["job_id"], finished["batch_id"], finished["scene_id"]) == (
+        "job_1",
+        "bat_1",
+        "sc-001",
+    )
+
+
+def test_job_finished_is_logged_as_partial_when_a_failure_ends_a_job_with_done_variants(
+    make_generation: Build,
+    store: FakeJobStore,
+    generator: FakeImageGenerator,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    job = make_job(variant_count=2, started_at=T0, state=JobState.GENERATING)
+    job.variant(1).state = VariantState.DONE
+    store.add(job)
+    generator.on(PROMPT, 2, PermanentError("no image"))
+    make_generation().handle(MESSAGE)
+    (finished,) = events(caplog, "job_finished")
+    assert finished["state"] == "partial"
+    assert store.job("job_1").state == JobState.PARTIAL
+
+
+@pytest.mark.parametrize("cause", ["age", "references"])
+def test_job_finished_is_logged_when_the_whole_job_fails(
+    make_generation: Build,
+    store: FakeJobStore,
+    references: FakeReferenceLoader,
+    caplog: pytest.LogCaptureFixture,
+    cause: str,
+) -> None:
+    caplog.set_level(logging.INFO)
+    url = "https://example.com/refs.zip"
+    references.packs[url] = PermanentError("refused")
+    store.add(make_job(ref_pack_public_url=url if cause == "references" else None))
+    published = T0 - timedelta(seconds=7201 if cause == "age" else 0)
+    make_generation(max_event_age_s=7200).handle(MESSAGE, published)
+    (finished,) = events(caplog, "job_finished")
+    assert finished["state"] == "failed"
+    assert finished["duration_ms"] == 0
+    assert ("dropped" if cause == "age" else "reference pack: refused") in finished["error"]
+
+
+def test_json_log_line_carries_the_fields(
+    make_generation: Build, store: FakeJobStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup_logging()
+    store.add(make_job(variant_count=1))
+    make_generation().handle(MESSAGE)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    (uploaded,) = [line for line in lines if line.get("event") == "variant_uploaded"]
+    assert uploaded["severity"] == "INFO"
+    assert uploaded["message"] == "variant uploaded"
+    for name in ("job_id", "batch_id", "scene_id", "variant", "attempt", "duration_ms"):
+        assert name in uploaded, name
+
+
+# --------------------------------------------------------------------------- time budget
+
+
+class RecordingGenerator(FakeImageGenerator):
+    """Also records the variant's stored claim while Gemini is being called."""
+
+    def __init__(self, store: FakeJobStore, clock: FakeClock) -> None:
+        super().__init__()
+        self.store, self.clock = store, clock
+        self.leases: list[float] = []
+
+    def generate(self, *args: Any, **kwargs: Any) -> GeneratedImage:
+        variant = self.store.job("job_1").variant(kwargs["seed"])
+        assert variant.claim_expires is not None
+        self.leases.append((variant.claim_expires - self.clock()).total_seconds())
+        return super().generate(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("lease_s", "budget_s", "expected"), [(300.0, 280.0, 300.0), (60.0, 280.0, 290.0)]
+)
+def test_claim_lease_always_outlasts_the_gemini_budget(
+    store: FakeJobStore,
+    objects: FakeObjectStore,
+    references: FakeReferenceLoader,
+    sheet_sync: SheetSync,
+    fake_monotonic: FakeClock,
+    lease_s: float,
+    budget_s: float,
+    expected: float,
+) -> None:
+    store.add(make_job(variant_count=1))
+    recording = RecordingGenerator(store, fake_monotonic)
+    Generation(
+        settings=make_settings(claim_lease_s=lease_s, gemini_budget_s=budget_s),
+        store=store,
+        objects=objects,
+        generator=recording,
+        references=references,
+        sheet=sheet_sync,
+        clock=fake_monotonic,
+        sleep=fake_monotonic.sleep,
+    ).handle(MESSAGE)
+    assert recording.leases == [expected]
+
+
+def test_no_gemini_call_starts_without_its_budget_left_in_the_delivery(
+    make_generation: Build,
+    store: FakeJobStore,
+    generator: FakeImageGenerator,
+    clock: FakeClock,
+) -> None:
+    store.add(make_job(variant_count=2))
+    # The delivery loses 25 s before it gets to the variants (say, a slow job store).
+    store.hook = lambda operation, _: clock.advance(25) if operation == "get_job" else None
+    service = make_generation(gemini_budget_s=280, delivery_deadline_s=300)
+    with pytest.raises(TransientError, match="no time left in this delivery"):
+        service.handle(MESSAGE)
+    assert generator.calls == []
+    job = store.job("job_1")
+    for n in (1, 2):
+        v = job.variant(n)
+        assert (v.state, v.claim_id, v.attempts) == (VariantState.PENDING, None, 1)
+
+    store.hook = None
+    service.handle(MESSAGE)  # the redelivery has its full budget
+    assert generator.count() == 2
+
+
+def test_waiting_for_a_held_variant_leaves_the_gemini_budget(
+    make_generation: Build, store: FakeJobStore, generator: FakeImageGenerator, clock: FakeClock
+) -> None:
+    job = make_job(variant_count=1, started_at=T0, state=JobState.GENERATING)
+    job.variant(1).state = VariantState.GENERATING
+    job.variant(1).claim_id = "clm_other"
+    job.variant(1).claim_expires = T0 + timedelta(seconds=300)
+    store.add(job)
+    with pytest.raises(TransientError, match="held by another delivery"):
+        make_generation(claim_wait_s=240, gemini_budget_s=280, delivery_deadline_s=285).handle(
+            MESSAGE
+        )
+    assert sum(clock.sleeps) == pytest.approx(5.0)  # 285 - 280, not the 240 s claim wait
+    assert generator.calls == []
+
+
+def test_settings_refuse_retries_that_do_not_fit_the_budget() -> None:
+    # 3 x 120 s + delays of at most 1 + 1 and 2 + 1 s.
+    with pytest.raises(ValidationError, match=r"= 365 s exceeds GEMINI_BUDGET_S \(280 s\)"):
+        make_settings(gemini_retry_attempts=3, gemini_timeout_s=120)
+    # The delay cap applies: 3 x 10 s + min(1.5, 2) + min(1.5, 3).
+    assert make_settings(
+        gemini_retry_attempts=3, gemini_timeout_s=10, gemini_retry_max_delay_s=1.5
+    ).gemini_worst_case_s == pytest.approx(33.0)
+    with pytest.raises(ValidationError, match="must be below DELIVERY_DEADLINE_S"):
+        make_settings(gemini_budget_s=540)
+    defaults = make_settings()
+    # 2 attempts x 120 s + one delay of at most 1 s x 2^0 + 1 s jitter.
+    assert defaults.gemini_worst_case_s == 242.0
+    assert defaults.gemini_budget_s < defaults.delivery_deadline_s <= 600
+
+
+# --------------------------------------------------------------------------- exactly once
+
+
+def test_concurrent_deliveries_generate_each_variant_once(
+    make_generation: Build,
+    store: FakeJobStore,
+    generator: FakeImageGenerator,
+    objects: FakeObjectStore,
+) -> None:
+    store.add(make_job(variant_count=3))
+    service = make_generation()
+    barrier = threading.Barrier(4)
+    outcomes: list[str] = []
+
+    def deliver() -> None:
+        barrier.wait()
+        try:
+            service.handle(MESSAGE)
+            outcomes.append("acked")
+        except TransientError:
+            outcomes.append("retry")
+
+    threads = [threading.Thread(target=deliver) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(outcomes) == 4 and "acked" in outcomes
+    assert [generator.count(variant=n) for n in (1, 2, 3)] == [1, 1, 1]
+    assert len(image_names(objects)) == 3
+    assert {v.state for v in store.job("job_1").variants.values()} == {VariantState.UPLOADED}
+
+
+def test_the_first_sheet_write_does_not_hold_up_the_gemini_calls(
+    make_generation: Build,
+    store: FakeJobStore,
+    generator: FakeImageGenerator,
+    sheet_writer: FakeSheetWriter,
+) -> None:
+    store.add(make_job(variant_count=2))
+    calling = threading.Event()
+    original = generator.generate
+
+    def generate(*args: Any, **kwargs: Any) -> GeneratedImage:
+        calling.set()
+        return original(*args, **kwargs)
+
+    generator.generate = generate  # type: ignore[method-assign]
+    # A slow sheet (coalescing window, write quota): the row write waits for Gemini.
+    waited: list[bool] = []
+    sheet_writer.on_write = lambda write: waited.append(calling.wait(timeout=5))
+    make_generation().handle(MESSAGE)
+    assert waited and waited[0] is True
+    assert generator.count() == 2

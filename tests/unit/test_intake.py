@@ -488,6 +488,19 @@ def test_job_status_duration_of_finished_job(intake: Intake, store: FakeJobStore
     assert view.duration_s == 5.0
 
 
+def test_job_status_reports_the_real_cost_per_variant_and_in_total(
+    intake: Intake, store: FakeJobStore
+) -> None:
+    job = make_job(job_id="job_c", variant_count=3)
+    job.variant(1).cost_usd = "0.0670"
+    job.variant(2).cost_usd = "0.0670"
+    store.add(job)
+    view = intake.job_status("job_c", "alice")
+    assert view is not None
+    assert [v.cost_usd for v in view.variants] == ["0.0670", "0.0670", None]
+    assert view.cost_usd == "0.1340"
+
+
 def test_batch_status_counts_and_jobs(intake: Intake, store: FakeJobStore) -> None:
     body = accepted(intake.submit(request(1, 2, 1), "alice"))
     job_ids = [j["job_id"] for j in body["jobs"]]

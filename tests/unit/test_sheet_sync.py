@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -12,8 +14,8 @@ from shared.errors import PermanentError, TransientError
 from shared.links import LinkSigner
 from shared.models import Job, JobState, VariantState
 from shared.ports import Formula, Text
-from shared.services.sheet_sync import SheetSync, row_cells
-from tests.fakes import T0, FakeJobStore, FakeSheetWriter, RowWrite, make_job
+from shared.services.sheet_sync import MAX_CELL_CHARS, SheetSync, _digest, row_cells
+from tests.fakes import T0, FakeClock, FakeJobStore, FakeSheetWriter, RowWrite, make_job
 
 
 def finish_variant(n: int) -> Callable[[Job], None]:
@@ -34,6 +36,7 @@ def test_row_cells_of_queued_job(links: LinkSigner) -> None:
     assert row_cells(make_job(), links) == {
         "status_img": Text("queued"),
         "job_id": Text("job_1"),
+        "error_img": Text(""),
     }
 
 
@@ -47,7 +50,7 @@ def test_row_cells_image_formula_only_for_done_variants(links: LinkSigner) -> No
     cells = row_cells(job, links)
     assert cells["status_img"] == Text("generating (2/4)")
     assert cells["job_id"] == Text("job_1")
-    assert sorted(cells) == ["job_id", "nano_img_1", "nano_img_4", "status_img"]
+    assert sorted(cells) == ["error_img", "job_id", "nano_img_1", "nano_img_4", "status_img"]
     assert cells["nano_img_1"] == Formula(f'=IMAGE("{links.link("job_1", 1, "thumb")}")')
     assert cells["nano_img_4"] == Formula(f'=IMAGE("{links.link("job_1", 4, "thumb")}")')
 
@@ -196,63 +199,166 @@ def test_rounds_are_bounded_for_a_flapping_job(
     assert len(sheet_writer.attempts) == 3
 
 
+# --------------------------------------------------------------------------- cells
+
+
+def test_row_cells_error_column_and_long_texts_are_clipped(links: LinkSigner) -> None:
+    job, _ = transitions.fail_job(make_job(variant_count=1), "x" * 5000, T0)
+    assert job is not None
+    cells = row_cells(job, links)
+    assert cells["error_img"] == Text(job.error[: MAX_CELL_CHARS - 1] + "…")  # type: ignore[index]
+    assert len(cells["status_img"].value) == MAX_CELL_CHARS
+    assert cells["status_img"].value.startswith("failed: variant 1: xxx")
+
+
+# --------------------------------------------------------------------------- notes
+
+
+def test_note_from_the_writer_is_recorded_with_the_digest(
+    sheet_sync: SheetSync, store: FakeJobStore, sheet_writer: FakeSheetWriter
+) -> None:
+    store.add(make_job())
+    sheet_writer.notes.append("worksheet 'Scenes' has no column job_id")
+    sheet_sync.sync("job_1")
+    job = store.job("job_1")
+    assert job.sheet_error == "worksheet 'Scenes' has no column job_id"
+    assert job.sheet_digest is not None
+    sheet_sync.sync("job_1")
+    assert len(sheet_writer.attempts) == 1  # written: not retried
+
+
+# --------------------------------------------------------------------------- claims
+
+
+@pytest.fixture
+def timed_sync(
+    store: FakeJobStore, sheet_writer: FakeSheetWriter, links: LinkSigner, clock: FakeClock
+) -> SheetSync:
+    return SheetSync(
+        store,
+        sheet_writer,
+        links,
+        lease_s=120,
+        wait_s=30,
+        clock=clock,
+        sleep=clock.sleep,
+        monotonic=clock.monotonic,
+    )
+
+
+def hold(job: Job, until: datetime) -> None:
+    job.sheet_claim_id = "sheet_other"
+    job.sheet_claim_expires = until
+
+
+def test_a_live_claim_of_another_delivery_is_waited_for(
+    timed_sync: SheetSync, store: FakeJobStore, sheet_writer: FakeSheetWriter, clock: FakeClock
+) -> None:
+    store.add(make_job())
+    store.mutate("job_1", lambda job: hold(job, T0 + timedelta(seconds=60)))
+    digest = _digest(row_cells(store.job("job_1"), timed_sync.links))
+
+    def other_finishes(operation: str, job_id: str) -> None:
+        if operation == "update_job" and clock.sleeps:
+
+            def settle(job: Job) -> None:
+                job.sheet_claim_id = job.sheet_claim_expires = None
+                job.sheet_digest = digest
+
+            store.mutate("job_1", settle)
+
+    store.hook = other_finishes
+    timed_sync.sync("job_1")
+    assert sheet_writer.attempts == []  # the other delivery wrote this very row
+    assert clock.sleeps
+
+
+def test_a_claim_that_stays_held_ends_in_transient_error(
+    timed_sync: SheetSync, store: FakeJobStore, sheet_writer: FakeSheetWriter, clock: FakeClock
+) -> None:
+    store.add(make_job())
+    store.mutate("job_1", lambda job: hold(job, T0 + timedelta(seconds=3600)))
+    with pytest.raises(TransientError, match="still writing"):
+        timed_sync.sync("job_1")
+    assert sheet_writer.attempts == []
+    assert 30 <= sum(clock.sleeps) <= 33  # bounded by wait_s
+
+
+def test_an_expired_claim_is_taken_over(
+    timed_sync: SheetSync, store: FakeJobStore, sheet_writer: FakeSheetWriter
+) -> None:
+    store.add(make_job())
+    store.mutate("job_1", lambda job: hold(job, T0 - timedelta(seconds=1)))
+    timed_sync.sync("job_1")
+    assert len(sheet_writer.writes) == 1
+    assert store.job("job_1").sheet_claim_id is None
+
+
+def test_the_claim_is_released_after_errors(
+    timed_sync: SheetSync, store: FakeJobStore, sheet_writer: FakeSheetWriter
+) -> None:
+    store.add(make_job())
+    sheet_writer.errors.append(TransientError("Sheets API 503"))
+    with pytest.raises(TransientError):
+        timed_sync.sync("job_1")
+    job = store.job("job_1")
+    assert (job.sheet_claim_id, job.sheet_claim_expires, job.sheet_digest) == (None, None, None)
+
+    sheet_writer.errors.append(PermanentError("no row with scene_id 'sc-001'"))
+    timed_sync.sync("job_1")
+    job = store.job("job_1")
+    assert (job.sheet_claim_id, job.sheet_error) == (None, "no row with scene_id 'sc-001'")
+
+
+def test_a_claim_lost_during_a_write_records_nothing(
+    timed_sync: SheetSync, store: FakeJobStore, sheet_writer: FakeSheetWriter
+) -> None:
+    store.add(make_job())
+
+    def taken_over(write: RowWrite) -> None:
+        store.mutate("job_1", lambda job: hold(job, T0 + timedelta(seconds=600)))
+
+    sheet_writer.on_write = taken_over
+    timed_sync.sync("job_1")
+    job = store.job("job_1")
+    assert job.sheet_digest is None  # what we wrote may be older than the new holder's row
+    assert job.sheet_claim_id == "sheet_other"
+
+
 # --------------------------------------------------------------------------- race
 
 
-class Gate:
-    """Threading events with a safety timeout, for a fixed interleaving."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-
-    def _event(self, name: str) -> threading.Event:
-        with self._lock:
-            return self._events.setdefault(name, threading.Event())
-
-    def open(self, name: str) -> None:
-        self._event(name).set()
-
-    def wait(self, name: str) -> None:
-        self._event(name).wait(timeout=5)
-
-
-def test_stale_write_landing_last_is_repaired(
+def test_concurrent_syncs_never_overlap_and_the_last_state_wins(
     store: FakeJobStore, sheet_writer: FakeSheetWriter, links: LinkSigner
 ) -> None:
-    store.add(make_job(started_at=T0, state=JobState.GENERATING))
+    store.add(make_job(variant_count=4, started_at=T0, state=JobState.GENERATING))
     sync = SheetSync(store, sheet_writer, links)
-    gate = Gate()
-    counts: dict[tuple[str, str], int] = {}
+    in_flight = 0
+    overlaps = 0
+    lock = threading.Lock()
 
-    def store_hook(operation: str, job_id: str) -> None:
-        who = threading.current_thread().name
-        key = (who, operation)
-        counts[key] = counts.get(key, 0) + 1
-        if key == ("B", "update_job") and counts[key] == 1:
-            gate.open("b wrote")  # B's write is in the sheet; A's lands after it
-            gate.wait("a recorded")  # B records its digest after A recorded its own
-        if key == ("A", "get_job") and counts[key] == 2:
-            gate.open("a recorded")
-            gate.wait("b recorded")  # A re-reads only after B recorded
-        if key == ("B", "get_job") and counts[key] == 2:
-            gate.open("b recorded")
+    def writing(write: RowWrite) -> None:
+        nonlocal in_flight, overlaps
+        with lock:
+            in_flight += 1
+            overlaps += in_flight > 1
+        time.sleep(0.02)
+        with lock:
+            in_flight -= 1
 
-    def writer_hook(write: RowWrite) -> None:
-        if threading.current_thread().name == "A":
-            gate.open("a writing")
-            gate.wait("b wrote")
+    sheet_writer.on_write = writing
 
-    store.hook = store_hook
-    sheet_writer.on_write = writer_hook
+    def finish_and_sync(n: int) -> None:
+        store.mutate("job_1", finish_variant(n))
+        sync.sync("job_1")
 
-    a = threading.Thread(target=sync.sync, args=("job_1",), name="A")
-    a.start()
-    gate.wait("a writing")  # A computed the old cells and is about to write them
-    store.mutate("job_1", finish_variant(1))
-    b = threading.Thread(target=sync.sync, args=("job_1",), name="B")
-    b.start()
-    a.join(timeout=10)
-    b.join(timeout=10)
+    threads = [threading.Thread(target=finish_and_sync, args=(n,)) for n in (1, 2, 3, 4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
 
+    assert overlaps == 0
     assert sheet_writer.row("sc-001") == row_cells(store.job("job_1"), links)
+    assert sheet_writer.row("sc-001")["status_img"] == Text("completed")
+    assert len([w for w in sheet_writer.writes if w.cells["status_img"] == Text("completed")]) == 1

@@ -5,14 +5,19 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import struct
+import threading
+import time
+import zlib
 from collections.abc import Callable
 
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from shared.errors import PermanentError, TransientError
 from shared.events import StorageObject
-from shared.imaging import make_thumbnail
+from shared.imaging import ThumbnailSpec, make_thumbnail
 from shared.models import JobState, VariantState
 from shared.ports import Formula, Text
 from shared.services.sheet_sync import SheetSync
@@ -25,6 +30,7 @@ from tests.fakes import (
     FakeJobStore,
     FakeObjectStore,
     FakeSheetWriter,
+    RowWrite,
     finalize_event,
     make_job,
     make_settings,
@@ -55,10 +61,14 @@ def make_service(
     sheet_sync: SheetSync,
     clock: FakeClock,
 ) -> Callable[..., Thumbnails]:
-    def build(thumbnailer: Callable[[bytes, int], bytes] = make_thumbnail) -> Thumbnails:
+    def build(thumbnailer: Callable[[bytes, ThumbnailSpec], bytes] = make_thumbnail) -> Thumbnails:
         return Thumbnails(settings, store, objects, thumbnailer, sheet_sync, clock)
 
     return build
+
+
+def finished_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event", None) == "job_finished"]
 
 
 def put_images(objects: FakeObjectStore, *names: str) -> None:
@@ -190,12 +200,15 @@ def test_job_finishes_exactly_once_across_duplicate_events(
     for name, n in [(NAME_1, 1), (NAME_2, 2), (NAME_2, 2), (NAME_1, 1)]:
         service.handle(finalize_event(name, variant=n))
 
-    finished = [r for r in caplog.records if r.getMessage() == "job finished"]
-    assert len(finished) == 1
+    assert len(finished_logs(caplog)) == 1
     job = store.job("job_1")
     assert job.state == JobState.COMPLETED
     assert job.finished_at == T0
     assert sheet_writer.row("sc-001")["status_img"] == Text("completed")
+    assert [w.cells["status_img"] for w in sheet_writer.writes] == [
+        Text("generating (1/2)"),
+        Text("completed"),
+    ]
     assert len([c for c in objects.calls if c[0] == "create"]) == 2
 
 
@@ -210,20 +223,20 @@ def test_concurrent_duplicate_event_finishes_the_job_once(
     calls = 0
     service: Thumbnails | None = None
 
-    def thumbnailer(data: bytes, size: int) -> bytes:
+    def thumbnailer(data: bytes, spec: ThumbnailSpec) -> bytes:
         # The duplicate arrives while the first delivery is still thumbnailing.
         nonlocal calls
         calls += 1
         if calls == 1 and service is not None:
             service.handle(finalize_event(NAME_1))
-        return make_thumbnail(data, size)
+        return make_thumbnail(data, spec)
 
     service = make_service(thumbnailer)
     caplog.set_level(logging.INFO, logger="shared.services.thumbnails")
     service.handle(finalize_event(NAME_1))
 
     assert calls == 2
-    assert len([r for r in caplog.records if r.getMessage() == "job finished"]) == 1
+    assert len(finished_logs(caplog)) == 1
     assert store.job("job_1").state == JobState.COMPLETED
     creates = [c for c in objects.calls if c[2] == "thumbnails/sc-001/job_1/var_1.jpg"]
     assert len(creates) == 2  # the second create found the object and kept it
@@ -267,7 +280,7 @@ def test_transient_error_propagates_and_changes_nothing(
 ) -> None:
     put_images(objects, NAME_1)
 
-    def thumbnailer(data: bytes, size: int) -> bytes:
+    def thumbnailer(data: bytes, spec: ThumbnailSpec) -> bytes:
         raise TransientError("storage 503")
 
     with pytest.raises(TransientError):
@@ -279,16 +292,22 @@ def test_thumbnailer_gets_configured_size(
     store: FakeJobStore, objects: FakeObjectStore, sheet_sync: SheetSync
 ) -> None:
     put_images(objects, NAME_1)
-    sizes: list[int] = []
+    specs: list[ThumbnailSpec] = []
 
-    def thumbnailer(data: bytes, size: int) -> bytes:
-        sizes.append(size)
+    def thumbnailer(data: bytes, spec: ThumbnailSpec) -> bytes:
+        specs.append(spec)
         raise PermanentError("nope")
 
-    Thumbnails(make_settings(thumbnail_size=64), store, objects, thumbnailer, sheet_sync).handle(
-        finalize_event(NAME_1)
+    settings = make_settings(
+        thumbnail_size=64,
+        thumbnail_format="WEBP",
+        thumbnail_quality=70,
+        thumbnail_max_pixels=2_000_000,
     )
-    assert sizes == [64]
+    Thumbnails(settings, store, objects, thumbnailer, sheet_sync).handle(finalize_event(NAME_1))
+    assert specs == [
+        ThumbnailSpec(longest_side=64, format="webp", quality=70, max_pixels=2_000_000)
+    ]
 
 
 def test_unknown_job_or_variant_is_dropped(
@@ -341,3 +360,122 @@ def test_redelivered_event_retries_a_sheet_write_that_failed(
 
     service.handle(finalize_event(NAME_1))  # the redelivery
     assert sheet_writer.row("sc-001")["status_img"] == Text("completed")
+
+
+# --------------------------------------------------------------------------- issue 5
+
+
+def test_job_finished_is_logged_once_with_state_and_duration(
+    make_service: Callable[..., Thumbnails],
+    objects: FakeObjectStore,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    put_images(objects, NAME_1, NAME_2)
+    service = make_service()
+    caplog.set_level(logging.INFO, logger="shared.services.thumbnails")
+    service.handle(finalize_event(NAME_1))
+    assert finished_logs(caplog) == []
+    clock.advance(90.5)  # the job was created at T0
+    service.handle(finalize_event(NAME_2, variant=2))
+    service.handle(finalize_event(NAME_2, variant=2))
+
+    (record,) = finished_logs(caplog)
+    assert record.__dict__["state"] == "completed"
+    assert record.__dict__["duration_ms"] == 90_500
+    assert record.__dict__["job_id"] == "job_1"
+
+
+def test_job_finished_by_a_failed_thumbnail_is_logged_as_partial(
+    make_service: Callable[..., Thumbnails],
+    objects: FakeObjectStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    put_images(objects, NAME_2)
+    objects.put(IMAGES_BUCKET, NAME_1, b"not an image")
+    service = make_service()
+    caplog.set_level(logging.INFO, logger="shared.services.thumbnails")
+    for name, n in [(NAME_2, 2), (NAME_1, 1), (NAME_1, 1)]:
+        service.handle(finalize_event(name, variant=n))
+    (record,) = finished_logs(caplog)
+    assert record.__dict__["state"] == "partial"
+
+
+def test_concurrent_duplicate_events_finish_once_and_write_the_final_row_once(
+    make_service: Callable[..., Thumbnails],
+    store: FakeJobStore,
+    objects: FakeObjectStore,
+    sheet_writer: FakeSheetWriter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    put_images(objects, NAME_1, NAME_2)
+    service = make_service()
+    caplog.set_level(logging.INFO, logger="shared.services.thumbnails")
+    events = [finalize_event(NAME_1)] * 4 + [finalize_event(NAME_2, variant=2)] * 4
+    start = threading.Barrier(len(events))
+
+    def slow_write(write: RowWrite) -> None:
+        time.sleep(0.05)  # keep a write in flight while the duplicates sync
+
+    sheet_writer.on_write = slow_write
+
+    def deliver(event: StorageObject) -> None:
+        start.wait(timeout=10)
+        service.handle(event)
+
+    threads = [threading.Thread(target=deliver, args=(e,)) for e in events]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert len(finished_logs(caplog)) == 1
+    job = store.job("job_1")
+    assert job.state == JobState.COMPLETED
+    assert (job.sheet_claim_id, job.sheet_error) == (None, None)
+    completed = [w for w in sheet_writer.attempts if w.cells["status_img"] == Text("completed")]
+    assert len(completed) == 1
+    assert sheet_writer.row("sc-001")["status_img"] == Text("completed")
+
+
+def test_webp_thumbnails_are_named_and_typed_as_webp(
+    store: FakeJobStore, objects: FakeObjectStore, sheet_sync: SheetSync
+) -> None:
+    put_images(objects, NAME_1)
+    settings = make_settings(thumbnail_format="webp")
+    assert thumbnail_name(settings, NAME_1) == "thumbnails/sc-001/job_1/var_1.webp"
+    Thumbnails(settings, store, objects, make_thumbnail, sheet_sync).handle(finalize_event(NAME_1))
+    thumb = objects.objects[(IMAGES_BUCKET, "thumbnails/sc-001/job_1/var_1.webp")]
+    assert thumb.content_type == "image/webp"
+    assert Image.open(io.BytesIO(thumb.data)).format == "WEBP"
+    assert store.job("job_1").variant(1).thumb_name == "thumbnails/sc-001/job_1/var_1.webp"
+
+
+def test_thumbnails_prefix_inside_the_images_prefix_is_refused() -> None:
+    with pytest.raises(ValidationError, match="THUMBNAILS_PREFIX must lie outside"):
+        make_settings(thumbnails_prefix="images/thumbs/")
+    # In a second bucket the same prefix cannot trigger the notification.
+    assert make_settings(thumbnails_prefix="images/thumbs/", thumbnails_bucket="other-bucket")
+
+
+def test_decompression_bomb_fails_its_variant_with_the_reason(
+    make_service: Callable[..., Thumbnails],
+    store: FakeJobStore,
+    objects: FakeObjectStore,
+    sheet_writer: FakeSheetWriter,
+) -> None:
+    rows = zlib.compress(b"\x00" * (8001 * 8000), 9)
+    ihdr = struct.pack(">IIBBBBB", 8000, 8000, 8, 0, 0, 0, 0)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    objects.put(IMAGES_BUCKET, NAME_1, bomb)
+    make_service().handle(finalize_event(NAME_1))  # returns: the event is acknowledged
+    variant = store.job("job_1").variant(1)
+    assert variant.state == VariantState.FAILED
+    assert variant.error == "thumbnail: image is 8000x8000; limit 50000000 pixels"
+    assert objects.names(IMAGES_BUCKET) == [NAME_1]
+    assert sheet_writer.row("sc-001")["status_img"] == Text("generating (0/2)")
