@@ -9,7 +9,6 @@ emulators that the ``gcloud`` wrappers spawn.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import secrets
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from shared.auth import hash_key
 
 REPO = Path(__file__).resolve().parent.parent
 LOCALHOST = "127.0.0.1"
@@ -77,10 +78,6 @@ def free_port() -> int:
         sock.bind((LOCALHOST, 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 @dataclass

@@ -21,7 +21,3 @@ class PermanentError(PipelineError):
 
 class NotFound(PipelineError):
     """A document or object that should exist does not."""
-
-
-class AlreadyExists(PipelineError):
-    """A create-only write found the target already there."""

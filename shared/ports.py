@@ -94,8 +94,6 @@ class JobPublisher(Protocol):
 class ObjectStore(Protocol):
     """Image objects (Cloud Storage in production)."""
 
-    def exists(self, bucket: str, name: str) -> bool: ...
-
     def find(self, bucket: str, prefix: str) -> str | None:
         """The name of one object under ``prefix``, if any."""
         ...

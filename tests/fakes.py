@@ -369,11 +369,6 @@ class FakeObjectStore:
         with self._lock:
             return sorted(name for b, name in self.objects if b == bucket)
 
-    def exists(self, bucket: str, name: str) -> bool:
-        with self._lock:
-            self.calls.append(("exists", bucket, name))
-            return (bucket, name) in self.objects
-
     def find(self, bucket: str, prefix: str) -> str | None:
         with self._lock:
             self.calls.append(("find", bucket, prefix))

@@ -26,9 +26,6 @@ class GcsObjectStore:
             else None
         )
 
-    def exists(self, bucket: str, name: str) -> bool:
-        return bool(self._client.bucket(bucket).blob(name).exists())
-
     def find(self, bucket: str, prefix: str) -> str | None:
         for blob in self._client.list_blobs(bucket, prefix=prefix, max_results=1):
             return str(blob.name)
