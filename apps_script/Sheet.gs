@@ -11,7 +11,10 @@ const MAX_VARIANTS = 4;
 const ASPECT_RATIO_PATTERN = /^[1-9][0-9]{0,2}:[1-9][0-9]{0,2}$/;
 const IMAGE_SIZES = ['1K', '2K', '4K'];
 const MAX_ERROR_LINES = 25;
-/** statusRank_ of completed, partial and failed. */
+/** Job states the server reports (GET /status: state). */
+const FINAL_STATES = ['completed', 'partial', 'failed'];
+const RUNNING_STATES = ['generating'];
+/** The rank of a final state: nothing moves a row back from it. */
 const FINAL_RANK = 3;
 
 /** The whole active sheet in one read: values (and formulas), header and columns. */
@@ -272,9 +275,9 @@ function rowUpdatesForJob_(table, row, view) {
   const statusCol = table.columns.status_img;
   const current = cellText_(values[statusCol]);
   const next = view.status_text || view.state;
-  const rankNext = statusRank_(next);
-  const rankNow = statusRank_(current);
-  if (rankNext > rankNow || (rankNext === FINAL_RANK && rankNow === FINAL_RANK && next !== current)) {
+  const rankNext = viewRank_(view);
+  const rankNow = cellRank_(current);
+  if (rankNext > rankNow || (rankNext >= 1 && rankNext >= rankNow && next !== current)) {
     updates.push({ row: row, col: statusCol, value: textCell_(next) });
   }
   (view.variants || []).forEach(function (variant) {
@@ -294,22 +297,33 @@ function imageFormula_(url) {
 }
 
 
-/** queued 0 < generating (k/n) 1..2 < completed / partial / failed 3; unknown -1. */
-function statusRank_(text) {
-  const t = String(text || '').toLowerCase();
-  if (/^(completed|partial|failed)\b/.test(t)) return FINAL_RANK;
-  const generating = /^generating(?:\s*\((\d+)\/(\d+)\))?/.exec(t);
-  if (generating) {
-    const done = Number(generating[1] || 0);
-    const total = Number(generating[2] || 1);
-    return 1 + done / (total + 1);
-  }
-  if (/^queued\b/.test(t)) return 0;
+/**
+ * How far a job is, from the server's machine-readable fields (state, progress):
+ * queued 0 < running 1..2 (by images done) < final 3; unknown -1.
+ */
+function viewRank_(view) {
+  if (FINAL_STATES.indexOf(view.state) >= 0) return FINAL_RANK;
+  if (view.state === 'queued') return 0;
+  if (RUNNING_STATES.indexOf(view.state) < 0) return -1;
+  const progress = view.progress || {};
+  return 1 + (Number(progress.done) || 0) / ((Number(progress.total) || 1) + 1);
+}
+
+/**
+ * How far the status a cell shows is. The pipeline starts every status with the
+ * job's state, so the first word is enough; within a running state the server's
+ * view is the newer one, hence rank 1 for all of them.
+ */
+function cellRank_(text) {
+  const word = String(text || '').trim().toLowerCase().split(/[^a-z_]/)[0];
+  if (FINAL_STATES.indexOf(word) >= 0) return FINAL_RANK;
+  if (word === 'queued') return 0;
+  if (RUNNING_STATES.indexOf(word) >= 0) return 1;
   return -1;
 }
 
 function isFinalStatus_(text) {
-  return statusRank_(text) === FINAL_RANK;
+  return cellRank_(text) === FINAL_RANK;
 }
 
 /**

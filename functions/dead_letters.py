@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 
 @functions_framework.cloud_event
 def handle_dead_letters(cloud_event: CloudEvent) -> None:
-    """Always acknowledges: a dead letter is recorded, never retried again."""
+    """Return acknowledges: the job is failed with its reason, or a malformed
+    message dropped; a raised transient error (the store, the sheet) has the
+    dead letter redelivered, and failing a failed job again changes nothing."""
     setup_logging()
     try:
         message = push_message(cloud_event.data)

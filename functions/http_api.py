@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -13,13 +12,15 @@ from typing import Any
 import flask
 import functions_framework
 from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import BaseConverter, Map, Rule
 
 from functions import wiring
 from shared.errors import TransientError
 from shared.identity import AuthFailure, Identity
 from shared.logs import setup_logging
-from shared.models import BatchRequest, Limits, VariantState
+from shared.models import ASSET_SIZES, BatchRequest, Limits
+from shared.services.intake import InProgress, OverBudget
 
 log = logging.getLogger(__name__)
 
@@ -139,52 +140,67 @@ def submit_batch(request: flask.Request) -> flask.Response:
     if batch.run_mode == "dry_run":
         return _json(200, service.plan(batch, identity.caller))
     outcome = service.submit(batch, identity.caller, key)
-    response = _json(outcome.status, outcome.body)
+    if isinstance(outcome, InProgress):
+        return error(
+            409,
+            "in_progress",
+            "the same batch is being submitted right now; ask for its status in a moment",
+        )
+    if isinstance(outcome, OverBudget):
+        return error(
+            429,
+            "budget_exceeded",
+            outcome.message,
+            budget=outcome.budget.model_dump(mode="json"),
+        )
+    response = _json(202, outcome.answer)
     if outcome.replay:
         response.headers["Idempotent-Replay"] = "true"
-    if outcome.status == 202:
+    else:
         log.info(
             "batch accepted",
-            extra={"batch_id": outcome.body["batch_id"], "event": "batch_accepted"},
+            extra={"batch_id": outcome.answer.batch_id, "event": "batch_accepted"},
         )
     return response
 
 
-def job_status(request: flask.Request, job_id: str) -> flask.Response:
+def _owned(
+    request: flask.Request,
+    what: str,
+    ident: str,
+    view: Callable[[str, str, bool], BaseModel | None],
+) -> flask.Response:
+    """The caller's (or, for an admin, anyone's) job or batch; 404 for the rest."""
     identity = _identify(request)
     if isinstance(identity, flask.Response):
         return identity
-    view = wiring.intake().job_status(job_id, identity.caller, identity.admin)
-    if view is None:
-        return error(404, "not_found", f"no job {job_id} for this caller")
-    return _json(200, view)
+    found = view(ident, identity.caller, identity.admin)
+    if found is None:
+        return error(404, "not_found", f"no {what} {ident} for this caller")
+    return _json(200, found)
+
+
+def job_status(request: flask.Request, job_id: str) -> flask.Response:
+    return _owned(request, "job", job_id, lambda *who: wiring.intake().job_status(*who))
 
 
 def batch_status(request: flask.Request, batch_id: str) -> flask.Response:
-    identity = _identify(request)
-    if isinstance(identity, flask.Response):
-        return identity
-    view = wiring.intake().batch_status(batch_id, identity.caller, identity.admin)
-    if view is None:
-        return error(404, "not_found", f"no batch {batch_id} for this caller")
-    return _json(200, view)
+    return _owned(request, "batch", batch_id, lambda *who: wiring.intake().batch_status(*who))
 
 
-def asset(request: flask.Request, job_id: str, variant: str) -> flask.Response:
+def asset(request: flask.Request, job_id: str, variant: int) -> flask.Response:
     """Redirect a durable sheet link to a freshly signed, short-lived URL."""
     size = request.args.get("size", "thumb")
     sig = request.args.get("sig", "")
-    if not wiring.link_signer().verify(job_id, int(variant), size, sig):
+    if size not in ASSET_SIZES or not wiring.link_signer().verify(job_id, variant, size, sig):
         return error(403, "forbidden", "the link's signature is missing or wrong")
     job = wiring.job_store().get_job(job_id)
-    state = job.variants.get(variant) if job else None
-    name = None
-    if state is not None and state.state in (VariantState.UPLOADED, VariantState.DONE):
-        name = state.thumb_name if size == "thumb" else state.object_name
+    state = job.variants.get(str(variant)) if job else None
+    name = state.asset_name(size) if state is not None else None
     if name is None:
         return error(404, "not_found", "this image is not ready")
     cfg = wiring.settings()
-    bucket = cfg.thumbs_bucket if size == "thumb" else cfg.images_bucket
+    bucket = cfg.thumbnails_bucket if size == "thumb" else cfg.images_bucket
     url = wiring.object_store().signed_url(bucket, name, cfg.signed_url_ttl_s)
     response = flask.make_response(flask.redirect(url, code=302))
     # Sheets re-fetches images; let it cache a little less than the URL lives.
@@ -192,33 +208,48 @@ def asset(request: flask.Request, job_id: str, variant: str) -> flask.Response:
     return response
 
 
-ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
-    (re.compile(r"/healthz"), {"GET": healthz}),
-    (re.compile(r"/test"), {"GET": healthz}),  # the seed's health check
-    (re.compile(r"/openapi\.json"), {"GET": openapi}),
-    (re.compile(r"/batch/images"), {"POST": submit_batch}),
-    (re.compile(r"/status/(?P<job_id>[A-Za-z0-9_-]{1,64})"), {"GET": job_status}),
-    (re.compile(r"/batches/(?P<batch_id>[A-Za-z0-9_-]{1,64})"), {"GET": batch_status}),
-    (
-        re.compile(r"/assets/(?P<job_id>[A-Za-z0-9_-]{1,64})/(?P<variant>[0-9]{1,2})"),
-        {"GET": asset},
-    ),
-]
+class IdConverter(BaseConverter):
+    """Our ids (``job_<hex>``, ``bat_<hex>``): letters, digits, ``_`` and ``-``."""
+
+    regex = "[A-Za-z0-9_-]{1,64}"
+
+
+HANDLERS: dict[str, Handler] = {
+    "healthz": healthz,
+    "openapi": openapi,
+    "submit_batch": submit_batch,
+    "job_status": job_status,
+    "batch_status": batch_status,
+    "asset": asset,
+}
+ROUTES = Map(
+    [
+        Rule("/healthz", methods=["GET"], endpoint="healthz"),
+        Rule("/test", methods=["GET"], endpoint="healthz"),  # the seed's health check
+        Rule("/openapi.json", methods=["GET"], endpoint="openapi"),
+        Rule("/batch/images", methods=["POST"], endpoint="submit_batch"),
+        Rule("/status/<id:job_id>", methods=["GET"], endpoint="job_status"),
+        Rule("/batches/<id:batch_id>", methods=["GET"], endpoint="batch_status"),
+        Rule("/assets/<id:job_id>/<int(max=99):variant>", methods=["GET"], endpoint="asset"),
+    ],
+    converters={"id": IdConverter},
+    strict_slashes=False,
+    merge_slashes=False,
+)
 
 
 def route(request: flask.Request) -> flask.Response:
-    path = request.path.rstrip("/") or "/"
-    for pattern, methods in ROUTES:
-        match = pattern.fullmatch(path)
-        if match is None:
-            continue
-        handler = methods.get(request.method)
-        if handler is None:
-            response = error(405, "method_not_allowed", f"{request.method} is not allowed here")
-            response.headers["Allow"] = ", ".join(sorted(methods))
-            return response
-        return handler(request, **match.groupdict())
-    return error(404, "not_found", f"no route {request.path}")
+    # Werkzeug lets HEAD match GET rules, as HTTP expects; nothing else is added.
+    urls = ROUTES.bind("api", path_info=request.path.rstrip("/") or "/")
+    try:
+        endpoint, arguments = urls.match(method=request.method)
+    except MethodNotAllowed as exc:
+        response = error(405, "method_not_allowed", f"{request.method} is not allowed here")
+        response.headers["Allow"] = ", ".join(sorted(exc.valid_methods or ()))
+        return response
+    except NotFound:
+        return error(404, "not_found", f"no route {request.path}")
+    return HANDLERS[str(endpoint)](request, **arguments)
 
 
 def _http_error(exc: HTTPException) -> flask.Response:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from shared.services.dead_letters import DeadLetters
     from shared.services.generation import Generation
     from shared.services.intake import Intake
+    from shared.services.ledger import JobLedger
     from shared.services.sheet_sync import SheetSync
     from shared.services.thumbnails import Thumbnails
 
@@ -90,6 +91,14 @@ def sheet_sync() -> SheetSync:
 
 
 @lru_cache(maxsize=1)
+def ledger() -> JobLedger:
+    """Every change to a job, with the scene's row kept in step."""
+    from shared.services.ledger import JobLedger
+
+    return JobLedger(job_store(), sheet_sync())
+
+
+@lru_cache(maxsize=1)
 def firestore_client() -> Any:
     from google.cloud import firestore
 
@@ -119,6 +128,7 @@ def intake() -> Intake:
     from shared.adapters.firestore_store import FirestoreBudgetLedger, FirestoreIdempotencyStore
     from shared.adapters.pubsub_publisher import PubSubJobPublisher
     from shared.services.intake import Intake
+    from shared.services.ledger import JobLedger
 
     cfg = settings()
     client = pubsub_v1.PublisherClient()
@@ -126,6 +136,8 @@ def intake() -> Intake:
     return Intake(
         cfg,
         job_store(),
+        # The HTTP function writes no sheet rows: the script marks what it could not queue.
+        JobLedger(job_store()),
         PubSubJobPublisher(client, topic),
         link_signer(),
         FirestoreBudgetLedger(firestore_client()),
@@ -152,7 +164,7 @@ def generation() -> Generation:
     )
     return Generation(
         settings=cfg,
-        store=job_store(),
+        ledger=ledger(),
         objects=objects,
         generator=GeminiImageGenerator(
             cfg.gemini_api_key,
@@ -167,7 +179,6 @@ def generation() -> Generation:
             SafeFetcher(max_redirects=cfg.reference_max_redirects),
             limits,
         ),
-        sheet=sheet_sync(),
     )
 
 
@@ -178,11 +189,11 @@ def thumbnails() -> Thumbnails:
 
     cfg = settings()
     thumbnailer = DecodeSlots(make_thumbnail, cfg.thumbnail_decode_slots)
-    return Thumbnails(cfg, job_store(), object_store(), thumbnailer, sheet_sync())
+    return Thumbnails(cfg, ledger(), object_store(), thumbnailer)
 
 
 @lru_cache(maxsize=1)
 def dead_letters() -> DeadLetters:
     from shared.services.dead_letters import DeadLetters
 
-    return DeadLetters(job_store(), sheet_sync())
+    return DeadLetters(ledger())

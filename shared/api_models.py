@@ -97,12 +97,21 @@ class VariantView(_Answer):
     cost_usd: str | None = Field(default=None, description="What this image cost, when made")
 
 
+class Progress(_Answer):
+    """How many of the job's images are finished, for machines (the sheet script)."""
+
+    done: int = Field(description="Variants with their image and thumbnail")
+    failed: int = Field(description="Variants that failed for good")
+    total: int
+
+
 class JobView(_Answer):
     job_id: str
     batch_id: str
     scene_id: str
     state: Literal["queued", "generating", "completed", "partial", "failed"]
-    status_text: str
+    status_text: str = Field(description="What the sheet's status_img shows; for people")
+    progress: Progress
     error: str | None = None
     sheet_error: str | None = Field(
         default=None,

@@ -11,19 +11,13 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from shared.errors import PermanentError
+from shared.ports import ThumbFormat, Thumbnailer, ThumbnailSpec
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
-MAX_PIXELS = 50_000_000
-ThumbFormat = Literal["jpeg", "webp"]
-CONTENT_TYPES: dict[ThumbFormat, str] = {"jpeg": "image/jpeg", "webp": "image/webp"}
-EXTENSIONS: dict[ThumbFormat, str] = {"jpeg": "jpg", "webp": "webp"}
 
 # EXIF orientation -> the transpose that shows the image upright.
 _ORIENTATION = {
@@ -44,27 +38,6 @@ _DECODE_ERRORS = (
     EOFError,
     Image.DecompressionBombError,
 )
-
-
-@dataclass(frozen=True)
-class ThumbnailSpec:
-    """What to make: the longest side, the output format and the decode limit."""
-
-    longest_side: int = 256
-    format: ThumbFormat = "jpeg"
-    quality: int = 85
-    max_pixels: int = MAX_PIXELS
-
-    @property
-    def content_type(self) -> str:
-        return CONTENT_TYPES[self.format]
-
-    @property
-    def extension(self) -> str:
-        return EXTENSIONS[self.format]
-
-
-Thumbnailer = Callable[[bytes, ThumbnailSpec], bytes]
 
 
 def make_thumbnail(data: bytes, spec: ThumbnailSpec) -> bytes:

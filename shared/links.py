@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Literal
 from urllib.parse import quote
 
-Size = Literal["thumb", "full"]
-SIZES: tuple[Size, ...] = ("thumb", "full")
+from shared.models import ASSET_SIZES, AssetSize
 
 
 class LinkSigner:
@@ -22,16 +20,16 @@ class LinkSigner:
         self._key = key.encode()
         self._base = base_url.rstrip("/")
 
-    def signature(self, job_id: str, variant: int, size: Size) -> str:
+    def signature(self, job_id: str, variant: int, size: AssetSize) -> str:
         message = f"{job_id}/{variant}/{size}".encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:32]
 
-    def link(self, job_id: str, variant: int, size: Size) -> str:
+    def link(self, job_id: str, variant: int, size: AssetSize) -> str:
         sig = self.signature(job_id, variant, size)
         return f"{self._base}/assets/{quote(job_id)}/{variant}?size={size}&sig={sig}"
 
     def verify(self, job_id: str, variant: int, size: str, sig: str) -> bool:
-        if size not in SIZES:
+        if size not in ASSET_SIZES:
             return False
         expected = self.signature(job_id, variant, size)  # type: ignore[arg-type,unused-ignore]
         # Bytes, because compare_digest refuses non-ASCII str from an untrusted URL.

@@ -134,6 +134,9 @@ class JobState(StrEnum):
     FAILED = "failed"
 
 
+AssetSize = Literal["thumb", "full"]
+ASSET_SIZES: tuple[AssetSize, ...] = ("thumb", "full")
+
 TERMINAL_VARIANT_STATES = frozenset({VariantState.DONE, VariantState.FAILED})
 TERMINAL_JOB_STATES = frozenset({JobState.COMPLETED, JobState.PARTIAL, JobState.FAILED})
 
@@ -157,6 +160,16 @@ class Variant(BaseModel):
     model: str | None = None
     usage: dict[str, int] = Field(default_factory=dict)
     cost_usd: str | None = None
+
+    def asset_name(self, size: AssetSize) -> str | None:
+        """The object behind the variant's ``full`` image or ``thumb``, once it is ready.
+
+        The one readiness rule of ``/status`` links and ``/assets`` redirects.
+        """
+        if size == "thumb":
+            return self.thumb_name if self.state == VariantState.DONE else None
+        ready = self.state in (VariantState.UPLOADED, VariantState.DONE)
+        return self.object_name if ready else None
 
 
 class Job(BaseModel):

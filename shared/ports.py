@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from shared.models import Batch, Job, JobMessage
 
@@ -31,8 +31,11 @@ class JobStore(Protocol):
         ...
 
     def update_job(self, job_id: str, change: Callable[[Job], tuple[Job | None, R]]) -> R:
-        """Run ``change`` on the current job in a transaction and write what it returns.
+        """Run ``change`` on the current job and write the job it returns (None: no write).
 
+        Atomic per job by compare-and-set: when another writer got in first,
+        ``change`` runs again on the newer job, so it must be a pure function of
+        the job it is given; the result of the run that was written is returned.
         Raises ``NotFound`` if the job does not exist.
         """
         ...
@@ -91,11 +94,17 @@ class JobPublisher(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class FoundObject:
+    name: str
+    metadata: Mapping[str, str]
+
+
 class ObjectStore(Protocol):
     """Image objects (Cloud Storage in production)."""
 
-    def find(self, bucket: str, prefix: str) -> str | None:
-        """The name of one object under ``prefix``, if any."""
+    def find(self, bucket: str, prefix: str) -> FoundObject | None:
+        """One object under ``prefix``, with its metadata, if any."""
         ...
 
     def create(
@@ -112,6 +121,33 @@ class ObjectStore(Protocol):
     def read(self, bucket: str, name: str, max_bytes: int) -> bytes: ...
 
     def signed_url(self, bucket: str, name: str, ttl_s: int) -> str: ...
+
+
+ThumbFormat = Literal["jpeg", "webp"]
+THUMBNAIL_CONTENT_TYPES: dict[ThumbFormat, str] = {"jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+@dataclass(frozen=True)
+class ThumbnailSpec:
+    """What to make: the longest side, the output format and the decode limit."""
+
+    longest_side: int = 256
+    format: ThumbFormat = "jpeg"
+    quality: int = 85
+    max_pixels: int = 50_000_000
+
+    @property
+    def content_type(self) -> str:
+        return THUMBNAIL_CONTENT_TYPES[self.format]
+
+
+class Thumbnailer(Protocol):
+    """Makes a small image from untrusted image bytes (Pillow in production).
+
+    Raises ``PermanentError`` for bytes that are no usable image.
+    """
+
+    def __call__(self, data: bytes, spec: ThumbnailSpec) -> bytes: ...
 
 
 @dataclass(frozen=True)

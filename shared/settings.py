@@ -55,6 +55,7 @@ class Settings(BaseModel):
     google_cloud_project: str = Field(min_length=1)
     jobs_topic: str = "image-jobs"
     images_bucket: str = Field(min_length=3)
+    # Where thumbnails go; unset, the images bucket (under THUMBNAILS_PREFIX).
     thumbnails_bucket: str = ""
     images_prefix: str = "images/"
     thumbnails_prefix: str = "thumbnails/"
@@ -170,10 +171,17 @@ class Settings(BaseModel):
     def _lower_format(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _thumbnails_default_to_images(cls, values: object) -> object:
+        if isinstance(values, dict) and not values.get("thumbnails_bucket"):
+            return {**values, "thumbnails_bucket": values.get("images_bucket", "")}
+        return values
+
     @model_validator(mode="after")
     def _thumbnails_outside_images(self) -> Settings:
         # A thumbnail under the notified prefix would trigger its own thumbnail.
-        if self.thumbs_bucket == self.images_bucket and self.thumbnails_prefix.startswith(
+        if self.thumbnails_bucket == self.images_bucket and self.thumbnails_prefix.startswith(
             self.images_prefix
         ):
             raise ValueError("THUMBNAILS_PREFIX must lie outside IMAGES_PREFIX in the same bucket")
@@ -211,10 +219,6 @@ class Settings(BaseModel):
     def variant_lease_s(self) -> float:
         """A claim outlives the longest Gemini call plus the upload after it."""
         return max(self.claim_lease_s, self.gemini_budget_s + LEASE_MARGIN_S)
-
-    @property
-    def thumbs_bucket(self) -> str:
-        return self.thumbnails_bucket or self.images_bucket
 
     def price_per_image(self, model: str | None = None) -> Decimal:
         name = model or self.gemini_model

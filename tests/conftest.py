@@ -12,6 +12,7 @@ import pytest
 from functions import wiring
 from shared.links import LinkSigner
 from shared.services.generation import Generation
+from shared.services.ledger import JobLedger
 from shared.services.sheet_sync import SheetSync
 from shared.settings import Settings, get_settings
 from tests.fakes import (
@@ -135,6 +136,11 @@ def sheet_sync(store: FakeJobStore, sheet_writer: FakeSheetWriter, links: LinkSi
 
 
 @pytest.fixture
+def ledger(store: FakeJobStore, sheet_sync: SheetSync) -> JobLedger:
+    return JobLedger(store, sheet_sync)
+
+
+@pytest.fixture
 def fake_monotonic(monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> FakeClock:
     """Make the generation service's deadlines follow the fake clock."""
     from shared.services import generation as module
@@ -149,11 +155,10 @@ def fake_monotonic(monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> FakeClo
 
 @pytest.fixture
 def make_generation(
-    store: FakeJobStore,
+    ledger: JobLedger,
     objects: FakeObjectStore,
     generator: FakeImageGenerator,
     references: FakeReferenceLoader,
-    sheet_sync: SheetSync,
     fake_monotonic: FakeClock,
 ) -> Callable[..., Generation]:
     """Builds the generation service on the fakes; keyword arguments override settings."""
@@ -161,11 +166,10 @@ def make_generation(
     def build(**setting_overrides: Any) -> Generation:
         return Generation(
             settings=make_settings(**setting_overrides),
-            store=store,
+            ledger=ledger,
             objects=objects,
             generator=generator,
             references=references,
-            sheet=sheet_sync,
             clock=fake_monotonic,
             sleep=fake_monotonic.sleep,
         )

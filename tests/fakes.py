@@ -18,8 +18,8 @@ from PIL import Image
 
 from shared.errors import NotFound, PermanentError
 from shared.events import StorageObject
-from shared.models import Batch, Job, JobMessage, JobState
-from shared.ports import Cell, GeneratedImage, ReferenceImage, StoredAnswer, Usage
+from shared.models import Batch, Job, JobMessage, JobState, VariantState
+from shared.ports import Cell, FoundObject, GeneratedImage, ReferenceImage, StoredAnswer, Usage
 from shared.settings import Settings
 
 R = TypeVar("R")
@@ -83,6 +83,18 @@ def make_job(**overrides: Any) -> Job:
     }
     values.update(overrides)
     return Job(**values)
+
+
+def mark_done(job: Job, *numbers: int) -> Job:
+    """Variants as the thumbnail path leaves them: done, with image and thumbnail names."""
+    for n in numbers:
+        variant = job.variant(n)
+        variant.state = VariantState.DONE
+        variant.object_name = (
+            variant.object_name or f"images/{job.scene_id}/{job.job_id}/var_{n}.png"
+        )
+        variant.thumb_name = f"thumbnails/{job.scene_id}/{job.job_id}/var_{n}.jpg"
+    return job
 
 
 def finalize_event(
@@ -369,11 +381,13 @@ class FakeObjectStore:
         with self._lock:
             return sorted(name for b, name in self.objects if b == bucket)
 
-    def find(self, bucket: str, prefix: str) -> str | None:
+    def find(self, bucket: str, prefix: str) -> FoundObject | None:
         with self._lock:
             self.calls.append(("find", bucket, prefix))
             found = sorted(n for b, n in self.objects if b == bucket and n.startswith(prefix))
-            return found[0] if found else None
+            if not found:
+                return None
+            return FoundObject(found[0], dict(self.objects[(bucket, found[0])].metadata))
 
     def create(
         self,

@@ -22,8 +22,10 @@ test.after(async () => {
 });
 
 function view(jobId, state, statusText, variants) {
+  const count = (s) => variants.filter(([, vstate]) => vstate === s).length;
   return {
     job_id: jobId, batch_id: 'bat_r', scene_id: 's', state, status_text: statusText, error: null,
+    progress: { done: count('done'), failed: count('failed'), total: variants.length },
     model: 'm', created_at: '2025-01-01T00:00:00+00:00',
     variants: variants.map(([n, vstate, thumb]) => ({ variant: n, state: vstate, error: null, thumbnail_url: thumb || null })),
   };
@@ -40,7 +42,8 @@ test('refresh writes status and images forward only, and names rows it cannot fi
   ]);
   await canned.configure({
     routes: [
-      { method: 'GET', path: `/status/${jobs[0]}`, status: 200, body: view(jobs[0], 'generating', 'generating (1/2)', [[1, 'done', 'https://example.com/a"1.jpg'], [2, 'generating']]) },
+      // The words are for people: progress comes from the machine-readable fields.
+      { method: 'GET', path: `/status/${jobs[0]}`, status: 200, body: view(jobs[0], 'generating', 'generating, 1 image of 2 ready', [[1, 'done', 'https://example.com/a"1.jpg'], [2, 'generating']]) },
       { method: 'GET', path: `/status/${jobs[1]}`, status: 200, body: view(jobs[1], 'completed', 'completed', [[1, 'done', 'https://example.com/b1.jpg']]) },
       // Stale: the row already says completed; /status lags behind.
       { method: 'GET', path: `/status/${jobs[2]}`, status: 200, body: view(jobs[2], 'generating', 'generating (0/1)', [[1, 'generating']]) },
@@ -57,7 +60,7 @@ test('refresh writes status and images forward only, and names rows it cannot fi
   assert.match(text, new RegExp(`Row ${rows[3]} \\(job ${jobs[3]}\\): not found for your sign-in`));
 
   const current = await readRows(env, rows);
-  assert.equal(current[0].status_img, 'generating (1/2)');
+  assert.equal(current[0].status_img, 'generating, 1 image of 2 ready');
   assert.equal(current[0].nano_img_1, '=IMAGE("https://example.com/a""1.jpg")', 'quotes doubled as in the pipeline');
   assert.equal(current[0].nano_img_2, '');
   assert.equal(current[1].status_img, 'completed');

@@ -13,6 +13,7 @@ from google.cloud import storage  # type: ignore[attr-defined]
 from google.oauth2 import service_account
 
 from shared.errors import NotFound, PermanentError
+from shared.ports import FoundObject
 
 
 class GcsObjectStore:
@@ -26,9 +27,9 @@ class GcsObjectStore:
             else None
         )
 
-    def find(self, bucket: str, prefix: str) -> str | None:
+    def find(self, bucket: str, prefix: str) -> FoundObject | None:
         for blob in self._client.list_blobs(bucket, prefix=prefix, max_results=1):
-            return str(blob.name)
+            return FoundObject(str(blob.name), dict(blob.metadata or {}))
         return None
 
     def create(

@@ -12,9 +12,8 @@ from shared.errors import NotFound, PermanentError
 from shared.events import PushMessage, job_message, storage_object
 from shared.ids import utcnow
 from shared.models import TERMINAL_VARIANT_STATES, Job
-from shared.ports import JobStore
-from shared.services.completion import log_job_finished
-from shared.services.sheet_sync import SheetSync
+from shared.objects import recorded_spent, variant_key
+from shared.services.ledger import JobLedger
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +31,15 @@ def last_error(job: Job) -> str:
 
 @dataclass(frozen=True)
 class DeadLetters:
-    store: JobStore
-    sheet: SheetSync
+    ledger: JobLedger
     clock: Callable[[], datetime] = utcnow
 
     def handle(self, message: PushMessage) -> None:
+        """Fail what the message was about; a malformed or unknown one is dropped.
+
+        Transient errors (the store, the sheet) propagate: the dead letter is
+        redelivered, and failing a failed job again changes nothing.
+        """
         attempts = message.attributes.get(DELIVERY_COUNT, "several")
         try:
             if "eventType" in message.attributes:
@@ -48,35 +51,26 @@ class DeadLetters:
 
     def _job_gave_up(self, message: PushMessage, attempts: str) -> None:
         job_id = job_message(message).job_id
-        job = self.store.get_job(job_id)
+        job = self.ledger.get(job_id)
         if job is None:
             raise NotFound(f"job {job_id} does not exist")
-        reason = f"gave up after {attempts} deliveries: {last_error(job)}"
-        if self.store.update_job(job_id, lambda j: transitions.fail_job(j, reason, self.clock())):
-            self._finished(job_id)
+        with self.ledger.entry(job) as entry:
+            reason = f"gave up after {attempts} deliveries: {last_error(job)}"
+            entry.apply(lambda j: transitions.fail_job(j, reason, self.clock()))
         log.warning("job failed", extra={"job_id": job_id, "state": "failed", "error": reason})
-        # Always: the sync writes only if the row differs, and a redelivery after a
-        # transient sheet error must still write it.
-        self.sheet.sync(job_id)
 
     def _thumbnail_gave_up(self, message: PushMessage, attempts: str) -> None:
         obj = storage_object(message)
-        job_id, variant = obj.metadata.get("job_id"), obj.metadata.get("variant", "")
-        if not job_id or not variant.isdigit():
+        key = variant_key(obj.metadata)
+        if key is None:
             raise PermanentError(f"notification for {obj.name} names no job")
-        n = int(variant)
         reason = f"thumbnail gave up after {attempts} deliveries"
-        if self.store.update_job(
-            job_id, lambda j: transitions.variant_failed(j, n, reason, self.clock())
-        ):
-            self._finished(job_id)
+        spent = recorded_spent(obj.metadata)
+        self.ledger.apply(
+            key.job_id,
+            lambda j: transitions.variant_failed(j, key.n, reason, self.clock(), spent=spent),
+        )
         log.warning(
             "variant failed",
-            extra={"job_id": job_id, "variant": n, "state": "failed", "error": reason},
+            extra={"job_id": key.job_id, "variant": key.n, "state": "failed", "error": reason},
         )
-        self.sheet.sync(job_id)
-
-    def _finished(self, job_id: str) -> None:
-        job = self.store.get_job(job_id)
-        if job is not None:
-            log_job_finished(log, job)

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 from shared import jobs as transitions
 from shared.api_models import (
@@ -17,6 +16,7 @@ from shared.api_models import (
     JobView,
     Plan,
     PlanJob,
+    Progress,
     Submitted,
     SubmittedJob,
     VariantView,
@@ -24,8 +24,9 @@ from shared.api_models import (
 )
 from shared.ids import new_id, utcnow
 from shared.links import LinkSigner
-from shared.models import Batch, BatchRequest, Job, JobMessage, VariantState, money
+from shared.models import Batch, BatchRequest, Job, JobMessage, money
 from shared.ports import BudgetLedger, IdempotencyStore, JobPublisher, JobStore, Usage
+from shared.services.ledger import JobLedger
 from shared.settings import Settings
 
 # A request without an Idempotency-Key is keyed by its content; that key only
@@ -33,15 +34,32 @@ from shared.settings import Settings
 DERIVED_KEY_TTL_S = 600
 # A pending record older than this belongs to a request that died.
 PENDING_STALE_S = 120
+# The status an idempotency record keeps for an accepted batch.
+ACCEPTED = 202
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """An HTTP answer: status, JSON body and whether it replays a first answer."""
+class Accepted:
+    """The batch was recorded and published (or this replays that first answer)."""
 
-    status: int
-    body: dict[str, Any]
+    answer: Submitted
     replay: bool = False
+
+
+@dataclass(frozen=True)
+class OverBudget:
+    """The caller's daily caps leave no room for the batch; nothing was recorded."""
+
+    budget: Budget
+    message: str
+
+
+@dataclass(frozen=True)
+class InProgress:
+    """The same batch is being submitted by another request right now."""
+
+
+Submission = Accepted | OverBudget | InProgress
 
 
 @dataclass(frozen=True)
@@ -50,6 +68,7 @@ class Intake:
 
     settings: Settings
     store: JobStore
+    ledger: JobLedger
     publisher: JobPublisher
     links: LinkSigner
     budget: BudgetLedger
@@ -114,7 +133,7 @@ class Intake:
     # ------------------------------------------------------------------ live
     def submit(
         self, request: BatchRequest, caller: str, idempotency_key: str | None = None
-    ) -> Outcome:
+    ) -> Submission:
         """Run a live batch once per idempotency key; replays get the first answer."""
         now = self.clock()
         ttl = self.settings.idempotency_ttl_s if idempotency_key else DERIVED_KEY_TTL_S
@@ -122,16 +141,9 @@ class Intake:
         existing = self.idempotency.begin(key, now, now + timedelta(seconds=ttl))
         if existing is not None:
             if existing.status:
-                return Outcome(existing.status, dict(existing.body), replay=True)
+                return Accepted(Submitted.model_validate(existing.body), replay=True)
             if (now - existing.created_at).total_seconds() < PENDING_STALE_S:
-                return Outcome(
-                    409,
-                    {
-                        "error": "in_progress",
-                        "message": "the same batch is being submitted right now; "
-                        "ask for its status in a moment",
-                    },
-                )
+                return InProgress()
             self.idempotency.abandon(key)
             return self.submit(request, caller, idempotency_key)
         try:
@@ -139,14 +151,15 @@ class Intake:
         except BaseException:
             self.idempotency.abandon(key)
             raise
-        if outcome.status == 202:
-            self.idempotency.finish(key, outcome.status, outcome.body)
+        if isinstance(outcome, Accepted):
+            body = outcome.answer.model_dump(mode="json", by_alias=True, exclude_none=True)
+            self.idempotency.finish(key, ACCEPTED, body)
         else:
             # A refusal (budget) is not a first answer to keep: retrying later may pass.
             self.idempotency.abandon(key)
         return outcome
 
-    def _submit(self, request: BatchRequest, caller: str) -> Outcome:
+    def _submit(self, request: BatchRequest, caller: str) -> Accepted | OverBudget:
         plan = self.plan(request, caller)
         price = self.settings.price_per_image()
         cost = price * plan.image_count
@@ -160,17 +173,11 @@ class Intake:
         )
         budget = self._budget(plan.budget.day, before, plan.image_count, cost)
         if not ok:
-            return Outcome(
-                429,
-                {
-                    "error": "budget_exceeded",
-                    "message": (
-                        f"this batch needs {plan.image_count} images (${money(cost)}); "
-                        f"today {budget.images_remaining} images and "
-                        f"${budget.cost_remaining_usd} remain"
-                    ),
-                    "budget": budget.model_dump(mode="json"),
-                },
+            return OverBudget(
+                budget,
+                f"this batch needs {plan.image_count} images (${money(cost)}); "
+                f"today {budget.images_remaining} images and "
+                f"${budget.cost_remaining_usd} remain",
             )
         try:
             return self._record_and_publish(request, caller, plan, budget)
@@ -181,7 +188,7 @@ class Intake:
 
     def _record_and_publish(
         self, request: BatchRequest, caller: str, plan: Plan, budget: Budget
-    ) -> Outcome:
+    ) -> Accepted:
         price = self.settings.price_per_image()
         now = self.clock()
         batch_id = self.ids("bat")
@@ -219,7 +226,7 @@ class Intake:
             ),
             jobs,
         )
-        attributes = {"batch_id": batch_id, "user_id": caller, "run_mode": request.run_mode}
+        attributes = {"batch_id": batch_id, "caller": caller, "run_mode": request.run_mode}
         failed = self.publisher.publish(
             [
                 (JobMessage(job_id=j.job_id, batch_id=batch_id, scene_id=j.scene_id), attributes)
@@ -250,10 +257,10 @@ class Intake:
             ],
             unpublished=sorted(failed),
         )
-        return Outcome(202, answer.model_dump(mode="json", by_alias=True, exclude_none=True))
+        return Accepted(answer)
 
     def _fail(self, job_id: str, reason: str) -> None:
-        self.store.update_job(job_id, lambda job: transitions.fail_job(job, reason, self.clock()))
+        self.ledger.apply(job_id, lambda job: transitions.fail_job(job, reason, self.clock()))
 
     # ---------------------------------------------------------------- status
     def job_status(self, job_id: str, caller: str, admin: bool = False) -> JobView | None:
@@ -297,19 +304,19 @@ def job_view(job: Job, links: LinkSigner) -> JobView:
     variants = []
     for key in sorted(job.variants, key=int):
         v = job.variants[key]
-        has_image = v.state in (VariantState.UPLOADED, VariantState.DONE)
         variants.append(
             VariantView(
                 variant=v.n,
                 state=v.state.value,
                 error=v.error,
-                image_url=links.link(job.job_id, v.n, "full") if has_image else None,
+                image_url=links.link(job.job_id, v.n, "full") if v.asset_name("full") else None,
                 thumbnail_url=(
-                    links.link(job.job_id, v.n, "thumb") if v.state == VariantState.DONE else None
+                    links.link(job.job_id, v.n, "thumb") if v.asset_name("thumb") else None
                 ),
                 cost_usd=v.cost_usd,
             )
         )
+    progress = transitions.progress(job)
     duration = (
         (job.finished_at - job.created_at).total_seconds() if job.finished_at is not None else None
     )
@@ -318,7 +325,8 @@ def job_view(job: Job, links: LinkSigner) -> JobView:
         batch_id=job.batch_id,
         scene_id=job.scene_id,
         state=job.state.value,
-        status_text=transitions.progress(job).status,
+        status_text=progress.status,
+        progress=Progress(done=progress.done, failed=progress.failed, total=progress.total),
         error=job.error,
         sheet_error=job.sheet_error,
         model=job.model,

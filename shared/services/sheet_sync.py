@@ -1,6 +1,6 @@
 """Keeps a scene's sheet row equal to its job: one writer at a time, as few writes as possible.
 
-Every event that changes a job calls ``sync``. A digest of the row's cells,
+The job ledger calls ``sync`` when a change left the row stale. A digest of the row's cells,
 recorded on the job after each write, makes duplicate and redelivered events
 free (one read, no write). A short claim on the job, taken with the store's
 atomic update, lets only one delivery write a job's row at a time: under
@@ -23,7 +23,7 @@ from shared import jobs as transitions
 from shared.errors import NotFound, PermanentError, TransientError
 from shared.ids import new_id, utcnow
 from shared.links import LinkSigner
-from shared.models import Job, VariantState
+from shared.models import Job
 from shared.ports import Cell, Formula, JobStore, SheetWriter, Text
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def row_cells(job: Job, links: LinkSigner) -> dict[str, Cell]:
     }
     for key in sorted(job.variants, key=int):
         variant = job.variants[key]
-        if variant.state == VariantState.DONE:
+        if variant.asset_name("thumb") is not None:
             url = links.link(job.job_id, variant.n, "thumb").replace('"', '""')
             cells[f"nano_img_{variant.n}"] = Formula(f'=IMAGE("{url}")')
     return cells
@@ -58,12 +58,17 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 1] + "…"
 
 
+def row_digest(job: Job, links: LinkSigner) -> str:
+    """What identifies the row that shows this state of the job."""
+    return _digest(row_cells(job, links))
+
+
 def _digest(cells: Mapping[str, Cell]) -> str:
     flat = {name: [type(cell).__name__, cell.value] for name, cell in cells.items()}
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class Claim(StrEnum):
+class RowClaim(StrEnum):
     CURRENT = "current"  # the row already shows the job
     HELD = "held"  # another delivery is writing it
     CLAIMED = "claimed"  # ours to write
@@ -82,29 +87,37 @@ class SheetSync:
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
 
-    def sync(self, job_id: str) -> None:
+    def is_current(self, job: Job) -> bool:
+        """Whether the row already shows this state of the job."""
+        return row_digest(job, self.links) == job.sheet_digest
+
+    def sync(self, job_id: str, wait: bool = True) -> bool:
         """Write the row if it differs from what was last written for this job.
 
-        Transient sheet errors propagate (the event is retried and, since the
-        digest was not recorded, the write happens then); permanent ones are
-        recorded on the job as ``sheet_error``.
+        Returns False only when ``wait`` is off and another delivery is writing
+        the row (it looks at the job again after its write). Transient sheet
+        errors propagate (the event is retried and, since the digest was not
+        recorded, the write happens then); permanent ones are recorded on the
+        job as ``sheet_error``.
         """
         job = self.store.get_job(job_id)
-        if job is None or _digest(row_cells(job, self.links)) == job.sheet_digest:
-            return  # the common duplicate: one read, no write
+        if job is None or self.is_current(job):
+            return True  # the common duplicate: one read, no write
         token = new_id("sheet")
         give_up = self.monotonic() + self.wait_s
         polls = rounds = 0
         while rounds < MAX_ROUNDS:
             try:
                 claim, job = self.store.update_job(
-                    job_id, lambda j: _claim(j, self.links, token, self.clock(), self.lease_s)
+                    job_id, lambda j: _take_row(j, self.links, token, self.clock(), self.lease_s)
                 )
             except NotFound:
-                return
-            if claim == Claim.CURRENT:
-                return
-            if claim == Claim.HELD:
+                return True
+            if claim == RowClaim.CURRENT:
+                return True
+            if claim == RowClaim.HELD:
+                if not wait:
+                    return False
                 if self.monotonic() >= give_up:
                     raise TransientError(f"another delivery is still writing the row of {job_id}")
                 self.sleep(min(0.1 * 2**polls, 2.0))
@@ -112,7 +125,8 @@ class SheetSync:
                 continue
             rounds += 1
             if not self._write(job, token) or self.monotonic() >= give_up:
-                return
+                return True
+        return True
 
     def _write(self, job: Job, token: str) -> bool:
         """Write the claimed row; False when this sync is over (a permanent
@@ -123,19 +137,19 @@ class SheetSync:
             note = self.sheets.write_row(job.spreadsheet_id, job.worksheet, job.scene_id, cells)
         except PermanentError as exc:
             log.warning("sheet row not written", extra={**context, "error": str(exc)})
-            self._settle(job.job_id, token, None, str(exc))
+            self._release(job.job_id, token, None, str(exc))
             return False
         except BaseException:
             try:
-                self._settle(job.job_id, token, None, None, keep_error=True)
+                self._release(job.job_id, token, None, None, keep_error=True)
             except Exception:  # the lease expires by itself
                 log.warning("sheet claim not released", extra=context, exc_info=True)
             raise
         if note is not None:
             log.warning("sheet row written without some cells", extra={**context, "error": note})
-        return self._settle(job.job_id, token, _digest(cells), note)
+        return self._release(job.job_id, token, _digest(cells), note)
 
-    def _settle(
+    def _release(
         self,
         job_id: str,
         token: str,
@@ -145,28 +159,30 @@ class SheetSync:
     ) -> bool:
         """Release the claim; False if it was no longer ours."""
         return self.store.update_job(
-            job_id, lambda job: _settle(job, token, digest, error, keep_error)
+            job_id, lambda job: _release_row(job, token, digest, error, keep_error)
         )
 
 
-def _claim(
+# The row's own bookkeeping on the job (who writes it, what it shows); it never
+# touches the job's state, so it does not go through the ledger's transitions.
+def _take_row(
     job: Job, links: LinkSigner, token: str, now: datetime, lease_s: float
-) -> tuple[Job | None, tuple[Claim, Job]]:
+) -> tuple[Job | None, tuple[RowClaim, Job]]:
     """Take the job's row unless it is current or another live claim holds it."""
-    if _digest(row_cells(job, links)) == job.sheet_digest:
-        return None, (Claim.CURRENT, job)
+    if row_digest(job, links) == job.sheet_digest:
+        return None, (RowClaim.CURRENT, job)
     if (
         job.sheet_claim_id not in (None, token)
         and job.sheet_claim_expires is not None
         and job.sheet_claim_expires > now
     ):
-        return None, (Claim.HELD, job)
+        return None, (RowClaim.HELD, job)
     job.sheet_claim_id = token
     job.sheet_claim_expires = now + timedelta(seconds=lease_s)
-    return job, (Claim.CLAIMED, job)
+    return job, (RowClaim.CLAIMED, job)
 
 
-def _settle(
+def _release_row(
     job: Job, token: str, digest: str | None, error: str | None, keep_error: bool
 ) -> tuple[Job | None, bool]:
     """Release our claim, recording what was written (only while the claim is ours)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import uuid
@@ -104,6 +105,45 @@ class LiveStack:
         return data
 
 
+def function_log_entries(state_dir: Path) -> list[dict[str, Any]]:
+    """Every structured entry any function process of a stack logged."""
+    entries = []
+    for path in sorted((state_dir / "logs").glob("fn-*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    entries.append(json.loads(line))
+                except ValueError:
+                    continue
+    return entries
+
+
+def assert_each_job_finished_once(state_dir: Path, firestore: Any) -> int:
+    """The ledger's promise over a whole stack's run: every job of a batch sent to
+    the HTTP function that ended (in generation, thumbnails, dead letters or
+    intake) logged ``job_finished`` exactly once, whichever path ended it.
+    Returns how many such jobs there were."""
+    counts: dict[str, int] = {}
+    batches = []
+    for entry in function_log_entries(state_dir):
+        if entry.get("event") == "job_finished":
+            counts[entry["job_id"]] = counts.get(entry["job_id"], 0) + 1
+        if entry.get("event") == "batch_accepted":
+            batches.append(entry["batch_id"])
+    assert {j: n for j, n in counts.items() if n != 1} == {}
+    ended = 0
+    for batch_id in batches:
+        batch = firestore.collection("batches").document(batch_id).get().to_dict()
+        jobs = firestore.get_all(
+            [firestore.collection("jobs").document(j) for j in batch["job_ids"]]
+        )
+        for snap in jobs:
+            if snap.exists and snap.to_dict()["state"] in TERMINAL:
+                assert counts.get(snap.id) == 1, f"job {snap.id} ended without job_finished"
+                ended += 1
+    return ended
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     if shutil.which("gcloud") is None:
@@ -133,6 +173,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
             )
         assert handles.worksheet.row_values(1) == HEADER
         yield handles
+        with emulator_env(env):
+            assert assert_each_job_finished_once(state, handles.firestore) > 0
     finally:
         running.stop()
 

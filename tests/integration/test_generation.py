@@ -34,7 +34,7 @@ import requests
 from PIL import Image
 
 from devstack.stack import REPO, Stack, StackConfig, emulator_env, free_port, sheets_client
-from tests.integration.conftest import LiveStack
+from tests.integration.conftest import LiveStack, assert_each_job_finished_once
 
 pytestmark = pytest.mark.integration
 
@@ -138,7 +138,10 @@ def gen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GenStack]:
     )
     env = stack.start()
     try:
-        yield GenStack(_live(env), stack)
+        handles = GenStack(_live(env), stack)
+        yield handles
+        with emulator_env(env):
+            assert assert_each_job_finished_once(stack.state, handles.live.firestore) > 0
     finally:
         stack.stop()
 
@@ -266,7 +269,8 @@ def test_every_kind_of_answer_ends_in_the_right_state_with_the_right_reason(
     for case in FAILURES:
         entry = finished[job_ids[f"ans-{case}-{tag}"]]
         assert entry["state"] == "failed"
-        assert isinstance(entry["duration_ms"], int) and entry["duration_ms"] >= 0
+        assert isinstance(entry["duration_s"], float) and entry["duration_s"] >= 0
+        assert entry["cost_usd"] == "0.0000"
 
 
 def test_aspect_ratio_and_image_size_reach_gemini(gen: GenStack, tag: str) -> None:

@@ -28,6 +28,7 @@ from shared import jobs as transitions
 from shared.a1 import column_letter
 from shared.adapters.firestore_store import FirestoreJobStore
 from shared.models import Batch, Job, JobState, VariantState
+from shared.services.ledger import JobLedger
 from tests.integration.conftest import LiveStack
 
 pytestmark = pytest.mark.integration
@@ -219,17 +220,16 @@ def add_worksheet(stack: LiveStack) -> Iterator[Callable[[str, list[str]], Any]]
 def test_completion_is_detected_once_under_concurrent_updates_in_firestore(
     stack: LiveStack, scene: Callable[[str], str]
 ) -> None:
-    """The store's compare-and-set on update_time, against the emulator."""
+    """The ledger on the store's compare-and-set on update_time, against the emulator."""
     (job,) = seed_jobs(stack, [scene("cas")], variants=4)
-    store = FirestoreJobStore(stack.firestore)
+    ledger = JobLedger(FirestoreJobStore(stack.firestore))
     now = datetime.now(UTC)
 
     def finish(n: int) -> bool:
-        def change(j: Job) -> tuple[Job | None, bool]:
-            return transitions.thumbnail_done(j, n, image_name(job, n), f"thumbs/{n}.jpg", now)
-
-        finished: bool = store.update_job(job.job_id, change)
-        return finished
+        return ledger.apply(
+            job.job_id,
+            lambda j: transitions.thumbnail_done(j, n, image_name(job, n), f"thumbs/{n}.jpg", now),
+        ).finished
 
     # Four deliveries of each of the four variants, all at once.
     results = run_together([lambda n=n: finish(n) for n in (1, 2, 3, 4) for _ in range(4)])
@@ -263,7 +263,7 @@ def test_duplicate_and_concurrent_finalize_events_write_the_final_row_once(
     assert (doc["sheet_claim_id"], doc["sheet_error"]) == (None, None)
     assert len(finished_entries(stack, job.job_id)) == 1
     entry = finished_entries(stack, job.job_id)[0]
-    assert entry["state"] == "completed" and entry["duration_ms"] >= 0
+    assert entry["state"] == "completed" and entry["duration_s"] >= 0
     assert status_writes(stack, scene_id, "'completed") == ["'completed"]
     assert stack.sheet_row(scene_id)["status_img"] == "completed"
     writes = len(status_writes(stack, scene_id))

@@ -13,8 +13,9 @@ from shared.events import PushMessage
 from shared.models import JobMessage, JobState, VariantState
 from shared.ports import Text
 from shared.services.dead_letters import DELIVERY_COUNT, DeadLetters, last_error
+from shared.services.ledger import JobLedger
 from shared.services.sheet_sync import SheetSync
-from tests.fakes import T0, FakeClock, FakeJobStore, FakeSheetWriter, make_job
+from tests.fakes import T0, FakeClock, FakeJobStore, FakeSheetWriter, make_job, mark_done
 
 JOB_MESSAGE = JobMessage(job_id="job_1", batch_id="bat_1", scene_id="sc-001")
 
@@ -38,14 +39,14 @@ def thumbnail_letter(**metadata: str) -> PushMessage:
 
 @pytest.fixture
 def service(store: FakeJobStore, sheet_sync: SheetSync, clock: FakeClock) -> DeadLetters:
-    return DeadLetters(store, sheet_sync, clock)
+    return DeadLetters(JobLedger(store, sheet_sync), clock)
 
 
 def test_job_gave_up_fails_its_unfinished_variants(
     service: DeadLetters, store: FakeJobStore, sheet_writer: FakeSheetWriter
 ) -> None:
     job = make_job(variant_count=3, started_at=T0, state=JobState.GENERATING)
-    job.variant(1).state = VariantState.DONE
+    mark_done(job, 1)
     job.variant(2).error = "Gemini answered 429 RESOURCE_EXHAUSTED"
     store.add(job)
     service.handle(job_letter("5"))
@@ -105,7 +106,7 @@ def test_thumbnail_gave_up_fails_the_variant(
     service: DeadLetters, store: FakeJobStore, sheet_writer: FakeSheetWriter
 ) -> None:
     job = make_job(started_at=T0, state=JobState.GENERATING)
-    job.variant(1).state = VariantState.DONE
+    mark_done(job, 1)
     job.variant(2).state = VariantState.UPLOADED
     store.add(job)
     service.handle(thumbnail_letter(job_id="job_1", variant="2"))
@@ -166,7 +167,7 @@ def test_job_finished_is_logged_once_for_the_metrics(
     service: DeadLetters, store: FakeJobStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     store.add(make_job(variant_count=2))
-    with caplog.at_level("INFO", logger="shared.services.dead_letters"):
+    with caplog.at_level("INFO", logger="shared.services.ledger"):
         service.handle(job_letter("5"))
         service.handle(job_letter("6"))  # a redelivered dead letter
     finished = [r for r in caplog.records if getattr(r, "event", None) == "job_finished"]

@@ -27,9 +27,16 @@ from functions import wiring
 from shared import jobs as transitions
 from shared.adapters.gcs_store import GcsObjectStore
 from shared.links import LinkSigner
-from shared.models import VariantState
 from shared.services.sheet_sync import row_cells
-from tests.fakes import IMAGES_BUCKET, LINK_SIGNING_KEY, PUBLIC_BASE_URL, T0, FakeJobStore, make_job
+from tests.fakes import (
+    IMAGES_BUCKET,
+    LINK_SIGNING_KEY,
+    PUBLIC_BASE_URL,
+    T0,
+    FakeJobStore,
+    make_job,
+    mark_done,
+)
 
 MAIN = Path(__file__).resolve().parents[2] / "main.py"
 TTL_S = 900
@@ -90,7 +97,7 @@ def client(
     }.items():
         monkeypatch.setenv(name, value)
     job = make_job(job_id="job_a", variant_count=1, started_at=T0)
-    job.variant(1).state = VariantState.DONE
+    mark_done(job, 1)
     job.variant(1).object_name = "images/sc-001/job_a/var_1.png"
     job.variant(1).thumb_name = "thumbnails/sc-001/job_a/var_1.jpg"
     job.state = transitions.derive_state(job)
@@ -165,7 +172,7 @@ def test_cells_hold_durable_links_never_signed_urls(store: FakeJobStore) -> None
     links = LinkSigner(LINK_SIGNING_KEY, PUBLIC_BASE_URL)
     job = make_job(variant_count=2, started_at=T0)
     for n in (1, 2):
-        job.variant(n).state = VariantState.DONE
+        mark_done(job, n)
     job.state = transitions.derive_state(job)
     for name, cell in row_cells(job, links).items():
         assert "X-Goog-" not in cell.value and "Signature" not in cell.value, name

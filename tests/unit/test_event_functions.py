@@ -21,6 +21,7 @@ from shared.events import PushMessage, StorageObject
 from shared.models import JobMessage, JobState, VariantState
 from shared.services.dead_letters import DeadLetters
 from shared.services.generation import Generation
+from shared.services.ledger import JobLedger
 from shared.services.sheet_sync import SheetSync
 from tests.fakes import (
     IMAGES_BUCKET,
@@ -242,7 +243,7 @@ def test_dead_letter_end_to_end_fails_the_job(
     clock: FakeClock,
 ) -> None:
     store.add(make_job())
-    wire(monkeypatch, "dead_letters", DeadLetters(store, sheet_sync, clock))
+    wire(monkeypatch, "dead_letters", DeadLetters(JobLedger(store, sheet_sync), clock))
     attrs = {"CloudPubSubDeadLetterSourceDeliveryCount": "5"}
     response = make_client("handle_dead_letters").post(
         TOPIC_PATH, json=push_body(JOB_BODY.encode(), attrs)

@@ -15,11 +15,13 @@ from pydantic import ValidationError
 
 from shared.errors import PermanentError, TransientError
 from shared.imaging import make_thumbnail
+from shared.links import LinkSigner
 from shared.logs import setup_logging
 from shared.models import JobMessage, JobState, VariantState
 from shared.ports import Formula, GeneratedImage, ReferenceImage, Text
 from shared.services.generation import Generation
-from shared.services.sheet_sync import SheetSync
+from shared.services.ledger import JobLedger
+from shared.services.sheet_sync import SheetSync, row_digest
 from shared.services.thumbnails import Thumbnails
 from tests.fakes import (
     IMAGES_BUCKET,
@@ -34,6 +36,7 @@ from tests.fakes import (
     jpeg_bytes,
     make_job,
     make_settings,
+    mark_done,
     png_bytes,
 )
 
@@ -121,14 +124,31 @@ def test_terminal_job_is_skipped(
     generator: FakeImageGenerator,
     objects: FakeObjectStore,
     sheet_writer: FakeSheetWriter,
+    links: LinkSigner,
     state: JobState,
 ) -> None:
-    store.add(make_job(state=state))
+    job = make_job(state=state)
+    job.sheet_digest = row_digest(job, links)  # the row shows the job already
+    store.add(job)
     make_generation().handle(MESSAGE)
     assert generator.calls == []
     assert objects.calls == []
     assert sheet_writer.attempts == []
     assert ("update_job", "job_1") not in store.calls
+
+
+def test_redelivery_of_a_finished_job_writes_a_stale_row_once(
+    make_generation: Build,
+    store: FakeJobStore,
+    generator: FakeImageGenerator,
+    sheet_writer: FakeSheetWriter,
+) -> None:
+    # The instance died after finishing the job, before writing its row.
+    store.add(make_job(state=JobState.COMPLETED))
+    make_generation().handle(MESSAGE)
+    make_generation().handle(MESSAGE)
+    assert generator.calls == []
+    assert [w.cells["status_img"] for w in sheet_writer.attempts] == [Text("completed")]
 
 
 def test_redelivery_after_success_generates_nothing_more(
@@ -196,7 +216,9 @@ def test_permanent_failure_of_one_variant_keeps_the_others(
     assert generator.count() == 3
 
     # The thumbnails finish the job as partial, with the reason.
-    thumbnails = Thumbnails(make_settings(), store, objects, make_thumbnail, sheet_sync, clock)
+    thumbnails = Thumbnails(
+        make_settings(), JobLedger(store, sheet_sync), objects, make_thumbnail, clock
+    )
     for n in (1, 3):
         thumbnails.handle(finalize_event(f"images/sc-001/job_1/var_{n}.png", variant=n))
     job = store.job("job_1")
@@ -374,8 +396,9 @@ def test_old_message_for_finished_job_changes_nothing(
 ) -> None:
     store.add(make_job(state=JobState.COMPLETED))
     make_generation(max_event_age_s=60).handle(MESSAGE, T0 - timedelta(days=2))
-    assert store.job("job_1").state == JobState.COMPLETED
-    assert sheet_writer.attempts == []
+    job = store.job("job_1")
+    assert (job.state, job.error) == (JobState.COMPLETED, None)
+    assert [w.cells["status_img"] for w in sheet_writer.attempts] == [Text("completed")]
 
 
 def test_aspect_ratio_and_image_size_reach_the_generator(
@@ -437,7 +460,9 @@ def test_fast_thumbnail_failure_is_not_undone_by_the_upload_record(
     # and the image turns out to be undecodable.
     store.add(make_job(variant_count=1))
     generator.on(PROMPT, 1, GeneratedImage(b"\x89PNG\r\n\x1a\n" + b"garbage", "image/png"))
-    thumbnails = Thumbnails(make_settings(), store, objects, make_thumbnail, sheet_sync, clock)
+    thumbnails = Thumbnails(
+        make_settings(), JobLedger(store, sheet_sync), objects, make_thumbnail, clock
+    )
 
     def notify(bucket: str, name: str) -> None:
         if name.startswith("images/"):
@@ -556,7 +581,7 @@ def test_job_finished_is_logged_when_the_last_variant_fails(
 
     assert [r["variant"] for r in events(caplog, "variant_failed")] in ([1, 2], [2, 1])
     (finished,) = events(caplog, "job_finished")
-    assert (finished["state"], finished["duration_ms"]) == ("failed", 12500)
+    assert (finished["state"], finished["duration_s"]) == ("failed", 12.5)
     assert finished["error"] == "variant 1: blocked 1; variant 2: blocked 2"
     assert (finished["job_id"], finished["batch_id"], finished["scene_id"]) == (
         "job_1",
@@ -573,7 +598,7 @@ def test_job_finished_is_logged_as_partial_when_a_failure_ends_a_job_with_done_v
 ) -> None:
     caplog.set_level(logging.INFO)
     job = make_job(variant_count=2, started_at=T0, state=JobState.GENERATING)
-    job.variant(1).state = VariantState.DONE
+    mark_done(job, 1)
     store.add(job)
     generator.on(PROMPT, 2, PermanentError("no image"))
     make_generation().handle(MESSAGE)
@@ -598,7 +623,7 @@ def test_job_finished_is_logged_when_the_whole_job_fails(
     make_generation(max_event_age_s=7200).handle(MESSAGE, published)
     (finished,) = events(caplog, "job_finished")
     assert finished["state"] == "failed"
-    assert finished["duration_ms"] == 0
+    assert finished["duration_s"] == 0
     assert ("dropped" if cause == "age" else "reference pack: refused") in finished["error"]
 
 
@@ -651,11 +676,10 @@ def test_claim_lease_always_outlasts_the_gemini_budget(
     recording = RecordingGenerator(store, fake_monotonic)
     Generation(
         settings=make_settings(claim_lease_s=lease_s, gemini_budget_s=budget_s),
-        store=store,
+        ledger=JobLedger(store, sheet_sync),
         objects=objects,
         generator=recording,
         references=references,
-        sheet=sheet_sync,
         clock=fake_monotonic,
         sleep=fake_monotonic.sleep,
     ).handle(MESSAGE)

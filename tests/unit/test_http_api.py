@@ -23,6 +23,7 @@ from shared.links import LinkSigner
 from shared.models import VariantState
 from shared.ports import Usage
 from shared.services.intake import Intake
+from shared.services.ledger import JobLedger
 from shared.settings import get_settings
 from tests.fakes import (
     IMAGES_BUCKET,
@@ -36,6 +37,7 @@ from tests.fakes import (
     FakeObjectStore,
     FakePublisher,
     make_job,
+    mark_done,
 )
 
 MAIN = Path(__file__).resolve().parents[2] / "main.py"
@@ -79,6 +81,7 @@ def intake(
     service = Intake(
         get_settings(),
         store,
+        JobLedger(store),
         publisher,
         links,
         budget,
@@ -272,7 +275,7 @@ def test_live_batch_is_accepted(
     assert sorted(store.job_ids) == ["job_2", "job_3"]
     assert store.job("job_2").caller == "alice"
     assert [m.job_id for m, _ in publisher.published] == ["job_2", "job_3"]
-    assert publisher.published[0][1]["user_id"] == "alice"
+    assert publisher.published[0][1]["caller"] == "alice"
 
 
 def test_idempotency_key_replays(client: FlaskClient, store: FakeJobStore) -> None:
@@ -345,8 +348,8 @@ def test_unknown_route_is_404_json(client: FlaskClient, path: str) -> None:
     [
         ("GET", "/batch/images", "POST"),
         ("DELETE", "/batch/images", "POST"),
-        ("POST", "/healthz", "GET"),
-        ("PUT", "/status/job_1", "GET"),
+        ("POST", "/healthz", "GET, HEAD"),
+        ("PUT", "/status/job_1", "GET, HEAD"),
     ],
 )
 def test_wrong_method_is_405_with_allow(
@@ -386,7 +389,7 @@ def test_unexpected_error_is_500_json(
 @pytest.fixture
 def done_job(store: FakeJobStore) -> None:
     job = make_job(job_id="job_a", started_at=T0)
-    job.variant(1).state = VariantState.DONE
+    mark_done(job, 1)
     job.variant(1).object_name = "images/sc-001/job_a/var_1.png"
     job.variant(1).thumb_name = "thumbnails/sc-001/job_a/var_1.jpg"
     job.variant(2).state = VariantState.UPLOADED

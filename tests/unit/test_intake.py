@@ -15,7 +15,8 @@ from shared.errors import TransientError
 from shared.links import LinkSigner
 from shared.models import Batch, BatchRequest, Job, JobMessage, JobState, Limits, VariantState
 from shared.ports import Usage
-from shared.services.intake import Intake, Outcome
+from shared.services.intake import Accepted, InProgress, Intake, OverBudget, Submission
+from shared.services.ledger import JobLedger
 from tests.fakes import (
     IMAGES_BUCKET,
     T0,
@@ -73,6 +74,7 @@ def make_intake(
         return Intake(
             make_settings(**setting_overrides),
             store,
+            JobLedger(store),
             publisher,
             links,
             budget,
@@ -89,9 +91,19 @@ def intake(make_intake: Callable[..., Intake]) -> Intake:
     return make_intake()
 
 
-def accepted(outcome: Outcome) -> dict[str, Any]:
-    assert outcome.status == 202, outcome.body
-    return outcome.body
+def accepted(outcome: Submission) -> dict[str, Any]:
+    """The accepted answer as the HTTP layer sends it."""
+    assert isinstance(outcome, Accepted), outcome
+    return outcome.answer.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def first_answer(outcome: Submission) -> bool:
+    """Accepted now, not a replay."""
+    return isinstance(outcome, Accepted) and not outcome.replay
+
+
+def replayed(outcome: Submission) -> bool:
+    return isinstance(outcome, Accepted) and outcome.replay
 
 
 # --------------------------------------------------------------------------- plan
@@ -225,7 +237,7 @@ def test_submit_publishes_one_message_per_job_with_attributes(
 ) -> None:
     intake.submit(request(1, 2, 3), "alice")
     assert len(publisher.calls) == 1
-    attrs = {"batch_id": "bat_1", "user_id": "alice", "run_mode": "live"}
+    attrs = {"batch_id": "bat_1", "caller": "alice", "run_mode": "live"}
     assert [(m, a) for m, a in publisher.published] == [
         (JobMessage(job_id="job_2", batch_id="bat_1", scene_id="sc-001"), attrs),
         (JobMessage(job_id="job_3", batch_id="bat_1", scene_id="sc-002"), attrs),
@@ -274,10 +286,9 @@ def test_budget_exceeded_is_429_and_writes_nothing(
 ) -> None:
     budget.used[("alice", DAY)] = used
     outcome = make_intake(**cap).submit(request(2, 1), "alice", "key-1")
-    assert outcome.status == 429
-    assert outcome.body["error"] == "budget_exceeded"
-    assert "this batch needs 3 images ($0.2010)" in outcome.body["message"]
-    assert outcome.body["budget"]["images_used"] == used.images
+    assert isinstance(outcome, OverBudget)
+    assert "this batch needs 3 images ($0.2010)" in outcome.message
+    assert outcome.budget.images_used == used.images
     assert store.writes == []
     assert publisher.calls == []
     assert budget.used[("alice", DAY)] == used
@@ -287,9 +298,9 @@ def test_refused_batch_is_not_replayed_once_budget_allows(
     make_intake: Callable[..., Intake], budget: FakeBudgetLedger
 ) -> None:
     budget.used[("alice", DAY)] = Usage(9, Decimal(0))
-    assert make_intake(daily_image_cap=10).submit(request(2), "alice", "k").status == 429
-    outcome = make_intake(daily_image_cap=20).submit(request(2), "alice", "k")
-    assert (outcome.status, outcome.replay) == (202, False)
+    refused = make_intake(daily_image_cap=10).submit(request(2), "alice", "k")
+    assert isinstance(refused, OverBudget)
+    assert first_answer(make_intake(daily_image_cap=20).submit(request(2), "alice", "k"))
 
 
 # --------------------------------------------------------------------------- idempotency
@@ -300,8 +311,8 @@ def test_same_idempotency_key_replays_the_first_answer(
 ) -> None:
     first = intake.submit(request(2), "alice", "key-1")
     again = intake.submit(request(2, 2), "alice", "key-1")  # even with another body
-    assert (again.status, again.replay) == (202, True)
-    assert again.body == first.body
+    assert replayed(again)
+    assert accepted(again) == accepted(first)
     assert len(store.created) == 1
     assert len(publisher.calls) == 1
     assert budget.used[("alice", DAY)].images == 2
@@ -310,7 +321,7 @@ def test_same_idempotency_key_replays_the_first_answer(
 def test_idempotency_keys_are_per_caller(intake: Intake, store: FakeJobStore) -> None:
     first = accepted(intake.submit(request(1), "alice", "shared-key"))
     other = intake.submit(request(1), "bob", "shared-key")
-    assert other.replay is False
+    assert first_answer(other)
     assert accepted(other)["batch_id"] != first["batch_id"]
     assert len(store.created) == 2
 
@@ -319,29 +330,29 @@ def test_identical_content_without_key_is_replayed_only_briefly(
     intake: Intake, store: FakeJobStore, clock: FakeClock
 ) -> None:
     first = accepted(intake.submit(request(1, 2), "alice"))
-    assert intake.submit(request(1, 2), "alice").replay is True
-    assert intake.submit(request(1, 2), "alice").body == first
-    assert intake.submit(request(2, 1), "alice").replay is False  # other content
+    assert replayed(intake.submit(request(1, 2), "alice"))
+    assert accepted(intake.submit(request(1, 2), "alice")) == first
+    assert first_answer(intake.submit(request(2, 1), "alice"))  # other content
     clock.advance(601)
-    assert intake.submit(request(1, 2), "alice").replay is False
+    assert first_answer(intake.submit(request(1, 2), "alice"))
     assert len(store.created) == 3
 
 
 def test_explicit_key_outlives_the_content_key(intake: Intake, clock: FakeClock) -> None:
     intake.submit(request(1), "alice", "key-1")
     clock.advance(3600)
-    assert intake.submit(request(1), "alice", "key-1").replay is True
+    assert replayed(intake.submit(request(1), "alice", "key-1"))
     clock.advance(24 * 3600)
-    assert intake.submit(request(1), "alice", "key-1").replay is False
+    assert first_answer(intake.submit(request(1), "alice", "key-1"))
 
 
 class ReentrantPublisher(FakePublisher):
     """Runs another submit while the first one is publishing."""
 
-    def __init__(self, again: Callable[[], Outcome]) -> None:
+    def __init__(self, again: Callable[[], Submission]) -> None:
         super().__init__()
         self.again = again
-        self.inner: list[Outcome] = []
+        self.inner: list[Submission] = []
 
     def publish(self, messages: Sequence[tuple[JobMessage, Mapping[str, str]]]) -> dict[str, str]:
         if not self.inner:
@@ -356,12 +367,11 @@ def test_concurrent_duplicate_is_409_in_progress(
     publisher = ReentrantPublisher(lambda: holder[0].submit(request(1), "alice", "key-1"))
     holder.append(make_intake(publisher=publisher))
     first = holder[0].submit(request(1), "alice", "key-1")
-    assert first.status == 202
-    assert publisher.inner[0].status == 409
-    assert publisher.inner[0].body["error"] == "in_progress"
+    assert first_answer(first)
+    assert isinstance(publisher.inner[0], InProgress)
     assert len(store.created) == 1
     # Once the first finished, the duplicate gets its answer.
-    assert holder[0].submit(request(1), "alice", "key-1").body == first.body
+    assert accepted(holder[0].submit(request(1), "alice", "key-1")) == accepted(first)
 
 
 class CrashingStore(FakeJobStore):
@@ -400,8 +410,7 @@ def test_failed_submit_can_be_retried_with_the_same_key(
     with pytest.raises(TransientError):
         intake.submit(request(1), "alice", "key-1")
     assert ("abandon", idempotency.calls[0][1]) in idempotency.calls
-    outcome = intake.submit(request(1), "alice", "key-1")
-    assert (outcome.status, outcome.replay) == (202, False)
+    assert first_answer(intake.submit(request(1), "alice", "key-1"))
     assert len(store.created) == 1
 
 
@@ -414,10 +423,9 @@ def test_stale_pending_record_is_taken_over(
         intake.submit(request(1), "alice", "key-1")
     # The pending record outlived its request: young, it means "in progress".
     clock.advance(60)
-    assert intake.submit(request(1), "alice", "key-1").status == 409
+    assert isinstance(intake.submit(request(1), "alice", "key-1"), InProgress)
     clock.advance(61)
-    outcome = intake.submit(request(1), "alice", "key-1")
-    assert (outcome.status, outcome.replay) == (202, False)
+    assert first_answer(intake.submit(request(1), "alice", "key-1"))
     assert len(store.created) == 1
 
 
@@ -451,17 +459,18 @@ def test_job_status_links_only_for_uploaded_and_done_variants(
     intake: Intake, store: FakeJobStore, links: LinkSigner
 ) -> None:
     job = make_job(job_id="job_a", variant_count=4, started_at=T0)
-    job.variant(1).state = VariantState.DONE
-    job.variant(2).state = VariantState.UPLOADED
-    job.variant(3).state = VariantState.FAILED
+    for n, state in enumerate(["done", "uploaded", "failed", "generating"], start=1):
+        job.variant(n).state = VariantState(state)
+        job.variant(n).object_name = f"images/sc-001/job_a/var_{n}.png"
+        job.variant(n).thumb_name = f"thumbnails/sc-001/job_a/var_{n}.jpg"
     job.variant(3).error = "blocked"
-    job.variant(4).state = VariantState.GENERATING
     job.state = transitions.derive_state(job)
     store.add(job)
 
     view = intake.job_status("job_a", "alice")
     assert view is not None
     assert (view.state, view.status_text) == ("generating", "generating (1/4)")
+    assert view.progress.model_dump() == {"done": 1, "failed": 1, "total": 4}
     assert (view.started_at, view.finished_at, view.duration_s) == (T0.isoformat(), None, None)
     by_n = {v.variant: v for v in view.variants}
     assert by_n[1].image_url == links.link("job_a", 1, "full")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 
 from shared import jobs
-from shared.jobs import Claim
+from shared.jobs import ClaimResult, Spent, VariantClaim
 from shared.models import Job, JobState, VariantState
 from tests.fakes import T0, make_job
 
@@ -95,9 +96,8 @@ def test_start_marks_queued_job_generating_once() -> None:
 
 def test_claim_pending_variant() -> None:
     job = make_job()
-    updated, (outcome, expires) = jobs.claim(job, 1, "clm_a", T0, LEASE)
-    assert outcome == Claim.CLAIMED
-    assert expires == T0 + LEASE
+    updated, result = jobs.claim(job, 1, "clm_a", T0, LEASE)
+    assert result == ClaimResult(VariantClaim.CLAIMED, T0 + LEASE, attempt=1)
     assert updated is not None
     v = updated.variant(1)
     assert (v.state, v.claim_id, v.claim_expires, v.attempts) == (G, "clm_a", T0 + LEASE, 1)
@@ -110,10 +110,9 @@ def test_claim_held_by_live_claim_of_another_delivery() -> None:
     job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE)
     assert job is not None
     later = T0 + LEASE - timedelta(seconds=1)
-    updated, (outcome, expires) = jobs.claim(job, 1, "clm_b", later, LEASE)
+    updated, result = jobs.claim(job, 1, "clm_b", later, LEASE)
     assert updated is None
-    assert outcome == Claim.HELD
-    assert expires == T0 + LEASE
+    assert result == ClaimResult(VariantClaim.HELD, T0 + LEASE)
     assert job.variant(1).claim_id == "clm_a"
 
 
@@ -122,19 +121,18 @@ def test_claim_taken_over_once_lease_expired(after_expiry: timedelta) -> None:
     job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE)
     assert job is not None
     now = T0 + LEASE + after_expiry
-    updated, (outcome, expires) = jobs.claim(job, 1, "clm_b", now, LEASE)
-    assert outcome == Claim.CLAIMED
+    updated, result = jobs.claim(job, 1, "clm_b", now, LEASE)
+    assert result == ClaimResult(VariantClaim.CLAIMED, now + LEASE, attempt=2)
     assert updated is not None
     v = updated.variant(1)
     assert (v.claim_id, v.claim_expires, v.attempts) == ("clm_b", now + LEASE, 2)
-    assert expires == now + LEASE
 
 
 def test_claim_by_same_delivery_renews() -> None:
     job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE)
     assert job is not None
-    updated, (outcome, _) = jobs.claim(job, 1, "clm_a", T0 + timedelta(seconds=10), LEASE)
-    assert outcome == Claim.CLAIMED
+    updated, result = jobs.claim(job, 1, "clm_a", T0 + timedelta(seconds=10), LEASE)
+    assert result.outcome == VariantClaim.CLAIMED
     assert updated is not None
     assert updated.variant(1).attempts == 2
 
@@ -143,8 +141,8 @@ def test_claim_by_same_delivery_renews() -> None:
 def test_finished_variants_are_never_reclaimed(state: VariantState) -> None:
     job = job_with(state, P)
     attempts_before = job.variant(1).attempts
-    updated, (outcome, expires) = jobs.claim(job, 1, "clm_x", T0 + timedelta(days=1), LEASE)
-    assert (updated, outcome, expires) == (None, Claim.FINISHED, None)
+    updated, result = jobs.claim(job, 1, "clm_x", T0 + timedelta(days=1), LEASE)
+    assert (updated, result) == (None, ClaimResult(VariantClaim.FINISHED))
     assert job.variant(1).state == state
     assert job.variant(1).attempts == attempts_before
 
@@ -153,8 +151,9 @@ def test_attempts_count_every_claim_across_deliveries() -> None:
     job = make_job()
     now = T0
     for attempt, claim_id in enumerate(["clm_a", "clm_b", "clm_c"], start=1):
-        updated, (outcome, _) = jobs.claim(job, 1, claim_id, now, LEASE)
-        assert outcome == Claim.CLAIMED
+        updated, result = jobs.claim(job, 1, claim_id, now, LEASE)
+        assert result.outcome == VariantClaim.CLAIMED
+        assert result.attempt == attempt
         assert updated is not None
         job = updated
         assert job.variant(1).attempts == attempt
@@ -231,12 +230,48 @@ def test_uploaded_never_downgrades_done() -> None:
 
 
 def test_uploaded_does_not_reopen_a_finished_job() -> None:
-    job, finished = jobs.variant_failed(make_job(variant_count=1), 1, "thumbnail: bad", T0)
+    job, _ = jobs.variant_failed(make_job(variant_count=1), 1, "thumbnail: bad", T0)
     assert job is not None
-    assert finished is True
+    assert job.terminal
     after, _ = jobs.uploaded(job, 1, "images/a/var_1.png", "image/png", T0 + timedelta(1))
     final = after or job
     assert final.terminal
+    assert final.variant(1).state == F
+
+
+SPENT = Spent("gemini-3.1-flash-image", "0.0670", {"total_tokens": 1290})
+
+
+@pytest.mark.parametrize("state", [D, F])
+def test_uploaded_after_the_thumbnail_path_adds_only_the_missing_cost(
+    state: VariantState,
+) -> None:
+    job = job_with(state, P)
+    job.variant(1).object_name = "images/a/var_1.png"
+    updated, _ = jobs.uploaded(job, 1, "images/a/var_1.jpg", "image/jpeg", T0, SPENT)
+    assert updated is not None
+    v = updated.variant(1)
+    assert (v.state, v.object_name) == (state, "images/a/var_1.png")
+    assert (v.model, v.cost_usd, v.usage) == (SPENT.model, "0.0670", {"total_tokens": 1290})
+    # Once known, a cost is never replaced (nor paid twice).
+    again, _ = jobs.uploaded(updated, 1, "x", "image/png", T0, Spent("other", "9.9"))
+    assert again is None
+
+
+def test_thumbnail_done_records_the_cost_when_it_comes_first() -> None:
+    job = job_with(G, P)
+    updated, _ = jobs.thumbnail_done(job, 1, "images/a/var_1.png", "thumbnails/a.jpg", T0, SPENT)
+    assert updated is not None
+    assert (updated.variant(1).state, updated.variant(1).cost_usd) == (D, "0.0670")
+    assert updated.cost() == Decimal("0.0670")
+
+
+def test_thumbnail_done_keeps_a_cost_generation_recorded() -> None:
+    job, _ = jobs.uploaded(make_job(), 1, "images/a/var_1.png", "image/png", T0, SPENT)
+    assert job is not None
+    updated, _ = jobs.thumbnail_done(job, 1, "images/a/var_1.png", "t.jpg", T0, Spent("m", "1"))
+    assert updated is not None
+    assert (updated.variant(1).model, updated.variant(1).cost_usd) == (SPENT.model, "0.0670")
 
 
 # --------------------------------------------------------------------------- variant_failed
@@ -244,11 +279,11 @@ def test_uploaded_does_not_reopen_a_finished_job() -> None:
 
 def test_variant_failed_without_claim_id_fails_any_unfinished_variant() -> None:
     job = job_with(U, D)
-    updated, finished = jobs.variant_failed(job, 1, "thumbnail: corrupt", T0)
+    updated, _ = jobs.variant_failed(job, 1, "thumbnail: corrupt", T0)
     assert updated is not None
     assert updated.variant(1).state == F
     assert updated.variant(1).error == "thumbnail: corrupt"
-    assert finished is True
+    assert updated.terminal
     assert updated.state == JobState.PARTIAL
     assert updated.error == "variant 1: thumbnail: corrupt"
     assert updated.finished_at == T0
@@ -257,37 +292,36 @@ def test_variant_failed_without_claim_id_fails_any_unfinished_variant() -> None:
 def test_variant_failed_with_matching_claim_id() -> None:
     job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE)
     assert job is not None
-    updated, finished = jobs.variant_failed(job, 1, "blocked", T0, claim_id="clm_a")
+    updated, _ = jobs.variant_failed(job, 1, "blocked", T0, claim_id="clm_a")
     assert updated is not None
     v = updated.variant(1)
     assert (v.state, v.error, v.claim_id, v.claim_expires) == (F, "blocked", None, None)
-    assert finished is False  # variant 2 is still pending
+    assert not updated.terminal  # variant 2 is still pending
     assert updated.state == JobState.GENERATING
 
 
 def test_variant_failed_with_stale_claim_id_changes_nothing() -> None:
     job, _ = jobs.claim(make_job(), 1, "clm_b", T0, LEASE)
     assert job is not None
-    assert jobs.variant_failed(job, 1, "blocked", T0, claim_id="clm_a") == (None, False)
+    assert jobs.variant_failed(job, 1, "blocked", T0, claim_id="clm_a") == (None, None)
     assert job.variant(1).state == G
 
 
 def test_variant_failed_with_claim_id_never_overwrites_an_upload() -> None:
     job = job_with(U, P)
-    assert jobs.variant_failed(job, 1, "blocked", T0, claim_id="clm_a") == (None, False)
+    assert jobs.variant_failed(job, 1, "blocked", T0, claim_id="clm_a") == (None, None)
 
 
 @pytest.mark.parametrize("state", [D, F])
 def test_variant_failed_on_finished_variant_changes_nothing(state: VariantState) -> None:
     job = job_with(state, P)
-    assert jobs.variant_failed(job, 1, "late", T0) == (None, False)
+    assert jobs.variant_failed(job, 1, "late", T0) == (None, None)
 
 
 def test_variant_failed_last_variant_fails_job() -> None:
     job = job_with(F, G)
-    updated, finished = jobs.variant_failed(job, 2, "no image", T0)
+    updated, _ = jobs.variant_failed(job, 2, "no image", T0)
     assert updated is not None
-    assert finished is True
     assert updated.state == JobState.FAILED
     assert updated.error == "variant 1: boom 1; variant 2: no image"
 
@@ -295,18 +329,18 @@ def test_variant_failed_last_variant_fails_job() -> None:
 # --------------------------------------------------------------------------- thumbnail_done
 
 
-def test_thumbnail_done_returns_true_exactly_once_per_job() -> None:
+def test_thumbnail_done_changes_each_variant_once_and_ends_the_job_once() -> None:
     job = job_with(U, U)
     results: list[bool] = []
     calls = [1, 1, 2, 2, 1, 2]
     for i, n in enumerate(calls):
-        updated, finished = jobs.thumbnail_done(
+        updated, _ = jobs.thumbnail_done(
             job, n, f"images/x/var_{n}.png", f"thumbnails/x/var_{n}.jpg", T0 + timedelta(i)
         )
-        results.append(finished)
+        results.append(updated is not None)
         if updated is not None:
             job = updated
-    assert results == [False, False, True, False, False, False]
+    assert results == [True, False, True, False, False, False]
     assert job.state == JobState.COMPLETED
     assert job.finished_at == T0 + timedelta(2)
     assert job.error is None
@@ -315,15 +349,15 @@ def test_thumbnail_done_returns_true_exactly_once_per_job() -> None:
 def test_thumbnail_done_second_call_changes_nothing() -> None:
     job, _ = jobs.thumbnail_done(job_with(U), 1, "images/a.png", "thumbnails/a.jpg", T0)
     assert job is not None
-    assert jobs.thumbnail_done(job, 1, "images/a.png", "thumbnails/a.jpg", T0) == (None, False)
+    assert jobs.thumbnail_done(job, 1, "images/a.png", "thumbnails/a.jpg", T0) == (None, None)
 
 
 def test_thumbnail_done_records_names_and_keeps_known_object_name() -> None:
     job = job_with(U, P)
     job.variant(1).object_name = "images/known.png"
-    updated, finished = jobs.thumbnail_done(job, 1, "images/other.png", "thumbnails/t.jpg", T0)
+    updated, _ = jobs.thumbnail_done(job, 1, "images/other.png", "thumbnails/t.jpg", T0)
     assert updated is not None
-    assert finished is False
+    assert not updated.terminal
     v = updated.variant(1)
     assert (v.state, v.object_name, v.thumb_name, v.done_at) == (
         D,
@@ -335,9 +369,8 @@ def test_thumbnail_done_records_names_and_keeps_known_object_name() -> None:
 
 def test_thumbnail_done_finishing_with_a_failed_variant_is_partial() -> None:
     job = job_with(F, U)
-    updated, finished = jobs.thumbnail_done(job, 2, "images/b.png", "thumbnails/b.jpg", T0)
+    updated, _ = jobs.thumbnail_done(job, 2, "images/b.png", "thumbnails/b.jpg", T0)
     assert updated is not None
-    assert finished is True
     assert updated.state == JobState.PARTIAL
     assert updated.error == "variant 1: boom 1"
 
@@ -349,9 +382,8 @@ def test_fail_job_fails_every_unfinished_variant() -> None:
     job = make_job(variant_count=3)
     job.variant(2).state = G
     job.variant(2).claim_id = "clm_a"
-    updated, finished = jobs.fail_job(job, "could not be queued: boom", T0)
+    updated, _ = jobs.fail_job(job, "could not be queued: boom", T0)
     assert updated is not None
-    assert finished is True
     assert updated.state == JobState.FAILED
     assert updated.finished_at == T0
     for n in (1, 2, 3):
@@ -363,30 +395,34 @@ def test_fail_job_fails_every_unfinished_variant() -> None:
 
 def test_fail_job_keeps_uploaded_and_done_variants() -> None:
     job = job_with(D, U, P)
-    updated, finished = jobs.fail_job(job, "dead-lettered", T0)
+    updated, _ = jobs.fail_job(job, "dead-lettered", T0)
     assert updated is not None
     assert [updated.variant(n).state for n in (1, 2, 3)] == [D, U, F]
     # An uploaded variant still awaits its thumbnail, so the job is not finished.
-    assert finished is False
+    assert not updated.terminal
     assert updated.state == JobState.GENERATING
 
 
 def test_fail_job_on_terminal_job_changes_nothing() -> None:
     job = job_with(D, D)
     assert job.terminal
-    assert jobs.fail_job(job, "late", T0) == (None, False)
+    assert jobs.fail_job(job, "late", T0) == (None, None)
+
+
+def test_fail_job_with_only_uploaded_variants_changes_nothing() -> None:
+    assert jobs.fail_job(job_with(U, U), "dead-lettered", T0) == (None, None)
 
 
 # --------------------------------------------------------------------------- progress
 
 
 def test_progress_queued() -> None:
-    assert jobs.progress(make_job()) == jobs.Progress("queued", 0, 2)
+    assert jobs.progress(make_job()) == jobs.Progress(JobState.QUEUED, 0, 0, 2, "queued")
 
 
 def test_progress_generating_counts_done_variants() -> None:
-    p = jobs.progress(job_with(D, U, G))
-    assert p == jobs.Progress("generating (1/3)", 1, 3)
+    p = jobs.progress(job_with(D, U, G, F))
+    assert p == jobs.Progress(JobState.GENERATING, 1, 1, 4, "generating (1/4)")
 
 
 def test_progress_completed() -> None:
@@ -410,7 +446,9 @@ def test_progress_partial_with_reason() -> None:
     job, _ = jobs.thumbnail_done(failed, 2, "images/b.png", "thumbnails/b.jpg", T0)
     assert job is not None
     assert job.state == JobState.PARTIAL
-    assert jobs.progress(job) == jobs.Progress("partial (2/3): variant 3: blocked", 2, 3)
+    assert jobs.progress(job) == jobs.Progress(
+        JobState.PARTIAL, 2, 1, 3, "partial (2/3): variant 3: blocked"
+    )
 
 
 def test_progress_partial_without_reason() -> None:

@@ -24,7 +24,7 @@ def base_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 def test_minimal_environment_and_defaults(base_env: pytest.MonkeyPatch) -> None:
     s = get_settings()
     assert (s.google_cloud_project, s.images_bucket) == ("proj", "imgs-bucket")
-    assert s.thumbs_bucket == "imgs-bucket"
+    assert s.thumbnails_bucket == "imgs-bucket"
     assert (s.images_prefix, s.thumbnails_prefix) == ("images/", "thumbnails/")
     assert s.gemini_model == "gemini-3.1-flash-image"
     assert s.price_per_image() == Decimal("0.067")
@@ -57,7 +57,7 @@ def test_all_missing_settings_named_at_once() -> None:
 
 def test_thumbnails_bucket_override(base_env: pytest.MonkeyPatch) -> None:
     base_env.setenv("THUMBNAILS_BUCKET", "thumbs")
-    assert get_settings().thumbs_bucket == "thumbs"
+    assert get_settings().thumbnails_bucket == "thumbs"
 
 
 def test_api_key_hashes_parsing(base_env: pytest.MonkeyPatch) -> None:

@@ -313,6 +313,8 @@ def test_wiring_writes_through_one_coalescer_with_the_configured_budget(
     assert (coalescer._window_s, coalescer._timeout_s) == (0.4, 30)
     assert sync.lease_s > 0.4 + 30 + 30  # outlives the write and its last HTTP call
     thumbnails = wiring.thumbnails()
-    assert thumbnails.sheet is sync  # one coalescer and one write budget per instance
+    # One coalescer and one write budget per instance, whoever changes the job.
+    assert thumbnails.ledger is wiring.ledger()
+    assert thumbnails.ledger.rows is sync
     assert isinstance(thumbnails.thumbnailer, DecodeSlots)
     assert thumbnails.thumbnailer._slots._value == 3  # type: ignore[attr-defined]

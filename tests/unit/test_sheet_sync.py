@@ -15,7 +15,7 @@ from shared.links import LinkSigner
 from shared.models import Job, JobState, VariantState
 from shared.ports import Formula, Text
 from shared.services.sheet_sync import MAX_CELL_CHARS, SheetSync, _digest, row_cells
-from tests.fakes import T0, FakeClock, FakeJobStore, FakeSheetWriter, RowWrite, make_job
+from tests.fakes import T0, FakeClock, FakeJobStore, FakeSheetWriter, RowWrite, make_job, mark_done
 
 
 def finish_variant(n: int) -> Callable[[Job], None]:
@@ -42,10 +42,10 @@ def test_row_cells_of_queued_job(links: LinkSigner) -> None:
 
 def test_row_cells_image_formula_only_for_done_variants(links: LinkSigner) -> None:
     job = make_job(variant_count=4, started_at=T0)
-    job.variant(1).state = VariantState.DONE
+    mark_done(job, 1)
     job.variant(2).state = VariantState.UPLOADED
     job.variant(3).state = VariantState.FAILED
-    job.variant(4).state = VariantState.DONE
+    mark_done(job, 4)
     job.state = transitions.derive_state(job)
     cells = row_cells(job, links)
     assert cells["status_img"] == Text("generating (2/4)")
@@ -64,7 +64,7 @@ def test_row_cells_status_is_text_even_when_it_looks_like_a_formula(links: LinkS
 def test_row_cells_escape_quotes_in_urls() -> None:
     links = LinkSigner("key", 'https://api.example.test/a"b')
     job = make_job(variant_count=1)
-    job.variant(1).state = VariantState.DONE
+    mark_done(job, 1)
     cell = row_cells(job, links)["nano_img_1"]
     assert isinstance(cell, Formula)
     assert cell.value.startswith('=IMAGE("https://api.example.test/a""b/assets/job_1/1?size=thumb')

@@ -24,11 +24,11 @@ from shared.adapters.sheets import GspreadSheetWriter
 from shared.adapters.sheets_session import SheetsSession
 from shared.errors import PermanentError, TransientError
 from shared.links import LinkSigner
-from shared.models import JobState, VariantState
+from shared.models import JobState
 from shared.ports import Formula, RowUpdate, Text
 from shared.services.sheet_sync import SheetSync, row_cells
 from shared.throttle import Backoff, WriteLimiter
-from tests.fakes import T0, FakeClock, FakeJobStore, make_job
+from tests.fakes import T0, FakeClock, FakeJobStore, make_job, mark_done
 
 HEADER = ["scene_id", "prompt", "status_img", "nano_img_1", "nano_img_2", "job_id", "error_img"]
 # Text that USER_ENTERED would turn into a formula, a number, a boolean or an
@@ -276,7 +276,7 @@ def test_a_burst_of_finishing_jobs_fits_the_write_quota(stub: Stub) -> None:
             state=JobState.COMPLETED,
             finished_at=T0,
         )
-        job.variant(1).state = VariantState.DONE
+        mark_done(job, 1)
         store.add(job)
     sync = SheetSync(store, coalescer, links, clock=clock)
     stub.reset()

@@ -17,11 +17,13 @@ from pydantic import ValidationError
 
 from shared.errors import PermanentError, TransientError
 from shared.events import StorageObject
-from shared.imaging import ThumbnailSpec, make_thumbnail
+from shared.imaging import make_thumbnail
 from shared.models import JobState, VariantState
-from shared.ports import Formula, Text
+from shared.objects import THUMBNAIL_MARKER, ObjectNames
+from shared.ports import Formula, Text, ThumbnailSpec
+from shared.services.ledger import JobLedger
 from shared.services.sheet_sync import SheetSync
-from shared.services.thumbnails import THUMBNAIL_MARKER, Thumbnails, skip_reason, thumbnail_name
+from shared.services.thumbnails import Thumbnails, skip_reason
 from shared.settings import Settings
 from tests.fakes import (
     IMAGES_BUCKET,
@@ -62,7 +64,7 @@ def make_service(
     clock: FakeClock,
 ) -> Callable[..., Thumbnails]:
     def build(thumbnailer: Callable[[bytes, ThumbnailSpec], bytes] = make_thumbnail) -> Thumbnails:
-        return Thumbnails(settings, store, objects, thumbnailer, sheet_sync, clock)
+        return Thumbnails(settings, JobLedger(store, sheet_sync), objects, thumbnailer, clock)
 
     return build
 
@@ -113,9 +115,10 @@ def test_skip_reason(settings: Settings, event: StorageObject, expected: str) ->
     assert skip_reason(event, settings) == expected
 
 
-def test_thumbnail_name(settings: Settings) -> None:
-    assert thumbnail_name(settings, NAME_1) == "thumbnails/sc-001/job_1/var_1.jpg"
-    assert thumbnail_name(settings, "images/a.b/j/var_2.webp") == "thumbnails/a.b/j/var_2.jpg"
+def test_thumbnail_name() -> None:
+    names = ObjectNames("images/", "thumbnails/")
+    assert names.thumbnail(NAME_1, "image/jpeg") == "thumbnails/sc-001/job_1/var_1.jpg"
+    assert names.thumbnail("images/a.b/j/var_2.webp", "image/webp") == "thumbnails/a.b/j/var_2.webp"
 
 
 @pytest.mark.parametrize(
@@ -183,7 +186,9 @@ def test_thumbnails_go_to_separate_bucket_when_configured(
 ) -> None:
     put_images(objects, NAME_1)
     settings = make_settings(thumbnails_bucket="thumbs-bucket")
-    Thumbnails(settings, store, objects, make_thumbnail, sheet_sync).handle(finalize_event(NAME_1))
+    Thumbnails(settings, JobLedger(store, sheet_sync), objects, make_thumbnail).handle(
+        finalize_event(NAME_1)
+    )
     assert objects.names("thumbs-bucket") == ["thumbnails/sc-001/job_1/var_1.jpg"]
 
 
@@ -196,7 +201,7 @@ def test_job_finishes_exactly_once_across_duplicate_events(
 ) -> None:
     put_images(objects, NAME_1, NAME_2)
     service = make_service()
-    caplog.set_level(logging.INFO, logger="shared.services.thumbnails")
+    caplog.set_level(logging.INFO, logger="shared.services.ledger")
     for name, n in [(NAME_1, 1), (NAME_2, 2), (NAME_2, 2), (NAME_1, 1)]:
         service.handle(finalize_event(name, variant=n))
 
@@ -232,7 +237,7 @@ def test_concurrent_duplicate_event_finishes_the_job_once(
         return make_thumbnail(data, spec)
 
     service = make_service(thumbnailer)
-    caplog.set_level(logging.INFO, logger="shared.services.thumbnails")
+    caplog.set_level(logging.INFO, logger="shared.services.ledger")
     service.handle(finalize_event(NAME_1))
 
     assert calls == 2
@@ -304,7 +309,9 @@ def test_thumbnailer_gets_configured_size(
         thumbnail_quality=70,
         thumbnail_max_pixels=2_000_000,
     )
-    Thumbnails(settings, store, objects, thumbnailer, sheet_sync).handle(finalize_event(NAME_1))
+    Thumbnails(settings, JobLedger(store, sheet_sync), objects, thumbnailer).handle(
+        finalize_event(NAME_1)
+    )
     assert specs == [
         ThumbnailSpec(longest_side=64, format="webp", quality=70, max_pixels=2_000_000)
     ]
@@ -352,7 +359,8 @@ def test_redelivered_event_retries_a_sheet_write_that_failed(
     put_images(objects, NAME_1, NAME_2)
     service = make_service()
     service.handle(finalize_event(NAME_2, variant=2))
-    sheet_writer.errors.append(TransientError("Sheets API 503"))
+    # The write in the background and the one before the delivery ends both fail.
+    sheet_writer.errors += [TransientError("Sheets API 503"), TransientError("Sheets API 503")]
     with pytest.raises(TransientError):
         service.handle(finalize_event(NAME_1))
     assert store.job("job_1").state == JobState.COMPLETED
@@ -373,7 +381,7 @@ def test_job_finished_is_logged_once_with_state_and_duration(
 ) -> None:
     put_images(objects, NAME_1, NAME_2)
     service = make_service()
-    caplog.set_level(logging.INFO, logger="shared.services.thumbnails")
+    caplog.set_level(logging.INFO, logger="shared.services.ledger")
     service.handle(finalize_event(NAME_1))
     assert finished_logs(caplog) == []
     clock.advance(90.5)  # the job was created at T0
@@ -382,7 +390,8 @@ def test_job_finished_is_logged_once_with_state_and_duration(
 
     (record,) = finished_logs(caplog)
     assert record.__dict__["state"] == "completed"
-    assert record.__dict__["duration_ms"] == 90_500
+    assert record.__dict__["duration_s"] == 90.5
+    assert record.__dict__["cost_usd"] == "0.0000"  # the seeded images carry no cost
     assert record.__dict__["job_id"] == "job_1"
 
 
@@ -394,7 +403,7 @@ def test_job_finished_by_a_failed_thumbnail_is_logged_as_partial(
     put_images(objects, NAME_2)
     objects.put(IMAGES_BUCKET, NAME_1, b"not an image")
     service = make_service()
-    caplog.set_level(logging.INFO, logger="shared.services.thumbnails")
+    caplog.set_level(logging.INFO, logger="shared.services.ledger")
     for name, n in [(NAME_2, 2), (NAME_1, 1), (NAME_1, 1)]:
         service.handle(finalize_event(name, variant=n))
     (record,) = finished_logs(caplog)
@@ -410,7 +419,7 @@ def test_concurrent_duplicate_events_finish_once_and_write_the_final_row_once(
 ) -> None:
     put_images(objects, NAME_1, NAME_2)
     service = make_service()
-    caplog.set_level(logging.INFO, logger="shared.services.thumbnails")
+    caplog.set_level(logging.INFO, logger="shared.services.ledger")
     events = [finalize_event(NAME_1)] * 4 + [finalize_event(NAME_2, variant=2)] * 4
     start = threading.Barrier(len(events))
 
@@ -443,8 +452,8 @@ def test_webp_thumbnails_are_named_and_typed_as_webp(
 ) -> None:
     put_images(objects, NAME_1)
     settings = make_settings(thumbnail_format="webp")
-    assert thumbnail_name(settings, NAME_1) == "thumbnails/sc-001/job_1/var_1.webp"
-    Thumbnails(settings, store, objects, make_thumbnail, sheet_sync).handle(finalize_event(NAME_1))
+    ledger = JobLedger(store, sheet_sync)
+    Thumbnails(settings, ledger, objects, make_thumbnail).handle(finalize_event(NAME_1))
     thumb = objects.objects[(IMAGES_BUCKET, "thumbnails/sc-001/job_1/var_1.webp")]
     assert thumb.content_type == "image/webp"
     assert Image.open(io.BytesIO(thumb.data)).format == "WEBP"

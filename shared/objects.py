@@ -1,0 +1,129 @@
+"""The contract between stages about stored objects: their names and their metadata.
+
+Generation names an image and writes its metadata; the finalize notification
+carries both to the thumbnail function; the dead-letter handler and
+``/assets`` read them again. All of them build and parse through this module.
+
+``images/{scene_id}/{job_id}/var_{n}.{ext}`` is the image of variant ``n``;
+its thumbnail keeps the same path under the thumbnails prefix.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from shared.imageformat import EXTENSIONS, MIME_TYPES
+from shared.jobs import Spent
+from shared.models import Job
+
+# Object metadata keys.
+JOB_ID = "job_id"
+BATCH_ID = "batch_id"
+SCENE_ID = "scene_id"
+VARIANT = "variant"
+MODEL = "model"
+COST_USD = "cost_usd"
+# Token counts of the generation, one key each (Gemini's usage_metadata).
+TOKEN_KEYS = ("prompt_tokens", "output_tokens", "thought_tokens", "total_tokens")
+# On thumbnails: the marker that keeps a thumbnail from being thumbnailed, and its image.
+THUMBNAIL_MARKER = "pipeline-thumbnail"
+SOURCE = "source"
+
+_IMAGE_TAIL = re.compile(r"(?P<scene>[^/]+)/(?P<job>[^/]+)/var_(?P<n>[0-9]+)\.(?P<ext>[a-z]+)")
+
+
+@dataclass(frozen=True)
+class VariantKey:
+    """Which variant of which job an object belongs to."""
+
+    job_id: str
+    n: int
+
+
+@dataclass(frozen=True)
+class ImageName:
+    """The parts of an image object's name."""
+
+    scene_id: str
+    job_id: str
+    n: int
+    extension: str
+
+    @property
+    def mime_type(self) -> str | None:
+        return MIME_TYPES.get(self.extension)
+
+
+@dataclass(frozen=True)
+class ObjectNames:
+    """Builds and parses the names under the configured prefixes."""
+
+    images_prefix: str
+    thumbnails_prefix: str
+
+    def image_stem(self, job: Job, n: int) -> str:
+        """The image's name without its extension (which depends on the format)."""
+        return f"{self.images_prefix}{job.scene_id}/{job.job_id}/var_{n}."
+
+    def image(self, job: Job, n: int, mime_type: str) -> str:
+        return self.image_stem(job, n) + EXTENSIONS[mime_type]
+
+    def parse_image(self, name: str) -> ImageName | None:
+        """The parts of an image name, or None if ``name`` is not one."""
+        if not name.startswith(self.images_prefix):
+            return None
+        match = _IMAGE_TAIL.fullmatch(name[len(self.images_prefix) :])
+        if match is None:
+            return None
+        return ImageName(match["scene"], match["job"], int(match["n"]), match["ext"])
+
+    def thumbnail(self, image_name: str, thumbnail_mime: str) -> str:
+        """``images/s/j/var_1.png`` -> ``thumbnails/s/j/var_1.jpg``, outside the notified prefix."""
+        stem = image_name.removeprefix(self.images_prefix).rsplit(".", 1)[0]
+        return f"{self.thumbnails_prefix}{stem}.{EXTENSIONS[thumbnail_mime]}"
+
+
+def image_metadata(job: Job, n: int, spent: Spent) -> dict[str, str]:
+    """What generation writes on an image: whose it is and what it cost."""
+    return {
+        JOB_ID: job.job_id,
+        SCENE_ID: job.scene_id,
+        BATCH_ID: job.batch_id,
+        VARIANT: str(n),
+        MODEL: spent.model,
+        COST_USD: spent.cost_usd,
+        **{key: str(value) for key, value in spent.usage.items() if key in TOKEN_KEYS},
+    }
+
+
+def thumbnail_metadata(image_name: str, key: VariantKey) -> dict[str, str]:
+    return {THUMBNAIL_MARKER: "1", SOURCE: image_name, JOB_ID: key.job_id, VARIANT: str(key.n)}
+
+
+def is_thumbnail(metadata: Mapping[str, str]) -> bool:
+    return bool(metadata.get(THUMBNAIL_MARKER))
+
+
+def variant_key(metadata: Mapping[str, str]) -> VariantKey | None:
+    """The job and variant an object's metadata names, if it names them well."""
+    job_id, n = metadata.get(JOB_ID, ""), metadata.get(VARIANT, "")
+    if not job_id or not n.isdigit():
+        return None
+    return VariantKey(job_id, int(n))
+
+
+def recorded_spent(metadata: Mapping[str, str]) -> Spent | None:
+    """The cost recorded on an image, if generation wrote one."""
+    model, cost = metadata.get(MODEL), metadata.get(COST_USD)
+    if not model or not cost:
+        return None
+    try:
+        if not Decimal(cost).is_finite():
+            return None
+    except InvalidOperation:
+        return None
+    usage = {key: int(metadata[key]) for key in TOKEN_KEYS if metadata.get(key, "").isdigit()}
+    return Spent(model=model, cost_usd=cost, usage=usage)

@@ -1,0 +1,184 @@
+"""The job ledger: every change to a job goes through here.
+
+A change is a pure transition of ``shared/jobs.py``. The ledger runs it on the
+stored job (the store's compare-and-set may run it more than once; the result
+of the run that was written is the one returned), tells whether it changed the
+job and whether this very change finished it, logs ``job_finished`` exactly
+once per job, and keeps the scene's sheet row in step with the job: a row that
+a change made stale is written in the background while the delivery goes on,
+and a delivery does not end before its job's row is current.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from shared.ids import utcnow
+from shared.models import Job, money
+from shared.ports import JobStore
+from shared.services.sheet_sync import SheetSync
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+Transition = Callable[[Job], tuple[Job | None, R]]
+
+
+@dataclass(frozen=True)
+class Applied(Generic[R]):
+    """What one change did."""
+
+    job: Job  # the job as stored after the change
+    changed: bool
+    finished: bool  # this change made the job terminal (true once per job)
+    value: R  # what the transition returned besides the job
+
+
+class JobLedger:
+    """The one writer of jobs. ``rows`` is None where no sheet is written (intake)."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        rows: SheetSync | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.rows = rows
+        self.clock = clock
+
+    def get(self, job_id: str) -> Job | None:
+        return self.store.get_job(job_id)
+
+    def apply(self, job_id: str, transition: Transition[R]) -> Applied[R]:
+        """One change, with the job's row written before it returns."""
+        with self.entry(job_id) as entry:
+            return entry.apply(transition)
+
+    @contextmanager
+    def entry(self, job: Job | str) -> Iterator[JobEntry]:
+        """One delivery's dealings with one job; on exit the job's row is current.
+
+        Given the job as the delivery read it, a row found stale is written too
+        (say, a redelivery after the instance died before writing it).
+
+        A failure of the final row write is raised (a transient one has the
+        delivery retried), unless the delivery is already failing: then the
+        delivery's own error wins and the row write's is logged.
+        """
+        entry = JobEntry(self, job if isinstance(job, str) else job.job_id)
+        if not isinstance(job, str):
+            entry.note(job)
+        try:
+            yield entry
+        except BaseException:
+            entry.close(quiet=True)
+            raise
+        entry.close()
+
+    def _change(self, job_id: str, transition: Transition[R]) -> Applied[R]:
+        def change(job: Job) -> tuple[Job | None, Applied[R]]:
+            was_terminal = job.terminal
+            updated, value = transition(job)
+            after = updated if updated is not None else job
+            finished = after.terminal and not was_terminal
+            return updated, Applied(after, updated is not None, finished, value)
+
+        applied = self.store.update_job(job_id, change)
+        if applied.finished:
+            _log_finished(applied.job)
+        return applied
+
+
+class JobEntry:
+    """Changes of one job within one delivery (``JobLedger.entry``)."""
+
+    def __init__(self, ledger: JobLedger, job_id: str) -> None:
+        self._ledger = ledger
+        self.job_id = job_id
+        self._lock = threading.Lock()
+        self._stale = False  # a change since the last write began left the row stale
+        self._writer: Future[bool] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def apply(self, transition: Transition[R]) -> Applied[R]:
+        applied = self._ledger._change(self.job_id, transition)
+        self.note(applied.job, write_now=True)
+        return applied
+
+    def note(self, job: Job, write_now: bool = False) -> None:
+        """Take the job as seen now: a stale row is written (now, or on exit)."""
+        rows = self._ledger.rows
+        if rows is None or rows.is_current(job):
+            return
+        with self._lock:
+            self._stale = True
+            if write_now and (self._writer is None or self._writer.done()):
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="row")
+                self._writer = self._pool.submit(self._write_in_background, rows)
+
+    def _write_in_background(self, rows: SheetSync) -> bool:
+        """Write while changes keep coming; True when the row was left current.
+
+        It does not wait for another delivery that is writing this row (that
+        writer looks again after its write); ``close`` makes sure in the end.
+        """
+        while True:
+            with self._lock:
+                if not self._stale:
+                    return True
+                self._stale = False
+            try:
+                if not rows.sync(self.job_id, wait=False):
+                    return False
+            except Exception as exc:
+                log.warning(
+                    "sheet row not updated yet: %s",
+                    exc,
+                    extra={"job_id": self.job_id, "event": "row_deferred"},
+                )
+                return False
+
+    def close(self, quiet: bool = False) -> None:
+        rows = self._ledger.rows
+        writer, pool = self._writer, self._pool
+        written = writer.result() if writer is not None else True
+        if pool is not None:
+            pool.shutdown(wait=True)
+        with self._lock:
+            needed = self._stale or not written
+        if rows is None or not needed:
+            return
+        try:
+            rows.sync(self.job_id)
+        except Exception:
+            if not quiet:
+                raise
+            log.warning("sheet row not updated", extra={"job_id": self.job_id}, exc_info=True)
+
+
+def _log_finished(job: Job) -> None:
+    """The one ``job_finished`` entry per job that the log-based metrics count
+    (``jobs_processed``, ``job_duration_seconds`` in monitoring.tf)."""
+    finished = job.finished_at or job.updated_at
+    log.info(
+        "job finished",
+        extra={
+            "job_id": job.job_id,
+            "batch_id": job.batch_id,
+            "scene_id": job.scene_id,
+            "event": "job_finished",
+            "state": job.state.value,
+            "duration_s": round(max((finished - job.created_at).total_seconds(), 0.0), 3),
+            "cost_usd": money(job.cost()),
+            "error": job.error,
+        },
+    )
