@@ -14,7 +14,6 @@ import pytest
 from PIL import Image, ImageCms
 
 from shared.errors import PermanentError
-from shared.imageformat import sniff
 from shared.imaging import DecodeSlots, fit, make_thumbnail
 from shared.ports import ThumbnailSpec
 from tests.fakes import jpeg_bytes, png_bytes
@@ -387,24 +386,6 @@ def test_decode_slots_bound_concurrent_decodes() -> None:
     for thread in threads:
         thread.join(timeout=10)
     assert reached == [False, False, False]
-
-
-# --------------------------------------------------------------------------- sniff
-
-
-@pytest.mark.parametrize(
-    ("data", "mime"),
-    [
-        (png_bytes(), "image/png"),
-        (jpeg_bytes(), "image/jpeg"),
-        (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "image/webp"),
-        (b"RIFF\x00\x00\x00\x00WAVE", None),
-        (b"GIF89a", None),
-        (b"", None),
-    ],
-)
-def test_sniff(data: bytes, mime: str | None) -> None:
-    assert sniff(data) == mime
 
 
 # --------------------------------------------------------------------------- fuzz
