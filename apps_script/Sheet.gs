@@ -14,6 +14,8 @@ const MAX_ERROR_LINES = 25;
 /** Job states the server reports (GET /status: state). */
 const FINAL_STATES = ['completed', 'partial', 'failed'];
 const RUNNING_STATES = ['generating'];
+/** First words of a running job's status: it is made, or it waits for the Gemini quota. */
+const RUNNING_WORDS = ['generating', 'waiting', 'paused'];
 /** The rank of a final state: nothing moves a row back from it. */
 const FINAL_RANK = 3;
 
@@ -318,7 +320,7 @@ function cellRank_(text) {
   const word = String(text || '').trim().toLowerCase().split(/[^a-z_]/)[0];
   if (FINAL_STATES.indexOf(word) >= 0) return FINAL_RANK;
   if (word === 'queued') return 0;
-  if (RUNNING_STATES.indexOf(word) >= 0) return 1;
+  if (RUNNING_WORDS.indexOf(word) >= 0) return 1;
   return -1;
 }
 

@@ -241,7 +241,6 @@ class Stack:
             "PUBLIC_BASE_URL": f"http://{LOCALHOST}:{api_port}",
             "LINK_SIGNING_KEY": secrets.token_hex(32),
             "SIGNING_CREDENTIALS_FILE": str(self._signing_key_file()),
-            "CLAIM_LEASE_S": "60",
             "CLAIM_WAIT_S": "30",
             **self.config.function_env,
         }

@@ -147,6 +147,7 @@ def intake() -> Intake:
 
 @lru_cache(maxsize=1)
 def generation() -> Generation:
+    from shared.adapters.firestore_store import FirestoreQuotaGate
     from shared.adapters.gemini import GeminiImageGenerator
     from shared.adapters.references import PackLimits, PackReferenceLoader
     from shared.netguard import SafeFetcher
@@ -179,6 +180,7 @@ def generation() -> Generation:
             SafeFetcher(max_redirects=cfg.reference_max_redirects),
             limits,
         ),
+        quota=FirestoreQuotaGate(firestore_client(), cfg.gemini_images_per_minute),
     )
 
 

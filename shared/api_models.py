@@ -92,6 +92,9 @@ class VariantView(_Answer):
     variant: int
     state: Literal["pending", "generating", "uploaded", "done", "failed"]
     error: str | None = None
+    failures: int = Field(
+        default=0, description="Real failed attempts so far (waits for the quota never count)"
+    )
     image_url: str | None = None
     thumbnail_url: str | None = None
     cost_usd: str | None = Field(default=None, description="What this image cost, when made")
@@ -105,6 +108,16 @@ class Progress(_Answer):
     total: int
 
 
+class WaitingView(_Answer):
+    """Why the job makes no progress for now."""
+
+    reason: Literal["quota", "daily_quota"] = Field(
+        description="quota: Gemini's per-minute quota; daily_quota: paused until midnight Pacific"
+    )
+    until: str = Field(description="About when calls resume (ISO 8601, UTC)")
+    since: str
+
+
 class JobView(_Answer):
     job_id: str
     batch_id: str
@@ -112,6 +125,7 @@ class JobView(_Answer):
     state: Literal["queued", "generating", "completed", "partial", "failed"]
     status_text: str = Field(description="What the sheet's status_img shows; for people")
     progress: Progress
+    waiting: WaitingView | None = None
     error: str | None = None
     sheet_error: str | None = Field(
         default=None,

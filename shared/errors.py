@@ -21,3 +21,16 @@ class PermanentError(PipelineError):
 
 class NotFound(PipelineError):
     """A document or object that should exist does not."""
+
+
+class QuotaExceeded(TransientError):
+    """The model refused a call for quota: a reason to wait, never a failure.
+
+    ``retry_after_s`` is the delay the answer named (``RetryInfo``), if any;
+    ``per_day`` says the daily quota is used up (it resets at midnight Pacific).
+    """
+
+    def __init__(self, message: str, retry_after_s: float | None, per_day: bool) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.per_day = per_day

@@ -15,10 +15,25 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TypeVar
 
-from shared.models import TERMINAL_VARIANT_STATES, Job, JobState, Variant, VariantState
+from shared.models import (
+    TERMINAL_VARIANT_STATES,
+    Job,
+    JobState,
+    Variant,
+    VariantState,
+    Waiting,
+    WaitReason,
+)
 
 R = TypeVar("R")
 Step = tuple[Job | None, R]
+
+# What a claim that ran out says about its holder: the lease covers the whole
+# Gemini budget, so only an instance that stopped (killed, crashed) lets it expire.
+HOLDER_STOPPED = "the instance stopped during the Gemini call"
+# A new wait replaces the recorded one only when it moves its end by more than
+# this, so that a row reading "resumes about 14:05" is not rewritten every second.
+WAIT_GRANULARITY = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,7 @@ def _restate(job: Job, now: datetime) -> Job:
     job.updated_at = now
     if job.terminal and not was_terminal:
         job.finished_at = now
+        job.waiting = None
         failed = [v for v in job.variants.values() if v.state == VariantState.FAILED]
         job.error = "; ".join(f"variant {v.n}: {v.error}" for v in failed) or None
     return job
@@ -95,22 +111,43 @@ def start(job: Job, now: datetime) -> Step[bool]:
     return job, True
 
 
-def claim(job: Job, n: int, claim_id: str, now: datetime, lease: timedelta) -> Step[ClaimResult]:
-    """Take the lease on variant ``n`` unless it is finished or held by a live claim."""
+def _count_failure(variant: Variant, error: str, budget: int) -> bool:
+    """One more real failure; True when it used up the budget (the variant failed)."""
+    variant.failures += 1
+    variant.error = error
+    _unclaim(variant)
+    if variant.failures < budget:
+        variant.state = VariantState.PENDING
+        return False
+    variant.state = VariantState.FAILED
+    variant.error = f"gave up after {variant.failures} failed attempts; the last: {error}"
+    return True
+
+
+def claim(
+    job: Job, n: int, claim_id: str, now: datetime, lease: timedelta, failure_budget: int
+) -> Step[ClaimResult]:
+    """Take the lease on variant ``n`` unless it is finished or held by a live claim.
+
+    A claim whose lease ran out belonged to an instance that stopped mid-call:
+    taking it over counts as a real failure of the variant.
+    """
     variant = job.variant(n)
     if variant.state in (VariantState.UPLOADED, *TERMINAL_VARIANT_STATES):
         return None, ClaimResult(VariantClaim.FINISHED)
-    if (
-        variant.state == VariantState.GENERATING
-        and variant.claim_id != claim_id
-        and variant.claim_expires is not None
-        and variant.claim_expires > now
-    ):
+    held_by_other = variant.state == VariantState.GENERATING and variant.claim_id != claim_id
+    if held_by_other and variant.claim_expires is not None and variant.claim_expires > now:
         return None, ClaimResult(VariantClaim.HELD, variant.claim_expires)
+    if held_by_other and _count_failure(variant, HOLDER_STOPPED, failure_budget):
+        return _restate(job, now), ClaimResult(VariantClaim.FINISHED)
+    renewal = variant.state == VariantState.GENERATING and variant.claim_id == claim_id
     variant.state = VariantState.GENERATING
     variant.claim_id = claim_id
     variant.claim_expires = now + lease
-    variant.attempts += 1
+    if not renewal:
+        variant.attempts += 1
+        variant.error = None  # this attempt's outcome is what counts from now on
+    job.waiting = None
     job.updated_at = now
     if job.started_at is None:
         job.started_at = now
@@ -118,14 +155,44 @@ def claim(job: Job, n: int, claim_id: str, now: datetime, lease: timedelta) -> S
     return job, ClaimResult(VariantClaim.CLAIMED, variant.claim_expires, variant.attempts)
 
 
-def release(job: Job, n: int, claim_id: str, error: str, now: datetime) -> Step[None]:
-    """Give the lease back after a transient failure, so a redelivery can retry."""
+def release(job: Job, n: int, claim_id: str, now: datetime) -> Step[None]:
+    """Give the lease back unused (a wait, not a failure), so a redelivery can retry."""
     variant = job.variant(n)
     if variant.state != VariantState.GENERATING or variant.claim_id != claim_id:
         return None, None
     variant.state = VariantState.PENDING
     _unclaim(variant)
-    variant.error = error
+    job.updated_at = now
+    return job, None
+
+
+def attempt_failed(
+    job: Job, n: int, claim_id: str, error: str, now: datetime, failure_budget: int
+) -> Step[bool]:
+    """A real failure of the attempt that holds the claim; the value says whether it
+    used up the variant's failure budget (then the variant failed for good)."""
+    variant = job.variant(n)
+    if variant.state != VariantState.GENERATING or variant.claim_id != claim_id:
+        return None, False
+    if _count_failure(variant, error, failure_budget):
+        return _restate(job, now), True
+    job.updated_at = now
+    return job, False
+
+
+def wait(job: Job, reason: WaitReason, until: datetime, now: datetime) -> Step[None]:
+    """The job cannot progress until about ``until`` (say, the Gemini quota)."""
+    if job.terminal:
+        return None, None
+    current = job.waiting
+    if (
+        current is not None
+        and current.reason == reason
+        and abs((current.until - until).total_seconds()) <= WAIT_GRANULARITY.total_seconds()
+    ):
+        return None, None
+    since = current.since if current is not None and current.reason == reason else now
+    job.waiting = Waiting(reason=reason, until=until, since=since)
     job.updated_at = now
     return job, None
 
@@ -240,8 +307,9 @@ class Progress:
 def progress(job: Job) -> Progress:
     """The counts and the sheet's ``status_img`` text for the job's current state.
 
-    The text always starts with the state's name, so a reader of the sheet can
-    tell a final state from its first word.
+    The text always starts with a word that says where the job is (queued,
+    generating, waiting, paused, completed, partial, failed), so a reader of the
+    sheet can tell a final state from its first word.
     """
     total = job.variant_count
     done = sum(1 for v in job.variants.values() if v.state == VariantState.DONE)
@@ -252,8 +320,50 @@ def progress(job: Job) -> Progress:
         text = f"failed: {job.error or 'unknown error'}"
     elif job.state == JobState.PARTIAL:
         text = f"partial ({done}/{total}): {job.error or ''}".rstrip(": ")
+    elif waiting_shown(job) and job.waiting is not None:
+        text = waiting_text(job.waiting, done, total)
     elif job.state == JobState.QUEUED:
         text = "queued"
     else:
         text = f"generating ({done}/{total})"
     return Progress(state=job.state, done=done, failed=failed, total=total, status=text)
+
+
+def last_cause(job: Job) -> str:
+    """What kept the job from finishing, in words, for a job that is given up on.
+
+    The wait it is in; else the last real error of an unfinished variant (each
+    attempt starts with a clean slate, so it is never an earlier delivery's);
+    else a claim whose holder never came back.
+    """
+    if job.waiting is not None:
+        if job.waiting.reason == "daily_quota":
+            return "it was paused: the daily Gemini quota was used up"
+        return "it was waiting for the Gemini quota"
+    finished = (VariantState.UPLOADED, *TERMINAL_VARIANT_STATES)
+    unfinished = [v for v in job.variants.values() if v.state not in finished]
+    errors = [v.error for v in unfinished if v.error]
+    if errors:
+        return errors[-1]
+    if any(v.state == VariantState.GENERATING for v in unfinished):
+        return HOLDER_STOPPED + " (or was still in it)"
+    return "no delivery reached a Gemini call (instances busy or failing before it)"
+
+
+def waiting_shown(job: Job) -> bool:
+    """A job waits only while none of its variants is being made."""
+    return (
+        job.waiting is not None
+        and not job.terminal
+        and not any(v.state == VariantState.GENERATING for v in job.variants.values())
+    )
+
+
+def waiting_text(waiting: Waiting, done: int, total: int) -> str:
+    if waiting.reason == "daily_quota":
+        return (
+            f"paused ({done}/{total}): daily Gemini quota reached, resumes after midnight Pacific"
+        )
+    # Rounded up: "about" should not promise a minute too early.
+    resume = (waiting.until + timedelta(seconds=59)).strftime("%H:%M")
+    return f"waiting ({done}/{total}) for the Gemini quota, resumes about {resume} UTC"

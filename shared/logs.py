@@ -22,6 +22,8 @@ _FIELDS = (
     "model",
     "cost_usd",
     "tokens",
+    "until",
+    "limit",
 )
 
 

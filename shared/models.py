@@ -153,6 +153,10 @@ class Variant(BaseModel):
     claim_id: str | None = None
     claim_expires: datetime | None = None
     attempts: int = 0
+    # Real failed attempts (Gemini errors other than quota, timeouts, a holder that
+    # died): the variant fails after GEMINI_FAILURE_BUDGET of them. Waiting (for the
+    # quota, a claim, a sheet slot) never counts, however often Pub/Sub redelivers.
+    failures: int = 0
     generated_at: datetime | None = None
     done_at: datetime | None = None
     # What generating this variant cost: model, Gemini's usage_metadata token
@@ -170,6 +174,17 @@ class Variant(BaseModel):
             return self.thumb_name if self.state == VariantState.DONE else None
         ready = self.state in (VariantState.UPLOADED, VariantState.DONE)
         return self.object_name if ready else None
+
+
+WaitReason = Literal["quota", "daily_quota"]
+
+
+class Waiting(BaseModel):
+    """Why a job makes no progress for now, and until when (about)."""
+
+    reason: WaitReason
+    until: datetime
+    since: datetime
 
 
 class Job(BaseModel):
@@ -195,6 +210,7 @@ class Job(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     variants: dict[str, Variant] = Field(default_factory=dict)
+    waiting: Waiting | None = None
     sheet_digest: str | None = None
     sheet_error: str | None = None
     # Who is writing the sheet row now (one writer per job, so the final row

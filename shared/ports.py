@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Literal, Protocol, TypeVar
 
 from shared.models import Batch, Job, JobMessage
+from shared.quota import Limit, Slot
 
 R = TypeVar("R")
 
@@ -91,6 +92,18 @@ class JobPublisher(Protocol):
 
     def publish(self, messages: Sequence[tuple[JobMessage, Mapping[str, str]]]) -> dict[str, str]:
         """Publish all; return ``{job_id: error}`` for those that did not go out."""
+        ...
+
+
+class QuotaGate(Protocol):
+    """The fleet's shared pace and gate for calls of one model (Firestore in production)."""
+
+    def reserve(self, model: str, now: datetime, max_wait_s: float) -> Slot:
+        """A call slot within ``max_wait_s``, or when one could be had (``shared/quota.py``)."""
+        ...
+
+    def close(self, model: str, until: datetime, limit: Limit) -> None:
+        """Nobody calls the model before ``until``: it refused a call for quota."""
         ...
 
 

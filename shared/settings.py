@@ -31,7 +31,7 @@ DEFAULT_PRICES = {
 GEMINI_RETRY_INITIAL_DELAY_S = 1.0
 GEMINI_RETRY_JITTER_S = 1.0
 # Time after the Gemini call that a claim must still cover (upload and record).
-LEASE_MARGIN_S = 10.0
+LEASE_MARGIN_S = 20.0
 
 
 class Settings(BaseModel):
@@ -70,8 +70,9 @@ class Settings(BaseModel):
     generate_concurrency: int = Field(default=4, ge=1)
     gemini_timeout_s: float = Field(default=120.0, gt=0)
     gemini_retry_attempts: int = Field(default=2, ge=1, le=10)
-    max_event_age_s: int = Field(default=3 * 3600, ge=60)
-    claim_lease_s: float = Field(default=300.0, gt=0)
+    # The longest a job may wait in all (quota pauses included) before it fails with
+    # the reason; under Pub/Sub's 100 delivery attempts at up to 600 s apart (~16 h).
+    max_event_age_s: int = Field(default=12 * 3600, ge=60)
     claim_wait_s: float = Field(default=240.0, ge=0)
     reference_max_bytes: int = Field(default=7 * 1024 * 1024, ge=1)
     reference_max_images: int = Field(default=3, ge=0)
@@ -97,6 +98,18 @@ class Settings(BaseModel):
     image_max_pixels: int = Field(default=40_000_000, ge=1)
     reference_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     reference_cache_fresh_s: float = Field(default=60.0, ge=0)
+
+    # --- Quotas and failures (issue 12). Waiting is not failing: a variant fails
+    # after GEMINI_FAILURE_BUDGET real failed attempts (Gemini errors other than
+    # quota, timeouts, an instance that died mid-call), however many deliveries it
+    # took; MAX_EVENT_AGE_S bounds the waiting. GEMINI_IMAGES_PER_MINUTE paces the
+    # whole fleet's calls of a model just under the project's quota (0: no pace;
+    # refusals still close the shared gate until Gemini's RetryInfo delay).
+    gemini_failure_budget: int = Field(default=3, ge=1, le=20)
+    gemini_images_per_minute: float = Field(default=0.0, ge=0, le=100_000)
+    # The longest one delivery waits in-process for a slot; longer waits hand the
+    # message back to Pub/Sub (never counted as a failure).
+    quota_wait_s: float = Field(default=120.0, ge=0)
 
     api_key_hashes: dict[str, str] = Field(default_factory=dict)
     id_token_audiences: list[str] = Field(default_factory=list)
@@ -217,8 +230,9 @@ class Settings(BaseModel):
 
     @property
     def variant_lease_s(self) -> float:
-        """A claim outlives the longest Gemini call plus the upload after it."""
-        return max(self.claim_lease_s, self.gemini_budget_s + LEASE_MARGIN_S)
+        """A claim outlives the longest Gemini call plus the upload after it, and no
+        more: a claim of an instance that died is taken over as soon as it can be."""
+        return self.gemini_budget_s + LEASE_MARGIN_S
 
     def price_per_image(self, model: str | None = None) -> Decimal:
         name = model or self.gemini_model

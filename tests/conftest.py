@@ -25,6 +25,7 @@ from tests.fakes import (
     FakeJobStore,
     FakeObjectStore,
     FakePublisher,
+    FakeQuotaGate,
     FakeReferenceLoader,
     FakeSheetWriter,
     make_settings,
@@ -121,6 +122,11 @@ def references() -> FakeReferenceLoader:
 
 
 @pytest.fixture
+def quota_gate() -> FakeQuotaGate:
+    return FakeQuotaGate()
+
+
+@pytest.fixture
 def sheet_writer() -> FakeSheetWriter:
     return FakeSheetWriter()
 
@@ -159,6 +165,7 @@ def make_generation(
     objects: FakeObjectStore,
     generator: FakeImageGenerator,
     references: FakeReferenceLoader,
+    quota_gate: FakeQuotaGate,
     fake_monotonic: FakeClock,
 ) -> Callable[..., Generation]:
     """Builds the generation service on the fakes; keyword arguments override settings."""
@@ -170,6 +177,7 @@ def make_generation(
             objects=objects,
             generator=generator,
             references=references,
+            quota=quota_gate,
             clock=fake_monotonic,
             sleep=fake_monotonic.sleep,
         )

@@ -16,10 +16,12 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
+from shared import quota
 from shared.errors import NotFound, PermanentError
 from shared.events import StorageObject
 from shared.models import Batch, Job, JobMessage, JobState, VariantState
 from shared.ports import Cell, FoundObject, GeneratedImage, ReferenceImage, StoredAnswer, Usage
+from shared.quota import GateState, Limit, Slot
 from shared.settings import Settings
 
 R = TypeVar("R")
@@ -59,7 +61,6 @@ def make_settings(**overrides: Any) -> Settings:
         "public_base_url": PUBLIC_BASE_URL,
         "link_signing_key": LINK_SIGNING_KEY,
         "claim_wait_s": 30.0,
-        "claim_lease_s": 300.0,
     }
     values.update(overrides)
     return Settings(**values)
@@ -484,6 +485,36 @@ class FakeImageGenerator:
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
+
+
+# --------------------------------------------------------------------------- quota
+
+
+class FakeQuotaGate:
+    """QuotaGate in memory on the production pure functions (``shared/quota.py``)."""
+
+    def __init__(self, images_per_minute: float = 0.0) -> None:
+        self._lock = threading.Lock()
+        self.interval = timedelta(seconds=60 / images_per_minute if images_per_minute else 0)
+        self.states: dict[str, GateState] = {}
+        self.reserved: list[tuple[str, datetime, float, Slot]] = []
+        self.closed: list[tuple[str, datetime, Limit]] = []
+
+    def reserve(self, model: str, now: datetime, max_wait_s: float) -> Slot:
+        with self._lock:
+            state = self.states.get(model, GateState())
+            updated, slot = quota.reserve(state, now, self.interval, timedelta(seconds=max_wait_s))
+            if updated is not None:
+                self.states[model] = updated
+            self.reserved.append((model, now, max_wait_s, slot))
+            return slot
+
+    def close(self, model: str, until: datetime, limit: Limit) -> None:
+        with self._lock:
+            updated, _ = quota.close(self.states.get(model, GateState()), until, limit)
+            if updated is not None:
+                self.states[model] = updated
+            self.closed.append((model, until, limit))
 
 
 # --------------------------------------------------------------------------- references

@@ -63,7 +63,6 @@ locals {
         GEMINI_ASPECT_RATIO      = var.gemini_aspect_ratio
         GEMINI_IMAGE_SIZE        = var.gemini_image_size
         REFERENCE_MAX_IMAGES     = tostring(var.reference_max_images)
-        CLAIM_LEASE_S            = tostring(var.claim_lease_s)
         CLAIM_WAIT_S             = tostring(var.claim_wait_s)
         PUBLIC_BASE_URL          = local.public_base_url
         SHEETS_WRITES_PER_MINUTE = tostring(max(1, floor(var.sheets_quota_per_minute / var.generate_function.max_instances)))

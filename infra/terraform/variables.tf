@@ -298,17 +298,6 @@ variable "reference_max_images" {
   default     = 3
 }
 
-variable "claim_lease_s" {
-  type        = number
-  description = "Lease of a variant claim in seconds (CLAIM_LEASE_S); a claim of a dead instance expires after it."
-  default     = 300
-
-  validation {
-    condition     = var.claim_lease_s > 0
-    error_message = "claim_lease_s must be positive."
-  }
-}
-
 variable "claim_wait_s" {
   type        = number
   description = "How long a delivery waits for another delivery's live claim, in seconds (CLAIM_WAIT_S)."

@@ -14,9 +14,11 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from shared import quota
 from shared.errors import NotFound, TransientError
 from shared.models import Batch, Job, JobState
 from shared.ports import StoredAnswer, Usage
+from shared.quota import GateState, Limit, Slot
 
 R = TypeVar("R")
 
@@ -190,3 +192,50 @@ class FirestoreIdempotencyStore:
 
     def abandon(self, key: str) -> None:
         self._records.document(key).delete()
+
+
+class FirestoreQuotaGate:
+    """``quota/{model}``: the shared pace and gate of Gemini calls (``shared/quota.py``).
+
+    One small document per model; every call of the fleet reads it and, when
+    calls are paced, writes it once (about images-per-minute writes a minute).
+    """
+
+    def __init__(self, client: firestore.Client, images_per_minute: float) -> None:
+        self._gates = client.collection("quota")
+        self._interval = timedelta(seconds=60 / images_per_minute if images_per_minute else 0)
+
+    def reserve(self, model: str, now: datetime, max_wait_s: float) -> Slot:
+        max_wait = timedelta(seconds=max(max_wait_s, 0.0))
+
+        def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, Slot]:
+            updated, slot = quota.reserve(_gate(doc), now, self._interval, max_wait)
+            return (_gate_doc(updated) if updated is not None else None), slot
+
+        return compare_and_set(self._gates.document(model), apply)
+
+    def close(self, model: str, until: datetime, limit: Limit) -> None:
+        def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, None]:
+            updated, _ = quota.close(_gate(doc), until, limit)
+            return (_gate_doc(updated) if updated is not None else None), None
+
+        compare_and_set(self._gates.document(model), apply)
+
+
+def _gate(doc: Mapping[str, Any] | None) -> GateState:
+    if not doc:
+        return GateState()
+    limit = doc.get("closed_for")
+    return GateState(
+        next_slot=doc.get("next_slot"),
+        closed_until=doc.get("closed_until"),
+        closed_for=Limit(limit) if limit else None,
+    )
+
+
+def _gate_doc(state: GateState) -> dict[str, Any]:
+    return {
+        "next_slot": state.next_slot,
+        "closed_until": state.closed_until,
+        "closed_for": state.closed_for.value if state.closed_for else None,
+    }

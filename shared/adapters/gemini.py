@@ -16,13 +16,16 @@ from google import genai
 from google.genai import errors, types
 from pydantic import ValidationError
 
-from shared.errors import PermanentError, TransientError
+from shared.errors import PermanentError, QuotaExceeded, TransientError
 from shared.imagecheck import NotAnImage, image_mime
 from shared.ports import GeneratedImage, ReferenceImage
 from shared.settings import GEMINI_RETRY_INITIAL_DELAY_S, GEMINI_RETRY_JITTER_S
 
-# 408 and 429 are worth retrying; other 4xx mean the request itself is wrong.
-RETRYABLE_CODES = (408, 429, 500, 502, 503, 504)
+# 408 and 5xx are worth retrying at once; other 4xx mean the request itself is
+# wrong. 429 is not retried here: a quota refusal closes the fleet's gate instead
+# (the SDK's retry would not read RetryInfo, and would spend more refused calls).
+RETRYABLE_CODES = (408, 500, 502, 503, 504)
+QUOTA_CODE = 429
 # Google documents image settings (image_config) on v1beta.
 API_VERSION = "v1beta"
 
@@ -97,6 +100,8 @@ class GeminiImageGenerator:
             )
         except errors.APIError as exc:
             detail = f"Gemini answered {exc.code} {exc.status or ''}: {exc.message or ''}"
+            if exc.code == QUOTA_CODE:
+                raise quota_refusal(detail.strip(), exc.details) from exc
             if exc.code in RETRYABLE_CODES:
                 raise TransientError(detail.strip()) from exc
             raise PermanentError(detail.strip()) from exc
@@ -110,6 +115,40 @@ class GeminiImageGenerator:
         except errors.UnknownApiResponseError as exc:
             raise TransientError(f"Gemini answered something unreadable: {exc}") from exc
         return read_image(response, self._max_pixels)
+
+
+def quota_refusal(detail: str, body: Any) -> QuotaExceeded:
+    """What a 429 says: how long to wait (``RetryInfo``) and whether a daily quota
+    is used up (``QuotaFailure`` names the quota)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    items = error.get("details") if isinstance(error, dict) else None
+    retry_after: float | None = None
+    per_day = False
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
+        kind = str(item.get("@type", ""))
+        if kind.endswith("google.rpc.RetryInfo"):
+            retry_after = _seconds(item.get("retryDelay"))
+        elif kind.endswith("google.rpc.QuotaFailure"):
+            for violation in item.get("violations") or []:
+                if isinstance(violation, dict):
+                    quota_id = str(violation.get("quotaId", ""))
+                    metric = str(violation.get("quotaMetric", ""))
+                    per_day = per_day or "PerDay" in quota_id or "per_day" in metric
+    return QuotaExceeded(detail, retry_after, per_day)
+
+
+def _seconds(duration: object) -> float | None:
+    """A protobuf Duration in JSON ("23s", "0.5s") as seconds."""
+    text = str(duration or "").strip()
+    if not text.endswith("s"):
+        return None
+    try:
+        value = float(text[:-1])
+    except ValueError:
+        return None
+    return value if value >= 0 and value == value and value != float("inf") else None
 
 
 def image_config(

@@ -11,7 +11,6 @@ from shared import jobs as transitions
 from shared.errors import NotFound, PermanentError
 from shared.events import PushMessage, job_message, storage_object
 from shared.ids import utcnow
-from shared.models import TERMINAL_VARIANT_STATES, Job
 from shared.objects import recorded_spent, variant_key
 from shared.services.ledger import JobLedger
 
@@ -19,14 +18,6 @@ log = logging.getLogger(__name__)
 
 # Set by Pub/Sub on messages it forwards to a dead-letter topic.
 DELIVERY_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
-
-
-def last_error(job: Job) -> str:
-    """The error recorded on an unfinished variant: what kept the job retrying."""
-    errors = [
-        v.error for v in job.variants.values() if v.error and v.state not in TERMINAL_VARIANT_STATES
-    ]
-    return errors[-1] if errors else "no error was recorded"
 
 
 @dataclass(frozen=True)
@@ -55,7 +46,7 @@ class DeadLetters:
         if job is None:
             raise NotFound(f"job {job_id} does not exist")
         with self.ledger.entry(job) as entry:
-            reason = f"gave up after {attempts} deliveries: {last_error(job)}"
+            reason = f"gave up after {attempts} deliveries: {transitions.last_cause(job)}"
             entry.apply(lambda j: transitions.fail_job(j, reason, self.clock()))
         log.warning("job failed", extra={"job_id": job_id, "state": "failed", "error": reason})
 

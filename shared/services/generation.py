@@ -14,6 +14,7 @@ delivery (see the time arithmetic in ``shared/settings.py``).
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,12 +23,13 @@ from datetime import datetime, timedelta
 from functools import cached_property
 
 from shared import jobs as transitions
-from shared.errors import PermanentError, TransientError
+from shared.errors import PermanentError, QuotaExceeded, TransientError
 from shared.ids import new_id, utcnow
 from shared.jobs import ClaimResult, Spent, VariantClaim
-from shared.models import Job, JobMessage
+from shared.models import Job, JobMessage, VariantState, WaitReason
 from shared.objects import ObjectNames, image_metadata, recorded_spent
-from shared.ports import ImageGenerator, ObjectStore, ReferenceImage, ReferenceLoader
+from shared.ports import ImageGenerator, ObjectStore, QuotaGate, ReferenceImage, ReferenceLoader
+from shared.quota import Limit, next_quota_day
 from shared.services.ledger import JobEntry, JobLedger
 from shared.settings import Settings
 
@@ -35,6 +37,15 @@ log = logging.getLogger(__name__)
 
 # How often a delivery looks again at a variant another live delivery holds.
 HELD_POLL_S = 2.0
+# A refusal without RetryInfo pauses the model's calls this long; any refusal at least
+# the minimum, plus up to QUOTA_JITTER_S (a fifth of the pause at most) of spread.
+DEFAULT_QUOTA_PAUSE_S = 30.0
+MIN_QUOTA_PAUSE_S = 2.0
+QUOTA_JITTER_S = 5.0
+# Refusals one variant takes within one delivery before handing the message back.
+MAX_REFUSALS_PER_DELIVERY = 3
+# In-process waits for a closed gate longer than this show on the job's row.
+WAIT_SHOWN_S = 10.0
 
 Context = dict[str, object]
 
@@ -59,6 +70,7 @@ class Generation:
     objects: ObjectStore
     generator: ImageGenerator
     references: ReferenceLoader
+    quota: QuotaGate
     clock: Callable[[], datetime] = utcnow
     sleep: Callable[[float], None] = field(default=time.sleep)
 
@@ -87,7 +99,10 @@ class Generation:
             if age > self.settings.max_event_age_s:
                 # Retrying forever helps nobody: record why and acknowledge.
                 limit = self.settings.max_event_age_s
-                reason = f"dropped: the job waited {int(age)} s, over the {limit} s limit"
+                reason = (
+                    f"dropped: the job waited {int(age)} s, over the {limit} s limit; "
+                    f"{transitions.last_cause(job)}"
+                )
                 self._fail_job(entry, reason, context)
                 return
             if entry.apply(lambda j: transitions.start(j, self.clock())).value:
@@ -124,7 +139,12 @@ class Generation:
 
     # ------------------------------------------------------------------ one variant
     def _variant(self, run: _Run, n: int) -> TransientError | None:
-        """Make variant ``n`` unless it is done or held; a returned error means retry."""
+        """Make variant ``n`` unless it is done or held; a returned error means retry.
+
+        Only a real failure of the attempt counts toward the variant's failure
+        budget; waiting (for the quota, a claim, time in this delivery) hands the
+        message back to Pub/Sub without bringing the job closer to failure.
+        """
         job = run.job
         context: Context = {
             "job_id": job.job_id,
@@ -132,13 +152,33 @@ class Generation:
             "scene_id": job.scene_id,
             "variant": n,
         }
-        try:
-            claimed = self._claim(run, n, context)
-        except TransientError as exc:
-            return exc
-        if claimed is None:
-            return None
-        context["attempt"] = claimed.attempt
+        refusals = 0
+        while True:
+            if job.variant(n).state == VariantState.PENDING or refusals:
+                # A call slot first: claims are held only while a call can start.
+                waited = self._call_slot(run, n, context)
+                if waited is not None:
+                    return waited
+            try:
+                claimed = self._claim(run, n, context)
+            except TransientError as exc:
+                return exc
+            if claimed is None:
+                return None
+            context["attempt"] = claimed.attempt
+            try:
+                return self._attempt(run, n, claimed, context)
+            except QuotaExceeded as exc:
+                refusals += 1
+                self._quota_refused(run, n, exc, context)
+                if refusals >= MAX_REFUSALS_PER_DELIVERY:
+                    return exc
+
+    def _attempt(
+        self, run: _Run, n: int, claimed: ClaimResult, context: Context
+    ) -> TransientError | None:
+        """One attempt under our claim; raises QuotaExceeded (the claim released)."""
+        job = run.job
         lease_left = self._seconds_until(claimed.expires) if claimed.expires else 0.0
         existing = self.objects.find(self.settings.images_bucket, self.names.image_stem(job, n))
         if existing is not None:
@@ -165,10 +205,13 @@ class Generation:
         except PermanentError as exc:
             self._variant_failed(run, n, str(exc), {**context, "duration_ms": _ms_since(begin)})
             return None
+        except QuotaExceeded:
+            context["duration_ms"] = _ms_since(begin)
+            self._release(run, n, "Gemini refused the call for quota", context)
+            raise
         except TransientError as exc:
             context["duration_ms"] = _ms_since(begin)
-            self._release(run, n, str(exc), context)
-            return exc
+            return self._attempt_failed(run, n, exc, context)
         name = self.names.image(job, n, image.mime_type)
         spent = Spent(job.model, job.price_per_image, dict(image.usage))
         created = self.objects.create(
@@ -188,12 +231,66 @@ class Generation:
         self._record_upload(run, n, name, image.mime_type, spent, context)
         return None
 
+    # ------------------------------------------------------------------ quota
+    def _call_slot(self, run: _Run, n: int, context: Context) -> TransientError | None:
+        """Wait here for the fleet's next call slot of the model, or hand the
+        message back (None: a call may start now)."""
+        # The wait must leave this delivery the time for its Gemini call.
+        room = run.deadline - time.monotonic() - self.settings.gemini_budget_s
+        max_wait = max(0.0, min(self.settings.quota_wait_s, room))
+        now = self.clock()
+        slot = self.quota.reserve(run.job.model, now, max_wait)
+        if slot.at is None:
+            reopens = slot.reopens or now
+            self._waiting(run, slot.closed_for, reopens, now)
+            log.info(
+                "variant waits for the Gemini quota; message handed back",
+                extra={**context, "state": "waiting", "event": "variant_waiting"},
+            )
+            return TransientError(f"waiting for the Gemini quota until {reopens.isoformat()}")
+        delay = (slot.at - now).total_seconds()
+        if delay > 0:
+            if slot.closed_for is not None and delay > WAIT_SHOWN_S:
+                self._waiting(run, slot.closed_for, slot.at, now)
+            self.sleep(delay)
+        return None
+
+    def _waiting(self, run: _Run, limit: Limit | None, until: datetime, now: datetime) -> None:
+        """Show on the job (and its row) that it waits for the quota, and until when."""
+        reason: WaitReason = "daily_quota" if limit == Limit.DAY else "quota"
+        run.entry.apply(lambda j: transitions.wait(j, reason, until, self.clock()))
+
+    def _quota_refused(self, run: _Run, n: int, refusal: QuotaExceeded, context: Context) -> None:
+        """Close the fleet's gate until the quota has room again."""
+        now = self.clock()
+        if refusal.per_day:
+            until, limit = next_quota_day(now), Limit.DAY
+        else:
+            delay = max(refusal.retry_after_s or DEFAULT_QUOTA_PAUSE_S, MIN_QUOTA_PAUSE_S)
+            # Spread the fleet's return a little, so it does not bounce off the quota at once.
+            delay += random.uniform(0, min(QUOTA_JITTER_S, delay / 5))
+            until, limit = now + timedelta(seconds=delay), Limit.MINUTE
+        self.quota.close(run.job.model, until, limit)
+        log.warning(
+            "Gemini refused the call for quota; calls paused",
+            extra={
+                **context,
+                "state": "waiting",
+                "error": str(refusal),
+                "event": "quota_refused",
+                "until": until.isoformat(),
+                "limit": limit.value,
+            },
+        )
+
     def _claim(self, run: _Run, n: int, context: Context) -> ClaimResult | None:
         """Take the variant's lease, waiting a bounded time for a live holder.
 
-        Returns the claim, or None when the variant is finished.
+        Returns the claim, or None when the variant is finished (or just failed
+        for good: its holder died once too often).
         """
         lease = timedelta(seconds=self.settings.variant_lease_s)
+        budget = self.settings.gemini_failure_budget
         # Waiting must leave this delivery the time for its own Gemini call.
         wait_s = min(
             self.settings.claim_wait_s,
@@ -202,7 +299,7 @@ class Generation:
         give_up = time.monotonic() + max(0.0, wait_s)
         while True:
             claim = run.entry.apply(
-                lambda j: transitions.claim(j, n, run.claim_id, self.clock(), lease)
+                lambda j: transitions.claim(j, n, run.claim_id, self.clock(), lease, budget)
             ).value
             if claim.outcome == VariantClaim.CLAIMED:
                 log.info(
@@ -234,13 +331,39 @@ class Generation:
             self.sleep(min(wait, remaining))
 
     def _release(self, run: _Run, n: int, reason: str, context: Context) -> TransientError:
-        """Give the claim back so a redelivery can make the variant."""
-        run.entry.apply(lambda j: transitions.release(j, n, run.claim_id, reason, self.clock()))
-        log.warning(
-            "variant will be retried",
+        """Give the claim back unused (a wait): a redelivery makes the variant."""
+        run.entry.apply(lambda j: transitions.release(j, n, run.claim_id, self.clock()))
+        log.info(
+            "variant handed back",
             extra={**context, "state": "pending", "error": reason, "event": "variant_released"},
         )
         return TransientError(reason)
+
+    def _attempt_failed(
+        self, run: _Run, n: int, error: TransientError, context: Context
+    ) -> TransientError | None:
+        """A real failure: counted; the variant fails once its budget is used up."""
+        budget = self.settings.gemini_failure_budget
+        reason = str(error)
+        failed = run.entry.apply(
+            lambda j: transitions.attempt_failed(j, n, run.claim_id, reason, self.clock(), budget)
+        )
+        if failed.value:
+            log.warning(
+                "variant failed",
+                extra={
+                    **context,
+                    "state": "failed",
+                    "error": failed.job.variant(n).error,
+                    "event": "variant_failed",
+                },
+            )
+            return None
+        log.warning(
+            "variant will be retried",
+            extra={**context, "state": "pending", "error": reason, "event": "attempt_failed"},
+        )
+        return error
 
     def _variant_failed(self, run: _Run, n: int, reason: str, context: Context) -> None:
         run.entry.apply(

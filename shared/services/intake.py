@@ -20,6 +20,7 @@ from shared.api_models import (
     Submitted,
     SubmittedJob,
     VariantView,
+    WaitingView,
     Warning,
 )
 from shared.ids import new_id, utcnow
@@ -314,9 +315,17 @@ def job_view(job: Job, links: LinkSigner) -> JobView:
                     links.link(job.job_id, v.n, "thumb") if v.asset_name("thumb") else None
                 ),
                 cost_usd=v.cost_usd,
+                failures=v.failures,
             )
         )
     progress = transitions.progress(job)
+    waiting = None
+    if transitions.waiting_shown(job) and job.waiting is not None:
+        waiting = WaitingView(
+            reason=job.waiting.reason,
+            until=job.waiting.until.isoformat(),
+            since=job.waiting.since.isoformat(),
+        )
     duration = (
         (job.finished_at - job.created_at).total_seconds() if job.finished_at is not None else None
     )
@@ -327,6 +336,7 @@ def job_view(job: Job, links: LinkSigner) -> JobView:
         state=job.state.value,
         status_text=progress.status,
         progress=Progress(done=progress.done, failed=progress.failed, total=progress.total),
+        waiting=waiting,
         error=job.error,
         sheet_error=job.sheet_error,
         model=job.model,

@@ -44,7 +44,6 @@ FUNCTION_ENV = {
     "GEMINI_RETRY_ATTEMPTS": "2",
     "GEMINI_RETRY_MAX_DELAY_S": "1",
     "GEMINI_BUDGET_S": "8",  # worst case 2 x 2 s + 1 s = 5 s
-    "CLAIM_LEASE_S": "5",  # the lease is still budget + 10 s = 18 s
     "CLAIM_WAIT_S": "30",
     "LINK_SIGNING_KEY": LINK_SIGNING_KEY,
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from datetime import timedelta
 
 import pytest
 
@@ -12,11 +13,12 @@ from shared.errors import TransientError
 from shared.events import PushMessage
 from shared.models import JobMessage, JobState, VariantState
 from shared.ports import Text
-from shared.services.dead_letters import DELIVERY_COUNT, DeadLetters, last_error
+from shared.services.dead_letters import DELIVERY_COUNT, DeadLetters
 from shared.services.ledger import JobLedger
 from shared.services.sheet_sync import SheetSync
 from tests.fakes import T0, FakeClock, FakeJobStore, FakeSheetWriter, make_job, mark_done
 
+LEASE = timedelta(seconds=300)
 JOB_MESSAGE = JobMessage(job_id="job_1", batch_id="bat_1", scene_id="sc-001")
 
 
@@ -73,7 +75,10 @@ def test_job_gave_up_without_delivery_count_or_error(
     service.handle(job_letter(attempts=None))
     job = store.job("job_1")
     assert job.state == JobState.FAILED
-    assert job.variant(1).error == "gave up after several deliveries: no error was recorded"
+    assert job.variant(1).error == (
+        "gave up after several deliveries: no delivery reached a Gemini call "
+        "(instances busy or failing before it)"
+    )
 
 
 def test_dead_letter_for_finished_job_changes_nothing(
@@ -147,20 +152,55 @@ def test_transient_sheet_error_is_repaired_by_the_redelivery(
     assert sheet_writer.row("sc-001")["status_img"].value.startswith("failed: ")
 
 
-def test_last_error_is_the_latest_listed() -> None:
+def test_last_cause_is_the_latest_listed_error() -> None:
     job = make_job(variant_count=3)
-    assert last_error(job) == "no error was recorded"
     job.variant(1).error = "first"
     job.variant(3).error = "third"
-    assert last_error(job) == "third"
+    assert transitions.last_cause(job) == "third"
 
 
-def test_last_error_ignores_finished_variants() -> None:
+def test_last_cause_ignores_finished_variants() -> None:
     job = make_job(variant_count=2)
-    job.variant(1).error = "Gemini answered 429 RESOURCE_EXHAUSTED"  # pending, retried
+    job.variant(1).error = "Gemini answered 503 UNAVAILABLE"  # pending, retried
     job.variant(2).state = VariantState.FAILED
     job.variant(2).error = "prompt blocked by Gemini (SAFETY)"
-    assert last_error(job) == "Gemini answered 429 RESOURCE_EXHAUSTED"
+    assert transitions.last_cause(job) == "Gemini answered 503 UNAVAILABLE"
+
+
+def test_last_cause_names_a_holder_that_never_came_back() -> None:
+    job, _ = transitions.claim(make_job(variant_count=1), 1, "clm_a", T0, LEASE, 3)
+    assert job is not None
+    assert transitions.last_cause(job) == (
+        "the instance stopped during the Gemini call (or was still in it)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("reason", "words"),
+    [
+        ("quota", "it was waiting for the Gemini quota"),
+        ("daily_quota", "it was paused: the daily Gemini quota was used up"),
+    ],
+)
+def test_last_cause_names_the_wait_a_job_died_in(reason: str, words: str) -> None:
+    job = make_job(variant_count=1)
+    job.variant(1).error = "Gemini answered 503 UNAVAILABLE"  # an earlier attempt
+    waited, _ = transitions.wait(job, reason, T0 + LEASE, T0)  # type: ignore[arg-type]
+    assert waited is not None
+    assert transitions.last_cause(waited) == words
+
+
+def test_dead_letter_never_says_no_error_was_recorded(
+    service: DeadLetters, store: FakeJobStore
+) -> None:
+    job, _ = transitions.claim(make_job(variant_count=1), 1, "clm_dead", T0, LEASE, 3)
+    assert job is not None
+    store.add(job)
+    service.handle(job_letter("100"))
+    assert store.job("job_1").error == (
+        "variant 1: gave up after 100 deliveries: "
+        "the instance stopped during the Gemini call (or was still in it)"
+    )
 
 
 def test_job_finished_is_logged_once_for_the_metrics(

@@ -19,8 +19,14 @@ from google.genai import types
 from PIL import Image
 
 from devstack.gemini_stub import GeminiStubServer, StubConfig, make_server
-from shared.adapters.gemini import FINISH_REASONS, GeminiImageGenerator, image_config, read_image
-from shared.errors import PermanentError, TransientError
+from shared.adapters.gemini import (
+    FINISH_REASONS,
+    GeminiImageGenerator,
+    image_config,
+    quota_refusal,
+    read_image,
+)
+from shared.errors import PermanentError, QuotaExceeded, TransientError
 from shared.ports import ReferenceImage
 from tests.fakes import jpeg_bytes, png_bytes
 
@@ -264,12 +270,68 @@ def test_call_without_shape_leaves_it_to_the_model(stub: GeminiStubServer) -> No
     assert "imageConfig" not in logged(stub)[0]["generationConfig"]
 
 
-@pytest.mark.parametrize("mode", ["http:429", "http:500", "http:503", "http:408"])
+@pytest.mark.parametrize("mode", ["http:500", "http:503", "http:408"])
 def test_sdk_retries_retryable_codes_within_one_call(stub: GeminiStubServer, mode: str) -> None:
     script(stub, {"match": ".", "mode": mode, "times": 1})
     image = generator(attempts=2).generate(MODEL, "a fox", [], seed=1)
     assert image.mime_type == "image/png"
     assert len(logged(stub)) == 2
+
+
+def test_quota_refusal_is_not_retried_and_says_how_long_to_wait(stub: GeminiStubServer) -> None:
+    script(stub, {"match": ".", "mode": "http:429", "times": 1})
+    with pytest.raises(QuotaExceeded, match="Gemini answered 429 RESOURCE_EXHAUSTED") as info:
+        generator(attempts=3).generate(MODEL, "a fox", [], seed=1)
+    assert (info.value.retry_after_s, info.value.per_day) == (1.0, False)
+    assert len(logged(stub)) == 1  # one refused call, not three
+
+
+def quota_body(quota_id: str, metric: str, delay: str | None) -> dict[str, Any]:
+    details: list[dict[str, Any]] = [
+        {
+            "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations": [{"quotaMetric": metric, "quotaId": quota_id, "quotaValue": "20"}],
+        },
+        {"@type": "type.googleapis.com/google.rpc.Help", "links": []},
+    ]
+    if delay is not None:
+        details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay})
+    return {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": details}}
+
+
+@pytest.mark.parametrize(
+    ("body", "retry_after", "per_day"),
+    [
+        (
+            quota_body(
+                "GenerateRequestsPerMinutePerProjectPerModel",
+                "generativelanguage.googleapis.com/generate_requests_per_model",
+                "23s",
+            ),
+            23.0,
+            False,
+        ),
+        (
+            quota_body(
+                "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+                "generativelanguage.googleapis.com/generate_requests_per_model_per_day",
+                "4.5s",
+            ),
+            4.5,
+            True,
+        ),
+        (quota_body("ImagesPerMinute", "x/images_per_minute", None), None, False),
+        ({"error": {"details": [{"@type": "x.RetryInfo", "retryDelay": "soon"}]}}, None, False),
+        ({"error": "not an object"}, None, False),
+        (["not", "a", "dict"], None, False),
+        (None, None, False),
+    ],
+)
+def test_quota_refusal_tells_minute_from_day_and_reads_retry_info(
+    body: Any, retry_after: float | None, per_day: bool
+) -> None:
+    refusal = quota_refusal("Gemini answered 429", body)
+    assert (refusal.retry_after_s, refusal.per_day) == (retry_after, per_day)
 
 
 def test_retryable_code_after_all_attempts_is_transient(stub: GeminiStubServer) -> None:

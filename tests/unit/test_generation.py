@@ -30,6 +30,7 @@ from tests.fakes import (
     FakeImageGenerator,
     FakeJobStore,
     FakeObjectStore,
+    FakeQuotaGate,
     FakeReferenceLoader,
     FakeSheetWriter,
     finalize_event,
@@ -547,7 +548,7 @@ def test_every_state_change_is_logged_with_job_batch_scene_variant_attempt_durat
         "sc-001",
     )
     (uploaded,) = events(caplog, "variant_uploaded")
-    (released,) = events(caplog, "variant_released")
+    (released,) = events(caplog, "attempt_failed")
     for record, n in ((uploaded, 1), (released, 2)):
         assert (record["job_id"], record["batch_id"], record["scene_id"]) == (
             "job_1",
@@ -659,27 +660,25 @@ class RecordingGenerator(FakeImageGenerator):
         return super().generate(*args, **kwargs)
 
 
-@pytest.mark.parametrize(
-    ("lease_s", "budget_s", "expected"), [(300.0, 280.0, 300.0), (60.0, 280.0, 290.0)]
-)
-def test_claim_lease_always_outlasts_the_gemini_budget(
+@pytest.mark.parametrize(("budget_s", "expected"), [(280.0, 300.0), (100.0, 120.0)])
+def test_claim_lease_outlasts_the_gemini_budget_and_no_more(
     store: FakeJobStore,
     objects: FakeObjectStore,
     references: FakeReferenceLoader,
     sheet_sync: SheetSync,
     fake_monotonic: FakeClock,
-    lease_s: float,
     budget_s: float,
     expected: float,
 ) -> None:
     store.add(make_job(variant_count=1))
     recording = RecordingGenerator(store, fake_monotonic)
     Generation(
-        settings=make_settings(claim_lease_s=lease_s, gemini_budget_s=budget_s),
+        settings=make_settings(gemini_budget_s=budget_s, gemini_timeout_s=40),
         ledger=JobLedger(store, sheet_sync),
         objects=objects,
         generator=recording,
         references=references,
+        quota=FakeQuotaGate(),
         clock=fake_monotonic,
         sleep=fake_monotonic.sleep,
     ).handle(MESSAGE)

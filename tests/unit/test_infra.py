@@ -384,7 +384,7 @@ def test_variable_defaults_match_the_code_defaults(monkeypatch: pytest.MonkeyPat
                 f"var.{rendered[0]} default {rendered[1]!r} != Settings.{field} default"
             )
             checked.add(env)
-    assert {"GEMINI_MODEL", "PRICE_TABLE", "MAX_VARIANTS", "CLAIM_LEASE_S"} <= checked
+    assert {"GEMINI_MODEL", "PRICE_TABLE", "MAX_VARIANTS", "CLAIM_WAIT_S"} <= checked
 
 
 def test_variables_are_typed_and_described() -> None:

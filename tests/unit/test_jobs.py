@@ -21,6 +21,7 @@ P, G, U, D, F = (
     VariantState.FAILED,
 )
 LEASE = timedelta(seconds=300)
+BUDGET = 3
 
 
 def job_with(*states: VariantState, started: bool = True) -> Job:
@@ -96,7 +97,7 @@ def test_start_marks_queued_job_generating_once() -> None:
 
 def test_claim_pending_variant() -> None:
     job = make_job()
-    updated, result = jobs.claim(job, 1, "clm_a", T0, LEASE)
+    updated, result = jobs.claim(job, 1, "clm_a", T0, LEASE, BUDGET)
     assert result == ClaimResult(VariantClaim.CLAIMED, T0 + LEASE, attempt=1)
     assert updated is not None
     v = updated.variant(1)
@@ -107,10 +108,10 @@ def test_claim_pending_variant() -> None:
 
 
 def test_claim_held_by_live_claim_of_another_delivery() -> None:
-    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE)
+    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE, BUDGET)
     assert job is not None
     later = T0 + LEASE - timedelta(seconds=1)
-    updated, result = jobs.claim(job, 1, "clm_b", later, LEASE)
+    updated, result = jobs.claim(job, 1, "clm_b", later, LEASE, BUDGET)
     assert updated is None
     assert result == ClaimResult(VariantClaim.HELD, T0 + LEASE)
     assert job.variant(1).claim_id == "clm_a"
@@ -118,10 +119,10 @@ def test_claim_held_by_live_claim_of_another_delivery() -> None:
 
 @pytest.mark.parametrize("after_expiry", [timedelta(0), timedelta(seconds=1)])
 def test_claim_taken_over_once_lease_expired(after_expiry: timedelta) -> None:
-    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE)
+    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE, BUDGET)
     assert job is not None
     now = T0 + LEASE + after_expiry
-    updated, result = jobs.claim(job, 1, "clm_b", now, LEASE)
+    updated, result = jobs.claim(job, 1, "clm_b", now, LEASE, BUDGET)
     assert result == ClaimResult(VariantClaim.CLAIMED, now + LEASE, attempt=2)
     assert updated is not None
     v = updated.variant(1)
@@ -129,19 +130,21 @@ def test_claim_taken_over_once_lease_expired(after_expiry: timedelta) -> None:
 
 
 def test_claim_by_same_delivery_renews() -> None:
-    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE)
+    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE, BUDGET)
     assert job is not None
-    updated, result = jobs.claim(job, 1, "clm_a", T0 + timedelta(seconds=10), LEASE)
+    updated, result = jobs.claim(job, 1, "clm_a", T0 + timedelta(seconds=10), LEASE, BUDGET)
     assert result.outcome == VariantClaim.CLAIMED
     assert updated is not None
-    assert updated.variant(1).attempts == 2
+    # A renewal by the same delivery is the same attempt.
+    assert updated.variant(1).attempts == 1
+    assert updated.variant(1).claim_expires == T0 + timedelta(seconds=10) + LEASE
 
 
 @pytest.mark.parametrize("state", [U, D, F])
 def test_finished_variants_are_never_reclaimed(state: VariantState) -> None:
     job = job_with(state, P)
     attempts_before = job.variant(1).attempts
-    updated, result = jobs.claim(job, 1, "clm_x", T0 + timedelta(days=1), LEASE)
+    updated, result = jobs.claim(job, 1, "clm_x", T0 + timedelta(days=1), LEASE, BUDGET)
     assert (updated, result) == (None, ClaimResult(VariantClaim.FINISHED))
     assert job.variant(1).state == state
     assert job.variant(1).attempts == attempts_before
@@ -151,13 +154,13 @@ def test_attempts_count_every_claim_across_deliveries() -> None:
     job = make_job()
     now = T0
     for attempt, claim_id in enumerate(["clm_a", "clm_b", "clm_c"], start=1):
-        updated, result = jobs.claim(job, 1, claim_id, now, LEASE)
+        updated, result = jobs.claim(job, 1, claim_id, now, LEASE, BUDGET)
         assert result.outcome == VariantClaim.CLAIMED
         assert result.attempt == attempt
         assert updated is not None
         job = updated
         assert job.variant(1).attempts == attempt
-        released, _ = jobs.release(job, 1, claim_id, "quota", now)
+        released, _ = jobs.release(job, 1, claim_id, now)
         assert released is not None
         job = released
         now += timedelta(seconds=1)
@@ -168,19 +171,20 @@ def test_attempts_count_every_claim_across_deliveries() -> None:
 
 
 def test_release_by_holder_returns_variant_to_pending() -> None:
-    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE)
+    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE, BUDGET)
     assert job is not None
-    updated, _ = jobs.release(job, 1, "clm_a", "429 quota", T0 + timedelta(seconds=3))
+    updated, _ = jobs.release(job, 1, "clm_a", T0 + timedelta(seconds=3))
     assert updated is not None
     v = updated.variant(1)
-    assert (v.state, v.claim_id, v.claim_expires, v.error) == (P, None, None, "429 quota")
-    assert v.attempts == 1
+    assert (v.state, v.claim_id, v.claim_expires, v.error) == (P, None, None, None)
+    # A wait: the attempt is not a failure.
+    assert (v.attempts, v.failures) == (1, 0)
 
 
 def test_release_by_non_holder_changes_nothing() -> None:
-    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE)
+    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE, BUDGET)
     assert job is not None
-    updated, _ = jobs.release(job, 1, "clm_b", "quota", T0)
+    updated, _ = jobs.release(job, 1, "clm_b", T0)
     assert updated is None
     assert job.variant(1).state == G
     assert job.variant(1).claim_id == "clm_a"
@@ -189,14 +193,125 @@ def test_release_by_non_holder_changes_nothing() -> None:
 @pytest.mark.parametrize("state", [P, U, D, F])
 def test_release_of_unclaimed_variant_changes_nothing(state: VariantState) -> None:
     job = job_with(state, P)
-    assert jobs.release(job, 1, "clm_a", "quota", T0) == (None, None)
+    assert jobs.release(job, 1, "clm_a", T0) == (None, None)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_attempt_failed_counts_and_returns_the_variant_to_pending() -> None:
+    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE, BUDGET)
+    assert job is not None
+    updated, failed = jobs.attempt_failed(job, 1, "clm_a", "Gemini answered 503", T0, BUDGET)
+    assert (updated is not None, failed) == (True, False)
+    assert updated is not None
+    v = updated.variant(1)
+    assert (v.state, v.failures, v.error, v.claim_id) == (P, 1, "Gemini answered 503", None)
+
+
+def test_the_variant_fails_when_its_failure_budget_is_used_up() -> None:
+    job = make_job(variant_count=1)
+    for k in range(1, BUDGET + 1):
+        claimed, _ = jobs.claim(job, 1, f"clm_{k}", T0, LEASE, BUDGET)
+        assert claimed is not None
+        updated, failed = jobs.attempt_failed(claimed, 1, f"clm_{k}", f"timeout {k}", T0, BUDGET)
+        assert updated is not None
+        assert failed is (k == BUDGET)
+        job = updated
+    v = job.variant(1)
+    assert (v.state, v.failures) == (F, BUDGET)
+    assert v.error == "gave up after 3 failed attempts; the last: timeout 3"
+    assert job.state == JobState.FAILED
+
+
+def test_attempt_failed_of_a_stale_claim_changes_nothing() -> None:
+    job, _ = jobs.claim(make_job(), 1, "clm_b", T0, LEASE, BUDGET)
+    assert job is not None
+    assert jobs.attempt_failed(job, 1, "clm_a", "x", T0, BUDGET) == (None, False)
+
+
+def test_taking_over_an_expired_claim_counts_the_dead_holder_as_a_failure() -> None:
+    job, _ = jobs.claim(make_job(), 1, "clm_dead", T0, LEASE, BUDGET)
+    assert job is not None
+    later = T0 + LEASE
+    updated, result = jobs.claim(job, 1, "clm_next", later, LEASE, BUDGET)
+    assert result.outcome == VariantClaim.CLAIMED
+    assert updated is not None
+    v = updated.variant(1)
+    assert (v.failures, v.claim_id, v.attempts) == (1, "clm_next", 2)
+    # The new attempt starts clean; the count remembers the dead holder.
+    assert v.error is None
+
+
+def test_a_variant_whose_holders_keep_dying_fails_with_the_reason() -> None:
+    job = make_job(variant_count=1)
+    now = T0
+    for k in range(BUDGET):
+        claimed, result = jobs.claim(job, 1, f"clm_{k}", now, LEASE, BUDGET)
+        assert claimed is not None and result.outcome == VariantClaim.CLAIMED
+        job, now = claimed, now + LEASE  # the holder is killed; its lease runs out
+    final, result = jobs.claim(job, 1, "clm_last", now, LEASE, BUDGET)
+    assert result.outcome == VariantClaim.FINISHED
+    assert final is not None
+    assert final.variant(1).state == F
+    assert final.variant(1).error == (
+        "gave up after 3 failed attempts; the last: the instance stopped during the Gemini call"
+    )
+
+
+def test_waits_never_count_as_failures() -> None:
+    job = make_job(variant_count=1)
+    for k in range(50):
+        claimed, _ = jobs.claim(job, 1, f"clm_{k}", T0, LEASE, BUDGET)
+        assert claimed is not None
+        released, _ = jobs.release(claimed, 1, f"clm_{k}", T0)
+        assert released is not None
+        job = released
+    assert (job.variant(1).state, job.variant(1).failures) == (P, 0)
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+def test_wait_is_shown_until_a_variant_is_claimed() -> None:
+    job = make_job(variant_count=2, started_at=T0, state=JobState.GENERATING)
+    until = T0.replace(hour=14, minute=4, second=30)
+    waiting, _ = jobs.wait(job, "quota", until, T0)
+    assert waiting is not None
+    assert jobs.progress(waiting).status == (
+        "waiting (0/2) for the Gemini quota, resumes about 14:05 UTC"
+    )
+    # Another wait of about the same end changes nothing (no row rewrite).
+    assert jobs.wait(waiting, "quota", until + timedelta(seconds=20), T0) == (None, None)
+    later, _ = jobs.wait(waiting, "quota", until + timedelta(minutes=5), T0 + LEASE)
+    assert later is not None and later.waiting is not None
+    assert later.waiting.since == T0  # still the same wait
+    claimed, _ = jobs.claim(later, 1, "clm_a", T0, LEASE, BUDGET)
+    assert claimed is not None
+    assert claimed.waiting is None
+    assert jobs.progress(claimed).status == "generating (0/2)"
+
+
+def test_daily_pause_reads_as_such() -> None:
+    job = make_job(variant_count=1, started_at=T0, state=JobState.GENERATING)
+    paused, _ = jobs.wait(job, "daily_quota", T0 + LEASE, T0)
+    assert paused is not None
+    assert jobs.progress(paused).status == (
+        "paused (0/1): daily Gemini quota reached, resumes after midnight Pacific"
+    )
+
+
+def test_a_finished_job_neither_waits_nor_shows_a_wait() -> None:
+    job, _ = jobs.fail_job(make_job(variant_count=1), "x", T0)
+    assert job is not None
+    assert jobs.wait(job, "quota", T0, T0) == (None, None)
 
 
 # --------------------------------------------------------------------------- uploaded
 
 
 def test_uploaded_records_object_and_clears_claim() -> None:
-    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE)
+    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE, BUDGET)
     assert job is not None
     job.variant(1).error = "earlier transient error"
     now = T0 + timedelta(seconds=9)
@@ -290,7 +405,7 @@ def test_variant_failed_without_claim_id_fails_any_unfinished_variant() -> None:
 
 
 def test_variant_failed_with_matching_claim_id() -> None:
-    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE)
+    job, _ = jobs.claim(make_job(), 1, "clm_a", T0, LEASE, BUDGET)
     assert job is not None
     updated, _ = jobs.variant_failed(job, 1, "blocked", T0, claim_id="clm_a")
     assert updated is not None
@@ -301,7 +416,7 @@ def test_variant_failed_with_matching_claim_id() -> None:
 
 
 def test_variant_failed_with_stale_claim_id_changes_nothing() -> None:
-    job, _ = jobs.claim(make_job(), 1, "clm_b", T0, LEASE)
+    job, _ = jobs.claim(make_job(), 1, "clm_b", T0, LEASE, BUDGET)
     assert job is not None
     assert jobs.variant_failed(job, 1, "blocked", T0, claim_id="clm_a") == (None, None)
     assert job.variant(1).state == G

@@ -30,6 +30,7 @@ from tests.fakes import (
     FakeImageGenerator,
     FakeJobStore,
     FakeObjectStore,
+    FakeQuotaGate,
     FakeReferenceLoader,
     FakeSheetWriter,
     RowWrite,
@@ -238,6 +239,7 @@ def test_job_cost_equals_the_cost_in_its_objects_metadata_whichever_event_comes_
         objects=objects,
         generator=generator,
         references=FakeReferenceLoader(),
+        quota=FakeQuotaGate(),
         clock=fake_monotonic,
         sleep=fake_monotonic.sleep,
     )
