@@ -14,6 +14,7 @@ _FIELDS = (
     "variant",
     "attempt",
     "duration_ms",
+    "duration_s",
     "event",
     "state",
     "error",
