@@ -68,7 +68,7 @@ class StackConfig:
     gemini_refuse_pattern: str = r"\[refuse\]"
     retry_min_backoff_s: int = 1
     retry_max_backoff_s: int = 10
-    max_delivery_attempts: int = 5
+    max_delivery_attempts: int = 100
     function_env: dict[str, str] = field(default_factory=dict)
     startup_timeout_s: float = 120.0
 

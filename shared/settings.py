@@ -83,16 +83,17 @@ class Settings(BaseModel):
     gemini_image_size: Literal["", "1K", "2K", "4K"] = ""
     # Time arithmetic of one push delivery (see ``gemini_worst_case_s``):
     #   attempts x timeout + backoff delays <= GEMINI_BUDGET_S < DELIVERY_DEADLINE_S,
-    #   DELIVERY_DEADLINE_S <= push ack deadline (600 s) and <= the function timeout (540 s).
+    #   DELIVERY_DEADLINE_S <= push ack deadline (600 s), and DELIVERY_DEADLINE_S plus
+    #   the last upload and the final sheet write < the function timeout (shared/budgets.py).
     # The timeout bounds each wait of an attempt (connect, send, answer); Gemini sends
     # its answer in one piece, so in practice it bounds the attempt.
-    # Defaults: 2 x 120 s + 2 s = 242 s <= 280 s < 540 s. A variant starts its Gemini
+    # Defaults: 2 x 120 s + 2 s = 242 s <= 280 s < 360 s. A variant starts its Gemini
     # call only while GEMINI_BUDGET_S remain before the delivery deadline, and its claim
     # lease covers the budget (``variant_lease_s``), so no call outlives the delivery
     # or its claim; what does not fit is released and left to Pub/Sub's redelivery.
     gemini_retry_max_delay_s: float = Field(default=8.0, ge=0)
     gemini_budget_s: float = Field(default=280.0, gt=0)
-    delivery_deadline_s: float = Field(default=540.0, gt=0, le=600)
+    delivery_deadline_s: float = Field(default=360.0, gt=0, le=600)
     reference_timeout_s: float = Field(default=20.0, gt=0)
     reference_max_redirects: int = Field(default=3, ge=0, le=10)
     image_max_pixels: int = Field(default=40_000_000, ge=1)
@@ -124,7 +125,9 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     public_base_url: str = ""
     link_signing_key: str = ""
-    signed_url_ttl_s: int = Field(default=900, ge=60, le=7 * 24 * 3600)
+    # At most 12 hours: a V4 signature made through IAM signBlob (as in Cloud
+    # Functions) may stop working after that, when Google rotates the key behind it.
+    signed_url_ttl_s: int = Field(default=900, ge=60, le=12 * 3600)
     signing_credentials_file: str = ""
 
     sheets_api_url: str = ""
@@ -142,6 +145,10 @@ class Settings(BaseModel):
     sheets_writes_per_minute: int = Field(default=60, ge=1, le=600)
     sheets_coalesce_ms: int = Field(default=250, ge=0, le=5000)
     sheets_write_timeout_s: float = Field(default=60.0, ge=1, le=300)
+
+    # The function's own timeout (Terraform's timeout_seconds); at start it must
+    # exceed the function's longest path (shared/budgets.py). 0: not known, not checked.
+    function_timeout_s: float = Field(default=0.0, ge=0, le=3600)
 
     @field_validator("price_table", mode="before")
     @classmethod
@@ -262,4 +269,8 @@ def get_settings() -> Settings:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"PRICE_TABLE is not valid JSON: {exc}") from exc
     settings.price_per_image()
+    from shared.budgets import check_function_timeout
+
+    # functions-framework sets FUNCTION_TARGET to the entry point it serves.
+    check_function_timeout(settings, os.environ.get("FUNCTION_TARGET", ""))
     return settings

@@ -4,7 +4,7 @@ locals {
     "artifactregistry.googleapis.com",     # function container images
     "cloudbuild.googleapis.com",           # builds the functions from the source zip
     "cloudfunctions.googleapis.com",       # Cloud Functions gen2
-    "cloudresourcemanager.googleapis.com", # project IAM bindings from Terraform
+    "cloudresourcemanager.googleapis.com", # project IAM bindings, the project data source
     "firestore.googleapis.com",            # job state
     "iam.googleapis.com",                  # service accounts
     "iamcredentials.googleapis.com",       # signBlob for V4 signed URLs, OIDC tokens for push
@@ -26,17 +26,34 @@ resource "google_project_service" "apis" {
   disable_dependent_services = false
 }
 
+# Enabling an API is eventually consistent: the provider's guide
+# ("google_project_service", Newly activated service errors) recommends a
+# time_sleep before using it. Everything that calls a Google API depends on this
+# wait, which runs when the set of APIs changes and never on later applies.
+resource "time_sleep" "apis_ready" {
+  create_duration = var.enable_apis ? var.first_apply_waits.apis : "0s"
+
+  triggers = {
+    apis = join(",", sort(keys(google_project_service.apis)))
+  }
+}
+
+# Needs the Resource Manager API: read only once the APIs are ready (on the first
+# apply that means during apply, not plan).
 data "google_project" "this" {
   project_id = var.project_id
+
+  depends_on = [time_sleep.apis_ready]
 }
 
 # The Pub/Sub service agent (service-NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com)
 # exists only once something asked for it; create it before granting it roles.
+# Still a google-beta resource in 8.x.
 resource "google_project_service_identity" "pubsub" {
   provider = google-beta
 
   project = var.project_id
   service = "pubsub.googleapis.com"
 
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready]
 }

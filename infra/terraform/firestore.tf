@@ -2,16 +2,16 @@
 # by document id, plus one equality/`in` query on jobs (spreadsheet, worksheet,
 # state) that single-field indexes serve, so no composite index is needed.
 resource "google_firestore_database" "default" {
-  count = var.create_firestore_database ? 1 : 0
+  count = var.firestore.create_database ? 1 : 0
 
   project                 = var.project_id
   name                    = "(default)"
-  location_id             = var.firestore_location != "" ? var.firestore_location : var.region
+  location_id             = var.firestore.location != "" ? var.firestore.location : var.region
   type                    = "FIRESTORE_NATIVE"
   delete_protection_state = "DELETE_PROTECTION_ENABLED"
   deletion_policy         = "ABANDON"
 
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready]
 }
 
 # Idempotency records and daily usage documents carry `expires_at`; Firestore's
@@ -28,5 +28,5 @@ resource "google_firestore_field" "ttl" {
   index_config {}
   ttl_config {}
 
-  depends_on = [google_firestore_database.default]
+  depends_on = [google_firestore_database.default, time_sleep.apis_ready]
 }

@@ -5,47 +5,40 @@ output "http_function_url" {
 
 output "http_function_run_uri" {
   description = "The HTTP function's Cloud Run URL (run.app); serves the same routes."
-  value       = google_cloudfunctions2_function.http_api.service_config[0].uri
+  value       = google_cloudfunctions2_function.this["api"].service_config[0].uri
 }
 
 output "function_names" {
   description = "Deployed function names by role (api, generate, thumbnail, dead_letter)."
-  value       = merge({ api = google_cloudfunctions2_function.http_api.name }, { for key, fn in google_cloudfunctions2_function.pushed : key => fn.name })
+  value       = { for key, fn in google_cloudfunctions2_function.this : key => fn.name }
 }
 
 output "service_account_emails" {
   description = "Runtime service account of each function (api, generate, thumbnail, dead_letter), plus the push invoker and the function build account."
   value = merge(
-    { for key, sa in google_service_account.runtime : key => sa.email },
-    {
-      push_invoker   = google_service_account.push_invoker.email
-      function_build = local.function_build_service_account
-    },
+    { for key, sa in google_service_account.this : key => sa.email if key != "fn_build" },
+    { function_build = local.function_build_service_account },
   )
 }
 
 output "sheet_editor_emails" {
   description = "Service accounts to share the spreadsheet with as editors (the functions that write rows)."
-  value = [
-    google_service_account.runtime["generate"].email,
-    google_service_account.runtime["thumbnail"].email,
-    google_service_account.runtime["dead_letter"].email,
-  ]
+  value       = [for key in local.sheet_writers : google_service_account.this[key].email]
 }
 
 output "images_bucket" {
   description = "Private images bucket (IMAGES_BUCKET)."
-  value       = google_storage_bucket.images.name
+  value       = google_storage_bucket.this["images"].name
 }
 
 output "thumbnails_bucket" {
-  description = "Bucket of the thumbnails (THUMBNAILS_BUCKET): the images bucket unless thumbnails_bucket_name is set."
-  value       = local.thumbnails_bucket_name
+  description = "Bucket of the thumbnails (THUMBNAILS_BUCKET): the images bucket unless storage.thumbnails_bucket_name is set."
+  value       = google_storage_bucket.this[local.separate_thumbnails_bucket ? "thumbnails" : "images"].name
 }
 
 output "source_bucket" {
   description = "Bucket of the functions' source zips."
-  value       = google_storage_bucket.source.name
+  value       = google_storage_bucket.this["source"].name
 }
 
 output "source_object" {
@@ -55,11 +48,7 @@ output "source_object" {
 
 output "topics" {
   description = "Pub/Sub topic names: jobs, GCS events, dead letters."
-  value = {
-    jobs        = google_pubsub_topic.jobs.name
-    gcs_events  = google_pubsub_topic.gcs_events.name
-    dead_letter = google_pubsub_topic.dead_letter.name
-  }
+  value       = { for key, topic in google_pubsub_topic.this : key => topic.name }
 }
 
 output "subscriptions" {
@@ -69,9 +58,5 @@ output "subscriptions" {
 
 output "secret_ids" {
   description = "Secret Manager secrets whose versions must be added before the first apply of the functions."
-  value = {
-    GEMINI_API_KEY   = google_secret_manager_secret.gemini_api_key.secret_id
-    API_KEY_HASHES   = google_secret_manager_secret.api_key_hashes.secret_id
-    LINK_SIGNING_KEY = google_secret_manager_secret.link_signing_key.secret_id
-  }
+  value       = { for key, secret in google_secret_manager_secret.this : local.secrets[key].env => secret.secret_id }
 }

@@ -1,25 +1,41 @@
 locals {
   pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
 
+  # The three topics; the dead-letter one also keeps its messages for replay.
+  topics = {
+    jobs        = { name = var.pubsub.jobs_topic, retention = null }
+    gcs_events  = { name = var.pubsub.gcs_events_topic, retention = null }
+    dead_letter = { name = var.pubsub.dead_letter_topic, retention = var.pubsub.dead_letter_topic_retention }
+  }
+
+  # Who publishes to which topic: the HTTP function its jobs, the Cloud Storage
+  # service agent the bucket notifications, the Pub/Sub service agent the dead
+  # letters it forwards.
+  topic_publishers = {
+    jobs        = "serviceAccount:${google_service_account.this["api"].email}"
+    gcs_events  = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
+    dead_letter = local.pubsub_service_agent
+  }
+
   # Direct push subscriptions (not Eventarc), as the local stack wires them
   # (devstack/stack.py): the endpoint's path names the topic, so the CloudEvent
   # that functions-framework builds has the topic as its source.
   push_subscriptions = {
     generate = {
-      name        = "${var.jobs_topic}-generate"
-      topic       = google_pubsub_topic.jobs.name
+      name        = "${var.pubsub.jobs_topic}-generate"
+      topic       = google_pubsub_topic.this["jobs"].name
       function    = "generate"
       dead_letter = true
     }
     thumbnail = {
-      name        = "${var.gcs_events_topic}-thumbnail"
-      topic       = google_pubsub_topic.gcs_events.name
+      name        = "${var.pubsub.gcs_events_topic}-thumbnail"
+      topic       = google_pubsub_topic.this["gcs_events"].name
       function    = "thumbnail"
       dead_letter = true
     }
     dead_letter = {
-      name        = "${var.dead_letter_topic}-handler"
-      topic       = google_pubsub_topic.dead_letter.name
+      name        = "${var.pubsub.dead_letter_topic}-handler"
+      topic       = google_pubsub_topic.this["dead_letter"].name
       function    = "dead_letter"
       dead_letter = false
     }
@@ -27,29 +43,15 @@ locals {
 }
 
 # ---------------------------------------------------------------- topics
-resource "google_pubsub_topic" "jobs" {
-  #checkov:skip=CKV_GCP_83:Encrypted with Google-managed keys; job messages hold ids and prompts, not secrets, and a CMEK key would add KMS cost and key management.
-  name    = var.jobs_topic
-  project = var.project_id
+resource "google_pubsub_topic" "this" {
+  #checkov:skip=CKV_GCP_83:Encrypted with Google-managed keys; the messages hold job ids, prompts and object metadata, not secrets, and a CMEK key would add KMS cost and key management.
+  for_each = local.topics
 
-  depends_on = [google_project_service.apis]
-}
-
-resource "google_pubsub_topic" "gcs_events" {
-  #checkov:skip=CKV_GCP_83:Encrypted with Google-managed keys; notifications hold object metadata only.
-  name    = var.gcs_events_topic
-  project = var.project_id
-
-  depends_on = [google_project_service.apis]
-}
-
-resource "google_pubsub_topic" "dead_letter" {
-  #checkov:skip=CKV_GCP_83:Encrypted with Google-managed keys, like the topics it collects from.
-  name                       = var.dead_letter_topic
+  name                       = each.value.name
   project                    = var.project_id
-  message_retention_duration = var.dead_letter_topic_retention
+  message_retention_duration = each.value.retention
 
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready]
 }
 
 # ---------------------------------------------------------------- push subscriptions
@@ -59,61 +61,57 @@ resource "google_pubsub_subscription" "push" {
   name                       = each.value.name
   project                    = var.project_id
   topic                      = each.value.topic
-  ack_deadline_seconds       = var.ack_deadline_seconds
-  message_retention_duration = var.message_retention_duration
+  ack_deadline_seconds       = var.pubsub.ack_deadline_seconds
+  message_retention_duration = var.pubsub.message_retention_duration
 
   expiration_policy {
     ttl = "" # never expire, however quiet the topic
   }
 
   retry_policy {
-    minimum_backoff = var.retry_minimum_backoff
-    maximum_backoff = var.retry_maximum_backoff
+    minimum_backoff = var.pubsub.retry_minimum_backoff
+    maximum_backoff = var.pubsub.retry_maximum_backoff
   }
 
   dynamic "dead_letter_policy" {
-    for_each = each.value.dead_letter ? [google_pubsub_topic.dead_letter.id] : []
+    for_each = each.value.dead_letter ? [google_pubsub_topic.this["dead_letter"].id] : []
     content {
       dead_letter_topic     = dead_letter_policy.value
-      max_delivery_attempts = var.max_delivery_attempts
+      max_delivery_attempts = var.pubsub.max_delivery_attempts
     }
   }
 
   push_config {
-    push_endpoint = "${google_cloudfunctions2_function.pushed[each.value.function].service_config[0].uri}/projects/${var.project_id}/topics/${each.value.topic}"
+    push_endpoint = "${google_cloudfunctions2_function.this[each.value.function].service_config[0].uri}/projects/${var.project_id}/topics/${each.value.topic}"
 
     oidc_token {
-      service_account_email = google_service_account.push_invoker.email
-      audience              = google_cloudfunctions2_function.pushed[each.value.function].service_config[0].uri
-    }
-  }
-
-  lifecycle {
-    precondition {
-      condition     = tonumber(trimsuffix(var.retry_minimum_backoff, "s")) <= tonumber(trimsuffix(var.retry_maximum_backoff, "s"))
-      error_message = "retry_minimum_backoff must not exceed retry_maximum_backoff."
+      service_account_email = google_service_account.this["push_invoker"].email
+      audience              = google_cloudfunctions2_function.this[each.value.function].service_config[0].uri
     }
   }
 
   # Deliveries before the invoker may call the function would only be 403s.
   depends_on = [
     google_cloud_run_v2_service_iam_member.push_invoker,
-    google_service_account_iam_member.pubsub_agent_token_creator,
+    google_service_account_iam_member.token_creator,
   ]
 }
 
-# ---------------------------------------------------------------- dead letters
-# The Pub/Sub service agent forwards undeliverable messages: it publishes to the
-# dead-letter topic and acknowledges on the source subscriptions.
-resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
+# ---------------------------------------------------------------- publishers
+resource "google_pubsub_topic_iam_member" "publisher" {
+  for_each = local.topic_publishers
+
   project = var.project_id
-  topic   = google_pubsub_topic.dead_letter.name
+  topic   = google_pubsub_topic.this[each.key].name
   role    = "roles/pubsub.publisher"
-  member  = local.pubsub_service_agent
+  member  = each.value
 
   depends_on = [google_project_service_identity.pubsub]
 }
 
+# ---------------------------------------------------------------- dead letters
+# The Pub/Sub service agent forwards undeliverable messages: it publishes to the
+# dead-letter topic (above) and acknowledges on the source subscriptions.
 resource "google_pubsub_subscription_iam_member" "dead_letter_source_subscriber" {
   for_each = { for key, sub in local.push_subscriptions : key => sub if sub.dead_letter }
 
@@ -123,12 +121,4 @@ resource "google_pubsub_subscription_iam_member" "dead_letter_source_subscriber"
   member       = local.pubsub_service_agent
 
   depends_on = [google_project_service_identity.pubsub]
-}
-
-# ---------------------------------------------------------------- jobs topic publisher
-resource "google_pubsub_topic_iam_member" "jobs_publisher" {
-  project = var.project_id
-  topic   = google_pubsub_topic.jobs.name
-  role    = "roles/pubsub.publisher"
-  member  = "serviceAccount:${google_service_account.runtime["api"].email}"
 }

@@ -1,69 +1,44 @@
 # Terraform creates the secrets, never their values: versions are added with
 # `gcloud secrets versions add` (README.md, "First deploy"), so no secret value
 # ever lands in the Terraform state. Functions read version "latest" at start.
-
-resource "google_secret_manager_secret" "gemini_api_key" {
-  project   = var.project_id
-  secret_id = "${var.name_prefix}-gemini-api-key"
-
-  annotations = {
-    env = "GEMINI_API_KEY"
-    who = "generate function"
+# Keyed by the setting's name in lower case; settings.tf lists who reads which.
+locals {
+  secrets = {
+    gemini_api_key   = { env = "GEMINI_API_KEY", format = "a Gemini API key" }
+    api_key_hashes   = { env = "API_KEY_HASHES", format = "caller:sha256hex,caller:sha256hex" }
+    link_signing_key = { env = "LINK_SIGNING_KEY", format = "random hex, 64 characters" }
   }
-
-  replication {
-    auto {}
-  }
-
-  depends_on = [google_project_service.apis]
 }
 
-resource "google_secret_manager_secret" "api_key_hashes" {
+resource "google_secret_manager_secret" "this" {
+  for_each = local.secrets
+
   project   = var.project_id
-  secret_id = "${var.name_prefix}-api-key-hashes"
+  secret_id = "${var.name_prefix}-${replace(each.key, "_", "-")}"
 
   annotations = {
-    env    = "API_KEY_HASHES"
-    who    = "HTTP function"
-    format = "caller:sha256hex,caller:sha256hex"
+    env    = each.value.env
+    format = each.value.format
+    who    = join(", ", sort([for key, fn in local.functions : fn.entry_point if contains(fn.secrets, each.value.env)]))
   }
 
   replication {
     auto {}
   }
 
-  depends_on = [google_project_service.apis]
-}
-
-resource "google_secret_manager_secret" "link_signing_key" {
-  project   = var.project_id
-  secret_id = "${var.name_prefix}-link-signing-key"
-
-  annotations = {
-    env = "LINK_SIGNING_KEY"
-    who = "HTTP, generate, thumbnail and dead-letter functions"
-  }
-
-  replication {
-    auto {}
-  }
-
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready]
 }
 
 # Each function may read exactly the secrets it is given as environment variables.
 resource "google_secret_manager_secret_iam_member" "runtime_accessor" {
   for_each = merge([
     for key, fn in local.functions : {
-      for env, secret_id in fn.secrets : "${key}/${env}" => {
-        account   = key
-        secret_id = secret_id
-      }
+      for env in fn.secrets : "${key}/${env}" => { account = key, secret = lower(env) }
     }
   ]...)
 
   project   = var.project_id
-  secret_id = each.value.secret_id
+  secret_id = google_secret_manager_secret.this[each.value.secret].secret_id
   role      = "roles/secretmanager.secretAccessor"
-  member    = "serviceAccount:${google_service_account.runtime[each.value.account].email}"
+  member    = "serviceAccount:${google_service_account.this[each.value.account].email}"
 }

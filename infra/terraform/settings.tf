@@ -1,0 +1,136 @@
+# What each function is and what it is told: its entry point, sizing, settings
+# (environment variables) and secrets. Only variables feed these locals, never a
+# resource, so tests/unit/test_infra.py evaluates them with Terraform itself
+# (variables.tf and this file alone) and checks them against shared/settings.py
+# and each function's longest path (shared/budgets.py).
+locals {
+  function_names = {
+    api         = "${var.name_prefix}-http-api"
+    generate    = "${var.name_prefix}-generate-images"
+    thumbnail   = "${var.name_prefix}-make-thumbnails"
+    dead_letter = "${var.name_prefix}-handle-dead-letters"
+  }
+
+  images_bucket_name     = var.storage.images_bucket_name != "" ? var.storage.images_bucket_name : "${var.project_id}-images"
+  thumbnails_bucket_name = var.storage.thumbnails_bucket_name != "" ? var.storage.thumbnails_bucket_name : local.images_bucket_name
+
+  # PUBLIC_BASE_URL is the HTTP function's own URL, which it and the functions
+  # that write sheet links need. Reading it from the function resource would be
+  # a cycle (the function's environment would depend on the function), so it is
+  # computed: gen2 functions answer at https://REGION-PROJECT.cloudfunctions.net/NAME,
+  # a URL fixed by the region, the project ID and the name. A check block
+  # (functions.tf) compares it with the URL Google reports after apply.
+  public_base_url = var.access.public_base_url != "" ? var.access.public_base_url : "https://${var.region}-${var.project_id}.cloudfunctions.net/${local.function_names.api}"
+
+  # Each timeout exceeds its function's longest path with the default settings
+  # (shared/budgets.py; FUNCTION_TIMEOUT_S below makes each function check its
+  # own at start): HTTP 120 s, generate 570 s (DELIVERY_DEADLINE_S 360 s, the
+  # last upload, the final sheet write), thumbnail 300 s, dead letters 150 s.
+  # The pushed ones stay within the 600 s push ack deadline.
+  function_sizing_defaults = {
+    api         = { memory = "512Mi", cpu = "1", timeout_seconds = 180, min_instances = 0, max_instances = 10, concurrency = 20 }
+    generate    = { memory = "1Gi", cpu = "1", timeout_seconds = 600, min_instances = 0, max_instances = 5, concurrency = 1 }
+    thumbnail   = { memory = "1Gi", cpu = "1", timeout_seconds = 360, min_instances = 0, max_instances = 5, concurrency = 4 }
+    dead_letter = { memory = "512Mi", cpu = "1", timeout_seconds = 180, min_instances = 0, max_instances = 2, concurrency = 10 }
+  }
+  function_sizing = {
+    for key, defaults in local.function_sizing_defaults : key => merge(defaults, {
+      for field, value in try(var.function_sizing[key], {}) : field => value if value != null
+    })
+  }
+
+  # The functions that write sheet rows (shared/services/sheet_sync.py).
+  sheet_writers = ["generate", "thumbnail", "dead_letter"]
+
+  # Settings every function gets: the required ones, the HTTP function's URL
+  # (for durable links), its own timeout; and those of every sheet writer: its
+  # share of the Sheets quota (per service account, so shared by all of its
+  # instances) and the write timeout.
+  common_env = {
+    for key, sizing in local.function_sizing : key => merge(
+      {
+        GOOGLE_CLOUD_PROJECT = var.project_id
+        IMAGES_BUCKET        = local.images_bucket_name
+        PUBLIC_BASE_URL      = local.public_base_url
+        FUNCTION_TIMEOUT_S   = tostring(sizing.timeout_seconds)
+      },
+      contains(local.sheet_writers, key) ? {
+        SHEETS_WRITES_PER_MINUTE = tostring(max(1, floor(var.sheets.quota_per_minute / sizing.max_instances)))
+      } : {},
+    )
+  }
+
+  # Each function gets only the settings its code reads (shared/settings.py),
+  # as strings, and only its secrets (names of settings read from Secret Manager).
+  functions = {
+    api = {
+      entry_point = "http_api"
+      description = "HTTPS API of the sheet's Apps Script: batches, status, durable asset links."
+      public      = true
+      env = merge(local.common_env.api, {
+        JOBS_TOPIC              = var.pubsub.jobs_topic
+        THUMBNAILS_BUCKET       = local.thumbnails_bucket_name
+        GEMINI_MODEL            = var.intake.gemini_model
+        PRICE_TABLE             = jsonencode(var.intake.price_table)
+        MAX_ITEMS_PER_BATCH     = tostring(var.intake.max_items_per_batch)
+        MAX_VARIANTS            = tostring(var.intake.max_variants)
+        MAX_PROMPT_CHARS        = tostring(var.intake.max_prompt_chars)
+        DAILY_IMAGE_CAP         = tostring(var.intake.daily_image_cap)
+        DAILY_COST_CAP_USD      = var.intake.daily_cost_cap_usd
+        SIGNED_URL_TTL_S        = tostring(var.intake.signed_url_ttl_s)
+        ID_TOKEN_AUDIENCES      = join(",", var.access.id_token_audiences)
+        ALLOWED_EMAILS          = join(",", var.access.allowed_emails)
+        ALLOWED_DOMAINS         = join(",", var.access.allowed_domains)
+        ADMIN_CALLERS           = join(",", var.access.admin_callers)
+        ALLOWED_SPREADSHEET_IDS = join(",", var.access.allowed_spreadsheet_ids)
+      })
+      secrets = ["API_KEY_HASHES", "LINK_SIGNING_KEY"]
+    }
+    generate = {
+      entry_point = "generate_images"
+      description = "Pushed from the jobs topic: claims each variant, calls Gemini, uploads create-only."
+      public      = false
+      env = merge(local.common_env.generate, {
+        IMAGES_PREFIX            = var.storage.images_prefix
+        GENERATE_CONCURRENCY     = tostring(var.generation.generate_concurrency)
+        GEMINI_TIMEOUT_S         = tostring(var.generation.gemini_timeout_s)
+        GEMINI_RETRY_ATTEMPTS    = tostring(var.generation.gemini_retry_attempts)
+        GEMINI_BUDGET_S          = tostring(var.generation.gemini_budget_s)
+        DELIVERY_DEADLINE_S      = tostring(var.generation.delivery_deadline_s)
+        GEMINI_ASPECT_RATIO      = var.generation.gemini_aspect_ratio
+        GEMINI_IMAGE_SIZE        = var.generation.gemini_image_size
+        REFERENCE_MAX_IMAGES     = tostring(var.generation.reference_max_images)
+        CLAIM_WAIT_S             = tostring(var.generation.claim_wait_s)
+        GEMINI_FAILURE_BUDGET    = tostring(var.generation.gemini_failure_budget)
+        GEMINI_IMAGES_PER_MINUTE = tostring(var.generation.gemini_images_per_minute)
+        QUOTA_WAIT_S             = tostring(var.generation.quota_wait_s)
+        MAX_EVENT_AGE_S          = tostring(var.generation.max_event_age_s)
+      })
+      secrets = ["GEMINI_API_KEY", "LINK_SIGNING_KEY"]
+    }
+    thumbnail = {
+      entry_point = "make_thumbnails"
+      description = "Pushed from the GCS-events topic: thumbnails a new image and updates the job and the sheet."
+      public      = false
+      env = merge(local.common_env.thumbnail, {
+        IMAGES_PREFIX          = var.storage.images_prefix
+        THUMBNAILS_BUCKET      = local.thumbnails_bucket_name
+        THUMBNAILS_PREFIX      = var.storage.thumbnails_prefix
+        THUMBNAIL_SIZE         = tostring(var.thumbnails.thumbnail_size)
+        THUMBNAIL_FORMAT       = var.thumbnails.thumbnail_format
+        THUMBNAIL_QUALITY      = tostring(var.thumbnails.thumbnail_quality)
+        THUMBNAIL_MAX_PIXELS   = tostring(var.thumbnails.thumbnail_max_pixels)
+        THUMBNAIL_DECODE_SLOTS = tostring(var.thumbnails.thumbnail_decode_slots)
+        SHEETS_COALESCE_MS     = tostring(var.sheets.sheets_coalesce_ms)
+      })
+      secrets = ["LINK_SIGNING_KEY"]
+    }
+    dead_letter = {
+      entry_point = "handle_dead_letters"
+      description = "Pushed from the dead-letter topic: marks the job failed with its last error, in Firestore and the sheet."
+      public      = false
+      env         = local.common_env.dead_letter
+      secrets     = ["LINK_SIGNING_KEY"]
+    }
+  }
+}
