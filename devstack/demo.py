@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import os
 import shutil
 import sys
 import time
@@ -169,7 +170,9 @@ def watch(client: Client, jobs: Mapping[str, str], timeout_s: float) -> dict[str
         views = {scene: client.status(job_id) for scene, job_id in jobs.items()}
         counts: dict[str, int] = {}
         for view in views.values():
-            counts[view["state"]] = counts.get(view["state"], 0) + 1
+            # A job waiting for the quota is still generating; say which.
+            state = "waiting" if view.get("waiting") else view["state"]
+            counts[state] = counts.get(state, 0) + 1
         line = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
         if line != last:
             print(f"  [{time.strftime('%H:%M:%S')}] {line}")
@@ -277,12 +280,34 @@ def summary(scenes: Sequence[Mapping[str, str]], views: Mapping[str, Mapping[str
     )
 
 
+def demo_config(state_dir: Path, environ: Mapping[str, str]) -> StackConfig:
+    """The demo's stack; ``DEMO_IPM=20`` gives the Gemini stub a quota of 20 images a
+    minute and paces the functions at ``DEMO_PACE`` (default: the same; 0: no pace,
+    so the quota refuses calls and the rows show the wait)."""
+    ipm = int(environ.get("DEMO_IPM") or 0)
+    if ipm <= 0:
+        return StackConfig(state_dir=state_dir)
+    pace = environ.get("DEMO_PACE") or str(ipm)
+    return StackConfig(
+        state_dir=state_dir,
+        gemini_quota_per_minute=ipm,
+        function_env={"GEMINI_IMAGES_PER_MINUTE": pace},
+    )
+
+
 def run_demo(state_dir: Path, scenes_csv: Path, output: Path, timeout_s: float = 600) -> int:
     demo_state = state_dir / "demo"
     if demo_state.exists():
         Stack.stop_recorded(demo_state)
         shutil.rmtree(demo_state)
-    stack = Stack(StackConfig(state_dir=demo_state))
+    config = demo_config(demo_state, os.environ)
+    if config.gemini_quota_per_minute:
+        print(
+            f"Gemini stub quota: {config.gemini_quota_per_minute} images a minute; "
+            f"functions paced at {config.function_env['GEMINI_IMAGES_PER_MINUTE']}"
+        )
+        timeout_s = max(timeout_s, 3600)
+    stack = Stack(config)
     print("starting the local stack ...")
     started = time.monotonic()
     try:

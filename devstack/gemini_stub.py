@@ -18,7 +18,10 @@ or ``?key=``).  Control plane, all JSON:
   "timeout_s": s}]}`` replaces the rules; the first live matching rule wins.
   Modes: ok, block_prompt[:REASON], finish:REASON, no_candidates, http:CODE, timeout,
   bad_base64, bad_image, jpeg, webp, thought, image_only.
-- ``GET|POST /_stub/config`` ``{"latency_ms": n, "refuse_pattern": re|null}``.
+- ``GET|POST /_stub/config`` ``{"latency_ms": n, "refuse_pattern": re|null,
+  "quota_per_minute": n, "quota_per_day": n}``: quotas answer 429 RESOURCE_EXHAUSTED
+  with ``QuotaFailure`` and ``RetryInfo`` as Gemini does (0: unlimited);
+  ``POST /_stub/quota/reset-day`` starts a new quota day.
 - ``GET /_stub/stats``, ``GET /_stub/requests`` (last 100 bodies, no image bytes),
   ``GET /_stub/script``, ``POST /_stub/reset``, ``GET /_stub/healthz``.
 """
@@ -33,11 +36,13 @@ import hashlib
 import io
 import json
 import logging
+import math
 import re
 import signal
 import socketserver
 import sys
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
@@ -131,11 +136,64 @@ _REQUEST_LOG_SIZE: Final = 100
 
 @dataclass
 class StubConfig:
-    """Runtime behaviour of the stub; latency and refusal can change via /_stub/config."""
+    """Runtime behaviour of the stub; latency, refusal and quotas change via /_stub/config."""
 
     latency_ms: int = 0
     refuse_pattern: str | None = r"\[refuse\]"
     api_key: str | None = None
+    # A project's quotas, as Gemini enforces them: requests in any rolling 60 s and
+    # per day (until /_stub/quota/reset-day); 0 is unlimited.
+    quota_per_minute: int = 0
+    quota_per_day: int = 0
+    # The "minute" of the per-minute quota; tests shorten it to keep runs short.
+    quota_window_s: float = 60.0
+
+
+# What Gemini names in QuotaFailure for its request quotas of a model.
+_MINUTE_QUOTA = (
+    "generativelanguage.googleapis.com/generate_content_requests_per_model",
+    "GenerateRequestsPerMinutePerProjectPerModel",
+)
+_DAY_QUOTA = (
+    "generativelanguage.googleapis.com/generate_content_requests_per_model_per_day",
+    "GenerateRequestsPerDayPerProjectPerModel",
+)
+
+
+def quota_error(model: str, per_day: bool, limit: int, retry_s: float) -> ApiError:
+    """The 429 RESOURCE_EXHAUSTED Gemini answers when a quota is used up."""
+    metric, quota_id = _DAY_QUOTA if per_day else _MINUTE_QUOTA
+    return ApiError(
+        429,
+        f"You exceeded your current quota. Quota exceeded for metric: {metric}, "
+        f"limit: {limit}, model: {model}. Please retry in {retry_s:.1f}s.",
+        [
+            {
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [
+                    {
+                        "quotaMetric": metric,
+                        "quotaId": quota_id,
+                        "quotaDimensions": {"location": "global", "model": model},
+                        "quotaValue": str(limit),
+                    }
+                ],
+            },
+            {
+                "@type": "type.googleapis.com/google.rpc.Help",
+                "links": [
+                    {
+                        "description": "Learn more about Gemini API quotas",
+                        "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                    }
+                ],
+            },
+            {
+                "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                "retryDelay": f"{math.ceil(retry_s)}s",
+            },
+        ],
+    )
 
 
 class ApiError(Exception):
@@ -201,6 +259,11 @@ class _State:
     by_api_version: dict[str, int] = field(default_factory=dict)
     in_flight: int = 0
     max_concurrency: int = 0
+    # Quota accounting: when each accepted request of the last minute came, how many
+    # today, and how many calls the quota refused.
+    minute_window: deque[float] = field(default_factory=deque)
+    day_count: int = 0
+    quota_refusals: int = 0
     # What clients actually sent (minus image bytes), so tests can assert the wire format.
     request_log: deque[JsonDict] = field(default_factory=lambda: deque(maxlen=_REQUEST_LOG_SIZE))
 
@@ -217,6 +280,8 @@ class _State:
                 "max_concurrency": self.max_concurrency,
                 "in_flight": self.in_flight,
                 "by_api_version": dict(self.by_api_version),
+                "quota_refusals": self.quota_refusals,
+                "quota_day_count": self.day_count,
             }
 
     def reset(self) -> None:
@@ -226,8 +291,28 @@ class _State:
             self.by_prompt = {}
             self.by_api_version = {}
             self.request_log.clear()
+            self.minute_window.clear()
+            self.day_count = self.quota_refusals = 0
             # Requests still running are real concurrency; don't pretend they vanished.
             self.max_concurrency = self.in_flight
+
+    def admit(self, model: str, now: float) -> None:
+        """Count the request against the quotas, or raise the 429 Gemini would."""
+        with self.lock:
+            per_minute, per_day = self.config.quota_per_minute, self.config.quota_per_day
+            span = self.config.quota_window_s
+            window = self.minute_window
+            while window and window[0] <= now - span:
+                window.popleft()
+            if per_day and self.day_count >= per_day:
+                self.quota_refusals += 1
+                raise quota_error(model, True, per_day, 3600.0)
+            if per_minute and len(window) >= per_minute:
+                self.quota_refusals += 1
+                # Room comes back when the oldest call of the window leaves it.
+                raise quota_error(model, False, per_minute, max(1.0, window[0] + span - now))
+            window.append(now)
+            self.day_count += 1
 
     def pick_mode(self, prompt: str) -> tuple[str, float]:
         """First live matching rule wins and uses up one of its ``times``."""
@@ -632,6 +717,10 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/_stub/reset":
                 self.server.state.reset()
                 self._send_json(200, {"ok": True})
+            elif path == "/_stub/quota/reset-day":
+                with self.server.state.lock:
+                    self.server.state.day_count = 0
+                self._send_json(200, {"ok": True})
             else:
                 raise ApiError(404, f"Not found: POST {path}")
         except ApiError as exc:
@@ -646,6 +735,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "latency_ms": config.latency_ms,
                 "refuse_pattern": config.refuse_pattern,
                 "api_key_required": config.api_key is not None,
+                "quota_per_minute": config.quota_per_minute,
+                "quota_per_day": config.quota_per_day,
             }
 
     def _update_config(self, doc: Any) -> None:
@@ -661,9 +752,18 @@ class _Handler(BaseHTTPRequestHandler):
                 re.compile(str(refuse))
             except re.error as exc:
                 raise _bad_request(f"refuse_pattern: {exc}") from None
+        quotas = {
+            name: doc.get(name, getattr(state.config, name))
+            for name in ("quota_per_minute", "quota_per_day")
+        }
+        for name, value in quotas.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise _bad_request(f"{name} must be a non-negative integer")
         with state.lock:
             state.config.latency_ms = latency
             state.config.refuse_pattern = None if refuse in (None, "") else str(refuse)
+            state.config.quota_per_minute = quotas["quota_per_minute"]
+            state.config.quota_per_day = quotas["quota_per_day"]
 
     # -- the API
 
@@ -707,6 +807,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             key_source = self._check_key(query)
             req = _parse_generate(body)
+            # Quotas count requests the API accepted, as Google's do; a refused
+            # call is answered at once.
+            state.admit(model, time.monotonic())
             with state.lock:
                 state.reference_images += len(req.reference_images)
                 state.by_prompt.setdefault(req.prompt, _PromptStats()).requests += 1
@@ -798,6 +901,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="regex; matching prompts are blocked (empty string disables)",
     )
     parser.add_argument("--api-key", default=None, help="only accept this key")
+    parser.add_argument(
+        "--quota-per-minute", type=int, default=0, help="requests per rolling minute (0: none)"
+    )
+    parser.add_argument("--quota-per-day", type=int, default=0, help="requests per day (0: none)")
+    parser.add_argument(
+        "--quota-window-s", type=float, default=60.0, help="the per-minute quota's window"
+    )
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -805,6 +915,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         latency_ms=args.latency_ms,
         refuse_pattern=args.refuse_pattern or None,
         api_key=args.api_key,
+        quota_per_minute=args.quota_per_minute,
+        quota_per_day=args.quota_per_day,
+        quota_window_s=args.quota_window_s,
     )
     server = make_server(args.host, args.port, config)
     stop = threading.Event()

@@ -66,6 +66,10 @@ class StackConfig:
     spreadsheet_title: str = "AI image scenes (local)"
     gemini_latency_ms: int = 200
     gemini_refuse_pattern: str = r"\[refuse\]"
+    # The stub's project quotas (0: none): requests per rolling minute and per day.
+    gemini_quota_per_minute: int = 0
+    gemini_quota_per_day: int = 0
+    gemini_quota_window_s: float = 60.0
     retry_min_backoff_s: int = 1
     retry_max_backoff_s: int = 10
     max_delivery_attempts: int = 100
@@ -161,6 +165,12 @@ class Stack:
                     str(cfg.gemini_latency_ms),
                     "--refuse-pattern",
                     cfg.gemini_refuse_pattern,
+                    "--quota-per-minute",
+                    str(cfg.gemini_quota_per_minute),
+                    "--quota-per-day",
+                    str(cfg.gemini_quota_per_day),
+                    "--quota-window-s",
+                    str(cfg.gemini_quota_window_s),
                 ],
                 gemini_port,
             )

@@ -170,8 +170,9 @@ class Generation:
                 return self._attempt(run, n, claimed, context)
             except QuotaExceeded as exc:
                 refusals += 1
-                self._quota_refused(run, n, exc, context)
+                until, limit = self._quota_refused(run, n, exc, context)
                 if refusals >= MAX_REFUSALS_PER_DELIVERY:
+                    self._waiting(run, limit, until, self.clock())
                     return exc
 
     def _attempt(
@@ -260,8 +261,10 @@ class Generation:
         reason: WaitReason = "daily_quota" if limit == Limit.DAY else "quota"
         run.entry.apply(lambda j: transitions.wait(j, reason, until, self.clock()))
 
-    def _quota_refused(self, run: _Run, n: int, refusal: QuotaExceeded, context: Context) -> None:
-        """Close the fleet's gate until the quota has room again."""
+    def _quota_refused(
+        self, run: _Run, n: int, refusal: QuotaExceeded, context: Context
+    ) -> tuple[datetime, Limit]:
+        """Close the fleet's gate until the quota has room again; until when, and why."""
         now = self.clock()
         if refusal.per_day:
             until, limit = next_quota_day(now), Limit.DAY
@@ -282,6 +285,7 @@ class Generation:
                 "limit": limit.value,
             },
         )
+        return until, limit
 
     def _claim(self, run: _Run, n: int, context: Context) -> ClaimResult | None:
         """Take the variant's lease, waiting a bounded time for a live holder.

@@ -195,21 +195,47 @@ def test_sheet_links_redirect_to_the_image_and_tampering_is_refused(
     assert requests.get(tampered, allow_redirects=False, timeout=10).status_code == 403
 
 
-def test_job_that_keeps_failing_is_dead_lettered_and_fails_with_its_last_error(
+def test_job_that_keeps_failing_fails_after_its_failure_budget_with_its_last_error(
     stack: LiveStack, scene: Callable[[str], str]
 ) -> None:
     stack.gemini("script", {"rules": [{"match": "always busy", "mode": "http:503"}]})
     try:
-        items = [{"scene_id": scene("dl"), "prompt": "always busy model", "variants": 1}]
+        items = [{"scene_id": scene("fb"), "prompt": "always busy model", "variants": 1}]
         stack.add_rows(items)
         job_id = stack.post_batch(items).json()["jobs"][0]["job_id"]
         view = stack.wait_jobs([job_id], timeout_s=180)[job_id]
     finally:
         stack.gemini("script", {"rules": []})
     assert view["state"] == "failed"
-    assert "gave up after 5 deliveries" in view["error"]
-    assert "503" in view["error"]
+    assert "gave up after 3 failed attempts; the last: Gemini answered 503" in view["error"]
+    assert stack.gemini("stats")["by_prompt"]["always busy model"]["requests"] == 3
     stack.wait_for(
-        lambda: "gave up" in stack.sheet_row(items[0]["scene_id"])["status_img"],
+        lambda: "gave up after 3" in stack.sheet_row(items[0]["scene_id"])["status_img"],
+        what="the failure in the sheet",
+    )
+
+
+def test_job_that_only_waits_is_dead_lettered_with_the_truth(
+    stack: LiveStack, scene: Callable[[str], str]
+) -> None:
+    """Waiting never fails a job; when Pub/Sub gives up on it (5 deliveries on this
+    stack, 100 in production), the dead letter names the wait, not a stale error."""
+    stack.gemini("script", {"rules": [{"match": "no quota left", "mode": "http:429"}]})
+    try:
+        items = [{"scene_id": scene("dl"), "prompt": "no quota left today", "variants": 1}]
+        stack.add_rows(items)
+        job_id = stack.post_batch(items).json()["jobs"][0]["job_id"]
+        view = stack.wait_jobs([job_id], timeout_s=240)[job_id]
+    finally:
+        stack.gemini("script", {"rules": []})
+    assert view["state"] == "failed"
+    assert view["error"] == (
+        "variant 1: gave up after 5 deliveries: it was waiting for the Gemini quota"
+    )
+    assert view["variants"][0]["failures"] == 0
+    stack.wait_for(
+        lambda: (
+            "waiting for the Gemini quota" in stack.sheet_row(items[0]["scene_id"])["status_img"]
+        ),
         what="dead-letter reason in the sheet",
     )

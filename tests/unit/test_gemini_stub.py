@@ -592,3 +592,42 @@ def test_cli_serves_and_exits_cleanly_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --------------------------------------------------------------------------- quotas
+
+
+def test_quota_per_minute_refuses_with_quota_failure_and_retry_info(stub: GeminiStubServer) -> None:
+    from shared.adapters.gemini import quota_refusal
+
+    requests.post(f"{stub.url}/_stub/config", json={"quota_per_minute": 2}, timeout=5)
+    client = client_for(stub)
+    for _ in range(2):
+        client.models.generate_content(model=MODEL, contents="a fox")
+    with pytest.raises(errors.ClientError) as info:
+        client.models.generate_content(model=MODEL, contents="a fox")
+    assert (info.value.code, info.value.status) == (429, "RESOURCE_EXHAUSTED")
+    refusal = quota_refusal(str(info.value), info.value.details)
+    assert refusal.per_day is False
+    assert refusal.retry_after_s is not None and 55 <= refusal.retry_after_s <= 60
+    stats = requests.get(f"{stub.url}/_stub/stats", timeout=5).json()
+    assert (stats["quota_refusals"], stats["generated"]) == (1, 2)
+
+
+def test_quota_per_day_is_told_apart_and_resets_on_demand(stub: GeminiStubServer) -> None:
+    from shared.adapters.gemini import quota_refusal
+
+    requests.post(f"{stub.url}/_stub/config", json={"quota_per_day": 1}, timeout=5)
+    client = client_for(stub)
+    client.models.generate_content(model=MODEL, contents="a fox")
+    with pytest.raises(errors.ClientError) as info:
+        client.models.generate_content(model=MODEL, contents="a fox")
+    assert quota_refusal(str(info.value), info.value.details).per_day is True
+    requests.post(f"{stub.url}/_stub/quota/reset-day", timeout=5)
+    client.models.generate_content(model=MODEL, contents="a fox")
+
+
+@pytest.mark.parametrize("bad", [-1, "10", True])
+def test_quota_config_is_validated(stub: GeminiStubServer, bad: object) -> None:
+    answer = requests.post(f"{stub.url}/_stub/config", json={"quota_per_minute": bad}, timeout=5)
+    assert answer.status_code == 400
