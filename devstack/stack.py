@@ -90,6 +90,10 @@ class Service:
     pid: int
     port: int
     log: Path
+    # How it was started, so a crash can be simulated and the service restarted.
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = REPO
 
 
 class Stack:
@@ -455,18 +459,35 @@ class Stack:
         log = self.state / "logs" / f"{name}.log"
         env = {**os.environ, **(extra_env or {})}
         env.setdefault("PYTHONPATH", str(REPO))
-        with log.open("ab") as out:
+        service = Service(name, 0, port, log, list(argv), env, cwd or REPO)
+        self._launch(service)
+        self.services.append(service)
+        self._save_pids()
+
+    def _launch(self, service: Service) -> None:
+        with service.log.open("ab") as out:
             process = subprocess.Popen(
-                argv,
+                service.argv,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                cwd=str(cwd or REPO),
-                env=env,
+                cwd=str(service.cwd),
+                env=service.env,
                 start_new_session=True,
             )
-        self.services.append(Service(name, process.pid, port, log))
+        service.pid = process.pid
+
+    def crash_and_restart(self, name: str) -> None:
+        """Kill a service at once (SIGKILL, as an instance dies) and start it again
+        on the same port; returns when it listens."""
+        service = self._service(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(service.pid, 0)
+        self._launch(service)
         self._save_pids()
+        self._wait_port(name, service.port)
 
     def _save_pids(self) -> None:
         data = [
