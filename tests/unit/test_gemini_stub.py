@@ -585,7 +585,13 @@ def test_cli_serves_and_exits_cleanly_on_sigterm() -> None:
         url = line.strip().rsplit(" ", 1)[-1]
         assert requests.get(f"{url}/_stub/healthz", timeout=5).json() == {"ok": True}
         config = requests.get(f"{url}/_stub/config", timeout=5).json()
-        assert config == {"latency_ms": 5, "refuse_pattern": "nope", "api_key_required": True}
+        assert config == {
+            "latency_ms": 5,
+            "refuse_pattern": "nope",
+            "api_key_required": True,
+            "quota_per_minute": 0,
+            "quota_per_day": 0,
+        }
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
