@@ -26,6 +26,7 @@ check above still runs unchanged.
 from __future__ import annotations
 
 import http.client
+import io
 import ipaddress
 import math
 import re
@@ -352,7 +353,7 @@ class SafeFetcher:
                 outcome = self._request(current, target, max_bytes, deadline, validators)
             except TimeoutError as exc:
                 raise TransientError(
-                    f"{current} took longer than the {timeout_s:g} s allowed"
+                    f"{current} took longer than the {timeout_s:.3g} s allowed"
                 ) from exc
             except ssl.SSLCertVerificationError as exc:
                 raise PermanentError(f"{current}: TLS certificate not valid: {exc}") from exc
@@ -401,15 +402,17 @@ class SafeFetcher:
             length = answer.getheader("Content-Length") or ""
             if length.isdigit() and int(length) > max_bytes:
                 raise Refused(f"{url} is {length} bytes; the limit is {max_bytes}")
-            body = bytearray()
+            # BytesIO hands its buffer over as bytes without a copy: a body at
+            # the cap costs the cap in memory, not twice that.
+            body = io.BytesIO()
             while True:
-                chunk = answer.read(min(_CHUNK, max_bytes + 1 - len(body)))
+                chunk = answer.read(min(_CHUNK, max_bytes + 1 - body.tell()))
                 if not chunk:
                     break
-                body += chunk
-                if len(body) > max_bytes:
+                body.write(chunk)
+                if body.tell() > max_bytes:
                     raise Refused(f"{url} is larger than the limit of {max_bytes} bytes")
-            return Fetched(url, bytes(body), False, found)
+            return Fetched(url, body.getvalue(), False, found)
         finally:
             connection.close()
 

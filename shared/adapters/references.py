@@ -23,6 +23,7 @@ cache is bounded in bytes and drops the least recently used first.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import threading
@@ -176,18 +177,24 @@ class PackReferenceLoader:
                 raise PermanentError(self._not_allowed(url)) from exc
             entry = self._parse(url, data)
         else:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            try:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TransientError(f"reference {url}: no time left")
+                fetched = self._fetcher.get(
+                    url,
+                    self._limits.fetch_cap,
+                    remaining,
+                    cached.validators if cached is not None else None,
+                )
+            except TransientError as exc:
+                if time.monotonic() < deadline:
+                    raise
+                # Name the pack's limit, not the part of it this fetch had left.
                 raise TransientError(
                     f"reference {url}: the pack took longer than the "
                     f"{self._limits.timeout_s:g} s allowed"
-                )
-            fetched = self._fetcher.get(
-                url,
-                self._limits.fetch_cap,
-                remaining,
-                cached.validators if cached is not None else None,
-            )
+                ) from exc
             if fetched.not_modified and cached is not None:
                 cached.checked_at = self._clock()
                 cached.validators = fetched.validators
@@ -287,10 +294,10 @@ class PackReferenceLoader:
                     where = f"{url}!{info.filename}"
                     content = _read_member(archive, info, where, budget, limits.unpacked_cap)
                     budget -= len(content)
-                    try:
+                    with contextlib.suppress(PermanentError):  # packs may carry a readme
                         images.append(self._image(where, content))
-                    except PermanentError:
-                        continue  # packs may carry a readme
+                    # Not kept alive while the next member is read.
+                    del content
                     if len(images) >= limits.max_images:
                         break
         except _BROKEN_ZIP as exc:
