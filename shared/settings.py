@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from shared.adapters.signed_urls import MAX_SIGNED_TTL_S
 from shared.errors import ConfigError
 
 DEFAULT_PRICES = {
@@ -116,19 +117,6 @@ class Settings(BaseModel):
     sheets_api_url: str = ""
     thumbnail_size: int = Field(default=256, ge=16, le=2048)
 
-    # Thumbnails and sheet writes (issue 5). The sheet limits are per instance:
-    # the Sheets quota is 60 writes a minute per service account, shared by
-    # all instances of a function, so SHEETS_WRITES_PER_MINUTE should be about
-    # 60 / max_instances; SHEETS_COALESCE_MS gathers concurrent row updates of
-    # one spreadsheet into one values:batchUpdate.
-    thumbnail_format: Literal["jpeg", "webp"] = "jpeg"
-    thumbnail_quality: int = Field(default=85, ge=1, le=100)
-    thumbnail_max_pixels: int = Field(default=50_000_000, ge=1_000_000, le=500_000_000)
-    thumbnail_decode_slots: int = Field(default=2, ge=1, le=64)
-    sheets_writes_per_minute: int = Field(default=60, ge=1, le=600)
-    sheets_coalesce_ms: int = Field(default=250, ge=0, le=5000)
-    sheets_write_timeout_s: float = Field(default=60.0, ge=1, le=300)
-
     # --- Hostile inputs (issue 11). Each default is the safe choice.
     # gs:// references any caller may use: objects of the images bucket under
     # this prefix ("" for none). Generated images are never under it.
@@ -143,8 +131,22 @@ class Settings(BaseModel):
     id_token_certs_min_refetch_s: float = Field(default=60.0, ge=1, le=3600)
     # Seconds one signed URL of an object is handed out again per instance (0:
     # sign on every hit). It is signed to live SIGNED_URL_TTL_S + this, so every
-    # redirect still lives SIGNED_URL_TTL_S; the sum must stay within 7 days.
+    # redirect still lives SIGNED_URL_TTL_S; the sum must stay within 12 hours (a
+    # signature made through IAM signBlob may stop working after that).
     signed_url_reuse_s: int = Field(default=300, ge=0)
+
+    # Thumbnails and sheet writes (issue 5). The sheet limits are per instance:
+    # the Sheets quota is 60 writes a minute per service account, shared by
+    # all instances of a function, so SHEETS_WRITES_PER_MINUTE should be about
+    # 60 / max_instances; SHEETS_COALESCE_MS gathers concurrent row updates of
+    # one spreadsheet into one values:batchUpdate.
+    thumbnail_format: Literal["jpeg", "webp"] = "jpeg"
+    thumbnail_quality: int = Field(default=85, ge=1, le=100)
+    thumbnail_max_pixels: int = Field(default=50_000_000, ge=1_000_000, le=500_000_000)
+    thumbnail_decode_slots: int = Field(default=2, ge=1, le=64)
+    sheets_writes_per_minute: int = Field(default=60, ge=1, le=600)
+    sheets_coalesce_ms: int = Field(default=250, ge=0, le=5000)
+    sheets_write_timeout_s: float = Field(default=60.0, ge=1, le=300)
 
     @field_validator("price_table", mode="before")
     @classmethod
@@ -209,8 +211,8 @@ class Settings(BaseModel):
             raise ValueError(
                 "REFERENCES_PREFIX must lie outside IMAGES_PREFIX and THUMBNAILS_PREFIX"
             )
-        if self.signed_url_ttl_s + self.signed_url_reuse_s > 7 * 24 * 3600:
-            raise ValueError("SIGNED_URL_TTL_S + SIGNED_URL_REUSE_S must be at most 7 days")
+        if self.signed_url_ttl_s + self.signed_url_reuse_s > MAX_SIGNED_TTL_S:
+            raise ValueError("SIGNED_URL_TTL_S + SIGNED_URL_REUSE_S must be at most 12 hours")
         return self
 
     @model_validator(mode="after")

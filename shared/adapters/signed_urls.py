@@ -7,8 +7,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-# V4 signed URLs live at most 7 days.
-MAX_SIGNED_TTL_S = 7 * 24 * 3600
+# The longest a URL is signed for: V4 allows 7 days, but a signature made
+# through IAM signBlob (Cloud Functions) may stop working after 12 hours, when
+# Google rotates the key behind it.
+MAX_SIGNED_TTL_S = 12 * 3600
 # Objects whose URL is kept per instance; the least recently used goes first.
 MAX_ENTRIES = 4096
 

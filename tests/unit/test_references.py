@@ -864,17 +864,17 @@ def test_cache_is_bounded_in_bytes_and_drops_the_least_recently_used(
     assert (site.hits("/1.png"), site.hits("/2.png")) == (2, 1)
 
 
-def test_concurrent_loads_of_one_pack_fetch_it_once(make_loader: Make, site: SiteServer) -> None:
-    site.routes["/a.png"] = Route(200, PNG, delay_s=0.2)
-    loader = make_loader()
-    threads = [
-        threading.Thread(target=loader.load, args=("https://refs.example.test/a.png",))
-        for _ in range(4)
-    ]
+def load_at_once(loader: PackReferenceLoader, url: str, times: int = 4) -> None:
+    threads = [threading.Thread(target=loader.load, args=(url,)) for _ in range(times)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=10)
+
+
+def test_concurrent_loads_of_one_pack_fetch_it_once(make_loader: Make, site: SiteServer) -> None:
+    site.routes["/a.png"] = Route(200, PNG, delay_s=0.2)
+    load_at_once(make_loader(), "https://refs.example.test/a.png")
     assert site.hits("/a.png") == 1
 
 
@@ -1112,14 +1112,7 @@ def test_per_url_locks_last_only_while_loads_are_in_flight(
     for n in range(50):
         with contextlib.suppress(PermanentError):
             loader.load(f"https://refs.example.test/missing-{n}.png")
-    threads = [
-        threading.Thread(target=loader.load, args=("https://refs.example.test/a.png",))
-        for _ in range(4)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=10)
+    load_at_once(loader, "https://refs.example.test/a.png")
     assert loader._url_locks == {}
 
 

@@ -14,7 +14,7 @@ from google.cloud import storage  # type: ignore[attr-defined]
 from google.cloud.storage import blob as blob_module
 
 from shared.adapters.gcs_store import GcsObjectStore
-from shared.adapters.signed_urls import SignedUrlCache
+from shared.adapters.signed_urls import MAX_SIGNED_TTL_S, SignedUrlCache
 
 TTL_S = 900
 REUSE_S = 300
@@ -111,9 +111,9 @@ def test_the_cache_is_bounded_and_drops_the_least_recently_used() -> None:
     assert signed == ["a", "b", "c", "d", "b"]
 
 
-def test_the_window_never_stretches_a_url_past_seven_days() -> None:
+def test_the_window_never_stretches_a_url_past_twelve_hours() -> None:
     lifetimes: list[int] = []
     cache = SignedUrlCache(lambda b, n, ttl: lifetimes.append(ttl) or "u", reuse_s=REUSE_S)
-    cache.get("bucket", "a", 7 * 24 * 3600 - 100)
-    cache.get("bucket", "b", 7 * 24 * 3600)
-    assert lifetimes == [7 * 24 * 3600, 7 * 24 * 3600]
+    cache.get("bucket", "a", MAX_SIGNED_TTL_S - 100)
+    cache.get("bucket", "b", MAX_SIGNED_TTL_S)
+    assert lifetimes == [MAX_SIGNED_TTL_S, MAX_SIGNED_TTL_S]
