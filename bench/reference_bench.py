@@ -31,6 +31,7 @@ import datetime as dt
 import io
 import json
 import os
+import shutil
 import socket
 import ssl
 import struct
@@ -552,6 +553,7 @@ def main() -> None:
         server.shutdown()
         server.server_close()
         listener.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
