@@ -3,7 +3,9 @@
  *
  * - API URL and sign-in mode: Script Properties, shared by everyone using this
  *   spreadsheet. Not secret — but every editor of the spreadsheet can open the
- *   script editor and read (and change) Script Properties.
+ *   script editor and read (and change) Script Properties. So the API URL is
+ *   checked, every time it is loaded, against the hosts the deploying team
+ *   put in Deployment.gs (code, not a property).
  * - API key: User Properties of the person who enters it. Only that person's
  *   own executions of the script can read it; other editors cannot see it in
  *   the editor, and it can be revoked per person. That is why the key is
@@ -25,6 +27,15 @@ function loadSettings_() {
       'The API URL is not set yet.\n\nOpen AI images → Settings and enter the address of ' +
       'the image pipeline (ask its administrator).');
   }
+  // Checked on every load, not only in the dialog: any editor can change the
+  // property directly, and the next request would carry your key or token there.
+  const problem = apiUrlProblem_(apiUrl);
+  if (problem) {
+    throw new UserError(
+      'The API URL in this spreadsheet\'s settings ("' + clip_(apiUrl) + '") is not allowed: ' +
+      problem + '.\n\nNothing was sent. Someone may have changed it: tell the pipeline\'s ' +
+      'administrator, then set it again in AI images → Settings.');
+  }
   const authMode = props.getProperty(PROP_AUTH_MODE) === AUTH_GOOGLE ? AUTH_GOOGLE : AUTH_KEY;
   return { apiUrl: apiUrl, authMode: authMode };
 }
@@ -33,10 +44,44 @@ function normaliseApiUrl_(url) {
   return String(url).trim().replace(/\/+$/, '');
 }
 
-/** https:// only; plain http only to this machine, for local testing. */
-function isAllowedApiUrl_(url) {
-  return /^https:\/\/[^\s/]+(\/\S*)?$/.test(url) ||
-    /^http:\/\/(localhost|127\.0\.0\.1)(:\d+)?(\/\S*)?$/.test(url);
+const LOOPBACK_HOSTS = ['127.0.0.1', 'localhost', '[::1]'];
+
+/**
+ * Why `url` may not be the API URL, or null if it may: https, no user name,
+ * query or fragment, on a host of DEPLOYMENT.apiHosts (Deployment.gs). Plain
+ * http to this machine only where the deployment says `loopbackHttp` (the
+ * local test stack; never in a pushed copy).
+ */
+function apiUrlProblem_(url) {
+  const parts = /^([a-z]+):\/\/([^/?#\s@\\]+)(\/[^?#\s\\]*)?$/i.exec(url);
+  const authority = parts && /^([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::\d{1,5})?$/.exec(parts[2].toLowerCase());
+  if (!parts || !authority) {
+    return 'it must be an https:// address without a user name, query or fragment';
+  }
+  const scheme = parts[1].toLowerCase();
+  const host = authority[1].replace(/\.$/, '');
+  if (scheme === 'http' && DEPLOYMENT.loopbackHttp === true && LOOPBACK_HOSTS.indexOf(host) >= 0) {
+    return null;
+  }
+  if (scheme !== 'https') return 'it must start with https://';
+  const hosts = DEPLOYMENT.apiHosts || [];
+  if (!hosts.length) {
+    return 'this copy of the script names no API host yet (the deploying team sets it in ' +
+      'Deployment.gs)';
+  }
+  if (!hosts.some((pattern) => hostMatches_(host, String(pattern).toLowerCase()))) {
+    return 'its host ' + host + ' is not one this copy of the script was deployed for (' +
+      hosts.join(', ') + ')';
+  }
+  return null;
+}
+
+function hostMatches_(host, pattern) {
+  if (pattern.indexOf('*.') === 0) {
+    const suffix = pattern.slice(1);  // ".example.com"
+    return host.length > suffix.length && host.slice(-suffix.length) === suffix;
+  }
+  return host === pattern;
 }
 
 function authHeaders_(settings) {
@@ -81,8 +126,9 @@ function settingsDialog_(ui) {
     ui.ButtonSet.OK_CANCEL);
   if (urlAnswer.getSelectedButton() !== ui.Button.OK) throw new UserError(cancelled);
   const url = normaliseApiUrl_(urlAnswer.getResponseText() || oldUrl);
-  if (!isAllowedApiUrl_(url)) {
-    throw new UserError('The API URL must start with https:// (found "' + clip_(url) + '"). ' +
+  const problem = apiUrlProblem_(url);
+  if (problem) {
+    throw new UserError('The API URL "' + clip_(url) + '" is not allowed: ' + problem + '. ' +
       cancelled);
   }
 

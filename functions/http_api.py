@@ -113,6 +113,8 @@ def submit_batch(request: flask.Request) -> flask.Response:
         )
     try:
         payload = json.loads(raw)
+    except RecursionError:
+        return error(400, "invalid_json", "the body is nested too deeply")
     except ValueError as exc:
         return error(400, "invalid_json", f"the body is not valid JSON: {exc}")
     if not isinstance(payload, dict):

@@ -45,7 +45,9 @@ def object_store() -> GcsObjectStore:
 
     cfg = settings()
     return GcsObjectStore(
-        storage.Client(project=cfg.google_cloud_project), cfg.signing_credentials_file
+        storage.Client(project=cfg.google_cloud_project),
+        cfg.signing_credentials_file,
+        signed_url_reuse_s=cfg.signed_url_reuse_s,
     )
 
 
@@ -112,7 +114,11 @@ def authenticator() -> Authenticator:
 
     cfg = settings()
     verifier = (
-        IdTokenVerifier(cfg.id_token_audiences, cfg.id_token_certs_url)
+        IdTokenVerifier(
+            cfg.id_token_audiences,
+            cfg.id_token_certs_url,
+            min_refetch_s=cfg.id_token_certs_min_refetch_s,
+        )
         if cfg.id_token_audiences
         else None
     )
@@ -162,6 +168,9 @@ def generation() -> Generation:
         timeout_s=cfg.reference_timeout_s,
         cache_bytes=cfg.reference_cache_bytes,
         fresh_s=cfg.reference_cache_fresh_s,
+        max_members=cfg.reference_max_zip_members,
+        max_unpacked_bytes=cfg.reference_max_unpacked_bytes,
+        gcs_prefix=cfg.references_prefix,
     )
     return Generation(
         settings=cfg,

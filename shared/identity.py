@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.auth import caller_for_api_key
+from shared.errors import TransientError
 
 GOOGLE_ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"})
 CERTS_FALLBACK_TTL_S = 3600.0
 CLOCK_SKEW_S = 10
+# Fewest seconds between two certificate fetches (unknown key ids come from anyone).
+CERTS_MIN_REFETCH_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,13 @@ class AuthFailure:
     message: str
 
 
+# url -> ({kid: PEM certificate}, seconds it may be cached); raises OSError or
+# ValueError when the certificates cannot be had.
 CertsFetcher = Callable[[str], tuple[Mapping[str, str], float]]
+
+
+class CertsUnavailable(TransientError):
+    """Google's certificates could not be fetched: answer 503 and let the caller retry."""
 
 
 def fetch_certs(url: str) -> tuple[Mapping[str, str], float]:
@@ -43,15 +52,32 @@ def fetch_certs(url: str) -> tuple[Mapping[str, str], float]:
         name, _, value = part.strip().partition("=")
         if name == "max-age" and value.isdigit():
             ttl = float(value)
-    certs: Mapping[str, str] = answer.json()
+    certs = answer.json()
+    if not isinstance(certs, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in certs.items()
+    ):
+        raise ValueError(f"{url} did not answer a {{key id: certificate}} object")
     return certs, ttl
+
+
+@dataclass(frozen=True)
+class _Certs:
+    """What the verifier knows, replaced whole so readers need no lock."""
+
+    certs: Mapping[str, str]
+    expires: float = 0.0
+    next_fetch: float = 0.0  # no fetch before this, whatever tokens arrive
+    failed: bool = False  # the last fetch failed
 
 
 class IdTokenVerifier:
     """Checks signature, expiry, audience and issuer of Google ID tokens.
 
-    Certificates are cached for their ``max-age`` and re-fetched once when a
-    token names a key id we have not seen (Google rotates keys).
+    Certificates are cached for their ``max-age`` and fetched again early when a
+    token names a key id we have not seen (Google rotates keys). Key ids are
+    chosen by whoever sends the token, so fetches are rationed: one at a time,
+    at most one per ``min_refetch_s``; an unknown key id in between is simply
+    not valid (401). A failed fetch raises ``CertsUnavailable`` (503).
     """
 
     def __init__(
@@ -60,22 +86,36 @@ class IdTokenVerifier:
         certs_url: str,
         fetcher: CertsFetcher = fetch_certs,
         clock: Callable[[], float] = time.time,
+        min_refetch_s: float = CERTS_MIN_REFETCH_S,
     ) -> None:
         self._audiences = list(audiences)
         self._url = certs_url
         self._fetcher = fetcher
         self._clock = clock
-        self._certs: Mapping[str, str] = {}
-        self._expires = 0.0
-        self._lock = threading.Lock()
+        self._min_refetch_s = min_refetch_s
+        self._state = _Certs({})
+        self._fetching = threading.Lock()
 
     def _certs_for(self, kid: str | None) -> Mapping[str, str]:
-        with self._lock:
-            now = self._clock()
-            if now >= self._expires or (kid is not None and kid not in self._certs):
-                self._certs, ttl = self._fetcher(self._url)
-                self._expires = now + ttl
-            return self._certs
+        state = self._state
+        if self._clock() < state.expires and (kid is None or kid in state.certs):
+            return state.certs  # the usual case: no lock, no fetch
+        with self._fetching:  # one fetch in flight; the others wait for its outcome
+            state, now = self._state, self._clock()
+            stale = now >= state.expires
+            if not stale and (kid is None or kid in state.certs):
+                return state.certs  # fetched while we waited
+            if now < state.next_fetch:
+                if stale and (state.failed or not state.certs):
+                    raise CertsUnavailable("Google's token certificates are unavailable")
+                return state.certs  # an unknown key id stays unknown until the next fetch
+            self._state = _Certs(state.certs, state.expires, now + self._min_refetch_s, True)
+            try:
+                certs, ttl = self._fetcher(self._url)
+            except (OSError, ValueError) as exc:
+                raise CertsUnavailable(f"Google's token certificates: {exc}") from exc
+            self._state = _Certs(dict(certs), now + ttl, now + self._min_refetch_s)
+            return self._state.certs
 
     def verify(self, token: str) -> Mapping[str, Any]:
         """The token's claims; ValueError with the reason when it is not valid."""
@@ -136,13 +176,17 @@ class Authenticator:
         if self._verifier is None:
             return AuthFailure(401, "unauthenticated", "ID tokens are not accepted here")
         try:
+            # CertsUnavailable (a TransientError) is not the caller's fault: it goes up as 503.
             claims = self._verifier.verify(token.strip())
         except ValueError as exc:
             return AuthFailure(401, "unauthenticated", f"the ID token is not valid: {exc}")
         email = str(claims.get("email", "")).lower()
         if not email or claims.get("email_verified") is not True:
             return AuthFailure(403, "forbidden", "the ID token carries no verified email")
-        domain = str(claims.get("hd") or email.rpartition("@")[2]).lower()
-        if email not in self._emails and domain not in self._domains:
+        # A domain is vouched for by Google's hosted-domain claim, set only for
+        # accounts of that Workspace; a personal account can carry a verified
+        # address of any domain (one a former employee kept, say).
+        hosted = str(claims.get("hd") or "").lower()
+        if email not in self._emails and not (hosted and hosted in self._domains):
             return AuthFailure(403, "forbidden", f"{email} is not allowed to use this service")
         return Identity(email, "id_token", email in self._admins)

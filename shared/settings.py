@@ -133,6 +133,24 @@ class Settings(BaseModel):
     sheets_api_url: str = ""
     thumbnail_size: int = Field(default=256, ge=16, le=2048)
 
+    # --- Hostile inputs (issue 11). Each default is the safe choice.
+    # gs:// references any caller may use: objects of the images bucket under
+    # this prefix ("" for none). Generated images are never under it.
+    references_prefix: str = "refs/"
+    # Zip reference packs: how many entries a pack may have, and how many bytes
+    # all the members read from it may unpack to (0: REFERENCE_MAX_BYTES x
+    # REFERENCE_MAX_IMAGES), counted as they are inflated, not as declared.
+    reference_max_zip_members: int = Field(default=64, ge=1, le=10_000)
+    reference_max_unpacked_bytes: int = Field(default=0, ge=0)
+    # Fewest seconds between two fetches of Google's ID-token certificates:
+    # unknown key ids in between are refused without a fetch.
+    id_token_certs_min_refetch_s: float = Field(default=60.0, ge=1, le=3600)
+    # Seconds one signed URL of an object is handed out again per instance (0:
+    # sign on every hit). It is signed to live SIGNED_URL_TTL_S + this, so every
+    # redirect still lives SIGNED_URL_TTL_S; the window shrinks where the sum would
+    # pass 12 hours (a signature made through IAM signBlob may stop working then).
+    signed_url_reuse_s: int = Field(default=300, ge=0, le=12 * 3600)
+
     # Thumbnails and sheet writes (issue 5). The sheet limits are per instance:
     # the Sheets quota is 60 writes a minute per service account, shared by
     # all instances of a function, so SHEETS_WRITES_PER_MINUTE should be about
@@ -205,6 +223,21 @@ class Settings(BaseModel):
             self.images_prefix
         ):
             raise ValueError("THUMBNAILS_PREFIX must lie outside IMAGES_PREFIX in the same bucket")
+        return self
+
+    @model_validator(mode="after")
+    def _hostile_input_limits(self) -> Settings:
+        prefix = self.references_prefix
+        if prefix and not prefix.endswith("/"):
+            raise ValueError("REFERENCES_PREFIX must end with '/' (or be empty)")
+        # Readable by every caller: it must not reach generated images or thumbnails.
+        others = [self.images_prefix]
+        if (self.thumbnails_bucket or self.images_bucket) == self.images_bucket:
+            others.append(self.thumbnails_prefix)
+        if prefix and any(o.startswith(prefix) or prefix.startswith(o) for o in others):
+            raise ValueError(
+                "REFERENCES_PREFIX must lie outside IMAGES_PREFIX and THUMBNAILS_PREFIX"
+            )
         return self
 
     @model_validator(mode="after")

@@ -37,6 +37,18 @@ function sleepSync(ms) {
   Atomics.wait(SLEEPER, 0, 0, Math.max(0, ms));
 }
 
+/**
+ * What the tests are deployed for: the local stack's plain-http loopback URLs
+ * and the made-up https hosts of the Settings tests. It stands in for
+ * Deployment.gs (which ships naming no host at all) the way a deploying team
+ * edits that file before `clasp push`: in code, never in Script Properties.
+ * `deployment: 'shipped'` runs the file as it ships instead.
+ */
+const TEST_DEPLOYMENT = Object.freeze({
+  apiHosts: ['api.example.com', 'old.example.com', 'europe-west1-p.cloudfunctions.net'],
+  loopbackHttp: true,
+});
+
 function scriptFiles(order = 'sorted') {
   const names = fs.readdirSync(SCRIPT_DIR).filter((n) => n.endsWith('.gs')).sort();
   if (order === 'reversed') names.reverse();
@@ -619,6 +631,8 @@ class Harness {
    *   sharedDir      keep document properties and the document lock in this directory
    *   identityToken  what ScriptApp.getIdentityToken() returns (default null)
    *   loadOrder      'sorted' | 'reversed' order of the .gs files
+   *   deployment     DEPLOYMENT in place of Deployment.gs (default TEST_DEPLOYMENT),
+   *                  or 'shipped' to run Deployment.gs as it is
    */
   constructor(options) {
     const env = options.env;
@@ -705,8 +719,12 @@ class Harness {
       console: { log: consoleFor('log'), info: consoleFor('info'), warn: consoleFor('warn'), error: consoleFor('error') },
     };
     this.context = vm.createContext({ ...this.globals });
+    const deployment = options.deployment === undefined ? TEST_DEPLOYMENT : options.deployment;
     for (const file of scriptFiles(options.loadOrder)) {
-      vm.runInContext(fs.readFileSync(file, 'utf8'), this.context, { filename: file });
+      const source = deployment !== 'shipped' && path.basename(file) === 'Deployment.gs'
+        ? `const DEPLOYMENT = Object.freeze(${JSON.stringify(deployment)});`
+        : fs.readFileSync(file, 'utf8');
+      vm.runInContext(source, this.context, { filename: file });
     }
   }
 
@@ -762,4 +780,4 @@ function createHarness(options) {
   return new Harness(options);
 }
 
-module.exports = { createHarness, scriptFiles, columnLetters, parseA1, SCRIPT_DIR };
+module.exports = { createHarness, scriptFiles, columnLetters, parseA1, SCRIPT_DIR, TEST_DEPLOYMENT };

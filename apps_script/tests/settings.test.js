@@ -59,7 +59,7 @@ test('Google sign-in mode: no key asked, and the token audience and email are sh
 test('a plain-http or malformed URL, a bad mode, or Cancel change nothing', () => {
   const h = createHarness({ env, scriptProperties: { AI_IMAGES_API_URL: 'https://old.example.com' } });
   h.answer({ button: 'OK', text: 'http://api.example.com' });
-  assert.match(h.run('openSettings').lastDialog.text, /must start with https:\/\/ \(found "http:\/\/api\.example\.com"\)\. Settings were not changed\./);
+  assert.match(h.run('openSettings').lastDialog.text, /^The API URL "http:\/\/api\.example\.com" is not allowed: it must start with https:\/\/\. Settings were not changed\.$/);
   h.answer({ button: 'OK', text: '' }, { button: 'OK', text: 'password' });
   assert.match(h.run('openSettings').lastDialog.text, /Type "google" or "key"/);
   h.answer({ button: 'CANCEL' });

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -12,13 +13,22 @@ from google.auth.transport.requests import Request
 from google.cloud import storage  # type: ignore[attr-defined]
 from google.oauth2 import service_account
 
+from shared.adapters.signed_urls import SignedUrlCache
 from shared.errors import NotFound, PermanentError
 from shared.ports import FoundObject
 
 
 class GcsObjectStore:
-    def __init__(self, client: storage.Client, signing_credentials_file: str = "") -> None:
+    def __init__(
+        self,
+        client: storage.Client,
+        signing_credentials_file: str = "",
+        signed_url_reuse_s: float = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._client = client
+        # Hits on one object share a signed URL for a while (see SignedUrlCache).
+        self._signed_urls = SignedUrlCache(self._sign, signed_url_reuse_s, clock=clock)
         # Locally a generated key signs; in production signing goes through IAM
         # signBlob with the runtime service account (needs Token Creator on itself).
         self._signer = (
@@ -58,6 +68,9 @@ class GcsObjectStore:
         return data
 
     def signed_url(self, bucket: str, name: str, ttl_s: int) -> str:
+        return self._signed_urls.get(bucket, name, ttl_s)
+
+    def _sign(self, bucket: str, name: str, ttl_s: int) -> str:
         blob = self._client.bucket(bucket).blob(name)
         kwargs: dict[str, Any]
         if self._signer is not None:

@@ -1,9 +1,18 @@
 """ReferenceLoader: one image, a zip of images or a JSON manifest of image URLs.
 
-``gs://<images bucket>/...`` is read from our own bucket with our credentials;
-``https://`` goes through the SSRF guard (``shared.netguard``). Every image is
-decoded by Pillow under a format allowlist and a pixel limit before Gemini sees
-it, and a pack holds at most ``max_images`` of them.
+``gs://<images bucket>/<references prefix>...`` is read from our own bucket
+with our credentials (and, once a caller is given, that caller's own outputs
+when an ``OutputAccess`` says so); ``https://`` goes through the SSRF guard
+(``shared.netguard``). Every image is decoded by Pillow under a format
+allowlist and a pixel limit before Gemini sees it, and a pack holds at most
+``max_images`` of them.
+
+Packs are untrusted input, so reading one is bounded whatever it claims: one
+deadline for all its fetches, a cap on fetched bytes, on zip members and on
+the bytes unpacked from them (counted as they are read, not as declared),
+only compression methods that can be inflated a bounded piece at a time. A
+pack that breaks a rule, lies about a size, or cannot be parsed at all fails
+with ``PermanentError`` and the reason: the same bytes would fail again.
 
 A pack used by many scenes is fetched once per instance: answers are cached by
 URL with their validators (ETag, Last-Modified), reused as they are for
@@ -14,6 +23,7 @@ cache is bounded in bytes and drops the least recently used first.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import threading
@@ -21,18 +31,29 @@ import time
 import zipfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from shared.errors import NotFound, PermanentError
+from shared.errors import NotFound, PermanentError, PipelineError, TransientError
 from shared.imagecheck import NotAnImage, image_mime
 from shared.netguard import SafeFetcher, Validators
 from shared.ports import ObjectStore, ReferenceImage
 
-# A zip may hold other files; we look at this many members at most.
-MAX_ZIP_MEMBERS = 64
-# What reading one corrupt, encrypted or exotic zip member raises.
-_BROKEN_MEMBER = (zipfile.BadZipFile, RuntimeError, NotImplementedError, zlib.error, EOFError)
+# Methods zipfile inflates a bounded piece at a time (deflate's decompressor
+# takes a max_length); it inflates bzip2 and LZMA input a whole chunk at once,
+# and a few KB of bzip2 can become gigabytes.
+BOUNDED_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
+# Every central-directory entry starts with this signature, so counting it in
+# the pack bounds how many entries zipfile can parse, before it parses them.
+_CENTRAL_ENTRY = b"PK\x01\x02"
+# What reading a corrupt, encrypted or exotic zip raises.
+_BROKEN_ZIP = (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, zlib.error, EOFError)
+# Bytes a cache entry costs beyond its content, so empty entries still count.
+ENTRY_OVERHEAD = 1024
+
+# (caller, object name in the images bucket) -> may this caller use it as a reference?
+OutputAccess = Callable[[str, str], bool]
 
 
 @dataclass(frozen=True)
@@ -40,9 +61,20 @@ class PackLimits:
     max_bytes: int  # one image (and one fetched file, times max_images for a zip)
     max_images: int
     max_pixels: int
-    timeout_s: float  # one fetch, redirects included
+    timeout_s: float  # one deadline for the whole pack: every fetch, redirects included
     cache_bytes: int
     fresh_s: float
+    max_members: int = 64  # zip entries a pack may have
+    max_unpacked_bytes: int = 0  # all members read from one zip; 0: max_bytes x max_images
+    gcs_prefix: str = "refs/"  # gs:// objects readable by every caller ("" for none)
+
+    @property
+    def fetch_cap(self) -> int:
+        return self.max_bytes * max(1, self.max_images)
+
+    @property
+    def unpacked_cap(self) -> int:
+        return self.max_unpacked_bytes or self.fetch_cap
 
 
 @dataclass
@@ -64,34 +96,42 @@ class PackReferenceLoader:
         fetcher: SafeFetcher,
         limits: PackLimits,
         clock: Callable[[], float] = time.monotonic,
+        outputs: OutputAccess | None = None,
     ) -> None:
         self._objects = objects
         self._bucket = bucket
         self._fetcher = fetcher
         self._limits = limits
         self._clock = clock
+        self._outputs = outputs
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._cached_bytes = 0
         self._lock = threading.Lock()
         # One fetch per URL at a time: concurrent jobs wait and share the answer.
-        self._url_locks: dict[str, threading.Lock] = {}
+        # An entry lives while someone holds or waits for it, so the map stays
+        # as small as the number of loads in flight.
+        self._url_locks: dict[str, tuple[threading.Lock, int]] = {}
 
-    def load(self, url: str) -> list[ReferenceImage]:
+    def load(self, url: str, caller: str | None = None) -> list[ReferenceImage]:
+        """The pack's images; ``caller`` widens gs:// access to their own outputs."""
         if self._limits.max_images == 0:
             return []
-        top = self._entry(url, manifest_allowed=True)
+        deadline = time.monotonic() + self._limits.timeout_s
+        top = self._entry(url, True, caller, deadline)
         images = list(top.images)
         for item in (top.items or [])[: self._limits.max_images]:
-            images += self._entry(item, manifest_allowed=False).images
+            images += self._entry(item, False, caller, deadline).images
         if not images:
             raise PermanentError(f"reference pack {url} holds no PNG, JPEG or WebP image")
         return images[: self._limits.max_images]
 
     # ------------------------------------------------------------------ cache
-    def _entry(self, url: str, manifest_allowed: bool) -> _Entry:
-        with self._lock:
-            url_lock = self._url_locks.setdefault(url, threading.Lock())
-        with url_lock:
+    def _entry(
+        self, url: str, manifest_allowed: bool, caller: str | None, deadline: float
+    ) -> _Entry:
+        # Checked before the cache: another caller's load must not open it.
+        name = self._gcs_name(url, caller) if url.startswith("gs://") else None
+        with self._url_lock(url, deadline):
             with self._lock:
                 cached = self._cache.get(url)
                 if cached is not None:
@@ -99,36 +139,69 @@ class PackReferenceLoader:
             if cached is not None and self._clock() - cached.checked_at < self._limits.fresh_s:
                 entry = cached
             else:
-                entry = self._refresh(url, cached)
+                entry = self._refresh(url, name, cached, deadline)
         if entry.items is not None and not manifest_allowed:
             raise PermanentError(f"reference {url} is a manifest inside a manifest")
         return entry
 
-    def _refresh(self, url: str, cached: _Entry | None) -> _Entry:
-        if url.startswith(f"gs://{self._bucket}/"):
-            name = url[len(f"gs://{self._bucket}/") :]
+    @contextmanager
+    def _url_lock(self, url: str, deadline: float) -> Iterator[None]:
+        with self._lock:
+            lock, users = self._url_locks.get(url, (threading.Lock(), 0))
+            self._url_locks[url] = (lock, users + 1)
+        try:
+            # Another load of this URL keeps to its own deadline; ours may be shorter.
+            if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise TransientError(f"reference {url}: another load of it took too long")
             try:
-                data = self._objects.read(self._bucket, name, self._fetch_cap())
-            except NotFound as exc:
-                raise PermanentError(f"reference {url} does not exist") from exc
+                yield
+            finally:
+                lock.release()
+        finally:
+            with self._lock:
+                lock, users = self._url_locks[url]
+                if users == 1:
+                    del self._url_locks[url]
+                else:
+                    self._url_locks[url] = (lock, users - 1)
+
+    def _refresh(
+        self, url: str, name: str | None, cached: _Entry | None, deadline: float
+    ) -> _Entry:
+        if name is not None:
+            try:
+                data = self._objects.read(self._bucket, name, self._limits.fetch_cap)
+            except (NotFound, PermanentError) as exc:
+                # The same answer whether it is missing, elsewhere or too big:
+                # the message must not tell one caller about another's objects.
+                raise PermanentError(self._not_allowed(url)) from exc
             entry = self._parse(url, data)
-            entry.checked_at = self._clock()
-        elif url.startswith("gs://"):
-            raise PermanentError(f"reference {url}: only gs://{self._bucket}/ can be read")
         else:
-            fetched = self._fetcher.get(
-                url,
-                self._fetch_cap(),
-                self._limits.timeout_s,
-                cached.validators if cached is not None else None,
-            )
+            try:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TransientError(f"reference {url}: no time left")
+                fetched = self._fetcher.get(
+                    url,
+                    self._limits.fetch_cap,
+                    remaining,
+                    cached.validators if cached is not None else None,
+                )
+            except TransientError as exc:
+                if time.monotonic() < deadline:
+                    raise
+                # Name the pack's limit, not the part of it this fetch had left.
+                raise TransientError(
+                    f"reference {url}: the pack took longer than the "
+                    f"{self._limits.timeout_s:g} s allowed"
+                ) from exc
             if fetched.not_modified and cached is not None:
                 cached.checked_at = self._clock()
                 cached.validators = fetched.validators
                 return cached
             entry = self._parse(url, fetched.body)
             entry.validators = fetched.validators
-            entry.checked_at = self._clock()
+        entry.checked_at = self._clock()
         self._store(url, entry)
         return entry
 
@@ -145,18 +218,50 @@ class PackReferenceLoader:
                 _, dropped = self._cache.popitem(last=False)
                 self._cached_bytes -= dropped.size
 
-    def _fetch_cap(self) -> int:
-        return self._limits.max_bytes * max(1, self._limits.max_images)
+    # ------------------------------------------------------------------ gs:// access
+    def _gcs_name(self, url: str, caller: str | None) -> str:
+        """The object name of an allowed ``gs://`` reference; PermanentError otherwise."""
+        bucket = f"gs://{self._bucket}/"
+        if not url.startswith(bucket):
+            raise PermanentError(f"reference {url}: only gs://{self._bucket}/ can be read")
+        name = url[len(bucket) :]
+        parts = name.split("/")
+        plain = all(p not in ("", ".", "..") for p in parts) and name.isprintable()
+        prefix = self._limits.gcs_prefix
+        shared = bool(prefix) and name.startswith(prefix)
+        own = caller is not None and self._outputs is not None and self._outputs(caller, name)
+        if not plain or not (shared or own):
+            raise PermanentError(self._not_allowed(url))
+        return name
+
+    def _not_allowed(self, url: str) -> str:
+        where = f"gs://{self._bucket}/{self._limits.gcs_prefix}" if self._limits.gcs_prefix else ""
+        scope = f" (readable: objects under {where} of at most {self._limits.fetch_cap} bytes)"
+        return f"reference {url}: not found or not allowed" + (scope if where else "")
 
     # ------------------------------------------------------------------ content
     def _parse(self, url: str, data: bytes) -> _Entry:
+        try:
+            return self._parse_content(url, data)
+        except (PipelineError, MemoryError):
+            raise
+        except Exception as exc:
+            # Untrusted bytes that make a parser fail will make it fail again:
+            # record why instead of raising into a redelivery.
+            raise PermanentError(
+                f"reference {url} could not be read: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _parse_content(self, url: str, data: bytes) -> _Entry:
         if data.startswith(b"PK\x03\x04"):
             images = self._from_zip(url, data)
-            return _Entry(images, None, Validators(), sum(len(i.data) for i in images), 0.0)
+            size = sum(len(i.data) for i in images)
+            return _Entry(images, None, Validators(), size + ENTRY_OVERHEAD, 0.0)
         if data.lstrip()[:1] in (b"{", b"["):
             items = _manifest_items(url, data)
-            return _Entry([], items, Validators(), sum(len(i) for i in items), 0.0)
-        return _Entry([self._image(url, data)], None, Validators(), len(data), 0.0)
+            size = sum(len(i) for i in items)
+            return _Entry([], items, Validators(), size + ENTRY_OVERHEAD, 0.0)
+        return _Entry([self._image(url, data)], None, Validators(), len(data) + ENTRY_OVERHEAD, 0.0)
 
     def _image(self, where: str, data: bytes) -> ReferenceImage:
         if len(data) > self._limits.max_bytes:
@@ -172,36 +277,70 @@ class PackReferenceLoader:
         return ReferenceImage(data=data, mime_type=mime)
 
     def _from_zip(self, url: str, data: bytes) -> list[ReferenceImage]:
+        limits = self._limits
+        if data.count(_CENTRAL_ENTRY) > limits.max_members:
+            raise PermanentError(
+                f"reference zip {url} has more than {limits.max_members} members (the limit)"
+            )
         images: list[ReferenceImage] = []
+        budget = limits.unpacked_cap
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                members = sorted(archive.infolist(), key=lambda i: i.filename)
-                for info in members[:MAX_ZIP_MEMBERS]:
+                for info in sorted(archive.infolist(), key=lambda i: i.filename):
                     if info.is_dir() or info.filename.startswith("__MACOSX/"):
                         continue
-                    # The declared size bounds what read() inflates (zip bombs).
-                    if info.file_size > self._limits.max_bytes:
-                        continue
-                    try:
-                        content = archive.read(info)
-                        images.append(self._image(f"{url}!{info.filename}", content))
-                    except (PermanentError, *_BROKEN_MEMBER):
-                        # Packs may carry a readme, or a member we cannot inflate.
-                        continue
-                    if len(images) >= self._limits.max_images:
+                    if info.file_size > limits.max_bytes:
+                        continue  # too big to be a reference image: never inflated
+                    where = f"{url}!{info.filename}"
+                    content = _read_member(archive, info, where, budget, limits.unpacked_cap)
+                    budget -= len(content)
+                    with contextlib.suppress(PermanentError):  # packs may carry a readme
+                        images.append(self._image(where, content))
+                    # Not kept alive while the next member is read.
+                    del content
+                    if len(images) >= limits.max_images:
                         break
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+        except _BROKEN_ZIP as exc:
             raise PermanentError(f"reference pack {url} is a broken zip: {exc}") from exc
         if not images:
             raise PermanentError(f"reference zip {url} holds no usable PNG, JPEG or WebP image")
         return images
 
 
+def _read_member(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, budget: int, cap: int
+) -> bytes:
+    """One member's bytes, never inflating more than it declares or the budget allows."""
+    method = BOUNDED_METHODS.get(info.compress_type)
+    if method is None:
+        raise PermanentError(
+            f"reference {where} is compressed with zip method {info.compress_type}; "
+            "only stored and deflate members are read"
+        )
+    if info.file_size > budget:
+        raise PermanentError(f"reference zip {where}: the members unpack to more than {cap} bytes")
+    try:
+        with archive.open(info) as member:
+            # zipfile stops at the declared size and checks the CRC there, so one
+            # byte more than declared is as far as a lying member can make us read.
+            content = member.read(info.file_size + 1)
+    except zipfile.BadZipFile as exc:
+        raise PermanentError(f"reference {where} does not match what it declares: {exc}") from exc
+    if len(content) != info.file_size:
+        raise PermanentError(
+            f"reference {where} declares {info.file_size} bytes but holds "
+            f"{'more' if len(content) > info.file_size else len(content)}"
+        )
+    return content
+
+
 def _manifest_items(url: str, data: bytes) -> list[str]:
     try:
         manifest = json.loads(data)
+    except RecursionError as exc:
+        raise PermanentError(f"reference manifest {url} is nested too deeply") from exc
     except ValueError as exc:
-        raise PermanentError(f"reference manifest {url} is not valid JSON") from exc
+        raise PermanentError(f"reference manifest {url} is not valid JSON: {exc}") from exc
     items = manifest.get("images") if isinstance(manifest, dict) else manifest
     if not isinstance(items, list) or not all(isinstance(u, str) for u in items):
         raise PermanentError(f"reference manifest {url} must list image URLs")

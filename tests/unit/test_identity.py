@@ -18,7 +18,15 @@ from cryptography.x509.oid import NameOID
 from google.auth import crypt, jwt
 
 from shared.auth import hash_key
-from shared.identity import Authenticator, AuthFailure, Identity, IdTokenVerifier, fetch_certs
+from shared.identity import (
+    CERTS_MIN_REFETCH_S,
+    Authenticator,
+    AuthFailure,
+    CertsUnavailable,
+    Identity,
+    IdTokenVerifier,
+    fetch_certs,
+)
 
 AUDIENCE = "1234-script.apps.googleusercontent.com"
 
@@ -65,6 +73,13 @@ class Issuer:
         claims = {k: v for k, v in claims.items() if v is not None}
         return jwt.encode(self.signer, claims).decode()
 
+    def token_with_kid(self, kid: str) -> str:
+        """A token signed by this key but naming another key id in its header."""
+        signer = crypt.RSASigner(self.key, key_id=kid)
+        now = int(time.time())
+        claims = {"iss": "https://accounts.google.com", "aud": AUDIENCE, "iat": now}
+        return jwt.encode(signer, {**claims, "exp": now + 3600}).decode()
+
 
 class CertsServer:
     """Serves ``{kid: PEM}`` like https://www.googleapis.com/oauth2/v1/certs."""
@@ -72,13 +87,24 @@ class CertsServer:
     def __init__(self) -> None:
         self.certs: dict[str, str] = {}
         self.hits = 0
+        self.status = 200
+        self.body: bytes | None = None  # instead of the certificates
+        self.delay_s = 0.0
+        self.in_flight = self.most_in_flight = 0
         owner = self
+        count = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                owner.hits += 1
-                body = json.dumps(owner.certs).encode()
-                self.send_response(200)
+                with count:
+                    owner.hits += 1
+                    owner.in_flight += 1
+                    owner.most_in_flight = max(owner.most_in_flight, owner.in_flight)
+                time.sleep(owner.delay_s)
+                with count:
+                    owner.in_flight -= 1
+                body = owner.body if owner.body is not None else json.dumps(owner.certs).encode()
+                self.send_response(owner.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Cache-Control", "public, max-age=600")
                 self.end_headers()
@@ -206,16 +232,117 @@ def test_api_key_identifies_its_caller_case_insensitively(certs: CertsServer) ->
     assert auth.authenticate({"x-api-key": "s3cret"}) == Identity("robot", "api_key", admin=True)
 
 
+class Clock:
+    """Wall-clock seconds, moved by hand (the verifier's rationing clock)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def verifier(certs: CertsServer, clock: Clock) -> IdTokenVerifier:
+    return IdTokenVerifier([AUDIENCE], certs.url, clock=clock)
+
+
 def test_certificates_are_cached_and_refetched_for_a_new_key(
     issuer: Issuer, certs: CertsServer
 ) -> None:
-    auth = authenticator(certs)
+    clock = Clock()
+    auth = authenticator(certs, verifier=verifier(certs, clock))
     for _ in range(3):
         assert isinstance(auth.authenticate(bearer(issuer.token())), Identity)
     assert certs.hits == 1
     rotated = Issuer("kid-2")
     certs.certs[rotated.kid] = rotated.cert_pem
+    clock.now += CERTS_MIN_REFETCH_S
     assert isinstance(auth.authenticate(bearer(rotated.token())), Identity)
+    assert certs.hits == 2
+
+
+# --------------------------------------------------------------------------- hostile tokens
+
+
+def test_allowed_domains_are_matched_on_the_hosted_domain_claim(
+    issuer: Issuer, certs: CertsServer
+) -> None:
+    auth = authenticator(certs)
+    # A personal Google account with a verified work address (kept by a former
+    # employee, say) has no hd claim: the address's domain proves nothing.
+    kept = issuer.token(email="former@studio.example", hd=None)
+    result = failure(auth.authenticate(bearer(kept)))
+    assert (result.status, result.message) == (
+        403,
+        "former@studio.example is not allowed to use this service",
+    )
+    # Another domain's Workspace account with an address in ours: not allowed either.
+    other = issuer.token(email="mallory@studio.example", hd="elsewhere.example")
+    assert failure(auth.authenticate(bearer(other))).status == 403
+    # An account of the studio's Workspace is allowed, whatever its address's domain.
+    alias = issuer.token(email="ana@studio-alias.example", hd="studio.example")
+    assert auth.authenticate(bearer(alias)) == Identity("ana@studio-alias.example", "id_token")
+    # ALLOWED_EMAILS stays an exact match on the verified email.
+    assert isinstance(
+        auth.authenticate(bearer(issuer.token(email="solo@freelance.example"))), Identity
+    )
+
+
+def test_unknown_key_ids_fetch_certificates_at_most_once_per_interval(
+    issuer: Issuer, certs: CertsServer
+) -> None:
+    clock = Clock()
+    auth = authenticator(certs, verifier=verifier(certs, clock))
+    assert isinstance(auth.authenticate(bearer(issuer.token())), Identity)
+    assert certs.hits == 1
+    for n in range(20):
+        result = failure(auth.authenticate(bearer(issuer.token_with_kid(f"made-up-{n}"))))
+        assert result.status == 401
+        assert "made-up" in result.message
+    assert certs.hits == 1  # anonymous requests with made-up key ids cost no fetch
+    assert isinstance(auth.authenticate(bearer(issuer.token())), Identity)
+
+    clock.now += CERTS_MIN_REFETCH_S
+    assert failure(auth.authenticate(bearer(issuer.token_with_kid("made-up-x")))).status == 401
+    assert failure(auth.authenticate(bearer(issuer.token_with_kid("made-up-y")))).status == 401
+    assert certs.hits == 2
+
+
+def test_concurrent_unknown_key_ids_share_one_fetch(issuer: Issuer, certs: CertsServer) -> None:
+    certs.delay_s = 0.3
+    auth = authenticator(certs, verifier=verifier(certs, Clock()))
+    results: list[Identity | AuthFailure] = []
+
+    def call(n: int) -> None:
+        results.append(auth.authenticate(bearer(issuer.token_with_kid(f"made-up-{n}"))))
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert [failure(r).status for r in results] == [401] * 8
+    assert (certs.hits, certs.most_in_flight) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(500, b"oops"), (200, b"not json"), (200, b'["a list"]'), (200, b'{"kid": 1}')],
+    ids=["5xx", "not-json", "not-an-object", "not-pem-text"],
+)
+def test_failed_certificate_fetch_is_unavailable_and_not_retried_at_once(
+    issuer: Issuer, certs: CertsServer, status: int, body: bytes
+) -> None:
+    certs.status, certs.body = status, body
+    clock = Clock()
+    auth = authenticator(certs, verifier=verifier(certs, clock))
+    for _ in range(3):
+        with pytest.raises(CertsUnavailable):
+            auth.authenticate(bearer(issuer.token()))
+    assert certs.hits == 1
+    certs.status, certs.body = 200, None
+    clock.now += CERTS_MIN_REFETCH_S
+    assert isinstance(auth.authenticate(bearer(issuer.token())), Identity)
     assert certs.hits == 2
 
 

@@ -12,12 +12,15 @@ there, and the test connector never leaves loopback.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import ipaddress
 import json
+import random
 import socket
 import ssl
+import struct
 import threading
 import time
 import zipfile
@@ -33,10 +36,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from shared.adapters.references import PackLimits, PackReferenceLoader
+from shared.adapters.references import ENTRY_OVERHEAD, PackLimits, PackReferenceLoader
 from shared.errors import PermanentError, TransientError
+from shared.models import JobMessage, JobState
 from shared.netguard import Refused, SafeFetcher, Validators, public_address, vet
-from tests.fakes import IMAGES_BUCKET, FakeObjectStore, jpeg_bytes, png_bytes
+from shared.services.generation import Generation
+from tests.fakes import (
+    IMAGES_BUCKET,
+    FakeImageGenerator,
+    FakeJobStore,
+    FakeObjectStore,
+    jpeg_bytes,
+    make_job,
+    png_bytes,
+)
 
 PUBLIC = {
     "refs.example.test": ["1.2.3.4"],
@@ -51,6 +64,7 @@ TLS_NAMES = ["refs.example.test", "cdn.example.test"]
 PNG = png_bytes(size=(16, 16))
 JPEG = jpeg_bytes(size=(16, 16))
 MB = 1024 * 1024
+DEFLATED = zipfile.ZIP_DEFLATED
 
 
 # --------------------------------------------------------------------------- TLS test server
@@ -140,6 +154,10 @@ class Route:
     headers: dict[str, str] = field(default_factory=dict)
     chunked: bool = False
     delay_s: float = 0.0
+    # A crawling server: the answer goes out a byte at a time, this far apart,
+    # from the status line on ("status") or after the headers ("body").
+    dribble_s: float = 0.0
+    dribble_from: str = "status"
 
 
 class SiteServer(ThreadingHTTPServer):
@@ -149,6 +167,7 @@ class SiteServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _SiteHandler)
         self.routes: dict[str, Route] = {}
         self.seen: list[tuple[str, dict[str, str]]] = []
+        self.finished: list[str] = []  # paths whose dribbled answer went out whole
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # clients the guard makes hang up (size caps, bad certificates) are expected
@@ -176,6 +195,9 @@ class _SiteHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        if route.dribble_s:
+            self._dribble(route)
+            return
         self.send_response(route.status)
         for name, value in route.headers.items():
             self.send_header(name, value)
@@ -191,6 +213,30 @@ class _SiteHandler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(route.body)
         self.close_connection = True
+
+    def _dribble(self, route: Route) -> None:
+        self.close_connection = True
+        lines = [f"HTTP/1.1 {route.status} Whatever"]
+        lines += [f"{name}: {value}" for name, value in route.headers.items()]
+        if route.chunked:
+            lines.append("Transfer-Encoding: chunked")
+            body = b"".join(
+                b"1\r\n" + route.body[i : i + 1] + b"\r\n" for i in range(len(route.body))
+            )
+            body += b"0\r\n\r\n"
+        else:
+            lines.append(f"Content-Length: {len(route.body)}")
+            body = route.body
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        at_once, slowly = (head, body) if route.dribble_from == "body" else (b"", head + body)
+        try:
+            self.wfile.write(at_once)
+            for i in range(len(slowly)):
+                self.wfile.write(slowly[i : i + 1])
+                time.sleep(route.dribble_s)
+        except OSError:
+            return  # the client hung up: the guard gave up on us
+        self.server.finished.append(self.path)
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +259,7 @@ def fresh_site(request: pytest.FixtureRequest) -> None:
         site: SiteServer = request.getfixturevalue("site")
         site.routes.clear()
         site.seen.clear()
+        site.finished.clear()
 
 
 class Counter:
@@ -363,6 +410,12 @@ def test_ipv6_loopback_is_refused_and_never_reached(
         ("https://[::]/a.png", "not a public address"),
         ("https://[::ffff:169.254.169.254]/", "not a public address"),
         ("https://[64:ff9b::a9fe:a9fe]/", "not a public address"),  # NAT64 of the metadata IP
+        # Ranges Python 3.11's is_global calls global (issue 11, item 8).
+        ("https://[64:ff9b:1::a9fe:a9fe]/", "NAT64 local-use"),
+        ("https://[::ffff:0:a9fe:a9fe]/", "IPv4-translated"),
+        ("https://[fec0::1]/", "site-local"),
+        ("https://[5f00::1]/", "segment routing"),
+        ("https://192.88.99.1/", "6to4 relay anycast"),
         ("https://224.0.0.1/a.png", "not a public address"),
         ("https://metadata.google.internal/computeMetadata/v1/", "internal name"),
         ("https://metadata/computeMetadata/v1/", "internal name"),
@@ -527,8 +580,51 @@ def test_chunked_body_within_the_limit_is_read(fetcher: SafeFetcher, site: SiteS
 
 def test_slow_server_runs_into_the_time_cap(fetcher: SafeFetcher, site: SiteServer) -> None:
     site.routes["/slow"] = Route(200, PNG, delay_s=1.0)
-    with pytest.raises(TransientError, match=r"timed out|longer than the time allowed"):
+    with pytest.raises(TransientError, match=r"took longer than the 0\.3 s allowed"):
         get(fetcher, "https://refs.example.test/slow", timeout_s=0.3)
+
+
+# A crawling answer goes out over about 3 s, a byte every 20-30 ms: no single
+# socket operation waits long, so only one deadline for the whole fetch stops it.
+CRAWL = {
+    "status line and headers": Route(200, PNG, dribble_s=0.02),
+    "body with a length": Route(200, PNG * 3, dribble_s=0.01, dribble_from="body"),
+    "chunked body": Route(200, PNG, chunked=True, dribble_s=0.005, dribble_from="body"),
+}
+
+
+@pytest.mark.parametrize("phase", list(CRAWL))
+def test_a_crawling_server_is_cut_off_at_one_deadline(
+    fetcher: SafeFetcher, site: SiteServer, phase: str
+) -> None:
+    site.routes["/crawl"] = CRAWL[phase]
+    with pytest.raises(TransientError, match=r"took longer than the 0\.4 s allowed"):
+        get(fetcher, "https://refs.example.test/crawl", timeout_s=0.4)
+    # The guard hung up mid-answer; a per-operation timeout would have read it all.
+    assert site.finished == []
+
+
+def test_one_deadline_covers_every_redirect_hop(fetcher: SafeFetcher, site: SiteServer) -> None:
+    # Each hop alone fits in the time allowed; the two together do not.
+    site.routes["/first"] = Route(302, headers={"Location": "/second"}, dribble_s=0.007)
+    site.routes["/second"] = Route(200, b"", dribble_s=0.009)
+    with pytest.raises(TransientError, match=r"took longer than the 0\.5 s allowed"):
+        get(fetcher, "https://refs.example.test/first", timeout_s=0.5)
+    assert "/second" not in site.finished
+
+
+def test_a_pack_has_one_deadline_for_all_its_fetches(make_loader: Make, site: SiteServer) -> None:
+    # A manifest and its items are one pack: their fetches share REFERENCE_TIMEOUT_S.
+    site.routes["/m.json"] = Route(
+        200,
+        b'["https://cdn.example.test/1.png", "https://cdn.example.test/2.png"]',
+        dribble_s=0.004,
+    )
+    site.routes["/1.png"] = Route(200, PNG, dribble_s=0.002)
+    site.routes["/2.png"] = Route(200, PNG, dribble_s=0.002)
+    with pytest.raises(TransientError, match="longer than"):
+        make_loader(timeout_s=0.6).load("https://refs.example.test/m.json")
+    assert "/2.png" not in site.finished
 
 
 @pytest.mark.parametrize(
@@ -712,7 +808,7 @@ def test_gs_pack_is_read_from_our_bucket_only(
     objects.put(IMAGES_BUCKET, "refs/pack.zip", zip_of({"a.png": PNG}))
     loader = make_loader()
     assert [i.data for i in loader.load(f"gs://{IMAGES_BUCKET}/refs/pack.zip")] == [PNG]
-    with pytest.raises(PermanentError, match="does not exist"):
+    with pytest.raises(PermanentError, match="not found or not allowed"):
         loader.load(f"gs://{IMAGES_BUCKET}/refs/missing.png")
     with pytest.raises(PermanentError, match=f"only gs://{IMAGES_BUCKET}/ can be read"):
         loader.load("gs://someone-elses-bucket/a.png")
@@ -760,7 +856,7 @@ def test_cache_is_bounded_in_bytes_and_drops_the_least_recently_used(
     first, second = png_bytes(size=(40, 40), color=(1, 1, 1)), png_bytes(size=(40, 40))
     site.routes["/1.png"] = Route(200, first)
     site.routes["/2.png"] = Route(200, second)
-    loader = make_loader(cache_bytes=len(first) + len(second) - 1)
+    loader = make_loader(cache_bytes=len(first) + len(second) + 2 * ENTRY_OVERHEAD - 1)
     loader.load("https://refs.example.test/1.png")
     loader.load("https://refs.example.test/2.png")  # evicts 1
     loader.load("https://refs.example.test/2.png")
@@ -768,17 +864,17 @@ def test_cache_is_bounded_in_bytes_and_drops_the_least_recently_used(
     assert (site.hits("/1.png"), site.hits("/2.png")) == (2, 1)
 
 
-def test_concurrent_loads_of_one_pack_fetch_it_once(make_loader: Make, site: SiteServer) -> None:
-    site.routes["/a.png"] = Route(200, PNG, delay_s=0.2)
-    loader = make_loader()
-    threads = [
-        threading.Thread(target=loader.load, args=("https://refs.example.test/a.png",))
-        for _ in range(4)
-    ]
+def load_at_once(loader: PackReferenceLoader, url: str, times: int = 4) -> None:
+    threads = [threading.Thread(target=loader.load, args=(url,)) for _ in range(times)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=10)
+
+
+def test_concurrent_loads_of_one_pack_fetch_it_once(make_loader: Make, site: SiteServer) -> None:
+    site.routes["/a.png"] = Route(200, PNG, delay_s=0.2)
+    load_at_once(make_loader(), "https://refs.example.test/a.png")
     assert site.hits("/a.png") == 1
 
 
@@ -795,3 +891,235 @@ def test_validators_send_nothing_when_empty() -> None:
     assert Validators().headers() == {}
     assert not Validators()
     assert Validators(etag='"x"').headers() == {"If-None-Match": '"x"'}
+
+
+# --------------------------------------------------------------------------- hostile packs
+
+
+def declare_sizes(pack: bytes, sizes: dict[str, int]) -> bytes:
+    """``pack`` with the uncompressed sizes its headers declare replaced (a lying zip)."""
+    data = bytearray(pack)
+    with zipfile.ZipFile(io.BytesIO(pack)) as archive:
+        for info in archive.infolist():
+            if info.filename in sizes:
+                struct.pack_into("<I", data, info.header_offset + 22, sizes[info.filename])
+    eocd = data.rfind(b"PK\x05\x06")
+    (position,) = struct.unpack_from("<I", data, eocd + 16)
+    while data[position : position + 4] == b"PK\x01\x02":
+        name_len, extra_len, comment_len = struct.unpack_from("<3H", data, position + 28)
+        name = bytes(data[position + 46 : position + 46 + name_len]).decode()
+        if name in sizes:
+            struct.pack_into("<I", data, position + 24, sizes[name])
+        position += 46 + name_len + extra_len + comment_len
+    return bytes(data)
+
+
+def packed(files: dict[str, tuple[bytes, int]]) -> bytes:
+    """A zip of ``{name: (content, compression method)}``."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, (data, method) in files.items():
+            archive.writestr(name, data, compress_type=method)
+    return out.getvalue()
+
+
+def test_a_member_that_inflates_past_its_declared_size_fails_the_pack(
+    make_loader: Make, site: SiteServer
+) -> None:
+    # 50 MB of zeros deflate to ~50 KB; the headers say 1000 bytes.
+    bomb = packed({"a.png": (PNG, zipfile.ZIP_STORED), "b.png": (b"\0" * 50 * MB, DEFLATED)})
+    site.routes["/pack.zip"] = Route(200, declare_sizes(bomb, {"b.png": 1000}))
+    with pytest.raises(PermanentError, match=r"pack\.zip!b\.png does not match what it declares"):
+        make_loader(max_bytes=MB).load("https://refs.example.test/pack.zip")
+
+
+def test_a_member_that_holds_less_than_it_declares_fails_the_pack(
+    make_loader: Make, site: SiteServer
+) -> None:
+    lying = declare_sizes(packed({"a.png": (PNG, zipfile.ZIP_STORED)}), {"a.png": 5000})
+    site.routes["/pack.zip"] = Route(200, lying)
+    with pytest.raises(PermanentError, match=rf"a\.png declares 5000 bytes but holds {len(PNG)}"):
+        make_loader().load("https://refs.example.test/pack.zip")
+
+
+@pytest.mark.parametrize(("method", "number"), [(zipfile.ZIP_BZIP2, 12), (zipfile.ZIP_LZMA, 14)])
+def test_compression_methods_that_cannot_be_bounded_are_refused(
+    make_loader: Make, site: SiteServer, method: int, number: int
+) -> None:
+    # A few hundred bytes of bzip2 inflate to 20 MB in one call; zipfile cannot cap it.
+    bomb = packed({"a.png": (PNG, zipfile.ZIP_STORED), "b.png": (b"\0" * 20 * MB, method)})
+    site.routes["/pack.zip"] = Route(200, declare_sizes(bomb, {"b.png": 1000}))
+    with pytest.raises(PermanentError, match=f"b.png is compressed with zip method {number}; only"):
+        make_loader(max_images=3).load("https://refs.example.test/pack.zip")
+
+
+def test_a_pack_with_too_many_members_is_refused(make_loader: Make, site: SiteServer) -> None:
+    site.routes["/pack.zip"] = Route(200, zip_of({f"{n:02}.png": PNG for n in range(9)}))
+    with pytest.raises(PermanentError, match="has more than 8 members"):
+        make_loader(max_members=8).load("https://refs.example.test/pack.zip")
+    site.routes["/ok.zip"] = Route(200, zip_of({f"{n:02}.png": PNG for n in range(8)}))
+    assert len(make_loader(max_members=8).load("https://refs.example.test/ok.zip")) == 3
+
+
+def test_the_bytes_unpacked_from_a_pack_are_capped(make_loader: Make, site: SiteServer) -> None:
+    notes = {f"{n}-notes.txt": b"x" * 400_000 for n in range(3)}
+    site.routes["/pack.zip"] = Route(200, zip_of({**notes, "z.png": PNG}))
+    with pytest.raises(PermanentError, match="members unpack to more than 1000000 bytes"):
+        make_loader(max_unpacked_bytes=1_000_000).load("https://refs.example.test/pack.zip")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 100_000, b'{"images": ' * 50_000, b"[" * 100_000 + b"]" * 100_000],
+    ids=["lists", "objects", "closed"],
+)
+def test_a_deeply_nested_manifest_is_permanent(
+    make_loader: Make, site: SiteServer, body: bytes
+) -> None:
+    site.routes["/m.json"] = Route(200, body)
+    with pytest.raises(PermanentError, match="nested too deeply"):
+        make_loader().load("https://refs.example.test/m.json")
+
+
+def test_mangled_zips_fail_permanently_and_never_otherwise(
+    make_loader: Make, objects: FakeObjectStore
+) -> None:
+    base = zip_of({"a.png": png_bytes(size=(8, 8)), "b.txt": b"hello" * 20})
+    loader = make_loader()
+    reasons: list[str] = []
+    for seed in range(300):
+        rng = random.Random(seed)
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(4, len(data))] = rng.randrange(256)
+        objects.put(IMAGES_BUCKET, f"refs/fuzz-{seed}.zip", bytes(data))
+        try:
+            loader.load(f"gs://{IMAGES_BUCKET}/refs/fuzz-{seed}.zip")
+        except PermanentError as exc:
+            reasons.append(str(exc))
+    # Parsers fail in ways no list foresees (a negative seek, say): each is recorded.
+    assert any("could not be read: ValueError: negative seek" in r for r in reasons)
+
+
+@pytest.fixture
+def references(make_loader: Make) -> PackReferenceLoader:
+    """The generation service's loader, for the tests below: the production one."""
+    return make_loader()
+
+
+HOSTILE_PACKS = {
+    "lying size": (
+        declare_sizes(packed({"b.png": (b"\0" * 5 * MB, DEFLATED)}), {"b.png": 1000}),
+        "does not match what it declares",
+    ),
+    "bzip2 member": (packed({"b.png": (b"\0" * MB, zipfile.ZIP_BZIP2)}), "zip method 12"),
+    "deep manifest": (b"[" * 100_000, "nested too deeply"),
+    "mangled zip": (zip_of({"a.png": PNG})[:-30] + b"PK\x05\x06" + b"\xff" * 26, "zip"),
+}
+
+
+@pytest.mark.parametrize("pack", list(HOSTILE_PACKS))
+def test_a_hostile_pack_fails_its_job_with_the_reason_and_is_acknowledged(
+    make_generation: Callable[..., Generation],
+    store: FakeJobStore,
+    generator: FakeImageGenerator,
+    site: SiteServer,
+    pack: str,
+) -> None:
+    body, reason = HOSTILE_PACKS[pack]
+    site.routes["/pack"] = Route(200, body)
+    store.add(make_job(ref_pack_public_url="https://refs.example.test/pack"))
+    make_generation().handle(JobMessage(job_id="job_1", batch_id="bat_1", scene_id="sc-001"))
+    job = store.job("job_1")
+    assert job.state == JobState.FAILED
+    assert reason in (job.error or ""), job.error
+    assert generator.calls == []
+
+
+# --------------------------------------------------------------------------- gs:// access
+
+
+def test_gs_objects_outside_the_references_prefix_are_not_found_or_not_allowed(
+    make_loader: Make, objects: FakeObjectStore
+) -> None:
+    objects.put(IMAGES_BUCKET, "refs/a.png", PNG)
+    objects.put(IMAGES_BUCKET, "refs/big.png", b"x" * 2000)
+    objects.put(IMAGES_BUCKET, "images/sc-001/job_b/var_1.png", PNG)  # another caller's image
+    loader = make_loader(max_bytes=1000, max_images=1)
+    assert [i.data for i in loader.load(f"gs://{IMAGES_BUCKET}/refs/a.png")] == [PNG]
+    answers = set()
+    for name in (
+        "images/sc-001/job_b/var_1.png",  # exists, not allowed
+        "images/sc-001/job_b/var_9.png",  # does not exist, not allowed
+        "refs/missing.png",  # allowed, does not exist
+        "refs/big.png",  # allowed, exists, too big
+        "refs/../images/sc-001/job_b/var_1.png",
+        "refs//a.png",
+    ):
+        url = f"gs://{IMAGES_BUCKET}/{name}"
+        with pytest.raises(PermanentError) as info:
+            loader.load(url)
+        answers.add(str(info.value).replace(url, "<url>"))
+    # One answer for all: it tells neither existence nor size.
+    assert answers == {
+        f"reference <url>: not found or not allowed (readable: objects under "
+        f"gs://{IMAGES_BUCKET}/refs/ of at most 1000 bytes)"
+    }
+    assert ("read", IMAGES_BUCKET, "images/sc-001/job_b/var_1.png") not in objects.calls
+
+
+def test_manifest_items_cannot_name_other_callers_outputs(
+    make_loader: Make, site: SiteServer, objects: FakeObjectStore
+) -> None:
+    objects.put(IMAGES_BUCKET, "images/sc-001/job_b/var_1.png", PNG)
+    site.routes["/m.json"] = Route(
+        200, f'["gs://{IMAGES_BUCKET}/images/sc-001/job_b/var_1.png"]'.encode()
+    )
+    with pytest.raises(PermanentError, match="not found or not allowed"):
+        make_loader().load("https://refs.example.test/m.json")
+
+
+def test_a_callers_own_outputs_are_readable_through_output_access(
+    fetcher: SafeFetcher, objects: FakeObjectStore, ticker: Ticker
+) -> None:
+    name = "images/sc-001/job_a/var_1.png"
+    objects.put(IMAGES_BUCKET, name, PNG)
+    limits = PackLimits(MB, 3, 1_000_000, 5.0, 8 * MB, 60.0)
+    loader = PackReferenceLoader(
+        objects,
+        IMAGES_BUCKET,
+        fetcher,
+        limits,
+        ticker,
+        outputs=lambda c, n: (c, n) == ("alice", name),
+    )
+    url = f"gs://{IMAGES_BUCKET}/{name}"
+    assert [i.data for i in loader.load(url, caller="alice")] == [PNG]
+    # Cached for alice, still not bob's to read, nor anyone's without a caller.
+    for caller in ("bob", None):
+        with pytest.raises(PermanentError, match="not found or not allowed"):
+            loader.load(url, caller=caller)
+
+
+# --------------------------------------------------------------------------- bounded maps
+
+
+def test_per_url_locks_last_only_while_loads_are_in_flight(
+    make_loader: Make, site: SiteServer
+) -> None:
+    site.routes["/a.png"] = Route(200, PNG)
+    loader = make_loader(fresh_s=0)
+    for n in range(50):
+        with contextlib.suppress(PermanentError):
+            loader.load(f"https://refs.example.test/missing-{n}.png")
+    load_at_once(loader, "https://refs.example.test/a.png")
+    assert loader._url_locks == {}
+
+
+def test_the_cache_counts_entries_that_hold_nothing(make_loader: Make, site: SiteServer) -> None:
+    loader = make_loader(cache_bytes=10 * ENTRY_OVERHEAD)
+    for n in range(50):
+        site.routes[f"/empty-{n}.json"] = Route(200, b"[]")
+        with pytest.raises(PermanentError, match="holds no PNG"):
+            loader.load(f"https://refs.example.test/empty-{n}.json")
+    assert len(loader._cache) == 10

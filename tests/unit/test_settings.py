@@ -150,3 +150,27 @@ def test_non_numeric_setting_is_named(base_env: pytest.MonkeyPatch) -> None:
     base_env.setenv("DAILY_IMAGE_CAP", "lots")
     with pytest.raises(ConfigError, match="DAILY_IMAGE_CAP"):
         get_settings()
+
+
+def test_hostile_input_settings_have_safe_defaults(base_env: pytest.MonkeyPatch) -> None:
+    s = get_settings()
+    assert s.references_prefix == "refs/"
+    assert (s.reference_max_zip_members, s.reference_max_unpacked_bytes) == (64, 0)
+    assert (s.id_token_certs_min_refetch_s, s.signed_url_reuse_s) == (60.0, 300)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "needle"),
+    [
+        ("REFERENCES_PREFIX", "refs", "must end with '/'"),
+        ("REFERENCES_PREFIX", "images/refs/", "outside IMAGES_PREFIX"),
+        ("REFERENCES_PREFIX", "thumbnails/", "outside IMAGES_PREFIX and THUMBNAILS_PREFIX"),
+        ("SIGNED_URL_REUSE_S", str(12 * 3600 + 1), "SIGNED_URL_REUSE_S"),
+    ],
+)
+def test_hostile_input_settings_that_would_open_a_hole_are_refused(
+    base_env: pytest.MonkeyPatch, name: str, value: str, needle: str
+) -> None:
+    base_env.setenv(name, value)
+    with pytest.raises(ConfigError, match=needle):
+        get_settings()
