@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-12)
 
-.PHONY: install demo up down test unit integration lint clean
+.PHONY: install demo up down test unit integration lint check clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy main.py functions shared devstack
+
+## Before deploying: is the configured model served (GEMINI_MODEL, GEMINI_API_KEY or Vertex) and priced?
+check: install
+	$(PY) -m tools.preflight
 
 clean:
 	rm -rf demo-output .devstack .pytest_cache .mypy_cache .ruff_cache

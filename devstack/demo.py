@@ -42,6 +42,14 @@ class Client:
             timeout=60,
         )
 
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        answer = requests.get(
+            f"{self.api_url}/batches/{batch_id}", headers={"X-API-Key": self.api_key}, timeout=30
+        )
+        answer.raise_for_status()
+        data: dict[str, Any] = answer.json()
+        return data
+
     def status(self, job_id: str) -> dict[str, Any]:
         answer = requests.get(
             f"{self.api_url}/status/{job_id}", headers={"X-API-Key": self.api_key}, timeout=30
@@ -127,8 +135,8 @@ def write_cells(env: Mapping[str, str], updates: Sequence[tuple[int, str, str]])
     worksheet.batch_update(data, value_input_option="RAW")
 
 
-def submit(env: Mapping[str, str], client: Client) -> dict[str, str]:
-    """Estimate, mark queued, submit; returns scene_id -> job_id."""
+def submit(env: Mapping[str, str], client: Client) -> tuple[str, dict[str, str]]:
+    """Estimate, mark queued, submit; returns the batch id and scene_id -> job_id."""
     rows = read_sheet(env)
     items = [
         {
@@ -158,7 +166,7 @@ def submit(env: Mapping[str, str], client: Client) -> dict[str, str]:
     row_of = {row["scene_id"]: i + 2 for i, row in enumerate(rows)}
     write_cells(env, [(row_of[scene], "job_id", job) for scene, job in jobs.items()])
     print(f"batch {result['batch_id']} accepted: {len(jobs)} jobs")
-    return jobs
+    return result["batch_id"], jobs
 
 
 def watch(client: Client, jobs: Mapping[str, str], timeout_s: float) -> dict[str, dict[str, Any]]:
@@ -317,8 +325,13 @@ def run_demo(state_dir: Path, scenes_csv: Path, output: Path, timeout_s: float =
         scenes = load_scenes(env, scenes_csv)
         print(f"loaded {len(scenes)} scenes into the sheet")
         client = Client(env["API_URL"], env["API_KEY"])
-        jobs = submit(env, client)
+        batch_id, jobs = submit(env, client)
         views = watch(client, jobs, timeout_s)
+        batch = client.batch(batch_id)
+        print(
+            f"batch {batch_id}: estimated ${batch['estimated_cost_usd']}, "
+            f"actual ${batch['cost_usd']} for {batch['image_count']} images"
+        )
         wait_for_sheet(env, jobs, 60)
         write_output(env, output, scenes, views)
     finally:

@@ -21,7 +21,12 @@ or ``?key=``).  Control plane, all JSON:
 - ``GET|POST /_stub/config`` ``{"latency_ms": n, "refuse_pattern": re|null,
   "quota_per_minute": n, "quota_per_day": n}``: quotas answer 429 RESOURCE_EXHAUSTED
   with ``QuotaFailure`` and ``RetryInfo`` as Gemini does (0: unlimited);
-  ``POST /_stub/quota/reset-day`` starts a new quota day.
+  ``POST /_stub/quota/reset-day`` starts a new quota day; ``"retired_models": [..]``
+  answer 404 to lookups and calls, as a model Google shut down does.
+
+Vertex AI paths (``/v1beta1/projects/{p}/locations/{l}/publishers/google/models/
+{model}:generateContent``, with an OAuth bearer token) are answered too, and model
+lookups (``GET .../models/{model}``) on both.
 - ``GET /_stub/stats``, ``GET /_stub/requests`` (last 100 bodies, no image bytes),
   ``GET /_stub/script``, ``POST /_stub/reset``, ``GET /_stub/healthz``.
 """
@@ -89,11 +94,15 @@ _HTTP_MESSAGES: Final[dict[int, str]] = {
     504: "The request timed out. Please try again.",
 }
 
-IMAGE_SIZES: Final[dict[str, int]] = {"1K": 1024, "2K": 2048, "4K": 4096}
+IMAGE_SIZES: Final[dict[str, int]] = {"512": 512, "1K": 1024, "2K": 2048, "4K": 4096}
 DEFAULT_ASPECT_RATIO: Final = "1:1"
 DEFAULT_IMAGE_SIZE: Final = "1K"
-IMAGE_TOKENS: Final = 1290  # what gemini image models bill per generated image
-_REFERENCE_IMAGE_TOKENS: Final = 258  # per input image, as Gemini counts them
+# What Gemini 3.1 Flash Image reports per generated image, by size (image output
+# tokens; the model's text rides along as TEXT tokens), and per input image.
+IMAGE_TOKENS: Final[dict[str, int]] = {"512": 747, "1K": 1120, "2K": 1680, "4K": 2520}
+_REFERENCE_IMAGE_TOKENS: Final = 560
+# Thinking tokens by level (none below LOW).
+_THOUGHT_TOKENS: Final[dict[str, int]] = {"LOW": 120, "MEDIUM": 300, "HIGH": 800, "XHIGH": 1600}
 
 # Finish reasons after which the real API sends a candidate with no content at all;
 # for the others (NO_IMAGE, IMAGE_OTHER, STOP, ...) the model says something in text.
@@ -124,11 +133,17 @@ _SIMPLE_MODES: Final = frozenset(
 )
 _MODE_RE: Final = re.compile(r"^(?:finish|block_prompt):[A-Z][A-Z_]*$|^http:[1-5]\d\d$")
 
-# The SDK builds "{api_version}/models/{model}:generateContent"; api_version may be
-# empty, and callers may pass "models/x" themselves, so version and slashes vary.
-_GENERATE_PATH: Final = re.compile(
-    r"^/+(?:(?P<version>v\d+(?:alpha|beta)?\d*)/+)?models/(?P<model>[^/:]+):generateContent$"
+# The SDK builds "{api_version}/models/{model}:generateContent" for the Gemini API
+# and ".../projects/{p}/locations/{l}/publishers/google/models/{model}:..." for
+# Vertex AI; api_version may be empty, and callers may pass "models/x" themselves,
+# so version and slashes vary. A model lookup is the same path without the method.
+_MODEL_RESOURCE: Final = (
+    r"^/+(?:(?P<version>v\d+(?:alpha|beta)?\d*)/+)?"
+    r"(?:(?:projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/)?(?P<vertex>publishers/google/))?"
+    r"models/(?P<model>[^/:]+)"
 )
+_GENERATE_PATH: Final = re.compile(_MODEL_RESOURCE + r":generateContent$")
+_MODEL_PATH: Final = re.compile(_MODEL_RESOURCE + r"$")
 _ASPECT_RE: Final = re.compile(r"^(\d{1,2}):(\d{1,2})$")
 _MAX_BODY_BYTES: Final = 100 * 1024 * 1024
 _REQUEST_LOG_SIZE: Final = 100
@@ -147,6 +162,8 @@ class StubConfig:
     quota_per_day: int = 0
     # The "minute" of the per-minute quota; tests shorten it to keep runs short.
     quota_window_s: float = 60.0
+    # Models Google retired (or never had): lookups and calls answer 404.
+    retired_models: tuple[str, ...] = ()
 
 
 # What Gemini names in QuotaFailure for its request quotas of a model.
@@ -257,6 +274,7 @@ class _State:
     reference_images: int = 0
     by_prompt: dict[str, _PromptStats] = field(default_factory=dict)
     by_api_version: dict[str, int] = field(default_factory=dict)
+    by_api: dict[str, int] = field(default_factory=dict)  # gemini_api / vertex
     in_flight: int = 0
     max_concurrency: int = 0
     # Quota accounting: when each accepted request of the last minute came, how many
@@ -280,6 +298,7 @@ class _State:
                 "max_concurrency": self.max_concurrency,
                 "in_flight": self.in_flight,
                 "by_api_version": dict(self.by_api_version),
+                "by_api": dict(self.by_api),
                 "quota_refusals": self.quota_refusals,
                 "quota_day_count": self.day_count,
             }
@@ -290,6 +309,7 @@ class _State:
             self.requests = self.generated = self.reference_images = 0
             self.by_prompt = {}
             self.by_api_version = {}
+            self.by_api = {}
             self.request_log.clear()
             self.minute_window.clear()
             self.day_count = self.quota_refusals = 0
@@ -421,6 +441,7 @@ class _GenerateRequest:
     aspect_ratio: str
     image_size: str
     wants_image: bool
+    thinking_level: str = ""
 
 
 def _field(obj: JsonDict, camel: str) -> Any:
@@ -499,6 +520,8 @@ def _parse_generate(body: bytes) -> _GenerateRequest:
     wants_image = not isinstance(modalities, list) or any(
         str(m).upper() == "IMAGE" for m in modalities
     )
+    thinking = _field(config, "thinkingConfig") or {}
+    level = str(_field(thinking, "thinkingLevel") or "") if isinstance(thinking, dict) else ""
     return _GenerateRequest(
         prompt="\n".join(texts),
         reference_images=references,
@@ -507,6 +530,7 @@ def _parse_generate(body: bytes) -> _GenerateRequest:
         aspect_ratio=aspect_ratio,
         image_size=image_size,
         wants_image=wants_image,
+        thinking_level=level.upper(),
     )
 
 
@@ -538,19 +562,30 @@ def _parse_rules(doc: Any) -> list[_Rule]:
 # --------------------------------------------------------------------------- responses
 
 
-def _usage(req: _GenerateRequest, candidate_tokens: int, thoughts: int = 0) -> JsonDict:
-    text_tokens = max(1, len(req.prompt) // 4)
-    prompt_details: list[JsonDict] = [{"modality": "TEXT", "tokenCount": text_tokens}]
-    image_tokens = _REFERENCE_IMAGE_TOKENS * len(req.reference_images)
-    if image_tokens:
-        prompt_details.append({"modality": "IMAGE", "tokenCount": image_tokens})
-    prompt_tokens = text_tokens + image_tokens
+def _usage(
+    req: _GenerateRequest, image_tokens: int, text_tokens: int, thoughts: int = 0
+) -> JsonDict:
+    """usageMetadata as Gemini reports it: prompt and output tokens by modality."""
+    prompt_text = max(1, len(req.prompt) // 4)
+    prompt_details: list[JsonDict] = [{"modality": "TEXT", "tokenCount": prompt_text}]
+    reference_tokens = _REFERENCE_IMAGE_TOKENS * len(req.reference_images)
+    if reference_tokens:
+        prompt_details.append({"modality": "IMAGE", "tokenCount": reference_tokens})
+    prompt_tokens = prompt_text + reference_tokens
+    output_details = [
+        {"modality": modality, "tokenCount": count}
+        for modality, count in (("TEXT", text_tokens), ("IMAGE", image_tokens))
+        if count
+    ]
+    thoughts += _THOUGHT_TOKENS.get(req.thinking_level, 0)
     usage: JsonDict = {
         "promptTokenCount": prompt_tokens,
-        "candidatesTokenCount": candidate_tokens,
-        "totalTokenCount": prompt_tokens + candidate_tokens + thoughts,
+        "candidatesTokenCount": image_tokens + text_tokens,
+        "totalTokenCount": prompt_tokens + image_tokens + text_tokens + thoughts,
         "promptTokensDetails": prompt_details,
     }
+    if output_details:
+        usage["candidatesTokensDetails"] = output_details
     if thoughts:
         usage["thoughtsTokenCount"] = thoughts
     return usage
@@ -577,10 +612,10 @@ def _build_answer(model: str, req: _GenerateRequest, mode: str) -> tuple[JsonDic
     if mode.startswith("block_prompt:"):
         reason = mode.split(":", 1)[1]
         return _envelope(
-            model, promptFeedback={"blockReason": reason}, usageMetadata=_usage(req, 0)
+            model, promptFeedback={"blockReason": reason}, usageMetadata=_usage(req, 0, 0)
         ), False
     if mode == "no_candidates":
-        return _envelope(model, usageMetadata=_usage(req, 0)), False
+        return _envelope(model, usageMetadata=_usage(req, 0, 0)), False
     if mode.startswith("finish:"):
         reason = mode.split(":", 1)[1]
         said: list[JsonDict] | None = (
@@ -590,14 +625,14 @@ def _build_answer(model: str, req: _GenerateRequest, mode: str) -> tuple[JsonDic
         )
         candidate = _candidate(said, reason)
         return _envelope(
-            model, candidates=[candidate], usageMetadata=_usage(req, 12 if said else 0)
+            model, candidates=[candidate], usageMetadata=_usage(req, 0, 12 if said else 0)
         ), False
 
     text_part: JsonDict = {"text": f"Here is the image you asked for: {req.prompt[:80]}"}
     if not req.wants_image:
         # responseModalities without IMAGE: the model only talks.
         return _envelope(
-            model, candidates=[_candidate([text_part], "STOP")], usageMetadata=_usage(req, 20)
+            model, candidates=[_candidate([text_part], "STOP")], usageMetadata=_usage(req, 0, 20)
         ), False
 
     fmt, mime = {"jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}.get(
@@ -628,7 +663,12 @@ def _build_answer(model: str, req: _GenerateRequest, mode: str) -> tuple[JsonDic
     return _envelope(
         model,
         candidates=[_candidate(parts, "STOP")],
-        usageMetadata=_usage(req, IMAGE_TOKENS, thoughts),
+        usageMetadata=_usage(
+            req,
+            IMAGE_TOKENS.get(req.image_size, IMAGE_TOKENS[DEFAULT_IMAGE_SIZE]),
+            0 if mode == "image_only" else max(1, len(text_part["text"]) // 4),
+            thoughts,
+        ),
     ), valid_image
 
 
@@ -695,6 +735,12 @@ class _Handler(BaseHTTPRequestHandler):
             with state.lock:
                 logged = list(state.request_log)
             self._send_json(200, {"requests": logged})
+        elif (match := _MODEL_PATH.match(unquote(path))) is not None:
+            try:
+                self._authorize(match, parse_qs(urlsplit(self.path).query))
+                self._send_json(200, self._model(match["version"] or "", match["model"]))
+            except ApiError as exc:
+                self._send_json(exc.code, exc.body())
         else:
             self._send_json(404, ApiError(404, f"Not found: GET {path}").body())
 
@@ -705,7 +751,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._read_body()
             match = _GENERATE_PATH.match(path)
             if match:
-                self._generate(match["version"] or "", match["model"], parse_qs(split.query), body)
+                self._generate(match, parse_qs(split.query), body)
             elif path == "/_stub/script":
                 rules = _parse_rules(self._json_body(body))
                 with self.server.state.lock:
@@ -737,6 +783,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "api_key_required": config.api_key is not None,
                 "quota_per_minute": config.quota_per_minute,
                 "quota_per_day": config.quota_per_day,
+                "retired_models": list(config.retired_models),
             }
 
     def _update_config(self, doc: Any) -> None:
@@ -759,11 +806,15 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in quotas.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise _bad_request(f"{name} must be a non-negative integer")
+        retired = doc.get("retired_models", list(state.config.retired_models))
+        if not isinstance(retired, list) or not all(isinstance(m, str) for m in retired):
+            raise _bad_request("retired_models must be a list of model names")
         with state.lock:
             state.config.latency_ms = latency
             state.config.refuse_pattern = None if refuse in (None, "") else str(refuse)
             state.config.quota_per_minute = quotas["quota_per_minute"]
             state.config.quota_per_day = quotas["quota_per_day"]
+            state.config.retired_models = tuple(retired)
 
     # -- the API
 
@@ -797,15 +848,61 @@ class _Handler(BaseHTTPRequestHandler):
             )
         return "header" if header_key else "query"
 
-    def _generate(self, version: str, model: str, query: dict[str, list[str]], body: bytes) -> None:
+    def _authorize(self, match: re.Match[str], query: dict[str, list[str]]) -> str:
+        """Vertex AI paths take an OAuth bearer token; Gemini API paths an API key."""
+        if match["vertex"]:
+            if not (self.headers.get("Authorization") or "").startswith("Bearer "):
+                raise ApiError(
+                    401,
+                    "Request is missing required authentication credential. Expected OAuth 2 "
+                    "access token, login cookie or other valid authentication credential.",
+                )
+            return "bearer"
+        return self._check_key(query)
+
+    def _retired(self, version: str, model: str) -> ApiError | None:
+        if model not in self.server.state.config.retired_models:
+            return None
+        return ApiError(
+            404,
+            f"models/{model} is not found for API version {version or 'v1beta'}, or is not "
+            "supported for generateContent. Call ListModels to see the list of available "
+            "models and their supported methods.",
+        )
+
+    def _model(self, version: str, model: str) -> JsonDict:
+        """What models.get answers for a model the API serves."""
+        retired = self._retired(version, model)
+        if retired is not None:
+            raise retired
+        return {
+            "name": f"models/{model}",
+            "displayName": model,
+            "version": "001",
+            "inputTokenLimit": 65536,
+            "outputTokenLimit": 32768,
+            "supportedGenerationMethods": [
+                "generateContent",
+                "countTokens",
+                "batchGenerateContent",
+            ],
+        }
+
+    def _generate(self, match: re.Match[str], query: dict[str, list[str]], body: bytes) -> None:
+        version, model = match["version"] or "", match["model"]
+        api = "vertex" if match["vertex"] else "gemini_api"
         state = self.server.state
         with state.lock:
             state.requests += 1
             state.by_api_version[version] = state.by_api_version.get(version, 0) + 1
+            state.by_api[api] = state.by_api.get(api, 0) + 1
             state.in_flight += 1
             state.max_concurrency = max(state.max_concurrency, state.in_flight)
         try:
-            key_source = self._check_key(query)
+            key_source = self._authorize(match, query)
+            retired = self._retired(version, model)
+            if retired is not None:
+                raise retired
             req = _parse_generate(body)
             # Quotas count requests the API accepted, as Google's do; a refused
             # call is answered at once.

@@ -70,6 +70,8 @@ class StackConfig:
     gemini_quota_per_minute: int = 0
     gemini_quota_per_day: int = 0
     gemini_quota_window_s: float = 60.0
+    # "vertex": the functions reach the stub as Vertex AI (bearer token, Vertex paths).
+    gemini_backend: str = "gemini_api"
     retry_min_backoff_s: int = 1
     retry_max_backoff_s: int = 10
     max_delivery_attempts: int = 100
@@ -178,11 +180,15 @@ class Stack:
                 ],
                 gemini_port,
             )
-            gemini_env = {
-                "GEMINI_API_KEY": "local-stub-key",
-                "GOOGLE_GEMINI_BASE_URL": f"http://{LOCALHOST}:{gemini_port}",
-                "GEMINI_STUB_URL": f"http://{LOCALHOST}:{gemini_port}",
-            }
+            stub_url = f"http://{LOCALHOST}:{gemini_port}"
+            gemini_env = {"GEMINI_STUB_URL": stub_url}
+            if cfg.gemini_backend == "vertex":
+                gemini_env |= {"GEMINI_BACKEND": "vertex", "VERTEX_BASE_URL": stub_url}
+            else:
+                gemini_env |= {
+                    "GEMINI_API_KEY": "local-stub-key",
+                    "GOOGLE_GEMINI_BASE_URL": stub_url,
+                }
         sheets_url = user_sheets_url or self._start_sheets_stub(mirror=None)
 
         self.env.update(

@@ -16,11 +16,12 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter, Map, Rule
 
 from functions import wiring
+from shared.api_models import model_list
 from shared.errors import TransientError
 from shared.identity import AuthFailure, Identity
 from shared.logs import setup_logging
 from shared.models import ASSET_SIZES, BatchRequest, Limits
-from shared.services.intake import InProgress, OverBudget
+from shared.services.intake import InProgress, ModelUnavailable, OverBudget
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +128,19 @@ def submit_batch(request: flask.Request) -> flask.Response:
             "the batch is invalid",
             [{"field": "Idempotency-Key", "reason": f"must be 1-{MAX_IDEMPOTENCY_KEY} characters"}],
         )
+    # Shapes are checked against the catalog entry of the model the batch names.
+    named = payload.get("model")
+    entry = cfg.catalog.entry(named if isinstance(named, str) else cfg.gemini_model)
     limits = Limits(
         max_items=cfg.max_items_per_batch,
         max_variants=cfg.max_variants,
         max_prompt_chars=cfg.max_prompt_chars,
         images_bucket=cfg.images_bucket,
+        references_prefix=cfg.references_prefix,
         allowed_spreadsheet_ids=tuple(cfg.allowed_spreadsheet_ids),
+        models=tuple(sorted(cfg.catalog.models)),
+        aspect_ratios=entry.aspect_ratios if entry else (),
+        image_sizes=entry.image_sizes if entry else (),
     )
     try:
         batch = BatchRequest.model_validate(payload, context={"limits": limits})
@@ -140,8 +148,13 @@ def submit_batch(request: flask.Request) -> flask.Response:
         return error(400, "invalid_request", "the batch is invalid", validation_details(exc))
     service = wiring.intake()
     if batch.run_mode == "dry_run":
-        return _json(200, service.plan(batch, identity.caller))
+        plan = service.plan(batch, identity.caller)
+        if isinstance(plan, ModelUnavailable):
+            return _model_unavailable(plan, named_in_batch=batch.model is not None)
+        return _json(200, plan)
     outcome = service.submit(batch, identity.caller, key)
+    if isinstance(outcome, ModelUnavailable):
+        return _model_unavailable(outcome, named_in_batch=batch.model is not None)
     if isinstance(outcome, InProgress):
         return error(
             409,
@@ -180,6 +193,32 @@ def _owned(
     if found is None:
         return error(404, "not_found", f"no {what} {ident} for this caller")
     return _json(200, found)
+
+
+def _model_unavailable(refusal: ModelUnavailable, named_in_batch: bool) -> flask.Response:
+    """422: nothing was reserved or queued; says which setting picks the model."""
+    where = (
+        "the batch's model field"
+        if named_in_batch
+        else "GEMINI_MODEL (Terraform: generation.gemini_model)"
+    )
+    return error(
+        422,
+        "model_unavailable",
+        f"the image model {refusal.model!r} is not available ({refusal.reason}); "
+        f"nothing was reserved or queued. Choose a current model in {where}; "
+        "GET /models lists the catalog.",
+        model=refusal.model,
+    )
+
+
+def models(request: flask.Request) -> flask.Response:
+    """The model catalog: what each model accepts and costs (the Generate dialog's choices)."""
+    identity = _identify(request)
+    if isinstance(identity, flask.Response):
+        return identity
+    cfg = wiring.settings()
+    return _json(200, model_list(cfg.catalog, cfg.gemini_model))
 
 
 def job_status(request: flask.Request, job_id: str) -> flask.Response:
@@ -223,6 +262,7 @@ HANDLERS: dict[str, Handler] = {
     "job_status": job_status,
     "batch_status": batch_status,
     "asset": asset,
+    "models": models,
 }
 ROUTES = Map(
     [
@@ -230,6 +270,7 @@ ROUTES = Map(
         Rule("/test", methods=["GET"], endpoint="healthz"),  # the seed's health check
         Rule("/openapi.json", methods=["GET"], endpoint="openapi"),
         Rule("/batch/images", methods=["POST"], endpoint="submit_batch"),
+        Rule("/models", methods=["GET"], endpoint="models"),
         Rule("/status/<id:job_id>", methods=["GET"], endpoint="job_status"),
         Rule("/batches/<id:batch_id>", methods=["GET"], endpoint="batch_status"),
         Rule("/assets/<id:job_id>/<int(max=99):variant>", methods=["GET"], endpoint="asset"),

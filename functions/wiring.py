@@ -13,17 +13,20 @@ from shared.links import LinkSigner
 from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from shared.adapters.firestore_store import FirestoreJobStore
+    from shared.adapters.firestore_store import FirestoreBudgetLedger, FirestoreJobStore
     from shared.adapters.gcs_store import GcsObjectStore
+    from shared.adapters.gemini import Backend
     from shared.identity import Authenticator
     from shared.services.dead_letters import DeadLetters
     from shared.services.generation import Generation
     from shared.services.intake import Intake
     from shared.services.ledger import JobLedger
+    from shared.services.preflight import Preflight
     from shared.services.sheet_sync import SheetSync
     from shared.services.thumbnails import Thumbnails
 
 SHEETS_SCOPES = ("https://www.googleapis.com/auth/spreadsheets",)
+MODEL_LOOKUP_TIMEOUT_S = 10.0
 
 
 def settings() -> Settings:
@@ -97,7 +100,15 @@ def ledger() -> JobLedger:
     """Every change to a job, with the scene's row kept in step."""
     from shared.services.ledger import JobLedger
 
-    return JobLedger(job_store(), sheet_sync())
+    # Finished images settle the daily budget from their estimate to their cost.
+    return JobLedger(job_store(), sheet_sync(), budget_ledger())
+
+
+@lru_cache(maxsize=1)
+def budget_ledger() -> FirestoreBudgetLedger:
+    from shared.adapters.firestore_store import FirestoreBudgetLedger
+
+    return FirestoreBudgetLedger(firestore_client())
 
 
 @lru_cache(maxsize=1)
@@ -127,11 +138,37 @@ def authenticator() -> Authenticator:
     )
 
 
+def gemini_backend() -> Backend:
+    """Where the model is, from the settings (an API key is needed only for the Gemini API)."""
+    from shared.adapters.gemini import Backend
+
+    cfg = settings()
+    if cfg.gemini_backend == "vertex":
+        return Backend(
+            kind="vertex",
+            project=cfg.google_cloud_project,
+            location=cfg.vertex_location,
+            base_url=cfg.vertex_base_url,
+        )
+    return Backend(kind="gemini_api", api_key=cfg.require("gemini_api_key").gemini_api_key)
+
+
+@lru_cache(maxsize=1)
+def preflight() -> Preflight:
+    from shared.adapters.gemini import GeminiModelDirectory
+    from shared.services.preflight import Preflight
+
+    cfg = settings()
+    # A lookup answers in well under a second; a slow one must not hold the request.
+    directory = GeminiModelDirectory(gemini_backend(), timeout_s=MODEL_LOOKUP_TIMEOUT_S)
+    return Preflight(directory, cfg.model_check_ttl_s)
+
+
 @lru_cache(maxsize=1)
 def intake() -> Intake:
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-    from shared.adapters.firestore_store import FirestoreBudgetLedger, FirestoreIdempotencyStore
+    from shared.adapters.firestore_store import FirestoreIdempotencyStore
     from shared.adapters.pubsub_publisher import PubSubJobPublisher
     from shared.services.intake import Intake
     from shared.services.ledger import JobLedger
@@ -139,15 +176,17 @@ def intake() -> Intake:
     cfg = settings()
     client = pubsub_v1.PublisherClient()
     topic = client.topic_path(cfg.google_cloud_project, cfg.jobs_topic)
+    budget = budget_ledger()
     return Intake(
         cfg,
         job_store(),
         # The HTTP function writes no sheet rows: the script marks what it could not queue.
-        JobLedger(job_store()),
+        JobLedger(job_store(), budget=budget),
         PubSubJobPublisher(client, topic),
         link_signer(),
-        FirestoreBudgetLedger(firestore_client()),
+        budget,
         FirestoreIdempotencyStore(firestore_client()),
+        preflight(),
     )
 
 
@@ -159,7 +198,7 @@ def generation() -> Generation:
     from shared.netguard import SafeFetcher
     from shared.services.generation import Generation
 
-    cfg = settings().require("gemini_api_key")
+    cfg = settings()
     objects = object_store()
     limits = PackLimits(
         max_bytes=cfg.reference_max_bytes,
@@ -177,7 +216,7 @@ def generation() -> Generation:
         ledger=ledger(),
         objects=objects,
         generator=GeminiImageGenerator(
-            cfg.gemini_api_key,
+            gemini_backend(),
             cfg.gemini_timeout_s,
             cfg.gemini_retry_attempts,
             cfg.gemini_retry_max_delay_s,

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.catalog import Catalog
+
 
 class _Answer(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -21,6 +23,7 @@ class ErrorBody(_Answer):
     message: str
     details: list[ErrorDetail] | None = None
     budget: Budget | None = None
+    model: str | None = Field(default=None, description="The model a 422 model_unavailable names")
 
 
 class Health(_Answer):
@@ -49,6 +52,11 @@ class Warning(_Answer):
 class PlanJob(_Answer):
     scene_id: str
     variants: int
+    image_size: str = Field(description="The size the images are made and priced at")
+    reference_images: int = Field(
+        description="Reference images each call sends (for a zip or manifest: at most)"
+    )
+    estimated_cost_per_image_usd: str
     estimated_cost_usd: str
 
 
@@ -56,10 +64,11 @@ class _Costed(_Answer):
     """What every batch answer says about the model, images, money and budget."""
 
     model: str
-    price_per_image_usd: str
+    price_per_image_usd: str = Field(description="The estimate per image, on average")
     job_count: int
     image_count: int
     estimated_cost_usd: str
+    estimate_notes: list[str] = Field(description="Which parts of the estimate are estimates")
     budget: Budget
     warnings: list[Warning]
 
@@ -145,8 +154,49 @@ class BatchView(_Answer):
     created_at: str
     image_count: int
     estimated_cost_usd: str
+    cost_usd: str = Field(description="What the batch's images actually cost so far")
     counts: dict[str, int]
     jobs: list[JobView]
+
+
+class ModelView(_Answer):
+    """One image model of the catalog."""
+
+    name: str
+    default: bool = Field(description="The deployment's GEMINI_MODEL")
+    status: str
+    aspect_ratios: list[str]
+    image_sizes: list[str]
+    default_image_size: str
+    max_reference_images: int
+    price_per_image_usd: dict[str, dict[str, str]] = Field(
+        description="By lane (live, batch: Gemini's Batch API), then by image size"
+    )
+
+
+class ModelList(_Answer):
+    models: list[ModelView]
+
+
+def model_list(catalog: Catalog, default: str) -> ModelList:
+    return ModelList(
+        models=[
+            ModelView(
+                name=name,
+                default=name == default,
+                status=entry.status,
+                aspect_ratios=list(entry.aspect_ratios),
+                image_sizes=list(entry.image_sizes),
+                default_image_size=entry.default_image_size,
+                max_reference_images=entry.max_reference_images,
+                price_per_image_usd={
+                    lane: {size: str(price) for size, price in prices.items()}
+                    for lane, prices in entry.price_per_image.items()
+                },
+            )
+            for name, entry in sorted(catalog.models.items())
+        ]
+    )
 
 
 ErrorBody.model_rebuild()

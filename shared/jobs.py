@@ -9,9 +9,10 @@ compare-and-set), and works out itself whether the change finished the job.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 from typing import TypeVar
 
@@ -291,6 +292,32 @@ def fail_job(job: Job, reason: str, now: datetime) -> Step[None]:
             changed = True
     # Uploaded variants still get their thumbnails; those end the job.
     return (_restate(job, now) if changed else None), None
+
+
+def settlement(job: Job, n: int) -> tuple[int, Decimal] | None:
+    """How variant ``n``'s budget reservation (one image at the job's estimate)
+    must be corrected, once that is known: by what the image actually cost, or,
+    for a variant that failed without an image, all of it. None: not yet, or done."""
+    variant = job.variant(n)
+    if variant.settled or job.budget_day is None:
+        return None
+    estimate = Decimal(job.price_per_image)
+    if variant.cost_usd is not None:
+        return 0, Decimal(variant.cost_usd) - estimate
+    if variant.state == VariantState.FAILED:
+        return -1, -estimate
+    return None
+
+
+def mark_settled(job: Job, numbers: Sequence[int], now: datetime) -> Step[None]:
+    """The budget of these variants was settled."""
+    pending = [n for n in numbers if not job.variant(n).settled]
+    if not pending:
+        return None, None
+    for n in pending:
+        job.variant(n).settled = True
+    job.updated_at = now
+    return job, None
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,13 @@ class Limits(BaseModel):
     max_variants: int = 4
     max_prompt_chars: int = 4000
     images_bucket: str = ""
+    # gs:// references must lie under it ("" allows none; None, any object: tests).
+    references_prefix: str | None = None
     allowed_spreadsheet_ids: tuple[str, ...] = ("*",)
+    # The catalog's models, and the shapes the batch's model accepts (empty: any).
+    models: tuple[str, ...] = ()
+    aspect_ratios: tuple[str, ...] = ()
+    image_sizes: tuple[str, ...] = ()
 
 
 def _limits(info: ValidationInfo) -> Limits:
@@ -38,9 +44,13 @@ class BatchItem(BaseModel):
     prompt: str = Field(min_length=1, description="At most MAX_PROMPT_CHARS characters")
     ref_pack_public_url: str | None = Field(default=None, max_length=2048)
     variants: int = Field(ge=1, description="1 to MAX_VARIANTS (default 4)")
-    # The values the Gemini image models accept (GUIDE.md, section 3).
-    aspect_ratio: Literal["1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9", "21:9"] | None = None
-    image_size: Literal["1K", "2K", "4K"] | None = None
+    # What the batch's model accepts is in its catalog entry (GET /models).
+    aspect_ratio: str | None = Field(
+        default=None, max_length=10, description="One of the model's aspect ratios, e.g. 16:9"
+    )
+    image_size: str | None = Field(
+        default=None, max_length=10, description="One of the model's sizes, e.g. 1K, 2K, 4K"
+    )
 
     @field_validator("scene_id")
     @classmethod
@@ -68,17 +78,30 @@ class BatchItem(BaseModel):
             raise ValueError(f"must be between 1 and {limit}")
         return value
 
+    @field_validator("aspect_ratio", "image_size")
+    @classmethod
+    def _shape(cls, value: str | None, info: ValidationInfo) -> str | None:
+        limits = _limits(info)
+        accepted = limits.aspect_ratios if info.field_name == "aspect_ratio" else limits.image_sizes
+        if value is not None and accepted and value not in accepted:
+            raise ValueError(f"must be one of the model's {', '.join(accepted)}")
+        return value
+
     @field_validator("ref_pack_public_url")
     @classmethod
     def _ref_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         if not value:
             return None
-        bucket = _limits(info).images_bucket
+        limits = _limits(info)
+        bucket, prefix = limits.images_bucket, limits.references_prefix
         if value.startswith("https://") and len(value) > len("https://"):
             return value
-        if bucket and value.startswith(f"gs://{bucket}/") and len(value) > len(f"gs://{bucket}/"):
+        # Only the references prefix: the rest of the bucket is other callers' images.
+        readable = f"gs://{bucket}/{prefix}" if prefix is not None else f"gs://{bucket}/"
+        if bucket and value.startswith(readable) and len(value) > len(readable):
             return value
-        allowed = "an https:// URL" + (f" or a gs://{bucket}/ object" if bucket else "")
+        gcs = bucket and prefix != ""
+        allowed = "an https:// URL" + (f" or a {readable} object" if gcs else "")
         raise ValueError(f"must be {allowed}")
 
 
@@ -89,6 +112,9 @@ class BatchRequest(BaseModel):
 
     items: list[BatchItem] = Field(min_length=1)
     run_mode: Literal["dry_run", "live"] = Field(default="dry_run", alias="runMode")
+    model: str | None = Field(
+        default=None, max_length=100, description="An image model of the catalog (GET /models)"
+    )
     spreadsheet_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
     worksheet: str = Field(min_length=1, max_length=100)
 
@@ -98,6 +124,14 @@ class BatchRequest(BaseModel):
         allowed = _limits(info).allowed_spreadsheet_ids
         if "*" not in allowed and value not in allowed:
             raise ValueError("is not in this deployment's allowlist of spreadsheets")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str | None, info: ValidationInfo) -> str | None:
+        models = _limits(info).models
+        if value is not None and models and value not in models:
+            raise ValueError(f"is not in the model catalog; one of {', '.join(models)}")
         return value
 
     @field_validator("items")
@@ -157,6 +191,8 @@ class Variant(BaseModel):
     # died): the variant fails after GEMINI_FAILURE_BUDGET of them. Waiting (for the
     # quota, a claim, a sheet slot) never counts, however often Pub/Sub redelivers.
     failures: int = 0
+    # The budget reserved for this image was corrected to what it cost (once).
+    settled: bool = False
     generated_at: datetime | None = None
     done_at: datetime | None = None
     # What generating this variant cost: model, Gemini's usage_metadata token
@@ -202,7 +238,10 @@ class Job(BaseModel):
     spreadsheet_id: str
     worksheet: str
     model: str
+    # The estimate per image the budget reserved (catalog price at the size plus the
+    # estimated input tokens), on the UTC day ``budget_day``.
     price_per_image: str
+    budget_day: str | None = None
     state: JobState = JobState.QUEUED
     error: str | None = None
     created_at: datetime

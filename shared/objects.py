@@ -27,7 +27,13 @@ VARIANT = "variant"
 MODEL = "model"
 COST_USD = "cost_usd"
 # Token counts of the generation, one key each (Gemini's usage_metadata).
-TOKEN_KEYS = ("prompt_tokens", "output_tokens", "thought_tokens", "total_tokens")
+TOKEN_KEYS = (
+    "prompt_tokens",
+    "output_tokens",
+    "output_image_tokens",
+    "thought_tokens",
+    "total_tokens",
+)
 # On thumbnails: the marker that keeps a thumbnail from being thumbnailed, and its image.
 THUMBNAIL_MARKER = "pipeline-thumbnail"
 SOURCE = "source"

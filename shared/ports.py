@@ -63,6 +63,11 @@ class BudgetLedger(Protocol):
 
     def refund(self, caller: str, day: str, images: int, cost: Decimal) -> None: ...
 
+    def settle(self, caller: str, day: str, key: str, images: int, cost: Decimal) -> None:
+        """Correct the day's usage by ``images``/``cost`` (often negative) once per ``key``:
+        a variant's reserved estimate becomes what it actually cost."""
+        ...
+
 
 @dataclass(frozen=True)
 class StoredAnswer:
@@ -191,8 +196,26 @@ class ImageGenerator(Protocol):
         seed: int,
         aspect_ratio: str | None = None,
         image_size: str | None = None,
+        thinking_level: str | None = None,
     ) -> GeneratedImage:
-        """One image; ``aspect_ratio``/``image_size`` None leaves them to the model."""
+        """One image; ``aspect_ratio``/``image_size``/``thinking_level`` None leaves
+        them to the model."""
+        ...
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    """Whether the backend serves a model, and if not, what it answered."""
+
+    available: bool
+    reason: str = ""
+
+
+class ModelDirectory(Protocol):
+    """The backend's list of models (google-genai's ``models.get`` in production)."""
+
+    def check(self, model: str) -> ModelCheck:
+        """Raises ``TransientError`` when the backend cannot tell right now."""
         ...
 
 

@@ -5,7 +5,6 @@ A missing or malformed setting fails at start with its name (``ConfigError``).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from decimal import Decimal
@@ -21,12 +20,9 @@ from pydantic import (
     model_validator,
 )
 
+from shared.catalog import Catalog, ModelEntry, load_catalog
 from shared.errors import ConfigError
 
-DEFAULT_PRICES = {
-    "gemini-3.1-flash-image": Decimal("0.067"),
-    "gemini-2.5-flash-image": Decimal("0.039"),
-}
 # The SDK's backoff (HttpRetryOptions): initial delay x 2^k plus up to the jitter.
 GEMINI_RETRY_INITIAL_DELAY_S = 1.0
 GEMINI_RETRY_JITTER_S = 1.0
@@ -61,9 +57,20 @@ class Settings(BaseModel):
     thumbnails_prefix: str = "thumbnails/"
     firestore_database: str = "(default)"
 
+    # --- Models (issue 15): which one, where its shapes and prices come from
+    # (shared/model_catalog.json, with MODEL_CATALOG JSON merged over it), and
+    # how to reach it: the Gemini API with an API key, or Vertex AI with the
+    # function's service account (VERTEX_BASE_URL: another endpoint, the local stub).
     gemini_model: str = "gemini-3.1-flash-image"
+    model_catalog: str = ""
+    gemini_backend: Literal["gemini_api", "vertex"] = "gemini_api"
     gemini_api_key: str = ""
-    price_table: dict[str, Decimal] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+    vertex_location: str = "global"
+    vertex_base_url: str = ""
+    # Empty: the lowest level the model accepts (fastest, fewest thinking tokens).
+    gemini_thinking_level: str = ""
+    # How long a model lookup (the preflight of every batch) is trusted.
+    model_check_ttl_s: float = Field(default=300.0, ge=0)
     max_items_per_batch: int = Field(default=500, ge=1)
     max_variants: int = Field(default=4, ge=1, le=8)
     max_prompt_chars: int = Field(default=4000, ge=1)
@@ -75,12 +82,14 @@ class Settings(BaseModel):
     max_event_age_s: int = Field(default=12 * 3600, ge=60)
     claim_wait_s: float = Field(default=240.0, ge=0)
     reference_max_bytes: int = Field(default=7 * 1024 * 1024, ge=1)
-    reference_max_images: int = Field(default=3, ge=0)
+    # This deployment's own cap; the model's catalog limit applies too.
+    reference_max_images: int = Field(default=14, ge=0)
 
     # --- Generation (issue 4): image settings, time budget, reference packs.
     # Image shape for jobs that name none ("" leaves it to the model).
-    gemini_aspect_ratio: Literal["", "1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9", "21:9"] = ""
-    gemini_image_size: Literal["", "1K", "2K", "4K"] = ""
+    # (the model's catalog entry says which it accepts; checked at start).
+    gemini_aspect_ratio: str = ""
+    gemini_image_size: str = ""
     # Time arithmetic of one push delivery (see ``gemini_worst_case_s``):
     #   attempts x timeout + backoff delays <= GEMINI_BUDGET_S < DELIVERY_DEADLINE_S,
     #   DELIVERY_DEADLINE_S <= push ack deadline (600 s), and DELIVERY_DEADLINE_S plus
@@ -167,13 +176,6 @@ class Settings(BaseModel):
     # The function's own timeout (Terraform's timeout_seconds); at start it must
     # exceed the function's longest path (shared/budgets.py). 0: not known, not checked.
     function_timeout_s: float = Field(default=0.0, ge=0, le=3600)
-
-    @field_validator("price_table", mode="before")
-    @classmethod
-    def _parse_prices(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = json.loads(value) if value.strip() else {}
-        return value
 
     @field_validator(
         "id_token_audiences",
@@ -274,12 +276,21 @@ class Settings(BaseModel):
         more: a claim of an instance that died is taken over as soon as it can be."""
         return self.gemini_budget_s + LEASE_MARGIN_S
 
-    def price_per_image(self, model: str | None = None) -> Decimal:
+    @property
+    def catalog(self) -> Catalog:
+        """The model catalog (validated once per process and override)."""
+        return load_catalog(self.model_catalog)
+
+    def model_entry(self, model: str | None = None) -> ModelEntry:
+        """The catalog entry of ``model`` (the configured one by default)."""
         name = model or self.gemini_model
-        try:
-            return self.price_table[name]
-        except KeyError:
-            raise ConfigError(f"PRICE_TABLE has no price for model {name!r}") from None
+        entry = self.catalog.entry(name)
+        if entry is None:
+            raise ConfigError(
+                f"GEMINI_MODEL {name!r} is not in the model catalog "
+                f"(models: {', '.join(sorted(self.catalog.models))}); add it with MODEL_CATALOG"
+            )
+        return entry
 
     def require(self, *names: str) -> Settings:
         """Fail with the setting's name when a function needs one that is empty."""
@@ -287,6 +298,20 @@ class Settings(BaseModel):
         if missing:
             raise ConfigError(f"missing setting(s): {', '.join(missing)}")
         return self
+
+
+def check_model_settings(settings: Settings) -> None:
+    """The configured model is in the catalog and takes the configured shape and level."""
+    entry = settings.model_entry()
+    model = settings.gemini_model
+    for name, value, accepted in (
+        ("GEMINI_ASPECT_RATIO", settings.gemini_aspect_ratio, entry.aspect_ratios),
+        ("GEMINI_IMAGE_SIZE", settings.gemini_image_size, entry.image_sizes),
+        ("GEMINI_THINKING_LEVEL", settings.gemini_thinking_level, entry.thinking_levels),
+    ):
+        if value and value not in accepted:
+            takes = ", ".join(accepted) or "none"
+            raise ConfigError(f"{name} {value!r}: {model} accepts {takes}")
 
 
 @lru_cache(maxsize=1)
@@ -299,9 +324,7 @@ def get_settings() -> Settings:
             f"{'.'.join(str(p) for p in err['loc']).upper()} ({err['msg']})" for err in exc.errors()
         )
         raise ConfigError(f"invalid or missing setting(s): {names}") from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"PRICE_TABLE is not valid JSON: {exc}") from exc
-    settings.price_per_image()
+    check_model_settings(settings)
     from shared.budgets import check_function_timeout
 
     # functions-framework sets FUNCTION_TARGET to the entry point it serves.

@@ -23,6 +23,7 @@ from tests.fakes import (
     FakeIdempotencyStore,
     FakeImageGenerator,
     FakeJobStore,
+    FakeModelDirectory,
     FakeObjectStore,
     FakePublisher,
     FakeQuotaGate,
@@ -119,6 +120,11 @@ def generator() -> FakeImageGenerator:
 @pytest.fixture
 def references() -> FakeReferenceLoader:
     return FakeReferenceLoader()
+
+
+@pytest.fixture
+def model_directory() -> FakeModelDirectory:
+    return FakeModelDirectory()
 
 
 @pytest.fixture

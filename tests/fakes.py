@@ -17,10 +17,18 @@ from typing import Any, TypeVar
 from PIL import Image
 
 from shared import quota
-from shared.errors import NotFound, PermanentError
+from shared.errors import NotFound, PermanentError, TransientError
 from shared.events import StorageObject
 from shared.models import Batch, Job, JobMessage, JobState, VariantState
-from shared.ports import Cell, FoundObject, GeneratedImage, ReferenceImage, StoredAnswer, Usage
+from shared.ports import (
+    Cell,
+    FoundObject,
+    GeneratedImage,
+    ModelCheck,
+    ReferenceImage,
+    StoredAnswer,
+    Usage,
+)
 from shared.quota import GateState, Limit, Slot
 from shared.settings import Settings
 
@@ -260,6 +268,7 @@ class FakeBudgetLedger:
         self._lock = threading.Lock()
         self.used: dict[tuple[str, str], Usage] = {}
         self.calls: list[tuple[Any, ...]] = []
+        self.settled: set[tuple[str, str, str]] = set()
 
     def usage(self, caller: str, day: str) -> Usage:
         with self._lock:
@@ -280,10 +289,21 @@ class FakeBudgetLedger:
     def refund(self, caller: str, day: str, images: int, cost: Decimal) -> None:
         with self._lock:
             self.calls.append(("refund", caller, day, images, cost))
-            before = self.used.get((caller, day), Usage())
-            self.used[(caller, day)] = Usage(
-                max(before.images - images, 0), max(before.cost - cost, Decimal(0))
-            )
+            self._add(caller, day, -images, -cost)
+
+    def settle(self, caller: str, day: str, key: str, images: int, cost: Decimal) -> None:
+        with self._lock:
+            self.calls.append(("settle", caller, day, key, images, cost))
+            if (caller, day, key) in self.settled:
+                return
+            self.settled.add((caller, day, key))
+            self._add(caller, day, images, cost)
+
+    def _add(self, caller: str, day: str, images: int, cost: Decimal) -> None:
+        before = self.used.get((caller, day), Usage())
+        self.used[(caller, day)] = Usage(
+            max(before.images + images, 0), max(before.cost + cost, Decimal(0))
+        )
 
 
 # --------------------------------------------------------------------------- idempotency
@@ -476,8 +496,13 @@ class FakeImageGenerator:
         seed: int,
         aspect_ratio: str | None = None,
         image_size: str | None = None,
+        thinking_level: str | None = None,
     ) -> GeneratedImage:
-        options = {"aspect_ratio": aspect_ratio, "image_size": image_size}
+        options = {
+            "aspect_ratio": aspect_ratio,
+            "image_size": image_size,
+            "thinking_level": thinking_level,
+        }
         with self._lock:
             self.calls.append(GenerateCall(model, prompt, tuple(references), seed, options))
             queue = self.script.get((prompt, seed))
@@ -485,6 +510,26 @@ class FakeImageGenerator:
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
+
+
+# --------------------------------------------------------------------------- models
+
+
+class FakeModelDirectory:
+    """ModelDirectory answering from a set of retired models; records every lookup."""
+
+    def __init__(self) -> None:
+        self.retired: dict[str, str] = {}
+        self.unreachable = False
+        self.checks: list[str] = []
+
+    def check(self, model: str) -> ModelCheck:
+        self.checks.append(model)
+        if self.unreachable:
+            raise TransientError("model lookup: Gemini answered 503 UNAVAILABLE")
+        if model in self.retired:
+            return ModelCheck(available=False, reason=self.retired[model])
+        return ModelCheck(available=True)
 
 
 # --------------------------------------------------------------------------- quota

@@ -1,6 +1,7 @@
 locals {
-  # Why each API: see README.md, "Resources".
-  required_apis = toset([
+  # Why each API: see README.md, "Resources". Vertex AI only with that backend.
+  required_apis = setunion(local.base_apis, local.vertex ? ["aiplatform.googleapis.com"] : [])
+  base_apis = toset([
     "artifactregistry.googleapis.com",     # function container images
     "cloudbuild.googleapis.com",           # builds the functions from the source zip
     "cloudfunctions.googleapis.com",       # Cloud Functions gen2

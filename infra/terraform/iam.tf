@@ -31,6 +31,12 @@ locals {
   # projects no longer let builds run as the default compute account with Editor).
   project_grants = merge(
     { for key in keys(local.functions) : "${key}/datastore.user" => { account = key, role = "roles/datastore.user" } },
+    # Vertex AI backend: the generate function calls the model, the HTTP function
+    # looks it up (the batch preflight), both as themselves.
+    local.vertex ? {
+      "generate/aiplatform.user" = { account = "generate", role = "roles/aiplatform.user" }
+      "api/aiplatform.user"      = { account = "api", role = "roles/aiplatform.user" }
+    } : {},
     var.function_build_service_account == "" ? { "fn_build/run.builder" = { account = "fn_build", role = "roles/run.builder" } } : {},
   )
 

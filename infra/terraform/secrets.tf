@@ -2,12 +2,16 @@
 # `gcloud secrets versions add` (README.md, "First deploy"), so no secret value
 # ever lands in the Terraform state. Functions read version "latest" at start.
 # Keyed by the setting's name in lower case; settings.tf lists who reads which.
+# With the Vertex AI backend there is no Gemini API key: the functions use their
+# service accounts (iam.tf) instead.
 locals {
-  secrets = {
-    gemini_api_key   = { env = "GEMINI_API_KEY", format = "a Gemini API key" }
-    api_key_hashes   = { env = "API_KEY_HASHES", format = "caller:sha256hex,caller:sha256hex" }
-    link_signing_key = { env = "LINK_SIGNING_KEY", format = "random hex, 64 characters" }
-  }
+  secrets = merge(
+    {
+      api_key_hashes   = { env = "API_KEY_HASHES", format = "caller:sha256hex,caller:sha256hex" }
+      link_signing_key = { env = "LINK_SIGNING_KEY", format = "random hex, 64 characters" }
+    },
+    local.vertex ? {} : { gemini_api_key = { env = "GEMINI_API_KEY", format = "a Gemini API key" } },
+  )
 }
 
 resource "google_secret_manager_secret" "this" {

@@ -60,6 +60,19 @@ locals {
     )
   }
 
+  # The model and its backend, for the HTTP function (the batch preflight, prices)
+  # and the generate function; the Gemini API key only where that backend is used.
+  vertex = var.models.gemini_backend == "vertex"
+  model_env = merge(
+    {
+      GEMINI_MODEL   = var.models.gemini_model
+      MODEL_CATALOG  = var.models.model_catalog
+      GEMINI_BACKEND = var.models.gemini_backend
+    },
+    local.vertex ? { VERTEX_LOCATION = var.models.vertex_location } : {},
+  )
+  model_secrets = local.vertex ? [] : ["GEMINI_API_KEY"]
+
   # Each function gets only the settings its code reads (shared/settings.py),
   # as strings, and only its secrets (names of settings read from Secret Manager).
   functions = {
@@ -67,46 +80,53 @@ locals {
       entry_point = "http_api"
       description = "HTTPS API of the sheet's Apps Script: batches, status, durable asset links."
       public      = true
-      env = merge(local.common_env.api, {
-        JOBS_TOPIC              = var.pubsub.jobs_topic
-        THUMBNAILS_BUCKET       = local.thumbnails_bucket_name
-        GEMINI_MODEL            = var.intake.gemini_model
-        PRICE_TABLE             = jsonencode(var.intake.price_table)
-        MAX_ITEMS_PER_BATCH     = tostring(var.intake.max_items_per_batch)
-        MAX_VARIANTS            = tostring(var.intake.max_variants)
-        MAX_PROMPT_CHARS        = tostring(var.intake.max_prompt_chars)
-        DAILY_IMAGE_CAP         = tostring(var.intake.daily_image_cap)
-        DAILY_COST_CAP_USD      = var.intake.daily_cost_cap_usd
-        SIGNED_URL_TTL_S        = tostring(var.intake.signed_url_ttl_s)
-        ID_TOKEN_AUDIENCES      = join(",", var.access.id_token_audiences)
-        ALLOWED_EMAILS          = join(",", var.access.allowed_emails)
-        ALLOWED_DOMAINS         = join(",", var.access.allowed_domains)
-        ADMIN_CALLERS           = join(",", var.access.admin_callers)
-        ALLOWED_SPREADSHEET_IDS = join(",", var.access.allowed_spreadsheet_ids)
+      env = merge(local.common_env.api, local.model_env, {
+        JOBS_TOPIC                   = var.pubsub.jobs_topic
+        THUMBNAILS_BUCKET            = local.thumbnails_bucket_name
+        MODEL_CHECK_TTL_S            = tostring(var.models.model_check_ttl_s)
+        REFERENCES_PREFIX            = var.generation.references_prefix
+        REFERENCE_MAX_IMAGES         = tostring(var.generation.reference_max_images)
+        MAX_ITEMS_PER_BATCH          = tostring(var.intake.max_items_per_batch)
+        MAX_VARIANTS                 = tostring(var.intake.max_variants)
+        MAX_PROMPT_CHARS             = tostring(var.intake.max_prompt_chars)
+        DAILY_IMAGE_CAP              = tostring(var.intake.daily_image_cap)
+        DAILY_COST_CAP_USD           = var.intake.daily_cost_cap_usd
+        SIGNED_URL_TTL_S             = tostring(var.intake.signed_url_ttl_s)
+        SIGNED_URL_REUSE_S           = tostring(var.intake.signed_url_reuse_s)
+        ID_TOKEN_CERTS_MIN_REFETCH_S = tostring(var.access.id_token_certs_min_refetch_s)
+        ID_TOKEN_AUDIENCES           = join(",", var.access.id_token_audiences)
+        ALLOWED_EMAILS               = join(",", var.access.allowed_emails)
+        ALLOWED_DOMAINS              = join(",", var.access.allowed_domains)
+        ADMIN_CALLERS                = join(",", var.access.admin_callers)
+        ALLOWED_SPREADSHEET_IDS      = join(",", var.access.allowed_spreadsheet_ids)
       })
-      secrets = ["API_KEY_HASHES", "LINK_SIGNING_KEY"]
+      secrets = concat(["API_KEY_HASHES", "LINK_SIGNING_KEY"], local.model_secrets)
     }
     generate = {
       entry_point = "generate_images"
       description = "Pushed from the jobs topic: claims each variant, calls Gemini, uploads create-only."
       public      = false
-      env = merge(local.common_env.generate, {
-        IMAGES_PREFIX            = var.storage.images_prefix
-        GENERATE_CONCURRENCY     = tostring(var.generation.generate_concurrency)
-        GEMINI_TIMEOUT_S         = tostring(var.generation.gemini_timeout_s)
-        GEMINI_RETRY_ATTEMPTS    = tostring(var.generation.gemini_retry_attempts)
-        GEMINI_BUDGET_S          = tostring(var.generation.gemini_budget_s)
-        DELIVERY_DEADLINE_S      = tostring(var.generation.delivery_deadline_s)
-        GEMINI_ASPECT_RATIO      = var.generation.gemini_aspect_ratio
-        GEMINI_IMAGE_SIZE        = var.generation.gemini_image_size
-        REFERENCE_MAX_IMAGES     = tostring(var.generation.reference_max_images)
-        CLAIM_WAIT_S             = tostring(var.generation.claim_wait_s)
-        GEMINI_FAILURE_BUDGET    = tostring(var.generation.gemini_failure_budget)
-        GEMINI_IMAGES_PER_MINUTE = tostring(var.generation.gemini_images_per_minute)
-        QUOTA_WAIT_S             = tostring(var.generation.quota_wait_s)
-        MAX_EVENT_AGE_S          = tostring(var.generation.max_event_age_s)
+      env = merge(local.common_env.generate, local.model_env, {
+        IMAGES_PREFIX                = var.storage.images_prefix
+        GEMINI_THINKING_LEVEL        = var.models.gemini_thinking_level
+        REFERENCES_PREFIX            = var.generation.references_prefix
+        REFERENCE_MAX_ZIP_MEMBERS    = tostring(var.generation.reference_max_zip_members)
+        REFERENCE_MAX_UNPACKED_BYTES = tostring(var.generation.reference_max_unpacked_bytes)
+        GENERATE_CONCURRENCY         = tostring(var.generation.generate_concurrency)
+        GEMINI_TIMEOUT_S             = tostring(var.generation.gemini_timeout_s)
+        GEMINI_RETRY_ATTEMPTS        = tostring(var.generation.gemini_retry_attempts)
+        GEMINI_BUDGET_S              = tostring(var.generation.gemini_budget_s)
+        DELIVERY_DEADLINE_S          = tostring(var.generation.delivery_deadline_s)
+        GEMINI_ASPECT_RATIO          = var.generation.gemini_aspect_ratio
+        GEMINI_IMAGE_SIZE            = var.generation.gemini_image_size
+        REFERENCE_MAX_IMAGES         = tostring(var.generation.reference_max_images)
+        CLAIM_WAIT_S                 = tostring(var.generation.claim_wait_s)
+        GEMINI_FAILURE_BUDGET        = tostring(var.generation.gemini_failure_budget)
+        GEMINI_IMAGES_PER_MINUTE     = tostring(var.generation.gemini_images_per_minute)
+        QUOTA_WAIT_S                 = tostring(var.generation.quota_wait_s)
+        MAX_EVENT_AGE_S              = tostring(var.generation.max_event_age_s)
       })
-      secrets = ["GEMINI_API_KEY", "LINK_SIGNING_KEY"]
+      secrets = concat(["LINK_SIGNING_KEY"], local.model_secrets)
     }
     thumbnail = {
       entry_point = "make_thumbnails"

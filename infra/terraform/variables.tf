@@ -155,8 +155,10 @@ variable "access" {
     admin_callers           = optional(list(string), [])
     public_base_url         = optional(string, "")
     public_invoker          = optional(string, "allUsers")
+    # Issue 11: at most one fetch of Google's certificates this often.
+    id_token_certs_min_refetch_s = optional(number, 60)
   })
-  description = "Callers of the HTTP function: allowed_spreadsheet_ids (ALLOWED_SPREADSHEET_IDS, required, [\"*\"] = any; the code refuses all when empty), id_token_audiences (ID_TOKEN_AUDIENCES: the Apps Script's OAuth client ID), allowed_emails/allowed_domains (ALLOWED_EMAILS/ALLOWED_DOMAINS for Google ID tokens), admin_callers (ADMIN_CALLERS), public_base_url (PUBLIC_BASE_URL; empty: https://REGION-PROJECT.cloudfunctions.net/FUNCTION), public_invoker (\"allUsers\": Terraform grants allUsers the invoker role; \"none\": no such grant, for organisations whose domain-restricted sharing forbids it, see README.md)."
+  description = "Callers of the HTTP function: id_token_certs_min_refetch_s (ID_TOKEN_CERTS_MIN_REFETCH_S: fewest seconds between two fetches of Google's ID-token certificates, so unknown key ids cannot make every request fetch them), allowed_spreadsheet_ids (ALLOWED_SPREADSHEET_IDS, required, [\"*\"] = any; the code refuses all when empty), id_token_audiences (ID_TOKEN_AUDIENCES: the Apps Script's OAuth client ID), allowed_emails/allowed_domains (ALLOWED_EMAILS/ALLOWED_DOMAINS for Google ID tokens), admin_callers (ADMIN_CALLERS), public_base_url (PUBLIC_BASE_URL; empty: https://REGION-PROJECT.cloudfunctions.net/FUNCTION), public_invoker (\"allUsers\": Terraform grants allUsers the invoker role; \"none\": no such grant, for organisations whose domain-restricted sharing forbids it, see README.md)."
 
   validation {
     condition     = length(var.access.allowed_spreadsheet_ids) > 0 && alltrue([for id in var.access.allowed_spreadsheet_ids : can(regex("^([A-Za-z0-9_-]+|\\*)$", id))])
@@ -174,31 +176,50 @@ variable "access" {
   }
 }
 
+variable "models" {
+  type = object({
+    gemini_model          = optional(string, "gemini-3.1-flash-image")
+    model_catalog         = optional(string, "")
+    gemini_backend        = optional(string, "gemini_api")
+    vertex_location       = optional(string, "global")
+    gemini_thinking_level = optional(string, "")
+    model_check_ttl_s     = optional(number, 300)
+  })
+  description = "The image model and how it is reached: gemini_model (GEMINI_MODEL, a model of shared/model_catalog.json or of model_catalog), model_catalog (MODEL_CATALOG: JSON merged over the shipped catalog, e.g. to correct a price or add a model), gemini_backend (GEMINI_BACKEND: gemini_api with the Gemini API key secret, or vertex with the functions' service accounts and roles/aiplatform.user, no key), vertex_location (VERTEX_LOCATION), gemini_thinking_level (GEMINI_THINKING_LEVEL; empty: the model's lowest), model_check_ttl_s (MODEL_CHECK_TTL_S: how long the batch preflight trusts a model lookup)."
+  default     = {}
+
+  validation {
+    condition     = contains(["gemini_api", "vertex"], var.models.gemini_backend)
+    error_message = "gemini_backend must be \"gemini_api\" or \"vertex\"."
+  }
+
+  validation {
+    condition     = var.models.model_catalog == "" || can(keys(jsondecode(var.models.model_catalog).models))
+    error_message = "model_catalog must be empty or a JSON object like {\"models\": {...}}."
+  }
+
+  validation {
+    condition     = var.models.model_check_ttl_s >= 0
+    error_message = "model_check_ttl_s must not be negative."
+  }
+}
+
 variable "intake" {
   type = object({
-    gemini_model = optional(string, "gemini-3.1-flash-image")
-    price_table = optional(map(string), {
-      "gemini-3.1-flash-image" = "0.067"
-      "gemini-2.5-flash-image" = "0.039"
-    })
     max_items_per_batch = optional(number, 500)
     max_variants        = optional(number, 4)
     max_prompt_chars    = optional(number, 4000)
     daily_image_cap     = optional(number, 1000)
     daily_cost_cap_usd  = optional(string, "100")
     signed_url_ttl_s    = optional(number, 900)
+    signed_url_reuse_s  = optional(number, 300)
   })
-  description = "What the HTTP function accepts: gemini_model (GEMINI_MODEL, priced in price_table), price_table (PRICE_TABLE: USD per image by model, decimal strings), max_items_per_batch, max_variants, max_prompt_chars, daily_image_cap, daily_cost_cap_usd (a decimal string), signed_url_ttl_s (SIGNED_URL_TTL_S: lifetime of the signed URLs the asset links redirect to, at most 12 hours)."
+  description = "What the HTTP function accepts: max_items_per_batch, max_variants, max_prompt_chars, daily_image_cap, daily_cost_cap_usd (a decimal string), signed_url_ttl_s (SIGNED_URL_TTL_S: lifetime of the signed URLs the asset links redirect to, at most 12 hours), signed_url_reuse_s (SIGNED_URL_REUSE_S: how long an instance hands out the same signed URL for an object, so one leaked link cannot burn the signing quota)."
   default     = {}
 
   validation {
-    condition     = contains(keys(var.intake.price_table), var.intake.gemini_model)
-    error_message = "price_table has no price for gemini_model; the functions refuse to start without one."
-  }
-
-  validation {
-    condition     = alltrue([for price in concat(values(var.intake.price_table), [var.intake.daily_cost_cap_usd]) : can(regex("^[0-9]+(\\.[0-9]+)?$", price))])
-    error_message = "Prices and daily_cost_cap_usd must be decimal numbers written as strings, such as \"0.067\"."
+    condition     = can(regex("^[0-9]+(\\.[0-9]+)?$", var.intake.daily_cost_cap_usd))
+    error_message = "daily_cost_cap_usd must be a decimal number written as a string, such as \"100\"."
   }
 
   validation {
@@ -229,15 +250,19 @@ variable "generation" {
     delivery_deadline_s   = optional(number, 360)
     gemini_aspect_ratio   = optional(string, "")
     gemini_image_size     = optional(string, "")
-    reference_max_images  = optional(number, 3)
+    reference_max_images  = optional(number, 14)
     claim_wait_s          = optional(number, 240)
+    # Issue 11: what a reference pack may be.
+    references_prefix            = optional(string, "refs/")
+    reference_max_zip_members    = optional(number, 64)
+    reference_max_unpacked_bytes = optional(number, 0)
     # Issue 12: waiting is not failing.
     gemini_failure_budget    = optional(number, 3)
     gemini_images_per_minute = optional(number, 0)
     quota_wait_s             = optional(number, 120)
     max_event_age_s          = optional(number, 43200)
   })
-  description = "The generate function: generate_concurrency (variants of one job in parallel), gemini_timeout_s and gemini_retry_attempts (one Gemini call; attempts x timeout + backoff must fit gemini_budget_s), gemini_budget_s (< delivery_deadline_s; a variant's claim lease is this plus 20 s), delivery_deadline_s (one delivery's work; with the final sheet write it must stay below the function's timeout, checked at start), gemini_aspect_ratio/gemini_image_size (for jobs that name none; empty: the model's), reference_max_images, claim_wait_s; gemini_failure_budget (real failed attempts before a variant fails: Gemini errors other than quota, timeouts, instances that died mid-call; waits never count), gemini_images_per_minute (the whole fleet's pace of Gemini calls per model, just under the project's quota; 0: no pace, refusals still pause every instance until Gemini's RetryInfo delay), quota_wait_s (longest in-process wait for a call slot; longer waits hand the message back to Pub/Sub), max_event_age_s (longest a job may wait in all before it fails with the reason; keep it under max_delivery_attempts x retry_maximum_backoff)."
+  description = "The generate function: generate_concurrency (variants of one job in parallel), gemini_timeout_s and gemini_retry_attempts (one Gemini call; attempts x timeout + backoff must fit gemini_budget_s), gemini_budget_s (< delivery_deadline_s; a variant's claim lease is this plus 20 s), delivery_deadline_s (one delivery's work; with the final sheet write it must stay below the function's timeout, checked at start), gemini_aspect_ratio/gemini_image_size (for jobs that name none; empty: the model's), reference_max_images (REFERENCE_MAX_IMAGES: this deployment's cap; the model's catalog limit applies too), claim_wait_s; references_prefix (REFERENCES_PREFIX: the only gs:// objects of the images bucket any caller may use as references), reference_max_zip_members, reference_max_unpacked_bytes (0: REFERENCE_MAX_BYTES x REFERENCE_MAX_IMAGES; counted while unpacking, whatever a zip declares); gemini_failure_budget (real failed attempts before a variant fails: Gemini errors other than quota, timeouts, instances that died mid-call; waits never count), gemini_images_per_minute (the whole fleet's pace of Gemini calls per model, just under the project's quota; 0: no pace, refusals still pause every instance until Gemini's RetryInfo delay), quota_wait_s (longest in-process wait for a call slot; longer waits hand the message back to Pub/Sub), max_event_age_s (longest a job may wait in all before it fails with the reason; keep it under max_delivery_attempts x retry_maximum_backoff)."
   default     = {}
 
   validation {

@@ -141,20 +141,37 @@ class FirestoreBudgetLedger:
             used = self._read(doc)
             if used.images + images > image_cap or used.cost + cost > cost_cap:
                 return None, (False, used)
-            return _usage_doc(caller, day, used.images + images, used.cost + cost), (True, used)
+            settled = dict((doc or {}).get("settled") or {})
+            updated = _usage_doc(caller, day, used.images + images, used.cost + cost, settled)
+            return updated, (True, used)
 
         return compare_and_set(self._ref(caller, day), apply)
 
     def refund(self, caller: str, day: str, images: int, cost: Decimal) -> None:
+        self._adjust(caller, day, None, -images, -cost)
+
+    def settle(self, caller: str, day: str, key: str, images: int, cost: Decimal) -> None:
+        self._adjust(caller, day, key, images, cost)
+
+    def _adjust(self, caller: str, day: str, key: str | None, images: int, cost: Decimal) -> None:
+        """Add to the day's usage (never below zero); with ``key``, once per key."""
+
         def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, None]:
+            settled: dict[str, bool] = dict((doc or {}).get("settled") or {})
+            if key is not None:
+                if key in settled:
+                    return None, None
+                settled[key] = True
             used = self._read(doc)
-            images_left = max(used.images - images, 0)
-            return _usage_doc(caller, day, images_left, max(used.cost - cost, Decimal(0))), None
+            left = max(used.images + images, 0), max(used.cost + cost, Decimal(0))
+            return _usage_doc(caller, day, *left, settled), None
 
         compare_and_set(self._ref(caller, day), apply)
 
 
-def _usage_doc(caller: str, day: str, images: int, cost: Decimal) -> dict[str, Any]:
+def _usage_doc(
+    caller: str, day: str, images: int, cost: Decimal, settled: dict[str, bool] | None = None
+) -> dict[str, Any]:
     # Kept a while for the record, then removed by the collection's TTL policy.
     expires = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC) + USAGE_KEPT
     return {
@@ -163,6 +180,8 @@ def _usage_doc(caller: str, day: str, images: int, cost: Decimal) -> dict[str, A
         "images": images,
         "cost_usd": str(cost),
         "expires_at": expires,
+        # Which variants' estimates were settled to their actual cost (job_id/n).
+        "settled": settled or {},
     }
 
 

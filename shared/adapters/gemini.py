@@ -9,16 +9,18 @@ is still failing after them becomes ``TransientError`` (Pub/Sub redelivers) or
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import httpx2
 from google import genai
 from google.genai import errors, types
+from google.oauth2.credentials import Credentials
 from pydantic import ValidationError
 
 from shared.errors import PermanentError, QuotaExceeded, TransientError
 from shared.imagecheck import NotAnImage, image_mime
-from shared.ports import GeneratedImage, ReferenceImage
+from shared.ports import GeneratedImage, ModelCheck, ReferenceImage
 from shared.settings import GEMINI_RETRY_INITIAL_DELAY_S, GEMINI_RETRY_JITTER_S
 
 # 408 and 5xx are worth retrying at once; other 4xx mean the request itself is
@@ -26,8 +28,9 @@ from shared.settings import GEMINI_RETRY_INITIAL_DELAY_S, GEMINI_RETRY_JITTER_S
 # (the SDK's retry would not read RetryInfo, and would spend more refused calls).
 RETRYABLE_CODES = (408, 500, 502, 503, 504)
 QUOTA_CODE = 429
-# Google documents image settings (image_config) on v1beta.
 API_VERSION = "v1beta"
+# The bearer token sent to another Vertex endpoint (the local stub): never Google's.
+LOCAL_TOKEN = "local-endpoint"
 
 # Why a candidate carries no image, in words for the sheet.
 FINISH_REASONS = {
@@ -57,29 +60,63 @@ BLOCK_REASONS = {
 SAID_CHARS = 120
 
 
+@dataclass(frozen=True)
+class Backend:
+    """Where the model is: the Gemini API (an API key) or Vertex AI (the service
+    account's credentials, a project and a location). ``base_url`` is another
+    endpoint (the local stub), which, like the *_EMULATOR_HOST settings of
+    Google's clients, gets no Google credentials."""
+
+    kind: Literal["gemini_api", "vertex"] = "gemini_api"
+    api_key: str = ""
+    project: str = ""
+    location: str = "global"
+    base_url: str = ""
+
+
+def gemini_client(
+    backend: Backend, timeout_s: float, retry: types.HttpRetryOptions | None = None
+) -> genai.Client:
+    """A google-genai client on the backend; timeouts per attempt, retries by the SDK."""
+    options = types.HttpOptions(
+        timeout=int(timeout_s * 1000),  # milliseconds, per attempt
+        retry_options=retry,
+        base_url=backend.base_url or None,
+    )
+    if backend.kind == "vertex":
+        credentials = Credentials(token=LOCAL_TOKEN) if backend.base_url else None
+        return genai.Client(
+            vertexai=True,
+            project=backend.project,
+            location=backend.location,
+            credentials=credentials,
+            http_options=options,
+        )
+    # Google documents image settings (image_config) on v1beta.
+    options.api_version = API_VERSION
+    return genai.Client(api_key=backend.api_key, http_options=options)
+
+
 class GeminiImageGenerator:
     def __init__(
         self,
-        api_key: str,
+        backend: Backend,
         timeout_s: float,
         retry_attempts: int,
         retry_max_delay_s: float,
         max_pixels: int,
     ) -> None:
         self._max_pixels = max_pixels
-        self._client = genai.Client(
-            api_key=api_key,
-            http_options=types.HttpOptions(
-                api_version=API_VERSION,
-                timeout=int(timeout_s * 1000),  # milliseconds, per attempt
-                retry_options=types.HttpRetryOptions(
-                    attempts=retry_attempts,
-                    initial_delay=GEMINI_RETRY_INITIAL_DELAY_S,
-                    max_delay=retry_max_delay_s,
-                    exp_base=2,
-                    jitter=GEMINI_RETRY_JITTER_S,
-                    http_status_codes=list(RETRYABLE_CODES),
-                ),
+        self._client = gemini_client(
+            backend,
+            timeout_s,
+            types.HttpRetryOptions(
+                attempts=retry_attempts,
+                initial_delay=GEMINI_RETRY_INITIAL_DELAY_S,
+                max_delay=retry_max_delay_s,
+                exp_base=2,
+                jitter=GEMINI_RETRY_JITTER_S,
+                http_status_codes=list(RETRYABLE_CODES),
             ),
         )
 
@@ -91,12 +128,14 @@ class GeminiImageGenerator:
         seed: int,
         aspect_ratio: str | None = None,
         image_size: str | None = None,
+        thinking_level: str | None = None,
     ) -> GeneratedImage:
         contents: list[Any] = [prompt]
         contents += [types.Part.from_bytes(data=r.data, mime_type=r.mime_type) for r in references]
+        config = image_config(seed, aspect_ratio, image_size, thinking_level)
         try:
             response = self._client.models.generate_content(
-                model=model, contents=contents, config=image_config(seed, aspect_ratio, image_size)
+                model=model, contents=contents, config=config
             )
         except errors.APIError as exc:
             detail = f"Gemini answered {exc.code} {exc.status or ''}: {exc.message or ''}"
@@ -152,13 +191,21 @@ def _seconds(duration: object) -> float | None:
 
 
 def image_config(
-    seed: int, aspect_ratio: str | None, image_size: str | None
+    seed: int,
+    aspect_ratio: str | None,
+    image_size: str | None,
+    thinking_level: str | None = None,
 ) -> types.GenerateContentConfig:
-    """An image-only answer, in the requested shape when one is given."""
+    """An image-only answer, in the requested shape and thinking level when given."""
     shape = None
     if aspect_ratio or image_size:
         shape = types.ImageConfig(aspect_ratio=aspect_ratio or None, image_size=image_size or None)
-    return types.GenerateContentConfig(response_modalities=["IMAGE"], seed=seed, image_config=shape)
+    thinking = None
+    if thinking_level:
+        thinking = types.ThinkingConfig(thinking_level=types.ThinkingLevel(thinking_level))
+    return types.GenerateContentConfig(
+        response_modalities=["IMAGE"], seed=seed, image_config=shape, thinking_config=thinking
+    )
 
 
 def read_image(response: types.GenerateContentResponse, max_pixels: int) -> GeneratedImage:
@@ -214,10 +261,34 @@ def _usage(response: types.GenerateContentResponse) -> dict[str, int]:
     meta = response.usage_metadata
     if meta is None:
         return {}
+    image_tokens = None
+    for detail in meta.candidates_tokens_details or []:
+        if _name(detail.modality) == "IMAGE" and detail.token_count is not None:
+            image_tokens = (image_tokens or 0) + detail.token_count
     fields = {
         "prompt_tokens": meta.prompt_token_count,
         "output_tokens": meta.candidates_token_count,
+        "output_image_tokens": image_tokens,
         "thought_tokens": meta.thoughts_token_count,
         "total_tokens": meta.total_token_count,
     }
     return {name: int(value) for name, value in fields.items() if value is not None}
+
+
+class GeminiModelDirectory:
+    """Whether the backend serves a model (``models.get``): the batch preflight."""
+
+    def __init__(self, backend: Backend, timeout_s: float) -> None:
+        self._client = gemini_client(backend, timeout_s)
+
+    def check(self, model: str) -> ModelCheck:
+        try:
+            self._client.models.get(model=model)
+        except errors.APIError as exc:
+            detail = f"Gemini answered {exc.code} {exc.status or ''}: {exc.message or ''}".strip()
+            if exc.code in (QUOTA_CODE, *RETRYABLE_CODES):
+                raise TransientError(f"model lookup: {detail}") from exc
+            return ModelCheck(available=False, reason=detail)
+        except (httpx2.TransportError, OSError) as exc:
+            raise TransientError(f"model lookup: {type(exc).__name__}: {exc}") from exc
+        return ModelCheck(available=True)

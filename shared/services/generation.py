@@ -16,17 +16,19 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
 
 from shared import jobs as transitions
+from shared import pricing
+from shared.catalog import ModelEntry
 from shared.errors import PermanentError, QuotaExceeded, TransientError
 from shared.ids import new_id, utcnow
 from shared.jobs import ClaimResult, Spent, VariantClaim
-from shared.models import Job, JobMessage, VariantState, WaitReason
+from shared.models import Job, JobMessage, VariantState, WaitReason, money
 from shared.objects import ObjectNames, image_metadata, recorded_spent
 from shared.ports import ImageGenerator, ObjectStore, QuotaGate, ReferenceImage, ReferenceLoader
 from shared.quota import Limit, next_quota_day
@@ -56,6 +58,7 @@ class _Run:
 
     job: Job
     entry: JobEntry
+    model: ModelEntry | None  # the job's model in the catalog (None: no longer listed)
     references: list[ReferenceImage]
     claim_id: str
     deadline: float  # time.monotonic() by which the delivery must have answered
@@ -120,9 +123,13 @@ class Generation:
         except PermanentError as exc:
             self._fail_job(entry, f"reference pack: {exc}", context)
             return
+        model = self.settings.catalog.entry(job.model)
+        if model is not None:
+            references = references[: model.max_reference_images]
         run = _Run(
             job=job,
             entry=entry,
+            model=model,
             references=references,
             claim_id=new_id("clm"),
             deadline=deadline,
@@ -202,6 +209,11 @@ class Generation:
                 seed=n,
                 aspect_ratio=run.aspect_ratio,
                 image_size=run.image_size,
+                thinking_level=(
+                    run.model.thinking_level(self.settings.gemini_thinking_level)
+                    if run.model
+                    else None
+                ),
             )
         except PermanentError as exc:
             self._variant_failed(run, n, str(exc), {**context, "duration_ms": _ms_since(begin)})
@@ -214,7 +226,7 @@ class Generation:
             context["duration_ms"] = _ms_since(begin)
             return self._attempt_failed(run, n, exc, context)
         name = self.names.image(job, n, image.mime_type)
-        spent = Spent(job.model, job.price_per_image, dict(image.usage))
+        spent = self._spent(run, image.usage)
         created = self.objects.create(
             self.settings.images_bucket,
             name,
@@ -409,6 +421,15 @@ class Generation:
                 "unfinished variants failed",
                 extra={**context, "error": reason, "event": "variants_failed"},
             )
+
+    def _spent(self, run: _Run, usage: Mapping[str, int]) -> Spent:
+        """What the image cost: its tokens at the catalog's prices, else the
+        catalog's price per image (the estimate, if the model left the catalog)."""
+        job = run.job
+        if run.model is None:
+            return Spent(job.model, job.price_per_image, dict(usage))
+        cost = pricing.actual_cost(run.model, "live", job.image_size or run.image_size, usage)
+        return Spent(job.model, money(cost), dict(usage))
 
     def _seconds_until(self, moment: datetime) -> float:
         return (moment - self.clock()).total_seconds()

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from shared import jobs as transitions
+from shared import pricing
 from shared.api_models import (
     BatchView,
     Budget,
@@ -23,11 +24,13 @@ from shared.api_models import (
     WaitingView,
     Warning,
 )
+from shared.catalog import ModelEntry
 from shared.ids import new_id, utcnow
 from shared.links import LinkSigner
 from shared.models import Batch, BatchRequest, Job, JobMessage, money
 from shared.ports import BudgetLedger, IdempotencyStore, JobPublisher, JobStore, Usage
 from shared.services.ledger import JobLedger
+from shared.services.preflight import Preflight
 from shared.settings import Settings
 
 # A request without an Idempotency-Key is keyed by its content; that key only
@@ -60,7 +63,15 @@ class InProgress:
     """The same batch is being submitted by another request right now."""
 
 
-Submission = Accepted | OverBudget | InProgress
+@dataclass(frozen=True)
+class ModelUnavailable:
+    """The backend does not serve the batch's model (retired, unknown, not allowed)."""
+
+    model: str
+    reason: str
+
+
+Submission = Accepted | OverBudget | InProgress | ModelUnavailable
 
 
 @dataclass(frozen=True)
@@ -74,32 +85,51 @@ class Intake:
     links: LinkSigner
     budget: BudgetLedger
     idempotency: IdempotencyStore
+    preflight: Preflight
     clock: Callable[[], datetime] = utcnow
     ids: Callable[[str], str] = new_id
 
     # ------------------------------------------------------------------ plan
-    def plan(self, request: BatchRequest, caller: str) -> Plan:
-        """Exactly what ``live`` would do, without writing or publishing anything."""
-        price = self.settings.price_per_image()
+    def plan(self, request: BatchRequest, caller: str) -> Plan | ModelUnavailable:
+        """Exactly what ``live`` would do, without writing or publishing anything.
+
+        The batch's model is checked with the backend first: a retired or unknown
+        model refuses the batch before anyone pays.
+        """
+        model = request.model or self.settings.gemini_model
+        check = self.preflight.check(model)
+        if not check.available:
+            return ModelUnavailable(model, check.reason)
+        entry = self.settings.model_entry(model)
+        most = min(entry.max_reference_images, self.settings.reference_max_images)
+        priced: list[tuple[PlanJob, pricing.Estimate]] = []
+        for item in request.items:
+            size = entry.size(item.image_size or self.settings.gemini_image_size or None)
+            references, known = pricing.references_in(item.ref_pack_public_url, most)
+            estimate = pricing.estimate(entry, "live", size, item.prompt, references, known)
+            job = PlanJob(
+                scene_id=item.scene_id,
+                variants=item.variants,
+                image_size=size,
+                reference_images=references,
+                estimated_cost_per_image_usd=money(estimate.per_image),
+                estimated_cost_usd=money(estimate.per_image * item.variants),
+            )
+            priced.append((job, estimate))
         images = sum(item.variants for item in request.items)
+        cost = sum((e.per_image * j.variants for j, e in priced), Decimal(0))
         day = self._day()
         return Plan(
             runMode=request.run_mode,
-            model=self.settings.gemini_model,
-            price_per_image_usd=money(price),
+            model=model,
+            price_per_image_usd=money(cost / images),
             job_count=len(request.items),
             image_count=images,
-            estimated_cost_usd=money(price * images),
-            budget=self._budget(day, self.budget.usage(caller, day), images, price * images),
+            estimated_cost_usd=money(cost),
+            estimate_notes=estimate_notes(entry, [e for _, e in priced], most),
+            budget=self._budget(day, self.budget.usage(caller, day), images, cost),
             warnings=self._warnings(request),
-            jobs=[
-                PlanJob(
-                    scene_id=item.scene_id,
-                    variants=item.variants,
-                    estimated_cost_usd=money(price * item.variants),
-                )
-                for item in request.items
-            ],
+            jobs=[job for job, _ in priced],
         )
 
     def _day(self) -> str:
@@ -156,14 +186,17 @@ class Intake:
             body = outcome.answer.model_dump(mode="json", by_alias=True, exclude_none=True)
             self.idempotency.finish(key, ACCEPTED, body)
         else:
-            # A refusal (budget) is not a first answer to keep: retrying later may pass.
+            # A refusal (budget, model) is not a first answer to keep: a retry may pass.
             self.idempotency.abandon(key)
         return outcome
 
-    def _submit(self, request: BatchRequest, caller: str) -> Accepted | OverBudget:
+    def _submit(
+        self, request: BatchRequest, caller: str
+    ) -> Accepted | OverBudget | ModelUnavailable:
         plan = self.plan(request, caller)
-        price = self.settings.price_per_image()
-        cost = price * plan.image_count
+        if isinstance(plan, ModelUnavailable):
+            return plan
+        cost = Decimal(plan.estimated_cost_usd)
         ok, before = self.budget.reserve(
             caller,
             plan.budget.day,
@@ -190,7 +223,6 @@ class Intake:
     def _record_and_publish(
         self, request: BatchRequest, caller: str, plan: Plan, budget: Budget
     ) -> Accepted:
-        price = self.settings.price_per_image()
         now = self.clock()
         batch_id = self.ids("bat")
         jobs = [
@@ -206,12 +238,13 @@ class Intake:
                 caller=caller,
                 spreadsheet_id=request.spreadsheet_id,
                 worksheet=request.worksheet,
-                model=self.settings.gemini_model,
-                price_per_image=money(price),
+                model=plan.model,
+                price_per_image=planned.estimated_cost_per_image_usd,
+                budget_day=plan.budget.day,
                 created_at=now,
                 updated_at=now,
             )
-            for item in request.items
+            for item, planned in zip(request.items, plan.jobs, strict=True)
         ]
         self.store.create_batch(
             Batch(
@@ -219,7 +252,7 @@ class Intake:
                 caller=caller,
                 spreadsheet_id=request.spreadsheet_id,
                 worksheet=request.worksheet,
-                model=self.settings.gemini_model,
+                model=plan.model,
                 job_ids=[job.job_id for job in jobs],
                 image_count=plan.image_count,
                 estimated_cost_usd=plan.estimated_cost_usd,
@@ -234,13 +267,10 @@ class Intake:
                 for j in jobs
             ]
         )
-        refund = 0
         for job in jobs:
             if job.job_id in failed:
+                # Failed variants give their reserved budget back (the ledger settles them).
                 self._fail(job.job_id, f"could not be queued: {failed[job.job_id]}")
-                refund += job.variant_count
-        if refund:
-            self.budget.refund(caller, plan.budget.day, refund, price * refund)
         answer = Submitted(
             **plan.model_dump(exclude={"run_mode", "jobs", "budget"}),
             runMode="live",
@@ -285,9 +315,30 @@ class Intake:
             created_at=batch.created_at.isoformat(),
             image_count=batch.image_count,
             estimated_cost_usd=batch.estimated_cost_usd,
+            cost_usd=money(sum((job.cost() for job in jobs), Decimal(0))),
             counts=counts,
             jobs=[job_view(job, self.links) for job in jobs],
         )
+
+
+def estimate_notes(entry: ModelEntry, estimates: list[pricing.Estimate], most: int) -> list[str]:
+    """Which parts of the estimate are estimates, in words for the dialog."""
+    notes = [
+        "Prices per image are the model catalog's, by size (live lane); an image's actual "
+        "cost comes from the tokens Gemini reports and is shown in /status.",
+        f"Prompt tokens are estimated at {pricing.PROMPT_CHARS_PER_TOKEN} characters a token.",
+    ]
+    if any(e.references for e in estimates):
+        notes.append(
+            f"Reference images are counted at {entry.input_tokens_per_reference_image} input "
+            "tokens each."
+        )
+    if any(not e.references_known for e in estimates):
+        notes.append(
+            f"A zip or manifest pack is estimated at the most images that are sent ({most}); "
+            "fewer cost less."
+        )
+    return notes
 
 
 def _content_key(request: BatchRequest) -> str:

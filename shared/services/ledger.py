@@ -21,8 +21,9 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 from shared.ids import utcnow
+from shared.jobs import mark_settled, settlement
 from shared.models import Job, money
-from shared.ports import JobStore
+from shared.ports import BudgetLedger, JobStore
 from shared.services.sheet_sync import SheetSync
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,12 @@ class JobLedger:
         self,
         store: JobStore,
         rows: SheetSync | None = None,
+        budget: BudgetLedger | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
         self.rows = rows
+        self.budget = budget
         self.clock = clock
 
     def get(self, job_id: str) -> Job | None:
@@ -75,6 +78,8 @@ class JobLedger:
         """
         entry = JobEntry(self, job if isinstance(job, str) else job.job_id)
         if not isinstance(job, str):
+            # A delivery after a crash finishes what the dead one left undone.
+            self._settle_budget(job)
             entry.note(job)
         try:
             yield entry
@@ -94,7 +99,21 @@ class JobLedger:
         applied = self.store.update_job(job_id, change)
         if applied.finished:
             _log_finished(applied.job)
+        if applied.changed:
+            self._settle_budget(applied.job)
         return applied
+
+    def _settle_budget(self, job: Job) -> None:
+        """Turn each finished variant's reserved estimate into its actual cost, once:
+        the usage record remembers the variant (so a retry corrects nothing twice),
+        then the job does (so later changes skip it)."""
+        if self.budget is None or job.budget_day is None:
+            return
+        due = {n: s for n in range(1, job.variant_count + 1) if (s := settlement(job, n))}
+        for n, (images, cost) in due.items():
+            self.budget.settle(job.caller, job.budget_day, f"{job.job_id}/{n}", images, cost)
+        if due:
+            self._change(job.job_id, lambda j: mark_settled(j, list(due), self.clock()))
 
 
 class JobEntry:

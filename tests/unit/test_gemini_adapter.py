@@ -8,6 +8,7 @@ error types are the real ones.
 from __future__ import annotations
 
 import io
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -21,13 +22,16 @@ from PIL import Image
 from devstack.gemini_stub import GeminiStubServer, StubConfig, make_server
 from shared.adapters.gemini import (
     FINISH_REASONS,
+    Backend,
     GeminiImageGenerator,
+    GeminiModelDirectory,
     image_config,
     quota_refusal,
     read_image,
 )
+from shared.catalog import load_catalog
 from shared.errors import PermanentError, QuotaExceeded, TransientError
-from shared.ports import ReferenceImage
+from shared.ports import ModelCheck, ReferenceImage
 from tests.fakes import jpeg_bytes, png_bytes
 
 PNG = png_bytes(color=(1, 2, 3))
@@ -245,7 +249,7 @@ def logged(stub: GeminiStubServer) -> list[dict[str, Any]]:
 
 def generator(attempts: int = 2, timeout_s: float = 5.0) -> GeminiImageGenerator:
     # No backoff delay: the retry itself is under test, not its timing.
-    return GeminiImageGenerator("test-key", timeout_s, attempts, 0.0, MAX_PIXELS)
+    return GeminiImageGenerator(Backend(api_key="test-key"), timeout_s, attempts, 0.0, MAX_PIXELS)
 
 
 def test_call_sends_prompt_references_seed_and_image_config(stub: GeminiStubServer) -> None:
@@ -253,7 +257,10 @@ def test_call_sends_prompt_references_seed_and_image_config(stub: GeminiStubServ
     image = generator().generate(MODEL, "a fox", refs, seed=2, aspect_ratio="16:9", image_size="2K")
     with Image.open(io.BytesIO(image.data)) as decoded:
         assert decoded.size == (2048, 1152)
-    assert image.usage["output_tokens"] == 1290
+    # A 2K image is 1680 image tokens, two references 560 input tokens each.
+    assert image.usage["output_image_tokens"] == 1680
+    assert image.usage["output_tokens"] > 1680  # the text part too
+    assert image.usage["prompt_tokens"] == 1 + 2 * 560
     (sent,) = logged(stub)
     assert sent["api_version"] == "v1beta"
     assert sent["model"] == MODEL
@@ -401,3 +408,68 @@ def test_thought_answer_yields_the_final_image(stub: GeminiStubServer) -> None:
     image = generator().generate(MODEL, "a fox", [], seed=1)
     assert image.mime_type == "image/png"
     assert image.usage["thought_tokens"] == 64
+
+
+# --------------------------------------------------------------------------- issue 15
+
+
+def test_the_thinking_level_is_sent_when_given(stub: GeminiStubServer) -> None:
+    generator().generate(MODEL, "a fox", [], seed=1, thinking_level="MINIMAL")
+    generator().generate(MODEL, "a fox", [], seed=2)
+    first, second = logged(stub)
+    # The SDK spells it thinking_level (snake case, as it does mime_type); Google takes both.
+    assert list(first["generationConfig"]["thinkingConfig"].values()) == ["MINIMAL"]
+    assert "thinkingConfig" not in second["generationConfig"]
+
+
+def vertex(stub: GeminiStubServer) -> Backend:
+    return Backend(kind="vertex", project="proj", location="europe-west4", base_url=stub.url)
+
+
+def test_the_vertex_backend_calls_the_vertex_paths_with_a_bearer_token(
+    stub: GeminiStubServer,
+) -> None:
+    image = GeminiImageGenerator(vertex(stub), 5.0, 1, 0.0, 20_000_000).generate(
+        MODEL, "a fox", [], seed=1, image_size="4K"
+    )
+    assert image.usage["output_image_tokens"] == 2520
+    (sent,) = logged(stub)
+    assert (sent["key_source"], sent["api_version"]) == ("bearer", "v1beta1")
+    assert requests.get(f"{stub.url}/_stub/stats", timeout=5).json()["by_api"] == {"vertex": 1}
+
+
+@pytest.mark.parametrize("backend", ["gemini_api", "vertex"])
+def test_the_model_directory_tells_a_served_model_from_a_retired_one(
+    stub: GeminiStubServer, backend: str
+) -> None:
+    requests.post(
+        f"{stub.url}/_stub/config", json={"retired_models": ["gemini-2.0-flash-exp"]}, timeout=5
+    )
+    where = vertex(stub) if backend == "vertex" else Backend(api_key="test-key")
+    directory = GeminiModelDirectory(where, timeout_s=5.0)
+    assert directory.check(MODEL) == ModelCheck(available=True)
+    retired = directory.check("gemini-2.0-flash-exp")
+    assert retired.available is False
+    assert retired.reason.startswith("Gemini answered 404 NOT_FOUND: models/gemini-2.0-flash-exp")
+
+
+def test_a_model_lookup_that_cannot_answer_is_transient(stub: GeminiStubServer) -> None:
+    directory = GeminiModelDirectory(Backend(api_key="test-key", base_url="http://127.0.0.1:9"), 2)
+    with pytest.raises(TransientError, match="model lookup"):
+        directory.check(MODEL)
+
+
+def test_the_preflight_cli_says_whether_the_model_can_be_used(stub: GeminiStubServer) -> None:
+    from tools.preflight import main
+
+    requests.post(f"{stub.url}/_stub/config", json={"retired_models": ["gone-image"]}, timeout=5)
+    env = {"GEMINI_API_KEY": "k", "GOOGLE_GEMINI_BASE_URL": stub.url}
+    catalog = json.dumps(
+        {"models": {"gone-image": load_catalog().models[MODEL].model_dump(mode="json")}}
+    )
+    assert main([], env) == 0
+    assert main(["--model", "gone-image"], {**env, "MODEL_CATALOG": catalog}) == 1
+    assert main(["--model", "not-in-the-catalog"], env) == 1
+    assert main([], {}) == 2  # no key
+    vertex_env = {"GOOGLE_CLOUD_PROJECT": "p", "VERTEX_BASE_URL": stub.url}
+    assert main(["--backend", "vertex"], vertex_env) == 0

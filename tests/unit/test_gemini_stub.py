@@ -141,7 +141,12 @@ def test_image_is_png_of_requested_size_after_a_text_part(stub: GeminiStubServer
     assert image.size == (1024, 576)
     assert response.candidates and response.candidates[0].finish_reason == types.FinishReason.STOP
     assert response.model_version == MODEL
-    assert response.usage_metadata and response.usage_metadata.candidates_token_count == 1290
+    usage = response.usage_metadata
+    assert usage is not None and usage.candidates_tokens_details is not None
+    # A 1K image is 1120 image tokens; the text part is billed as TEXT tokens.
+    by_modality = {str(d.modality.value): d.token_count for d in usage.candidates_tokens_details}
+    assert by_modality["IMAGE"] == 1120 and by_modality["TEXT"] > 0
+    assert usage.candidates_token_count == sum(by_modality.values())
 
     s = stats(stub)
     assert (s["requests"], s["generated"], s["reference_images"]) == (1, 1, 1)
@@ -591,6 +596,7 @@ def test_cli_serves_and_exits_cleanly_on_sigterm() -> None:
             "api_key_required": True,
             "quota_per_minute": 0,
             "quota_per_day": 0,
+            "retired_models": [],
         }
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0

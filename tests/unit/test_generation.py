@@ -420,6 +420,7 @@ def test_aspect_ratio_and_image_size_reach_the_generator(
         ((None, None), ("3:4", "4K"), {"aspect_ratio": "3:4", "image_size": "4K"}),
         (("16:9", None), ("3:4", "4K"), {"aspect_ratio": "16:9", "image_size": "4K"}),
         (("1:1", "1K"), ("3:4", "4K"), {"aspect_ratio": "1:1", "image_size": "1K"}),
+        (("1:8", "512"), ("", ""), {"aspect_ratio": "1:8", "image_size": "512"}),
     ],
 )
 def test_image_shape_comes_from_the_job_else_from_configuration(
@@ -433,7 +434,44 @@ def test_image_shape_comes_from_the_job_else_from_configuration(
     store.add(make_job(variant_count=1, aspect_ratio=on_job[0], image_size=on_job[1]))
     build = make_generation(gemini_aspect_ratio=configured[0], gemini_image_size=configured[1])
     build.handle(MESSAGE)
-    assert generator.calls[0].options == expected
+    # The catalog's lowest thinking level of the model, unless configured.
+    assert generator.calls[0].options == {**expected, "thinking_level": "MINIMAL"}
+
+
+@pytest.mark.parametrize(
+    ("model", "configured", "sent"),
+    [
+        ("gemini-3.1-flash-image", "", "MINIMAL"),
+        ("gemini-3.1-flash-image", "HIGH", "HIGH"),
+        ("gemini-3-pro-image", "", "LOW"),
+        ("gemini-2.5-flash-image", "HIGH", None),  # takes no thinking level
+    ],
+)
+def test_thinking_level_is_the_models_lowest_unless_configured(
+    make_generation: Build,
+    store: FakeJobStore,
+    generator: FakeImageGenerator,
+    model: str,
+    configured: str,
+    sent: str | None,
+) -> None:
+    store.add(make_job(variant_count=1, model=model))
+    make_generation(gemini_thinking_level=configured).handle(MESSAGE)
+    assert generator.calls[0].options["thinking_level"] == sent
+
+
+def test_references_beyond_the_models_limit_are_not_sent(
+    make_generation: Build,
+    store: FakeJobStore,
+    generator: FakeImageGenerator,
+    references: FakeReferenceLoader,
+) -> None:
+    refs = [ReferenceImage(png_bytes(color=(i, i, i)), "image/png") for i in range(6)]
+    references.packs["https://example.com/refs.zip"] = refs
+    url = "https://example.com/refs.zip"
+    store.add(make_job(variant_count=1, model="gemini-2.5-flash-image", ref_pack_public_url=url))
+    make_generation().handle(MESSAGE)
+    assert generator.calls[0].references == tuple(refs[:3])  # 2.5 Flash Image takes 3
 
 
 def test_sheet_row_is_synced(
@@ -487,23 +525,31 @@ def test_model_tokens_and_cost_are_kept_on_the_variant_and_the_object(
     generator: FakeImageGenerator,
 ) -> None:
     store.add(make_job(variant_count=3))
-    usage = {"prompt_tokens": 9, "output_tokens": 1290, "total_tokens": 1299}
+    usage = {
+        "prompt_tokens": 2000,
+        "output_tokens": 2540,
+        "output_image_tokens": 2520,
+        "thought_tokens": 100,
+        "total_tokens": 4640,
+    }
     generator.on(PROMPT, 1, GeneratedImage(png_bytes(), "image/png", usage))
     generator.on(PROMPT, 3, PermanentError("Gemini returned no image: ... (NO_IMAGE)"))
     make_generation().handle(MESSAGE)
 
     job = store.job("job_1")
     v1, v2, v3 = (job.variant(n) for n in (1, 2, 3))
-    assert (v1.model, v1.cost_usd, v1.usage) == ("gemini-3.1-flash-image", "0.0670", usage)
+    # 2000 x $0.50/M + 2520 x $60/M + (20 + 100) x $3/M = 0.00100 + 0.15120 + 0.00036
+    assert (v1.model, v1.cost_usd, v1.usage) == ("gemini-3.1-flash-image", "0.1526", usage)
+    # No tokens reported: the catalog's price per image at the size.
     assert (v2.cost_usd, v2.usage) == ("0.0670", {"total_tokens": 1290})
     assert (v3.cost_usd, v3.usage) == (None, {})  # no image, nothing billed per image
-    assert job.cost() == Decimal("0.1340")
+    assert job.cost() == Decimal("0.2196")
     meta = objects.objects[(IMAGES_BUCKET, "images/sc-001/job_1/var_1.png")].metadata
-    assert {k: meta[k] for k in ("model", "cost_usd", "output_tokens", "total_tokens")} == {
+    assert {k: meta[k] for k in ("model", "cost_usd", "output_image_tokens", "total_tokens")} == {
         "model": "gemini-3.1-flash-image",
-        "cost_usd": "0.0670",
-        "output_tokens": "1290",
-        "total_tokens": "1299",
+        "cost_usd": "0.1526",
+        "output_image_tokens": "2520",
+        "total_tokens": "4640",
     }
 
 

@@ -24,6 +24,7 @@ from shared.models import VariantState
 from shared.ports import Usage
 from shared.services.intake import Intake
 from shared.services.ledger import JobLedger
+from shared.services.preflight import Preflight
 from shared.settings import get_settings
 from tests.fakes import (
     IMAGES_BUCKET,
@@ -34,6 +35,7 @@ from tests.fakes import (
     FakeClock,
     FakeIdempotencyStore,
     FakeJobStore,
+    FakeModelDirectory,
     FakeObjectStore,
     FakePublisher,
     make_job,
@@ -62,6 +64,7 @@ def intake(
     objects: FakeObjectStore,
     budget: FakeBudgetLedger,
     idempotency: FakeIdempotencyStore,
+    model_directory: FakeModelDirectory,
     clock: FakeClock,
 ) -> Intake:
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
@@ -81,11 +84,12 @@ def intake(
     service = Intake(
         get_settings(),
         store,
-        JobLedger(store),
+        JobLedger(store, budget=budget),
         publisher,
         links,
         budget,
         idempotency,
+        Preflight(model_directory, ttl_s=300),
         clock=clock,
         ids=lambda p: f"{p}_{next(counter)}",
     )
@@ -200,7 +204,7 @@ def test_invalid_batch_lists_every_offending_field(
     assert reasons["items[0].variants"] == "must be between 1 and 4"
     assert reasons["items[1].scene_id"].startswith("must be 1-64 characters")
     assert reasons["items[1].ref_pack_public_url"] == (
-        f"must be an https:// URL or a gs://{IMAGES_BUCKET}/ object"
+        f"must be an https:// URL or a gs://{IMAGES_BUCKET}/refs/ object"
     )
     assert reasons["unexpected"] == "Extra inputs are not permitted"
     assert store.writes == []

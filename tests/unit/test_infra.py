@@ -512,19 +512,36 @@ def test_settings_come_from_variable_attributes_of_their_name() -> None:
 def test_secrets_go_where_they_are_read(evaluated: dict[str, Any]) -> None:
     given = {key: set(spec["secrets"]) for key, spec in functions(evaluated).items()}
     assert given == {
-        "api": {"API_KEY_HASHES", "LINK_SIGNING_KEY"},
+        # The HTTP function looks the model up before a batch is accepted.
+        "api": {"API_KEY_HASHES", "LINK_SIGNING_KEY", "GEMINI_API_KEY"},
         "generate": {"GEMINI_API_KEY", "LINK_SIGNING_KEY"},
         "thumbnail": {"LINK_SIGNING_KEY"},
         "dead_letter": {"LINK_SIGNING_KEY"},
     }
 
 
+def test_the_vertex_backend_needs_no_api_key_but_a_role(tmp_path: Path) -> None:
+    values = evaluate(tmp_path, {"models": '{ gemini_backend = "vertex" }'})
+    specs = functions(values)
+    assert all("GEMINI_API_KEY" not in spec["secrets"] for spec in specs.values())
+    for key in ("api", "generate"):
+        env = specs[key]["env"]
+        assert (env["GEMINI_BACKEND"], env["VERTEX_LOCATION"]) == ("vertex", "global")
+    iam = (TF_DIR / "iam.tf").read_text()
+    assert (
+        '"generate/aiplatform.user" = { account = "generate", role = "roles/aiplatform.user" }'
+        in iam
+    )
+    secrets = (TF_DIR / "secrets.tf").read_text()
+    assert "local.vertex ? {} : { gemini_api_key" in secrets
+    assert 'local.vertex ? ["aiplatform.googleapis.com"] : []' in (TF_DIR / "apis.tf").read_text()
+
+
 def test_referenced_secrets_exist(evaluated: dict[str, Any]) -> None:
-    declared = locals_()["secrets"]
+    text = (TF_DIR / "secrets.tf").read_text()
+    declared = dict(re.findall(r"(\w+)\s*=\s*\{ env = \"([A-Z_]+)\"", text))
     assert resources("google_secret_manager_secret")["this"]["for_each"] == "${local.secrets}"
-    assert {key: spec["env"] for key, spec in declared.items()} == {
-        env.lower(): env for env in SECRET_SETTINGS
-    }
+    assert declared == {env.lower(): env for env in SECRET_SETTINGS}
     used = {env for spec in functions(evaluated).values() for env in spec["secrets"]}
     assert used == SECRET_SETTINGS, f"unused secrets: {SECRET_SETTINGS - used}"
     fn = resources("google_cloudfunctions2_function")["this"]
@@ -573,7 +590,7 @@ def test_terraform_defaults_are_the_code_defaults(
     specs = functions(evaluated)
     assert default_drift(monkeypatch, specs) == []
     checked = {env for spec in specs.values() for env in spec["env"]} - FROM_THE_DEPLOYMENT
-    assert {"GEMINI_MODEL", "PRICE_TABLE", "MAX_VARIANTS", "DELIVERY_DEADLINE_S"} <= checked
+    assert {"GEMINI_MODEL", "MODEL_CATALOG", "MAX_VARIANTS", "DELIVERY_DEADLINE_S"} <= checked
 
 
 def test_a_changed_default_is_drift(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -633,12 +650,13 @@ def test_a_timeout_within_the_longest_path_fails(
 def test_terraform_refuses_what_the_code_refuses(tmp_path: Path) -> None:
     """Validations run at plan time: signed URLs beyond 12 hours (signBlob), a
     Gemini budget that does not fit the delivery."""
-    for override, message in (
-        ("{ signed_url_ttl_s = 43201 }", "12 hours"),
-        ('{ gemini_model = "unpriced" }', "price_table has no price"),
+    for variable, override, message in (
+        ("intake", "{ signed_url_ttl_s = 43201 }", "12 hours"),
+        ("models", '{ gemini_backend = "openai" }', "gemini_backend must be"),
+        ("models", '{ model_catalog = "{not json" }', "model_catalog must be empty or"),
     ):
         with pytest.raises(TerraformFailed, match=message):
-            evaluate(tmp_path, {"intake": override})
+            evaluate(tmp_path, {variable: override})
     with pytest.raises(TerraformFailed, match="gemini_budget_s must be below delivery_deadline_s"):
         evaluate(tmp_path, {"generation": "{ gemini_budget_s = 400 }"})
 

@@ -11,12 +11,21 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from shared import jobs as transitions
+from shared.api_models import Plan
 from shared.errors import TransientError
 from shared.links import LinkSigner
 from shared.models import Batch, BatchRequest, Job, JobMessage, JobState, Limits, VariantState
 from shared.ports import Usage
-from shared.services.intake import Accepted, InProgress, Intake, OverBudget, Submission
+from shared.services.intake import (
+    Accepted,
+    InProgress,
+    Intake,
+    ModelUnavailable,
+    OverBudget,
+    Submission,
+)
 from shared.services.ledger import JobLedger
+from shared.services.preflight import Preflight
 from tests.fakes import (
     IMAGES_BUCKET,
     T0,
@@ -24,6 +33,7 @@ from tests.fakes import (
     FakeClock,
     FakeIdempotencyStore,
     FakeJobStore,
+    FakeModelDirectory,
     FakePublisher,
     make_job,
     make_settings,
@@ -38,16 +48,23 @@ def counter_ids() -> Callable[[str], str]:
 
 
 def request(
-    *variants: int, run_mode: str = "live", ref: str | None = None, worksheet: str = "Scenes"
+    *variants: int,
+    run_mode: str = "live",
+    ref: str | None = None,
+    worksheet: str = "Scenes",
+    size: str | None = None,
+    model: str | None = None,
 ) -> BatchRequest:
     items = [
         {"scene_id": f"sc-{i:03d}", "prompt": f"prompt {i}", "variants": v}
         | ({"ref_pack_public_url": ref} if ref else {})
+        | ({"image_size": size} if size else {})
         for i, v in enumerate(variants, start=1)
     ]
     data: dict[str, Any] = {
         "items": items,
         "runMode": run_mode,
+        **({"model": model} if model else {}),
         "spreadsheet_id": "sheet123",
         "worksheet": worksheet,
     }
@@ -63,6 +80,7 @@ def make_intake(
     links: LinkSigner,
     budget: FakeBudgetLedger,
     idempotency: FakeIdempotencyStore,
+    model_directory: FakeModelDirectory,
     clock: FakeClock,
 ) -> Callable[..., Intake]:
     def build(
@@ -74,11 +92,12 @@ def make_intake(
         return Intake(
             make_settings(**setting_overrides),
             store,
-            JobLedger(store),
+            JobLedger(store, budget=budget),
             publisher,
             links,
             budget,
             idempotency,
+            Preflight(model_directory, ttl_s=300, monotonic=clock.monotonic),
             clock=clock,
             ids=counter_ids(),
         )
@@ -161,11 +180,9 @@ def test_plan_shows_the_days_budget(intake: Intake, budget: FakeBudgetLedger) ->
 
 
 def test_plan_uses_configured_model_price(make_intake: Callable[..., Intake]) -> None:
-    intake = make_intake(
-        gemini_model="gemini-2.5-flash-image",
-        price_table={"gemini-2.5-flash-image": Decimal("0.039")},
-    )
+    intake = make_intake(gemini_model="gemini-2.5-flash-image")
     plan = intake.plan(request(3, 4), "alice")
+    assert isinstance(plan, Plan)
     assert (plan.model, plan.price_per_image_usd, plan.estimated_cost_usd) == (
         "gemini-2.5-flash-image",
         "0.0390",
@@ -190,6 +207,88 @@ def test_plan_warns_about_active_jobs_for_the_same_scenes(
     ]
 
 
+@pytest.mark.parametrize(
+    ("size", "per_image"), [("512", "0.0450"), ("1K", "0.0670"), ("2K", "0.1010"), ("4K", "0.1510")]
+)
+def test_plan_prices_each_item_by_its_size(intake: Intake, size: str, per_image: str) -> None:
+    plan = intake.plan(request(2, size=size), "alice")
+    assert isinstance(plan, Plan)
+    (job,) = plan.jobs
+    assert (job.image_size, job.estimated_cost_per_image_usd) == (size, per_image)
+    assert job.estimated_cost_usd == str(Decimal(per_image) * 2)
+
+
+@pytest.mark.parametrize(
+    ("ref", "references", "per_image", "pack_note"),
+    [
+        (None, 0, "0.0670", False),
+        ("https://example.com/one.png", 1, "0.0673", False),  # + 560 tokens at $0.50/M
+        ("https://example.com/refs.zip", 14, "0.0709", True),  # the most that is sent
+    ],
+)
+def test_plan_estimates_reference_images_as_input_tokens_and_says_so(
+    intake: Intake, ref: str | None, references: int, per_image: str, pack_note: bool
+) -> None:
+    plan = intake.plan(request(1, ref=ref), "alice")
+    assert isinstance(plan, Plan)
+    (job,) = plan.jobs
+    assert (job.reference_images, job.estimated_cost_per_image_usd) == (references, per_image)
+    notes = " ".join(plan.estimate_notes)
+    assert "characters a token" in notes
+    assert ("zip or manifest pack is estimated" in notes) is pack_note
+    assert ("560 input tokens each" in notes) is bool(references)
+
+
+def test_a_retired_model_refuses_the_batch_before_anything_is_written(
+    make_intake: Callable[..., Intake],
+    model_directory: FakeModelDirectory,
+    store: FakeJobStore,
+    publisher: FakePublisher,
+    budget: FakeBudgetLedger,
+) -> None:
+    model_directory.retired["gemini-3.1-flash-image"] = "Gemini answered 404 NOT_FOUND"
+    intake = make_intake()
+    for run_mode in ("dry_run", "live"):
+        outcome = (
+            intake.plan(request(2, run_mode=run_mode), "alice")
+            if run_mode == "dry_run"
+            else intake.submit(request(2), "alice", "key-1")
+        )
+        assert outcome == ModelUnavailable(
+            "gemini-3.1-flash-image", "Gemini answered 404 NOT_FOUND"
+        )
+    assert (store.writes, publisher.calls, budget.used) == ([], [], {})
+
+
+def test_the_model_check_is_kept_a_few_minutes(
+    intake: Intake, model_directory: FakeModelDirectory, clock: FakeClock
+) -> None:
+    for _ in range(3):
+        intake.plan(request(1), "alice")
+    assert model_directory.checks == ["gemini-3.1-flash-image"]
+    clock.advance(301)
+    intake.plan(request(1), "alice")
+    assert len(model_directory.checks) == 2
+
+
+def test_a_model_lookup_that_cannot_answer_refuses_nothing_for_good(
+    intake: Intake, model_directory: FakeModelDirectory, store: FakeJobStore
+) -> None:
+    model_directory.unreachable = True
+    with pytest.raises(TransientError, match="model lookup"):
+        intake.submit(request(1), "alice", "key-1")
+    assert store.writes == []
+
+
+def test_a_batch_may_name_another_model_of_the_catalog(intake: Intake) -> None:
+    plan = intake.plan(request(1, size="4K", model="gemini-3-pro-image"), "alice")
+    assert isinstance(plan, Plan)
+    assert (plan.model, plan.jobs[0].estimated_cost_per_image_usd) == (
+        "gemini-3-pro-image",
+        "0.2400",
+    )
+
+
 # --------------------------------------------------------------------------- submit
 
 
@@ -202,7 +301,8 @@ def test_submit_creates_batch_and_one_job_per_item(
     assert body["runMode"] == "live"
     assert body["batch_id"] == "bat_1"
     assert body["unpublished"] == []
-    assert (body["image_count"], body["estimated_cost_usd"]) == (5, "0.3350")
+    # A zip pack is estimated at the most references sent: 14 x 560 input tokens.
+    assert (body["image_count"], body["estimated_cost_usd"]) == (5, "0.3545")
     assert body["jobs"] == [
         {"scene_id": "sc-001", "job_id": "job_2", "variants": 2, "state": "queued"},
         {"scene_id": "sc-002", "job_id": "job_3", "variants": 3, "state": "queued"},
@@ -212,7 +312,7 @@ def test_submit_creates_batch_and_one_job_per_item(
     assert len(store.created) == 1
     batch, created_jobs = store.created[0]
     assert (batch.batch_id, batch.caller, batch.job_ids) == ("bat_1", "alice", ["job_2", "job_3"])
-    assert (batch.image_count, batch.estimated_cost_usd) == (5, "0.3350")
+    assert (batch.image_count, batch.estimated_cost_usd) == (5, "0.3545")
     assert (batch.spreadsheet_id, batch.worksheet, batch.created_at) == ("sheet123", "Scenes", T0)
     assert [j.job_id for j in created_jobs] == ["job_2", "job_3"]
 
@@ -226,10 +326,14 @@ def test_submit_creates_batch_and_one_job_per_item(
     )
     assert (job.variant_count, sorted(job.variants)) == (3, ["1", "2", "3"])
     assert (job.spreadsheet_id, job.worksheet) == ("sheet123", "Scenes")
-    assert (job.model, job.price_per_image) == ("gemini-3.1-flash-image", "0.0670")
+    assert (job.model, job.price_per_image, job.budget_day) == (
+        "gemini-3.1-flash-image",
+        "0.0709",
+        DAY,
+    )
     assert job.ref_pack_public_url == "https://example.com/refs.zip"
     assert job.created_at == T0
-    assert budget.used[("alice", DAY)] == Usage(5, Decimal("0.335"))
+    assert budget.used[("alice", DAY)] == Usage(5, Decimal("0.3545"))
 
 
 def test_submit_publishes_one_message_per_job_with_attributes(

@@ -18,14 +18,15 @@ from shared.jobs import Spent
 from shared.links import LinkSigner
 from shared.models import Job, JobMessage, JobState, VariantState
 from shared.objects import recorded_spent
-from shared.ports import Text
+from shared.ports import Text, Usage
 from shared.services.generation import Generation
 from shared.services.ledger import JobLedger
-from shared.services.sheet_sync import row_digest
+from shared.services.sheet_sync import SheetSync, row_digest
 from shared.services.thumbnails import Thumbnails
 from tests.fakes import (
     IMAGES_BUCKET,
     T0,
+    FakeBudgetLedger,
     FakeClock,
     FakeImageGenerator,
     FakeJobStore,
@@ -284,3 +285,63 @@ def test_job_cost_equals_the_cost_in_its_objects_metadata_whichever_event_comes_
     for n in (1, 2):
         v = job.variant(n)
         assert (v.state, v.model, v.usage) == (VariantState.DONE, SPENT.model, SPENT.usage)
+
+
+# --------------------------------------------------------------------------- budget
+
+
+DAY = "2030-01-02"
+
+
+@pytest.fixture
+def budgeted(store: FakeJobStore, sheet_sync: SheetSync, budget: FakeBudgetLedger) -> JobLedger:
+    # The batch reserved 3 images at the estimate of 0.0709 each.
+    budget.used[("alice", DAY)] = Usage(3, Decimal("0.2127"))
+    store.add(make_job(variant_count=3, price_per_image="0.0709", budget_day=DAY))
+    return JobLedger(store, sheet_sync, budget)
+
+
+def test_finished_images_settle_the_days_budget_to_their_actual_cost_once(
+    budgeted: JobLedger, store: FakeJobStore, budget: FakeBudgetLedger
+) -> None:
+    cheaper = Spent("gemini-3.1-flash-image", "0.0672", {})
+    for _ in range(3):  # the same record again changes nothing (and settles nothing)
+        budgeted.apply(
+            "job_1", lambda j: transitions.uploaded(j, 1, "a.png", "image/png", T0, cheaper)
+        )
+    budgeted.apply("job_1", lambda j: transitions.variant_failed(j, 2, "blocked", T0))
+    # Variant 1: 0.0672 instead of 0.0709; variant 2 made nothing: one image and its
+    # estimate back; variant 3 is still to come, so its estimate stays reserved.
+    assert budget.used[("alice", DAY)] == Usage(
+        2, Decimal("0.2127") - Decimal("0.0037") - Decimal("0.0709")
+    )
+    job = store.job("job_1")
+    assert [job.variant(n).settled for n in (1, 2, 3)] == [True, True, False]
+    assert [c[3:] for c in budget.calls if c[0] == "settle"] == [
+        ("job_1/1", 0, Decimal("-0.0037")),
+        ("job_1/2", -1, Decimal("-0.0709")),
+    ]
+
+
+def test_a_settlement_cut_short_by_a_crash_is_finished_once_by_the_next_delivery(
+    budgeted: JobLedger, store: FakeJobStore, budget: FakeBudgetLedger
+) -> None:
+    spent = Spent("gemini-3.1-flash-image", "0.0800", {})
+    # The instance recorded the image and settled the budget, then died before
+    # marking the variant settled.
+    store.mutate("job_1", lambda j: transitions.uploaded(j, 1, "a.png", "image/png", T0, spent))
+    budget.settle("alice", DAY, "job_1/1", 0, Decimal("0.0091"))
+    with budgeted.entry(store.job("job_1")):
+        pass
+    assert budget.used[("alice", DAY)] == Usage(3, Decimal("0.2218"))  # corrected once
+    assert store.job("job_1").variant(1).settled
+
+
+def test_without_a_reserved_day_nothing_is_settled(
+    store: FakeJobStore, sheet_sync: SheetSync, budget: FakeBudgetLedger
+) -> None:
+    store.add(make_job(variant_count=1))  # a job from before budgets were settled
+    JobLedger(store, sheet_sync, budget).apply(
+        "job_1", lambda j: transitions.variant_failed(j, 1, "x", T0)
+    )
+    assert budget.calls == []

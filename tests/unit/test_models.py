@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from shared.catalog import load_catalog
 from shared.models import BatchRequest, Job, Limits, Variant, VariantState, money
 from tests.fakes import make_job
 
@@ -235,15 +236,43 @@ def test_wildcard_allowlist_accepts_any_spreadsheet() -> None:
     assert validate(payload(spreadsheet_id="anything"), limits).spreadsheet_id == "anything"
 
 
-def test_aspect_ratio_and_image_size() -> None:
-    parsed = validate(payload(item(aspect_ratio="16:9", image_size="2K"))).items[0]
-    assert (parsed.aspect_ratio, parsed.image_size) == ("16:9", "2K")
-    assert validate(payload()).items[0].aspect_ratio is None
-    errors = errors_of(payload(item(aspect_ratio="5:4", image_size="8K")))
+def model_limits(model: str) -> Limits:
+    entry = load_catalog().models[model]
+    return LIMITS.model_copy(
+        update={
+            "models": tuple(load_catalog().models),
+            "aspect_ratios": entry.aspect_ratios,
+            "image_sizes": entry.image_sizes,
+        }
+    )
+
+
+def test_aspect_ratio_and_image_size_are_the_models() -> None:
+    flash = model_limits("gemini-3.1-flash-image")
+    parsed = validate(payload(item(aspect_ratio="1:8", image_size="512")), flash).items[0]
+    assert (parsed.aspect_ratio, parsed.image_size) == ("1:8", "512")
+    assert validate(payload(), flash).items[0].aspect_ratio is None
+    errors = errors_of(payload(item(aspect_ratio="7:5", image_size="8K")), flash)
     assert sorted(loc for loc, _ in errors) == [
         ("items", 0, "aspect_ratio"),
         ("items", 0, "image_size"),
     ]
+    # The same shape is refused for a model that does not make it.
+    pro = model_limits("gemini-3-pro-image")
+    errors = errors_of(payload(item(aspect_ratio="1:8", image_size="512")), pro)
+    assert [msg for _, msg in errors] == [
+        "Value error, must be one of the model's 1:1, 2:3, 3:2, 3:4, 4:3, 4:5, 5:4, 9:16, "
+        "16:9, 21:9",
+        "Value error, must be one of the model's 1K, 2K, 4K",
+    ]
+
+
+def test_the_batch_model_must_be_in_the_catalog() -> None:
+    limits = model_limits("gemini-3.1-flash-image")
+    assert validate(payload(model="gemini-3-pro-image"), limits).model == "gemini-3-pro-image"
+    ((loc, msg),) = errors_of(payload(model="gemini-2.0-flash-exp"), limits)
+    assert loc == ("model",)
+    assert "is not in the model catalog" in msg
 
 
 def test_ref_url_length_limit() -> None:
@@ -253,3 +282,25 @@ def test_ref_url_length_limit() -> None:
     assert [loc for loc, _ in errors_of(payload(item(ref_pack_public_url=too_long)))] == [
         ("items", 0, "ref_pack_public_url")
     ]
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("gs://images-bucket/refs/pack.zip", True),
+        ("gs://images-bucket/images/sc-1/job_9/var_1.png", False),  # another caller's image
+        ("gs://images-bucket/refs/", False),
+        ("gs://other-bucket/refs/a.png", False),
+        ("https://example.com/a.png", True),
+    ],
+)
+def test_gs_references_only_under_the_references_prefix(url: str, ok: bool) -> None:
+    limits = LIMITS.model_copy(
+        update={"images_bucket": "images-bucket", "references_prefix": "refs/"}
+    )
+    if ok:
+        assert validate(payload(item(ref_pack_public_url=url)), limits).items[0].ref_pack_public_url
+    else:
+        ((loc, msg),) = errors_of(payload(item(ref_pack_public_url=url)), limits)
+        assert loc == ("items", 0, "ref_pack_public_url")
+        assert "an https:// URL or a gs://images-bucket/refs/ object" in msg

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import pytest
 
 from shared.auth import hash_key
+from shared.catalog import load_catalog
 from shared.errors import ConfigError
 from shared.settings import get_settings
 
@@ -27,7 +29,7 @@ def test_minimal_environment_and_defaults(base_env: pytest.MonkeyPatch) -> None:
     assert s.thumbnails_bucket == "imgs-bucket"
     assert (s.images_prefix, s.thumbnails_prefix) == ("images/", "thumbnails/")
     assert s.gemini_model == "gemini-3.1-flash-image"
-    assert s.price_per_image() == Decimal("0.067")
+    assert s.model_entry().price_per_image["live"]["1K"] == Decimal("0.067")
     assert s.api_key_hashes == {}
     assert get_settings() is s  # read once per instance
 
@@ -75,39 +77,35 @@ def test_malformed_api_key_hashes_entry(base_env: pytest.MonkeyPatch, value: str
     assert "caller:sha256hex" in str(info.value)
 
 
-def test_price_table_json(base_env: pytest.MonkeyPatch) -> None:
-    base_env.setenv("PRICE_TABLE", '{"gemini-3.1-flash-image": "0.05", "other-model": 0.1}')
-    s = get_settings()
-    assert s.price_table == {
-        "gemini-3.1-flash-image": Decimal("0.05"),
-        "other-model": Decimal("0.1"),
-    }
-    assert s.price_per_image() == Decimal("0.05")
-    assert s.price_per_image("other-model") == Decimal("0.1")
-
-
-def test_price_table_float_has_no_binary_rounding(base_env: pytest.MonkeyPatch) -> None:
-    base_env.setenv("PRICE_TABLE", '{"gemini-3.1-flash-image": 0.067}')
-    assert get_settings().price_per_image() * 25 == Decimal("1.675")
-
-
-def test_price_table_invalid_json(base_env: pytest.MonkeyPatch) -> None:
-    base_env.setenv("PRICE_TABLE", "{not json")
-    with pytest.raises(ConfigError, match="PRICE_TABLE"):
-        get_settings()
-
-
-def test_unknown_model_price_is_config_error(base_env: pytest.MonkeyPatch) -> None:
+def test_unknown_model_is_a_config_error_naming_the_setting(base_env: pytest.MonkeyPatch) -> None:
     base_env.setenv("GEMINI_MODEL", "gemini-9-ultra-image")
-    with pytest.raises(
-        ConfigError, match="PRICE_TABLE has no price for model 'gemini-9-ultra-image'"
-    ):
+    with pytest.raises(ConfigError, match="GEMINI_MODEL 'gemini-9-ultra-image' is not in the"):
         get_settings()
 
 
-def test_price_per_image_unknown_model(base_env: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ConfigError, match="'nope'"):
-        get_settings().price_per_image("nope")
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("GEMINI_IMAGE_SIZE", "8K", "GEMINI_IMAGE_SIZE '8K': gemini-3.1-flash-image accepts"),
+        ("GEMINI_ASPECT_RATIO", "7:5", "GEMINI_ASPECT_RATIO '7:5'"),
+        ("GEMINI_THINKING_LEVEL", "LOW", "GEMINI_THINKING_LEVEL 'LOW'"),
+    ],
+)
+def test_a_default_the_model_does_not_take_fails_at_start(
+    base_env: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    base_env.setenv(name, value)
+    with pytest.raises(ConfigError, match=message):
+        get_settings()
+
+
+def test_a_catalog_override_can_add_a_model_and_make_it_the_default(
+    base_env: pytest.MonkeyPatch,
+) -> None:
+    entry = load_catalog().models["gemini-3.1-flash-image"].model_dump(mode="json")
+    base_env.setenv("MODEL_CATALOG", json.dumps({"models": {"gemini-4-image": entry}}))
+    base_env.setenv("GEMINI_MODEL", "gemini-4-image")
+    assert get_settings().model_entry().image_sizes == ("512", "1K", "2K", "4K")
 
 
 def test_out_of_range_setting_is_named(base_env: pytest.MonkeyPatch) -> None:
