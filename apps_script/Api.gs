@@ -8,13 +8,14 @@ const STATUS_FETCH_BATCH = 20;
 const REFRESH_MAX_JOBS = 300;
 
 /** POST /batch/images; returns the parsed answer or throws an ApiError. */
-function postBatch_(settings, table, batch, runMode, extraHeaders) {
+function postBatch_(settings, table, batch, runMode, extraHeaders, lane) {
   const body = {
     items: batch.items,
     runMode: runMode,
     spreadsheet_id: table.ss.getId(),
     worksheet: table.sheet.getName(),
   };
+  if (lane) body.lane = lane;
   const res = callApi_(settings, 'post', '/batch/images', body, extraHeaders);
   const ok = runMode === 'live' ? [200, 201, 202] : [200];
   if (ok.indexOf(res.status) < 0 || !res.json || typeof res.json !== 'object') {

@@ -123,9 +123,13 @@ function generate_(ui) {
   const hash = submissionHash_(table, batch.items);
   const seen = getSubmission_(hash);
 
+  // A first send chooses its lane: Yes live, No economy (half price, within 24 h).
+  const again = seen && seen.state === 'sent';
   const answer = ui.alert(
-    dialogTitle_('Generate'), confirmText_(plan, batch, seen), ui.ButtonSet.YES_NO);
-  if (answer !== ui.Button.YES) {
+    dialogTitle_('Generate'), confirmText_(plan, batch, seen),
+    again ? ui.ButtonSet.YES_NO : ui.ButtonSet.YES_NO_CANCEL);
+  const lane = answer === ui.Button.YES ? 'live' : (!again && answer === ui.Button.NO ? 'economy' : null);
+  if (!lane) {
     ui.alert(dialogTitle_('Generate'), 'Nothing was sent.', ui.ButtonSet.OK);
     return;
   }
@@ -140,7 +144,7 @@ function generate_(ui) {
   }
   let message;
   try {
-    message = submitLocked_(settings, batch, hash, seen);
+    message = submitLocked_(settings, batch, hash, seen, lane);
   } finally {
     lock.releaseLock();  // before the final dialog, which waits for a click
   }
@@ -148,7 +152,7 @@ function generate_(ui) {
 }
 
 /** Marks the rows, sends the batch and writes the job ids; returns the message to show. */
-function submitLocked_(settings, batch, hash, seen) {
+function submitLocked_(settings, batch, hash, seen, lane) {
   const current = getSubmission_(hash);
   if (current && current.state === 'sent' && !sameSubmission_(seen, current)) {
     return 'These rows were already sent ' + ago_(current.at) + ' (batch ' + current.batch_id +
@@ -176,7 +180,7 @@ function submitLocked_(settings, batch, hash, seen) {
 
   let res;
   try {
-    res = postBatch_(settings, table, batch, 'live', { 'Idempotency-Key': record.key });
+    res = postBatch_(settings, table, batch, 'live', { 'Idempotency-Key': record.key }, lane);
   } catch (err) {
     if (err instanceof ApiError && !err.uncertain) {
       writeCells_(table.sheet, marks.previous);
@@ -202,7 +206,8 @@ function submitLocked_(settings, batch, hash, seen) {
 
   const lines = [
     'Batch ' + sent.batch_id + ' accepted: ' + plural_(sent.job_count, 'scene') + ', ' +
-      plural_(sent.image_count, 'image') + ', estimated $' + sent.estimated_cost_usd + '.',
+      plural_(sent.image_count, 'image') + ', estimated $' + sent.estimated_cost_usd +
+      (lane === 'economy' ? ' in the economy lane (results within 24 hours)' : '') + '.',
   ];
   if (header_(res, 'idempotent-replay') === 'true') {
     // An earlier attempt did arrive: the rows get the real state of its jobs.
@@ -242,6 +247,13 @@ function confirmText_(plan, batch, seen) {
     }
     head.push('Generate ' + plural_(plan.image_count, 'image') + ' for ' +
       plural_(plan.job_count, 'scene') + '?');
+    const lanes = plan.lanes || {};
+    if (lanes.live && lanes.economy) {
+      head.push('');
+      head.push('Yes: live lane, $' + lanes.live + ', images in minutes.');
+      head.push('No: economy lane, $' + lanes.economy + ' (half price), images within 24 hours.');
+      head.push('Cancel: send nothing.');
+    }
   }
   return head.join('\n') + '\n\n' + planText_(plan, batch);
 }
@@ -355,6 +367,11 @@ function planText_(plan, batch) {
     plural_(plan.image_count, 'image'));
   lines.push('Estimated cost: $' + plan.estimated_cost_usd + ' with ' + plan.model +
     ' ($' + plan.price_per_image_usd + ' per image)');
+  const lanes = plan.lanes || {};
+  if (lanes.economy) {
+    lines.push('Economy lane (Gemini Batch API, half price, within 24 hours): $' +
+      lanes.economy);
+  }
   const jobs = plan.jobs || [];
   if (jobs.length && jobs.length <= 12) {
     jobs.forEach(function (job) {

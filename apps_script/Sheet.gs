@@ -15,7 +15,7 @@ const MAX_ERROR_LINES = 25;
 const FINAL_STATES = ['completed', 'partial', 'failed'];
 const RUNNING_STATES = ['generating'];
 /** First words of a running job's status: it is made, or it waits for the Gemini quota. */
-const RUNNING_WORDS = ['generating', 'waiting', 'paused'];
+const RUNNING_WORDS = ['generating', 'waiting', 'paused', 'economy'];
 /** The rank of a final state: nothing moves a row back from it. */
 const FINAL_RANK = 3;
 

@@ -45,6 +45,7 @@ FUNCTIONS = {
     "generate": "generate_images",
     "thumbnail": "make_thumbnails",
     "deadletter": "handle_dead_letters",
+    "economy": "run_economy",
 }
 
 
@@ -72,6 +73,8 @@ class StackConfig:
     gemini_quota_window_s: float = 60.0
     # "vertex": the functions reach the stub as Vertex AI (bearer token, Vertex paths).
     gemini_backend: str = "gemini_api"
+    # How often the dev stack's scheduler calls the economy tick (0: never).
+    economy_tick_s: float = 5.0
     retry_min_backoff_s: int = 1
     retry_max_backoff_s: int = 10
     max_delivery_attempts: int = 100
@@ -287,9 +290,23 @@ class Stack:
                 cwd=REPO,
             )
         self._wait_http("fn-api", f"http://{LOCALHOST}:{api_port}/healthz")
-        for name in ("generate", "thumbnail", "deadletter"):
+        for name in ("generate", "thumbnail", "deadletter", "economy"):
             self._wait_port(f"fn-{name}", ports[name])
         self._create_subscriptions(ports)
+        if cfg.economy_tick_s > 0:
+            self._spawn(
+                "scheduler",
+                [
+                    sys.executable,
+                    "-m",
+                    "devstack.scheduler",
+                    "--url",
+                    f"http://{LOCALHOST}:{ports['economy']}/",
+                    "--every",
+                    str(cfg.economy_tick_s),
+                ],
+                ports["economy"],
+            )
 
         self.env.update(
             {
@@ -298,6 +315,7 @@ class Stack:
                 "SPREADSHEET_ID": spreadsheet_id,
                 "WORKSHEET": self.config.worksheet,
                 "GENERATE_URL": f"http://{LOCALHOST}:{ports['generate']}",
+                "ECONOMY_URL": f"http://{LOCALHOST}:{ports['economy']}",
                 "THUMBNAIL_URL": f"http://{LOCALHOST}:{ports['thumbnail']}",
                 "SHEET_CSV": str(self.state / "sheet.csv"),
             }

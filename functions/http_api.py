@@ -141,6 +141,7 @@ def submit_batch(request: flask.Request) -> flask.Response:
         models=tuple(sorted(cfg.catalog.models)),
         aspect_ratios=entry.aspect_ratios if entry else (),
         image_sizes=entry.image_sizes if entry else (),
+        economy_lane=cfg.gemini_backend == "gemini_api",
     )
     try:
         batch = BatchRequest.model_validate(payload, context={"limits": limits})

@@ -16,8 +16,10 @@ if TYPE_CHECKING:
     from shared.adapters.firestore_store import FirestoreBudgetLedger, FirestoreJobStore
     from shared.adapters.gcs_store import GcsObjectStore
     from shared.adapters.gemini import Backend
+    from shared.adapters.references import PackReferenceLoader
     from shared.identity import Authenticator
     from shared.services.dead_letters import DeadLetters
+    from shared.services.economy import Economy
     from shared.services.generation import Generation
     from shared.services.intake import Intake
     from shared.services.ledger import JobLedger
@@ -194,12 +196,31 @@ def intake() -> Intake:
 def generation() -> Generation:
     from shared.adapters.firestore_store import FirestoreQuotaGate
     from shared.adapters.gemini import GeminiImageGenerator
-    from shared.adapters.references import PackLimits, PackReferenceLoader
-    from shared.netguard import SafeFetcher
     from shared.services.generation import Generation
 
     cfg = settings()
-    objects = object_store()
+    return Generation(
+        settings=cfg,
+        ledger=ledger(),
+        objects=object_store(),
+        generator=GeminiImageGenerator(
+            gemini_backend(),
+            cfg.gemini_timeout_s,
+            cfg.gemini_retry_attempts,
+            cfg.gemini_retry_max_delay_s,
+            cfg.image_max_pixels,
+        ),
+        references=reference_loader(),
+        quota=FirestoreQuotaGate(firestore_client(), cfg.gemini_images_per_minute),
+    )
+
+
+@lru_cache(maxsize=1)
+def reference_loader() -> PackReferenceLoader:
+    from shared.adapters.references import PackLimits, PackReferenceLoader
+    from shared.netguard import SafeFetcher
+
+    cfg = settings()
     limits = PackLimits(
         max_bytes=cfg.reference_max_bytes,
         max_images=cfg.reference_max_images,
@@ -211,24 +232,43 @@ def generation() -> Generation:
         max_unpacked_bytes=cfg.reference_max_unpacked_bytes,
         gcs_prefix=cfg.references_prefix,
     )
-    return Generation(
+    return PackReferenceLoader(
+        object_store(),
+        cfg.images_bucket,
+        SafeFetcher(max_redirects=cfg.reference_max_redirects),
+        limits,
+    )
+
+
+@lru_cache(maxsize=1)
+def economy() -> Economy:
+    """The economy lane's tick: Gemini's Batch API through google-genai."""
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+    from shared.adapters.firestore_store import FirestoreEconomyBatches
+    from shared.adapters.gemini_batches import GeminiBatchRunner
+    from shared.adapters.pubsub_publisher import PubSubJobPublisher
+    from shared.services.economy import Economy
+
+    cfg = settings()
+    client = pubsub_v1.PublisherClient()
+    return Economy(
         settings=cfg,
         ledger=ledger(),
-        objects=objects,
-        generator=GeminiImageGenerator(
+        store=job_store(),
+        batches=FirestoreEconomyBatches(firestore_client()),
+        runner=GeminiBatchRunner(
             gemini_backend(),
             cfg.gemini_timeout_s,
-            cfg.gemini_retry_attempts,
-            cfg.gemini_retry_max_delay_s,
+            cfg.economy_inline_max_bytes,
             cfg.image_max_pixels,
         ),
-        references=PackReferenceLoader(
-            objects,
-            cfg.images_bucket,
-            SafeFetcher(max_redirects=cfg.reference_max_redirects),
-            limits,
+        references=reference_loader(),
+        objects=object_store(),
+        # What an expired batch did not make goes on in the live lane.
+        publisher=PubSubJobPublisher(
+            client, client.topic_path(cfg.google_cloud_project, cfg.jobs_topic)
         ),
-        quota=FirestoreQuotaGate(firestore_client(), cfg.gemini_images_per_minute),
     )
 
 

@@ -52,6 +52,7 @@ class Warning(_Answer):
 class PlanJob(_Answer):
     scene_id: str
     variants: int
+    lane: Literal["live", "economy"] = "live"
     image_size: str = Field(description="The size the images are made and priced at")
     reference_images: int = Field(
         description="Reference images each call sends (for a zip or manifest: at most)"
@@ -68,6 +69,11 @@ class _Costed(_Answer):
     job_count: int
     image_count: int
     estimated_cost_usd: str
+    lanes: dict[str, str] = Field(
+        default_factory=dict,
+        description="The whole batch's estimate in each lane (live, economy), side by side",
+    )
+    economy: str = Field(default="", description="What the economy lane means")
     estimate_notes: list[str] = Field(description="Which parts of the estimate are estimates")
     budget: Budget
     warnings: list[Warning]
@@ -99,7 +105,7 @@ class Submitted(_Costed):
 
 class VariantView(_Answer):
     variant: int
-    state: Literal["pending", "generating", "uploaded", "done", "failed"]
+    state: Literal["pending", "generating", "batched", "uploaded", "done", "failed"]
     error: str | None = None
     failures: int = Field(
         default=0, description="Real failed attempts so far (waits for the quota never count)"
@@ -115,6 +121,15 @@ class Progress(_Answer):
     done: int = Field(description="Variants with their image and thumbnail")
     failed: int = Field(description="Variants that failed for good")
     total: int
+
+
+class GeminiBatchView(_Answer):
+    """A Gemini batch (economy lane) some of the job's images are in."""
+
+    name: str | None = Field(default=None, description="Gemini's batches/..., once created")
+    state: str = Field(
+        description="claimed, pending, running, succeeded, failed, cancelled, expired"
+    )
 
 
 class WaitingView(_Answer):
@@ -134,6 +149,8 @@ class JobView(_Answer):
     state: Literal["queued", "generating", "completed", "partial", "failed"]
     status_text: str = Field(description="What the sheet's status_img shows; for people")
     progress: Progress
+    lane: Literal["live", "economy"] = "live"
+    gemini_batches: list[GeminiBatchView] = Field(default_factory=list)
     waiting: WaitingView | None = None
     error: str | None = None
     sheet_error: str | None = Field(

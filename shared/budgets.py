@@ -80,11 +80,24 @@ def _dead_letter(s: Settings) -> Path:
     return _sheet_write(s)
 
 
+def _economy(s: Settings) -> Path:
+    # A tick stops starting work at ECONOMY_TICK_BUDGET_S, also between the lines of
+    # a batch's results (the next tick resumes; stores are create-only); what is in
+    # flight then is one line's upload and its row write, then the scheduler's answer.
+    return {
+        "ECONOMY_TICK_BUDGET_S": s.economy_tick_budget_s,
+        "one image upload": STORAGE_CALL_S,
+        **_sheet_write(s),
+        "last call": LAST_CALL_S,
+    }
+
+
 LONGEST_PATHS: dict[str, Callable[[Settings], Path]] = {
     "http_api": _http,
     "generate_images": _generate,
     "make_thumbnails": _thumbnail,
     "handle_dead_letters": _dead_letter,
+    "run_economy": _economy,
 }
 
 

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from shared.models import (
     TERMINAL_VARIANT_STATES,
+    GeminiBatchRef,
     Job,
     JobState,
     Variant,
@@ -134,7 +135,8 @@ def claim(
     taking it over counts as a real failure of the variant.
     """
     variant = job.variant(n)
-    if variant.state in (VariantState.UPLOADED, *TERMINAL_VARIANT_STATES):
+    # A variant in a Gemini batch is the economy collector's: never generated here.
+    if variant.state in (VariantState.UPLOADED, VariantState.BATCHED, *TERMINAL_VARIANT_STATES):
         return None, ClaimResult(VariantClaim.FINISHED)
     held_by_other = variant.state == VariantState.GENERATING and variant.claim_id != claim_id
     if held_by_other and variant.claim_expires is not None and variant.claim_expires > now:
@@ -179,6 +181,61 @@ def attempt_failed(
         return _restate(job, now), True
     job.updated_at = now
     return job, False
+
+
+# ------------------------------------------------------------------ economy lane
+
+
+def batch_claim(job: Job, n: int, record: str, now: datetime) -> Step[bool]:
+    """Take pending variant ``n`` into our economy batch ``record`` (before the
+    Gemini batch exists, so no variant is ever submitted twice)."""
+    variant = job.variant(n)
+    if variant.state != VariantState.PENDING or job.terminal:
+        return None, False
+    variant.state = VariantState.BATCHED
+    variant.gemini_batch = record
+    variant.attempts += 1
+    if not any(ref.record == record for ref in job.gemini_batches):
+        job.gemini_batches.append(GeminiBatchRef(record=record))
+    if job.started_at is None:
+        job.started_at = now
+    job.state = derive_state(job)
+    job.updated_at = now
+    return job, True
+
+
+def batch_update(
+    job: Job, record: str, now: datetime, name: str | None = None, state: str | None = None
+) -> Step[None]:
+    """What Gemini says of the batch (its name, its state), for /status and the row."""
+    ref = next((r for r in job.gemini_batches if r.record == record), None)
+    if ref is None or (
+        (name is None or ref.name == name) and (state is None or ref.state == state)
+    ):
+        return None, None
+    if name is not None:
+        ref.name = name
+    if state is not None:
+        ref.state = state  # type: ignore[assignment]
+    job.updated_at = now
+    return job, None
+
+
+def batch_returned(
+    job: Job, n: int, record: str, now: datetime, reason: str | None = None
+) -> Step[None]:
+    """Variant ``n`` left batch ``record`` unmade: back to pending for the live lane,
+    or, with a ``reason``, failed."""
+    variant = job.variant(n)
+    if variant.state != VariantState.BATCHED or variant.gemini_batch != record:
+        return None, None
+    if reason is not None:
+        variant.state = VariantState.FAILED
+        variant.error = reason
+        return _restate(job, now), None
+    variant.state = VariantState.PENDING
+    job.updated_at = now
+    return job, None
 
 
 def wait(job: Job, reason: WaitReason, until: datetime, now: datetime) -> Step[None]:
@@ -335,7 +392,7 @@ def progress(job: Job) -> Progress:
     """The counts and the sheet's ``status_img`` text for the job's current state.
 
     The text always starts with a word that says where the job is (queued,
-    generating, waiting, paused, completed, partial, failed), so a reader of the
+    generating, waiting, paused, economy, completed, partial, failed), so a reader of the
     sheet can tell a final state from its first word.
     """
     total = job.variant_count
@@ -349,6 +406,8 @@ def progress(job: Job) -> Progress:
         text = f"partial ({done}/{total}): {job.error or ''}".rstrip(": ")
     elif waiting_shown(job) and job.waiting is not None:
         text = waiting_text(job.waiting, done, total)
+    elif job.lane == "economy" and (words := economy_text(job, done, total)):
+        text = words
     elif job.state == JobState.QUEUED:
         text = "queued"
     else:
@@ -375,6 +434,18 @@ def last_cause(job: Job) -> str:
     if any(v.state == VariantState.GENERATING for v in unfinished):
         return HOLDER_STOPPED + " (or was still in it)"
     return "no delivery reached a Gemini call (instances busy or failing before it)"
+
+
+def economy_text(job: Job, done: int, total: int) -> str | None:
+    """Where an economy job is, until its images come back; then progress as any job's."""
+    variants = job.variants.values()
+    if any(v.state == VariantState.BATCHED for v in variants):
+        states = {r.state for r in job.gemini_batches}
+        where = "Gemini batch running" if "running" in states else "waiting for the Gemini batch"
+        return f"economy: {where} ({done}/{total})"
+    if job.state == JobState.QUEUED:
+        return "economy: queued for a Gemini batch"
+    return None
 
 
 def waiting_shown(job: Job) -> bool:

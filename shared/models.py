@@ -11,6 +11,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 SCENE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# How an image is made: at once (generateContent), or through Gemini's Batch API
+# at half the price, within 24 hours.
+Lane = Literal["live", "economy"]
 
 
 class Limits(BaseModel):
@@ -27,6 +30,17 @@ class Limits(BaseModel):
     models: tuple[str, ...] = ()
     aspect_ratios: tuple[str, ...] = ()
     image_sizes: tuple[str, ...] = ()
+    # The economy lane needs Gemini's Batch API (the Gemini API backend).
+    economy_lane: bool = True
+
+
+def _lane(value: Lane | None, info: ValidationInfo) -> Lane | None:
+    if value == "economy" and not _limits(info).economy_lane:
+        raise ValueError(
+            "economy needs Gemini's Batch API, which this deployment's backend "
+            "(GEMINI_BACKEND=vertex) does not offer; use live"
+        )
+    return value
 
 
 def _limits(info: ValidationInfo) -> Limits:
@@ -44,6 +58,7 @@ class BatchItem(BaseModel):
     prompt: str = Field(min_length=1, description="At most MAX_PROMPT_CHARS characters")
     ref_pack_public_url: str | None = Field(default=None, max_length=2048)
     variants: int = Field(ge=1, description="1 to MAX_VARIANTS (default 4)")
+    lane: Lane | None = Field(default=None, description="This scene's lane; default the batch's")
     # What the batch's model accepts is in its catalog entry (GET /models).
     aspect_ratio: str | None = Field(
         default=None, max_length=10, description="One of the model's aspect ratios, e.g. 16:9"
@@ -77,6 +92,8 @@ class BatchItem(BaseModel):
         if value > limit:
             raise ValueError(f"must be between 1 and {limit}")
         return value
+
+    _item_lane = field_validator("lane")(_lane)
 
     @field_validator("aspect_ratio", "image_size")
     @classmethod
@@ -115,6 +132,10 @@ class BatchRequest(BaseModel):
     model: str | None = Field(
         default=None, max_length=100, description="An image model of the catalog (GET /models)"
     )
+    lane: Lane = Field(
+        default="live",
+        description="live: now; economy: Gemini's Batch API at half price, within 24 hours",
+    )
     spreadsheet_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
     worksheet: str = Field(min_length=1, max_length=100)
 
@@ -125,6 +146,8 @@ class BatchRequest(BaseModel):
         if "*" not in allowed and value not in allowed:
             raise ValueError("is not in this deployment's allowlist of spreadsheets")
         return value
+
+    _batch_lane = field_validator("lane")(_lane)
 
     @field_validator("model")
     @classmethod
@@ -155,6 +178,7 @@ class BatchRequest(BaseModel):
 class VariantState(StrEnum):
     PENDING = "pending"
     GENERATING = "generating"
+    BATCHED = "batched"  # submitted in a Gemini batch (economy lane), awaiting its results
     UPLOADED = "uploaded"
     DONE = "done"
     FAILED = "failed"
@@ -193,6 +217,8 @@ class Variant(BaseModel):
     failures: int = 0
     # The budget reserved for this image was corrected to what it cost (once).
     settled: bool = False
+    # The economy batch (our record id) this variant was submitted in.
+    gemini_batch: str | None = None
     generated_at: datetime | None = None
     done_at: datetime | None = None
     # What generating this variant cost: model, Gemini's usage_metadata token
@@ -213,6 +239,17 @@ class Variant(BaseModel):
 
 
 WaitReason = Literal["quota", "daily_quota"]
+GeminiBatchState = Literal[
+    "claimed", "pending", "running", "succeeded", "failed", "cancelled", "expired"
+]
+
+
+class GeminiBatchRef(BaseModel):
+    """A Gemini batch some of the job's variants were submitted in (economy lane)."""
+
+    record: str  # our record (economy_batches/{record})
+    name: str | None = None  # Gemini's batches/..., once created
+    state: GeminiBatchState = "claimed"
 
 
 class Waiting(BaseModel):
@@ -249,6 +286,8 @@ class Job(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     variants: dict[str, Variant] = Field(default_factory=dict)
+    lane: Lane = "live"
+    gemini_batches: list[GeminiBatchRef] = Field(default_factory=list)
     waiting: Waiting | None = None
     sheet_digest: str | None = None
     sheet_error: str | None = None
@@ -303,6 +342,43 @@ class Batch(BaseModel):
 
     def to_doc(self) -> dict[str, Any]:
         return self.model_dump(mode="python")
+
+
+EconomyBatchState = Literal[
+    "claiming",  # variants being claimed; not yet sent to Gemini
+    "submitted",  # created at Gemini; its name is known
+    "pending",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "expired",
+    "collected",  # results stored (or unfinished variants sent on): nothing left to do
+]
+OPEN_ECONOMY_STATES = ("claiming", "submitted", "pending", "running", "succeeded")
+
+
+class EconomyBatch(BaseModel):
+    """Our record of one Gemini batch: what it holds, where it is, who works on it."""
+
+    record_id: str
+    model: str
+    aspect_ratio: str | None = None
+    image_size: str | None = None
+    items: list[str]  # "job_id/n", one request line each
+    state: EconomyBatchState = "claiming"
+    gemini_name: str | None = None
+    inline: bool = False
+    error: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    # One submitter or collector at a time (a lease that a dead instance loses).
+    lease_holder: str | None = None
+    lease_expires: datetime | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.state in OPEN_ECONOMY_STATES
 
 
 class JobMessage(BaseModel):

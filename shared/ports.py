@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal, Protocol, TypeVar
 
-from shared.models import Batch, Job, JobMessage
+from shared.models import Batch, EconomyBatch, EconomyBatchState, Job, JobMessage
 from shared.quota import Limit, Slot
 
 R = TypeVar("R")
@@ -31,6 +31,10 @@ class JobStore(Protocol):
         """Queued or generating jobs that write to this worksheet."""
         ...
 
+    def economy_jobs(self, limit: int) -> list[Job]:
+        """Unfinished economy-lane jobs, oldest first (some may have pending variants)."""
+        ...
+
     def update_job(self, job_id: str, change: Callable[[Job], tuple[Job | None, R]]) -> R:
         """Run ``change`` on the current job and write the job it returns (None: no write).
 
@@ -39,6 +43,24 @@ class JobStore(Protocol):
         the job it is given; the result of the run that was written is returned.
         Raises ``NotFound`` if the job does not exist.
         """
+        ...
+
+
+class EconomyBatchStore(Protocol):
+    """Our records of Gemini batches (Firestore ``economy_batches`` in production)."""
+
+    def create(self, batch: EconomyBatch) -> None: ...
+
+    def get(self, record_id: str) -> EconomyBatch | None: ...
+
+    def open_batches(self, limit: int) -> list[EconomyBatch]:
+        """Records with something left to do (not yet collected), oldest first."""
+        ...
+
+    def update(
+        self, record_id: str, change: Callable[[EconomyBatch], tuple[EconomyBatch | None, R]]
+    ) -> R:
+        """As ``JobStore.update_job``: compare-and-set, ``change`` may run more than once."""
         ...
 
 
@@ -216,6 +238,61 @@ class ModelDirectory(Protocol):
 
     def check(self, model: str) -> ModelCheck:
         """Raises ``TransientError`` when the backend cannot tell right now."""
+        ...
+
+
+@dataclass(frozen=True)
+class EconomyLine:
+    """One request of a Gemini batch: one variant of one job."""
+
+    key: str
+    prompt: str
+    references: Sequence[ReferenceImage]
+    seed: int
+    aspect_ratio: str | None = None
+    image_size: str | None = None
+    thinking_level: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """Where a Gemini batch is."""
+
+    state: EconomyBatchState
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class LineResult:
+    """One line's outcome: its image, or why there is none (in words)."""
+
+    key: str
+    image: GeneratedImage | None = None
+    error: str | None = None
+
+
+class BatchRunner(Protocol):
+    """Gemini's Batch API (google-genai's ``batches`` and ``files`` in production).
+
+    Raises ``TransientError`` for what a later tick may fix and ``PermanentError``
+    for a batch Gemini refuses.
+    """
+
+    def submit(
+        self, model: str, display_name: str, lines: Sequence[EconomyLine]
+    ) -> tuple[str, bool]:
+        """Create the batch; (its name, whether its requests were sent inline)."""
+        ...
+
+    def find(self, display_name: str) -> str | None:
+        """The name of a batch created under ``display_name`` (after a crash), if any."""
+        ...
+
+    def progress(self, name: str) -> BatchProgress: ...
+
+    def results(self, name: str, each: Callable[[LineResult], None]) -> None:
+        """Hand each line of a succeeded batch to ``each`` as it is read (one image
+        in memory at a time)."""
         ...
 
 

@@ -121,6 +121,18 @@ class Settings(BaseModel):
     # message back to Pub/Sub (never counted as a failure).
     quota_wait_s: float = Field(default=120.0, ge=0)
 
+    # --- Economy lane (issue 13): Gemini's Batch API, half price, within 24 hours.
+    # A scheduled tick (Cloud Scheduler) submits pending economy variants in batches
+    # of at most ECONOMY_BATCH_MAX_REQUESTS (inline when the requests fit in
+    # ECONOMY_INLINE_MAX_BYTES, well under Gemini's 20 MB, else as a JSONL file) and
+    # collects finished batches; what an expired, failed or cancelled batch did not
+    # make goes to the live lane or fails (ECONOMY_ON_EXPIRY).
+    economy_batch_max_requests: int = Field(default=200, ge=1, le=10_000)
+    economy_inline_max_bytes: int = Field(default=5 * 1024 * 1024, ge=0, le=15 * 1024 * 1024)
+    economy_on_expiry: Literal["live", "fail"] = "live"
+    economy_lease_s: float = Field(default=300.0, gt=0)
+    economy_tick_budget_s: float = Field(default=240.0, gt=0)
+
     api_key_hashes: dict[str, str] = Field(default_factory=dict)
     id_token_audiences: list[str] = Field(default_factory=list)
     id_token_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"

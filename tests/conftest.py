@@ -148,8 +148,8 @@ def sheet_sync(store: FakeJobStore, sheet_writer: FakeSheetWriter, links: LinkSi
 
 
 @pytest.fixture
-def ledger(store: FakeJobStore, sheet_sync: SheetSync) -> JobLedger:
-    return JobLedger(store, sheet_sync)
+def ledger(store: FakeJobStore, sheet_sync: SheetSync, budget: FakeBudgetLedger) -> JobLedger:
+    return JobLedger(store, sheet_sync, budget)
 
 
 @pytest.fixture

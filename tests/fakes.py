@@ -19,11 +19,14 @@ from PIL import Image
 from shared import quota
 from shared.errors import NotFound, PermanentError, TransientError
 from shared.events import StorageObject
-from shared.models import Batch, Job, JobMessage, JobState, VariantState
+from shared.models import Batch, EconomyBatch, Job, JobMessage, JobState, VariantState
 from shared.ports import (
+    BatchProgress,
     Cell,
+    EconomyLine,
     FoundObject,
     GeneratedImage,
+    LineResult,
     ModelCheck,
     ReferenceImage,
     StoredAnswer,
@@ -249,6 +252,16 @@ class FakeJobStore:
                 self._jobs[job_id] = Job.from_doc(updated.to_doc())
             self.updates.append((job_id, updated is not None))
             return result
+
+    def economy_jobs(self, limit: int) -> list[Job]:
+        with self._lock:
+            self.calls.append(("economy_jobs", str(limit)))
+            jobs = [
+                job.model_copy(deep=True)
+                for job in self._jobs.values()
+                if job.lane == "economy" and job.state in (JobState.QUEUED, JobState.GENERATING)
+            ]
+        return sorted(jobs, key=lambda j: (j.created_at, j.job_id))[:limit]
 
     def mutate(self, job_id: str, fn: Callable[[Job], None]) -> None:
         """Test-side edit of a stored job (bypasses the call log)."""
@@ -510,6 +523,116 @@ class FakeImageGenerator:
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
+
+
+# --------------------------------------------------------------------------- economy
+
+
+class FakeEconomyBatches:
+    """EconomyBatchStore in memory; ``update`` runs the change under a lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.records: dict[str, EconomyBatch] = {}
+
+    def create(self, batch: EconomyBatch) -> None:
+        with self._lock:
+            if batch.record_id in self.records:
+                raise AssertionError(f"{batch.record_id} exists")
+            self.records[batch.record_id] = batch.model_copy(deep=True)
+
+    def get(self, record_id: str) -> EconomyBatch | None:
+        with self._lock:
+            record = self.records.get(record_id)
+            return record.model_copy(deep=True) if record else None
+
+    def open_batches(self, limit: int) -> list[EconomyBatch]:
+        with self._lock:
+            found = [r.model_copy(deep=True) for r in self.records.values() if r.open]
+        return sorted(found, key=lambda r: (r.created_at, r.record_id))[:limit]
+
+    def update(
+        self, record_id: str, change: Callable[[EconomyBatch], tuple[EconomyBatch | None, R]]
+    ) -> R:
+        with self._lock:
+            current = self.records.get(record_id)
+            if current is None:
+                raise NotFound(f"economy batch {record_id} does not exist")
+            updated, result = change(current.model_copy(deep=True))
+            if updated is not None:
+                self.records[record_id] = updated.model_copy(deep=True)
+            return result
+
+
+@dataclass
+class FakeGeminiBatch:
+    name: str
+    model: str
+    display_name: str
+    lines: list[EconomyLine]
+    state: str = "pending"
+    error: str | None = None
+    # Per line: an image (the default), or an error in words.
+    results: dict[str, LineResult] = field(default_factory=dict)
+
+
+class FakeBatchRunner:
+    """BatchRunner in memory: batches keep the state a test sets; results default
+    to one image per line. ``fail_after`` makes ``results`` stop (a dead collector)
+    after that many lines."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.batches: dict[str, FakeGeminiBatch] = {}
+        self.submits: list[str] = []
+        self.submit_error: Exception | None = None
+        self.fail_after: int | None = None
+        self.gets = 0
+
+    def submit(
+        self, model: str, display_name: str, lines: Sequence[EconomyLine]
+    ) -> tuple[str, bool]:
+        with self._lock:
+            if self.submit_error is not None:
+                raise self.submit_error
+            name = f"batches/{len(self.batches) + 1}"
+            self.batches[name] = FakeGeminiBatch(name, model, display_name, list(lines))
+            self.submits.append(name)
+            return name, False
+
+    def find(self, display_name: str) -> str | None:
+        with self._lock:
+            for batch in self.batches.values():
+                if batch.display_name == display_name:
+                    return batch.name
+        return None
+
+    def progress(self, name: str) -> BatchProgress:
+        with self._lock:
+            self.gets += 1
+            batch = self.batches[name]
+            return BatchProgress(batch.state, batch.error)  # type: ignore[arg-type]
+
+    def results(self, name: str, each: Callable[[LineResult], None]) -> None:
+        with self._lock:
+            batch = self.batches[name]
+            lines = list(batch.lines)
+            results = dict(batch.results)
+            stop = self.fail_after
+        for position, line in enumerate(lines):
+            if stop is not None and position >= stop:
+                raise TransientError("the collector's connection dropped")
+            each(
+                results.get(
+                    line.key,
+                    LineResult(line.key, image=GeneratedImage(png_bytes(), "image/png", {})),
+                )
+            )
+
+    def set_state(self, name: str, state: str, error: str | None = None) -> None:
+        with self._lock:
+            self.batches[name].state = state
+            self.batches[name].error = error
 
 
 # --------------------------------------------------------------------------- models

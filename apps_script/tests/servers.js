@@ -5,7 +5,7 @@
  *
  * One server does both jobs the tests need:
  *   - a counting proxy in front of the real API (`upstream`): every request is
- *     logged (method, path, runMode, scene ids, headers) before it is forwarded;
+ *     logged (method, path, runMode, lane, scene ids, headers) before it is forwarded;
  *     `dropLiveAnswers: n` forwards the next n live submissions but then cuts the
  *     connection, so the client never sees the answer (a lost answer);
  *   - canned answers (`routes`), e.g. a 429 with the API's JSON error body.
@@ -34,6 +34,7 @@ const server = http.createServer(async (req, res) => {
     method: req.method,
     path,
     runMode: json && json.runMode ? json.runMode : null,
+    lane: json && json.lane ? json.lane : null,
     scenes: json && Array.isArray(json.items) ? json.items.map((i) => i.scene_id) : null,
     headers: { ...req.headers },
   };

@@ -154,11 +154,11 @@ test('missing settings say where to set them, before any request', async () => {
   assert.deepEqual(run.fetches, []);
 });
 
-test('answering No sends nothing and leaves the rows alone', async () => {
+test('answering Cancel sends nothing and leaves the rows alone', async () => {
   const rows = await addScenes(env, [{ scene_id: sceneId('no'), prompt: 'x', variants: 1 }]);
   const before = await readRows(env, rows);
   const h = harnessFor(env, { apiUrl: proxy.url, harness: { selection: [rowsA1(rows[0])] } });
-  h.answer('NO');
+  h.answer({ button: 'CANCEL', expect: /Yes: live lane, \$[0-9.]+[\s\S]*No: economy lane, \$[0-9.]+ \(half price\)/ });
   const run = h.run('generateSelectedRows');
   assert.equal(run.lastDialog.text, 'Nothing was sent.');
   assert.deepEqual(run.fetches.map((f) => f.json.runMode), ['dry_run']);
@@ -177,4 +177,19 @@ test('while another Generate holds the document lock, nothing is marked or sent'
   assert.deepEqual(run.fetches.map((f) => f.json.runMode), ['dry_run']);
   assert.deepEqual(await readRows(env, rows), before);
   assert.deepEqual(await proxy.batches('live'), []);
+});
+
+// Last: it sends a batch, which the tests above check never happens.
+test('answering No sends the rows in the economy lane', async () => {
+  const rows = await addScenes(env, [{ scene_id: sceneId('eco'), prompt: 'x', variants: 2 }]);
+  const h = harnessFor(env, { apiUrl: proxy.url, harness: { selection: [rowsA1(rows[0])] } });
+  h.answer({ button: 'NO', expect: /No: economy lane/ });
+  const run = h.run('generateSelectedRows');
+  assert.equal(run.thrown, null);
+  assert.match(run.lastDialog.text, /in the economy lane \(results within 24 hours\)/);
+  const live = await proxy.batches('live');
+  assert.equal(live.length, 1);
+  assert.equal(live[0].lane, 'economy');
+  const [row] = await readRows(env, rows);
+  assert.match(row.job_id, /^job_/);
 });

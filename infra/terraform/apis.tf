@@ -6,6 +6,7 @@ locals {
     "cloudbuild.googleapis.com",           # builds the functions from the source zip
     "cloudfunctions.googleapis.com",       # Cloud Functions gen2
     "cloudresourcemanager.googleapis.com", # project IAM bindings, the project data source
+    "cloudscheduler.googleapis.com",       # the economy lane's tick
     "firestore.googleapis.com",            # job state
     "iam.googleapis.com",                  # service accounts
     "iamcredentials.googleapis.com",       # signBlob for V4 signed URLs, OIDC tokens for push

@@ -14,6 +14,10 @@ locals {
         display_name = "Pub/Sub push invoker"
         description  = "Identity in the OIDC tokens of the push subscriptions; may only invoke the pushed functions."
       }
+      scheduler_invoker = {
+        display_name = "Cloud Scheduler invoker"
+        description  = "Identity in the OIDC token of the economy tick's scheduler job; may only invoke run_economy."
+      }
     },
     var.function_build_service_account == "" ? {
       fn_build = {
@@ -49,6 +53,8 @@ locals {
       { account = "api", bucket = "images", role = "roles/storage.objectViewer" },
       { account = "generate", bucket = "images", role = "roles/storage.objectViewer" },
       { account = "generate", bucket = "images", role = "roles/storage.objectCreator" },
+      { account = "economy", bucket = "images", role = "roles/storage.objectViewer" },
+      { account = "economy", bucket = "images", role = "roles/storage.objectCreator" },
       { account = "thumbnail", bucket = "images", role = "roles/storage.objectViewer" },
     ],
     local.separate_thumbnails_bucket ? [
@@ -107,15 +113,18 @@ resource "google_service_account_iam_member" "token_creator" {
   depends_on = [google_project_service_identity.pubsub]
 }
 
-# The push invoker may invoke the pushed functions and nothing else.
-resource "google_cloud_run_v2_service_iam_member" "push_invoker" {
-  for_each = { for key, fn in google_cloudfunctions2_function.this : key => fn if !local.functions[key].public }
+# The push invoker may invoke the pushed functions and nothing else; the
+# scheduler's invoker only the economy tick.
+resource "google_cloud_run_v2_service_iam_member" "invoker" {
+  for_each = {
+    for key, fn in google_cloudfunctions2_function.this : key => fn if !local.functions[key].public
+  }
 
   project  = var.project_id
   location = var.region
   name     = each.value.name
   role     = "roles/run.invoker"
-  member   = "serviceAccount:${google_service_account.this["push_invoker"].email}"
+  member   = "serviceAccount:${google_service_account.this[each.key == "economy" ? "scheduler_invoker" : "push_invoker"].email}"
 }
 
 # ---------------------------------------------------------------- IAM propagation

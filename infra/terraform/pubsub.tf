@@ -8,13 +8,14 @@ locals {
     dead_letter = { name = var.pubsub.dead_letter_topic, retention = var.pubsub.dead_letter_topic_retention }
   }
 
-  # Who publishes to which topic: the HTTP function its jobs, the Cloud Storage
-  # service agent the bucket notifications, the Pub/Sub service agent the dead
-  # letters it forwards.
+  # Who publishes to which topic: the HTTP function its jobs (and the economy
+  # tick the jobs an expired Gemini batch did not make), the Cloud Storage service
+  # agent the bucket notifications, the Pub/Sub service agent the dead letters.
   topic_publishers = {
-    jobs        = "serviceAccount:${google_service_account.this["api"].email}"
-    gcs_events  = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
-    dead_letter = local.pubsub_service_agent
+    "jobs/api"     = { topic = "jobs", member = "serviceAccount:${google_service_account.this["api"].email}" }
+    "jobs/economy" = { topic = "jobs", member = "serviceAccount:${google_service_account.this["economy"].email}" }
+    gcs_events     = { topic = "gcs_events", member = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}" }
+    dead_letter    = { topic = "dead_letter", member = local.pubsub_service_agent }
   }
 
   # Direct push subscriptions (not Eventarc), as the local stack wires them
@@ -92,7 +93,7 @@ resource "google_pubsub_subscription" "push" {
 
   # Deliveries before the invoker may call the function would only be 403s.
   depends_on = [
-    google_cloud_run_v2_service_iam_member.push_invoker,
+    google_cloud_run_v2_service_iam_member.invoker,
     google_service_account_iam_member.token_creator,
   ]
 }
@@ -102,9 +103,9 @@ resource "google_pubsub_topic_iam_member" "publisher" {
   for_each = local.topic_publishers
 
   project = var.project_id
-  topic   = google_pubsub_topic.this[each.key].name
+  topic   = google_pubsub_topic.this[each.value.topic].name
   role    = "roles/pubsub.publisher"
-  member  = each.value
+  member  = each.value.member
 
   depends_on = [google_project_service_identity.pubsub]
 }

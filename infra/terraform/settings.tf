@@ -9,6 +9,7 @@ locals {
     generate    = "${var.name_prefix}-generate-images"
     thumbnail   = "${var.name_prefix}-make-thumbnails"
     dead_letter = "${var.name_prefix}-handle-dead-letters"
+    economy     = "${var.name_prefix}-run-economy"
   }
 
   images_bucket_name     = var.storage.images_bucket_name != "" ? var.storage.images_bucket_name : "${var.project_id}-images"
@@ -32,6 +33,9 @@ locals {
     generate    = { memory = "1Gi", cpu = "1", timeout_seconds = 600, min_instances = 0, max_instances = 5, concurrency = 1 }
     thumbnail   = { memory = "1Gi", cpu = "1", timeout_seconds = 360, min_instances = 0, max_instances = 5, concurrency = 4 }
     dead_letter = { memory = "512Mi", cpu = "1", timeout_seconds = 180, min_instances = 0, max_instances = 2, concurrency = 10 }
+    # One tick at a time is enough (leases keep overlapping ticks apart anyway);
+    # memory holds one image of the results stream and one reference pack.
+    economy = { memory = "1Gi", cpu = "1", timeout_seconds = 600, min_instances = 0, max_instances = 1, concurrency = 1 }
   }
   function_sizing = {
     for key, defaults in local.function_sizing_defaults : key => merge(defaults, {
@@ -40,7 +44,7 @@ locals {
   }
 
   # The functions that write sheet rows (shared/services/sheet_sync.py).
-  sheet_writers = ["generate", "thumbnail", "dead_letter"]
+  sheet_writers = ["generate", "thumbnail", "dead_letter", "economy"]
 
   # Settings every function gets: the required ones, the HTTP function's URL
   # (for durable links), its own timeout; and those of every sheet writer: its
@@ -144,6 +148,30 @@ locals {
         SHEETS_COALESCE_MS     = tostring(var.sheets.sheets_coalesce_ms)
       })
       secrets = ["LINK_SIGNING_KEY"]
+    }
+    economy = {
+      entry_point = "run_economy"
+      description = "Called by Cloud Scheduler: submits pending economy variants in Gemini batches, collects finished batches."
+      public      = false
+      env = merge(local.common_env.economy, local.model_env, {
+        JOBS_TOPIC                   = var.pubsub.jobs_topic
+        IMAGES_PREFIX                = var.storage.images_prefix
+        GEMINI_TIMEOUT_S             = tostring(var.generation.gemini_timeout_s)
+        GEMINI_THINKING_LEVEL        = var.models.gemini_thinking_level
+        GEMINI_ASPECT_RATIO          = var.generation.gemini_aspect_ratio
+        GEMINI_IMAGE_SIZE            = var.generation.gemini_image_size
+        REFERENCE_MAX_IMAGES         = tostring(var.generation.reference_max_images)
+        REFERENCES_PREFIX            = var.generation.references_prefix
+        REFERENCE_MAX_ZIP_MEMBERS    = tostring(var.generation.reference_max_zip_members)
+        REFERENCE_MAX_UNPACKED_BYTES = tostring(var.generation.reference_max_unpacked_bytes)
+        ECONOMY_BATCH_MAX_REQUESTS   = tostring(var.economy.economy_batch_max_requests)
+        ECONOMY_INLINE_MAX_BYTES     = tostring(var.economy.economy_inline_max_bytes)
+        ECONOMY_ON_EXPIRY            = var.economy.economy_on_expiry
+        ECONOMY_LEASE_S              = tostring(var.economy.economy_lease_s)
+        ECONOMY_TICK_BUDGET_S        = tostring(var.economy.economy_tick_budget_s)
+        SHEETS_COALESCE_MS           = tostring(var.sheets.sheets_coalesce_ms)
+      })
+      secrets = concat(["LINK_SIGNING_KEY"], local.model_secrets)
     }
     dead_letter = {
       entry_point = "handle_dead_letters"

@@ -286,6 +286,36 @@ variable "generation" {
   }
 }
 
+# ---------------------------------------------------------------- economy lane
+variable "economy" {
+  type = object({
+    schedule                   = optional(string, "*/5 * * * *")
+    time_zone                  = optional(string, "Etc/UTC")
+    economy_batch_max_requests = optional(number, 200)
+    economy_inline_max_bytes   = optional(number, 5242880)
+    economy_on_expiry          = optional(string, "live")
+    economy_lease_s            = optional(number, 300)
+    economy_tick_budget_s      = optional(number, 240)
+  })
+  description = "The economy lane (Gemini's Batch API, half price, within 24 hours; Gemini API backend only): schedule/time_zone (Cloud Scheduler's cron for the run_economy tick), economy_batch_max_requests (ECONOMY_BATCH_MAX_REQUESTS: requests per Gemini batch), economy_inline_max_bytes (ECONOMY_INLINE_MAX_BYTES: requests sent inline up to this, else as a JSONL file; well under Gemini's 20 MB), economy_on_expiry (ECONOMY_ON_EXPIRY: live sends what an expired, failed or cancelled batch did not make to the live lane at the live price, fail fails it), economy_lease_s (ECONOMY_LEASE_S: one tick works on a batch at a time), economy_tick_budget_s (ECONOMY_TICK_BUDGET_S: a tick starts no new work after it)."
+  default     = {}
+
+  validation {
+    condition     = contains(["live", "fail"], var.economy.economy_on_expiry)
+    error_message = "economy_on_expiry must be \"live\" or \"fail\"."
+  }
+
+  validation {
+    condition     = var.economy.economy_batch_max_requests >= 1 && var.economy.economy_inline_max_bytes >= 0 && var.economy.economy_inline_max_bytes <= 15728640
+    error_message = "economy_batch_max_requests must be at least 1, economy_inline_max_bytes between 0 and 15 MiB (well under Gemini's 20 MB inline limit)."
+  }
+
+  validation {
+    condition     = var.economy.economy_lease_s > 0 && var.economy.economy_tick_budget_s > 0
+    error_message = "economy_lease_s and economy_tick_budget_s must be positive."
+  }
+}
+
 # ---------------------------------------------------------------- thumbnail function
 variable "thumbnails" {
   type = object({

@@ -16,7 +16,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared import quota
 from shared.errors import NotFound, TransientError
-from shared.models import Batch, Job, JobState
+from shared.models import OPEN_ECONOMY_STATES, Batch, EconomyBatch, Job, JobState
 from shared.ports import StoredAnswer, Usage
 from shared.quota import GateState, Limit, Slot
 
@@ -104,6 +104,20 @@ class FirestoreJobStore:
         )
         return [Job.from_doc(snap.to_dict() or {}) for snap in query.stream()]
 
+    def economy_jobs(self, limit: int) -> list[Job]:
+        # Equality filters only: served by single-field indexes, no composite index.
+        query = (
+            self._jobs.where(filter=FieldFilter("lane", "==", "economy"))
+            .where(
+                filter=FieldFilter(
+                    "state", "in", [JobState.QUEUED.value, JobState.GENERATING.value]
+                )
+            )
+            .limit(limit)
+        )
+        jobs = [Job.from_doc(snap.to_dict() or {}) for snap in query.stream()]
+        return sorted(jobs, key=lambda job: (job.created_at, job.job_id))
+
     def update_job(self, job_id: str, change: Callable[[Job], tuple[Job | None, R]]) -> R:
         def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, R]:
             if doc is None:
@@ -112,6 +126,38 @@ class FirestoreJobStore:
             return (updated.to_doc() if updated is not None else None), result
 
         return compare_and_set(self._jobs.document(job_id), apply)
+
+
+class FirestoreEconomyBatches:
+    """``economy_batches/{record_id}``: our records of Gemini batches."""
+
+    def __init__(self, client: firestore.Client) -> None:
+        self._records = client.collection("economy_batches")
+
+    def create(self, batch: EconomyBatch) -> None:
+        self._records.document(batch.record_id).create(batch.model_dump(mode="python"))
+
+    def get(self, record_id: str) -> EconomyBatch | None:
+        snap = self._records.document(record_id).get()
+        return EconomyBatch.model_validate(snap.to_dict()) if snap.exists else None
+
+    def open_batches(self, limit: int) -> list[EconomyBatch]:
+        query = self._records.where(
+            filter=FieldFilter("state", "in", list(OPEN_ECONOMY_STATES))
+        ).limit(limit)
+        records = [EconomyBatch.model_validate(snap.to_dict()) for snap in query.stream()]
+        return sorted(records, key=lambda record: (record.created_at, record.record_id))
+
+    def update(
+        self, record_id: str, change: Callable[[EconomyBatch], tuple[EconomyBatch | None, R]]
+    ) -> R:
+        def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, R]:
+            if doc is None:
+                raise NotFound(f"economy batch {record_id} does not exist")
+            updated, result = change(EconomyBatch.model_validate(doc))
+            return (updated.model_dump(mode="python") if updated is not None else None), result
+
+        return compare_and_set(self._records.document(record_id), apply)
 
 
 class FirestoreBudgetLedger:

@@ -14,6 +14,7 @@ from shared import pricing
 from shared.api_models import (
     BatchView,
     Budget,
+    GeminiBatchView,
     JobView,
     Plan,
     PlanJob,
@@ -24,10 +25,11 @@ from shared.api_models import (
     WaitingView,
     Warning,
 )
+from shared.catalog import Lane as CatalogLane
 from shared.catalog import ModelEntry
 from shared.ids import new_id, utcnow
 from shared.links import LinkSigner
-from shared.models import Batch, BatchRequest, Job, JobMessage, money
+from shared.models import Batch, BatchRequest, Job, JobMessage, Lane, money
 from shared.ports import BudgetLedger, IdempotencyStore, JobPublisher, JobStore, Usage
 from shared.services.ledger import JobLedger
 from shared.services.preflight import Preflight
@@ -40,6 +42,13 @@ DERIVED_KEY_TTL_S = 600
 PENDING_STALE_S = 120
 # The status an idempotency record keeps for an accepted batch.
 ACCEPTED = 202
+# The catalog's lane of each of ours.
+CATALOG_LANES: dict[Lane, CatalogLane] = {"live": "live", "economy": "batch"}
+ECONOMY_NOTE = (
+    "Economy: Gemini's Batch API at half the live price. Images come within 24 hours "
+    "(often much sooner); a batch Gemini lets expire goes on in the live lane at the "
+    "live price (or fails, as the deployment is configured)."
+)
 
 
 @dataclass(frozen=True)
@@ -103,13 +112,24 @@ class Intake:
         entry = self.settings.model_entry(model)
         most = min(entry.max_reference_images, self.settings.reference_max_images)
         priced: list[tuple[PlanJob, pricing.Estimate]] = []
+        by_lane: dict[Lane, Decimal] = {"live": Decimal(0), "economy": Decimal(0)}
         for item in request.items:
             size = entry.size(item.image_size or self.settings.gemini_image_size or None)
             references, known = pricing.references_in(item.ref_pack_public_url, most)
-            estimate = pricing.estimate(entry, "live", size, item.prompt, references, known)
+            lane = item.lane or request.lane
+            estimates = {
+                each: pricing.estimate(
+                    entry, CATALOG_LANES[each], size, item.prompt, references, known
+                )
+                for each in by_lane
+            }
+            for each, estimate in estimates.items():
+                by_lane[each] += estimate.per_image * item.variants
+            estimate = estimates[lane]
             job = PlanJob(
                 scene_id=item.scene_id,
                 variants=item.variants,
+                lane=lane,
                 image_size=size,
                 reference_images=references,
                 estimated_cost_per_image_usd=money(estimate.per_image),
@@ -119,6 +139,9 @@ class Intake:
         images = sum(item.variants for item in request.items)
         cost = sum((e.per_image * j.variants for j, e in priced), Decimal(0))
         day = self._day()
+        notes = estimate_notes(entry, [e for _, e in priced], most)
+        if any(job.lane == "economy" for job, _ in priced):
+            notes.append(ECONOMY_NOTE)
         return Plan(
             runMode=request.run_mode,
             model=model,
@@ -126,7 +149,9 @@ class Intake:
             job_count=len(request.items),
             image_count=images,
             estimated_cost_usd=money(cost),
-            estimate_notes=estimate_notes(entry, [e for _, e in priced], most),
+            lanes={lane: money(total) for lane, total in by_lane.items()},
+            economy=ECONOMY_NOTE,
+            estimate_notes=notes,
             budget=self._budget(day, self.budget.usage(caller, day), images, cost),
             warnings=self._warnings(request),
             jobs=[job for job, _ in priced],
@@ -239,6 +264,7 @@ class Intake:
                 spreadsheet_id=request.spreadsheet_id,
                 worksheet=request.worksheet,
                 model=plan.model,
+                lane=planned.lane,
                 price_per_image=planned.estimated_cost_per_image_usd,
                 budget_day=plan.budget.day,
                 created_at=now,
@@ -261,10 +287,12 @@ class Intake:
             jobs,
         )
         attributes = {"batch_id": batch_id, "caller": caller, "run_mode": request.run_mode}
+        # Economy jobs wait in the store for the economy tick to batch them.
         failed = self.publisher.publish(
             [
                 (JobMessage(job_id=j.job_id, batch_id=batch_id, scene_id=j.scene_id), attributes)
                 for j in jobs
+                if j.lane == "live"
             ]
         )
         for job in jobs:
@@ -388,6 +416,8 @@ def job_view(job: Job, links: LinkSigner) -> JobView:
         status_text=progress.status,
         progress=Progress(done=progress.done, failed=progress.failed, total=progress.total),
         waiting=waiting,
+        lane=job.lane,
+        gemini_batches=[GeminiBatchView(name=r.name, state=r.state) for r in job.gemini_batches],
         error=job.error,
         sheet_error=job.sheet_error,
         model=job.model,

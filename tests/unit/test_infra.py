@@ -470,8 +470,24 @@ def test_only_the_http_function_is_public(evaluated: dict[str, Any]) -> None:
     code = re.sub(r"#[^\n]*", "", tf_text())
     assert len(re.findall(r'member\s*=\s*"allUsers"', code)) == 1
     assert "allAuthenticatedUsers" not in code
-    push = resources("google_cloud_run_v2_service_iam_member")["push_invoker"]
-    assert "!local.functions[key].public" in push["for_each"]
+    invoker = resources("google_cloud_run_v2_service_iam_member")["invoker"]
+    assert "!local.functions[key].public" in invoker["for_each"]
+    # The economy tick is invoked by the scheduler's account, the rest by the push invoker.
+    assert '"scheduler_invoker" : "push_invoker"' in invoker["member"]
+
+
+def test_the_economy_tick_is_scheduled_with_an_oidc_token(evaluated: dict[str, Any]) -> None:
+    job = resources("google_cloud_scheduler_job")["economy"]
+    target = job["http_target"][0]
+    assert target["uri"] == '${google_cloudfunctions2_function.this["economy"].url}'
+    token = target["oidc_token"][0]
+    assert token["service_account_email"] == (
+        '${google_service_account.this["scheduler_invoker"].email}'
+    )
+    assert token["audience"] == target["uri"]
+    assert job["schedule"] == "${var.economy.schedule}"
+    spec = functions(evaluated)["economy"]
+    assert (spec["entry_point"], spec["public"]) == ("run_economy", False)
 
 
 def test_no_basic_roles() -> None:
@@ -517,6 +533,7 @@ def test_secrets_go_where_they_are_read(evaluated: dict[str, Any]) -> None:
         "generate": {"GEMINI_API_KEY", "LINK_SIGNING_KEY"},
         "thumbnail": {"LINK_SIGNING_KEY"},
         "dead_letter": {"LINK_SIGNING_KEY"},
+        "economy": {"GEMINI_API_KEY", "LINK_SIGNING_KEY"},
     }
 
 
@@ -697,12 +714,9 @@ def test_topic_defaults_match_code_and_devstack(evaluated: dict[str, Any]) -> No
     assert list(resources("google_pubsub_topic")) == ["this"]
     assert functions(evaluated)["api"]["env"]["JOBS_TOPIC"] == pubsub["jobs_topic"]
     publishers = locals_()["topic_publishers"]
-    assert set(publishers) == set(locals_()["topics"])
-    assert publishers[
-        "jobs"
-    ] == '${"serviceAccount:${google_service_account.this["api"].email}"}' or (
-        "google_service_account.this" in publishers["jobs"]
-    )
+    assert {p["topic"] for p in publishers.values()} == set(locals_()["topics"])
+    assert 'google_service_account.this["api"]' in publishers["jobs/api"]["member"]
+    assert 'google_service_account.this["economy"]' in publishers["jobs/economy"]["member"]
 
 
 def test_push_subscriptions_are_wired_like_the_devstack(evaluated: dict[str, Any]) -> None:
@@ -714,7 +728,7 @@ def test_push_subscriptions_are_wired_like_the_devstack(evaluated: dict[str, Any
     }
     assert {key: sub["function"] for key, sub in subs.items()} == {k: k for k in subs}
     pushed = {key for key, spec in functions(evaluated).items() if not spec["public"]}
-    assert set(subs) == pushed
+    assert set(subs) == pushed - {"economy"}  # scheduled, not pushed
     assert {key for key, sub in subs.items() if sub["dead_letter"]} == {"generate", "thumbnail"}
     push = resources("google_pubsub_subscription")["push"]
     endpoint = push["push_config"][0]["push_endpoint"]

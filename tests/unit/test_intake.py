@@ -627,3 +627,41 @@ def test_batch_status_counts_and_jobs(intake: Intake, store: FakeJobStore) -> No
     assert intake.batch_status(body["batch_id"], "bob") is None
     assert intake.batch_status(body["batch_id"], "bob", admin=True) is not None
     assert intake.batch_status("bat_missing", "alice") is None
+
+
+# --------------------------------------------------------------------------- lanes
+
+
+def test_the_dry_run_prices_both_lanes_side_by_side_and_says_what_economy_means(
+    intake: Intake,
+) -> None:
+    plan = intake.plan(request(2, 1, run_mode="dry_run"), "alice")
+    assert isinstance(plan, Plan)
+    assert plan.lanes == {"live": "0.2010", "economy": "0.1005"}
+    assert plan.estimated_cost_usd == "0.2010"  # the batch's lane: live
+    assert "within 24 hours" in plan.economy
+
+
+def test_economy_items_are_priced_at_half_and_recorded_but_not_published(
+    make_intake: Callable[..., Intake], store: FakeJobStore, publisher: FakePublisher
+) -> None:
+    data = request(2, 1).model_dump(by_alias=True)
+    data["items"][1]["lane"] = "economy"
+    mixed = BatchRequest.model_validate(data)
+    body = accepted(make_intake().submit(mixed, "alice"))
+    assert body["estimated_cost_usd"] == str(Decimal("0.0670") * 2 + Decimal("0.0335"))
+    live, economy = store.job("job_2"), store.job("job_3")
+    assert (live.lane, economy.lane) == ("live", "economy")
+    assert economy.price_per_image == "0.0335"
+    assert economy.state == JobState.QUEUED
+    assert [m.job_id for m, _ in publisher.published] == ["job_2"]
+
+
+def test_a_whole_batch_can_go_economy(intake: Intake, publisher: FakePublisher) -> None:
+    data = request(1, 1).model_dump(by_alias=True) | {"lane": "economy"}
+    plan = intake.plan(BatchRequest.model_validate(data | {"runMode": "dry_run"}), "alice")
+    assert isinstance(plan, Plan)
+    assert {job.lane for job in plan.jobs} == {"economy"}
+    assert plan.estimated_cost_usd == plan.lanes["economy"]
+    accepted(intake.submit(BatchRequest.model_validate(data), "alice"))
+    assert publisher.published == []

@@ -1,0 +1,236 @@
+"""BatchRunner on Gemini's Batch API and Files API through google-genai.
+
+Requests travel inline when the whole batch stays well under Gemini's 20 MB
+inline limit, else as a JSONL file (``files.upload``), one line per variant
+keyed ``job_id/n``. Results are read line by line as ``files.download`` streams
+them (or from the inlined responses), so memory holds one image at a time.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Callable, Sequence
+from itertools import islice
+from typing import Any
+
+import httpx2
+from google.genai import errors, types
+
+from shared.adapters.gemini import (
+    QUOTA_CODE,
+    RETRYABLE_CODES,
+    Backend,
+    gemini_client,
+    image_config,
+    read_image,
+)
+from shared.economy import GEMINI_STATES
+from shared.errors import PermanentError, TransientError
+from shared.ports import BatchProgress, EconomyLine, LineResult
+
+# Batches looked at when one is searched for by display name after a crash.
+FIND_LIMIT = 500
+# Control calls (create, get, upload) are small: the SDK retries them briefly.
+CONTROL_RETRY = types.HttpRetryOptions(
+    attempts=3,
+    initial_delay=1.0,
+    max_delay=8.0,
+    exp_base=2,
+    jitter=1.0,
+    http_status_codes=[408, QUOTA_CODE, *RETRYABLE_CODES],
+)
+
+
+def request_json(line: EconomyLine) -> dict[str, Any]:
+    """One GenerateContentRequest in the REST form a JSONL batch line carries."""
+    parts: list[dict[str, Any]] = [{"text": line.prompt}]
+    parts += [
+        {"inlineData": {"mimeType": r.mime_type, "data": base64.b64encode(r.data).decode()}}
+        for r in line.references
+    ]
+    config: dict[str, Any] = {"responseModalities": ["IMAGE"], "seed": line.seed}
+    shape = {
+        key: value
+        for key, value in (("aspectRatio", line.aspect_ratio), ("imageSize", line.image_size))
+        if value
+    }
+    if shape:
+        config["imageConfig"] = shape
+    if line.thinking_level:
+        config["thinkingConfig"] = {"thinkingLevel": line.thinking_level}
+    return {"contents": [{"role": "user", "parts": parts}], "generationConfig": config}
+
+
+class _Lines(io.RawIOBase):
+    """A writable stream that hands each complete JSONL line to ``each``."""
+
+    def __init__(self, each: Callable[[bytes], None]) -> None:
+        self._each = each
+        self._partial = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, chunk: Any) -> int:
+        data = bytes(chunk)
+        self._partial += data
+        while (end := self._partial.find(b"\n")) >= 0:
+            line = bytes(self._partial[:end])
+            del self._partial[: end + 1]
+            if line.strip():
+                self._each(line)
+        return len(data)
+
+    def flush_last(self) -> None:
+        if bytes(self._partial).strip():
+            self._each(bytes(self._partial))
+        self._partial.clear()
+
+
+class GeminiBatchRunner:
+    def __init__(
+        self, backend: Backend, timeout_s: float, inline_max_bytes: int, max_pixels: int
+    ) -> None:
+        self._client = gemini_client(backend, timeout_s, CONTROL_RETRY)
+        self._inline_max = inline_max_bytes
+        self._max_pixels = max_pixels
+
+    def submit(
+        self, model: str, display_name: str, lines: Sequence[EconomyLine]
+    ) -> tuple[str, bool]:
+        config = types.CreateBatchJobConfig(display_name=display_name)
+        size = sum(len(r.data) * 4 // 3 for line in lines for r in line.references)
+        size += sum(len(line.prompt) + 512 for line in lines)
+        try:
+            if size <= self._inline_max:
+                inline = [
+                    types.InlinedRequest(
+                        contents=[_content(line)],
+                        config=image_config(
+                            line.seed, line.aspect_ratio, line.image_size, line.thinking_level
+                        ),
+                        metadata={"key": line.key},
+                    )
+                    for line in lines
+                ]
+                batch = self._client.batches.create(model=model, src=inline, config=config)
+                return _name(batch), True
+            data = "".join(
+                json.dumps({"key": line.key, "request": request_json(line)}) + "\n"
+                for line in lines
+            ).encode()
+            uploaded = self._client.files.upload(
+                file=io.BytesIO(data),
+                config=types.UploadFileConfig(
+                    mime_type="application/jsonl", display_name=display_name
+                ),
+            )
+            if not uploaded.name:
+                raise TransientError("the Files API answered without a file name")
+            batch = self._client.batches.create(model=model, src=uploaded.name, config=config)
+            return _name(batch), False
+        except CALL_ERRORS as exc:
+            raise _translated("batch create", exc) from exc
+
+    def find(self, display_name: str) -> str | None:
+        try:
+            pager = self._client.batches.list(config=types.ListBatchJobsConfig(page_size=100))
+            for batch in islice(pager, FIND_LIMIT):
+                if batch.display_name == display_name and batch.name:
+                    return batch.name
+        except CALL_ERRORS as exc:
+            raise _translated("batch list", exc) from exc
+        return None
+
+    def progress(self, name: str) -> BatchProgress:
+        try:
+            batch = self._client.batches.get(name=name)
+        except CALL_ERRORS as exc:
+            raise _translated("batch get", exc) from exc
+        state = GEMINI_STATES.get(str(getattr(batch.state, "value", batch.state)), "pending")
+        error = batch.error.message if batch.error and batch.error.message else None
+        return BatchProgress(state=state, error=error)
+
+    def results(self, name: str, each: Callable[[LineResult], None]) -> None:
+        try:
+            self._results(name, each)
+        except CALL_ERRORS as exc:
+            raise _translated("batch results", exc) from exc
+
+    def _results(self, name: str, each: Callable[[LineResult], None]) -> None:
+        batch = self._client.batches.get(name=name)
+        dest = batch.dest
+        if dest is None:
+            raise TransientError(f"batch {name} has no results yet")
+        if dest.inlined_responses:
+            for position, item in enumerate(dest.inlined_responses):
+                key = str((item.metadata or {}).get("key", position))
+                if item.error is not None:
+                    each(LineResult(key, error=_line_error(item.error.code, item.error.message)))
+                else:
+                    each(self._line(key, item.response))
+            return
+        if not dest.file_name:
+            raise TransientError(f"batch {name} names no results file")
+        lines = _Lines(lambda raw: each(self._parse(raw)))
+        self._client.files.download(file=dest.file_name, destination=lines)
+        lines.flush_last()
+
+    def _parse(self, raw: bytes) -> LineResult:
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return LineResult("", error="a results line is not JSON")
+        key = str(doc.get("key", "")) if isinstance(doc, dict) else ""
+        if not isinstance(doc, dict):
+            return LineResult(key, error="a results line is not a JSON object")
+        if doc.get("error"):
+            error = doc["error"] if isinstance(doc["error"], dict) else {}
+            return LineResult(key, error=_line_error(error.get("code"), error.get("message")))
+        try:
+            response = types.GenerateContentResponse._from_response(
+                response=doc.get("response") or {}, kwargs={}
+            )
+        except ValueError as exc:  # pydantic's ValidationError, broken base64 included
+            return LineResult(key, error=f"Gemini returned malformed data: {exc}"[:300])
+        return self._line(key, response)
+
+    def _line(self, key: str, response: types.GenerateContentResponse | None) -> LineResult:
+        if response is None:
+            return LineResult(key, error="the batch line has no answer")
+        try:
+            return LineResult(key, image=read_image(response, self._max_pixels))
+        except PermanentError as exc:
+            return LineResult(key, error=str(exc))
+
+
+def _content(line: EconomyLine) -> types.Content:
+    parts = [types.Part.from_text(text=line.prompt)]
+    parts += [types.Part.from_bytes(data=r.data, mime_type=r.mime_type) for r in line.references]
+    return types.Content(role="user", parts=parts)
+
+
+def _name(batch: types.BatchJob) -> str:
+    if not batch.name:
+        raise TransientError("the Batch API answered without a batch name")
+    return batch.name
+
+
+def _line_error(code: object, message: object) -> str:
+    what = f"{code or 'error'}: {message or ''}".strip()
+    return f"Gemini could not make this image in the batch ({what})"
+
+
+CALL_ERRORS = (errors.APIError, httpx2.TransportError, OSError)
+
+
+def _translated(what: str, exc: Exception) -> TransientError | PermanentError:
+    """Batch and Files API errors as ours: 4xx other than 408/429 are permanent."""
+    if isinstance(exc, errors.APIError):
+        detail = f"{what}: Gemini answered {exc.code} {exc.status or ''}: {exc.message or ''}"
+        if exc.code in (408, QUOTA_CODE, *RETRYABLE_CODES):
+            return TransientError(detail.strip())
+        return PermanentError(detail.strip())
+    return TransientError(f"{what}: {type(exc).__name__}: {exc}")

@@ -1,0 +1,401 @@
+"""The economy lane: images made through Gemini's Batch API at half price.
+
+One tick (Cloud Scheduler calls the ``run_economy`` function; a loop in the dev
+stack) submits the pending variants of economy jobs, grouped into Gemini batches,
+and collects the batches Gemini finished. Never paying twice rests on the same
+things as the live lane: a record of the batch is written and its variants are
+claimed (``BATCHED``) before Gemini sees a request; only the record's lease
+holder submits or collects it; images are stored create-only, so a collector that
+died mid-download and the one that resumes store every image once. From the
+stored image on, the ordinary finalize → thumbnail → sheet path runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from functools import cached_property, partial
+
+from shared import economy as records
+from shared import jobs as transitions
+from shared import pricing
+from shared.economy import ENDED_UNMADE, item_key, parse_key
+from shared.errors import NotFound, PermanentError, TransientError
+from shared.ids import new_id, utcnow
+from shared.jobs import Spent
+from shared.models import EconomyBatch, Job, JobMessage, VariantState, money
+from shared.objects import ObjectNames, image_metadata
+from shared.ports import (
+    BatchRunner,
+    EconomyBatchStore,
+    EconomyLine,
+    JobPublisher,
+    JobStore,
+    LineResult,
+    ObjectStore,
+    ReferenceImage,
+    ReferenceLoader,
+)
+from shared.services.ledger import JobLedger
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Economy jobs looked at per tick (their pending variants fill batches).
+JOBS_PER_TICK = 2000
+RECORDS_PER_TICK = 200
+
+
+@dataclass
+class TickReport:
+    """What one tick did, for the log and the scheduler's answer."""
+
+    batches_submitted: int = 0
+    variants_submitted: int = 0
+    batches_checked: int = 0
+    batches_collected: int = 0
+    images_stored: int = 0
+    variants_failed: int = 0
+    variants_to_live: int = 0
+    skipped_held: int = 0
+    out_of_time: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Economy:
+    settings: Settings
+    ledger: JobLedger
+    store: JobStore
+    batches: EconomyBatchStore
+    runner: BatchRunner
+    references: ReferenceLoader
+    objects: ObjectStore
+    publisher: JobPublisher
+    clock: Callable[[], datetime] = utcnow
+    monotonic: Callable[[], float] = time.monotonic
+    # Who holds leases: one tick of one instance.
+    holder: str = field(default_factory=lambda: f"tick_{uuid.uuid4().hex[:12]}")
+
+    @cached_property
+    def names(self) -> ObjectNames:
+        return ObjectNames(self.settings.images_prefix, self.settings.thumbnails_prefix)
+
+    def tick(self) -> TickReport:
+        """Submit what is pending, then collect what Gemini finished, within the budget."""
+        report = TickReport()
+        deadline = self.monotonic() + self.settings.economy_tick_budget_s
+        self._submit_pending(report, deadline)
+        self._work_open(report, deadline)
+        log.info(
+            "economy tick",
+            extra={"event": "economy_tick", "state": str(report.__dict__)},
+        )
+        return report
+
+    # ------------------------------------------------------------------ submit
+    def _submit_pending(self, report: TickReport, deadline: float) -> None:
+        jobs = self.store.economy_jobs(JOBS_PER_TICK)
+        for group in records.groups(jobs, self.settings.economy_batch_max_requests):
+            if self.monotonic() > deadline:
+                report.out_of_time = True
+                return
+            now = self.clock()
+            record = EconomyBatch(
+                record_id=new_id("ecb"),
+                model=group.shape.model,
+                aspect_ratio=group.shape.aspect_ratio,
+                image_size=group.shape.image_size,
+                # Written before any claim, so a crash leaves the candidates known.
+                items=[item_key(job.job_id, n) for job, n in group.items],
+                created_at=now,
+                updated_at=now,
+                lease_holder=self.holder,
+                lease_expires=now + self._lease,
+            )
+            self.batches.create(record)
+            try:
+                self._send(record, report)
+            except TransientError as exc:
+                report.errors.append(f"{record.record_id}: {exc}")
+                log.warning("economy batch not submitted yet: %s", exc, extra=self._ctx(record))
+            finally:
+                self._release(record)
+
+    def _send(self, record: EconomyBatch, report: TickReport, resumed: bool = False) -> None:
+        """Claim the record's variants (idempotent) and create the Gemini batch once."""
+        now = self.clock()
+        claimed: list[tuple[Job, int]] = []
+        for key in record.items:
+            job, n = self._variant_of(key)
+            if job is None:
+                continue
+            applied = self.ledger.apply(
+                job.job_id,
+                partial(transitions.batch_claim, n=n, record=record.record_id, now=now),
+            )
+            variant = applied.job.variant(n)
+            if variant.state == VariantState.BATCHED and variant.gemini_batch == record.record_id:
+                claimed.append((applied.job, n))
+        entry = self.settings.catalog.entry(record.model)
+        lines: list[EconomyLine] = []
+        loaded: dict[str, list[ReferenceImage]] = {}
+        for job, n in claimed:
+            try:
+                refs = self._references(job, loaded)
+            except PermanentError as exc:
+                self._fail(job, n, record, f"reference pack: {exc}", report)
+                continue
+            if entry is not None:
+                refs = refs[: entry.max_reference_images]
+            lines.append(
+                EconomyLine(
+                    key=item_key(job.job_id, n),
+                    prompt=job.prompt,
+                    references=refs,
+                    seed=n,
+                    aspect_ratio=job.aspect_ratio or self.settings.gemini_aspect_ratio or None,
+                    image_size=job.image_size or self.settings.gemini_image_size or None,
+                    thinking_level=(
+                        entry.thinking_level(self.settings.gemini_thinking_level) if entry else None
+                    ),
+                )
+            )
+        if not lines:
+            self.batches.update(record.record_id, lambda b: records.collected(b, self.clock()))
+            return
+        # After a crash between creating and recording, Gemini has the batch already.
+        found = self.runner.find(record.record_id) if resumed else None
+        try:
+            name, inline = (
+                (found, False)
+                if found
+                else self.runner.submit(record.model, record.record_id, lines)
+            )
+        except PermanentError as exc:
+            self._send_on(record, f"the Gemini Batch API refused the batch: {exc}", report)
+            return
+        self.batches.update(
+            record.record_id, lambda b: records.submitted(b, name, inline, self.clock())
+        )
+        for job_id in {job.job_id for job, _ in claimed}:
+            self.ledger.apply(
+                job_id,
+                lambda j: transitions.batch_update(
+                    j, record.record_id, self.clock(), name=name, state="pending"
+                ),
+            )
+        report.batches_submitted += 1
+        report.variants_submitted += len(lines)
+        log.info(
+            "economy batch submitted",
+            extra={**self._ctx(record), "event": "economy_submitted", "object": name},
+        )
+
+    def _references(
+        self, job: Job, loaded: dict[str, list[ReferenceImage]]
+    ) -> list[ReferenceImage]:
+        url = job.ref_pack_public_url
+        if not url:
+            return []
+        if url not in loaded:
+            loaded[url] = self.references.load(url)
+        return loaded[url]
+
+    # ------------------------------------------------------------------ collect
+    def _work_open(self, report: TickReport, deadline: float) -> None:
+        for record in self.batches.open_batches(RECORDS_PER_TICK):
+            if self.monotonic() > deadline:
+                report.out_of_time = True
+                return
+            now = self.clock()
+            taken = self.batches.update(
+                record.record_id,
+                partial(records.take_lease, holder=self.holder, now=now, lease=self._lease),
+            )
+            if not taken:
+                report.skipped_held += 1
+                continue
+            current = self.batches.get(record.record_id) or record
+            try:
+                if current.state == "claiming":
+                    # Its submitter died before recording the Gemini batch.
+                    self._send(current, report, resumed=True)
+                elif current.open:
+                    self._check(current, report, deadline)
+            except TransientError as exc:
+                report.errors.append(f"{record.record_id}: {exc}")
+                log.warning("economy batch not done yet: %s", exc, extra=self._ctx(record))
+            finally:
+                self._release(record)
+
+    def _check(self, record: EconomyBatch, report: TickReport, deadline: float) -> None:
+        if record.gemini_name is None:
+            return
+        report.batches_checked += 1
+        progress = self.runner.progress(record.gemini_name)
+        self.batches.update(
+            record.record_id,
+            lambda b: records.observed(b, progress.state, progress.error, self.clock()),
+        )
+        self._tell_jobs(record, progress.state)
+        if progress.state == "succeeded":
+            self._store_results(record, report, deadline)
+        elif progress.state in ENDED_UNMADE:
+            why = f"the Gemini batch {progress.state}" + (
+                f": {progress.error}" if progress.error else ""
+            )
+            self._send_on(record, why, report)
+
+    def _tell_jobs(self, record: EconomyBatch, state: str) -> None:
+        """Each job's view of its batch (for /status and the row), when it moved."""
+        job_ids = {parsed[0] for key in record.items if (parsed := parse_key(key))}
+        for job_id in job_ids:
+            try:
+                self.ledger.apply(
+                    job_id,
+                    lambda j: transitions.batch_update(
+                        j, record.record_id, self.clock(), state=state
+                    ),
+                )
+            except NotFound:
+                continue
+
+    def _store_results(self, record: EconomyBatch, report: TickReport, deadline: float) -> None:
+        """Every line: its image stored create-only and recorded, or its variant failed.
+
+        Out of time, it stops between two lines; the next tick reads the results
+        again and stores only what is missing.
+        """
+        if record.gemini_name is None:
+            return
+        seen: set[str] = set()
+
+        def store(result: LineResult) -> None:
+            if self.monotonic() > deadline:
+                report.out_of_time = True
+                raise TransientError("out of time in this tick; the next one resumes")
+            seen.add(result.key)
+            job, n = self._variant_of(result.key)
+            if job is not None:
+                self._store_line(record, job, n, result, report)
+
+        self.runner.results(record.gemini_name, store)
+        for key in record.items:
+            if key in seen:
+                continue
+            job, n = self._variant_of(key)
+            if job is not None:
+                self._fail(job, n, record, "missing from the Gemini batch's results", report)
+        self.batches.update(record.record_id, lambda b: records.collected(b, self.clock()))
+        report.batches_collected += 1
+        log.info(
+            "economy batch collected", extra={**self._ctx(record), "event": "economy_collected"}
+        )
+
+    def _store_line(
+        self, record: EconomyBatch, job: Job, n: int, result: LineResult, report: TickReport
+    ) -> None:
+        if result.image is None:
+            self._fail(job, n, record, result.error or "Gemini returned no image", report)
+            return
+        image = result.image
+        entry = self.settings.catalog.entry(job.model)
+        cost = (
+            pricing.actual_cost(entry, "batch", job.image_size, image.usage)
+            if entry
+            else Decimal(job.price_per_image)
+        )
+        spent = Spent(job.model, money(cost), dict(image.usage))
+        name = self.names.image(job, n, image.mime_type)
+        created = self.objects.create(
+            self.settings.images_bucket,
+            name,
+            image.data,
+            image.mime_type,
+            image_metadata(job, n, spent),
+        )
+        self.ledger.apply(
+            job.job_id,
+            lambda j: transitions.uploaded(j, n, name, image.mime_type, self.clock(), spent),
+        )
+        if created:
+            report.images_stored += 1
+
+    def _send_on(self, record: EconomyBatch, why: str, report: TickReport) -> None:
+        """What the batch did not make: to the live lane, or failed, as configured."""
+        to_live = self.settings.economy_on_expiry == "live"
+        live: dict[str, Job] = {}
+        for key in record.items:
+            job, n = self._variant_of(key)
+            if job is None:
+                continue
+            if not to_live:
+                self._fail(job, n, record, why, report)
+                continue
+            applied = self.ledger.apply(
+                job.job_id,
+                partial(transitions.batch_returned, n=n, record=record.record_id, now=self.clock()),
+            )
+            report.variants_to_live += int(applied.changed)
+            variant = applied.job.variant(n)
+            # Returned earlier too (a tick that died before publishing): publish again.
+            if variant.state == VariantState.PENDING and variant.gemini_batch == record.record_id:
+                live[job.job_id] = applied.job
+        if live:
+            failed = self.publisher.publish(
+                [
+                    (JobMessage(job_id=j.job_id, batch_id=j.batch_id, scene_id=j.scene_id), {})
+                    for j in live.values()
+                ]
+            )
+            if failed:
+                # The record stays open: the next tick publishes them again.
+                raise TransientError(f"could not hand {sorted(failed)} to the live lane")
+            log.warning(
+                "economy variants sent to the live lane",
+                extra={**self._ctx(record), "error": why, "event": "economy_to_live"},
+            )
+        self.batches.update(record.record_id, lambda b: records.collected(b, self.clock()))
+        report.batches_collected += 1
+
+    def _fail(
+        self, job: Job, n: int, record: EconomyBatch, reason: str, report: TickReport
+    ) -> None:
+        applied = self.ledger.apply(
+            job.job_id,
+            lambda j: transitions.batch_returned(j, n, record.record_id, self.clock(), reason),
+        )
+        if applied.changed:
+            report.variants_failed += 1
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def _lease(self) -> timedelta:
+        return timedelta(seconds=self.settings.economy_lease_s)
+
+    def _release(self, record: EconomyBatch) -> None:
+        try:
+            self.batches.update(
+                record.record_id, lambda b: records.release_lease(b, self.holder, self.clock())
+            )
+        except Exception:  # the lease runs out by itself
+            log.warning("economy lease not released", extra=self._ctx(record), exc_info=True)
+
+    def _variant_of(self, key: str) -> tuple[Job | None, int]:
+        parsed = parse_key(key)
+        if parsed is None:
+            return None, 0
+        job = self.ledger.get(parsed[0])
+        if job is None or str(parsed[1]) not in job.variants:
+            return None, 0
+        return job, parsed[1]
+
+    @staticmethod
+    def _ctx(record: EconomyBatch) -> dict[str, object]:
+        return {"batch_id": record.record_id, "model": record.model}

@@ -1,0 +1,376 @@
+"""The economy lane on fakes: submit once, collect once, resume after crashes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from shared import jobs as transitions
+from shared.errors import PermanentError, TransientError
+from shared.models import JobState, VariantState
+from shared.ports import LineResult, Text
+from shared.services.economy import Economy
+from shared.services.ledger import JobLedger
+from tests.fakes import (
+    IMAGES_BUCKET,
+    T0,
+    FakeBatchRunner,
+    FakeClock,
+    FakeEconomyBatches,
+    FakeJobStore,
+    FakeObjectStore,
+    FakePublisher,
+    FakeReferenceLoader,
+    FakeSheetWriter,
+    make_job,
+    make_settings,
+)
+
+Build = Callable[..., Economy]
+
+
+@pytest.fixture
+def economy_batches() -> FakeEconomyBatches:
+    return FakeEconomyBatches()
+
+
+@pytest.fixture
+def runner() -> FakeBatchRunner:
+    return FakeBatchRunner()
+
+
+@pytest.fixture
+def make_economy(
+    ledger: JobLedger,
+    store: FakeJobStore,
+    economy_batches: FakeEconomyBatches,
+    runner: FakeBatchRunner,
+    references: FakeReferenceLoader,
+    objects: FakeObjectStore,
+    publisher: FakePublisher,
+    clock: FakeClock,
+) -> Build:
+    def build(**overrides: Any) -> Economy:
+        return Economy(
+            settings=make_settings(**overrides),
+            ledger=ledger,
+            store=store,
+            batches=economy_batches,
+            runner=runner,
+            references=references,
+            objects=objects,
+            publisher=publisher,
+            clock=clock,
+            monotonic=clock.monotonic,
+        )
+
+    return build
+
+
+def economy_job(job_id: str, variants: int = 2, **fields: Any) -> Any:
+    values = {
+        "job_id": job_id,
+        "scene_id": f"sc-{job_id}",
+        "variant_count": variants,
+        "lane": "economy",
+        "price_per_image": "0.0335",
+    }
+    return make_job(**(values | fields))
+
+
+def images(objects: FakeObjectStore) -> list[str]:
+    return [n for n in objects.names(IMAGES_BUCKET) if n.startswith("images/")]
+
+
+# --------------------------------------------------------------------------- submit
+
+
+def test_pending_economy_variants_go_into_one_batch_per_shape_claimed_first(
+    make_economy: Build, store: FakeJobStore, runner: FakeBatchRunner, sheet_writer: FakeSheetWriter
+) -> None:
+    store.add(
+        economy_job("job_a", 2),
+        economy_job("job_b", 1),
+        economy_job("job_c", 1, image_size="4K"),
+        make_job(job_id="job_live"),  # the live lane's: never batched
+    )
+    report = make_economy().tick()
+    assert (report.batches_submitted, report.variants_submitted) == (2, 4)
+    by_size = {b.lines[0].image_size: b for b in runner.batches.values()}
+    assert [line.key for line in by_size[None].lines] == ["job_a/1", "job_a/2", "job_b/1"]
+    assert [line.key for line in by_size["4K"].lines] == ["job_c/1"]
+    assert {line.seed for line in by_size[None].lines} == {1, 2}
+    job = store.job("job_a")
+    assert {job.variant(n).state for n in (1, 2)} == {VariantState.BATCHED}
+    ((ref),) = job.gemini_batches
+    assert (ref.name, ref.state) == (runner.submits[0], "pending")
+    assert store.job("job_live").variant(1).state == VariantState.PENDING
+    assert sheet_writer.row("sc-job_a")["status_img"] == Text(
+        "economy: waiting for the Gemini batch (0/2)"
+    )
+    # A second tick submits nothing new.
+    assert make_economy().tick().batches_submitted == 0
+    assert len(runner.submits) == 2
+
+
+def test_batches_hold_at_most_the_configured_requests(
+    make_economy: Build, store: FakeJobStore, runner: FakeBatchRunner
+) -> None:
+    store.add(*(economy_job(f"job_{i}", 2) for i in range(5)))
+    make_economy(economy_batch_max_requests=4).tick()
+    assert sorted(len(b.lines) for b in runner.batches.values()) == [2, 4, 4]
+
+
+def test_two_ticks_at_once_submit_each_variant_once(
+    make_economy: Build, store: FakeJobStore, runner: FakeBatchRunner
+) -> None:
+    store.add(*(economy_job(f"job_{i}", 3) for i in range(6)))
+    start = threading.Barrier(2)
+
+    def tick() -> None:
+        start.wait(timeout=10)
+        make_economy(economy_batch_max_requests=5).tick()
+
+    threads = [threading.Thread(target=tick) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    keys = [line.key for b in runner.batches.values() for line in b.lines]
+    assert sorted(keys) == sorted(f"job_{i}/{n}" for i in range(6) for n in (1, 2, 3))
+
+
+def test_a_tick_that_died_after_creating_the_batch_never_creates_it_again(
+    make_economy: Build,
+    store: FakeJobStore,
+    runner: FakeBatchRunner,
+    economy_batches: FakeEconomyBatches,
+    clock: FakeClock,
+) -> None:
+    store.add(economy_job("job_a", 2))
+    economy = make_economy()
+    # Gemini created the batch, then the instance died before recording its name.
+    original = runner.submit
+
+    def created_then_died(*args: Any) -> tuple[str, bool]:
+        original(*args)
+        raise KeyboardInterrupt  # the instance stops
+
+    runner.submit = created_then_died  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        economy.tick()
+    runner.submit = original  # type: ignore[method-assign]
+    (record,) = economy_batches.records.values()
+    assert (record.state, record.gemini_name) == ("claiming", None)
+    # Its lease runs out; the next tick finds the batch Gemini has and adopts it.
+    clock.advance(301)
+    make_economy().tick()
+    assert len(runner.submits) == 1
+    record = economy_batches.records[record.record_id]
+    assert (record.state, record.gemini_name) == ("submitted", runner.submits[0])
+
+
+def test_a_tick_that_died_before_creating_the_batch_creates_it_once_later(
+    make_economy: Build,
+    store: FakeJobStore,
+    runner: FakeBatchRunner,
+    economy_batches: FakeEconomyBatches,
+    clock: FakeClock,
+) -> None:
+    store.add(economy_job("job_a", 2))
+    runner.submit_error = TransientError("Gemini answered 503")
+    make_economy().tick()
+    runner.submit_error = None
+    assert runner.submits == []
+    clock.advance(1)  # our own lease was released: the next tick resumes at once
+    make_economy().tick()
+    assert len(runner.submits) == 1
+    assert [line.key for line in runner.batches[runner.submits[0]].lines] == ["job_a/1", "job_a/2"]
+    assert len(economy_batches.records) == 1
+
+
+def test_a_pack_that_fails_fails_its_variants_and_is_not_sent(
+    make_economy: Build,
+    store: FakeJobStore,
+    runner: FakeBatchRunner,
+    references: FakeReferenceLoader,
+) -> None:
+    url = "https://example.com/bad.zip"
+    references.packs[url] = PermanentError("a zip member lies about its size")
+    store.add(economy_job("job_a", 1, ref_pack_public_url=url), economy_job("job_b", 1))
+    make_economy().tick()
+    assert [line.key for line in runner.batches[runner.submits[0]].lines] == ["job_b/1"]
+    job = store.job("job_a")
+    assert job.state == JobState.FAILED
+    assert job.variant(1).error == "reference pack: a zip member lies about its size"
+
+
+# --------------------------------------------------------------------------- collect
+
+
+def test_a_finished_batch_stores_each_image_once_at_the_batch_price(
+    make_economy: Build,
+    store: FakeJobStore,
+    runner: FakeBatchRunner,
+    objects: FakeObjectStore,
+    economy_batches: FakeEconomyBatches,
+) -> None:
+    store.add(economy_job("job_a", 2), economy_job("job_b", 1))
+    economy = make_economy()
+    economy.tick()
+    (name,) = runner.submits
+    runner.batches[name].results["job_b/1"] = LineResult(
+        "job_b/1", error="prompt blocked by Gemini for the safety filters (SAFETY)"
+    )
+    assert economy.tick().images_stored == 0  # still pending
+    runner.set_state(name, "running")
+    economy.tick()
+    assert store.job("job_a").gemini_batches[0].state == "running"
+    runner.set_state(name, "succeeded")
+    report = economy.tick()
+    assert (report.images_stored, report.variants_failed, report.batches_collected) == (2, 1, 1)
+    assert images(objects) == [
+        "images/sc-job_a/job_a/var_1.png",
+        "images/sc-job_a/job_a/var_2.png",
+    ]
+    job = store.job("job_a")
+    # No tokens reported: the catalog's batch price of a 1K image.
+    assert [job.variant(n).cost_usd for n in (1, 2)] == ["0.0335", "0.0335"]
+    assert {job.variant(n).state for n in (1, 2)} == {VariantState.UPLOADED}
+    meta = objects.objects[(IMAGES_BUCKET, "images/sc-job_a/job_a/var_1.png")].metadata
+    assert (meta["job_id"], meta["variant"], meta["cost_usd"]) == ("job_a", "1", "0.0335")
+    failed = store.job("job_b")
+    assert failed.state == JobState.FAILED
+    assert "prompt blocked by Gemini" in (failed.error or "")
+    assert all(r.state == "collected" for r in economy_batches.records.values())
+    # Nothing left to do: later ticks do not ask Gemini again.
+    gets = runner.gets
+    economy.tick()
+    assert runner.gets == gets
+
+
+def test_a_collector_that_dies_mid_download_is_resumed_storing_nothing_twice(
+    make_economy: Build,
+    store: FakeJobStore,
+    runner: FakeBatchRunner,
+    objects: FakeObjectStore,
+    clock: FakeClock,
+) -> None:
+    store.add(economy_job("job_a", 3), economy_job("job_b", 2))
+    make_economy().tick()
+    runner.set_state(runner.submits[0], "succeeded")
+    runner.fail_after = 2
+    report = make_economy().tick()
+    assert report.images_stored == 2 and report.errors
+    runner.fail_after = None
+    clock.advance(1)
+    report = make_economy().tick()
+    assert report.images_stored == 3  # the two already stored are not stored again
+    assert len(images(objects)) == 5
+    creates = [c for c in objects.calls if c[0] == "create" and c[2].startswith("images/")]
+    assert len(creates) == 7  # 2 + 5 attempts, 5 objects: create-only did the rest
+    assert {store.job(j).variant(n).state for j, n in [("job_a", 3), ("job_b", 2)]} == {
+        VariantState.UPLOADED
+    }
+
+
+@pytest.mark.parametrize("ending", ["expired", "failed", "cancelled"])
+def test_what_an_ended_batch_did_not_make_goes_to_the_live_lane_once(
+    make_economy: Build,
+    store: FakeJobStore,
+    runner: FakeBatchRunner,
+    publisher: FakePublisher,
+    ending: str,
+) -> None:
+    store.add(economy_job("job_a", 2), economy_job("job_b", 1))
+    make_economy().tick()
+    runner.set_state(runner.submits[0], ending, "the batch ran out of time")
+    report = make_economy().tick()
+    assert report.variants_to_live == 3
+    assert sorted(m.job_id for m, _ in publisher.published) == ["job_a", "job_b"]
+    job = store.job("job_a")
+    assert {job.variant(n).state for n in (1, 2)} == {VariantState.PENDING}
+    # They are the live lane's now: no later tick batches them again.
+    make_economy().tick()
+    assert len(runner.submits) == 1
+    assert len(publisher.published) == 2
+    # The live lane can claim them.
+    _, result = transitions.claim(job, 1, "clm_live", T0, _lease(), 3)
+    assert result.outcome.value == "claimed"
+
+
+def test_an_ended_batch_fails_what_it_did_not_make_when_so_configured(
+    make_economy: Build, store: FakeJobStore, runner: FakeBatchRunner, publisher: FakePublisher
+) -> None:
+    store.add(economy_job("job_a", 1))
+    make_economy(economy_on_expiry="fail").tick()
+    runner.set_state(runner.submits[0], "expired")
+    make_economy(economy_on_expiry="fail").tick()
+    job = store.job("job_a")
+    assert job.state == JobState.FAILED
+    assert job.variant(1).error == "the Gemini batch expired"
+    assert publisher.published == []
+
+
+def test_a_batch_gemini_refuses_sends_its_variants_on(
+    make_economy: Build, store: FakeJobStore, runner: FakeBatchRunner, publisher: FakePublisher
+) -> None:
+    store.add(economy_job("job_a", 1))
+    runner.submit_error = PermanentError("batch create: Gemini answered 400 INVALID_ARGUMENT")
+    make_economy().tick()
+    assert [m.job_id for m, _ in publisher.published] == ["job_a"]
+    assert store.job("job_a").variant(1).state == VariantState.PENDING
+
+
+def test_the_live_generate_function_leaves_batched_variants_alone() -> None:
+    job = economy_job("job_a", 1)
+    claimed, _ = transitions.batch_claim(job, 1, "ecb_1", T0)
+    assert claimed is not None
+    updated, result = transitions.claim(claimed, 1, "clm_x", T0, _lease(), 3)
+    assert (updated, result.outcome.value) == (None, "finished")
+
+
+def test_economy_rows_say_where_the_job_is() -> None:
+    job = economy_job("job_a", 2)
+    assert transitions.progress(job).status == "economy: queued for a Gemini batch"
+    batched, _ = transitions.batch_claim(job, 1, "ecb_1", T0)
+    assert batched is not None
+    batched, _ = transitions.batch_claim(batched, 2, "ecb_1", T0)
+    assert batched is not None
+    assert transitions.progress(batched).status == "economy: waiting for the Gemini batch (0/2)"
+    running, _ = transitions.batch_update(batched, "ecb_1", T0, state="running")
+    assert running is not None
+    assert transitions.progress(running).status == "economy: Gemini batch running (0/2)"
+    made, _ = transitions.uploaded(running, 1, "a.png", "image/png", T0)
+    assert made is not None
+    made, _ = transitions.uploaded(made, 2, "b.png", "image/png", T0)
+    assert made is not None
+    assert transitions.progress(made).status == "generating (0/2)"
+
+
+def test_economy_images_settle_the_budget_at_the_batch_price(
+    store: FakeJobStore,
+    runner: FakeBatchRunner,
+    budget: Any,
+    make_economy: Build,
+) -> None:
+    from shared.ports import Usage
+
+    day = T0.strftime("%Y-%m-%d")
+    budget.used[("alice", day)] = Usage(1, Decimal("0.0340"))
+    store.add(economy_job("job_a", 1, price_per_image="0.0340", budget_day=day))
+    make_economy().tick()
+    runner.set_state(runner.submits[0], "succeeded")
+    make_economy().tick()
+    assert store.job("job_a").variant(1).cost_usd == "0.0335"
+    assert budget.used[("alice", day)] == Usage(1, Decimal("0.0335"))
+
+
+def _lease() -> Any:
+    from datetime import timedelta
+
+    return timedelta(seconds=300)
