@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 from shared.imageformat import EXTENSIONS, MIME_TYPES
 from shared.jobs import Spent
 from shared.models import Job
+from shared.ports import GeneratedImage, ObjectStore
 
 # Object metadata keys.
 JOB_ID = "job_id"
@@ -90,6 +91,24 @@ class ObjectNames:
         """``images/s/j/var_1.png`` -> ``thumbnails/s/j/var_1.jpg``, outside the notified prefix."""
         stem = image_name.removeprefix(self.images_prefix).rsplit(".", 1)[0]
         return f"{self.thumbnails_prefix}{stem}.{EXTENSIONS[thumbnail_mime]}"
+
+
+def store_image(
+    objects: ObjectStore,
+    bucket: str,
+    names: ObjectNames,
+    job: Job,
+    n: int,
+    image: GeneratedImage,
+    spent: Spent,
+) -> tuple[str, bool]:
+    """Upload variant ``n``'s image create-only with its metadata: (its name,
+    whether this call created it — False: an earlier delivery had)."""
+    name = names.image(job, n, image.mime_type)
+    created = objects.create(
+        bucket, name, image.data, image.mime_type, image_metadata(job, n, spent)
+    )
+    return name, created
 
 
 def image_metadata(job: Job, n: int, spent: Spent) -> dict[str, str]:

@@ -77,6 +77,20 @@ locals {
   )
   model_secrets = local.vertex ? [] : ["GEMINI_API_KEY"]
 
+  # What the generate function and the economy tick both need to build a request:
+  # the image shape and thinking level, and what a reference pack may be.
+  request_env = {
+    IMAGES_PREFIX                = var.storage.images_prefix
+    GEMINI_TIMEOUT_S             = tostring(var.generation.gemini_timeout_s)
+    GEMINI_THINKING_LEVEL        = var.models.gemini_thinking_level
+    GEMINI_ASPECT_RATIO          = var.generation.gemini_aspect_ratio
+    GEMINI_IMAGE_SIZE            = var.generation.gemini_image_size
+    REFERENCE_MAX_IMAGES         = tostring(var.generation.reference_max_images)
+    REFERENCES_PREFIX            = var.generation.references_prefix
+    REFERENCE_MAX_ZIP_MEMBERS    = tostring(var.generation.reference_max_zip_members)
+    REFERENCE_MAX_UNPACKED_BYTES = tostring(var.generation.reference_max_unpacked_bytes)
+  }
+
   # Each function gets only the settings its code reads (shared/settings.py),
   # as strings, and only its secrets (names of settings read from Secret Manager).
   functions = {
@@ -110,25 +124,16 @@ locals {
       entry_point = "generate_images"
       description = "Pushed from the jobs topic: claims each variant, calls Gemini, uploads create-only."
       public      = false
-      env = merge(local.common_env.generate, local.model_env, {
-        IMAGES_PREFIX                = var.storage.images_prefix
-        GEMINI_THINKING_LEVEL        = var.models.gemini_thinking_level
-        REFERENCES_PREFIX            = var.generation.references_prefix
-        REFERENCE_MAX_ZIP_MEMBERS    = tostring(var.generation.reference_max_zip_members)
-        REFERENCE_MAX_UNPACKED_BYTES = tostring(var.generation.reference_max_unpacked_bytes)
-        GENERATE_CONCURRENCY         = tostring(var.generation.generate_concurrency)
-        GEMINI_TIMEOUT_S             = tostring(var.generation.gemini_timeout_s)
-        GEMINI_RETRY_ATTEMPTS        = tostring(var.generation.gemini_retry_attempts)
-        GEMINI_BUDGET_S              = tostring(var.generation.gemini_budget_s)
-        DELIVERY_DEADLINE_S          = tostring(var.generation.delivery_deadline_s)
-        GEMINI_ASPECT_RATIO          = var.generation.gemini_aspect_ratio
-        GEMINI_IMAGE_SIZE            = var.generation.gemini_image_size
-        REFERENCE_MAX_IMAGES         = tostring(var.generation.reference_max_images)
-        CLAIM_WAIT_S                 = tostring(var.generation.claim_wait_s)
-        GEMINI_FAILURE_BUDGET        = tostring(var.generation.gemini_failure_budget)
-        GEMINI_IMAGES_PER_MINUTE     = tostring(var.generation.gemini_images_per_minute)
-        QUOTA_WAIT_S                 = tostring(var.generation.quota_wait_s)
-        MAX_EVENT_AGE_S              = tostring(var.generation.max_event_age_s)
+      env = merge(local.common_env.generate, local.model_env, local.request_env, {
+        GENERATE_CONCURRENCY     = tostring(var.generation.generate_concurrency)
+        GEMINI_RETRY_ATTEMPTS    = tostring(var.generation.gemini_retry_attempts)
+        GEMINI_BUDGET_S          = tostring(var.generation.gemini_budget_s)
+        DELIVERY_DEADLINE_S      = tostring(var.generation.delivery_deadline_s)
+        CLAIM_WAIT_S             = tostring(var.generation.claim_wait_s)
+        GEMINI_FAILURE_BUDGET    = tostring(var.generation.gemini_failure_budget)
+        GEMINI_IMAGES_PER_MINUTE = tostring(var.generation.gemini_images_per_minute)
+        QUOTA_WAIT_S             = tostring(var.generation.quota_wait_s)
+        MAX_EVENT_AGE_S          = tostring(var.generation.max_event_age_s)
       })
       secrets = concat(["LINK_SIGNING_KEY"], local.model_secrets)
     }
@@ -153,23 +158,14 @@ locals {
       entry_point = "run_economy"
       description = "Called by Cloud Scheduler: submits pending economy variants in Gemini batches, collects finished batches."
       public      = false
-      env = merge(local.common_env.economy, local.model_env, {
-        JOBS_TOPIC                   = var.pubsub.jobs_topic
-        IMAGES_PREFIX                = var.storage.images_prefix
-        GEMINI_TIMEOUT_S             = tostring(var.generation.gemini_timeout_s)
-        GEMINI_THINKING_LEVEL        = var.models.gemini_thinking_level
-        GEMINI_ASPECT_RATIO          = var.generation.gemini_aspect_ratio
-        GEMINI_IMAGE_SIZE            = var.generation.gemini_image_size
-        REFERENCE_MAX_IMAGES         = tostring(var.generation.reference_max_images)
-        REFERENCES_PREFIX            = var.generation.references_prefix
-        REFERENCE_MAX_ZIP_MEMBERS    = tostring(var.generation.reference_max_zip_members)
-        REFERENCE_MAX_UNPACKED_BYTES = tostring(var.generation.reference_max_unpacked_bytes)
-        ECONOMY_BATCH_MAX_REQUESTS   = tostring(var.economy.economy_batch_max_requests)
-        ECONOMY_INLINE_MAX_BYTES     = tostring(var.economy.economy_inline_max_bytes)
-        ECONOMY_ON_EXPIRY            = var.economy.economy_on_expiry
-        ECONOMY_LEASE_S              = tostring(var.economy.economy_lease_s)
-        ECONOMY_TICK_BUDGET_S        = tostring(var.economy.economy_tick_budget_s)
-        SHEETS_COALESCE_MS           = tostring(var.sheets.sheets_coalesce_ms)
+      env = merge(local.common_env.economy, local.model_env, local.request_env, {
+        JOBS_TOPIC                 = var.pubsub.jobs_topic
+        ECONOMY_BATCH_MAX_REQUESTS = tostring(var.economy.economy_batch_max_requests)
+        ECONOMY_INLINE_MAX_BYTES   = tostring(var.economy.economy_inline_max_bytes)
+        ECONOMY_ON_EXPIRY          = var.economy.economy_on_expiry
+        ECONOMY_LEASE_S            = tostring(var.economy.economy_lease_s)
+        ECONOMY_TICK_BUDGET_S      = tostring(var.economy.economy_tick_budget_s)
+        SHEETS_COALESCE_MS         = tostring(var.sheets.sheets_coalesce_ms)
       })
       secrets = concat(["LINK_SIGNING_KEY"], local.model_secrets)
     }

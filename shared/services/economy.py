@@ -29,7 +29,7 @@ from shared.errors import NotFound, PermanentError, TransientError
 from shared.ids import new_id, utcnow
 from shared.jobs import Spent
 from shared.models import EconomyBatch, Job, JobMessage, VariantState, money
-from shared.objects import ObjectNames, image_metadata
+from shared.objects import ObjectNames, store_image
 from shared.ports import (
     BatchRunner,
     EconomyBatchStore,
@@ -312,13 +312,8 @@ class Economy:
             else Decimal(job.price_per_image)
         )
         spent = Spent(job.model, money(cost), dict(image.usage))
-        name = self.names.image(job, n, image.mime_type)
-        created = self.objects.create(
-            self.settings.images_bucket,
-            name,
-            image.data,
-            image.mime_type,
-            image_metadata(job, n, spent),
+        name, created = store_image(
+            self.objects, self.settings.images_bucket, self.names, job, n, image, spent
         )
         self.ledger.apply(
             job.job_id,

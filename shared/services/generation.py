@@ -29,7 +29,7 @@ from shared.errors import PermanentError, QuotaExceeded, TransientError
 from shared.ids import new_id, utcnow
 from shared.jobs import ClaimResult, Spent, VariantClaim
 from shared.models import Job, JobMessage, VariantState, WaitReason, money
-from shared.objects import ObjectNames, image_metadata, recorded_spent
+from shared.objects import ObjectNames, recorded_spent, store_image
 from shared.ports import ImageGenerator, ObjectStore, QuotaGate, ReferenceImage, ReferenceLoader
 from shared.quota import Limit, next_quota_day
 from shared.services.ledger import JobEntry, JobLedger
@@ -225,14 +225,9 @@ class Generation:
         except TransientError as exc:
             context["duration_ms"] = _ms_since(begin)
             return self._attempt_failed(run, n, exc, context)
-        name = self.names.image(job, n, image.mime_type)
         spent = self._spent(run, image.usage)
-        created = self.objects.create(
-            self.settings.images_bucket,
-            name,
-            image.data,
-            image.mime_type,
-            image_metadata(job, n, spent),
+        name, created = store_image(
+            self.objects, self.settings.images_bucket, self.names, job, n, image, spent
         )
         context["duration_ms"] = _ms_since(begin)
         if not created:
