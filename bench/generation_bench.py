@@ -9,14 +9,15 @@ On the local stack with the Gemini stub answering after a fixed latency L:
    so it should be about 1, not 3;
 2. a batch of N scenes of 3 variants: the time from submitting to the last
    upload, as a ratio to the lower bound the configured concurrency allows.
-   Jobs run in parallel up to D = min(the emulator's push concurrency, the
+   Jobs run in parallel up to D = min(the stack's push concurrency, the
    generate process's THREADS); each job's variants in one round when
    GENERATE_CONCURRENCY >= 3. So the bound is ceil(N / D) x ceil(3 / G) x L.
-   The Pub/Sub emulator pushes at most 2 messages to an endpoint at once here
-   (measured: 20 messages to an endpoint that answers after 2 s took 18 s, never
-   more than 2 in flight), so D = 2 locally although THREADS is 8; both bounds
-   are reported. In production D = the generate function's max_instances x its
-   per-instance concurrency (5 x 1 by default).
+   The stack pushes at most 2 messages per subscription at once
+   (StackConfig.push_concurrency, as the emulator's own push did: 20 messages
+   to an endpoint that answers after 2 s took 18 s, never more than 2 in
+   flight), so D = 2 locally although THREADS is 8; both bounds are reported.
+   In production D = the generate function's max_instances x its per-instance
+   concurrency (5 x 1 by default).
 
 Reports figures; it asserts nothing (these machines are noisy).
 """

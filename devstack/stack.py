@@ -78,6 +78,8 @@ class StackConfig:
     retry_min_backoff_s: int = 1
     retry_max_backoff_s: int = 10
     max_delivery_attempts: int = 100
+    # Messages pushed at once per subscription (the emulator's own push did 2).
+    push_concurrency: int = 2
     function_env: dict[str, str] = field(default_factory=dict)
     startup_timeout_s: float = 120.0
 
@@ -292,7 +294,8 @@ class Stack:
         self._wait_http("fn-api", f"http://{LOCALHOST}:{api_port}/healthz")
         for name in ("generate", "thumbnail", "deadletter", "economy"):
             self._wait_port(f"fn-{name}", ports[name])
-        self._create_subscriptions(ports)
+        routes = self._create_subscriptions(ports)
+        self._start_push(routes)
         if cfg.economy_tick_s > 0:
             self._spawn(
                 "scheduler",
@@ -363,14 +366,21 @@ class Stack:
                 with contextlib.suppress(AlreadyExists):
                     publisher.create_topic(name=publisher.topic_path(self.config.project, topic))
 
-    def _create_subscriptions(self, ports: Mapping[str, int]) -> None:
-        """Push subscriptions as Terraform creates them in production."""
+    def _create_subscriptions(self, ports: Mapping[str, int]) -> dict[str, str]:
+        """The subscriptions Terraform creates in production, as pull subscriptions
+        that ``devstack.pubsub_push`` delivers; returns subscription path -> push URL.
+
+        The emulator's own push under a retry policy stops redelivering once two
+        messages fail together (README, "The local stack"), so the subscriptions
+        have neither a push config nor a retry policy: the push process applies
+        the retry backoff; the emulator still counts attempts and dead-letters.
+        """
         from google.api_core.exceptions import AlreadyExists
         from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-        from google.protobuf import duration_pb2
         from google.pubsub_v1 import types
 
         cfg = self.config
+        routes: dict[str, str] = {}
         with emulator_env(self.env):
             publisher = pubsub_v1.PublisherClient()
             subscriber = pubsub_v1.SubscriberClient()
@@ -378,10 +388,6 @@ class Stack:
             def topic_path(name: str) -> str:
                 return str(publisher.topic_path(cfg.project, name))
 
-            retry = types.RetryPolicy(
-                minimum_backoff=duration_pb2.Duration(seconds=cfg.retry_min_backoff_s),
-                maximum_backoff=duration_pb2.Duration(seconds=cfg.retry_max_backoff_s),
-            )
             dead_letter = types.DeadLetterPolicy(
                 dead_letter_topic=topic_path(cfg.dead_letter_topic),
                 max_delivery_attempts=cfg.max_delivery_attempts,
@@ -396,19 +402,49 @@ class Stack:
                 ),
             }
             for name, (topic, port, with_dead_letter) in pushes.items():
+                path = str(subscriber.subscription_path(cfg.project, name))
                 # The URL path names the topic so the CloudEvent's source does too.
-                endpoint = f"http://{LOCALHOST}:{port}/projects/{cfg.project}/topics/{topic}"
+                routes[path] = f"http://{LOCALHOST}:{port}/projects/{cfg.project}/topics/{topic}"
                 with contextlib.suppress(AlreadyExists):
                     subscriber.create_subscription(
                         request=types.Subscription(
-                            name=subscriber.subscription_path(cfg.project, name),
+                            name=path,
                             topic=topic_path(topic),
-                            push_config=types.PushConfig(push_endpoint=endpoint),
                             ack_deadline_seconds=600,
-                            retry_policy=retry,
                             dead_letter_policy=dead_letter if with_dead_letter else None,
                         )
                     )
+        return routes
+
+    def _start_push(self, routes: Mapping[str, str]) -> None:
+        """One ``devstack.pubsub_push`` process delivers every subscription."""
+        cfg = self.config
+        port = free_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "devstack.pubsub_push",
+            "--port",
+            str(port),
+            "--min-backoff-s",
+            str(cfg.retry_min_backoff_s),
+            "--max-backoff-s",
+            str(cfg.retry_max_backoff_s),
+            "--concurrency",
+            str(cfg.push_concurrency),
+            "--ack-deadline-s",
+            "600",
+        ]
+        for subscription, url in routes.items():
+            argv += ["--route", f"{subscription}={url}"]
+        self._spawn(
+            "pubsub-push",
+            argv,
+            port,
+            extra_env={"PUBSUB_EMULATOR_HOST": self.env["PUBSUB_EMULATOR_HOST"]},
+        )
+        self._wait_http("pubsub-push", f"http://{LOCALHOST}:{port}/healthz")
+        self.env["PUBSUB_PUSH_URL"] = f"http://{LOCALHOST}:{port}"
 
     def _ensure_spreadsheet(self, sheets_url: str) -> str:
         """Create the spreadsheet and worksheet with the seed's header if missing."""
