@@ -1,4 +1,4 @@
-"""Local protocol stub of the Gemini API ``generateContent`` call for image models.
+"""Local protocol stub of the Gemini API for image models: generateContent, Batch, Files.
 
 There is no Gemini emulator, so this speaks the REST wire format of the Gemini
 Developer API (camelCase JSON) closely enough that the real google-genai SDK
@@ -8,16 +8,18 @@ talks to it unchanged: point ``GOOGLE_GEMINI_BASE_URL`` or
 (``POST /_stub/script``) and read counters (``GET /_stub/stats``).
 
 Run: ``python -m devstack.gemini_stub --host 127.0.0.1 --port 8090``
-(``--latency-ms``, ``--refuse-pattern`` (empty disables), ``--api-key``).
+(``--latency-ms``, ``--refuse-pattern`` (empty disables), ``--api-key``,
+``--batch-pending-s``, ``--batch-running-s``, ``--batch-expire-s``, ``--max-file-bytes``).
 Dev and test use only; never deploy it.
 
 API: ``POST /{v1,v1beta}/models/{model}:generateContent`` (key in ``x-goog-api-key``
 or ``?key=``).  Control plane, all JSON:
 
 - ``POST /_stub/script`` ``{"rules": [{"match": regex, "mode": m, "times": n|null,
-  "timeout_s": s}]}`` replaces the rules; the first live matching rule wins.
-  Modes: ok, block_prompt[:REASON], finish:REASON, no_candidates, http:CODE, timeout,
-  bad_base64, bad_image, jpeg, webp, thought, image_only.
+  "timeout_s": s, "lane": "any"|"online"|"batch"}]}`` replaces the rules; the first
+  live matching rule of the call's lane wins (generateContent is "online", a batch
+  line "batch"). Modes: ok, block_prompt[:REASON], finish:REASON, no_candidates,
+  http:CODE, timeout, bad_base64, bad_image, jpeg, webp, thought, image_only.
 - ``GET|POST /_stub/config`` ``{"latency_ms": n, "refuse_pattern": re|null,
   "quota_per_minute": n, "quota_per_day": n}``: quotas answer 429 RESOURCE_EXHAUSTED
   with ``QuotaFailure`` and ``RetryInfo`` as Gemini does (0: unlimited);
@@ -29,6 +31,48 @@ Vertex AI paths (``/v1beta1/projects/{p}/locations/{l}/publishers/google/models/
 lookups (``GET .../models/{model}``) on both.
 - ``GET /_stub/stats``, ``GET /_stub/requests`` (last 100 bodies, no image bytes),
   ``GET /_stub/script``, ``POST /_stub/reset``, ``GET /_stub/healthz``.
+
+Files API and Batch API (Gemini API only, any or no version prefix, as google-genai
+sends them; API key as above except on the upload URL, whose upload_id is the key):
+
+- ``POST /upload/{v}/files`` with ``X-Goog-Upload-Protocol: resumable``,
+  ``-Command: start``, ``-Header-Content-Length``, ``-Header-Content-Type`` and body
+  ``{"file": {...}}`` answers ``X-Goog-Upload-URL``; chunks go there with
+  ``-Command: upload`` (``upload, finalize`` for the last) and ``-Offset``, answered
+  ``X-Goog-Upload-Status: active`` then ``final`` with ``{"file": File}``.  Bytes stay
+  in memory; a file over ``max_file_bytes`` is refused at start (400).
+- ``GET|DELETE /{v}/files/{id}``, ``GET /{v}/files``, ``GET /{v}/files/{id}:download?alt=media``
+  (raw bytes; only GENERATED files, i.e. batch results).  Unknown files answer 403.
+- ``POST /{v}/models/{model}:batchGenerateContent`` ``{"batch": {"displayName",
+  "inputConfig": {"fileName": "files/ID"} | {"requests": {"requests": [{"request",
+  "metadata"}]}}}}`` (inline bodies up to 20 MB) answers an Operation; ``GET
+  /{v}/batches/{id}``, ``GET /{v}/batches`` (newest first, ``operations``),
+  ``POST /{v}/batches/{id}:cancel``, ``DELETE /{v}/batches/{id}``.  States
+  ``BATCH_STATE_PENDING`` -> ``RUNNING`` -> ``SUCCEEDED`` by the batch's timing, or
+  ``FAILED``/``CANCELLED``/``EXPIRED``.  On success every line runs through the
+  generateContent logic (rules, refuse pattern, image sizes, usageMetadata) and the
+  results land in ``metadata.output`` (and ``response``): ``responsesFile`` (JSONL of
+  ``{"key", "response"}`` or ``{"key", "error": {"code": <google.rpc.Code>,
+  "message"}}``) or ``inlinedResponses.inlinedResponses`` (``response`` or ``error``,
+  with the request's ``metadata``).  A bad line (invalid JSON, no text) or an
+  ``http:CODE`` / ``timeout`` rule gives that line an error, not the batch.
+  Latency and the per-minute/per-day quotas do not apply to batch lines: the Batch
+  API has its own limits, which the stub does not model.
+- ``GET|POST /_stub/batch-config`` ``{"pending_s", "running_s", "expire_s",
+  "max_file_bytes"}``: timing of batches created from then on (0 for tests).
+- ``GET /_stub/batches`` (every batch: state, timing, each line's prompt,
+  generationConfig and outcome), ``GET /_stub/batches/{id}``, and ``POST
+  /_stub/batches/{id}`` ``{"pending_s", "running_s", "expire_s"}`` (re-time, from
+  creation; releases a hold) or ``{"state": "PENDING"|"RUNNING"}`` (hold there) or
+  ``{"state": "SUCCEEDED"|"FAILED"|"CANCELLED"|"EXPIRED", "error": {"code",
+  "message"}}`` (end now; FAILED carries the error as Operation.error).
+- Counters in ``/_stub/stats``: ``requests``, ``generated`` and ``by_prompt`` count
+  generateContent only; batch lines count in ``batch_lines``, ``batch_generated``
+  (lines answered with a valid image), ``batch_line_errors`` and ``batch_by_prompt``;
+  also ``batch_creations`` (and ``_by_model``), ``batch_gets``, ``batch_lists``,
+  ``batch_cancels``, ``batch_deletes``, ``files_uploaded``, ``file_bytes_uploaded``,
+  ``file_gets``, ``file_lists``, ``file_downloads``, ``file_deletes``.
+  ``/_stub/reset`` also forgets every file, upload and batch.
 """
 
 from __future__ import annotations
@@ -36,6 +80,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import datetime
 import functools
 import hashlib
 import io
@@ -50,7 +95,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
@@ -131,6 +176,7 @@ _SIMPLE_MODES: Final = frozenset(
         "image_only",
     }
 )
+_LANES: Final = ("any", "online", "batch")
 _MODE_RE: Final = re.compile(r"^(?:finish|block_prompt):[A-Z][A-Z_]*$|^http:[1-5]\d\d$")
 
 # The SDK builds "{api_version}/models/{model}:generateContent" for the Gemini API
@@ -143,6 +189,17 @@ _MODEL_RESOURCE: Final = (
     r"models/(?P<model>[^/:]+)"
 )
 _GENERATE_PATH: Final = re.compile(_MODEL_RESOURCE + r":generateContent$")
+# Files API and Batch API paths (Gemini API only; Vertex AI has batchPredictionJobs).
+_VERSION_PREFIX: Final = r"^/+(?:(?P<version>v\d+(?:alpha|beta)?\d*)/+)?"
+_BATCH_CREATE_PATH: Final = re.compile(
+    _VERSION_PREFIX + r"models/(?P<model>[^/:]+):batchGenerateContent$"
+)
+_BATCHES_PATH: Final = re.compile(_VERSION_PREFIX + r"batches$")
+_BATCH_PATH: Final = re.compile(_VERSION_PREFIX + r"batches/(?P<id>[^/:]+)(?P<cancel>:cancel)?$")
+_FILES_PATH: Final = re.compile(_VERSION_PREFIX + r"files$")
+_FILE_PATH: Final = re.compile(_VERSION_PREFIX + r"files/(?P<id>[^/:]+)(?P<download>:download)?$")
+_UPLOAD_PATH: Final = re.compile(r"^/+upload/+(?:(?P<version>v\d+(?:alpha|beta)?\d*)/+)?files$")
+_STUB_BATCH_PATH: Final = re.compile(r"^/_stub/batches/(?:batches/)?(?P<id>[^/]+)$")
 _MODEL_PATH: Final = re.compile(_MODEL_RESOURCE + r"$")
 _ASPECT_RE: Final = re.compile(r"^(\d{1,2}):(\d{1,2})$")
 _MAX_BODY_BYTES: Final = 100 * 1024 * 1024
@@ -164,6 +221,14 @@ class StubConfig:
     quota_window_s: float = 60.0
     # Models Google retired (or never had): lookups and calls answer 404.
     retired_models: tuple[str, ...] = ()
+    # Batch API timing for new batches (each can be re-timed on /_stub/batches/{id}):
+    # PENDING for batch_pending_s, then RUNNING for batch_running_s, then SUCCEEDED;
+    # a batch still unfinished batch_expire_s after creation EXPIRES (48 h at Google).
+    batch_pending_s: float = 1.0
+    batch_running_s: float = 2.0
+    batch_expire_s: float = 48 * 3600.0
+    # Files API: Google takes up to 2 GB a file; the stub keeps files in memory.
+    max_file_bytes: int = 512 * 1024 * 1024
 
 
 # What Gemini names in QuotaFailure for its request quotas of a model.
@@ -216,18 +281,27 @@ def quota_error(model: str, per_day: bool, limit: int, retry_s: float) -> ApiErr
 class ApiError(Exception):
     """An error answered as Google's error JSON."""
 
-    def __init__(self, code: int, message: str, details: list[JsonDict] | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        details: list[JsonDict] | None = None,
+        status: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.details = details
+        # Google sometimes pairs a code with another status than the usual one
+        # (400 FAILED_PRECONDITION, 409 ALREADY_EXISTS).
+        self.status = status or HTTP_STATUS_NAMES.get(code, "UNKNOWN")
 
     def body(self) -> JsonDict:
         """The ``{"error": {...}}`` document the real API returns."""
         error: JsonDict = {
             "code": self.code,
             "message": self.message,
-            "status": HTTP_STATUS_NAMES.get(self.code, "UNKNOWN"),
+            "status": self.status,
         }
         if self.details:
             error["details"] = self.details
@@ -244,6 +318,8 @@ class _Rule:
     mode: str
     times: int | None
     timeout_s: float
+    # Which calls the rule sees: generateContent ("online"), batch lines ("batch") or both.
+    lane: str = "any"
 
     def to_json(self) -> JsonDict:
         return {
@@ -251,6 +327,7 @@ class _Rule:
             "mode": self.mode,
             "times": self.times,
             "timeout_s": self.timeout_s,
+            "lane": self.lane,
         }
 
 
@@ -284,10 +361,17 @@ class _State:
     quota_refusals: int = 0
     # What clients actually sent (minus image bytes), so tests can assert the wire format.
     request_log: deque[JsonDict] = field(default_factory=lambda: deque(maxlen=_REQUEST_LOG_SIZE))
+    # Files API and Batch API state, with counters of their own.
+    store: _Store = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.store = _Store(self.answer_line)
 
     def stats(self) -> JsonDict:
+        store_stats = self.store.stats()
         with self.lock:
             return {
+                **store_stats,
                 "requests": self.requests,
                 "generated": self.generated,
                 "by_prompt": {
@@ -315,6 +399,7 @@ class _State:
             self.day_count = self.quota_refusals = 0
             # Requests still running are real concurrency; don't pretend they vanished.
             self.max_concurrency = self.in_flight
+        self.store.reset()
 
     def admit(self, model: str, now: float) -> None:
         """Count the request against the quotas, or raise the 429 Gemini would."""
@@ -334,11 +419,13 @@ class _State:
             window.append(now)
             self.day_count += 1
 
-    def pick_mode(self, prompt: str) -> tuple[str, float]:
-        """First live matching rule wins and uses up one of its ``times``."""
+    def pick_mode(self, prompt: str, lane: str = "online") -> tuple[str, float]:
+        """First live matching rule of the lane wins and uses up one of its ``times``."""
         with self.lock:
             for rule in self.rules:
                 if rule.times is not None and rule.times <= 0:
+                    continue
+                if rule.lane not in ("any", lane):
                     continue
                 if rule.pattern.search(prompt):
                     if rule.times is not None:
@@ -348,6 +435,27 @@ class _State:
         if refuse and re.search(refuse, prompt):
             return "block_prompt:SAFETY", 0.0
         return "ok", 0.0
+
+    def answer_line(self, model: str, line: _BatchLine) -> _LineOutcome:
+        """A batch line through the generateContent logic: a response or a per-line error.
+
+        Scripted ``http:CODE`` becomes the line's error and ``timeout`` a
+        DEADLINE_EXCEEDED one; latency and the quotas do not apply (the Batch API
+        has limits of its own, which the stub does not model).
+        """
+        if line.request is None:
+            problem = line.problem or _bad_request("Invalid request.")
+            return _LineOutcome(error=_rpc_status(problem.code, problem.message))
+        mode, _ = self.pick_mode(line.request.prompt, lane="batch")
+        if mode.startswith("http:"):
+            code = int(mode.split(":", 1)[1])
+            return _LineOutcome(
+                error=_rpc_status(code, _HTTP_MESSAGES.get(code, f"Scripted error {code}."))
+            )
+        if mode == "timeout":
+            return _LineOutcome(error=_rpc_status(504, _HTTP_MESSAGES[504]))
+        answer, has_image = _build_answer(model, line.request, mode)
+        return _LineOutcome(response=answer, generated=has_image)
 
 
 # --------------------------------------------------------------------------- images
@@ -467,6 +575,11 @@ def _parse_generate(body: bytes) -> _GenerateRequest:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _bad_request(f"Invalid JSON payload received. {exc}") from None
+    return _parse_request(doc)
+
+
+def _parse_request(doc: Any) -> _GenerateRequest:
+    """Validate a GenerateContentRequest object (a call's body or a batch line's request)."""
     if not isinstance(doc, dict):
         raise _bad_request("Invalid JSON payload received. Expected an object.")
     contents = _field(doc, "contents")
@@ -555,7 +668,10 @@ def _parse_rules(doc: Any) -> list[_Rule]:
             pattern = re.compile(str(item.get("match", "")))
         except re.error as exc:
             raise _bad_request(f"rules[{i}].match: {exc}") from None
-        rules.append(_Rule(pattern, mode, times, float(timeout_s)))
+        lane = item.get("lane", "any")
+        if lane not in _LANES:
+            raise _bad_request(f"rules[{i}].lane must be one of {list(_LANES)}")
+        rules.append(_Rule(pattern, mode, times, float(timeout_s), lane))
     return rules
 
 
@@ -672,6 +788,625 @@ def _build_answer(model: str, req: _GenerateRequest, mode: str) -> tuple[JsonDic
     ), valid_image
 
 
+# --------------------------------------------------------------------------- files and batches
+
+# The google.rpc.Code number for an HTTP code: what a batch line's error and a failed
+# batch's Operation.error carry (google.rpc.Status has a number, no status name).
+_RPC_CODES: Final[dict[int, int]] = {
+    400: 3,  # INVALID_ARGUMENT
+    401: 16,  # UNAUTHENTICATED
+    403: 7,  # PERMISSION_DENIED
+    404: 5,  # NOT_FOUND
+    409: 10,  # ABORTED
+    429: 8,  # RESOURCE_EXHAUSTED
+    499: 1,  # CANCELLED
+    500: 13,  # INTERNAL
+    501: 12,  # UNIMPLEMENTED
+    503: 14,  # UNAVAILABLE
+    504: 4,  # DEADLINE_EXCEEDED
+}
+_BATCH_STATES: Final = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED")
+_ENDED: Final = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
+_BATCH_TYPE: Final = "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatch"
+_OUTPUT_TYPE: Final = (
+    "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatchOutput"
+)
+# Google's limit on a batchGenerateContent body with inline requests.
+_MAX_INLINE_BATCH_BYTES: Final = 20 * 1024 * 1024
+# Files expire 48 h after upload at Google; the stub only reports the time.
+_FILE_TTL_S: Final = 48 * 3600.0
+# Upload sessions never finalized would pin their bytes; the oldest are dropped.
+_MAX_OPEN_UPLOADS: Final = 32
+_FILE_ID_RE: Final = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+_DEFAULT_PAGE_SIZE: Final = 50
+_MAX_PAGE_SIZE: Final = 1000
+_STORE_COUNTERS: Final = (
+    "files_uploaded",
+    "file_bytes_uploaded",
+    "file_gets",
+    "file_lists",
+    "file_downloads",
+    "file_deletes",
+    "batch_creations",
+    "batch_gets",
+    "batch_lists",
+    "batch_cancels",
+    "batch_deletes",
+    "batch_lines",
+    "batch_line_errors",
+    "batch_generated",
+)
+
+
+def _rpc_status(http_code: int, message: str) -> JsonDict:
+    """A google.rpc.Status as batch results carry it: ``{"code": <rpc code>, "message"}``."""
+    return {"code": _RPC_CODES.get(http_code, 2), "message": message}  # 2: UNKNOWN
+
+
+def _rfc3339(wall: float) -> str:
+    moment = datetime.datetime.fromtimestamp(wall, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _new_id(length: int) -> str:
+    # Lowercase alphanumerics: google-genai reads a file id out of a URI as [a-z0-9]+.
+    return uuid.uuid4().hex[:length]
+
+
+@dataclass
+class _StoredFile:
+    file_id: str
+    mime_type: str
+    data: bytes
+    source: str  # UPLOADED (files.upload) or GENERATED (a batch's results)
+    api_version: str
+    created: float  # wall clock
+    display_name: str | None = None
+
+    def to_json(self, base_url: str) -> JsonDict:
+        """The File resource as files.get and the upload's finalize answer it."""
+        version = self.api_version or "v1beta"
+        doc: JsonDict = {
+            "name": f"files/{self.file_id}",
+            "mimeType": self.mime_type,
+            "sizeBytes": str(len(self.data)),  # int64 travels as a JSON string
+            "createTime": _rfc3339(self.created),
+            "updateTime": _rfc3339(self.created),
+            "expirationTime": _rfc3339(self.created + _FILE_TTL_S),
+            "sha256Hash": base64.b64encode(hashlib.sha256(self.data).digest()).decode(),
+            "uri": f"{base_url}/{version}/files/{self.file_id}",
+            "state": "ACTIVE",
+            "source": self.source,
+        }
+        if self.display_name:
+            doc["displayName"] = self.display_name
+        if self.source == "GENERATED":
+            doc["downloadUri"] = f"{base_url}/{version}/files/{self.file_id}:download?alt=media"
+        return doc
+
+
+@dataclass
+class _Upload:
+    """A resumable upload between its start request and its finalize."""
+
+    upload_id: str
+    file_id: str
+    mime_type: str
+    size: int
+    api_version: str
+    display_name: str | None
+    received: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class _BatchLine:
+    """One request of a batch: a JSONL line (``key``) or an inline request (``metadata``)."""
+
+    request: _GenerateRequest | None
+    # Why the line cannot run (bad JSON, no text...): it ends as a per-line error.
+    problem: ApiError | None = None
+    key: Any = None
+    metadata: JsonDict | None = None
+    raw_config: JsonDict | None = None
+
+
+@dataclass
+class _LineOutcome:
+    response: JsonDict | None = None
+    error: JsonDict | None = None
+    generated: bool = False
+
+
+@dataclass
+class _Batch:
+    batch_id: str
+    model: str
+    api_version: str
+    display_name: str | None
+    input_file: str | None  # "files/ID" for a file-sourced batch, None for inline requests
+    lines: list[_BatchLine]
+    pending_s: float
+    running_s: float
+    expire_s: float
+    created_mono: float
+    created_wall: float
+    # A state set over the control plane (or by cancel/expiry), and since when.
+    # PENDING/RUNNING hold until the batch is re-timed; SUCCEEDED finishes at once.
+    forced: str | None = None
+    forced_mono: float = 0.0
+    error: JsonDict | None = None  # Operation.error of a FAILED batch
+    output: JsonDict | None = None  # GenerateContentBatchOutput once SUCCEEDED
+    finished_mono: float = 0.0
+    outcomes: list[_LineOutcome] = field(default_factory=list)
+    # Held while the lines run, so two readers never produce results twice.
+    running_lines: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def name(self) -> str:
+        return f"batches/{self.batch_id}"
+
+    def wall(self, mono: float) -> float:
+        return self.created_wall + (mono - self.created_mono)
+
+    def advance(self, now: float) -> bool:
+        """Apply expiry; True when the results are due and not produced yet."""
+        if self.output is not None:
+            return False
+        if self.forced == "SUCCEEDED":
+            return True
+        if self.forced is not None:
+            return False
+        elapsed = now - self.created_mono
+        due_after = self.pending_s + self.running_s
+        if self.expire_s < due_after and elapsed >= self.expire_s:
+            self.forced, self.forced_mono = "EXPIRED", self.created_mono + self.expire_s
+            return False
+        return elapsed >= due_after
+
+    def state(self, now: float) -> tuple[str, float]:
+        """The state a client sees now, and since when (monotonic)."""
+        if self.output is not None:
+            return "SUCCEEDED", self.finished_mono
+        if self.forced == "SUCCEEDED":
+            return "RUNNING", self.forced_mono  # until its lines have run
+        if self.forced is not None:
+            return self.forced, self.forced_mono
+        if now - self.created_mono < self.pending_s:
+            return "PENDING", self.created_mono
+        return "RUNNING", self.created_mono + self.pending_s
+
+    def operation(self, now: float) -> JsonDict:
+        """The batch as batches.get answers it: a long-running Operation."""
+        state, since = self.state(now)
+        stats: JsonDict = {"requestCount": str(len(self.lines))}
+        # Proto3 JSON leaves zero counts out.
+        if self.output is not None:
+            failed = sum(1 for o in self.outcomes if o.error is not None)
+            if len(self.outcomes) - failed:
+                stats["successfulRequestCount"] = str(len(self.outcomes) - failed)
+            if failed:
+                stats["failedRequestCount"] = str(failed)
+        elif state not in _ENDED and self.lines:
+            stats["pendingRequestCount"] = str(len(self.lines))
+        metadata: JsonDict = {
+            "@type": _BATCH_TYPE,
+            "model": f"models/{self.model}",
+            "name": self.name,
+            "createTime": _rfc3339(self.created_wall),
+            "updateTime": _rfc3339(self.wall(since)),
+            "batchStats": stats,
+            "state": f"BATCH_STATE_{state}",
+        }
+        if self.display_name:
+            metadata["displayName"] = self.display_name
+        if self.input_file:
+            metadata["inputConfig"] = {"fileName": self.input_file}
+        operation: JsonDict = {"name": self.name, "metadata": metadata}
+        if state in _ENDED:
+            metadata["endTime"] = _rfc3339(self.wall(since))
+            operation["done"] = True
+        if self.output is not None:
+            metadata["output"] = self.output
+            operation["response"] = {"@type": _OUTPUT_TYPE, **self.output}
+        if state == "FAILED" and self.error:
+            operation["error"] = self.error
+        return operation
+
+    def control_view(self, now: float) -> JsonDict:
+        """What /_stub/batches shows: timing, holds and what each line asked for."""
+        state, _ = self.state(now)
+        lines = []
+        for i, line in enumerate(self.lines):
+            outcome = self.outcomes[i] if i < len(self.outcomes) else None
+            lines.append(
+                {
+                    "key": line.key,
+                    "metadata": line.metadata,
+                    "prompt": line.request.prompt if line.request else None,
+                    "generationConfig": line.raw_config,
+                    "reference_images": line.request.reference_images if line.request else [],
+                    "problem": line.problem.message if line.problem else None,
+                    "outcome": None
+                    if outcome is None
+                    else ("error" if outcome.error is not None else "response"),
+                }
+            )
+        return {
+            "name": self.name,
+            "model": self.model,
+            "display_name": self.display_name,
+            "state": state,
+            "input_file": self.input_file,
+            "pending_s": self.pending_s,
+            "running_s": self.running_s,
+            "expire_s": self.expire_s,
+            "forced": self.forced,
+            "output": self.output,
+            "lines": lines,
+        }
+
+
+def _parse_line(number: int, raw: bytes) -> _BatchLine:
+    """One JSONL line ``{"key": ..., "request": {...}}``; defects become per-line errors."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return _BatchLine(None, _bad_request(f"Invalid JSON on line {number}: {exc}"))
+    if not isinstance(doc, dict):
+        return _BatchLine(None, _bad_request(f"Line {number} is not a JSON object."))
+    return _batch_line(doc.get("request"), key=doc.get("key"))
+
+
+def _batch_line(request: Any, key: Any = None, metadata: JsonDict | None = None) -> _BatchLine:
+    config = _field(request, "generationConfig") if isinstance(request, dict) else None
+    try:
+        parsed = _parse_request(request)
+    except ApiError as exc:
+        return _BatchLine(None, exc, key, metadata, config if isinstance(config, dict) else None)
+    return _BatchLine(parsed, None, key, metadata, parsed.generation_config)
+
+
+def _result_line(line: _BatchLine, outcome: _LineOutcome) -> JsonDict:
+    """A responses-file line: the input line's key with its response or error."""
+    doc: JsonDict = {} if line.key is None else {"key": line.key}
+    if outcome.error is not None:
+        doc["error"] = outcome.error
+    else:
+        doc["response"] = outcome.response
+    return doc
+
+
+def _page(items: list[Any], query: dict[str, list[str]]) -> tuple[list[Any], str | None]:
+    """One page of a list call; the token is the offset of the next page."""
+    try:
+        size = int((query.get("pageSize") or [str(_DEFAULT_PAGE_SIZE)])[0])
+        start = int((query.get("pageToken") or ["0"])[0] or 0)
+    except ValueError:
+        raise _bad_request("Invalid pageSize or pageToken.") from None
+    if size <= 0:
+        size = _DEFAULT_PAGE_SIZE
+    size = min(size, _MAX_PAGE_SIZE)
+    if start < 0:
+        raise _bad_request("Invalid pageToken.")
+    end = start + size
+    return items[start:end], (str(end) if end < len(items) else None)
+
+
+class _Store:
+    """Files, upload sessions and batches in memory, with their counters.
+
+    ``answer`` runs one batch line through the generateContent logic; it is called
+    without ``lock`` held, since rendering images takes a while.
+    """
+
+    def __init__(self, answer: Callable[[str, _BatchLine], _LineOutcome]) -> None:
+        self.lock = threading.Lock()
+        self._answer = answer
+        self.files: dict[str, _StoredFile] = {}
+        self.uploads: dict[str, _Upload] = {}
+        self.batches: dict[str, _Batch] = {}  # in creation order
+        self.counts: dict[str, int] = dict.fromkeys(_STORE_COUNTERS, 0)
+        self.creations_by_model: dict[str, int] = {}
+        self.by_prompt: dict[str, _PromptStats] = {}
+
+    def reset(self) -> None:
+        with self.lock:
+            self.files.clear()
+            self.uploads.clear()
+            self.batches.clear()
+            self.counts = dict.fromkeys(_STORE_COUNTERS, 0)
+            self.creations_by_model = {}
+            self.by_prompt = {}
+
+    def stats(self) -> JsonDict:
+        with self.lock:
+            return {
+                **self.counts,
+                "batch_creations_by_model": dict(self.creations_by_model),
+                "batch_by_prompt": {
+                    prompt: {"lines": s.requests, "generated": s.generated}
+                    for prompt, s in self.by_prompt.items()
+                },
+            }
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            self.counts[name] += n
+
+    # -- files
+
+    def start_upload(
+        self, api_version: str, meta: Any, size: int, mime_type: str, limit: int
+    ) -> _Upload:
+        if size < 0:
+            raise _bad_request("X-Goog-Upload-Header-Content-Length must not be negative.")
+        if size > limit:
+            raise _bad_request(f"File size {size} exceeds the maximum of {limit} bytes.")
+        meta = meta if isinstance(meta, dict) else {}
+        name = _field(meta, "name")
+        display_name = _field(meta, "displayName")
+        file_id = _new_id(12)
+        if name:
+            file_id = str(name).removeprefix("files/")
+            if not _FILE_ID_RE.match(file_id):
+                raise _bad_request(
+                    f"Invalid file name {name!r}: up to 40 lowercase letters, digits or "
+                    "dashes, not starting or ending with a dash."
+                )
+        upload = _Upload(
+            _new_id(24),
+            file_id,
+            mime_type,
+            size,
+            api_version,
+            str(display_name) if display_name else None,
+        )
+        with self.lock:
+            if file_id in self.files or any(u.file_id == file_id for u in self.uploads.values()):
+                raise ApiError(
+                    409, f"File files/{file_id} already exists.", status="ALREADY_EXISTS"
+                )
+            self.uploads[upload.upload_id] = upload
+            while len(self.uploads) > _MAX_OPEN_UPLOADS:
+                del self.uploads[next(iter(self.uploads))]
+        return upload
+
+    def upload_chunk(
+        self, upload_id: str, commands: set[str], offset: int | None, chunk: bytes
+    ) -> tuple[_Upload, _StoredFile | None]:
+        """Apply an upload / finalize / query command; the file once finalized."""
+        with self.lock:
+            upload = self.uploads.get(upload_id)
+            if upload is None:
+                raise ApiError(404, "No upload session with this upload_id.")
+            if "query" in commands:
+                return upload, None
+            if "upload" in commands:
+                if offset != len(upload.received):
+                    raise _bad_request(
+                        f"X-Goog-Upload-Offset {offset} does not match the "
+                        f"{len(upload.received)} bytes received."
+                    )
+                if len(upload.received) + len(chunk) > upload.size:
+                    del self.uploads[upload_id]
+                    raise _bad_request("More bytes than X-Goog-Upload-Header-Content-Length.")
+                upload.received += chunk
+            if "finalize" not in commands:
+                return upload, None
+            if len(upload.received) != upload.size:
+                del self.uploads[upload_id]
+                raise _bad_request(
+                    f"Upload finalized after {len(upload.received)} of {upload.size} bytes."
+                )
+            del self.uploads[upload_id]
+            stored = _StoredFile(
+                upload.file_id,
+                upload.mime_type,
+                bytes(upload.received),
+                "UPLOADED",
+                upload.api_version,
+                time.time(),
+                upload.display_name,
+            )
+            self.files[stored.file_id] = stored
+            self.counts["files_uploaded"] += 1
+            self.counts["file_bytes_uploaded"] += upload.size
+            return upload, stored
+
+    def file(self, file_id: str) -> _StoredFile:
+        with self.lock:
+            stored = self.files.get(file_id)
+        if stored is None:
+            # Google answers 403, not 404, for a file that is not there.
+            raise ApiError(
+                403,
+                f"You do not have permission to access the File {file_id} or it may not exist.",
+            )
+        return stored
+
+    def delete_file(self, file_id: str) -> None:
+        self.file(file_id)
+        with self.lock:
+            self.files.pop(file_id, None)
+            self.counts["file_deletes"] += 1
+
+    # -- batches
+
+    def create_batch(self, batch: _Batch) -> JsonDict:
+        with self.lock:
+            self.batches[batch.batch_id] = batch
+            self.counts["batch_creations"] += 1
+            self.creations_by_model[batch.model] = self.creations_by_model.get(batch.model, 0) + 1
+            return batch.operation(batch.created_mono)
+
+    def batch(self, batch_id: str) -> _Batch:
+        with self.lock:
+            batch = self.batches.get(batch_id)
+        if batch is None:
+            raise ApiError(404, "Requested entity was not found.")
+        return batch
+
+    def settle(self, batch: _Batch) -> None:
+        """Bring a batch up to date: expire it, or run its lines once they are due."""
+        with self.lock:
+            due = batch.advance(time.monotonic())
+        if not due or not batch.running_lines.acquire(blocking=False):
+            return  # not due, or another request is producing the results right now
+        try:
+            outcomes = [self._answer(batch.model, line) for line in batch.lines]
+            results = None
+            if batch.input_file is not None:
+                results = b"".join(
+                    json.dumps(_result_line(line, o), separators=(",", ":")).encode() + b"\n"
+                    for line, o in zip(batch.lines, outcomes, strict=True)
+                )
+            with self.lock:
+                # A cancel or a forced end that came in meanwhile wins.
+                if batch.output is not None or batch.forced not in (None, "SUCCEEDED"):
+                    return
+                self._commit(batch, outcomes, results)
+        finally:
+            batch.running_lines.release()
+
+    def _commit(self, batch: _Batch, outcomes: list[_LineOutcome], results: bytes | None) -> None:
+        batch.outcomes = outcomes
+        batch.finished_mono = time.monotonic()
+        if results is not None:
+            stored = _StoredFile(
+                _new_id(12),
+                "application/jsonl",
+                results,
+                "GENERATED",
+                batch.api_version,
+                batch.wall(batch.finished_mono),
+            )
+            self.files[stored.file_id] = stored
+            batch.output = {"responsesFile": f"files/{stored.file_id}"}
+        else:
+            inlined = []
+            for line, outcome in zip(batch.lines, outcomes, strict=True):
+                item: JsonDict = (
+                    {"error": outcome.error}
+                    if outcome.error is not None
+                    else {"response": outcome.response}
+                )
+                if line.metadata is not None:
+                    item["metadata"] = line.metadata
+                inlined.append(item)
+            batch.output = {"inlinedResponses": {"inlinedResponses": inlined}}
+        for line, outcome in zip(batch.lines, outcomes, strict=True):
+            self.counts["batch_lines"] += 1
+            if outcome.error is not None:
+                self.counts["batch_line_errors"] += 1
+            if outcome.generated:
+                self.counts["batch_generated"] += 1
+            if line.request is not None:
+                entry = self.by_prompt.setdefault(line.request.prompt, _PromptStats())
+                entry.requests += 1
+                entry.generated += int(outcome.generated)
+
+    def get_operation(self, batch_id: str, counter: str | None = "batch_gets") -> JsonDict:
+        batch = self.batch(batch_id)
+        self.settle(batch)
+        with self.lock:
+            if counter:
+                self.counts[counter] += 1
+            return batch.operation(time.monotonic())
+
+    def list_operations(self, query: dict[str, list[str]]) -> JsonDict:
+        with self.lock:
+            newest_first = list(reversed(self.batches.values()))
+        page, token = _page(newest_first, query)
+        for batch in page:
+            self.settle(batch)
+        with self.lock:
+            self.counts["batch_lists"] += 1
+            now = time.monotonic()
+            answer: JsonDict = {"operations": [b.operation(now) for b in page]}
+        if token:
+            answer["nextPageToken"] = token
+        return answer
+
+    def cancel(self, batch_id: str) -> None:
+        batch = self.batch(batch_id)
+        self.settle(batch)
+        with self.lock:
+            now = time.monotonic()
+            state, _ = batch.state(now)
+            if state in _ENDED:
+                raise ApiError(
+                    400,
+                    f"Batch {batch.name} is already {state} and cannot be cancelled.",
+                    status="FAILED_PRECONDITION",
+                )
+            batch.forced, batch.forced_mono = "CANCELLED", now
+            self.counts["batch_cancels"] += 1
+
+    def delete_batch(self, batch_id: str) -> None:
+        self.batch(batch_id)
+        with self.lock:
+            self.batches.pop(batch_id, None)
+            self.counts["batch_deletes"] += 1
+
+    def control(self, batch_id: str, doc: Any) -> JsonDict:
+        """Re-time a batch, hold it in a state, or end it (``POST /_stub/batches/{id}``)."""
+        if not isinstance(doc, dict):
+            raise _bad_request("expected a JSON object")
+        timing = {}
+        for name in ("pending_s", "running_s", "expire_s"):
+            if name in doc:
+                value = doc[name]
+                if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                    raise _bad_request(f"{name} must be a non-negative number")
+                timing[name] = float(value)
+        state = doc.get("state")
+        if state is not None:
+            state = str(state).upper().removeprefix("JOB_STATE_").removeprefix("BATCH_STATE_")
+            if state not in _BATCH_STATES:
+                raise _bad_request(f"state must be one of {list(_BATCH_STATES)}")
+        error = doc.get("error")
+        if error is not None and not (
+            isinstance(error, dict)
+            and isinstance(error.get("code", 13), int)
+            and isinstance(error.get("message", ""), str)
+        ):
+            raise _bad_request('error must be {"code": <google.rpc.Code>, "message": str}')
+        batch = self.batch(batch_id)
+        self.settle(batch)
+        with self.lock:
+            now = time.monotonic()
+            current, _ = batch.state(now)
+            if current in _ENDED and (timing or state):
+                raise ApiError(
+                    400,
+                    f"Batch {batch.name} already ended ({current}).",
+                    status="FAILED_PRECONDITION",
+                )
+            for name, value in timing.items():
+                setattr(batch, name, value)
+            if timing and batch.forced in ("PENDING", "RUNNING"):
+                batch.forced = None  # re-timing releases a hold
+            if state is not None:
+                batch.forced, batch.forced_mono = state, now
+                if state == "FAILED":
+                    batch.error = {
+                        "code": (error or {}).get("code", 13),
+                        "message": (error or {}).get("message", "Internal error encountered."),
+                    }
+        self.settle(batch)  # a forced SUCCEEDED produces its results now
+        with self.lock:
+            return batch.control_view(time.monotonic())
+
+    def control_views(self) -> list[JsonDict]:
+        with self.lock:
+            batches = list(self.batches.values())
+        for batch in batches:
+            self.settle(batch)
+        with self.lock:
+            now = time.monotonic()
+            return [b.control_view(now) for b in batches]
+
+
 # --------------------------------------------------------------------------- HTTP
 
 
@@ -686,13 +1421,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing
 
-    def _send_json(self, code: int, doc: JsonDict) -> bool:
-        """Send a JSON answer; False if the client had already gone."""
-        payload = json.dumps(doc, separators=(",", ":")).encode()
+    def _send(
+        self, code: int, payload: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> bool:
+        """Send an answer; False if the client had already gone."""
         try:
             self.send_response(code)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(payload)
             self.wfile.flush()
@@ -701,6 +1439,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return False
         return True
+
+    def _send_json(self, code: int, doc: JsonDict, headers: dict[str, str] | None = None) -> bool:
+        """Send a JSON answer; False if the client had already gone."""
+        payload = json.dumps(doc, separators=(",", ":")).encode()
+        return self._send(code, payload, "application/json; charset=UTF-8", headers)
 
     def _read_body(self) -> bytes:
         # Always drain the body, or the next keep-alive request would read garbage.
@@ -719,39 +1462,49 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routing
 
     def do_GET(self) -> None:
-        path = urlsplit(self.path).path
+        split = urlsplit(self.path)
+        path = unquote(split.path)
+        query = parse_qs(split.query)
         state = self.server.state
-        if path == "/_stub/healthz":
-            self._send_json(200, {"ok": True})
-        elif path == "/_stub/stats":
-            self._send_json(200, state.stats())
-        elif path == "/_stub/script":
-            with state.lock:
-                rules = [r.to_json() for r in state.rules]
-            self._send_json(200, {"rules": rules})
-        elif path == "/_stub/config":
-            self._send_json(200, self._config_json())
-        elif path == "/_stub/requests":
-            with state.lock:
-                logged = list(state.request_log)
-            self._send_json(200, {"requests": logged})
-        elif (match := _MODEL_PATH.match(unquote(path))) is not None:
-            try:
-                self._authorize(match, parse_qs(urlsplit(self.path).query))
+        try:
+            self._read_body()
+            if path == "/_stub/healthz":
+                self._send_json(200, {"ok": True})
+            elif path == "/_stub/stats":
+                self._send_json(200, state.stats())
+            elif path == "/_stub/script":
+                with state.lock:
+                    rules = [r.to_json() for r in state.rules]
+                self._send_json(200, {"rules": rules})
+            elif path == "/_stub/config":
+                self._send_json(200, self._config_json())
+            elif path == "/_stub/batch-config":
+                self._send_json(200, self._batch_config_json())
+            elif path == "/_stub/requests":
+                with state.lock:
+                    logged = list(state.request_log)
+                self._send_json(200, {"requests": logged})
+            elif path == "/_stub/batches":
+                self._send_json(200, {"batches": state.store.control_views()})
+            elif (match := _STUB_BATCH_PATH.match(path)) is not None:
+                self._send_json(200, state.store.control(match["id"], {}))
+            elif (match := _MODEL_PATH.match(path)) is not None:
+                self._authorize(match, query)
                 self._send_json(200, self._model(match["version"] or "", match["model"]))
-            except ApiError as exc:
-                self._send_json(exc.code, exc.body())
-        else:
-            self._send_json(404, ApiError(404, f"Not found: GET {path}").body())
+            elif not self._files_and_batches("GET", path, query, b""):
+                raise ApiError(404, f"Not found: GET {path}")
+        except ApiError as exc:
+            self._send_json(exc.code, exc.body())
 
     def do_POST(self) -> None:
         split = urlsplit(self.path)
         path = unquote(split.path)
+        query = parse_qs(split.query)
         try:
             body = self._read_body()
             match = _GENERATE_PATH.match(path)
             if match:
-                self._generate(match, parse_qs(split.query), body)
+                self._generate(match, query, body)
             elif path == "/_stub/script":
                 rules = _parse_rules(self._json_body(body))
                 with self.server.state.lock:
@@ -760,6 +1513,12 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/_stub/config":
                 self._update_config(self._json_body(body))
                 self._send_json(200, self._config_json())
+            elif path == "/_stub/batch-config":
+                self._update_batch_config(self._json_body(body))
+                self._send_json(200, self._batch_config_json())
+            elif (stub_batch := _STUB_BATCH_PATH.match(path)) is not None:
+                view = self.server.state.store.control(stub_batch["id"], self._json_body(body))
+                self._send_json(200, view)
             elif path == "/_stub/reset":
                 self.server.state.reset()
                 self._send_json(200, {"ok": True})
@@ -767,10 +1526,72 @@ class _Handler(BaseHTTPRequestHandler):
                 with self.server.state.lock:
                     self.server.state.day_count = 0
                 self._send_json(200, {"ok": True})
-            else:
+            elif not self._files_and_batches("POST", path, query, body):
                 raise ApiError(404, f"Not found: POST {path}")
         except ApiError as exc:
             self._send_json(exc.code, exc.body())
+
+    def do_DELETE(self) -> None:
+        split = urlsplit(self.path)
+        path = unquote(split.path)
+        try:
+            self._read_body()
+            if not self._files_and_batches("DELETE", path, parse_qs(split.query), b""):
+                raise ApiError(404, f"Not found: DELETE {path}")
+        except ApiError as exc:
+            self._send_json(exc.code, exc.body())
+
+    def _files_and_batches(
+        self, method: str, path: str, query: dict[str, list[str]], body: bytes
+    ) -> bool:
+        """Serve a Files API or Batch API call; False if the path is neither's."""
+        store = self.server.state.store
+        if method == "POST" and (match := _UPLOAD_PATH.match(path)) is not None:
+            if "upload_id" in query:
+                # The upload URL is the session's capability: no API key on chunks.
+                self._upload_chunk(query["upload_id"][0], body)
+            else:
+                self._check_key(query)
+                self._start_upload(match["version"] or "", body)
+        elif method == "POST" and (match := _BATCH_CREATE_PATH.match(path)) is not None:
+            self._check_key(query)
+            self._create_batch(match["version"] or "", match["model"], body)
+        elif method == "GET" and _BATCHES_PATH.match(path) is not None:
+            self._check_key(query)
+            self._send_json(200, store.list_operations(query))
+        elif (match := _BATCH_PATH.match(path)) is not None:
+            call = (method, bool(match["cancel"]))
+            if call not in (("GET", False), ("POST", True), ("DELETE", False)):
+                return False
+            self._check_key(query)
+            if call == ("GET", False):
+                self._send_json(200, store.get_operation(match["id"]))
+            elif call == ("POST", True):
+                store.cancel(match["id"])
+                self._send_json(200, {})
+            else:
+                store.delete_batch(match["id"])
+                self._send_json(200, {})
+        elif method == "GET" and _FILES_PATH.match(path) is not None:
+            self._check_key(query)
+            self._list_files(query)
+        elif (match := _FILE_PATH.match(path)) is not None:
+            call = (method, bool(match["download"]))
+            if call not in (("GET", False), ("GET", True), ("DELETE", False)):
+                return False
+            self._check_key(query)
+            if call == ("GET", False):
+                stored = store.file(match["id"])
+                store.count("file_gets")
+                self._send_json(200, stored.to_json(self.server.url))
+            elif call == ("GET", True):
+                self._download(match["id"], query)
+            else:
+                store.delete_file(match["id"])
+                self._send_json(200, {})
+        else:
+            return False
+        return True
 
     # -- control
 
@@ -815,6 +1636,36 @@ class _Handler(BaseHTTPRequestHandler):
             state.config.quota_per_minute = quotas["quota_per_minute"]
             state.config.quota_per_day = quotas["quota_per_day"]
             state.config.retired_models = tuple(retired)
+
+    def _batch_config_json(self) -> JsonDict:
+        config = self.server.state.config
+        with self.server.state.lock:
+            return {
+                "pending_s": config.batch_pending_s,
+                "running_s": config.batch_running_s,
+                "expire_s": config.batch_expire_s,
+                "max_file_bytes": config.max_file_bytes,
+                "max_inline_batch_bytes": _MAX_INLINE_BATCH_BYTES,
+            }
+
+    def _update_batch_config(self, doc: Any) -> None:
+        if not isinstance(doc, dict):
+            raise _bad_request("batch config must be a JSON object")
+        timing: dict[str, float] = {}
+        for name in ("pending_s", "running_s", "expire_s"):
+            if name in doc:
+                value = doc[name]
+                if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                    raise _bad_request(f"{name} must be a non-negative number")
+                timing[name] = float(value)
+        config = self.server.state.config
+        limit = doc.get("max_file_bytes", config.max_file_bytes)
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+            raise _bad_request("max_file_bytes must be a positive integer")
+        with self.server.state.lock:
+            for name, value in timing.items():
+                setattr(config, f"batch_{name}", value)
+            config.max_file_bytes = limit
 
     # -- the API
 
@@ -949,6 +1800,160 @@ class _Handler(BaseHTTPRequestHandler):
             with state.lock:
                 state.in_flight -= 1
 
+    # -- Files API and Batch API
+
+    def _start_upload(self, version: str, body: bytes) -> None:
+        """The resumable upload's start request: answer the session's upload URL."""
+        protocol = (self.headers.get("X-Goog-Upload-Protocol") or "").lower()
+        command = (self.headers.get("X-Goog-Upload-Command") or "").lower()
+        if protocol != "resumable" or command != "start":
+            raise _bad_request("Expected X-Goog-Upload-Protocol: resumable and Command: start.")
+        try:
+            size = int(self.headers.get("X-Goog-Upload-Header-Content-Length") or "")
+        except ValueError:
+            raise _bad_request("X-Goog-Upload-Header-Content-Length must be set.") from None
+        doc = self._json_body(body)
+        meta = doc.get("file") if isinstance(doc, dict) else None
+        mime_type = self.headers.get("X-Goog-Upload-Header-Content-Type") or (
+            _field(meta, "mimeType") if isinstance(meta, dict) else None
+        )
+        if not mime_type:
+            raise _bad_request("The file's MIME type must be set.")
+        with self.server.state.lock:
+            limit = self.server.state.config.max_file_bytes
+        upload = self.server.state.store.start_upload(version, meta, size, str(mime_type), limit)
+        prefix = f"{version}/" if version else ""
+        url = (
+            f"{self.server.url}/upload/{prefix}files?upload_id={upload.upload_id}"
+            "&upload_protocol=resumable"
+        )
+        self._send(
+            200,
+            b"",
+            "text/plain; charset=utf-8",
+            {"X-Goog-Upload-URL": url, "X-Goog-Upload-Status": "active"},
+        )
+
+    def _upload_chunk(self, upload_id: str, body: bytes) -> None:
+        commands = {
+            c.strip().lower()
+            for c in (self.headers.get("X-Goog-Upload-Command") or "").split(",")
+            if c.strip()
+        }
+        try:
+            if not commands or commands - {"upload", "finalize", "query"}:
+                raise _bad_request("X-Goog-Upload-Command must be upload, finalize or query.")
+            offset_header = self.headers.get("X-Goog-Upload-Offset")
+            try:
+                offset = None if offset_header is None else int(offset_header)
+            except ValueError:
+                raise _bad_request("X-Goog-Upload-Offset must be an integer.") from None
+            upload, stored = self.server.state.store.upload_chunk(upload_id, commands, offset, body)
+        except ApiError as exc:
+            # "final" ends the session for the SDK; without an upload status header
+            # it would retry the chunk blindly (with sleeps) before failing anyway.
+            self._send_json(exc.code, exc.body(), {"X-Goog-Upload-Status": "final"})
+            return
+        received = {"X-Goog-Upload-Size-Received": str(len(upload.received))}
+        if stored is None:
+            self._send(
+                200,
+                b"",
+                "text/plain; charset=utf-8",
+                {"X-Goog-Upload-Status": "active", **received},
+            )
+            return
+        log.info("files.upload %s %d bytes", stored.file_id, len(stored.data))
+        self._send_json(
+            200,
+            {"file": stored.to_json(self.server.url)},
+            {"X-Goog-Upload-Status": "final", **received},
+        )
+
+    def _list_files(self, query: dict[str, list[str]]) -> None:
+        store = self.server.state.store
+        with store.lock:
+            newest_first = list(reversed(store.files.values()))
+            store.counts["file_lists"] += 1
+        page, token = _page(newest_first, query)
+        answer: JsonDict = {"files": [f.to_json(self.server.url) for f in page]}
+        if token:
+            answer["nextPageToken"] = token
+        self._send_json(200, answer)
+
+    def _download(self, file_id: str, query: dict[str, list[str]]) -> None:
+        store = self.server.state.store
+        stored = store.file(file_id)
+        if query.get("alt") != ["media"]:
+            store.count("file_gets")
+            self._send_json(200, stored.to_json(self.server.url))
+            return
+        if stored.source != "GENERATED":
+            # google-genai documents that uploaded files cannot be downloaded.
+            raise _bad_request(f"File files/{file_id} was uploaded; only generated files download.")
+        store.count("file_downloads")
+        self._send(200, stored.data, stored.mime_type)
+
+    def _create_batch(self, version: str, model: str, body: bytes) -> None:
+        """models/{model}:batchGenerateContent with a file or inline requests."""
+        retired = self._retired(version, model)
+        if retired is not None:
+            raise retired
+        doc = self._json_body(body)
+        batch_doc = doc.get("batch") if isinstance(doc, dict) else None
+        if not isinstance(batch_doc, dict):
+            raise _bad_request("* BatchGenerateContentRequest.batch: batch is required")
+        input_config = _field(batch_doc, "inputConfig")
+        if not isinstance(input_config, dict):
+            raise _bad_request("* GenerateContentBatch.input_config: input_config is required")
+        file_name, requests_doc = _field(input_config, "fileName"), _field(input_config, "requests")
+        if (file_name is None) == (requests_doc is None):
+            raise _bad_request("input_config needs exactly one of file_name and requests.")
+        store = self.server.state.store
+        if file_name is not None:
+            source = store.file(str(file_name).removeprefix("files/"))
+            lines = [
+                _parse_line(number, raw)
+                for number, raw in enumerate(source.data.splitlines(), start=1)
+                if raw.strip()
+            ]
+        else:
+            if len(body) > _MAX_INLINE_BATCH_BYTES:
+                raise _bad_request(
+                    f"Inline batch requests exceed {_MAX_INLINE_BATCH_BYTES} bytes; "
+                    "upload them as a JSONL file."
+                )
+            items = _field(requests_doc, "requests") if isinstance(requests_doc, dict) else None
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise _bad_request("input_config.requests.requests must be a list of objects.")
+            lines = []
+            for i, item in enumerate(items):
+                metadata = item.get("metadata")
+                if metadata is not None and not isinstance(metadata, dict):
+                    raise _bad_request(f"requests[{i}].metadata must be an object.")
+                lines.append(_batch_line(item.get("request"), metadata=metadata))
+        if not lines:
+            raise _bad_request("The batch has no requests.")
+        display_name = _field(batch_doc, "displayName")
+        config = self.server.state.config
+        with self.server.state.lock:
+            timing = (config.batch_pending_s, config.batch_running_s, config.batch_expire_s)
+        batch = _Batch(
+            batch_id=_new_id(20),
+            model=model,
+            api_version=version,
+            display_name=str(display_name) if display_name else None,
+            input_file=f"files/{source.file_id}" if file_name is not None else None,
+            lines=lines,
+            pending_s=timing[0],
+            running_s=timing[1],
+            expire_s=timing[2],
+            created_mono=time.monotonic(),
+            created_wall=time.time(),
+        )
+        log.info("batchGenerateContent model=%s lines=%d %s", model, len(lines), batch.name)
+        self._send_json(200, store.create_batch(batch))
+
 
 class GeminiStubServer(ThreadingHTTPServer):
     """ThreadingHTTPServer carrying the stub's shared state."""
@@ -1005,6 +2010,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--quota-window-s", type=float, default=60.0, help="the per-minute quota's window"
     )
+    parser.add_argument(
+        "--batch-pending-s",
+        type=float,
+        default=StubConfig.batch_pending_s,
+        help="how long a new batch stays PENDING",
+    )
+    parser.add_argument(
+        "--batch-running-s",
+        type=float,
+        default=StubConfig.batch_running_s,
+        help="then how long it stays RUNNING before SUCCEEDED",
+    )
+    parser.add_argument(
+        "--batch-expire-s",
+        type=float,
+        default=StubConfig.batch_expire_s,
+        help="a batch still unfinished this long after creation EXPIRES",
+    )
+    parser.add_argument(
+        "--max-file-bytes",
+        type=int,
+        default=StubConfig.max_file_bytes,
+        help="largest file the Files API takes (kept in memory)",
+    )
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -1015,6 +2044,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         quota_per_minute=args.quota_per_minute,
         quota_per_day=args.quota_per_day,
         quota_window_s=args.quota_window_s,
+        batch_pending_s=args.batch_pending_s,
+        batch_running_s=args.batch_running_s,
+        batch_expire_s=args.batch_expire_s,
+        max_file_bytes=args.max_file_bytes,
     )
     server = make_server(args.host, args.port, config)
     stop = threading.Event()
