@@ -59,7 +59,8 @@ sends them; API key as above except on the upload URL, whose upload_id is the ke
   Latency and the per-minute/per-day quotas do not apply to batch lines: the Batch
   API has its own limits, which the stub does not model.
 - ``GET|POST /_stub/batch-config`` ``{"pending_s", "running_s", "expire_s",
-  "max_file_bytes"}``: timing of batches created from then on (0 for tests).
+  "max_file_bytes", "download_bytes_per_s"}``: timing of batches created from then
+  on (0 for tests); a download rate > 0 makes file downloads trickle (a slow server).
 - ``GET /_stub/batches`` (every batch: state, timing, each line's prompt,
   generationConfig and outcome), ``GET /_stub/batches/{id}``, and ``POST
   /_stub/batches/{id}`` ``{"pending_s", "running_s", "expire_s"}`` (re-time, from
@@ -229,6 +230,8 @@ class StubConfig:
     batch_expire_s: float = 48 * 3600.0
     # Files API: Google takes up to 2 GB a file; the stub keeps files in memory.
     max_file_bytes: int = 512 * 1024 * 1024
+    # A slow server: file downloads trickle at this many bytes a second (0: at once).
+    download_bytes_per_s: float = 0.0
 
 
 # What Gemini names in QuotaFailure for its request quotas of a model.
@@ -1645,6 +1648,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "running_s": config.batch_running_s,
                 "expire_s": config.batch_expire_s,
                 "max_file_bytes": config.max_file_bytes,
+                "download_bytes_per_s": config.download_bytes_per_s,
                 "max_inline_batch_bytes": _MAX_INLINE_BATCH_BYTES,
             }
 
@@ -1652,7 +1656,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(doc, dict):
             raise _bad_request("batch config must be a JSON object")
         timing: dict[str, float] = {}
-        for name in ("pending_s", "running_s", "expire_s"):
+        for name in ("pending_s", "running_s", "expire_s", "download_bytes_per_s"):
             if name in doc:
                 value = doc[name]
                 if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
@@ -1664,7 +1668,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _bad_request("max_file_bytes must be a positive integer")
         with self.server.state.lock:
             for name, value in timing.items():
-                setattr(config, f"batch_{name}", value)
+                setattr(config, name if name.startswith("download") else f"batch_{name}", value)
             config.max_file_bytes = limit
 
     # -- the API
@@ -1892,7 +1896,22 @@ class _Handler(BaseHTTPRequestHandler):
             # google-genai documents that uploaded files cannot be downloaded.
             raise _bad_request(f"File files/{file_id} was uploaded; only generated files download.")
         store.count("file_downloads")
-        self._send(200, stored.data, stored.mime_type)
+        rate = self.server.state.config.download_bytes_per_s
+        if rate <= 0:
+            self._send(200, stored.data, stored.mime_type)
+            return
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", stored.mime_type)
+            self.send_header("Content-Length", str(len(stored.data)))
+            self.end_headers()
+            chunk = max(1, int(rate / 20))  # twenty writes a second
+            for start in range(0, len(stored.data), chunk):
+                self.wfile.write(stored.data[start : start + chunk])
+                self.wfile.flush()
+                time.sleep(chunk / rate)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
 
     def _create_batch(self, version: str, model: str, body: bytes) -> None:
         """models/{model}:batchGenerateContent with a file or inline requests."""

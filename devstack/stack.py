@@ -537,14 +537,21 @@ class Stack:
             )
         service.pid = process.pid
 
-    def crash_and_restart(self, name: str) -> None:
+    def crash_and_restart(self, name: str, env: Mapping[str, str] | None = None) -> None:
         """Kill a service at once (SIGKILL, as an instance dies) and start it again
-        on the same port; returns when it listens."""
+        on the same port, with ``env`` changed (a redeploy with new settings) if
+        given; returns when it listens."""
         service = self._service(name)
+        service.env = {**service.env, **(env or {})}
         with contextlib.suppress(ProcessLookupError):
             os.killpg(service.pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(service.pid, 0)
+        # Its workers (grandchildren) may hold the socket a moment longer: a new
+        # process would not bind yet, and a readiness check would reach the old one.
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        while time.monotonic() < deadline and _accepts(service.port):
+            time.sleep(0.05)
         self._launch(service)
         self._save_pids()
         self._wait_port(name, service.port)
@@ -582,7 +589,7 @@ class Stack:
         deadline = time.monotonic() + self.config.startup_timeout_s
         while time.monotonic() < deadline:
             self._check_alive(name)
-            with contextlib.suppress(OSError), socket.create_connection((LOCALHOST, port), 1):
+            if _accepts(port):
                 return
             time.sleep(0.2)
         raise StackError(f"{name} not listening on {port}; log {self._service(name).log}")
@@ -711,3 +718,12 @@ __all__ = [
     "sheets_client",
     "stop_group",
 ]
+
+
+def _accepts(port: int) -> bool:
+    """Whether something on loopback accepts connections on ``port``."""
+    try:
+        with socket.create_connection((LOCALHOST, port), 1):
+            return True
+    except OSError:
+        return False

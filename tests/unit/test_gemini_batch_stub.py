@@ -743,3 +743,32 @@ def test_cli_sets_batch_timing_and_file_limit() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_slow_server_trickles_a_download_in_pieces(
+    stub: GeminiStubServer, client: genai.Client
+) -> None:
+    batch_config(stub, pending_s=0, running_s=0)
+    uploaded = upload(client, jsonl([request_line(str(i), f"fox {i}") for i in range(3)]))
+    assert uploaded.name is not None
+    batch = wait_done(client, client.batches.create(model=MODEL, src=uploaded.name).name or "")
+    assert batch.dest is not None and batch.dest.file_name
+    whole = client.files.download(file=batch.dest.file_name)
+    rate = len(whole) / 0.5  # the whole file in about half a second
+    assert batch_config(stub, download_bytes_per_s=rate).status_code == 200
+    assert requests.get(f"{stub.url}/_stub/batch-config", timeout=5).json()[
+        "download_bytes_per_s"
+    ] == pytest.approx(rate)
+
+    url = f"{stub.url}/v1beta/{batch.dest.file_name}:download?alt=media"
+    started = time.monotonic()
+    arrivals: list[float] = []
+    pieces: list[bytes] = []
+    with requests.get(url, headers={"x-goog-api-key": KEY}, stream=True, timeout=30) as answer:
+        for piece in answer.iter_content(chunk_size=1024):
+            arrivals.append(time.monotonic() - started)
+            pieces.append(piece)
+    assert b"".join(pieces) == whole
+    # Twenty writes a second: the first piece long before the last.
+    assert arrivals[-1] - arrivals[0] >= 0.3
+    assert client.files.download(file=batch.dest.file_name) == whole  # the SDK copes
