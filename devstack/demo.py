@@ -135,8 +135,11 @@ def write_cells(env: Mapping[str, str], updates: Sequence[tuple[int, str, str]])
     worksheet.batch_update(data, value_input_option="RAW")
 
 
-def submit(env: Mapping[str, str], client: Client) -> tuple[str, dict[str, str]]:
-    """Estimate, mark queued, submit; returns the batch id and scene_id -> job_id."""
+def submit(
+    env: Mapping[str, str], client: Client, lane: str = "live"
+) -> tuple[str, dict[str, str]]:
+    """Estimate, mark queued, submit in ``lane``; returns the batch id and
+    scene_id -> job_id."""
     rows = read_sheet(env)
     items = [
         {
@@ -147,13 +150,19 @@ def submit(env: Mapping[str, str], client: Client) -> tuple[str, dict[str, str]]
         }
         for row in rows
     ]
-    body = {"items": items, "spreadsheet_id": env["SPREADSHEET_ID"], "worksheet": env["WORKSHEET"]}
+    body = {
+        "items": items,
+        "lane": lane,
+        "spreadsheet_id": env["SPREADSHEET_ID"],
+        "worksheet": env["WORKSHEET"],
+    }
     estimate = client.post_batch({**body, "runMode": "dry_run"})
     estimate.raise_for_status()
     plan = estimate.json()
     print(
         f"estimate: {plan['job_count']} jobs, {plan['image_count']} images, "
-        f"${plan['estimated_cost_usd']} with {plan['model']}"
+        f"${plan['estimated_cost_usd']} with {plan['model']} in the {lane} lane "
+        f"(live ${plan['lanes']['live']}, economy ${plan['lanes']['economy']})"
     )
     # Rows are marked before the batch goes out, so a fast job can never be
     # overwritten by a late "queued".
@@ -180,6 +189,8 @@ def watch(client: Client, jobs: Mapping[str, str], timeout_s: float) -> dict[str
         for view in views.values():
             # A job waiting for the quota is still generating; say which.
             state = "waiting" if view.get("waiting") else view["state"]
+            if view.get("gemini_batches") and state not in TERMINAL:
+                state = f"in a Gemini batch ({view['gemini_batches'][-1]['state']})"
             counts[state] = counts.get(state, 0) + 1
         line = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
         if line != last:
@@ -288,6 +299,14 @@ def summary(scenes: Sequence[Mapping[str, str]], views: Mapping[str, Mapping[str
     )
 
 
+def demo_lane(environ: Mapping[str, str]) -> str:
+    """``DEMO_LANE=economy`` sends the demo batch through Gemini's Batch API."""
+    lane = environ.get("DEMO_LANE") or "live"
+    if lane not in ("live", "economy"):
+        raise SystemExit(f"DEMO_LANE must be live or economy, not {lane!r}")
+    return lane
+
+
 def demo_config(state_dir: Path, environ: Mapping[str, str]) -> StackConfig:
     """The demo's stack; ``DEMO_IPM=20`` gives the Gemini stub a quota of 20 images a
     minute and paces the functions at ``DEMO_PACE`` (default: the same; 0: no pace,
@@ -309,6 +328,7 @@ def run_demo(state_dir: Path, scenes_csv: Path, output: Path, timeout_s: float =
         Stack.stop_recorded(demo_state)
         shutil.rmtree(demo_state)
     config = demo_config(demo_state, os.environ)
+    lane = demo_lane(os.environ)
     if config.gemini_quota_per_minute:
         print(
             f"Gemini stub quota: {config.gemini_quota_per_minute} images a minute; "
@@ -325,7 +345,7 @@ def run_demo(state_dir: Path, scenes_csv: Path, output: Path, timeout_s: float =
         scenes = load_scenes(env, scenes_csv)
         print(f"loaded {len(scenes)} scenes into the sheet")
         client = Client(env["API_URL"], env["API_KEY"])
-        batch_id, jobs = submit(env, client)
+        batch_id, jobs = submit(env, client, lane)
         views = watch(client, jobs, timeout_s)
         batch = client.batch(batch_id)
         print(

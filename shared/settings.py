@@ -123,8 +123,8 @@ class Settings(BaseModel):
 
     # --- Economy lane (issue 13): Gemini's Batch API, half price, within 24 hours.
     # A scheduled tick (Cloud Scheduler) submits pending economy variants in batches
-    # of at most ECONOMY_BATCH_MAX_REQUESTS (inline when the requests fit in
-    # ECONOMY_INLINE_MAX_BYTES, well under Gemini's 20 MB, else as a JSONL file) and
+    # of at most ECONOMY_BATCH_MAX_REQUESTS (inline when the requests and the images
+    # they bring back fit in ECONOMY_INLINE_MAX_BYTES, else as a JSONL file) and
     # collects finished batches; what an expired, failed or cancelled batch did not
     # make goes to the live lane or fails (ECONOMY_ON_EXPIRY).
     economy_batch_max_requests: int = Field(default=200, ge=1, le=10_000)

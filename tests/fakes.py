@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -579,7 +580,7 @@ class FakeGeminiBatch:
 class FakeBatchRunner:
     """BatchRunner in memory: batches keep the state a test sets; results default
     to one image per line. ``fail_after`` makes ``results`` stop (a dead collector)
-    after that many lines."""
+    after that many lines; ``line_delay_s`` makes each line slow to arrive."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -587,7 +588,9 @@ class FakeBatchRunner:
         self.submits: list[str] = []
         self.submit_error: Exception | None = None
         self.fail_after: int | None = None
+        self.line_delay_s = 0.0
         self.gets = 0
+        self.result_reads = 0
 
     def submit(
         self, model: str, display_name: str, lines: Sequence[EconomyLine]
@@ -619,7 +622,9 @@ class FakeBatchRunner:
             lines = list(batch.lines)
             results = dict(batch.results)
             stop = self.fail_after
+            self.result_reads += 1
         for position, line in enumerate(lines):
+            time.sleep(self.line_delay_s)
             if stop is not None and position >= stop:
                 raise TransientError("the collector's connection dropped")
             each(

@@ -297,7 +297,7 @@ variable "economy" {
     economy_lease_s            = optional(number, 300)
     economy_tick_budget_s      = optional(number, 240)
   })
-  description = "The economy lane (Gemini's Batch API, half price, within 24 hours; Gemini API backend only): schedule/time_zone (Cloud Scheduler's cron for the run_economy tick), economy_batch_max_requests (ECONOMY_BATCH_MAX_REQUESTS: requests per Gemini batch), economy_inline_max_bytes (ECONOMY_INLINE_MAX_BYTES: requests sent inline up to this, else as a JSONL file; well under Gemini's 20 MB), economy_on_expiry (ECONOMY_ON_EXPIRY: live sends what an expired, failed or cancelled batch did not make to the live lane at the live price, fail fails it), economy_lease_s (ECONOMY_LEASE_S: one tick works on a batch at a time), economy_tick_budget_s (ECONOMY_TICK_BUDGET_S: a tick starts no new work after it)."
+  description = "The economy lane (Gemini's Batch API, half price, within 24 hours; Gemini API backend only): schedule/time_zone (Cloud Scheduler's cron for the run_economy tick), economy_batch_max_requests (ECONOMY_BATCH_MAX_REQUESTS: requests per Gemini batch), economy_inline_max_bytes (ECONOMY_INLINE_MAX_BYTES: a batch goes inline when its requests and expected images fit in this, else as a JSONL file whose results are streamed; at most 15 MiB), economy_on_expiry (ECONOMY_ON_EXPIRY: live sends what an expired, failed or cancelled batch did not make to the live lane at the live price, fail fails it), economy_lease_s (ECONOMY_LEASE_S: one tick works on a batch at a time), economy_tick_budget_s (ECONOMY_TICK_BUDGET_S: a tick starts no new work after it)."
   default     = {}
 
   validation {

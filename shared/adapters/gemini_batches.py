@@ -1,9 +1,10 @@
 """BatchRunner on Gemini's Batch API and Files API through google-genai.
 
-Requests travel inline when the whole batch stays well under Gemini's 20 MB
-inline limit, else as a JSONL file (``files.upload``), one line per variant
-keyed ``job_id/n``. Results are read line by line as ``files.download`` streams
-them (or from the inlined responses), so memory holds one image at a time.
+Requests travel inline only when both the requests and the images they will
+bring back stay under ECONOMY_INLINE_MAX_BYTES: inline results come back in one
+answer, all in memory. Otherwise they travel as a JSONL file (``files.upload``),
+one line per variant keyed ``job_id/n``, and the results file is read line by
+line as ``files.download`` streams it, so memory holds a few MB of it at a time.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ from shared.ports import BatchProgress, EconomyLine, LineResult
 
 # Batches looked at when one is searched for by display name after a crash.
 FIND_LIMIT = 500
+# What one image may weigh in the results (PNG, before base64), by image size:
+# generous, since an inline answer that is larger than planned is all in memory.
+RESULT_BYTES_PER_IMAGE = {"512": 1 << 20, "1K": 3 << 20, "2K": 10 << 20, "4K": 32 << 20}
+DEFAULT_RESULT_BYTES = 3 << 20
 # Control calls (create, get, upload) are small: the SDK retries them briefly.
 CONTROL_RETRY = types.HttpRetryOptions(
     attempts=3,
@@ -101,10 +106,8 @@ class GeminiBatchRunner:
         self, model: str, display_name: str, lines: Sequence[EconomyLine]
     ) -> tuple[str, bool]:
         config = types.CreateBatchJobConfig(display_name=display_name)
-        size = sum(len(r.data) * 4 // 3 for line in lines for r in line.references)
-        size += sum(len(line.prompt) + 512 for line in lines)
         try:
-            if size <= self._inline_max:
+            if inline_size(lines) <= self._inline_max:
                 inline = [
                     types.InlinedRequest(
                         contents=[_content(line)],
@@ -206,6 +209,17 @@ class GeminiBatchRunner:
             return LineResult(key, error=str(exc))
 
 
+def inline_size(lines: Sequence[EconomyLine]) -> int:
+    """The larger of the batch's requests and its expected results, base64 included."""
+    requests = sum(len(r.data) * 4 // 3 for line in lines for r in line.references)
+    requests += sum(len(line.prompt) + 512 for line in lines)
+    results = sum(
+        RESULT_BYTES_PER_IMAGE.get(line.image_size or "", DEFAULT_RESULT_BYTES) * 4 // 3
+        for line in lines
+    )
+    return max(requests, results)
+
+
 def _content(line: EconomyLine) -> types.Content:
     parts = [types.Part.from_text(text=line.prompt)]
     parts += [types.Part.from_bytes(data=r.data, mime_type=r.mime_type) for r in line.references]
@@ -218,8 +232,24 @@ def _name(batch: types.BatchJob) -> str:
     return batch.name
 
 
+# A batch line's error is a google.rpc.Status: its code is an rpc code, not HTTP.
+RPC_CODES = {
+    1: "CANCELLED",
+    2: "UNKNOWN",
+    3: "INVALID_ARGUMENT",
+    4: "DEADLINE_EXCEEDED",
+    5: "NOT_FOUND",
+    7: "PERMISSION_DENIED",
+    8: "RESOURCE_EXHAUSTED",
+    9: "FAILED_PRECONDITION",
+    13: "INTERNAL",
+    14: "UNAVAILABLE",
+}
+
+
 def _line_error(code: object, message: object) -> str:
-    what = f"{code or 'error'}: {message or ''}".strip()
+    named = RPC_CODES.get(code, code) if isinstance(code, int) else code
+    what = f"{named or 'error'}: {message or ''}".strip()
     return f"Gemini could not make this image in the batch ({what})"
 
 

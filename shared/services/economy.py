@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cached_property, partial
@@ -41,7 +41,7 @@ from shared.ports import (
     ReferenceImage,
     ReferenceLoader,
 )
-from shared.services.ledger import JobLedger
+from shared.services.ledger import Entries, JobLedger
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class Economy:
     publisher: JobPublisher
     clock: Callable[[], datetime] = utcnow
     monotonic: Callable[[], float] = time.monotonic
-    # Who holds leases: one tick of one instance.
+    # Who holds leases: one tick (``tick`` runs each call under a new name).
     holder: str = field(default_factory=lambda: f"tick_{uuid.uuid4().hex[:12]}")
 
     @cached_property
@@ -87,7 +87,15 @@ class Economy:
         return ObjectNames(self.settings.images_prefix, self.settings.thumbnails_prefix)
 
     def tick(self) -> TickReport:
-        """Submit what is pending, then collect what Gemini finished, within the budget."""
+        """Submit what is pending, then collect what Gemini finished, within the budget.
+
+        Each call holds its leases under its own name: an instance serves
+        concurrent requests in threads, and two ticks must exclude each other
+        there as they do across instances.
+        """
+        return replace(self, holder=f"tick_{uuid.uuid4().hex[:12]}")._tick()
+
+    def _tick(self) -> TickReport:
         report = TickReport()
         deadline = self.monotonic() + self.settings.economy_tick_budget_s
         self._submit_pending(report, deadline)
@@ -120,14 +128,17 @@ class Economy:
             )
             self.batches.create(record)
             try:
-                self._send(record, report)
+                with self.ledger.entries() as rows:
+                    self._send(record, report, rows)
             except TransientError as exc:
                 report.errors.append(f"{record.record_id}: {exc}")
                 log.warning("economy batch not submitted yet: %s", exc, extra=self._ctx(record))
             finally:
                 self._release(record)
 
-    def _send(self, record: EconomyBatch, report: TickReport, resumed: bool = False) -> None:
+    def _send(
+        self, record: EconomyBatch, report: TickReport, rows: Entries, resumed: bool = False
+    ) -> None:
         """Claim the record's variants (idempotent) and create the Gemini batch once."""
         now = self.clock()
         claimed: list[tuple[Job, int]] = []
@@ -135,7 +146,7 @@ class Economy:
             job, n = self._variant_of(key)
             if job is None:
                 continue
-            applied = self.ledger.apply(
+            applied = rows.apply(
                 job.job_id,
                 partial(transitions.batch_claim, n=n, record=record.record_id, now=now),
             )
@@ -149,7 +160,7 @@ class Economy:
             try:
                 refs = self._references(job, loaded)
             except PermanentError as exc:
-                self._fail(job, n, record, f"reference pack: {exc}", report)
+                self._fail(job, n, record, f"reference pack: {exc}", report, rows)
                 continue
             if entry is not None:
                 refs = refs[: entry.max_reference_images]
@@ -178,13 +189,13 @@ class Economy:
                 else self.runner.submit(record.model, record.record_id, lines)
             )
         except PermanentError as exc:
-            self._send_on(record, f"the Gemini Batch API refused the batch: {exc}", report)
+            self._send_on(record, f"the Gemini Batch API refused the batch: {exc}", report, rows)
             return
         self.batches.update(
             record.record_id, lambda b: records.submitted(b, name, inline, self.clock())
         )
-        for job_id in {job.job_id for job, _ in claimed}:
-            self.ledger.apply(
+        for job_id in dict.fromkeys(job.job_id for job, _ in claimed):
+            rows.apply(
                 job_id,
                 lambda j: transitions.batch_update(
                     j, record.record_id, self.clock(), name=name, state="pending"
@@ -223,18 +234,21 @@ class Economy:
                 continue
             current = self.batches.get(record.record_id) or record
             try:
-                if current.state == "claiming":
-                    # Its submitter died before recording the Gemini batch.
-                    self._send(current, report, resumed=True)
-                elif current.open:
-                    self._check(current, report, deadline)
+                with self.ledger.entries() as rows:
+                    if current.state == "claiming":
+                        # Its submitter died before recording the Gemini batch.
+                        self._send(current, report, rows, resumed=True)
+                    elif current.open:
+                        self._check(current, report, deadline, rows)
             except TransientError as exc:
                 report.errors.append(f"{record.record_id}: {exc}")
                 log.warning("economy batch not done yet: %s", exc, extra=self._ctx(record))
             finally:
                 self._release(record)
 
-    def _check(self, record: EconomyBatch, report: TickReport, deadline: float) -> None:
+    def _check(
+        self, record: EconomyBatch, report: TickReport, deadline: float, rows: Entries
+    ) -> None:
         if record.gemini_name is None:
             return
         report.batches_checked += 1
@@ -243,21 +257,21 @@ class Economy:
             record.record_id,
             lambda b: records.observed(b, progress.state, progress.error, self.clock()),
         )
-        self._tell_jobs(record, progress.state)
+        self._tell_jobs(record, progress.state, rows)
         if progress.state == "succeeded":
-            self._store_results(record, report, deadline)
+            self._store_results(record, report, deadline, rows)
         elif progress.state in ENDED_UNMADE:
             why = f"the Gemini batch {progress.state}" + (
                 f": {progress.error}" if progress.error else ""
             )
-            self._send_on(record, why, report)
+            self._send_on(record, why, report, rows)
 
-    def _tell_jobs(self, record: EconomyBatch, state: str) -> None:
+    def _tell_jobs(self, record: EconomyBatch, state: str, rows: Entries) -> None:
         """Each job's view of its batch (for /status and the row), when it moved."""
-        job_ids = {parsed[0] for key in record.items if (parsed := parse_key(key))}
+        job_ids = dict.fromkeys(parsed[0] for key in record.items if (parsed := parse_key(key)))
         for job_id in job_ids:
             try:
-                self.ledger.apply(
+                rows.apply(
                     job_id,
                     lambda j: transitions.batch_update(
                         j, record.record_id, self.clock(), state=state
@@ -266,7 +280,9 @@ class Economy:
             except NotFound:
                 continue
 
-    def _store_results(self, record: EconomyBatch, report: TickReport, deadline: float) -> None:
+    def _store_results(
+        self, record: EconomyBatch, report: TickReport, deadline: float, rows: Entries
+    ) -> None:
         """Every line: its image stored create-only and recorded, or its variant failed.
 
         Out of time, it stops between two lines; the next tick reads the results
@@ -283,7 +299,7 @@ class Economy:
             seen.add(result.key)
             job, n = self._variant_of(result.key)
             if job is not None:
-                self._store_line(record, job, n, result, report)
+                self._store_line(record, job, n, result, report, rows)
 
         self.runner.results(record.gemini_name, store)
         for key in record.items:
@@ -291,7 +307,7 @@ class Economy:
                 continue
             job, n = self._variant_of(key)
             if job is not None:
-                self._fail(job, n, record, "missing from the Gemini batch's results", report)
+                self._fail(job, n, record, "missing from the Gemini batch's results", report, rows)
         self.batches.update(record.record_id, lambda b: records.collected(b, self.clock()))
         report.batches_collected += 1
         log.info(
@@ -299,10 +315,16 @@ class Economy:
         )
 
     def _store_line(
-        self, record: EconomyBatch, job: Job, n: int, result: LineResult, report: TickReport
+        self,
+        record: EconomyBatch,
+        job: Job,
+        n: int,
+        result: LineResult,
+        report: TickReport,
+        rows: Entries,
     ) -> None:
         if result.image is None:
-            self._fail(job, n, record, result.error or "Gemini returned no image", report)
+            self._fail(job, n, record, result.error or "Gemini returned no image", report, rows)
             return
         image = result.image
         entry = self.settings.catalog.entry(job.model)
@@ -315,14 +337,14 @@ class Economy:
         name, created = store_image(
             self.objects, self.settings.images_bucket, self.names, job, n, image, spent
         )
-        self.ledger.apply(
+        rows.apply(
             job.job_id,
             lambda j: transitions.uploaded(j, n, name, image.mime_type, self.clock(), spent),
         )
         if created:
             report.images_stored += 1
 
-    def _send_on(self, record: EconomyBatch, why: str, report: TickReport) -> None:
+    def _send_on(self, record: EconomyBatch, why: str, report: TickReport, rows: Entries) -> None:
         """What the batch did not make: to the live lane, or failed, as configured."""
         to_live = self.settings.economy_on_expiry == "live"
         live: dict[str, Job] = {}
@@ -331,9 +353,9 @@ class Economy:
             if job is None:
                 continue
             if not to_live:
-                self._fail(job, n, record, why, report)
+                self._fail(job, n, record, why, report, rows)
                 continue
-            applied = self.ledger.apply(
+            applied = rows.apply(
                 job.job_id,
                 partial(transitions.batch_returned, n=n, record=record.record_id, now=self.clock()),
             )
@@ -360,9 +382,15 @@ class Economy:
         report.batches_collected += 1
 
     def _fail(
-        self, job: Job, n: int, record: EconomyBatch, reason: str, report: TickReport
+        self,
+        job: Job,
+        n: int,
+        record: EconomyBatch,
+        reason: str,
+        report: TickReport,
+        rows: Entries,
     ) -> None:
-        applied = self.ledger.apply(
+        applied = rows.apply(
             job.job_id,
             lambda j: transitions.batch_returned(j, n, record.record_id, self.clock(), reason),
         )

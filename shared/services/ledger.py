@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -87,6 +88,19 @@ class JobLedger:
             entry.close(quiet=True)
             raise
         entry.close()
+
+    @contextmanager
+    def entries(self, max_open: int = 16) -> Iterator[Entries]:
+        """Entries of many jobs at once, for work that touches job after job (an
+        economy batch): rows are written in the background as changes come, and
+        every row is current on exit. At most ``max_open`` stay open."""
+        many = Entries(self, max_open)
+        try:
+            yield many
+        except BaseException:
+            many.close(quiet=True)
+            raise
+        many.close()
 
     def _change(self, job_id: str, transition: Transition[R]) -> Applied[R]:
         def change(job: Job) -> tuple[Job | None, Applied[R]]:
@@ -182,6 +196,39 @@ class JobEntry:
             if not quiet:
                 raise
             log.warning("sheet row not updated", extra={"job_id": self.job_id}, exc_info=True)
+
+
+class Entries:
+    """Open entries by job (``JobLedger.entries``); opening one more than
+    ``max_open`` first closes the least recently used (its row made current)."""
+
+    def __init__(self, ledger: JobLedger, max_open: int) -> None:
+        self._ledger = ledger
+        self._max_open = max(1, max_open)
+        self._open: OrderedDict[str, JobEntry] = OrderedDict()
+
+    def apply(self, job_id: str, transition: Transition[R]) -> Applied[R]:
+        entry = self._open.get(job_id)
+        if entry is None:
+            while len(self._open) >= self._max_open:
+                _, oldest = self._open.popitem(last=False)
+                oldest.close()
+            entry = self._open[job_id] = JobEntry(self._ledger, job_id)
+        else:
+            self._open.move_to_end(job_id)
+        return entry.apply(transition)
+
+    def close(self, quiet: bool = False) -> None:
+        """Close every entry; the first row error is raised after all are closed."""
+        first: Exception | None = None
+        while self._open:
+            _, entry = self._open.popitem(last=False)
+            try:
+                entry.close(quiet)
+            except Exception as exc:
+                first = first or exc
+        if first is not None:
+            raise first
 
 
 def _log_finished(job: Job) -> None:

@@ -278,6 +278,35 @@ def test_a_collector_that_dies_mid_download_is_resumed_storing_nothing_twice(
     }
 
 
+def test_two_ticks_of_one_instance_collect_a_batch_once(
+    make_economy: Build, store: FakeJobStore, runner: FakeBatchRunner, objects: FakeObjectStore
+) -> None:
+    # functions-framework serves concurrent requests in threads of one instance:
+    # each tick must hold leases in its own name, or both would collect.
+    store.add(economy_job("job_a", 3), economy_job("job_b", 2))
+    economy = make_economy()
+    economy.tick()
+    runner.set_state(runner.submits[0], "succeeded")
+    runner.line_delay_s = 0.05
+    start = threading.Barrier(2)
+    reports = []
+
+    def tick() -> None:
+        start.wait(timeout=10)
+        reports.append(economy.tick())
+
+    threads = [threading.Thread(target=tick) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert runner.result_reads == 1
+    assert sorted(r.images_stored for r in reports) == [0, 5]
+    assert sorted(r.skipped_held for r in reports) == [0, 1]
+    creates = [c for c in objects.calls if c[0] == "create" and c[2].startswith("images/")]
+    assert len(creates) == 5
+
+
 @pytest.mark.parametrize("ending", ["expired", "failed", "cancelled"])
 def test_what_an_ended_batch_did_not_make_goes_to_the_live_lane_once(
     make_economy: Build,

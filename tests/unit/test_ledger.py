@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from typing import TypeVar
@@ -211,6 +212,50 @@ def test_a_failing_final_write_is_raised_unless_the_delivery_failed_already(
     with pytest.raises(TransientError, match="Gemini"), ledger.entry("job_1") as entry:
         entry.apply(lambda j: transitions.fail_job(j, "x", T0))
         raise TransientError("Gemini 503")
+
+
+def test_entries_of_many_jobs_keep_a_few_open_and_leave_every_row_current(
+    store: FakeJobStore, ledger: JobLedger, sheet_writer: FakeSheetWriter
+) -> None:
+    store.add(*(make_job(job_id=f"job_{i}", scene_id=f"sc-{i}") for i in range(5)))
+    lock, busy, most = threading.Lock(), [0], [0]
+
+    def slow_write(write: RowWrite) -> None:
+        with lock:
+            busy[0] += 1
+            most[0] = max(most[0], busy[0])
+        time.sleep(0.02)
+        with lock:
+            busy[0] -= 1
+
+    sheet_writer.on_write = slow_write
+    with ledger.entries(max_open=2) as rows:
+        for i in range(5):
+            rows.apply(f"job_{i}", lambda j: transitions.start(j, T0))
+        # Job 0 was closed when job 2 opened: its row is current already.
+        assert sheet_writer.row("sc-0")["status_img"] == Text("generating (0/2)")
+        for i in range(5):
+            rows.apply(f"job_{i}", lambda j: transitions.fail_job(j, "boom", T0))
+    for i in range(5):
+        assert str(sheet_writer.row(f"sc-{i}")["status_img"].value).startswith("failed")
+    assert most[0] == 2  # rows written side by side, one per open entry
+
+
+def test_entries_raise_the_first_row_error_after_closing_all(
+    store: FakeJobStore, ledger: JobLedger, sheet_writer: FakeSheetWriter
+) -> None:
+    store.add(*(make_job(job_id=f"job_{i}", scene_id=f"sc-{i}") for i in range(3)))
+
+    def sheet_refuses_scene_0(write: RowWrite) -> None:
+        if write.scene_id == "sc-0":
+            raise TransientError("Sheets 503")
+
+    sheet_writer.on_write = sheet_refuses_scene_0
+    with pytest.raises(TransientError, match="Sheets 503"), ledger.entries() as rows:
+        for i in range(3):
+            rows.apply(f"job_{i}", lambda j: transitions.start(j, T0))
+    # The other entries were still closed, their rows written.
+    assert {w.scene_id for w in sheet_writer.writes} == {"sc-1", "sc-2"}
 
 
 # --------------------------------------------------------------------------- cost
