@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from shared.anchors import ANCHOR_FORMS, is_anchor, parse_anchor
+
 SCENE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -21,6 +23,8 @@ class Limits(BaseModel):
     max_prompt_chars: int = 4000
     images_bucket: str = ""
     allowed_spreadsheet_ids: tuple[str, ...] = ("*",)
+    # The batch's model takes at most this many reference images in all.
+    max_references: int = 14
 
 
 def _limits(info: ValidationInfo) -> Limits:
@@ -36,7 +40,12 @@ class BatchItem(BaseModel):
 
     scene_id: str = Field(json_schema_extra={"pattern": SCENE_ID_PATTERN.pattern})
     prompt: str = Field(min_length=1, description="At most MAX_PROMPT_CHARS characters")
-    ref_pack_public_url: str | None = Field(default=None, max_length=2048)
+    ref_pack_public_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="An https:// URL, a gs:// object of the images bucket, or an earlier "
+        "output: scene:<scene_id>#<variant> or job:<job_id>#<variant>",
+    )
     variants: int = Field(ge=1, description="1 to MAX_VARIANTS (default 4)")
     # The values the Gemini image models accept (GUIDE.md, section 3).
     aspect_ratio: Literal["1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9", "21:9"] | None = None
@@ -73,13 +82,21 @@ class BatchItem(BaseModel):
     def _ref_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         if not value:
             return None
-        bucket = _limits(info).images_bucket
-        if value.startswith("https://") and len(value) > len("https://"):
-            return value
-        if bucket and value.startswith(f"gs://{bucket}/") and len(value) > len(f"gs://{bucket}/"):
-            return value
-        allowed = "an https:// URL" + (f" or a gs://{bucket}/ object" if bucket else "")
-        raise ValueError(f"must be {allowed}")
+        return check_reference(value, _limits(info).images_bucket)
+
+
+def check_reference(value: str, bucket: str) -> str:
+    """A reference as a request may name it, or ValueError saying what it may be."""
+    if is_anchor(value):
+        if parse_anchor(value) is None:
+            raise ValueError(f"must look like {ANCHOR_FORMS}")
+        return value
+    if value.startswith("https://") and len(value) > len("https://"):
+        return value
+    if bucket and value.startswith(f"gs://{bucket}/") and len(value) > len(f"gs://{bucket}/"):
+        return value
+    allowed = "an https:// URL" + (f", a gs://{bucket}/ object" if bucket else "")
+    raise ValueError(f"must be {allowed} or an earlier output ({ANCHOR_FORMS})")
 
 
 class BatchRequest(BaseModel):
@@ -91,6 +108,22 @@ class BatchRequest(BaseModel):
     run_mode: Literal["dry_run", "live"] = Field(default="dry_run", alias="runMode")
     spreadsheet_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
     worksheet: str = Field(min_length=1, max_length=100)
+    style_refs: list[str] = Field(
+        default_factory=list,
+        description="References applied to every item, before each item's own pack: "
+        "https:// URLs, gs:// objects of the images bucket, scene:<scene_id>#<variant> or "
+        "job:<job_id>#<variant>; at most the model's reference limit",
+    )
+
+    @field_validator("style_refs")
+    @classmethod
+    def _style_refs(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        limits = _limits(info)
+        if len(value) > limits.max_references:
+            raise ValueError(
+                f"has {len(value)} references; the model takes at most {limits.max_references}"
+            )
+        return [check_reference(ref.strip(), limits.images_bucket) for ref in value]
 
     @field_validator("spreadsheet_id")
     @classmethod
@@ -124,6 +157,7 @@ class VariantState(StrEnum):
     UPLOADED = "uploaded"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # cancelled before its Gemini call: never made, never paid
 
 
 class JobState(StrEnum):
@@ -132,19 +166,23 @@ class JobState(StrEnum):
     COMPLETED = "completed"
     PARTIAL = "partial"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # ended by a cancel: what was made is kept
 
 
 AssetSize = Literal["thumb", "full"]
 ASSET_SIZES: tuple[AssetSize, ...] = ("thumb", "full")
 
-TERMINAL_VARIANT_STATES = frozenset({VariantState.DONE, VariantState.FAILED})
-TERMINAL_JOB_STATES = frozenset({JobState.COMPLETED, JobState.PARTIAL, JobState.FAILED})
+TERMINAL_VARIANT_STATES = frozenset(
+    {VariantState.DONE, VariantState.FAILED, VariantState.CANCELLED}
+)
+TERMINAL_JOB_STATES = frozenset(
+    {JobState.COMPLETED, JobState.PARTIAL, JobState.FAILED, JobState.CANCELLED}
+)
 
 
-class Variant(BaseModel):
-    """State of one generated image of a job."""
+class ImageSlot(BaseModel):
+    """One image to make and pay for once: a variant's first version, or a later one."""
 
-    n: int
     state: VariantState = VariantState.PENDING
     object_name: str | None = None
     thumb_name: str | None = None
@@ -164,9 +202,14 @@ class Variant(BaseModel):
     model: str | None = None
     usage: dict[str, int] = Field(default_factory=dict)
     cost_usd: str | None = None
+    # A cancel reached the image while its call may have been running: if that
+    # call gives it back unmade, it is cancelled instead of retried.
+    cancel_requested: bool = False
+    # The budget reserved for an image that was cancelled unmade was given back.
+    refunded: bool = False
 
     def asset_name(self, size: AssetSize) -> str | None:
-        """The object behind the variant's ``full`` image or ``thumb``, once it is ready.
+        """The object behind the image's ``full`` size or ``thumb``, once it is ready.
 
         The one readiness rule of ``/status`` links and ``/assets`` redirects.
         """
@@ -174,6 +217,62 @@ class Variant(BaseModel):
             return self.thumb_name if self.state == VariantState.DONE else None
         ready = self.state in (VariantState.UPLOADED, VariantState.DONE)
         return self.object_name if ready else None
+
+    @property
+    def kept(self) -> bool:
+        """An image that exists (and was paid for)."""
+        return self.object_name is not None and self.state in (
+            VariantState.UPLOADED,
+            VariantState.DONE,
+        )
+
+
+class Version(ImageSlot):
+    """A re-roll (new seed) or an edit (an instruction on the current image) of a
+    variant; version 1 is the variant itself, so its links and names never change."""
+
+    version: int = Field(ge=2)
+    instruction: str | None = None
+    seed: int
+    # The image an edit starts from: the variant's newest image when it was asked for.
+    source_object: str | None = None
+    source_version: int | None = None
+    requested_at: datetime
+    # Whose budget paid for it, on which UTC day, at which price.
+    caller: str
+    budget_day: str
+    price_per_image: str
+
+    @property
+    def kind(self) -> Literal["reroll", "edit"]:
+        return "edit" if self.instruction else "reroll"
+
+
+class Variant(ImageSlot):
+    """State of one generated image of a job (its version 1) and of its later versions."""
+
+    n: int
+    versions: list[Version] = Field(default_factory=list)
+
+    def slot(self, version: int = 1) -> ImageSlot:
+        """Version ``version`` of the image; KeyError if there is no such version."""
+        if version == 1:
+            return self
+        for candidate in self.versions:
+            if candidate.version == version:
+                return candidate
+        raise KeyError(version)
+
+    def slots(self) -> list[tuple[int, ImageSlot]]:
+        """Every version, oldest first."""
+        return [(1, self), *((v.version, v) for v in self.versions)]
+
+    def current(self) -> tuple[int, ImageSlot]:
+        """The version the sheet shows: the newest with a finished image, else version 1."""
+        for number, slot in reversed(self.slots()):
+            if slot.state == VariantState.DONE:
+                return number, slot
+        return 1, self
 
 
 WaitReason = Literal["quota", "daily_quota"]
@@ -203,6 +302,12 @@ class Job(BaseModel):
     worksheet: str
     model: str
     price_per_image: str
+    # The batch's style references, applied before the item's own pack.
+    style_refs: list[str] = Field(default_factory=list)
+    # The UTC day whose budget the job's images were reserved on (None: created_at's).
+    budget_day: str | None = None
+    cancelled_at: datetime | None = None
+    cancelled_by: str | None = None
     state: JobState = JobState.QUEUED
     error: str | None = None
     created_at: datetime
@@ -227,13 +332,28 @@ class Job(BaseModel):
     def variant(self, n: int) -> Variant:
         return self.variants[str(n)]
 
+    def slot(self, n: int, version: int = 1) -> ImageSlot:
+        return self.variant(n).slot(version)
+
+    @property
+    def reserved_day(self) -> str:
+        return self.budget_day or self.created_at.strftime("%Y-%m-%d")
+
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_JOB_STATES
 
     def cost(self) -> Decimal:
-        """What the job's generated variants cost, to compare with its estimate."""
-        return sum((Decimal(v.cost_usd) for v in self.variants.values() if v.cost_usd), Decimal(0))
+        """What the job's generated images (every version) cost."""
+        return sum(
+            (
+                Decimal(slot.cost_usd)
+                for v in self.variants.values()
+                for _, slot in v.slots()
+                if slot.cost_usd
+            ),
+            Decimal(0),
+        )
 
     def counts(self) -> dict[str, int]:
         result: dict[str, int] = {}
@@ -261,17 +381,51 @@ class Batch(BaseModel):
     image_count: int
     estimated_cost_usd: str
     created_at: datetime
+    # The batch's latest hand-over zip (shared/exports.py).
+    export: Export | None = None
 
     def to_doc(self) -> dict[str, Any]:
         return self.model_dump(mode="python")
 
 
+ExportState = Literal["queued", "running", "done", "failed"]
+
+
+class Export(BaseModel):
+    """One hand-over zip of a batch: every kept image at full size and a manifest."""
+
+    export_id: str
+    state: ExportState = "queued"
+    requested_by: str
+    requested_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    deliveries: int = 0
+    object_name: str | None = None
+    images: int | None = None
+    bytes: int | None = None
+    error: str | None = None
+
+
+class ExportMessage(BaseModel):
+    """Pub/Sub payload asking the exporter for one zip."""
+
+    batch_id: str
+    export_id: str
+
+
 class JobMessage(BaseModel):
-    """Pub/Sub payload of one job; Firestore stays the source of truth."""
+    """Pub/Sub payload of one job; Firestore stays the source of truth.
+
+    With ``variant`` and ``version`` it asks for that one later version (a re-roll
+    or an edit) instead of the job's first images.
+    """
 
     job_id: str
     batch_id: str
     scene_id: str
+    variant: int | None = None
+    version: int | None = None
 
 
 def money(value: Decimal) -> str:

@@ -31,6 +31,14 @@ class JobStore(Protocol):
         """Queued or generating jobs that write to this worksheet."""
         ...
 
+    def scene_jobs(self, spreadsheet_id: str, scene_id: str) -> list[Job]:
+        """Every job of this scene in this spreadsheet (any worksheet)."""
+        ...
+
+    def update_batch(self, batch_id: str, change: Callable[[Batch], tuple[Batch | None, R]]) -> R:
+        """Like ``update_job``, for a batch; raises ``NotFound`` if it does not exist."""
+        ...
+
     def update_job(self, job_id: str, change: Callable[[Job], tuple[Job | None, R]]) -> R:
         """Run ``change`` on the current job and write the job it returns (None: no write).
 
@@ -62,6 +70,11 @@ class BudgetLedger(Protocol):
         ...
 
     def refund(self, caller: str, day: str, images: int, cost: Decimal) -> None: ...
+
+    def refund_once(self, caller: str, day: str, parts: Mapping[str, Decimal]) -> None:
+        """Give back one image per key of ``parts`` at its cost, each key only once
+        however often it is asked (a redelivery may ask again)."""
+        ...
 
 
 @dataclass(frozen=True)

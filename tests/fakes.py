@@ -203,6 +203,26 @@ class FakeJobStore:
             self.calls.append(("get_jobs", ",".join(job_ids)))
             return [self._jobs[j].model_copy(deep=True) for j in job_ids if j in self._jobs]
 
+    def scene_jobs(self, spreadsheet_id: str, scene_id: str) -> list[Job]:
+        with self._lock:
+            self.calls.append(("scene_jobs", f"{spreadsheet_id}/{scene_id}"))
+            return [
+                job.model_copy(deep=True)
+                for job in self._jobs.values()
+                if job.spreadsheet_id == spreadsheet_id and job.scene_id == scene_id
+            ]
+
+    def update_batch(self, batch_id: str, change: Callable[[Batch], tuple[Batch | None, R]]) -> R:
+        with self._lock:
+            self.calls.append(("update_batch", batch_id))
+            current = self.batches.get(batch_id)
+            if current is None:
+                raise NotFound(f"batch {batch_id} does not exist")
+            updated, result = change(current.model_copy(deep=True))
+            if updated is not None:
+                self.batches[batch_id] = Batch.model_validate(updated.to_doc())
+            return result
+
     def active_jobs(self, spreadsheet_id: str, worksheet: str) -> list[Job]:
         with self._lock:
             self.calls.append(("active_jobs", f"{spreadsheet_id}/{worksheet}"))
@@ -218,7 +238,7 @@ class FakeJobStore:
     def writes(self) -> list[tuple[str, str]]:
         """The calls that could have changed something."""
         with self._lock:
-            return [c for c in self.calls if c[0] in ("create_batch", "update_job")]
+            return [c for c in self.calls if c[0] in ("create_batch", "update_job", "update_batch")]
 
     def get_job(self, job_id: str) -> Job | None:
         if self.hook is not None:
@@ -260,6 +280,7 @@ class FakeBudgetLedger:
         self._lock = threading.Lock()
         self.used: dict[tuple[str, str], Usage] = {}
         self.calls: list[tuple[Any, ...]] = []
+        self.refund_keys: set[str] = set()
 
     def usage(self, caller: str, day: str) -> Usage:
         with self._lock:
@@ -283,6 +304,17 @@ class FakeBudgetLedger:
             before = self.used.get((caller, day), Usage())
             self.used[(caller, day)] = Usage(
                 max(before.images - images, 0), max(before.cost - cost, Decimal(0))
+            )
+
+    def refund_once(self, caller: str, day: str, parts: Mapping[str, Decimal]) -> None:
+        with self._lock:
+            self.calls.append(("refund_once", caller, day, dict(parts)))
+            new = {k: v for k, v in parts.items() if k not in self.refund_keys}
+            self.refund_keys |= set(new)
+            before = self.used.get((caller, day), Usage())
+            self.used[(caller, day)] = Usage(
+                max(before.images - len(new), 0),
+                max(before.cost - sum(new.values(), Decimal(0)), Decimal(0)),
             )
 
 

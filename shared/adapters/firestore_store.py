@@ -104,6 +104,21 @@ class FirestoreJobStore:
         )
         return [Job.from_doc(snap.to_dict() or {}) for snap in query.stream()]
 
+    def scene_jobs(self, spreadsheet_id: str, scene_id: str) -> list[Job]:
+        query = self._jobs.where(filter=FieldFilter("spreadsheet_id", "==", spreadsheet_id)).where(
+            filter=FieldFilter("scene_id", "==", scene_id)
+        )
+        return [Job.from_doc(snap.to_dict() or {}) for snap in query.stream()]
+
+    def update_batch(self, batch_id: str, change: Callable[[Batch], tuple[Batch | None, R]]) -> R:
+        def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, R]:
+            if doc is None:
+                raise NotFound(f"batch {batch_id} does not exist")
+            updated, result = change(Batch.model_validate(doc))
+            return (updated.to_doc() if updated is not None else None), result
+
+        return compare_and_set(self._batches.document(batch_id), apply)
+
     def update_job(self, job_id: str, change: Callable[[Job], tuple[Job | None, R]]) -> R:
         def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, R]:
             if doc is None:
@@ -130,6 +145,10 @@ class FirestoreBudgetLedger:
             return Usage()
         return Usage(images=int(doc.get("images", 0)), cost=Decimal(str(doc.get("cost_usd", "0"))))
 
+    @staticmethod
+    def _keys(doc: Mapping[str, Any] | None) -> list[str]:
+        return list((doc or {}).get("refund_keys") or [])
+
     def usage(self, caller: str, day: str) -> Usage:
         snap = self._ref(caller, day).get()
         return self._read(snap.to_dict() if snap.exists else None)
@@ -141,20 +160,43 @@ class FirestoreBudgetLedger:
             used = self._read(doc)
             if used.images + images > image_cap or used.cost + cost > cost_cap:
                 return None, (False, used)
-            return _usage_doc(caller, day, used.images + images, used.cost + cost), (True, used)
+            updated = _usage_doc(
+                caller, day, used.images + images, used.cost + cost, self._keys(doc)
+            )
+            return updated, (True, used)
 
         return compare_and_set(self._ref(caller, day), apply)
 
     def refund(self, caller: str, day: str, images: int, cost: Decimal) -> None:
+        self._give_back(caller, day, images, cost)
+
+    def refund_once(self, caller: str, day: str, parts: Mapping[str, Decimal]) -> None:
+        self._give_back(caller, day, 0, Decimal(0), parts)
+
+    def _give_back(
+        self,
+        caller: str,
+        day: str,
+        images: int,
+        cost: Decimal,
+        parts: Mapping[str, Decimal] | None = None,
+    ) -> None:
         def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, None]:
+            keys = self._keys(doc)
+            new = {key: value for key, value in (parts or {}).items() if key not in keys}
+            if parts is not None and not new:
+                return None, None
             used = self._read(doc)
-            images_left = max(used.images - images, 0)
-            return _usage_doc(caller, day, images_left, max(used.cost - cost, Decimal(0))), None
+            images_left = max(used.images - images - len(new), 0)
+            cost_left = max(used.cost - cost - sum(new.values(), Decimal(0)), Decimal(0))
+            return _usage_doc(caller, day, images_left, cost_left, keys + sorted(new)), None
 
         compare_and_set(self._ref(caller, day), apply)
 
 
-def _usage_doc(caller: str, day: str, images: int, cost: Decimal) -> dict[str, Any]:
+def _usage_doc(
+    caller: str, day: str, images: int, cost: Decimal, refund_keys: list[str]
+) -> dict[str, Any]:
     # Kept a while for the record, then removed by the collection's TTL policy.
     expires = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC) + USAGE_KEPT
     return {
@@ -163,6 +205,8 @@ def _usage_doc(caller: str, day: str, images: int, cost: Decimal) -> dict[str, A
         "images": images,
         "cost_usd": str(cost),
         "expires_at": expires,
+        # Images already given back (``refund_once``), so a repeat gives nothing twice.
+        "refund_keys": refund_keys,
     }
 
 

@@ -6,7 +6,9 @@ of the run that was written is the one returned), tells whether it changed the
 job and whether this very change finished it, logs ``job_finished`` exactly
 once per job, and keeps the scene's sheet row in step with the job: a row that
 a change made stale is written in the background while the delivery goes on,
-and a delivery does not end before its job's row is current.
+and a delivery does not end before its job's row is current. Images that a
+change cancelled unmade get their reserved daily budget back, once each (the
+budget ledger keeps which images it gave back, so a retry gives nothing twice).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Generic, TypeVar
 
+from shared import jobs as transitions
 from shared.ids import utcnow
 from shared.models import Job, money
-from shared.ports import JobStore
+from shared.ports import BudgetLedger, JobStore
 from shared.services.sheet_sync import SheetSync
 
 log = logging.getLogger(__name__)
@@ -42,17 +46,20 @@ class Applied(Generic[R]):
 
 
 class JobLedger:
-    """The one writer of jobs. ``rows`` is None where no sheet is written (intake)."""
+    """The one writer of jobs. ``rows`` is None where no sheet is written (intake);
+    ``budget`` None where no image can be cancelled."""
 
     def __init__(
         self,
         store: JobStore,
         rows: SheetSync | None = None,
         clock: Callable[[], datetime] = utcnow,
+        budget: BudgetLedger | None = None,
     ) -> None:
         self.store = store
         self.rows = rows
         self.clock = clock
+        self.budget = budget
 
     def get(self, job_id: str) -> Job | None:
         return self.store.get_job(job_id)
@@ -75,6 +82,8 @@ class JobLedger:
         """
         entry = JobEntry(self, job if isinstance(job, str) else job.job_id)
         if not isinstance(job, str):
+            # A refund that an earlier delivery could not finish is finished now.
+            self._refund(job)
             entry.note(job)
         try:
             yield entry
@@ -94,7 +103,35 @@ class JobLedger:
         applied = self.store.update_job(job_id, change)
         if applied.finished:
             _log_finished(applied.job)
+        if applied.changed:
+            self._refund(applied.job)
         return applied
+
+    def _refund(self, job: Job) -> None:
+        """Give back the budget of the job's images cancelled unmade, then record it.
+
+        The budget ledger gives each image back once however often it is asked, so
+        a failure between the two steps only makes a later delivery ask again.
+        """
+        due = transitions.refunds_due(job)
+        if not due or self.budget is None:
+            return
+        by_account: dict[tuple[str, str], dict[str, Decimal]] = {}
+        for refund in due:
+            by_account.setdefault((refund.caller, refund.day), {})[refund.key] = refund.cost
+        for (caller, day), parts in sorted(by_account.items()):
+            self.budget.refund_once(caller, day, parts)
+        keys = frozenset(refund.key for refund in due)
+        self.store.update_job(job.job_id, lambda j: transitions.refunded(j, keys))
+        log.info(
+            "budget given back for images cancelled unmade",
+            extra={
+                "job_id": job.job_id,
+                "event": "budget_refunded",
+                "images": len(due),
+                "cost_usd": money(sum((r.cost for r in due), Decimal(0))),
+            },
+        )
 
 
 class JobEntry:

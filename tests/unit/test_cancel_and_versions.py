@@ -1,0 +1,193 @@
+"""Cancel and later versions as pure transitions, and the ledger's refunds of what never ran."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from shared import jobs as transitions
+from shared.errors import TransientError
+from shared.jobs import CancelOutcome, Spent, VariantClaim, VersionRequest
+from shared.models import JobState, VariantState
+from shared.services.ledger import JobLedger
+from tests.fakes import T0, FakeBudgetLedger, FakeJobStore, make_job, mark_done
+
+LEASE = timedelta(seconds=300)
+SPENT = Spent("gemini-3.1-flash-image", "0.0670")
+DAY = T0.strftime("%Y-%m-%d")
+
+
+def request(instruction: str | None = None, caller: str = "alice") -> VersionRequest:
+    return VersionRequest(instruction, 4242, caller, DAY, "0.0670")
+
+
+# --------------------------------------------------------------------------- cancel
+
+
+def test_cancel_stops_pending_variants_and_lets_running_ones_finish() -> None:
+    job = make_job(variant_count=3)
+    job, _ = transitions.claim(job, 1, "clm_a", T0, LEASE, 3)
+    assert job is not None
+    job, cancelled = transitions.cancel(job, "alice", T0)
+    assert job is not None
+    assert cancelled.outcome == CancelOutcome.CANCELLING
+    assert (cancelled.stopped, cancelled.running, cancelled.kept) == (2, 1, 0)
+    assert [job.variant(n).state for n in (1, 2, 3)] == [
+        VariantState.GENERATING,
+        VariantState.CANCELLED,
+        VariantState.CANCELLED,
+    ]
+    assert job.state == JobState.GENERATING
+    assert transitions.progress(job).status == "cancelling (0/3)"
+    # The running call ends: uploaded, then its thumbnail ends the job, cancelled.
+    job, _ = transitions.uploaded(job, 1, "images/sc-001/job_1/var_1.png", "image/png", T0, SPENT)
+    assert job is not None and job.state == JobState.GENERATING
+    job, _ = transitions.thumbnail_done(job, 1, "images/x", "thumbnails/x", T0)
+    assert job is not None and job.state == JobState.CANCELLED and job.terminal
+    assert transitions.progress(job).status == "cancelled (1/3 kept)"
+    # A cancelled variant is never claimed again (never reaches Gemini).
+    _, claimed = transitions.claim(job, 2, "clm_b", T0, LEASE, 3)
+    assert claimed.outcome == VariantClaim.FINISHED
+
+
+def test_cancel_of_a_queued_job_ends_it_at_once_and_twice_is_a_no_op() -> None:
+    job = make_job()
+    job, first = transitions.cancel(job, "alice", T0)
+    assert job is not None and job.state == JobState.CANCELLED and job.finished_at == T0
+    assert first.outcome == CancelOutcome.CANCELLED and first.stopped == 2
+    again, second = transitions.cancel(job, "alice", T0)
+    assert again is None and second.outcome == CancelOutcome.ALREADY_CANCELLED
+
+
+def test_cancel_of_a_finished_job_changes_nothing() -> None:
+    job = mark_done(make_job(), 1, 2)
+    job.state = transitions.derive_state(job)
+    unchanged, cancelled = transitions.cancel(job, "alice", T0)
+    assert unchanged is None
+    assert cancelled.outcome == CancelOutcome.ALREADY_FINISHED and cancelled.kept == 2
+
+
+@pytest.mark.parametrize("ending", ["release", "attempt_failed", "takeover"])
+def test_a_running_image_that_a_cancel_reached_ends_cancelled_not_retried(ending: str) -> None:
+    job = make_job(variant_count=1)
+    job, _ = transitions.claim(job, 1, "clm_a", T0, LEASE, 3)
+    assert job is not None
+    job, _ = transitions.cancel(job, "alice", T0)
+    assert job is not None and job.state == JobState.GENERATING
+    if ending == "release":
+        job, _ = transitions.release(job, 1, "clm_a", T0)
+    elif ending == "attempt_failed":
+        job, ended = transitions.attempt_failed(job, 1, "clm_a", "Gemini 503", T0, 3)
+        assert ended
+    else:
+        job, claimed = transitions.claim(job, 1, "clm_b", T0 + LEASE * 2, LEASE, 3)
+        assert claimed.outcome == VariantClaim.FINISHED
+    assert job is not None
+    assert job.variant(1).state == VariantState.CANCELLED
+    assert job.state == JobState.CANCELLED
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def test_a_reroll_is_a_new_version_and_the_job_stays_finished() -> None:
+    job = mark_done(make_job(variant_count=1), 1)
+    job.state = transitions.derive_state(job)
+    job, added = transitions.add_version(job, 1, request(), T0)
+    assert job is not None and added.version == 2
+    version = job.variant(1).versions[0]
+    assert (version.kind, version.source_object, version.seed) == ("reroll", None, 4242)
+    assert transitions.progress(job).status == "completed; variant 1: re-roll (v2) being made"
+    job, claimed = transitions.claim(job, 1, "clm", T0, LEASE, 3, version=2)
+    assert job is not None and claimed.outcome == VariantClaim.CLAIMED
+    name = "images/sc-001/job_1/var_1_v2.png"
+    job, _ = transitions.uploaded(job, 1, name, "image/png", T0, SPENT, version=2)
+    assert job is not None
+    job, _ = transitions.thumbnail_done(job, 1, name, "thumbnails/t.jpg", T0, version=2)
+    assert job is not None and job.state == JobState.COMPLETED
+    assert job.variant(1).current()[0] == 2
+    assert job.cost() == Decimal("0.0670")  # version 1 was seeded without a cost
+    assert transitions.progress(job).status == "completed"
+
+
+def test_an_edit_starts_from_the_newest_image_and_a_failed_edit_keeps_it_current() -> None:
+    job = mark_done(make_job(variant_count=1), 1)
+    job.state = transitions.derive_state(job)
+    job, added = transitions.add_version(job, 1, request("make it night"), T0)
+    assert job is not None and added.version == 2
+    edit = job.variant(1).versions[0]
+    assert (edit.kind, edit.source_version) == ("edit", 1)
+    assert edit.source_object == "images/sc-001/job_1/var_1.png"
+    job, _ = transitions.variant_failed(job, 1, "prompt blocked", T0, version=2)
+    assert job is not None and job.state == JobState.COMPLETED
+    assert job.variant(1).current() == (1, job.variant(1))
+    assert transitions.progress(job).status == (
+        "completed; variant 1: edit (v2) failed: prompt blocked"
+    )
+
+
+def test_versions_are_refused_while_the_variant_is_made_or_without_an_image() -> None:
+    job = make_job(variant_count=1)
+    unchanged, added = transitions.add_version(job, 1, request(), T0)
+    assert unchanged is None
+    assert added.refusal == "variant 1 is still being made; try when it is done"
+    job, _ = transitions.variant_failed(job, 1, "blocked", T0)
+    assert job is not None
+    unchanged, added = transitions.add_version(job, 1, request("brighter"), T0)
+    assert unchanged is None and added.refusal == "variant 1 has no image to edit"
+    job, added = transitions.add_version(job, 1, request(), T0)  # a re-roll of a failed variant
+    assert job is not None and added.version == 2
+
+
+# --------------------------------------------------------------------------- refunds
+
+
+def test_the_ledger_gives_back_each_cancelled_image_once() -> None:
+    store, budget = FakeJobStore(), FakeBudgetLedger()
+    budget.reserve("alice", DAY, 3, Decimal("0.2010"), 100, Decimal(100))
+    job = make_job(variant_count=3)
+    job, _ = transitions.claim(job, 1, "clm_a", T0, LEASE, 3)
+    assert job is not None
+    store.add(job)
+    ledger = JobLedger(store, budget=budget)
+    ledger.apply("job_1", lambda j: transitions.cancel(j, "alice", T0))
+    assert budget.used[("alice", DAY)].images == 1
+    assert budget.used[("alice", DAY)].cost == Decimal("0.0670")
+    assert all(store.job("job_1").variant(n).refunded for n in (2, 3))
+    # The running image is given back unmade later: one more image refunded, once.
+    ledger.apply("job_1", lambda j: transitions.release(j, 1, "clm_a", T0))
+    ledger.apply("job_1", lambda j: transitions.cancel(j, "alice", T0))
+    assert budget.used[("alice", DAY)].images == 0
+    assert budget.used[("alice", DAY)].cost == Decimal("0.0000")
+    assert [c[0] for c in budget.calls].count("refund_once") == 2
+
+
+def test_a_refund_interrupted_before_it_was_recorded_is_finished_once_later(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store, budget = FakeJobStore(), FakeBudgetLedger()
+    budget.reserve("alice", DAY, 2, Decimal("0.1340"), 100, Decimal(100))
+    store.add(make_job())
+    ledger = JobLedger(store, budget=budget)
+    writes = {"n": 0}
+
+    def fail_the_record(operation: str, job_id: str) -> None:
+        if operation == "update_job":
+            writes["n"] += 1
+            if writes["n"] == 2:  # the cancel is written, the refund's record is not
+                raise TransientError("firestore unavailable")
+
+    store.hook = fail_the_record
+    with pytest.raises(TransientError):
+        ledger.apply("job_1", lambda j: transitions.cancel(j, "alice", T0))
+    store.hook = None
+    assert budget.used[("alice", DAY)].images == 0  # given back before the record failed
+    caplog.set_level(logging.INFO)
+    with ledger.entry(store.job("job_1")):  # the redelivery
+        pass
+    assert budget.used[("alice", DAY)].images == 0 and budget.used[("alice", DAY)].cost == 0
+    assert all(store.job("job_1").variant(n).refunded for n in (1, 2))
+    assert [r for r in caplog.records if getattr(r, "event", None) == "budget_refunded"]
