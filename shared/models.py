@@ -151,6 +151,28 @@ class BatchRequest(BaseModel):
         return self
 
 
+class RerollRequest(BaseModel):
+    """Body of ``POST /jobs/{job_id}/variants/{n}:reroll`` (may be empty)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    instruction: str | None = Field(
+        default=None,
+        description="An edit of the current image (at most MAX_PROMPT_CHARS characters); "
+        "none: a fresh generation of the variant with a new seed",
+    )
+
+    @field_validator("instruction")
+    @classmethod
+    def _instruction(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if not value:
+            return None
+        limit = _limits(info).max_prompt_chars
+        if len(value) > limit:
+            raise ValueError(f"is {len(value)} characters long; the limit is {limit}")
+        return value
+
+
 class VariantState(StrEnum):
     PENDING = "pending"
     GENERATING = "generating"

@@ -27,6 +27,13 @@ DEFAULT_PRICES = {
     "gemini-3.1-flash-image": Decimal("0.067"),
     "gemini-2.5-flash-image": Decimal("0.039"),
 }
+# Reference images each model takes in one call (GUIDE.md, section 3); other
+# models take REFERENCE_MAX_IMAGES.
+DEFAULT_REFERENCE_LIMITS = {
+    "gemini-3.1-flash-image": 14,
+    "gemini-3-pro-image": 14,
+    "gemini-2.5-flash-image": 3,
+}
 # The SDK's backoff (HttpRetryOptions): initial delay x 2^k plus up to the jitter.
 GEMINI_RETRY_INITIAL_DELAY_S = 1.0
 GEMINI_RETRY_JITTER_S = 1.0
@@ -54,6 +61,10 @@ class Settings(BaseModel):
 
     google_cloud_project: str = Field(min_length=1)
     jobs_topic: str = "image-jobs"
+    # Where the HTTP function asks for a batch's hand-over zip, and where zips go
+    # (outside IMAGES_PREFIX, so they never trigger a thumbnail).
+    exports_topic: str = "image-exports"
+    exports_prefix: str = "exports/"
     images_bucket: str = Field(min_length=3)
     # Where thumbnails go; unset, the images bucket (under THUMBNAILS_PREFIX).
     thumbnails_bucket: str = ""
@@ -75,7 +86,12 @@ class Settings(BaseModel):
     max_event_age_s: int = Field(default=12 * 3600, ge=60)
     claim_wait_s: float = Field(default=240.0, ge=0)
     reference_max_bytes: int = Field(default=7 * 1024 * 1024, ge=1)
+    # Reference images one Gemini call takes, per model (the batch's style_refs
+    # first, then the item's own pack); REFERENCE_MAX_IMAGES for other models.
     reference_max_images: int = Field(default=3, ge=0)
+    model_reference_limits: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_REFERENCE_LIMITS)
+    )
 
     # --- Generation (issue 4): image settings, time budget, reference packs.
     # Image shape for jobs that name none ("" leaves it to the model).
@@ -150,7 +166,7 @@ class Settings(BaseModel):
     # exceed the function's longest path (shared/budgets.py). 0: not known, not checked.
     function_timeout_s: float = Field(default=0.0, ge=0, le=3600)
 
-    @field_validator("price_table", mode="before")
+    @field_validator("price_table", "model_reference_limits", mode="before")
     @classmethod
     def _parse_prices(cls, value: object) -> object:
         if isinstance(value, str):
@@ -200,11 +216,15 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _thumbnails_outside_images(self) -> Settings:
-        # A thumbnail under the notified prefix would trigger its own thumbnail.
+        # A thumbnail (or a zip) under the notified prefix would trigger a thumbnail.
         if self.thumbnails_bucket == self.images_bucket and self.thumbnails_prefix.startswith(
             self.images_prefix
         ):
             raise ValueError("THUMBNAILS_PREFIX must lie outside IMAGES_PREFIX in the same bucket")
+        if self.exports_prefix.startswith(self.images_prefix):
+            raise ValueError("EXPORTS_PREFIX must lie outside IMAGES_PREFIX")
+        if any(limit < 0 for limit in self.model_reference_limits.values()):
+            raise ValueError("MODEL_REFERENCE_LIMITS must not be negative")
         return self
 
     @model_validator(mode="after")
@@ -248,6 +268,10 @@ class Settings(BaseModel):
         except KeyError:
             raise ConfigError(f"PRICE_TABLE has no price for model {name!r}") from None
 
+    def reference_limit(self, model: str) -> int:
+        """Reference images one call of ``model`` takes."""
+        return self.model_reference_limits.get(model, self.reference_max_images)
+
     def require(self, *names: str) -> Settings:
         """Fail with the setting's name when a function needs one that is empty."""
         missing = [name.upper() for name in names if not getattr(self, name)]
@@ -267,7 +291,9 @@ def get_settings() -> Settings:
         )
         raise ConfigError(f"invalid or missing setting(s): {names}") from exc
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"PRICE_TABLE is not valid JSON: {exc}") from exc
+        raise ConfigError(
+            f"PRICE_TABLE or MODEL_REFERENCE_LIMITS is not valid JSON: {exc}"
+        ) from exc
     settings.price_per_image()
     from shared.budgets import check_function_timeout
 

@@ -41,14 +41,28 @@ class DeadLetters:
             log.error("dead letter dropped: %s", exc)
 
     def _job_gave_up(self, message: PushMessage, attempts: str) -> None:
-        job_id = job_message(message).job_id
+        parsed = job_message(message)
+        job_id = parsed.job_id
         job = self.ledger.get(job_id)
         if job is None:
             raise NotFound(f"job {job_id} does not exist")
+        n, version = parsed.variant, parsed.version
         with self.ledger.entry(job) as entry:
-            reason = f"gave up after {attempts} deliveries: {transitions.last_cause(job)}"
-            entry.apply(lambda j: transitions.fail_job(j, reason, self.clock()))
-        log.warning("job failed", extra={"job_id": job_id, "state": "failed", "error": reason})
+            if n is not None and version is not None:
+                # A later version's own message: that version fails, the job stays.
+                reason = f"gave up after {attempts} deliveries"
+                entry.apply(
+                    lambda j: transitions.variant_failed(
+                        j, n, reason, self.clock(), version=version
+                    )
+                )
+            else:
+                reason = f"gave up after {attempts} deliveries: {transitions.last_cause(job)}"
+                entry.apply(lambda j: transitions.fail_job(j, reason, self.clock()))
+        log.warning(
+            "job failed",
+            extra={"job_id": job_id, "version": version, "state": "failed", "error": reason},
+        )
 
     def _thumbnail_gave_up(self, message: PushMessage, attempts: str) -> None:
         obj = storage_object(message)
@@ -59,7 +73,9 @@ class DeadLetters:
         spent = recorded_spent(obj.metadata)
         self.ledger.apply(
             key.job_id,
-            lambda j: transitions.variant_failed(j, key.n, reason, self.clock(), spent=spent),
+            lambda j: transitions.variant_failed(
+                j, key.n, reason, self.clock(), spent=spent, version=key.version
+            ),
         )
         log.warning(
             "variant failed",

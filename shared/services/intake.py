@@ -6,8 +6,10 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
+
+from pydantic import BaseModel
 
 from shared import jobs as transitions
 from shared.api_models import (
@@ -20,23 +22,31 @@ from shared.api_models import (
     Submitted,
     SubmittedJob,
     VariantView,
+    VersionView,
     WaitingView,
     Warning,
 )
 from shared.ids import new_id, utcnow
 from shared.links import LinkSigner
-from shared.models import Batch, BatchRequest, Job, JobMessage, money
+from shared.models import (
+    AssetSize,
+    Batch,
+    BatchRequest,
+    ImageSlot,
+    Job,
+    JobMessage,
+    Version,
+    money,
+)
 from shared.ports import BudgetLedger, IdempotencyStore, JobPublisher, JobStore, Usage
+from shared.services.anchors import problem
 from shared.services.ledger import JobLedger
+from shared.services.once import InProgress, Replay, run_once
 from shared.settings import Settings
 
 # A request without an Idempotency-Key is keyed by its content; that key only
 # catches double submissions, so it lives much shorter than an explicit key.
 DERIVED_KEY_TTL_S = 600
-# A pending record older than this belongs to a request that died.
-PENDING_STALE_S = 120
-# The status an idempotency record keeps for an accepted batch.
-ACCEPTED = 202
 
 
 @dataclass(frozen=True)
@@ -55,12 +65,9 @@ class OverBudget:
     message: str
 
 
-@dataclass(frozen=True)
-class InProgress:
-    """The same batch is being submitted by another request right now."""
-
-
 Submission = Accepted | OverBudget | InProgress
+
+__all__ = ["Accepted", "InProgress", "Intake", "OverBudget", "Submission", "job_view"]
 
 
 @dataclass(frozen=True)
@@ -136,28 +143,19 @@ class Intake:
         self, request: BatchRequest, caller: str, idempotency_key: str | None = None
     ) -> Submission:
         """Run a live batch once per idempotency key; replays get the first answer."""
-        now = self.clock()
         ttl = self.settings.idempotency_ttl_s if idempotency_key else DERIVED_KEY_TTL_S
-        key = _scoped_key(caller, idempotency_key or _content_key(request))
-        existing = self.idempotency.begin(key, now, now + timedelta(seconds=ttl))
-        if existing is not None:
-            if existing.status:
-                return Accepted(Submitted.model_validate(existing.body), replay=True)
-            if (now - existing.created_at).total_seconds() < PENDING_STALE_S:
-                return InProgress()
-            self.idempotency.abandon(key)
-            return self.submit(request, caller, idempotency_key)
-        try:
-            outcome = self._submit(request, caller)
-        except BaseException:
-            self.idempotency.abandon(key)
-            raise
-        if isinstance(outcome, Accepted):
-            body = outcome.answer.model_dump(mode="json", by_alias=True, exclude_none=True)
-            self.idempotency.finish(key, ACCEPTED, body)
-        else:
+        key = scoped_key(caller, idempotency_key or _content_key(request))
+        outcome = run_once(
+            self.idempotency,
+            key,
+            self.clock(),
+            ttl,
+            lambda: self._submit(request, caller),
             # A refusal (budget) is not a first answer to keep: retrying later may pass.
-            self.idempotency.abandon(key)
+            lambda done: _kept(done.answer) if isinstance(done, Accepted) else None,
+        )
+        if isinstance(outcome, Replay):
+            return Accepted(Submitted.model_validate(outcome.body), replay=True)
         return outcome
 
     def _submit(self, request: BatchRequest, caller: str) -> Accepted | OverBudget:
@@ -208,6 +206,8 @@ class Intake:
                 worksheet=request.worksheet,
                 model=self.settings.gemini_model,
                 price_per_image=money(price),
+                style_refs=list(request.style_refs),
+                budget_day=plan.budget.day,
                 created_at=now,
                 updated_at=now,
             )
@@ -263,6 +263,23 @@ class Intake:
     def _fail(self, job_id: str, reason: str) -> None:
         self.ledger.apply(job_id, lambda job: transitions.fail_job(job, reason, self.clock()))
 
+    def anchor_problems(
+        self, request: BatchRequest, caller: str, admin: bool = False
+    ) -> list[dict[str, str]]:
+        """Style anchors that name no output this caller may see, by field."""
+        named = [(f"style_refs[{i}]", ref) for i, ref in enumerate(request.style_refs)]
+        named += [
+            (f"items[{i}].ref_pack_public_url", item.ref_pack_public_url)
+            for i, item in enumerate(request.items)
+            if item.ref_pack_public_url
+        ]
+        found = []
+        for field, ref in named:
+            reason = problem(self.store, ref, request.spreadsheet_id, caller, admin)
+            if reason is not None:
+                found.append({"field": field, "reason": reason})
+        return found
+
     # ---------------------------------------------------------------- status
     def job_status(self, job_id: str, caller: str, admin: bool = False) -> JobView | None:
         """The job as its caller sees it; None if missing or someone else's."""
@@ -295,27 +312,33 @@ def _content_key(request: BatchRequest) -> str:
     return "content:" + json.dumps(canonical, sort_keys=True)
 
 
-def _scoped_key(caller: str, key: str) -> str:
+def scoped_key(caller: str, key: str) -> str:
     """Keys are per caller, so one caller can never replay another's answer."""
     return hashlib.sha256(f"{caller}\0{key}".encode()).hexdigest()
 
 
+def _kept(answer: BaseModel) -> dict[str, object]:
+    """An answer as an idempotency record keeps it, to replay it unchanged."""
+    return answer.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
 def job_view(job: Job, links: LinkSigner) -> JobView:
-    """Public view of a job, with durable links to finished images."""
+    """Public view of a job, with durable links to finished images (every version)."""
     variants = []
     for key in sorted(job.variants, key=int):
         v = job.variants[key]
+        current, shown = v.current()
         variants.append(
             VariantView(
                 variant=v.n,
                 state=v.state.value,
                 error=v.error,
-                image_url=links.link(job.job_id, v.n, "full") if v.asset_name("full") else None,
-                thumbnail_url=(
-                    links.link(job.job_id, v.n, "thumb") if v.asset_name("thumb") else None
-                ),
+                image_url=_link(links, job, v.n, current, shown, "full"),
+                thumbnail_url=_link(links, job, v.n, current, shown, "thumb"),
                 cost_usd=v.cost_usd,
                 failures=v.failures,
+                current_version=current,
+                versions=[_version_view(links, job, v.n, k, slot) for k, slot in v.slots()],
             )
         )
     progress = transitions.progress(job)
@@ -345,5 +368,29 @@ def job_view(job: Job, links: LinkSigner) -> JobView:
         started_at=job.started_at.isoformat() if job.started_at else None,
         finished_at=job.finished_at.isoformat() if job.finished_at else None,
         duration_s=duration,
+        cancelled_at=job.cancelled_at.isoformat() if job.cancelled_at else None,
         cost_usd=money(job.cost()),
+    )
+
+
+def _link(
+    links: LinkSigner, job: Job, n: int, version: int, slot: ImageSlot, size: AssetSize
+) -> str | None:
+    return links.link(job.job_id, n, size, version) if slot.asset_name(size) else None
+
+
+def _version_view(links: LinkSigner, job: Job, n: int, number: int, slot: ImageSlot) -> VersionView:
+    asked = slot.requested_at if isinstance(slot, Version) else job.created_at
+    return VersionView(
+        version=number,
+        kind=slot.kind if isinstance(slot, Version) else "original",
+        state=slot.state.value,
+        instruction=slot.instruction if isinstance(slot, Version) else None,
+        error=slot.error,
+        image_url=_link(links, job, n, number, slot, "full"),
+        thumbnail_url=_link(links, job, n, number, slot, "thumb"),
+        cost_usd=slot.cost_usd,
+        model=slot.model,
+        created_at=asked.isoformat(),
+        generated_at=slot.generated_at.isoformat() if slot.generated_at else None,
     )
