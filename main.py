@@ -15,6 +15,7 @@ ENTRY_POINTS = {
     "generate_images": "functions.generate",
     "make_thumbnails": "functions.thumbnail",
     "handle_dead_letters": "functions.dead_letters",
+    "export_batch": "functions.export",
 }
 
 __all__ = sorted(ENTRY_POINTS)

@@ -13,13 +13,21 @@ from shared.links import LinkSigner
 from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from shared.adapters.firestore_store import FirestoreJobStore
+    from shared.adapters.firestore_store import (
+        FirestoreBudgetLedger,
+        FirestoreIdempotencyStore,
+        FirestoreJobStore,
+    )
     from shared.adapters.gcs_store import GcsObjectStore
+    from shared.adapters.pubsub_publisher import PubSubJobPublisher
     from shared.identity import Authenticator
+    from shared.services.cancels import Cancels
     from shared.services.dead_letters import DeadLetters
+    from shared.services.exports import Exporter, Exports
     from shared.services.generation import Generation
     from shared.services.intake import Intake
     from shared.services.ledger import JobLedger
+    from shared.services.rerolls import Rerolls
     from shared.services.sheet_sync import SheetSync
     from shared.services.thumbnails import Thumbnails
 
@@ -92,10 +100,43 @@ def sheet_sync() -> SheetSync:
 
 @lru_cache(maxsize=1)
 def ledger() -> JobLedger:
-    """Every change to a job, with the scene's row kept in step."""
+    """Every change to a job, with the scene's row kept in step (and the budget of
+    images cancelled unmade given back)."""
     from shared.services.ledger import JobLedger
 
-    return JobLedger(job_store(), sheet_sync())
+    return JobLedger(job_store(), sheet_sync(), budget=budget_ledger())
+
+
+@lru_cache(maxsize=1)
+def budget_ledger() -> FirestoreBudgetLedger:
+    from shared.adapters.firestore_store import FirestoreBudgetLedger
+
+    return FirestoreBudgetLedger(firestore_client())
+
+
+@lru_cache(maxsize=1)
+def intake_ledger() -> JobLedger:
+    """The HTTP function's ledger: it writes no sheet rows (the generate function does)."""
+    from shared.services.ledger import JobLedger
+
+    return JobLedger(job_store(), budget=budget_ledger())
+
+
+@lru_cache(maxsize=1)
+def publisher_client() -> Any:
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+    return pubsub_v1.PublisherClient()
+
+
+@lru_cache(maxsize=1)
+def job_publisher() -> PubSubJobPublisher:
+    from shared.adapters.pubsub_publisher import PubSubJobPublisher
+
+    client = publisher_client()
+    return PubSubJobPublisher(
+        client, client.topic_path(settings().google_cloud_project, settings().jobs_topic)
+    )
 
 
 @lru_cache(maxsize=1)
@@ -122,27 +163,64 @@ def authenticator() -> Authenticator:
 
 
 @lru_cache(maxsize=1)
+def idempotency_store() -> FirestoreIdempotencyStore:
+    from shared.adapters.firestore_store import FirestoreIdempotencyStore
+
+    return FirestoreIdempotencyStore(firestore_client())
+
+
+@lru_cache(maxsize=1)
 def intake() -> Intake:
-    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-
-    from shared.adapters.firestore_store import FirestoreBudgetLedger, FirestoreIdempotencyStore
-    from shared.adapters.pubsub_publisher import PubSubJobPublisher
     from shared.services.intake import Intake
-    from shared.services.ledger import JobLedger
 
-    cfg = settings()
-    client = pubsub_v1.PublisherClient()
-    topic = client.topic_path(cfg.google_cloud_project, cfg.jobs_topic)
     return Intake(
-        cfg,
+        settings(),
         job_store(),
         # The HTTP function writes no sheet rows: the script marks what it could not queue.
-        JobLedger(job_store()),
-        PubSubJobPublisher(client, topic),
+        intake_ledger(),
+        job_publisher(),
         link_signer(),
-        FirestoreBudgetLedger(firestore_client()),
-        FirestoreIdempotencyStore(firestore_client()),
+        budget_ledger(),
+        idempotency_store(),
     )
+
+
+@lru_cache(maxsize=1)
+def cancels() -> Cancels:
+    from shared.services.cancels import Cancels
+
+    return Cancels(job_store(), intake_ledger(), job_publisher())
+
+
+@lru_cache(maxsize=1)
+def rerolls() -> Rerolls:
+    from shared.services.rerolls import Rerolls
+
+    return Rerolls(
+        settings(),
+        job_store(),
+        intake_ledger(),
+        job_publisher(),
+        budget_ledger(),
+        idempotency_store(),
+    )
+
+
+@lru_cache(maxsize=1)
+def exports() -> Exports:
+    from shared.adapters.pubsub_publisher import PubSubExportPublisher
+    from shared.services.exports import Exports
+
+    client = publisher_client()
+    topic = client.topic_path(settings().google_cloud_project, settings().exports_topic)
+    return Exports(job_store(), PubSubExportPublisher(client, topic), link_signer())
+
+
+@lru_cache(maxsize=1)
+def exporter() -> Exporter:
+    from shared.services.exports import Exporter
+
+    return Exporter(settings(), job_store(), object_store())
 
 
 @lru_cache(maxsize=1)
@@ -157,7 +235,9 @@ def generation() -> Generation:
     objects = object_store()
     limits = PackLimits(
         max_bytes=cfg.reference_max_bytes,
-        max_images=cfg.reference_max_images,
+        # One pack may fill the call of the model that takes the most; generation
+        # cuts the references to the job's model's limit.
+        max_images=max([cfg.reference_max_images, *cfg.model_reference_limits.values()]),
         max_pixels=cfg.image_max_pixels,
         timeout_s=cfg.reference_timeout_s,
         cache_bytes=cfg.reference_cache_bytes,

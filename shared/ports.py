@@ -6,9 +6,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal, Protocol, TypeVar
+from typing import BinaryIO, Literal, Protocol, TypeVar
 
-from shared.models import Batch, Job, JobMessage
+from shared.models import Batch, ExportMessage, Job, JobMessage
 from shared.quota import Limit, Slot
 
 R = TypeVar("R")
@@ -108,6 +108,14 @@ class JobPublisher(Protocol):
         ...
 
 
+class ExportPublisher(Protocol):
+    """Hands a batch's hand-over zip to the exporter (Pub/Sub in production)."""
+
+    def publish_export(self, message: ExportMessage) -> None:
+        """Publish or raise ``TransientError``."""
+        ...
+
+
 class QuotaGate(Protocol):
     """The fleet's shared pace and gate for calls of one model (Firestore in production)."""
 
@@ -145,6 +153,23 @@ class ObjectStore(Protocol):
         ...
 
     def read(self, bucket: str, name: str, max_bytes: int) -> bytes: ...
+
+    def read_into(self, bucket: str, name: str, out: BinaryIO) -> None:
+        """Copy the object into ``out`` a piece at a time (memory stays bounded
+        whatever its size); ``NotFound`` if it does not exist."""
+        ...
+
+    def write_stream(
+        self,
+        bucket: str,
+        name: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+        write: Callable[[BinaryIO], None],
+    ) -> int | None:
+        """Create-only streaming upload of what ``write`` writes (a resumable upload,
+        a chunk at a time); the bytes written, or None when the object existed."""
+        ...
 
     def signed_url(self, bucket: str, name: str, ttl_s: int) -> str: ...
 

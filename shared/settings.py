@@ -65,6 +65,9 @@ class Settings(BaseModel):
     # (outside IMAGES_PREFIX, so they never trigger a thumbnail).
     exports_topic: str = "image-exports"
     exports_prefix: str = "exports/"
+    # The exporter starts no image after this long; a batch that does not fit
+    # fails its export with the reason (the function timeout bounds a delivery).
+    export_deadline_s: float = Field(default=420.0, gt=0, le=3400)
     images_bucket: str = Field(min_length=3)
     # Where thumbnails go; unset, the images bucket (under THUMBNAILS_PREFIX).
     thumbnails_bucket: str = ""

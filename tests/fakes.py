@@ -12,14 +12,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from PIL import Image
 
 from shared import quota
 from shared.errors import NotFound, PermanentError
 from shared.events import StorageObject
-from shared.models import Batch, Job, JobMessage, JobState, VariantState
+from shared.models import Batch, ExportMessage, Job, JobMessage, JobState, VariantState
 from shared.ports import Cell, FoundObject, GeneratedImage, ReferenceImage, StoredAnswer, Usage
 from shared.quota import GateState, Limit, Slot
 from shared.settings import Settings
@@ -379,6 +379,19 @@ class FakePublisher:
         return failed
 
 
+class FakeExportPublisher:
+    """ExportPublisher recording messages; ``fail`` makes publishing raise."""
+
+    def __init__(self) -> None:
+        self.published: list[ExportMessage] = []
+        self.fail: Exception | None = None
+
+    def publish_export(self, message: ExportMessage) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.published.append(message)
+
+
 # --------------------------------------------------------------------------- objects
 
 
@@ -451,10 +464,63 @@ class FakeObjectStore:
             )
         return obj.data
 
+    def read_into(self, bucket: str, name: str, out: BinaryIO) -> None:
+        with self._lock:
+            self.calls.append(("read_into", bucket, name))
+            obj = self.objects.get((bucket, name))
+        if obj is None:
+            raise NotFound(f"gs://{bucket}/{name} does not exist")
+        for start in range(0, len(obj.data), 4096):  # a piece at a time, as downloads come
+            out.write(obj.data[start : start + 4096])
+
+    def write_stream(
+        self,
+        bucket: str,
+        name: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+        write: Callable[[BinaryIO], None],
+    ) -> int | None:
+        with self._lock:
+            self.calls.append(("write_stream", bucket, name))
+            if (bucket, name) in self.objects:
+                return None
+        sink = UnseekableSink()
+        write(sink)  # type: ignore[arg-type]
+        with self._lock:
+            if (bucket, name) in self.objects:
+                return None
+            self.objects[(bucket, name)] = StoredObject(sink.data(), content_type, dict(metadata))
+        return len(sink.data())
+
     def signed_url(self, bucket: str, name: str, ttl_s: int) -> str:
         with self._lock:
             self.calls.append(("signed_url", bucket, name))
         return f"https://storage.example.test/{bucket}/{name}?ttl={ttl_s}&signature=fake"
+
+
+class UnseekableSink:
+    """What a streaming upload looks like to a writer: write and tell, no seek."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.largest_write = 0
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(bytes(data))
+        self._size += len(data)
+        self.largest_write = max(self.largest_write, len(data))
+        return len(data)
+
+    def tell(self) -> int:
+        return self._size
+
+    def flush(self) -> None:
+        """Nothing to flush."""
+
+    def data(self) -> bytes:
+        return b"".join(self._parts)
 
 
 # --------------------------------------------------------------------------- generator

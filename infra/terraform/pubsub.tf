@@ -1,20 +1,23 @@
 locals {
   pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
 
-  # The three topics; the dead-letter one also keeps its messages for replay.
+  # The four topics; the dead-letter one also keeps its messages for replay.
   topics = {
     jobs        = { name = var.pubsub.jobs_topic, retention = null }
     gcs_events  = { name = var.pubsub.gcs_events_topic, retention = null }
     dead_letter = { name = var.pubsub.dead_letter_topic, retention = var.pubsub.dead_letter_topic_retention }
+    exports     = { name = var.pubsub.exports_topic, retention = null }
   }
 
-  # Who publishes to which topic: the HTTP function its jobs, the Cloud Storage
+  # Who publishes to which topic: the HTTP function its jobs (first images,
+  # re-rolls, the rows of cancelled jobs) and export requests, the Cloud Storage
   # service agent the bucket notifications, the Pub/Sub service agent the dead
   # letters it forwards.
   topic_publishers = {
     jobs        = "serviceAccount:${google_service_account.this["api"].email}"
     gcs_events  = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
     dead_letter = local.pubsub_service_agent
+    exports     = "serviceAccount:${google_service_account.this["api"].email}"
   }
 
   # Direct push subscriptions (not Eventarc), as the local stack wires them
@@ -38,6 +41,12 @@ locals {
       topic       = google_pubsub_topic.this["dead_letter"].name
       function    = "dead_letter"
       dead_letter = false
+    }
+    export = {
+      name        = "${var.pubsub.exports_topic}-export"
+      topic       = google_pubsub_topic.this["exports"].name
+      function    = "export"
+      dead_letter = true
     }
   }
 }

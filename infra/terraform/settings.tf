@@ -9,6 +9,7 @@ locals {
     generate    = "${var.name_prefix}-generate-images"
     thumbnail   = "${var.name_prefix}-make-thumbnails"
     dead_letter = "${var.name_prefix}-handle-dead-letters"
+    export      = "${var.name_prefix}-export-batch"
   }
 
   images_bucket_name     = var.storage.images_bucket_name != "" ? var.storage.images_bucket_name : "${var.project_id}-images"
@@ -25,13 +26,16 @@ locals {
   # Each timeout exceeds its function's longest path with the default settings
   # (shared/budgets.py; FUNCTION_TIMEOUT_S below makes each function check its
   # own at start): HTTP 120 s, generate 570 s (DELIVERY_DEADLINE_S 360 s, the
-  # last upload, the final sheet write), thumbnail 300 s, dead letters 150 s.
+  # last upload, the final sheet write), thumbnail 300 s, dead letters 150 s,
+  # export 540 s (EXPORT_DEADLINE_S 420 s, the last image, the last upload chunk;
+  # one export per instance, so its memory is one zip stream's).
   # The pushed ones stay within the 600 s push ack deadline.
   function_sizing_defaults = {
     api         = { memory = "512Mi", cpu = "1", timeout_seconds = 180, min_instances = 0, max_instances = 10, concurrency = 20 }
     generate    = { memory = "1Gi", cpu = "1", timeout_seconds = 600, min_instances = 0, max_instances = 5, concurrency = 1 }
     thumbnail   = { memory = "1Gi", cpu = "1", timeout_seconds = 360, min_instances = 0, max_instances = 5, concurrency = 4 }
     dead_letter = { memory = "512Mi", cpu = "1", timeout_seconds = 180, min_instances = 0, max_instances = 2, concurrency = 10 }
+    export      = { memory = "512Mi", cpu = "1", timeout_seconds = 600, min_instances = 0, max_instances = 2, concurrency = 1 }
   }
   function_sizing = {
     for key, defaults in local.function_sizing_defaults : key => merge(defaults, {
@@ -69,6 +73,7 @@ locals {
       public      = true
       env = merge(local.common_env.api, {
         JOBS_TOPIC              = var.pubsub.jobs_topic
+        EXPORTS_TOPIC           = var.pubsub.exports_topic
         THUMBNAILS_BUCKET       = local.thumbnails_bucket_name
         GEMINI_MODEL            = var.intake.gemini_model
         PRICE_TABLE             = jsonencode(var.intake.price_table)
@@ -83,6 +88,8 @@ locals {
         ALLOWED_DOMAINS         = join(",", var.access.allowed_domains)
         ADMIN_CALLERS           = join(",", var.access.admin_callers)
         ALLOWED_SPREADSHEET_IDS = join(",", var.access.allowed_spreadsheet_ids)
+        REFERENCE_MAX_IMAGES    = tostring(var.generation.reference_max_images)
+        MODEL_REFERENCE_LIMITS  = jsonencode(var.generation.model_reference_limits)
       })
       secrets = ["API_KEY_HASHES", "LINK_SIGNING_KEY"]
     }
@@ -100,6 +107,8 @@ locals {
         GEMINI_ASPECT_RATIO      = var.generation.gemini_aspect_ratio
         GEMINI_IMAGE_SIZE        = var.generation.gemini_image_size
         REFERENCE_MAX_IMAGES     = tostring(var.generation.reference_max_images)
+        MODEL_REFERENCE_LIMITS   = jsonencode(var.generation.model_reference_limits)
+        ADMIN_CALLERS            = join(",", var.access.admin_callers)
         CLAIM_WAIT_S             = tostring(var.generation.claim_wait_s)
         GEMINI_FAILURE_BUDGET    = tostring(var.generation.gemini_failure_budget)
         GEMINI_IMAGES_PER_MINUTE = tostring(var.generation.gemini_images_per_minute)
@@ -131,6 +140,16 @@ locals {
       public      = false
       env         = local.common_env.dead_letter
       secrets     = ["LINK_SIGNING_KEY"]
+    }
+    export = {
+      entry_point = "export_batch"
+      description = "Pushed from the exports topic: streams a batch's kept images into one zip in the images bucket."
+      public      = false
+      env = merge(local.common_env.export, {
+        EXPORTS_PREFIX    = var.storage.exports_prefix
+        EXPORT_DEADLINE_S = tostring(var.exports.export_deadline_s)
+      })
+      secrets = []
     }
   }
 }

@@ -74,14 +74,20 @@ variable "storage" {
     location                          = optional(string, "")
     images_prefix                     = optional(string, "images/")
     thumbnails_prefix                 = optional(string, "thumbnails/")
+    exports_prefix                    = optional(string, "exports/")
     noncurrent_version_retention_days = optional(number, 30)
   })
-  description = "Buckets: images_bucket_name (IMAGES_BUCKET; empty: \"<project_id>-images\"), thumbnails_bucket_name (a separate THUMBNAILS_BUCKET; empty: the images bucket), location (empty: the region), images_prefix (IMAGES_PREFIX, the only prefix the bucket notification fires for), thumbnails_prefix (THUMBNAILS_PREFIX, outside images_prefix), noncurrent_version_retention_days (how long deleted object versions are kept)."
+  description = "Buckets: images_bucket_name (IMAGES_BUCKET; empty: \"<project_id>-images\"), thumbnails_bucket_name (a separate THUMBNAILS_BUCKET; empty: the images bucket), location (empty: the region), images_prefix (IMAGES_PREFIX, the only prefix the bucket notification fires for), thumbnails_prefix (THUMBNAILS_PREFIX, outside images_prefix), exports_prefix (EXPORTS_PREFIX: where the batches' hand-over zips go in the images bucket, outside images_prefix), noncurrent_version_retention_days (how long deleted object versions are kept)."
   default     = {}
 
   validation {
-    condition     = alltrue([for prefix in [var.storage.images_prefix, var.storage.thumbnails_prefix] : can(regex("^[A-Za-z0-9_.-]+/$", prefix))])
-    error_message = "images_prefix and thumbnails_prefix must each be one path segment ending with \"/\"."
+    condition     = alltrue([for prefix in [var.storage.images_prefix, var.storage.thumbnails_prefix, var.storage.exports_prefix] : can(regex("^[A-Za-z0-9_.-]+/$", prefix))])
+    error_message = "images_prefix, thumbnails_prefix and exports_prefix must each be one path segment ending with \"/\"."
+  }
+
+  validation {
+    condition     = !startswith(var.storage.exports_prefix, var.storage.images_prefix)
+    error_message = "exports_prefix must lie outside images_prefix, or zips would trigger the thumbnail function."
   }
 
   validation {
@@ -101,6 +107,7 @@ variable "pubsub" {
     jobs_topic                  = optional(string, "image-jobs")
     gcs_events_topic            = optional(string, "image-gcs-events")
     dead_letter_topic           = optional(string, "image-jobs-dead-letter")
+    exports_topic               = optional(string, "image-exports")
     ack_deadline_seconds        = optional(number, 600)
     retry_minimum_backoff       = optional(string, "10s")
     retry_maximum_backoff       = optional(string, "600s")
@@ -108,7 +115,7 @@ variable "pubsub" {
     message_retention_duration  = optional(string, "604800s")
     dead_letter_topic_retention = optional(string, "604800s")
   })
-  description = "Topics and push subscriptions: jobs_topic (JOBS_TOPIC), gcs_events_topic (the bucket notifications), dead_letter_topic; ack_deadline_seconds (for push also the request timeout, so at least each pushed function's timeout); retry_minimum_backoff/retry_maximum_backoff (redelivery backoff); max_delivery_attempts (before a message is dead-lettered: high, because a job waiting for the Gemini quota hands its message back often and our own accounting ends jobs, by GEMINI_FAILURE_BUDGET and MAX_EVENT_AGE_S; the dead-letter topic only catches poison messages and bugs); message_retention_duration (subscriptions); dead_letter_topic_retention (for replay with a seek)."
+  description = "Topics and push subscriptions: jobs_topic (JOBS_TOPIC), gcs_events_topic (the bucket notifications), dead_letter_topic; exports_topic (EXPORTS_TOPIC: the HTTP function asks the export function for a batch's zip there); ack_deadline_seconds (for push also the request timeout, so at least each pushed function's timeout); retry_minimum_backoff/retry_maximum_backoff (redelivery backoff); max_delivery_attempts (before a message is dead-lettered: high, because a job waiting for the Gemini quota hands its message back often and our own accounting ends jobs, by GEMINI_FAILURE_BUDGET and MAX_EVENT_AGE_S; the dead-letter topic only catches poison messages and bugs); message_retention_duration (subscriptions); dead_letter_topic_retention (for replay with a seek)."
   default     = {}
 
   validation {
@@ -230,14 +237,19 @@ variable "generation" {
     gemini_aspect_ratio   = optional(string, "")
     gemini_image_size     = optional(string, "")
     reference_max_images  = optional(number, 3)
-    claim_wait_s          = optional(number, 240)
+    model_reference_limits = optional(map(number), {
+      "gemini-3.1-flash-image" = 14
+      "gemini-3-pro-image"     = 14
+      "gemini-2.5-flash-image" = 3
+    })
+    claim_wait_s = optional(number, 240)
     # Issue 12: waiting is not failing.
     gemini_failure_budget    = optional(number, 3)
     gemini_images_per_minute = optional(number, 0)
     quota_wait_s             = optional(number, 120)
     max_event_age_s          = optional(number, 43200)
   })
-  description = "The generate function: generate_concurrency (variants of one job in parallel), gemini_timeout_s and gemini_retry_attempts (one Gemini call; attempts x timeout + backoff must fit gemini_budget_s), gemini_budget_s (< delivery_deadline_s; a variant's claim lease is this plus 20 s), delivery_deadline_s (one delivery's work; with the final sheet write it must stay below the function's timeout, checked at start), gemini_aspect_ratio/gemini_image_size (for jobs that name none; empty: the model's), reference_max_images, claim_wait_s; gemini_failure_budget (real failed attempts before a variant fails: Gemini errors other than quota, timeouts, instances that died mid-call; waits never count), gemini_images_per_minute (the whole fleet's pace of Gemini calls per model, just under the project's quota; 0: no pace, refusals still pause every instance until Gemini's RetryInfo delay), quota_wait_s (longest in-process wait for a call slot; longer waits hand the message back to Pub/Sub), max_event_age_s (longest a job may wait in all before it fails with the reason; keep it under max_delivery_attempts x retry_maximum_backoff)."
+  description = "The generate function: generate_concurrency (variants of one job in parallel), gemini_timeout_s and gemini_retry_attempts (one Gemini call; attempts x timeout + backoff must fit gemini_budget_s), gemini_budget_s (< delivery_deadline_s; a variant's claim lease is this plus 20 s), delivery_deadline_s (one delivery's work; with the final sheet write it must stay below the function's timeout, checked at start), gemini_aspect_ratio/gemini_image_size (for jobs that name none; empty: the model's), reference_max_images (reference images per call for models not in model_reference_limits), model_reference_limits (MODEL_REFERENCE_LIMITS: reference images one call of each model takes, style_refs first, then the item's pack; the HTTP function checks style_refs against it), claim_wait_s; gemini_failure_budget (real failed attempts before a variant fails: Gemini errors other than quota, timeouts, instances that died mid-call; waits never count), gemini_images_per_minute (the whole fleet's pace of Gemini calls per model, just under the project's quota; 0: no pace, refusals still pause every instance until Gemini's RetryInfo delay), quota_wait_s (longest in-process wait for a call slot; longer waits hand the message back to Pub/Sub), max_event_age_s (longest a job may wait in all before it fails with the reason; keep it under max_delivery_attempts x retry_maximum_backoff)."
   default     = {}
 
   validation {
@@ -247,17 +259,32 @@ variable "generation" {
       var.generation.gemini_retry_attempts >= 1 && var.generation.gemini_retry_attempts <= 10,
       var.generation.claim_wait_s >= 0,
       var.generation.reference_max_images >= 0,
+      alltrue([for limit in values(var.generation.model_reference_limits) : limit >= 0]),
       var.generation.gemini_failure_budget >= 1 && var.generation.gemini_failure_budget <= 20,
       var.generation.gemini_images_per_minute >= 0,
       var.generation.quota_wait_s >= 0,
       var.generation.max_event_age_s >= 60,
     ])
-    error_message = "generate_concurrency and gemini_retry_attempts (at most 10) must be at least 1, gemini_timeout_s positive, claim_wait_s, reference_max_images, gemini_images_per_minute and quota_wait_s not negative, gemini_failure_budget 1-20, max_event_age_s at least 60."
+    error_message = "generate_concurrency and gemini_retry_attempts (at most 10) must be at least 1, gemini_timeout_s positive, claim_wait_s, reference_max_images, model_reference_limits, gemini_images_per_minute and quota_wait_s not negative, gemini_failure_budget 1-20, max_event_age_s at least 60."
   }
 
   validation {
     condition     = var.generation.gemini_budget_s < var.generation.delivery_deadline_s && var.generation.delivery_deadline_s <= 600
     error_message = "gemini_budget_s must be below delivery_deadline_s, and delivery_deadline_s at most 600 (the push ack deadline)."
+  }
+}
+
+# ---------------------------------------------------------------- export function
+variable "exports" {
+  type = object({
+    export_deadline_s = optional(number, 420)
+  })
+  description = "The export function (a batch's hand-over zip): export_deadline_s (EXPORT_DEADLINE_S: no image is added to a zip after this long; a batch that does not fit fails its export with the reason; with the last image and upload chunk it must stay below the function's timeout, checked at start)."
+  default     = {}
+
+  validation {
+    condition     = var.exports.export_deadline_s > 0 && var.exports.export_deadline_s <= 3400
+    error_message = "export_deadline_s must be between 0 and 3400."
   }
 }
 
@@ -315,12 +342,12 @@ variable "function_sizing" {
     max_instances   = optional(number)
     concurrency     = optional(number)
   }))
-  description = "Sizing overrides by function (api, generate, thumbnail, dead_letter): memory (e.g. \"1Gi\"), cpu, timeout_seconds (must exceed the function's longest path, checked at start; at most the ack deadline for the pushed ones), min_instances, max_instances, concurrency. Omitted fields keep the defaults in settings.tf."
+  description = "Sizing overrides by function (api, generate, thumbnail, dead_letter, export): memory (e.g. \"1Gi\"), cpu, timeout_seconds (must exceed the function's longest path, checked at start; at most the ack deadline for the pushed ones), min_instances, max_instances, concurrency. Omitted fields keep the defaults in settings.tf."
   default     = {}
 
   validation {
-    condition     = alltrue([for key in keys(var.function_sizing) : contains(["api", "generate", "thumbnail", "dead_letter"], key)])
-    error_message = "function_sizing keys must be api, generate, thumbnail or dead_letter."
+    condition     = alltrue([for key in keys(var.function_sizing) : contains(["api", "generate", "thumbnail", "dead_letter", "export"], key)])
+    error_message = "function_sizing keys must be api, generate, thumbnail, dead_letter or export."
   }
 }
 

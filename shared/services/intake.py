@@ -40,6 +40,7 @@ from shared.models import (
 )
 from shared.ports import BudgetLedger, IdempotencyStore, JobPublisher, JobStore, Usage
 from shared.services.anchors import problem
+from shared.services.exports import export_view
 from shared.services.ledger import JobLedger
 from shared.services.once import InProgress, Replay, run_once
 from shared.settings import Settings
@@ -113,18 +114,7 @@ class Intake:
         return self.clock().strftime("%Y-%m-%d")
 
     def _budget(self, day: str, used: Usage, images: int, cost: Decimal) -> Budget:
-        cfg = self.settings
-        return Budget(
-            day=day,
-            images_limit=cfg.daily_image_cap,
-            images_used=used.images,
-            images_requested=images,
-            images_remaining=max(cfg.daily_image_cap - used.images, 0),
-            cost_limit_usd=money(cfg.daily_cost_cap_usd),
-            cost_used_usd=money(used.cost),
-            cost_requested_usd=money(cost),
-            cost_remaining_usd=money(max(cfg.daily_cost_cap_usd - used.cost, Decimal(0))),
-        )
+        return budget_view(self.settings, day, used, images, cost)
 
     def _warnings(self, request: BatchRequest) -> list[Warning]:
         scenes = {item.scene_id for item in request.items}
@@ -152,7 +142,7 @@ class Intake:
             ttl,
             lambda: self._submit(request, caller),
             # A refusal (budget) is not a first answer to keep: retrying later may pass.
-            lambda done: _kept(done.answer) if isinstance(done, Accepted) else None,
+            lambda done: kept_answer(done.answer) if isinstance(done, Accepted) else None,
         )
         if isinstance(outcome, Replay):
             return Accepted(Submitted.model_validate(outcome.body), replay=True)
@@ -304,6 +294,7 @@ class Intake:
             estimated_cost_usd=batch.estimated_cost_usd,
             counts=counts,
             jobs=[job_view(job, self.links) for job in jobs],
+            export=export_view(batch.batch_id, batch.export, self.links),
         )
 
 
@@ -317,7 +308,22 @@ def scoped_key(caller: str, key: str) -> str:
     return hashlib.sha256(f"{caller}\0{key}".encode()).hexdigest()
 
 
-def _kept(answer: BaseModel) -> dict[str, object]:
+def budget_view(cfg: Settings, day: str, used: Usage, images: int, cost: Decimal) -> Budget:
+    """The caller's day as an answer shows it, with what this request asks for."""
+    return Budget(
+        day=day,
+        images_limit=cfg.daily_image_cap,
+        images_used=used.images,
+        images_requested=images,
+        images_remaining=max(cfg.daily_image_cap - used.images, 0),
+        cost_limit_usd=money(cfg.daily_cost_cap_usd),
+        cost_used_usd=money(used.cost),
+        cost_requested_usd=money(cost),
+        cost_remaining_usd=money(max(cfg.daily_cost_cap_usd - used.cost, Decimal(0))),
+    )
+
+
+def kept_answer(answer: BaseModel) -> dict[str, object]:
     """An answer as an idempotency record keeps it, to replay it unchanged."""
     return answer.model_dump(mode="json", by_alias=True, exclude_none=True)
 

@@ -290,7 +290,7 @@ def test_wiring_writes_through_one_coalescer_with_the_configured_budget(
 ) -> None:
     from functions import wiring
     from shared.imaging import DecodeSlots
-    from tests.fakes import FakeJobStore, FakeObjectStore
+    from tests.fakes import FakeBudgetLedger, FakeJobStore, FakeObjectStore
 
     for name, value in {
         "GOOGLE_CLOUD_PROJECT": "p",
@@ -306,6 +306,7 @@ def test_wiring_writes_through_one_coalescer_with_the_configured_budget(
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(wiring, "job_store", lambda: FakeJobStore())
     monkeypatch.setattr(wiring, "object_store", lambda: FakeObjectStore())
+    monkeypatch.setattr(wiring, "budget_ledger", lambda: FakeBudgetLedger())
     sync = wiring.sheet_sync()
     coalescer = sync.sheets
     assert isinstance(coalescer, SheetCoalescer)
