@@ -6,9 +6,17 @@ import re
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from shared.anchors import ANCHOR_FORMS, is_anchor, parse_anchor
 
@@ -85,6 +93,10 @@ class BatchItem(BaseModel):
         return check_reference(value, _limits(info).images_bucket)
 
 
+def _style_ref(value: str, info: ValidationInfo) -> str:
+    return check_reference(value.strip(), _limits(info).images_bucket)
+
+
 def check_reference(value: str, bucket: str) -> str:
     """A reference as a request may name it, or ValueError saying what it may be."""
     if is_anchor(value):
@@ -108,7 +120,7 @@ class BatchRequest(BaseModel):
     run_mode: Literal["dry_run", "live"] = Field(default="dry_run", alias="runMode")
     spreadsheet_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
     worksheet: str = Field(min_length=1, max_length=100)
-    style_refs: list[str] = Field(
+    style_refs: list[Annotated[str, AfterValidator(_style_ref)]] = Field(
         default_factory=list,
         description="References applied to every item, before each item's own pack: "
         "https:// URLs, gs:// objects of the images bucket, scene:<scene_id>#<variant> or "
@@ -123,7 +135,7 @@ class BatchRequest(BaseModel):
             raise ValueError(
                 f"has {len(value)} references; the model takes at most {limits.max_references}"
             )
-        return [check_reference(ref.strip(), limits.images_bucket) for ref in value]
+        return value
 
     @field_validator("spreadsheet_id")
     @classmethod

@@ -18,7 +18,7 @@ from devstack.stack import HEADER, Stack, StackConfig, emulator_env, sheets_clie
 
 pytestmark = pytest.mark.integration
 
-TERMINAL = {"completed", "partial", "failed"}
+TERMINAL = {"completed", "partial", "failed", "cancelled"}
 
 
 @dataclass

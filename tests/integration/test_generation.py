@@ -47,7 +47,7 @@ FUNCTION_ENV = {
     "CLAIM_WAIT_S": "30",
     "LINK_SIGNING_KEY": LINK_SIGNING_KEY,
 }
-TERMINAL = {"completed", "partial", "failed"}
+TERMINAL = {"completed", "partial", "failed", "cancelled"}
 
 
 @dataclass
