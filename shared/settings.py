@@ -294,9 +294,7 @@ def get_settings() -> Settings:
         )
         raise ConfigError(f"invalid or missing setting(s): {names}") from exc
     except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"PRICE_TABLE or MODEL_REFERENCE_LIMITS is not valid JSON: {exc}"
-        ) from exc
+        raise ConfigError(f"PRICE_TABLE is not valid JSON: {exc}") from exc
     settings.price_per_image()
     from shared.budgets import check_function_timeout
 

@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from shared import exports as transitions
 from shared.api_models import ExportView
@@ -174,12 +174,14 @@ def write_zip(
             info = zipfile.ZipInfo(entry.path, date_time=_zip_time(entry.row["created"]))
             # Images are compressed already: stored as they are, no CPU spent.
             info.compress_type = zipfile.ZIP_STORED
+            member = _Member(archive, info)
             try:
-                with archive.open(info, "w") as member:
-                    copy(entry.object_name, member)  # type: ignore[arg-type]
+                copy(entry.object_name, member)  # type: ignore[arg-type]
             except NotFound:
+                # Raised before any byte arrives, so no member was started.
                 log.warning("image gone; left out of the zip", extra={"object": entry.object_name})
                 continue
+            member.close()
             rows.append(entry.row)
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
@@ -187,6 +189,29 @@ def write_zip(
         writer.writerows(_safe(row) for row in rows)
         archive.writestr(MANIFEST, text.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
     return len(rows)
+
+
+class _Member:
+    """A zip member opened on its first byte, so an image that turns out to be gone
+    leaves no empty member behind."""
+
+    def __init__(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+        self._archive = archive
+        self._info = info
+        self._out: IO[bytes] | None = None
+
+    def write(self, data: bytes) -> int:
+        if self._out is None:
+            self._out = self._archive.open(self._info, "w")
+        return self._out.write(data)
+
+    def flush(self) -> None:
+        """Members are written through as the data comes."""
+
+    def close(self) -> None:
+        if self._out is None:  # an empty image
+            self._out = self._archive.open(self._info, "w")
+        self._out.close()
 
 
 def _safe(row: dict[str, str]) -> dict[str, str]:

@@ -191,3 +191,117 @@ def test_a_refund_interrupted_before_it_was_recorded_is_finished_once_later(
     assert budget.used[("alice", DAY)].images == 0 and budget.used[("alice", DAY)].cost == 0
     assert all(store.job("job_1").variant(n).refunded for n in (1, 2))
     assert [r for r in caplog.records if getattr(r, "event", None) == "budget_refunded"]
+
+
+# --------------------------------------------------------------------------- names, events
+
+
+def test_version_names_parse_back_and_version_1_keeps_todays_name() -> None:
+    from shared.objects import ObjectNames, image_metadata, variant_key
+
+    names = ObjectNames("images/", "thumbnails/")
+    job = make_job()
+    assert names.image(job, 2, "image/png") == "images/sc-001/job_1/var_2.png"
+    v3 = names.image(job, 2, "image/png", 3)
+    assert v3 == "images/sc-001/job_1/var_2_v3.png"
+    parsed = names.parse_image(v3)
+    assert parsed is not None and (parsed.n, parsed.version) == (2, 3)
+    assert names.parse_image("images/sc-001/job_1/var_2_v1.png") is None  # not canonical
+    assert names.thumbnail(v3, "image/jpeg") == "thumbnails/sc-001/job_1/var_2_v3.jpg"
+    assert names.image_stem(job, 1) == "images/sc-001/job_1/var_1."
+    key = variant_key(image_metadata(job, 2, SPENT, 3))
+    assert key is not None and (key.n, key.version) == (2, 3)
+    assert "version" not in image_metadata(job, 2, SPENT)
+
+
+def test_a_versions_thumbnail_finishes_that_version_only(
+    clock: object, store: FakeJobStore
+) -> None:
+    from shared.imaging import make_thumbnail
+    from shared.services.thumbnails import Thumbnails
+    from tests.fakes import IMAGES_BUCKET, FakeObjectStore, finalize_event, make_settings, png_bytes
+
+    job = mark_done(make_job(variant_count=1), 1)
+    job.state = transitions.derive_state(job)
+    job, _ = transitions.add_version(job, 1, request(), T0)
+    assert job is not None
+    store.add(job)
+    objects = FakeObjectStore()
+    name = "images/sc-001/job_1/var_1_v2.png"
+    objects.put(IMAGES_BUCKET, name, png_bytes((32, 32)))
+    service = Thumbnails(make_settings(), JobLedger(store), objects, make_thumbnail)
+    service.handle(finalize_event(name, 1, version="2", model="m", cost_usd="0.0670"))
+    stored = store.job("job_1")
+    version = stored.variant(1).versions[0]
+    assert version.state == VariantState.DONE and version.cost_usd == "0.0670"
+    assert version.thumb_name == "thumbnails/sc-001/job_1/var_1_v2.jpg"
+    assert stored.variant(1).current()[0] == 2 and stored.state == JobState.COMPLETED
+
+
+def test_dead_letters_of_a_version_and_of_an_export_fail_only_those(store: FakeJobStore) -> None:
+    import base64
+    import json
+
+    from shared import exports
+    from shared.events import push_message
+    from shared.models import Batch
+    from shared.services.dead_letters import DeadLetters
+
+    job = mark_done(make_job(variant_count=1), 1)
+    job.state = transitions.derive_state(job)
+    job, _ = transitions.add_version(job, 1, request(), T0)
+    assert job is not None
+    batch = Batch(
+        batch_id="bat_1",
+        caller="alice",
+        spreadsheet_id="s",
+        worksheet="w",
+        model="m",
+        job_ids=["job_1"],
+        image_count=1,
+        estimated_cost_usd="0",
+        created_at=T0,
+    )
+    batch, _ = exports.request(batch, "exp_1", "alice", T0)
+    assert batch is not None
+    store.create_batch(batch, [job])
+
+    def push(body: dict[str, object], **attributes: str) -> object:
+        data = base64.b64encode(json.dumps(body).encode()).decode()
+        return push_message({"message": {"data": data, "attributes": attributes}})
+
+    letters = DeadLetters(JobLedger(store))
+    message = {
+        "job_id": "job_1",
+        "batch_id": "bat_1",
+        "scene_id": "sc-001",
+        "variant": 1,
+        "version": 2,
+    }
+    letters.handle(push(message))  # type: ignore[arg-type]
+    letters.handle(push({"batch_id": "bat_1", "export_id": "exp_1"}, export_id="exp_1"))  # type: ignore[arg-type]
+    stored = store.job("job_1")
+    assert stored.variant(1).versions[0].state == VariantState.FAILED
+    assert stored.state == JobState.COMPLETED and stored.variant(1).state == VariantState.DONE
+    export = store.batches["bat_1"].export
+    assert export is not None and export.state == "failed"
+    assert export.error == "gave up after several deliveries"
+
+
+def test_reference_limits_are_per_model_with_a_default() -> None:
+    from shared.errors import ConfigError
+    from shared.settings import get_settings
+    from tests.fakes import make_settings
+
+    cfg = make_settings(model_reference_limits='{"gemini-3.1-flash-image": 14}')
+    assert cfg.reference_limit("gemini-3.1-flash-image") == 14
+    assert cfg.reference_limit("another-model") == cfg.reference_max_images == 3
+    with pytest.raises(ValueError, match="EXPORTS_PREFIX must lie outside IMAGES_PREFIX"):
+        make_settings(exports_prefix="images/zips/")
+    import os
+
+    os.environ.update(
+        {"GOOGLE_CLOUD_PROJECT": "p", "IMAGES_BUCKET": "bucket", "MODEL_REFERENCE_LIMITS": "{"}
+    )
+    with pytest.raises(ConfigError, match="MODEL_REFERENCE_LIMITS"):
+        get_settings()
