@@ -147,16 +147,28 @@ def _idempotency_key(request: flask.Request) -> str | flask.Response | None:
     return key
 
 
-def submit_batch(request: flask.Request) -> flask.Response:
+def _keyed_json(
+    request: flask.Request, what: str, optional: bool = False
+) -> tuple[Identity, dict[str, Any], str | None] | flask.Response:
+    """Who asks, the JSON body and the Idempotency-Key of a request that creates
+    something; or the error answer."""
     identity = _identify(request)
     if isinstance(identity, flask.Response):
         return identity
-    payload = _json_body(request, "the batch")
+    payload = _json_body(request, what, optional)
     if isinstance(payload, flask.Response):
         return payload
     key = _idempotency_key(request)
     if isinstance(key, flask.Response):
         return key
+    return identity, payload, key
+
+
+def submit_batch(request: flask.Request) -> flask.Response:
+    parsed = _keyed_json(request, "the batch")
+    if isinstance(parsed, flask.Response):
+        return parsed
+    identity, payload, key = parsed
     try:
         batch = BatchRequest.model_validate(payload, context={"limits": _limits()})
     except ValidationError as exc:
@@ -260,15 +272,10 @@ def cancel_batch(request: flask.Request, batch_id: str) -> flask.Response:
 
 
 def reroll(request: flask.Request, job_id: str, variant: int) -> flask.Response:
-    identity = _identify(request)
-    if isinstance(identity, flask.Response):
-        return identity
-    payload = _json_body(request, optional=True)  # no body: a plain re-roll
-    if isinstance(payload, flask.Response):
-        return payload
-    key = _idempotency_key(request)
-    if isinstance(key, flask.Response):
-        return key
+    parsed = _keyed_json(request, "the body", optional=True)  # no body: a plain re-roll
+    if isinstance(parsed, flask.Response):
+        return parsed
+    identity, payload, key = parsed
     try:
         body = RerollRequest.model_validate(payload, context={"limits": _limits()})
     except ValidationError as exc:

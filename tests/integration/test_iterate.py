@@ -3,23 +3,20 @@ variant, style anchors, and the batch's hand-over zip (issue 14)."""
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
-import json
 import re
 import threading
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
 import requests
 
-from tests.integration.conftest import LiveStack
+from tests.integration.conftest import LiveStack, push_body
 
 pytestmark = pytest.mark.integration
 
@@ -71,6 +68,14 @@ def submit(stack: LiveStack, items: list[dict[str, Any]], **extra: Any) -> dict[
     assert answer.status_code == 202, answer.text
     result: dict[str, Any] = answer.json()
     return result
+
+
+def one_finished(stack: LiveStack, scene_id: str, prompt: str) -> tuple[dict[str, Any], str]:
+    """A batch of one scene with one image, finished: its answer and its job id."""
+    batch = submit(stack, [{"scene_id": scene_id, "prompt": prompt, "variants": 1}])
+    job_id: str = batch["jobs"][0]["job_id"]
+    stack.wait_jobs([job_id])
+    return batch, job_id
 
 
 def post(stack: LiveStack, path: str, body: Any = None, **headers: str) -> requests.Response:
@@ -163,26 +168,12 @@ def test_cancel_during_generation_stops_what_has_not_started_and_refunds_to_the_
 # --------------------------------------------------------------------------- re-roll
 
 
-def push_body(message: dict[str, Any], message_id: str) -> dict[str, Any]:
-    return {
-        "message": {
-            "data": base64.b64encode(json.dumps(message).encode()).decode(),
-            "attributes": {},
-            "messageId": message_id,
-            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        },
-        "subscription": "projects/local-project/subscriptions/test-redelivery",
-    }
-
-
 def test_reroll_raced_with_a_redelivery_of_the_job_makes_one_image_and_one_charge(
     stack: LiveStack, scene: Callable[[str], str], tag: str
 ) -> None:
     prompt = f"A paper boat {tag}"
     items = [{"scene_id": scene("rr"), "prompt": prompt, "variants": 1}]
-    batch = submit(stack, items)
-    job_id = batch["jobs"][0]["job_id"]
-    stack.wait_jobs([job_id])
+    batch, job_id = one_finished(stack, items[0]["scene_id"], prompt)
     price = Decimal(batch["price_per_image_usd"])
     before = used_today(stack)
     generate = (
@@ -252,9 +243,7 @@ def test_edit_blocked_by_gemini_keeps_the_old_image_and_a_good_edit_uses_it(
     stack: LiveStack, scene: Callable[[str], str], tag: str
 ) -> None:
     scene_id = scene("ed")
-    batch = submit(stack, [{"scene_id": scene_id, "prompt": f"A lighthouse {tag}", "variants": 1}])
-    job_id = batch["jobs"][0]["job_id"]
-    stack.wait_jobs([job_id])
+    _, job_id = one_finished(stack, scene_id, f"A lighthouse {tag}")
     first_link = stack.status(job_id)["variants"][0]["thumbnail_url"]
 
     blocked = post(stack, f"/jobs/{job_id}/variants/1:reroll", {"instruction": "[refuse] add fog"})
@@ -295,9 +284,7 @@ def test_anchor_to_another_callers_image_is_refused_and_an_own_anchor_is_used(
     stack: LiveStack, scene: Callable[[str], str], tag: str
 ) -> None:
     anchor_scene = scene("an")
-    batch = submit(stack, [{"scene_id": anchor_scene, "prompt": f"A hero {tag}", "variants": 1}])
-    job_id = batch["jobs"][0]["job_id"]
-    stack.wait_jobs([job_id])
+    _, job_id = one_finished(stack, anchor_scene, f"A hero {tag}")
 
     other = {"X-API-Key": stack.env["OTHER_API_KEY"]}
     body = {
