@@ -1,6 +1,7 @@
 # Job state: `batches`, `jobs`, `usage` and `idempotency` collections. Reads are
-# by document id, plus one equality/`in` query on jobs (spreadsheet, worksheet,
-# state) that single-field indexes serve, so no composite index is needed.
+# by document id, plus two equality/`in` queries on jobs (spreadsheet, worksheet,
+# state; spreadsheet, scene for style anchors) that single-field indexes serve,
+# so no composite index is needed.
 resource "google_firestore_database" "default" {
   count = var.firestore.create_database ? 1 : 0
 
@@ -27,6 +28,19 @@ resource "google_firestore_field" "ttl" {
   # A TTL field needs no index; leaving index_config empty removes the default ones.
   index_config {}
   ttl_config {}
+
+  depends_on = [google_firestore_database.default, time_sleep.apis_ready]
+}
+
+# The images a usage document gave back (`refund_keys`, one per image cancelled
+# unmade) are only ever read with the document: no index entries for them.
+resource "google_firestore_field" "unindexed" {
+  project    = var.project_id
+  database   = "(default)"
+  collection = "usage"
+  field      = "refund_keys"
+
+  index_config {}
 
   depends_on = [google_firestore_database.default, time_sleep.apis_ready]
 }
