@@ -77,6 +77,11 @@ class GcsObjectStore:
         write: Callable[[BinaryIO], None],
     ) -> int | None:
         blob = self._client.bucket(bucket).blob(name)
+        if blob.exists():
+            # Cheaper than writing it all again to be refused at the end; and
+            # fake-gcs-server (1.54) does not enforce the precondition below on
+            # resumable uploads, as Cloud Storage does.
+            return None
         blob.metadata = dict(metadata)
         try:
             # ignore_flush: zipfile flushes its output, which a resumable upload

@@ -589,3 +589,23 @@ def test_style_refs_naming_no_visible_output_are_refused_by_field(
     ]
     bob = app.post("/batch/images", json=body, headers={"X-API-Key": "bob-key"})
     assert bob.status_code == 200
+
+
+def test_a_zip_written_by_a_delivery_that_died_before_recording_it_is_kept(
+    store: FakeJobStore, objects: FakeObjectStore, clock: FakeClock
+) -> None:
+    job = done_job()
+    store.create_batch(batch_of(job), [job])
+    view = Exports(store, FakeExportPublisher(), LinkSigner("k", "https://x"), clock).request(
+        "bat_1", "alice"
+    )
+    assert view is not None
+    name = f"exports/bat_1/{view.export_id}.zip"
+    objects.put(IMAGES_BUCKET, name, b"PK-the-first-zip")
+    Exporter(make_settings(), store, objects, clock).handle(
+        ExportMessage(batch_id="bat_1", export_id=view.export_id)
+    )
+    export = store.batches["bat_1"].export
+    assert export is not None and export.state == "done" and export.object_name == name
+    assert objects.objects[(IMAGES_BUCKET, name)].data == b"PK-the-first-zip"
+    assert [c for c in objects.calls if c[0] == "read_into"] == []
