@@ -213,12 +213,12 @@ class Generation:
         """Make version ``number`` of variant ``n`` (a re-roll or an edit) once; the
         job's state is not touched. Raises TransientError to be retried."""
         context.update({"variant": n, "version": number})
-        try:
-            version = job.slot(n, number)
-        except KeyError:
+        variant = job.variants.get(str(n))
+        versions = variant.versions if variant is not None else []
+        version = next((v for v in versions if v.version == number), None)
+        if version is None:
             log.error("no such version; message dropped", extra=context)
             return
-        assert isinstance(version, Version)
         with self.ledger.entry(job) as entry:
             if version.state in (VariantState.UPLOADED, *TERMINAL_VARIANT_STATES):
                 log.info("version already made; redelivery ignored", extra=context)
