@@ -16,6 +16,7 @@ ENTRY_POINTS = {
     "make_thumbnails": "functions.thumbnail",
     "handle_dead_letters": "functions.dead_letters",
     "run_economy": "functions.economy",
+    "export_batch": "functions.export",
 }
 
 __all__ = sorted(ENTRY_POINTS)

@@ -16,6 +16,7 @@ function postBatch_(settings, table, batch, runMode, extraHeaders, lane) {
     worksheet: table.sheet.getName(),
   };
   if (lane) body.lane = lane;
+  if (batch.styleRefs && batch.styleRefs.length) body.style_refs = batch.styleRefs;
   const res = callApi_(settings, 'post', '/batch/images', body, extraHeaders);
   const ok = runMode === 'live' ? [200, 201, 202] : [200];
   if (ok.indexOf(res.status) < 0 || !res.json || typeof res.json !== 'object') {
@@ -159,6 +160,10 @@ function detailLines_(details, batch) {
   return limitLines_(details.map(function (detail) {
     const field = String(detail.field || '');
     const reason = String(detail.reason || detail.message || '');
+    const style = /^style_refs\[(\d+)\]$/.exec(field);
+    if (style && batch && batch.styleRefs) {
+      return '  • style_refs "' + batch.styleRefs[Number(style[1])] + '": ' + reason;
+    }
     const match = /^items\[(\d+)\](?:\.(.+))?$/.exec(field);
     const scene = match && batch ? batch.scenes[Number(match[1])] : null;
     if (scene) {

@@ -1,14 +1,15 @@
 /**
  * AI images: the spreadsheet menu of the Sheets-driven image pipeline.
  *
- * Estimate, Generate and Refresh work on the selected rows of the active sheet
+ * Estimate, Generate, Refresh and Cancel work on the selected rows of the active sheet
  * (header in row 1: scene_id, prompt, ref_pack_public_url, variants,
  * status_img, nano_img_1..n, job_id). Every menu action catches its errors and
  * shows them as a dialog: a message for people, never a stack trace.
  *
- * Files: Code.gs (menu and actions), Sheet.gs (reading, checking and writing
- * rows), Api.gs (HTTP calls and error messages), Submissions.gs (idempotency
- * of "Generate"), Settings.gs (the Settings dialog and stored properties).
+ * Files: Code.gs (menu and actions), Iterate.gs (cancel, re-roll, edit,
+ * download), Sheet.gs (reading, checking and writing rows), Api.gs (HTTP calls
+ * and error messages), Submissions.gs (idempotency of "Generate"), Settings.gs
+ * (the Settings dialog and stored properties).
  */
 
 const MENU_TITLE = 'AI images';
@@ -44,6 +45,11 @@ function onOpen() {
     .addItem('Estimate selected rows', 'estimateSelectedRows')
     .addItem('Generate selected rows', 'generateSelectedRows')
     .addItem('Refresh status', 'refreshStatus')
+    .addSeparator()
+    .addItem('Cancel selected rows', 'cancelSelectedRows')
+    .addItem('Re-roll selected image', 'rerollSelectedImage')
+    .addItem('Edit selected image…', 'editSelectedImage')
+    .addItem('Download batch', 'downloadBatch')
     .addSeparator()
     .addItem('Settings', 'openSettings')
     .addToUi();
@@ -120,7 +126,7 @@ function generate_(ui) {
   const batch = selectedBatch_(table);
   const settings = loadSettings_();
   const plan = postBatch_(settings, table, batch, 'dry_run').json;
-  const hash = submissionHash_(table, batch.items);
+  const hash = submissionHash_(table, batch.styleRefs.length ? [batch.items, batch.styleRefs] : batch.items);
   const seen = getSubmission_(hash);
 
   // A first send chooses its lane: Yes live, No economy (half price, within 24 h).
@@ -161,7 +167,8 @@ function submitLocked_(settings, batch, hash, seen, lane) {
   // The rows may have changed while the question was open: check again.
   const table = readSheet_({ formulas: true });
   const fresh = batchForRows_(table, batch.rows);
-  if (fresh.errors.length || JSON.stringify(fresh.items) !== JSON.stringify(batch.items)) {
+  if (fresh.errors.length || JSON.stringify(fresh.items) !== JSON.stringify(batch.items) ||
+      JSON.stringify(styleRefs_(table).refs) !== JSON.stringify(batch.styleRefs)) {
     throw new UserError(
       'The selected rows changed while the question was open, so nothing was sent. ' +
       'Check them and choose "Generate selected rows" again.');

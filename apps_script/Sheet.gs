@@ -12,10 +12,18 @@ const ASPECT_RATIO_PATTERN = /^[1-9][0-9]{0,2}:[1-9][0-9]{0,2}$/;
 const IMAGE_SIZES = ['1K', '2K', '4K'];
 const MAX_ERROR_LINES = 25;
 /** Job states the server reports (GET /status: state). */
-const FINAL_STATES = ['completed', 'partial', 'failed'];
+const FINAL_STATES = ['completed', 'partial', 'failed', 'cancelled'];
 const RUNNING_STATES = ['generating'];
-/** First words of a running job's status: it is made, or it waits for the Gemini quota. */
-const RUNNING_WORDS = ['generating', 'waiting', 'paused', 'economy'];
+/**
+ * First words of a running job's status: it is made, waits for the Gemini quota
+ * or for its Gemini batch (economy), or was cancelled and finishes the images
+ * already being made.
+ */
+const RUNNING_WORDS = ['generating', 'waiting', 'paused', 'economy', 'cancelling'];
+/** The named range holding the batch's style references (README: "Style references"). */
+const STYLE_REFS_RANGE = 'style_refs';
+/** An earlier output named as a reference (the server's shared/anchors.py). */
+const ANCHOR_PATTERN = /^(scene|job):[A-Za-z0-9][A-Za-z0-9_.-]{0,63}#[1-9][0-9]?$/;
 /** The rank of a final state: nothing moves a row back from it. */
 const FINAL_RANK = 3;
 
@@ -85,12 +93,45 @@ function selectedBatch_(table) {
       'the row numbers on the left; hold Ctrl or ⌘ to add more), then choose the menu ' +
       'item again.');
   }
-  if (batch.errors.length) {
+  const style = styleRefs_(table);
+  batch.styleRefs = style.refs;
+  const errors = batch.errors.concat(style.errors);
+  if (errors.length) {
     throw new UserError(
-      'Nothing was sent: ' + plural_(batch.errors.length, 'problem') +
-      ' in the selected rows.\n\n' + limitLines_(batch.errors, MAX_ERROR_LINES).join('\n'));
+      'Nothing was sent: ' + plural_(errors.length, 'problem') +
+      ' in the selected rows.\n\n' + limitLines_(errors, MAX_ERROR_LINES).join('\n'));
   }
   return batch;
+}
+
+/**
+ * The batch's style references: every non-empty cell of the named range
+ * "style_refs" (a cell may hold several, separated by commas or new lines).
+ */
+function styleRefs_(table) {
+  const range = table.ss.getRangeByName(STYLE_REFS_RANGE);
+  const refs = [];
+  const errors = [];
+  if (!range) return { refs: refs, errors: errors };
+  range.getValues().forEach(function (line) {
+    line.forEach(function (cell) {
+      cellText_(cell).split(/[\n,]+/).forEach(function (part) {
+        const ref = part.trim();
+        if (!ref) return;
+        if (!isReference_(ref)) {
+          errors.push('style_refs: "' + clip_(ref) + '" must be an https:// link, a ' +
+            'gs://bucket/object path, or an earlier image as scene:<scene_id>#<n> or job:<job_id>#<n>.');
+        }
+        refs.push(ref);
+      });
+    });
+  });
+  return { refs: refs, errors: errors };
+}
+
+function isReference_(text) {
+  return /^https:\/\/[^\s/]+\S*$/.test(text) || /^gs:\/\/[^\s/]+\/\S+$/.test(text) ||
+    ANCHOR_PATTERN.test(text);
 }
 
 /** Scenes, request items and problems of the given rows (blank rows are skipped). */
@@ -147,10 +188,10 @@ function batchForRows_(table, rowNumbers) {
       errors.push(where + 'variants must be a whole number from 1 to ' + MAX_VARIANTS +
         ' (found "' + clip_(cellText_(scene.variantsRaw)) + '").');
     }
-    if (scene.ref && !/^https:\/\/[^\s/]+\S*$/.test(scene.ref) &&
-        !/^gs:\/\/[^\s/]+\/\S+$/.test(scene.ref)) {
-      errors.push(where + 'ref_pack_public_url must be an https:// link or a ' +
-        'gs://bucket/object path (found "' + clip_(scene.ref) + '").');
+    if (scene.ref && !isReference_(scene.ref)) {
+      errors.push(where + 'ref_pack_public_url must be an https:// link, a ' +
+        'gs://bucket/object path, or an earlier image as scene:<scene_id>#<n> or ' +
+        'job:<job_id>#<n> (found "' + clip_(scene.ref) + '").');
     }
     if (scene.aspect && !ASPECT_RATIO_PATTERN.test(scene.aspect)) {
       errors.push(where + 'aspect_ratio must look like 16:9 (found "' + clip_(scene.aspect) +

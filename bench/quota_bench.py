@@ -37,7 +37,7 @@ import requests
 from devstack.stack import Stack, StackConfig, emulator_env, sheets_client
 
 VARIANTS = 2
-TERMINAL = {"completed", "partial", "failed"}
+TERMINAL = {"completed", "partial", "failed", "cancelled"}
 CRASH_EVERY_S = 45.0
 
 

@@ -23,7 +23,7 @@ import requests
 
 from devstack.stack import HEADER, Stack, StackConfig, sheets_client
 
-TERMINAL = {"completed", "partial", "failed"}
+TERMINAL = {"completed", "partial", "failed", "cancelled"}
 POLL_S = 1.0
 
 

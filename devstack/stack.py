@@ -46,6 +46,7 @@ FUNCTIONS = {
     "thumbnail": "make_thumbnails",
     "deadletter": "handle_dead_letters",
     "economy": "run_economy",
+    "export": "export_batch",
 }
 
 
@@ -63,6 +64,7 @@ class StackConfig:
     jobs_topic: str = "image-jobs"
     gcs_topic: str = "image-gcs-events"
     dead_letter_topic: str = "image-jobs-dead-letter"
+    exports_topic: str = "image-exports"
     worksheet: str = "Scenes"
     spreadsheet_title: str = "AI image scenes (local)"
     gemini_latency_ms: int = 200
@@ -82,6 +84,9 @@ class StackConfig:
     push_concurrency: int = 2
     function_env: dict[str, str] = field(default_factory=dict)
     startup_timeout_s: float = 120.0
+    # fake-gcs-server's backend: "memory", or "filesystem" (under the state
+    # directory) for large benchmarks.
+    gcs_backend: str = "memory"
 
 
 def free_port() -> int:
@@ -207,6 +212,7 @@ class Stack:
                 "JOBS_TOPIC": cfg.jobs_topic,
                 "GCS_EVENTS_TOPIC": cfg.gcs_topic,
                 "DEAD_LETTER_TOPIC": cfg.dead_letter_topic,
+                "EXPORTS_TOPIC": cfg.exports_topic,
                 **gemini_env,
             }
         )
@@ -223,8 +229,7 @@ class Stack:
                 str(gcs_port),
                 "-scheme",
                 "http",
-                "-backend",
-                "memory",
+                *self._gcs_backend(),
                 "-external-url",
                 f"http://{LOCALHOST}:{gcs_port}",
                 # Path-style downloads (what signed URLs use) match on this host.
@@ -258,10 +263,12 @@ class Stack:
             self.env["SHEETS_API_URL"] = sheets_url
 
         api_key = secrets.token_urlsafe(24)
+        # A second caller, to show that one caller never sees another's outputs.
+        other_key = secrets.token_urlsafe(24)
         api_port = free_port()
         function_env = {
             **self.env,
-            "API_KEY_HASHES": f"local-dev:{hash_key(api_key)}",
+            "API_KEY_HASHES": f"local-dev:{hash_key(api_key)},local-other:{hash_key(other_key)}",
             "ALLOWED_SPREADSHEET_IDS": spreadsheet_id,
             "PUBLIC_BASE_URL": f"http://{LOCALHOST}:{api_port}",
             "LINK_SIGNING_KEY": secrets.token_hex(32),
@@ -292,7 +299,7 @@ class Stack:
                 cwd=REPO,
             )
         self._wait_http("fn-api", f"http://{LOCALHOST}:{api_port}/healthz")
-        for name in ("generate", "thumbnail", "deadletter", "economy"):
+        for name in ("generate", "thumbnail", "deadletter", "economy", "export"):
             self._wait_port(f"fn-{name}", ports[name])
         routes = self._create_subscriptions(ports)
         self._start_push(routes)
@@ -315,15 +322,24 @@ class Stack:
             {
                 "API_URL": f"http://{LOCALHOST}:{api_port}",
                 "API_KEY": api_key,
+                "OTHER_API_KEY": other_key,
                 "SPREADSHEET_ID": spreadsheet_id,
                 "WORKSHEET": self.config.worksheet,
                 "GENERATE_URL": f"http://{LOCALHOST}:{ports['generate']}",
                 "ECONOMY_URL": f"http://{LOCALHOST}:{ports['economy']}",
                 "THUMBNAIL_URL": f"http://{LOCALHOST}:{ports['thumbnail']}",
+                "EXPORT_URL": f"http://{LOCALHOST}:{ports['export']}",
                 "SHEET_CSV": str(self.state / "sheet.csv"),
             }
         )
         self._write_env_file()
+
+    def _gcs_backend(self) -> list[str]:
+        if self.config.gcs_backend == "memory":
+            return ["-backend", "memory"]
+        root = self.state / "gcs-data"
+        root.mkdir(exist_ok=True)
+        return ["-backend", "filesystem", "-filesystem-root", str(root)]
 
     def _start_sheets_stub(self, mirror: str | None) -> str:
         port = free_port()
@@ -362,6 +378,7 @@ class Stack:
                 self.config.jobs_topic,
                 self.config.gcs_topic,
                 self.config.dead_letter_topic,
+                self.config.exports_topic,
             ):
                 with contextlib.suppress(AlreadyExists):
                     publisher.create_topic(name=publisher.topic_path(self.config.project, topic))
@@ -400,6 +417,7 @@ class Stack:
                     ports["deadletter"],
                     False,
                 ),
+                f"{cfg.exports_topic}-export": (cfg.exports_topic, ports["export"], True),
             }
             for name, (topic, port, with_dead_letter) in pushes.items():
                 path = str(subscriber.subscription_path(cfg.project, name))

@@ -20,8 +20,10 @@ from shared.api_models import model_list
 from shared.errors import TransientError
 from shared.identity import AuthFailure, Identity
 from shared.logs import setup_logging
-from shared.models import ASSET_SIZES, BatchRequest, Limits
+from shared.models import ASSET_SIZES, BatchRequest, Limits, RerollRequest
 from shared.services.intake import InProgress, ModelUnavailable, OverBudget
+from shared.services.job_references import reference_limit
+from shared.services.rerolls import Queued, Refused
 
 log = logging.getLogger(__name__)
 
@@ -96,18 +98,41 @@ def _openapi_document() -> dict[str, Any]:
     return document
 
 
-def submit_batch(request: flask.Request) -> flask.Response:
-    identity = _identify(request)
-    if isinstance(identity, flask.Response):
-        return identity
+def _limits(named: object = None) -> Limits:
+    """What a request may ask for; shapes and the reference limit are the catalog
+    entry's of the model the batch names (``named``), else the configured one's."""
+    cfg = wiring.settings()
+    model = named if isinstance(named, str) else cfg.gemini_model
+    entry = cfg.catalog.entry(model)
+    return Limits(
+        max_items=cfg.max_items_per_batch,
+        max_variants=cfg.max_variants,
+        max_prompt_chars=cfg.max_prompt_chars,
+        images_bucket=cfg.images_bucket,
+        references_prefix=cfg.references_prefix,
+        allowed_spreadsheet_ids=tuple(cfg.allowed_spreadsheet_ids),
+        models=tuple(sorted(cfg.catalog.models)),
+        aspect_ratios=entry.aspect_ratios if entry else (),
+        image_sizes=entry.image_sizes if entry else (),
+        economy_lane=cfg.gemini_backend == "gemini_api",
+        max_references=reference_limit(cfg, model),
+    )
+
+
+def _json_body(
+    request: flask.Request, what: str = "the body", optional: bool = False
+) -> dict[str, Any] | flask.Response:
+    """The request's JSON object, or the error answer; ``optional``: no body is {}."""
     cfg = wiring.settings()
     if (request.content_length or 0) > cfg.max_body_bytes:
         return error(
             413, "payload_too_large", f"the body must be at most {cfg.max_body_bytes} bytes"
         )
-    if request.mimetype != "application/json":
-        return error(415, "unsupported_media_type", "send the batch as application/json")
     raw = request.get_data(cache=False)
+    if optional and not raw.strip():
+        return {}
+    if request.mimetype != "application/json":
+        return error(415, "unsupported_media_type", f"send {what} as application/json")
     if len(raw) > cfg.max_body_bytes:  # a chunked body has no Content-Length
         return error(
             413, "payload_too_large", f"the body must be at most {cfg.max_body_bytes} bytes"
@@ -120,33 +145,52 @@ def submit_batch(request: flask.Request) -> flask.Response:
         return error(400, "invalid_json", f"the body is not valid JSON: {exc}")
     if not isinstance(payload, dict):
         return error(400, "invalid_json", "the body must be a JSON object")
+    return payload
+
+
+def _idempotency_key(request: flask.Request) -> str | flask.Response | None:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY):
         return error(
             400,
             "invalid_request",
-            "the batch is invalid",
+            "the request is invalid",
             [{"field": "Idempotency-Key", "reason": f"must be 1-{MAX_IDEMPOTENCY_KEY} characters"}],
         )
-    # Shapes are checked against the catalog entry of the model the batch names.
-    named = payload.get("model")
-    entry = cfg.catalog.entry(named if isinstance(named, str) else cfg.gemini_model)
-    limits = Limits(
-        max_items=cfg.max_items_per_batch,
-        max_variants=cfg.max_variants,
-        max_prompt_chars=cfg.max_prompt_chars,
-        images_bucket=cfg.images_bucket,
-        references_prefix=cfg.references_prefix,
-        allowed_spreadsheet_ids=tuple(cfg.allowed_spreadsheet_ids),
-        models=tuple(sorted(cfg.catalog.models)),
-        aspect_ratios=entry.aspect_ratios if entry else (),
-        image_sizes=entry.image_sizes if entry else (),
-        economy_lane=cfg.gemini_backend == "gemini_api",
-    )
+    return key
+
+
+def _keyed_json(
+    request: flask.Request, what: str, optional: bool = False
+) -> tuple[Identity, dict[str, Any], str | None] | flask.Response:
+    """Who asks, the JSON body and the Idempotency-Key of a request that creates
+    something; or the error answer."""
+    identity = _identify(request)
+    if isinstance(identity, flask.Response):
+        return identity
+    payload = _json_body(request, what, optional)
+    if isinstance(payload, flask.Response):
+        return payload
+    key = _idempotency_key(request)
+    if isinstance(key, flask.Response):
+        return key
+    return identity, payload, key
+
+
+def submit_batch(request: flask.Request) -> flask.Response:
+    parsed = _keyed_json(request, "the batch")
+    if isinstance(parsed, flask.Response):
+        return parsed
+    identity, payload, key = parsed
     try:
-        batch = BatchRequest.model_validate(payload, context={"limits": limits})
+        batch = BatchRequest.model_validate(
+            payload, context={"limits": _limits(payload.get("model"))}
+        )
     except ValidationError as exc:
         return error(400, "invalid_request", "the batch is invalid", validation_details(exc))
+    problems = wiring.intake().anchor_problems(batch, identity.caller, identity.admin)
+    if problems:
+        return error(400, "invalid_request", "the batch is invalid", problems)
     service = wiring.intake()
     if batch.run_mode == "dry_run":
         plan = service.plan(batch, identity.caller)
@@ -234,20 +278,92 @@ def asset(request: flask.Request, job_id: str, variant: int) -> flask.Response:
     """Redirect a durable sheet link to a freshly signed, short-lived URL."""
     size = request.args.get("size", "thumb")
     sig = request.args.get("sig", "")
-    if size not in ASSET_SIZES or not wiring.link_signer().verify(job_id, variant, size, sig):
+    version_text = request.args.get("version", "1")
+    version = int(version_text) if version_text.isdigit() and len(version_text) <= 3 else 0
+    signer = wiring.link_signer()
+    if (
+        size not in ASSET_SIZES
+        or not version
+        or not signer.verify(job_id, variant, size, sig, version)
+    ):
         return error(403, "forbidden", "the link's signature is missing or wrong")
     job = wiring.job_store().get_job(job_id)
-    state = job.variants.get(str(variant)) if job else None
-    name = state.asset_name(size) if state is not None else None
+    try:
+        slot = job.slot(variant, version) if job else None
+    except KeyError:
+        slot = None
+    name = slot.asset_name(size) if slot is not None else None
     if name is None:
         return error(404, "not_found", "this image is not ready")
     cfg = wiring.settings()
     bucket = cfg.thumbnails_bucket if size == "thumb" else cfg.images_bucket
+    return _redirect(bucket, name)
+
+
+def _redirect(bucket: str, name: str) -> flask.Response:
+    cfg = wiring.settings()
     url = wiring.object_store().signed_url(bucket, name, cfg.signed_url_ttl_s)
     response = flask.make_response(flask.redirect(url, code=302))
     # Sheets re-fetches images; let it cache a little less than the URL lives.
     response.headers["Cache-Control"] = f"private, max-age={max(cfg.signed_url_ttl_s - 60, 0)}"
     return response
+
+
+def cancel_job(request: flask.Request, job_id: str) -> flask.Response:
+    return _owned(request, "job", job_id, lambda *who: wiring.cancels().cancel_job(*who))
+
+
+def cancel_batch(request: flask.Request, batch_id: str) -> flask.Response:
+    return _owned(request, "batch", batch_id, lambda *who: wiring.cancels().cancel_batch(*who))
+
+
+def reroll(request: flask.Request, job_id: str, variant: int) -> flask.Response:
+    parsed = _keyed_json(request, "the body", optional=True)  # no body: a plain re-roll
+    if isinstance(parsed, flask.Response):
+        return parsed
+    identity, payload, key = parsed
+    try:
+        body = RerollRequest.model_validate(payload, context={"limits": _limits()})
+    except ValidationError as exc:
+        return error(400, "invalid_request", "the request is invalid", validation_details(exc))
+    outcome = wiring.rerolls().request(
+        job_id, variant, body.instruction, identity.caller, identity.admin, key
+    )
+    if outcome is None:
+        return error(404, "not_found", f"no job {job_id} with variant {variant} for this caller")
+    if isinstance(outcome, InProgress):
+        return error(409, "in_progress", "the same request is being handled right now")
+    if isinstance(outcome, Refused):
+        return error(409, "not_ready", outcome.message)
+    if isinstance(outcome, OverBudget):
+        return error(
+            429, "budget_exceeded", outcome.message, budget=outcome.budget.model_dump(mode="json")
+        )
+    response = _json(202, outcome.answer)
+    if isinstance(outcome, Queued) and outcome.replay:
+        response.headers["Idempotent-Replay"] = "true"
+    return response
+
+
+def export_batch(request: flask.Request, batch_id: str) -> flask.Response:
+    identity = _identify(request)
+    if isinstance(identity, flask.Response):
+        return identity
+    view = wiring.exports().request(batch_id, identity.caller, identity.admin)
+    if view is None:
+        return error(404, "not_found", f"no batch {batch_id} for this caller")
+    return _json(202, view)
+
+
+def export_download(request: flask.Request, batch_id: str, export_id: str) -> flask.Response:
+    """Redirect a durable zip link to a freshly signed, short-lived URL."""
+    sig = request.args.get("sig", "")
+    if not wiring.link_signer().verify_export(batch_id, export_id, sig):
+        return error(403, "forbidden", "the link's signature is missing or wrong")
+    name = wiring.exports().finished_zip(batch_id, export_id)
+    if name is None:
+        return error(404, "not_found", "this zip is not ready (or a newer one replaced it)")
+    return _redirect(wiring.settings().images_bucket, name)
 
 
 class IdConverter(BaseConverter):
@@ -264,6 +380,11 @@ HANDLERS: dict[str, Handler] = {
     "batch_status": batch_status,
     "asset": asset,
     "models": models,
+    "cancel_job": cancel_job,
+    "cancel_batch": cancel_batch,
+    "reroll": reroll,
+    "export_batch": export_batch,
+    "export_download": export_download,
 }
 ROUTES = Map(
     [
@@ -275,6 +396,15 @@ ROUTES = Map(
         Rule("/status/<id:job_id>", methods=["GET"], endpoint="job_status"),
         Rule("/batches/<id:batch_id>", methods=["GET"], endpoint="batch_status"),
         Rule("/assets/<id:job_id>/<int(max=99):variant>", methods=["GET"], endpoint="asset"),
+        Rule("/jobs/<id:job_id>:cancel", methods=["POST"], endpoint="cancel_job"),
+        Rule("/batches/<id:batch_id>:cancel", methods=["POST"], endpoint="cancel_batch"),
+        Rule(
+            "/jobs/<id:job_id>/variants/<int(min=1,max=99):variant>:reroll",
+            methods=["POST"],
+            endpoint="reroll",
+        ),
+        Rule("/batches/<id:batch_id>:export", methods=["POST"], endpoint="export_batch"),
+        Rule("/exports/<id:batch_id>/<id:export_id>", methods=["GET"], endpoint="export_download"),
     ],
     converters={"id": IdConverter},
     strict_slashes=False,

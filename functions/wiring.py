@@ -13,17 +13,25 @@ from shared.links import LinkSigner
 from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from shared.adapters.firestore_store import FirestoreBudgetLedger, FirestoreJobStore
+    from shared.adapters.firestore_store import (
+        FirestoreBudgetLedger,
+        FirestoreIdempotencyStore,
+        FirestoreJobStore,
+    )
     from shared.adapters.gcs_store import GcsObjectStore
     from shared.adapters.gemini import Backend
+    from shared.adapters.pubsub_publisher import PubSubJobPublisher
     from shared.adapters.references import PackReferenceLoader
     from shared.identity import Authenticator
+    from shared.services.cancels import Cancels
     from shared.services.dead_letters import DeadLetters
     from shared.services.economy import Economy
+    from shared.services.exports import Exporter, Exports
     from shared.services.generation import Generation
     from shared.services.intake import Intake
     from shared.services.ledger import JobLedger
     from shared.services.preflight import Preflight
+    from shared.services.rerolls import Rerolls
     from shared.services.sheet_sync import SheetSync
     from shared.services.thumbnails import Thumbnails
 
@@ -99,10 +107,12 @@ def sheet_sync() -> SheetSync:
 
 @lru_cache(maxsize=1)
 def ledger() -> JobLedger:
-    """Every change to a job, with the scene's row kept in step."""
+    """Every change to a job, with the scene's row kept in step and the daily budget
+    settled image by image."""
     from shared.services.ledger import JobLedger
 
-    # Finished images settle the daily budget from their estimate to their cost.
+    # Finished images settle the daily budget from their estimate to their cost;
+    # images never made (failed, cancelled) give theirs back.
     return JobLedger(job_store(), sheet_sync(), budget_ledger())
 
 
@@ -111,6 +121,31 @@ def budget_ledger() -> FirestoreBudgetLedger:
     from shared.adapters.firestore_store import FirestoreBudgetLedger
 
     return FirestoreBudgetLedger(firestore_client())
+
+
+@lru_cache(maxsize=1)
+def intake_ledger() -> JobLedger:
+    """The HTTP function's ledger: it writes no sheet rows (the generate function does)."""
+    from shared.services.ledger import JobLedger
+
+    return JobLedger(job_store(), budget=budget_ledger())
+
+
+@lru_cache(maxsize=1)
+def publisher_client() -> Any:
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+    return pubsub_v1.PublisherClient()
+
+
+@lru_cache(maxsize=1)
+def job_publisher() -> PubSubJobPublisher:
+    from shared.adapters.pubsub_publisher import PubSubJobPublisher
+
+    client = publisher_client()
+    return PubSubJobPublisher(
+        client, client.topic_path(settings().google_cloud_project, settings().jobs_topic)
+    )
 
 
 @lru_cache(maxsize=1)
@@ -167,29 +202,65 @@ def preflight() -> Preflight:
 
 
 @lru_cache(maxsize=1)
-def intake() -> Intake:
-    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-
+def idempotency_store() -> FirestoreIdempotencyStore:
     from shared.adapters.firestore_store import FirestoreIdempotencyStore
-    from shared.adapters.pubsub_publisher import PubSubJobPublisher
-    from shared.services.intake import Intake
-    from shared.services.ledger import JobLedger
 
-    cfg = settings()
-    client = pubsub_v1.PublisherClient()
-    topic = client.topic_path(cfg.google_cloud_project, cfg.jobs_topic)
-    budget = budget_ledger()
+    return FirestoreIdempotencyStore(firestore_client())
+
+
+@lru_cache(maxsize=1)
+def intake() -> Intake:
+    from shared.services.intake import Intake
+
     return Intake(
-        cfg,
+        settings(),
         job_store(),
         # The HTTP function writes no sheet rows: the script marks what it could not queue.
-        JobLedger(job_store(), budget=budget),
-        PubSubJobPublisher(client, topic),
+        intake_ledger(),
+        job_publisher(),
         link_signer(),
-        budget,
-        FirestoreIdempotencyStore(firestore_client()),
+        budget_ledger(),
+        idempotency_store(),
         preflight(),
     )
+
+
+@lru_cache(maxsize=1)
+def cancels() -> Cancels:
+    from shared.services.cancels import Cancels
+
+    return Cancels(job_store(), intake_ledger(), job_publisher())
+
+
+@lru_cache(maxsize=1)
+def rerolls() -> Rerolls:
+    from shared.services.rerolls import Rerolls
+
+    return Rerolls(
+        settings(),
+        job_store(),
+        intake_ledger(),
+        job_publisher(),
+        budget_ledger(),
+        idempotency_store(),
+    )
+
+
+@lru_cache(maxsize=1)
+def exports() -> Exports:
+    from shared.adapters.pubsub_publisher import PubSubExportPublisher
+    from shared.services.exports import Exports
+
+    client = publisher_client()
+    topic = client.topic_path(settings().google_cloud_project, settings().exports_topic)
+    return Exports(job_store(), PubSubExportPublisher(client, topic), link_signer())
+
+
+@lru_cache(maxsize=1)
+def exporter() -> Exporter:
+    from shared.services.exports import Exporter
+
+    return Exporter(settings(), job_store(), object_store())
 
 
 @lru_cache(maxsize=1)
@@ -223,7 +294,13 @@ def reference_loader() -> PackReferenceLoader:
     cfg = settings()
     limits = PackLimits(
         max_bytes=cfg.reference_max_bytes,
-        max_images=cfg.reference_max_images,
+        # One pack may fill the call of the catalog's model that takes the most
+        # (within this deployment's own cap); generation cuts the references to
+        # the job's model's limit.
+        max_images=min(
+            cfg.reference_max_images,
+            max(entry.max_reference_images for entry in cfg.catalog.models.values()),
+        ),
         max_pixels=cfg.image_max_pixels,
         timeout_s=cfg.reference_timeout_s,
         cache_bytes=cfg.reference_cache_bytes,
@@ -243,15 +320,11 @@ def reference_loader() -> PackReferenceLoader:
 @lru_cache(maxsize=1)
 def economy() -> Economy:
     """The economy lane's tick: Gemini's Batch API through google-genai."""
-    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-
     from shared.adapters.firestore_store import FirestoreEconomyBatches
     from shared.adapters.gemini_batches import GeminiBatchRunner
-    from shared.adapters.pubsub_publisher import PubSubJobPublisher
     from shared.services.economy import Economy
 
     cfg = settings()
-    client = pubsub_v1.PublisherClient()
     return Economy(
         settings=cfg,
         ledger=ledger(),
@@ -266,9 +339,7 @@ def economy() -> Economy:
         references=reference_loader(),
         objects=object_store(),
         # What an expired batch did not make goes on in the live lane.
-        publisher=PubSubJobPublisher(
-            client, client.topic_path(cfg.google_cloud_project, cfg.jobs_topic)
-        ),
+        publisher=job_publisher(),
     )
 
 

@@ -103,16 +103,44 @@ class Submitted(_Costed):
     unpublished: list[str] = Field(description="Job ids that could not be queued")
 
 
+ImageState = Literal["pending", "generating", "batched", "uploaded", "done", "failed", "cancelled"]
+JobStateName = Literal["queued", "generating", "completed", "partial", "failed", "cancelled"]
+
+
+class VersionView(_Answer):
+    """One version of a variant: the first image, a re-roll or an edit."""
+
+    version: int
+    kind: Literal["original", "reroll", "edit"]
+    state: ImageState
+    instruction: str | None = Field(default=None, description="What an edit asked for")
+    error: str | None = None
+    image_url: str | None = Field(default=None, description="Durable link to the full image")
+    thumbnail_url: str | None = None
+    cost_usd: str | None = None
+    model: str | None = None
+    created_at: str = Field(description="When it was asked for")
+    generated_at: str | None = None
+
+
 class VariantView(_Answer):
     variant: int
-    state: Literal["pending", "generating", "batched", "uploaded", "done", "failed"]
+    state: ImageState = Field(description="State of the variant's first version")
     error: str | None = None
     failures: int = Field(
         default=0, description="Real failed attempts so far (waits for the quota never count)"
     )
-    image_url: str | None = None
+    image_url: str | None = Field(
+        default=None, description="The current version's full image (what the sheet shows)"
+    )
     thumbnail_url: str | None = None
     cost_usd: str | None = Field(default=None, description="What this image cost, when made")
+    current_version: int = Field(
+        default=1, description="The newest version with a finished image (else 1)"
+    )
+    versions: list[VersionView] = Field(
+        default_factory=list, description="Every version, oldest first, with its link and cost"
+    )
 
 
 class Progress(_Answer):
@@ -146,7 +174,7 @@ class JobView(_Answer):
     job_id: str
     batch_id: str
     scene_id: str
-    state: Literal["queued", "generating", "completed", "partial", "failed"]
+    state: JobStateName
     status_text: str = Field(description="What the sheet's status_img shows; for people")
     progress: Progress
     lane: Literal["live", "economy"] = "live"
@@ -163,7 +191,26 @@ class JobView(_Answer):
     started_at: str | None = None
     finished_at: str | None = None
     duration_s: float | None = None
-    cost_usd: str = Field(description="Real cost so far (compare with the dry-run estimate)")
+    cancelled_at: str | None = None
+    cost_usd: str = Field(
+        description="Real cost so far, every version included (compare with the dry-run estimate)"
+    )
+
+
+class ExportView(_Answer):
+    """The batch's latest hand-over zip."""
+
+    export_id: str
+    state: Literal["queued", "running", "done", "failed"]
+    requested_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    images: int | None = Field(default=None, description="Images in the zip")
+    bytes: int | None = None
+    download_url: str | None = Field(
+        default=None, description="Durable link (redirects to a short-lived signed URL) once done"
+    )
+    error: str | None = None
 
 
 class BatchView(_Answer):
@@ -174,6 +221,45 @@ class BatchView(_Answer):
     cost_usd: str = Field(description="What the batch's images actually cost so far")
     counts: dict[str, int]
     jobs: list[JobView]
+    export: ExportView | None = None
+
+
+class JobCancelled(_Answer):
+    """What a cancel did to one job."""
+
+    job_id: str
+    scene_id: str
+    outcome: Literal["cancelled", "cancelling", "already_cancelled", "already_finished"] = Field(
+        description="cancelled: nothing runs any more; cancelling: ends when the images whose "
+        "Gemini call is running are made (they are kept); already_*: nothing was changed"
+    )
+    state: JobStateName
+    status_text: str
+    stopped: int = Field(description="Images stopped before their Gemini call (budget given back)")
+    running: int = Field(description="Images whose Gemini call is running: they finish, kept")
+    kept: int = Field(description="Variants with an image")
+
+
+class BatchCancelled(_Answer):
+    batch_id: str
+    stopped: int
+    running: int
+    kept: int
+    jobs: list[JobCancelled]
+
+
+class RerollAccepted(_Answer):
+    """A new version of a variant was queued (or this replays that first answer)."""
+
+    job_id: str
+    variant: int
+    version: int
+    kind: Literal["reroll", "edit"]
+    instruction: str | None = None
+    state: Literal["queued", "failed"]
+    error: str | None = None
+    price_per_image_usd: str
+    budget: Budget
 
 
 class ModelView(_Answer):

@@ -92,12 +92,23 @@ def _economy(s: Settings) -> Path:
     }
 
 
+def _export(s: Settings) -> Path:
+    # No image starts after EXPORT_DEADLINE_S (shared/services/exports.py); the one
+    # in flight then, the manifest and the last chunk of the upload come after it.
+    return {
+        "EXPORT_DEADLINE_S": s.export_deadline_s,
+        "last image": STORAGE_CALL_S,
+        "last upload chunk": STORAGE_CALL_S,
+    }
+
+
 LONGEST_PATHS: dict[str, Callable[[Settings], Path]] = {
     "http_api": _http,
     "generate_images": _generate,
     "make_thumbnails": _thumbnail,
     "handle_dead_letters": _dead_letter,
     "run_economy": _economy,
+    "export_batch": _export,
 }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.errors import PermanentError
-from shared.models import JobMessage
+from shared.models import ExportMessage, JobMessage
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,13 @@ def job_message(message: PushMessage) -> JobMessage:
         return JobMessage.model_validate_json(message.data)
     except ValidationError as exc:
         raise PermanentError(f"job message is malformed: {exc.error_count()} error(s)") from exc
+
+
+def export_message(message: PushMessage) -> ExportMessage:
+    try:
+        return ExportMessage.model_validate_json(message.data)
+    except ValidationError as exc:
+        raise PermanentError(f"export message is malformed: {exc.error_count()} error(s)") from exc
 
 
 @dataclass(frozen=True)

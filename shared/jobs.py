@@ -19,10 +19,11 @@ from typing import TypeVar
 from shared.models import (
     TERMINAL_VARIANT_STATES,
     GeminiBatchRef,
+    ImageSlot,
     Job,
     JobState,
-    Variant,
     VariantState,
+    Version,
     Waiting,
     WaitReason,
 )
@@ -63,9 +64,11 @@ class ClaimResult:
 
 
 def derive_state(job: Job) -> JobState:
-    """The job state that its variants imply."""
+    """The job state that its variants (their first versions) imply."""
     states = [v.state for v in job.variants.values()]
     if all(s in TERMINAL_VARIANT_STATES for s in states):
+        if job.cancelled_at is not None:
+            return JobState.CANCELLED
         if all(s == VariantState.DONE for s in states):
             return JobState.COMPLETED
         if all(s == VariantState.FAILED for s in states):
@@ -89,12 +92,21 @@ def _restate(job: Job, now: datetime) -> Job:
     return job
 
 
-def _unclaim(variant: Variant) -> None:
+def _image_ended(job: Job, version: int, now: datetime) -> Job:
+    """After an image ended: the job state follows its first versions only (a later
+    version never reopens or ends a job)."""
+    if version == 1:
+        return _restate(job, now)
+    job.updated_at = now
+    return job
+
+
+def _unclaim(variant: ImageSlot) -> None:
     variant.claim_id = None
     variant.claim_expires = None
 
 
-def _record_spent(variant: Variant, spent: Spent | None) -> bool:
+def _record_spent(variant: ImageSlot, spent: Spent | None) -> bool:
     """Store what the image cost unless it is known already; True if stored."""
     if spent is None or variant.cost_usd is not None:
         return False
@@ -113,28 +125,51 @@ def start(job: Job, now: datetime) -> Step[bool]:
     return job, True
 
 
-def _count_failure(variant: Variant, error: str, budget: int) -> bool:
-    """One more real failure; True when it used up the budget (the variant failed)."""
+CANCELLED_UNMADE = "cancelled before its Gemini call"
+CANCELLED_IN_BATCH = "cancelled; its Gemini batch did not make it"
+
+
+def _give_back(variant: ImageSlot) -> bool:
+    """The image goes back to waiting for a call, or, once a cancel reached it, is
+    cancelled unmade; True when it was cancelled (an end)."""
+    _unclaim(variant)
+    if variant.cancel_requested:
+        variant.state = VariantState.CANCELLED
+        variant.error = CANCELLED_UNMADE
+        return True
+    variant.state = VariantState.PENDING
+    return False
+
+
+def _count_failure(variant: ImageSlot, error: str, budget: int) -> bool:
+    """One more real failure; True when the image ended (its budget used up: failed;
+    or a cancel reached it: cancelled)."""
     variant.failures += 1
     variant.error = error
-    _unclaim(variant)
     if variant.failures < budget:
-        variant.state = VariantState.PENDING
-        return False
+        return _give_back(variant)
+    _unclaim(variant)
     variant.state = VariantState.FAILED
     variant.error = f"gave up after {variant.failures} failed attempts; the last: {error}"
     return True
 
 
 def claim(
-    job: Job, n: int, claim_id: str, now: datetime, lease: timedelta, failure_budget: int
+    job: Job,
+    n: int,
+    claim_id: str,
+    now: datetime,
+    lease: timedelta,
+    failure_budget: int,
+    version: int = 1,
 ) -> Step[ClaimResult]:
-    """Take the lease on variant ``n`` unless it is finished or held by a live claim.
+    """Take the lease on variant ``n`` (version ``version``) unless it is finished or
+    held by a live claim.
 
     A claim whose lease ran out belonged to an instance that stopped mid-call:
-    taking it over counts as a real failure of the variant.
+    taking it over counts as a real failure of the image.
     """
-    variant = job.variant(n)
+    variant = job.slot(n, version)
     # A variant in a Gemini batch is the economy collector's: never generated here.
     if variant.state in (VariantState.UPLOADED, VariantState.BATCHED, *TERMINAL_VARIANT_STATES):
         return None, ClaimResult(VariantClaim.FINISHED)
@@ -142,7 +177,7 @@ def claim(
     if held_by_other and variant.claim_expires is not None and variant.claim_expires > now:
         return None, ClaimResult(VariantClaim.HELD, variant.claim_expires)
     if held_by_other and _count_failure(variant, HOLDER_STOPPED, failure_budget):
-        return _restate(job, now), ClaimResult(VariantClaim.FINISHED)
+        return _image_ended(job, version, now), ClaimResult(VariantClaim.FINISHED)
     renewal = variant.state == VariantState.GENERATING and variant.claim_id == claim_id
     variant.state = VariantState.GENERATING
     variant.claim_id = claim_id
@@ -152,33 +187,41 @@ def claim(
         variant.error = None  # this attempt's outcome is what counts from now on
     job.waiting = None
     job.updated_at = now
-    if job.started_at is None:
-        job.started_at = now
-    job.state = derive_state(job)
+    if version == 1:
+        if job.started_at is None:
+            job.started_at = now
+        job.state = derive_state(job)
     return job, ClaimResult(VariantClaim.CLAIMED, variant.claim_expires, variant.attempts)
 
 
-def release(job: Job, n: int, claim_id: str, now: datetime) -> Step[None]:
-    """Give the lease back unused (a wait, not a failure), so a redelivery can retry."""
-    variant = job.variant(n)
+def release(job: Job, n: int, claim_id: str, now: datetime, version: int = 1) -> Step[None]:
+    """Give the lease back unused (a wait, not a failure), so a redelivery can retry;
+    an image that a cancel reached is cancelled instead."""
+    variant = job.slot(n, version)
     if variant.state != VariantState.GENERATING or variant.claim_id != claim_id:
         return None, None
-    variant.state = VariantState.PENDING
-    _unclaim(variant)
+    if _give_back(variant):
+        return _image_ended(job, version, now), None
     job.updated_at = now
     return job, None
 
 
 def attempt_failed(
-    job: Job, n: int, claim_id: str, error: str, now: datetime, failure_budget: int
+    job: Job,
+    n: int,
+    claim_id: str,
+    error: str,
+    now: datetime,
+    failure_budget: int,
+    version: int = 1,
 ) -> Step[bool]:
-    """A real failure of the attempt that holds the claim; the value says whether it
-    used up the variant's failure budget (then the variant failed for good)."""
-    variant = job.variant(n)
+    """A real failure of the attempt that holds the claim; the value says whether the
+    image ended (it used up its failure budget, or a cancel reached it)."""
+    variant = job.slot(n, version)
     if variant.state != VariantState.GENERATING or variant.claim_id != claim_id:
         return None, False
     if _count_failure(variant, error, failure_budget):
-        return _restate(job, now), True
+        return _image_ended(job, version, now), True
     job.updated_at = now
     return job, False
 
@@ -190,7 +233,7 @@ def batch_claim(job: Job, n: int, record: str, now: datetime) -> Step[bool]:
     """Take pending variant ``n`` into our economy batch ``record`` (before the
     Gemini batch exists, so no variant is ever submitted twice)."""
     variant = job.variant(n)
-    if variant.state != VariantState.PENDING or job.terminal:
+    if variant.state != VariantState.PENDING or job.terminal or job.cancelled_at is not None:
         return None, False
     variant.state = VariantState.BATCHED
     variant.gemini_batch = record
@@ -225,10 +268,15 @@ def batch_returned(
     job: Job, n: int, record: str, now: datetime, reason: str | None = None
 ) -> Step[None]:
     """Variant ``n`` left batch ``record`` unmade: back to pending for the live lane,
-    or, with a ``reason``, failed."""
+    or, with a ``reason``, failed; once a cancel reached it, cancelled (it was never
+    made, so its reserved budget goes back)."""
     variant = job.variant(n)
     if variant.state != VariantState.BATCHED or variant.gemini_batch != record:
         return None, None
+    if variant.cancel_requested:
+        variant.state = VariantState.CANCELLED
+        variant.error = CANCELLED_IN_BATCH + (f" ({reason})" if reason else "")
+        return _restate(job, now), None
     if reason is not None:
         variant.state = VariantState.FAILED
         variant.error = reason
@@ -262,6 +310,7 @@ def uploaded(
     content_type: str,
     now: datetime,
     spent: Spent | None = None,
+    version: int = 1,
 ) -> Step[None]:
     """Record that the image object exists (whoever wrote it) and what it cost.
 
@@ -269,7 +318,7 @@ def uploaded(
     upload and this record): then the variant is already done, and only the
     cost is added, if it is still missing.
     """
-    variant = job.variant(n)
+    variant = job.slot(n, version)
     if variant.state in (VariantState.UPLOADED, *TERMINAL_VARIANT_STATES):
         # DONE or FAILED (say, its thumbnail could not be made) is final.
         if not _record_spent(variant, spent):
@@ -283,7 +332,8 @@ def uploaded(
     variant.error = None
     _unclaim(variant)
     variant.generated_at = now
-    job.state = derive_state(job)
+    if version == 1:
+        job.state = derive_state(job)
     job.updated_at = now
     return job, None
 
@@ -295,14 +345,15 @@ def variant_failed(
     now: datetime,
     claim_id: str | None = None,
     spent: Spent | None = None,
+    version: int = 1,
 ) -> Step[None]:
-    """A permanent failure of variant ``n``.
+    """A permanent failure of variant ``n`` (version ``version``).
 
     With ``claim_id`` (the generator's failure) it applies only while that claim
     holds, so it can never overwrite an image another delivery produced. An
     image that exists but failed later (its thumbnail) still cost ``spent``.
     """
-    variant = job.variant(n)
+    variant = job.slot(n, version)
     if variant.state in TERMINAL_VARIANT_STATES:
         return None, None
     if claim_id is not None and variant.claim_id != claim_id:
@@ -311,7 +362,7 @@ def variant_failed(
     variant.error = reason
     _record_spent(variant, spent)
     _unclaim(variant)
-    return _restate(job, now), None
+    return _image_ended(job, version, now), None
 
 
 def thumbnail_done(
@@ -321,9 +372,11 @@ def thumbnail_done(
     thumb_name: str,
     now: datetime,
     spent: Spent | None = None,
+    version: int = 1,
 ) -> Step[None]:
-    """Variant ``n`` has its thumbnail; ``spent`` fills in a cost not recorded yet."""
-    variant = job.variant(n)
+    """Variant ``n`` (version ``version``) has its thumbnail; ``spent`` fills in a
+    cost not recorded yet."""
+    variant = job.slot(n, version)
     if variant.state == VariantState.DONE:
         return None, None
     variant.state = VariantState.DONE
@@ -333,7 +386,7 @@ def thumbnail_done(
     variant.error = None
     _unclaim(variant)
     variant.done_at = now
-    return _restate(job, now), None
+    return _image_ended(job, version, now), None
 
 
 def fail_job(job: Job, reason: str, now: datetime) -> Step[None]:
@@ -351,30 +404,201 @@ def fail_job(job: Job, reason: str, now: datetime) -> Step[None]:
     return (_restate(job, now) if changed else None), None
 
 
-def settlement(job: Job, n: int) -> tuple[int, Decimal] | None:
-    """How variant ``n``'s budget reservation (one image at the job's estimate)
-    must be corrected, once that is known: by what the image actually cost, or,
-    for a variant that failed without an image, all of it. None: not yet, or done."""
-    variant = job.variant(n)
-    if variant.settled or job.budget_day is None:
+# ---------------------------------------------------------------------- budget settlement
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """How one image's budget reservation (one image at its estimate, on the day
+    and for the caller it was reserved) must be corrected, once."""
+
+    n: int
+    version: int
+    key: str  # the image in the day's usage record: job/n, or job/n/vk for later versions
+    caller: str
+    day: str
+    images: int
+    cost: Decimal
+
+
+def settlement_key(job_id: str, n: int, version: int = 1) -> str:
+    return f"{job_id}/{n}" if version == 1 else f"{job_id}/{n}/v{version}"
+
+
+def _reservation(job: Job, slot: ImageSlot) -> tuple[str, str, Decimal] | None:
+    """Whose budget reserved the image, on which day, at what estimate."""
+    if isinstance(slot, Version):
+        return slot.caller, slot.budget_day, Decimal(slot.price_per_image)
+    if job.budget_day is None:
         return None
-    estimate = Decimal(job.price_per_image)
-    if variant.cost_usd is not None:
-        return 0, Decimal(variant.cost_usd) - estimate
-    if variant.state == VariantState.FAILED:
-        return -1, -estimate
-    return None
+    return job.caller, job.budget_day, Decimal(job.price_per_image)
 
 
-def mark_settled(job: Job, numbers: Sequence[int], now: datetime) -> Step[None]:
-    """The budget of these variants was settled."""
-    pending = [n for n in numbers if not job.variant(n).settled]
+def settlements(job: Job) -> list[Settlement]:
+    """The images (every version) whose reservation can be corrected now: by what the
+    image actually cost, or, for an image that ended without being made (failed, or
+    cancelled unmade), all of it. None twice: a settled image is skipped."""
+    due = []
+    for key in sorted(job.variants, key=int):
+        variant = job.variants[key]
+        for number, slot in variant.slots():
+            reserved = None if slot.settled else _reservation(job, slot)
+            if reserved is None:
+                continue
+            caller, day, estimate = reserved
+            if slot.cost_usd is not None:
+                images, cost = 0, Decimal(slot.cost_usd) - estimate
+            elif slot.state in (VariantState.FAILED, VariantState.CANCELLED):
+                images, cost = -1, -estimate
+            else:
+                continue
+            image = settlement_key(job.job_id, variant.n, number)
+            due.append(Settlement(variant.n, number, image, caller, day, images, cost))
+    return due
+
+
+def mark_settled(job: Job, images: Sequence[tuple[int, int]], now: datetime) -> Step[None]:
+    """The budget of these images (variant, version) was settled."""
+    pending = [job.slot(n, k) for n, k in images if not job.slot(n, k).settled]
     if not pending:
         return None, None
-    for n in pending:
-        job.variant(n).settled = True
+    for slot in pending:
+        slot.settled = True
     job.updated_at = now
     return job, None
+
+
+# ---------------------------------------------------------------------- cancel
+
+
+class CancelOutcome(StrEnum):
+    CANCELLED = "cancelled"  # nothing of it runs any more
+    CANCELLING = "cancelling"  # ends when the images whose calls are running are made
+    ALREADY_CANCELLED = "already_cancelled"
+    ALREADY_FINISHED = "already_finished"
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """What a cancel did to one job."""
+
+    outcome: CancelOutcome
+    stopped: int  # images this cancel stopped before their Gemini call
+    running: int  # images whose call (or Gemini batch) may be running: made ones are kept
+    kept: int  # variants with an image
+
+
+def _open_slots(job: Job) -> list[ImageSlot]:
+    return [
+        slot
+        for variant in job.variants.values()
+        for _, slot in variant.slots()
+        if slot.state not in TERMINAL_VARIANT_STATES
+    ]
+
+
+def _kept(job: Job) -> int:
+    return sum(1 for v in job.variants.values() if v.kept)
+
+
+def cancel(job: Job, by: str, now: datetime) -> Step[Cancelled]:
+    """Stop what has not started: images waiting for their call (pending, also while
+    the job waits for the quota, and economy variants not yet in a Gemini batch)
+    are cancelled (never made, their budget given back when the ledger settles
+    them); images whose call may be running, and economy variants in a Gemini batch,
+    finish and are kept, or are cancelled if they come back unmade. The job ends
+    ``cancelled`` when the last of them ends; later versions asked for before the
+    cancel are cancelled alike."""
+    reached = [slot for slot in _open_slots(job) if not slot.cancel_requested]
+    if not reached:
+        running = len(_open_slots(job))
+        if job.cancelled_at is not None:
+            outcome = CancelOutcome.ALREADY_CANCELLED
+        else:
+            outcome = CancelOutcome.ALREADY_FINISHED
+        return None, Cancelled(outcome, 0, running, _kept(job))
+    stopped = 0
+    for slot in reached:
+        slot.cancel_requested = True
+        if slot.state == VariantState.PENDING:
+            slot.state = VariantState.CANCELLED
+            slot.error = CANCELLED_UNMADE
+            stopped += 1
+    if job.cancelled_at is None and not job.terminal:
+        job.cancelled_at, job.cancelled_by = now, by
+        job.waiting = None  # nothing waits for the quota any more
+    job = _restate(job, now)
+    running = len(_open_slots(job))
+    outcome = CancelOutcome.CANCELLING if running else CancelOutcome.CANCELLED
+    return job, Cancelled(outcome, stopped, running, _kept(job))
+
+
+# ---------------------------------------------------------------------- later versions
+
+# Versions one variant may have (they live in the job's document).
+MAX_VERSIONS = 50
+
+
+@dataclass(frozen=True)
+class VersionRequest:
+    """A re-roll (no instruction) or an edit of one variant, as asked for."""
+
+    instruction: str | None
+    seed: int
+    caller: str
+    budget_day: str
+    price_per_image: str
+
+
+@dataclass(frozen=True)
+class VersionAdded:
+    version: int | None  # the new version's number, or None with the reason
+    refusal: str | None = None
+
+
+def add_version(job: Job, n: int, request: VersionRequest, now: datetime) -> Step[VersionAdded]:
+    """Add the next version of variant ``n``: a new image, the earlier ones kept."""
+    variant = job.variant(n)
+    if variant.state not in TERMINAL_VARIANT_STATES:
+        return None, VersionAdded(None, f"variant {n} is still being made; try when it is done")
+    if len(variant.versions) + 1 >= MAX_VERSIONS:
+        return None, VersionAdded(None, f"variant {n} has {MAX_VERSIONS} versions already")
+    source_version, source = variant.current()
+    if request.instruction and (source.state != VariantState.DONE or not source.object_name):
+        return None, VersionAdded(None, f"variant {n} has no image to edit")
+    number = max((v.version for v in variant.versions), default=1) + 1
+    variant.versions.append(
+        Version(
+            version=number,
+            instruction=request.instruction,
+            seed=request.seed,
+            source_object=source.object_name if request.instruction else None,
+            source_version=source_version if request.instruction else None,
+            requested_at=now,
+            caller=request.caller,
+            budget_day=request.budget_day,
+            price_per_image=request.price_per_image,
+        )
+    )
+    job.updated_at = now
+    return job, VersionAdded(number)
+
+
+def version_notes(job: Job) -> list[str]:
+    """What the sheet says about later versions: one being made, or the newest failed
+    (the image before it stays shown)."""
+    notes = []
+    for key in sorted(job.variants, key=int):
+        variant = job.variants[key]
+        if not variant.versions:
+            continue
+        latest = variant.versions[-1]
+        word = "edit" if latest.kind == "edit" else "re-roll"
+        if latest.state in (VariantState.PENDING, VariantState.GENERATING, VariantState.UPLOADED):
+            notes.append(f"variant {variant.n}: {word} (v{latest.version}) being made")
+        elif latest.state == VariantState.FAILED:
+            notes.append(f"variant {variant.n}: {word} (v{latest.version}) failed: {latest.error}")
+    return notes
 
 
 @dataclass(frozen=True)
@@ -392,8 +616,9 @@ def progress(job: Job) -> Progress:
     """The counts and the sheet's ``status_img`` text for the job's current state.
 
     The text always starts with a word that says where the job is (queued,
-    generating, waiting, paused, economy, completed, partial, failed), so a reader of the
-    sheet can tell a final state from its first word.
+    generating, waiting, paused, economy, cancelling, completed, partial, failed,
+    cancelled), so a reader of the sheet can tell a final state from its first
+    word; notes on later versions (re-rolls, edits) follow after a semicolon.
     """
     total = job.variant_count
     done = sum(1 for v in job.variants.values() if v.state == VariantState.DONE)
@@ -404,6 +629,10 @@ def progress(job: Job) -> Progress:
         text = f"failed: {job.error or 'unknown error'}"
     elif job.state == JobState.PARTIAL:
         text = f"partial ({done}/{total}): {job.error or ''}".rstrip(": ")
+    elif job.state == JobState.CANCELLED:
+        text = f"cancelled ({done}/{total} kept)"
+    elif job.cancelled_at is not None:
+        text = f"cancelling ({done}/{total})"
     elif waiting_shown(job) and job.waiting is not None:
         text = waiting_text(job.waiting, done, total)
     elif job.lane == "economy" and (words := economy_text(job, done, total)):
@@ -412,6 +641,9 @@ def progress(job: Job) -> Progress:
         text = "queued"
     else:
         text = f"generating ({done}/{total})"
+    notes = version_notes(job)
+    if notes:
+        text = "; ".join([text, *notes])
     return Progress(state=job.state, done=done, failed=failed, total=total, status=text)
 
 

@@ -6,9 +6,19 @@ import re
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from shared.anchors import ANCHOR_FORMS, is_anchor, parse_anchor
 
 SCENE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # How an image is made: at once (generateContent), or through Gemini's Batch API
@@ -32,6 +42,8 @@ class Limits(BaseModel):
     image_sizes: tuple[str, ...] = ()
     # The economy lane needs Gemini's Batch API (the Gemini API backend).
     economy_lane: bool = True
+    # The batch's model takes at most this many reference images in all.
+    max_references: int = 14
 
 
 def _lane(value: Lane | None, info: ValidationInfo) -> Lane | None:
@@ -56,7 +68,12 @@ class BatchItem(BaseModel):
 
     scene_id: str = Field(json_schema_extra={"pattern": SCENE_ID_PATTERN.pattern})
     prompt: str = Field(min_length=1, description="At most MAX_PROMPT_CHARS characters")
-    ref_pack_public_url: str | None = Field(default=None, max_length=2048)
+    ref_pack_public_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="An https:// URL, a gs:// object of the images bucket, or an earlier "
+        "output: scene:<scene_id>#<variant> or job:<job_id>#<variant>",
+    )
     variants: int = Field(ge=1, description="1 to MAX_VARIANTS (default 4)")
     lane: Lane | None = Field(default=None, description="This scene's lane; default the batch's")
     # What the batch's model accepts is in its catalog entry (GET /models).
@@ -110,16 +127,33 @@ class BatchItem(BaseModel):
         if not value:
             return None
         limits = _limits(info)
-        bucket, prefix = limits.images_bucket, limits.references_prefix
-        if value.startswith("https://") and len(value) > len("https://"):
-            return value
-        # Only the references prefix: the rest of the bucket is other callers' images.
-        readable = f"gs://{bucket}/{prefix}" if prefix is not None else f"gs://{bucket}/"
-        if bucket and value.startswith(readable) and len(value) > len(readable):
-            return value
-        gcs = bucket and prefix != ""
-        allowed = "an https:// URL" + (f" or a {readable} object" if gcs else "")
-        raise ValueError(f"must be {allowed}")
+        return check_reference(value, limits.images_bucket, limits.references_prefix)
+
+
+def _style_ref(value: str, info: ValidationInfo) -> str:
+    limits = _limits(info)
+    return check_reference(value.strip(), limits.images_bucket, limits.references_prefix)
+
+
+def check_reference(value: str, bucket: str, prefix: str | None = None) -> str:
+    """A reference as a request may name it, or ValueError saying what it may be.
+
+    A gs:// object must lie under ``prefix`` (REFERENCES_PREFIX; "" allows none,
+    None any object of the bucket): the rest of the bucket is other callers' images,
+    which only an anchor may name (and only the caller's own).
+    """
+    if is_anchor(value):
+        if parse_anchor(value) is None:
+            raise ValueError(f"must look like {ANCHOR_FORMS}")
+        return value
+    if value.startswith("https://") and len(value) > len("https://"):
+        return value
+    readable = f"gs://{bucket}/{prefix}" if prefix is not None else f"gs://{bucket}/"
+    if bucket and prefix != "" and value.startswith(readable) and len(value) > len(readable):
+        return value
+    gcs = bucket and prefix != ""
+    allowed = "an https:// URL" + (f", a {readable} object" if gcs else "")
+    raise ValueError(f"must be {allowed} or an earlier output ({ANCHOR_FORMS})")
 
 
 class BatchRequest(BaseModel):
@@ -138,6 +172,22 @@ class BatchRequest(BaseModel):
     )
     spreadsheet_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
     worksheet: str = Field(min_length=1, max_length=100)
+    style_refs: list[Annotated[str, AfterValidator(_style_ref)]] = Field(
+        default_factory=list,
+        description="References applied to every item, before each item's own pack: "
+        "https:// URLs, gs:// objects of the images bucket, scene:<scene_id>#<variant> or "
+        "job:<job_id>#<variant>; at most the model's reference limit",
+    )
+
+    @field_validator("style_refs")
+    @classmethod
+    def _style_refs(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        limits = _limits(info)
+        if len(value) > limits.max_references:
+            raise ValueError(
+                f"has {len(value)} references; the model takes at most {limits.max_references}"
+            )
+        return value
 
     @field_validator("spreadsheet_id")
     @classmethod
@@ -175,6 +225,28 @@ class BatchRequest(BaseModel):
         return self
 
 
+class RerollRequest(BaseModel):
+    """Body of ``POST /jobs/{job_id}/variants/{n}:reroll`` (may be empty)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    instruction: str | None = Field(
+        default=None,
+        description="An edit of the current image (at most MAX_PROMPT_CHARS characters); "
+        "none: a fresh generation of the variant with a new seed",
+    )
+
+    @field_validator("instruction")
+    @classmethod
+    def _instruction(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if not value:
+            return None
+        limit = _limits(info).max_prompt_chars
+        if len(value) > limit:
+            raise ValueError(f"is {len(value)} characters long; the limit is {limit}")
+        return value
+
+
 class VariantState(StrEnum):
     PENDING = "pending"
     GENERATING = "generating"
@@ -182,6 +254,9 @@ class VariantState(StrEnum):
     UPLOADED = "uploaded"
     DONE = "done"
     FAILED = "failed"
+    # Cancelled before its Gemini call (or returned unmade by its Gemini batch after a
+    # cancel): never made, its reserved budget given back.
+    CANCELLED = "cancelled"
 
 
 class JobState(StrEnum):
@@ -190,19 +265,23 @@ class JobState(StrEnum):
     COMPLETED = "completed"
     PARTIAL = "partial"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # ended by a cancel: what was made is kept
 
 
 AssetSize = Literal["thumb", "full"]
 ASSET_SIZES: tuple[AssetSize, ...] = ("thumb", "full")
 
-TERMINAL_VARIANT_STATES = frozenset({VariantState.DONE, VariantState.FAILED})
-TERMINAL_JOB_STATES = frozenset({JobState.COMPLETED, JobState.PARTIAL, JobState.FAILED})
+TERMINAL_VARIANT_STATES = frozenset(
+    {VariantState.DONE, VariantState.FAILED, VariantState.CANCELLED}
+)
+TERMINAL_JOB_STATES = frozenset(
+    {JobState.COMPLETED, JobState.PARTIAL, JobState.FAILED, JobState.CANCELLED}
+)
 
 
-class Variant(BaseModel):
-    """State of one generated image of a job."""
+class ImageSlot(BaseModel):
+    """One image to make and pay for once: a variant's first version, or a later one."""
 
-    n: int
     state: VariantState = VariantState.PENDING
     object_name: str | None = None
     thumb_name: str | None = None
@@ -215,10 +294,9 @@ class Variant(BaseModel):
     # died): the variant fails after GEMINI_FAILURE_BUDGET of them. Waiting (for the
     # quota, a claim, a sheet slot) never counts, however often Pub/Sub redelivers.
     failures: int = 0
-    # The budget reserved for this image was corrected to what it cost (once).
+    # The budget reserved for this image was corrected to what it cost, or given
+    # back for an image never made (once).
     settled: bool = False
-    # The economy batch (our record id) this variant was submitted in.
-    gemini_batch: str | None = None
     generated_at: datetime | None = None
     done_at: datetime | None = None
     # What generating this variant cost: model, Gemini's usage_metadata token
@@ -226,9 +304,12 @@ class Variant(BaseModel):
     model: str | None = None
     usage: dict[str, int] = Field(default_factory=dict)
     cost_usd: str | None = None
+    # A cancel reached the image while its call (or its Gemini batch) may have been
+    # running: if that gives it back unmade, it is cancelled instead of retried.
+    cancel_requested: bool = False
 
     def asset_name(self, size: AssetSize) -> str | None:
-        """The object behind the variant's ``full`` image or ``thumb``, once it is ready.
+        """The object behind the image's ``full`` size or ``thumb``, once it is ready.
 
         The one readiness rule of ``/status`` links and ``/assets`` redirects.
         """
@@ -236,6 +317,64 @@ class Variant(BaseModel):
             return self.thumb_name if self.state == VariantState.DONE else None
         ready = self.state in (VariantState.UPLOADED, VariantState.DONE)
         return self.object_name if ready else None
+
+    @property
+    def kept(self) -> bool:
+        """An image that exists (and was paid for)."""
+        return self.object_name is not None and self.state in (
+            VariantState.UPLOADED,
+            VariantState.DONE,
+        )
+
+
+class Version(ImageSlot):
+    """A re-roll (new seed) or an edit (an instruction on the current image) of a
+    variant; version 1 is the variant itself, so its links and names never change."""
+
+    version: int = Field(ge=2)
+    instruction: str | None = None
+    seed: int
+    # The image an edit starts from: the variant's newest image when it was asked for.
+    source_object: str | None = None
+    source_version: int | None = None
+    requested_at: datetime
+    # Whose budget paid for it, on which UTC day, at which price.
+    caller: str
+    budget_day: str
+    price_per_image: str
+
+    @property
+    def kind(self) -> Literal["reroll", "edit"]:
+        return "edit" if self.instruction else "reroll"
+
+
+class Variant(ImageSlot):
+    """State of one generated image of a job (its version 1) and of its later versions."""
+
+    n: int
+    # The economy batch (our record id) this variant was submitted in.
+    gemini_batch: str | None = None
+    versions: list[Version] = Field(default_factory=list)
+
+    def slot(self, version: int = 1) -> ImageSlot:
+        """Version ``version`` of the image; KeyError if there is no such version."""
+        if version == 1:
+            return self
+        for candidate in self.versions:
+            if candidate.version == version:
+                return candidate
+        raise KeyError(version)
+
+    def slots(self) -> list[tuple[int, ImageSlot]]:
+        """Every version, oldest first."""
+        return [(1, self), *((v.version, v) for v in self.versions)]
+
+    def current(self) -> tuple[int, ImageSlot]:
+        """The version the sheet shows: the newest with a finished image, else version 1."""
+        for number, slot in reversed(self.slots()):
+            if slot.state == VariantState.DONE:
+                return number, slot
+        return 1, self
 
 
 WaitReason = Literal["quota", "daily_quota"]
@@ -278,7 +417,11 @@ class Job(BaseModel):
     # The estimate per image the budget reserved (catalog price at the size plus the
     # estimated input tokens), on the UTC day ``budget_day``.
     price_per_image: str
+    # The batch's style references, applied before the item's own pack.
+    style_refs: list[str] = Field(default_factory=list)
     budget_day: str | None = None
+    cancelled_at: datetime | None = None
+    cancelled_by: str | None = None
     state: JobState = JobState.QUEUED
     error: str | None = None
     created_at: datetime
@@ -305,13 +448,24 @@ class Job(BaseModel):
     def variant(self, n: int) -> Variant:
         return self.variants[str(n)]
 
+    def slot(self, n: int, version: int = 1) -> ImageSlot:
+        return self.variant(n).slot(version)
+
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_JOB_STATES
 
     def cost(self) -> Decimal:
-        """What the job's generated variants cost, to compare with its estimate."""
-        return sum((Decimal(v.cost_usd) for v in self.variants.values() if v.cost_usd), Decimal(0))
+        """What the job's generated images (every version) cost."""
+        return sum(
+            (
+                Decimal(slot.cost_usd)
+                for v in self.variants.values()
+                for _, slot in v.slots()
+                if slot.cost_usd
+            ),
+            Decimal(0),
+        )
 
     def counts(self) -> dict[str, int]:
         result: dict[str, int] = {}
@@ -339,6 +493,8 @@ class Batch(BaseModel):
     image_count: int
     estimated_cost_usd: str
     created_at: datetime
+    # The batch's latest hand-over zip (shared/exports.py).
+    export: Export | None = None
 
     def to_doc(self) -> dict[str, Any]:
         return self.model_dump(mode="python")
@@ -381,12 +537,44 @@ class EconomyBatch(BaseModel):
         return self.state in OPEN_ECONOMY_STATES
 
 
+ExportState = Literal["queued", "running", "done", "failed"]
+
+
+class Export(BaseModel):
+    """One hand-over zip of a batch: every kept image at full size and a manifest."""
+
+    export_id: str
+    state: ExportState = "queued"
+    requested_by: str
+    requested_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    deliveries: int = 0
+    object_name: str | None = None
+    images: int | None = None
+    bytes: int | None = None
+    error: str | None = None
+
+
+class ExportMessage(BaseModel):
+    """Pub/Sub payload asking the exporter for one zip."""
+
+    batch_id: str
+    export_id: str
+
+
 class JobMessage(BaseModel):
-    """Pub/Sub payload of one job; Firestore stays the source of truth."""
+    """Pub/Sub payload of one job; Firestore stays the source of truth.
+
+    With ``variant`` and ``version`` it asks for that one later version (a re-roll
+    or an edit) instead of the job's first images.
+    """
 
     job_id: str
     batch_id: str
     scene_id: str
+    variant: int | None = None
+    version: int | None = None
 
 
 def money(value: Decimal) -> str:

@@ -4,8 +4,11 @@ Generation names an image and writes its metadata; the finalize notification
 carries both to the thumbnail function; the dead-letter handler and
 ``/assets`` read them again. All of them build and parse through this module.
 
-``images/{scene_id}/{job_id}/var_{n}.{ext}`` is the image of variant ``n``;
-its thumbnail keeps the same path under the thumbnails prefix.
+``images/{scene_id}/{job_id}/var_{n}.{ext}`` is the image of variant ``n``
+(its version 1, so names and links made before versions existed stay valid);
+``var_{n}_v{k}.{ext}`` its version ``k`` (a re-roll or an edit). A thumbnail
+keeps the image's path under the thumbnails prefix. A batch's hand-over zip is
+``{exports prefix}{batch_id}/{export_id}.zip``, outside the notified prefix.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ JOB_ID = "job_id"
 BATCH_ID = "batch_id"
 SCENE_ID = "scene_id"
 VARIANT = "variant"
+VERSION = "version"
 MODEL = "model"
 COST_USD = "cost_usd"
 # Token counts of the generation, one key each (Gemini's usage_metadata).
@@ -39,15 +43,18 @@ TOKEN_KEYS = (
 THUMBNAIL_MARKER = "pipeline-thumbnail"
 SOURCE = "source"
 
-_IMAGE_TAIL = re.compile(r"(?P<scene>[^/]+)/(?P<job>[^/]+)/var_(?P<n>[0-9]+)\.(?P<ext>[a-z]+)")
+_IMAGE_TAIL = re.compile(
+    r"(?P<scene>[^/]+)/(?P<job>[^/]+)/var_(?P<n>[0-9]+)(?:_v(?P<k>[0-9]+))?\.(?P<ext>[a-z]+)"
+)
 
 
 @dataclass(frozen=True)
 class VariantKey:
-    """Which variant of which job an object belongs to."""
+    """Which variant (and version) of which job an object belongs to."""
 
     job_id: str
     n: int
+    version: int = 1
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ class ImageName:
     job_id: str
     n: int
     extension: str
+    version: int = 1
 
     @property
     def mime_type(self) -> str | None:
@@ -71,21 +79,22 @@ class ObjectNames:
     images_prefix: str
     thumbnails_prefix: str
 
-    def image_stem(self, job: Job, n: int) -> str:
+    def image_stem(self, job: Job, n: int, version: int = 1) -> str:
         """The image's name without its extension (which depends on the format)."""
-        return f"{self.images_prefix}{job.scene_id}/{job.job_id}/var_{n}."
+        return f"{self.images_prefix}{job.scene_id}/{job.job_id}/{variant_file(n, version)}."
 
-    def image(self, job: Job, n: int, mime_type: str) -> str:
-        return self.image_stem(job, n) + EXTENSIONS[mime_type]
+    def image(self, job: Job, n: int, mime_type: str, version: int = 1) -> str:
+        return self.image_stem(job, n, version) + EXTENSIONS[mime_type]
 
     def parse_image(self, name: str) -> ImageName | None:
         """The parts of an image name, or None if ``name`` is not one."""
         if not name.startswith(self.images_prefix):
             return None
         match = _IMAGE_TAIL.fullmatch(name[len(self.images_prefix) :])
-        if match is None:
+        if match is None or match["k"] == "1":
             return None
-        return ImageName(match["scene"], match["job"], int(match["n"]), match["ext"])
+        version = int(match["k"]) if match["k"] else 1
+        return ImageName(match["scene"], match["job"], int(match["n"]), match["ext"], version)
 
     def thumbnail(self, image_name: str, thumbnail_mime: str) -> str:
         """``images/s/j/var_1.png`` -> ``thumbnails/s/j/var_1.jpg``, outside the notified prefix."""
@@ -101,23 +110,34 @@ def store_image(
     n: int,
     image: GeneratedImage,
     spent: Spent,
+    version: int = 1,
 ) -> tuple[str, bool]:
-    """Upload variant ``n``'s image create-only with its metadata: (its name,
-    whether this call created it — False: an earlier delivery had)."""
-    name = names.image(job, n, image.mime_type)
+    """Upload variant ``n``'s image (version ``version``) create-only with its
+    metadata: (its name, whether this call created it — False: an earlier delivery had)."""
+    name = names.image(job, n, image.mime_type, version)
     created = objects.create(
-        bucket, name, image.data, image.mime_type, image_metadata(job, n, spent)
+        bucket, name, image.data, image.mime_type, image_metadata(job, n, spent, version)
     )
     return name, created
 
 
-def image_metadata(job: Job, n: int, spent: Spent) -> dict[str, str]:
+def variant_file(n: int, version: int = 1) -> str:
+    """``var_2`` for version 1, ``var_2_v3`` for version 3 (no extension)."""
+    return f"var_{n}" if version == 1 else f"var_{n}_v{version}"
+
+
+def export_name(exports_prefix: str, batch_id: str, export_id: str) -> str:
+    return f"{exports_prefix}{batch_id}/{export_id}.zip"
+
+
+def image_metadata(job: Job, n: int, spent: Spent, version: int = 1) -> dict[str, str]:
     """What generation writes on an image: whose it is and what it cost."""
     return {
         JOB_ID: job.job_id,
         SCENE_ID: job.scene_id,
         BATCH_ID: job.batch_id,
         VARIANT: str(n),
+        **({VERSION: str(version)} if version != 1 else {}),
         MODEL: spent.model,
         COST_USD: spent.cost_usd,
         **{key: str(value) for key, value in spent.usage.items() if key in TOKEN_KEYS},
@@ -125,7 +145,13 @@ def image_metadata(job: Job, n: int, spent: Spent) -> dict[str, str]:
 
 
 def thumbnail_metadata(image_name: str, key: VariantKey) -> dict[str, str]:
-    return {THUMBNAIL_MARKER: "1", SOURCE: image_name, JOB_ID: key.job_id, VARIANT: str(key.n)}
+    return {
+        THUMBNAIL_MARKER: "1",
+        SOURCE: image_name,
+        JOB_ID: key.job_id,
+        VARIANT: str(key.n),
+        **({VERSION: str(key.version)} if key.version != 1 else {}),
+    }
 
 
 def is_thumbnail(metadata: Mapping[str, str]) -> bool:
@@ -135,9 +161,10 @@ def is_thumbnail(metadata: Mapping[str, str]) -> bool:
 def variant_key(metadata: Mapping[str, str]) -> VariantKey | None:
     """The job and variant an object's metadata names, if it names them well."""
     job_id, n = metadata.get(JOB_ID, ""), metadata.get(VARIANT, "")
-    if not job_id or not n.isdigit():
+    version = metadata.get(VERSION, "1")
+    if not job_id or not n.isdigit() or not version.isdigit() or int(version) < 1:
         return None
-    return VariantKey(job_id, int(n))
+    return VariantKey(job_id, int(n), int(version))
 
 
 def recorded_spent(metadata: Mapping[str, str]) -> Spent | None:

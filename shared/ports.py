@@ -6,9 +6,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal, Protocol, TypeVar
+from typing import BinaryIO, Literal, Protocol, TypeVar
 
-from shared.models import Batch, EconomyBatch, EconomyBatchState, Job, JobMessage
+from shared.models import Batch, EconomyBatch, EconomyBatchState, ExportMessage, Job, JobMessage
 from shared.quota import Limit, Slot
 
 R = TypeVar("R")
@@ -33,6 +33,14 @@ class JobStore(Protocol):
 
     def economy_jobs(self, limit: int) -> list[Job]:
         """Unfinished economy-lane jobs, oldest first (some may have pending variants)."""
+        ...
+
+    def scene_jobs(self, spreadsheet_id: str, scene_id: str) -> list[Job]:
+        """Every job of this scene in this spreadsheet (any worksheet)."""
+        ...
+
+    def update_batch(self, batch_id: str, change: Callable[[Batch], tuple[Batch | None, R]]) -> R:
+        """Like ``update_job``, for a batch; raises ``NotFound`` if it does not exist."""
         ...
 
     def update_job(self, job_id: str, change: Callable[[Job], tuple[Job | None, R]]) -> R:
@@ -87,7 +95,8 @@ class BudgetLedger(Protocol):
 
     def settle(self, caller: str, day: str, key: str, images: int, cost: Decimal) -> None:
         """Correct the day's usage by ``images``/``cost`` (often negative) once per ``key``:
-        a variant's reserved estimate becomes what it actually cost."""
+        an image's reserved estimate becomes what it actually cost, or is given back
+        for an image never made (``key``: job/n, or job/n/vk for later versions)."""
         ...
 
 
@@ -119,6 +128,14 @@ class JobPublisher(Protocol):
 
     def publish(self, messages: Sequence[tuple[JobMessage, Mapping[str, str]]]) -> dict[str, str]:
         """Publish all; return ``{job_id: error}`` for those that did not go out."""
+        ...
+
+
+class ExportPublisher(Protocol):
+    """Hands a batch's hand-over zip to the exporter (Pub/Sub in production)."""
+
+    def publish_export(self, message: ExportMessage) -> None:
+        """Publish or raise ``TransientError``."""
         ...
 
 
@@ -159,6 +176,23 @@ class ObjectStore(Protocol):
         ...
 
     def read(self, bucket: str, name: str, max_bytes: int) -> bytes: ...
+
+    def read_into(self, bucket: str, name: str, out: BinaryIO) -> None:
+        """Copy the object into ``out`` a piece at a time (memory stays bounded
+        whatever its size); ``NotFound`` if it does not exist."""
+        ...
+
+    def write_stream(
+        self,
+        bucket: str,
+        name: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+        write: Callable[[BinaryIO], None],
+    ) -> int | None:
+        """Create-only streaming upload of what ``write`` writes (a resumable upload,
+        a chunk at a time); the bytes written, or None when the object existed."""
+        ...
 
     def signed_url(self, bucket: str, name: str, ttl_s: int) -> str: ...
 

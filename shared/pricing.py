@@ -11,11 +11,12 @@ reports none, from the catalog's price per image.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from urllib.parse import urlsplit
 
+from shared.anchors import is_anchor
 from shared.catalog import MILLION, Lane, ModelEntry, token_cost
 
 PROMPT_CHARS_PER_TOKEN = 4
@@ -36,12 +37,23 @@ class Estimate:
 
 
 def references_in(url: str | None, most: int) -> tuple[int, bool]:
-    """How many reference images a pack URL will send: (count, known exactly)."""
+    """How many reference images a pack URL (or a style anchor: one image) will
+    send: (count, known exactly)."""
     if not url:
         return 0, True
-    if urlsplit(url).path.lower().endswith(SINGLE_IMAGE_SUFFIXES):
+    if is_anchor(url) or urlsplit(url).path.lower().endswith(SINGLE_IMAGE_SUFFIXES):
         return min(1, most), True
     return most, False
+
+
+def references_of(urls: Iterable[str | None], most: int) -> tuple[int, bool]:
+    """How many reference images a call sends for all of ``urls`` (the batch's style
+    references, then the item's pack), at most ``most``: (count, known exactly)."""
+    total, known = 0, True
+    for url in urls:
+        count, exact = references_in(url, most)
+        total, known = total + count, known and exact
+    return min(total, most), known
 
 
 def estimate(

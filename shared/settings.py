@@ -50,6 +50,13 @@ class Settings(BaseModel):
 
     google_cloud_project: str = Field(min_length=1)
     jobs_topic: str = "image-jobs"
+    # Where the HTTP function asks for a batch's hand-over zip, and where zips go
+    # (outside IMAGES_PREFIX, so they never trigger a thumbnail).
+    exports_topic: str = "image-exports"
+    exports_prefix: str = "exports/"
+    # The exporter starts no image after this long; a batch that does not fit
+    # fails its export with the reason (the function timeout bounds a delivery).
+    export_deadline_s: float = Field(default=420.0, gt=0, le=3400)
     images_bucket: str = Field(min_length=3)
     # Where thumbnails go; unset, the images bucket (under THUMBNAILS_PREFIX).
     thumbnails_bucket: str = ""
@@ -232,11 +239,13 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _thumbnails_outside_images(self) -> Settings:
-        # A thumbnail under the notified prefix would trigger its own thumbnail.
+        # A thumbnail (or a zip) under the notified prefix would trigger a thumbnail.
         if self.thumbnails_bucket == self.images_bucket and self.thumbnails_prefix.startswith(
             self.images_prefix
         ):
             raise ValueError("THUMBNAILS_PREFIX must lie outside IMAGES_PREFIX in the same bucket")
+        if self.exports_prefix.startswith(self.images_prefix):
+            raise ValueError("EXPORTS_PREFIX must lie outside IMAGES_PREFIX")
         return self
 
     @model_validator(mode="after")
@@ -244,13 +253,15 @@ class Settings(BaseModel):
         prefix = self.references_prefix
         if prefix and not prefix.endswith("/"):
             raise ValueError("REFERENCES_PREFIX must end with '/' (or be empty)")
-        # Readable by every caller: it must not reach generated images or thumbnails.
-        others = [self.images_prefix]
+        # Readable by every caller: it must not reach generated images, thumbnails or
+        # hand-over zips.
+        others = [self.images_prefix, self.exports_prefix]
         if (self.thumbnails_bucket or self.images_bucket) == self.images_bucket:
             others.append(self.thumbnails_prefix)
         if prefix and any(o.startswith(prefix) or prefix.startswith(o) for o in others):
             raise ValueError(
-                "REFERENCES_PREFIX must lie outside IMAGES_PREFIX and THUMBNAILS_PREFIX"
+                "REFERENCES_PREFIX must lie outside IMAGES_PREFIX, THUMBNAILS_PREFIX "
+                "and EXPORTS_PREFIX"
             )
         return self
 

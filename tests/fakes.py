@@ -13,14 +13,22 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from PIL import Image
 
 from shared import quota
 from shared.errors import NotFound, PermanentError, TransientError
 from shared.events import StorageObject
-from shared.models import Batch, EconomyBatch, Job, JobMessage, JobState, VariantState
+from shared.models import (
+    Batch,
+    EconomyBatch,
+    ExportMessage,
+    Job,
+    JobMessage,
+    JobState,
+    VariantState,
+)
 from shared.ports import (
     BatchProgress,
     Cell,
@@ -215,6 +223,26 @@ class FakeJobStore:
             self.calls.append(("get_jobs", ",".join(job_ids)))
             return [self._jobs[j].model_copy(deep=True) for j in job_ids if j in self._jobs]
 
+    def scene_jobs(self, spreadsheet_id: str, scene_id: str) -> list[Job]:
+        with self._lock:
+            self.calls.append(("scene_jobs", f"{spreadsheet_id}/{scene_id}"))
+            return [
+                job.model_copy(deep=True)
+                for job in self._jobs.values()
+                if job.spreadsheet_id == spreadsheet_id and job.scene_id == scene_id
+            ]
+
+    def update_batch(self, batch_id: str, change: Callable[[Batch], tuple[Batch | None, R]]) -> R:
+        with self._lock:
+            self.calls.append(("update_batch", batch_id))
+            current = self.batches.get(batch_id)
+            if current is None:
+                raise NotFound(f"batch {batch_id} does not exist")
+            updated, result = change(current.model_copy(deep=True))
+            if updated is not None:
+                self.batches[batch_id] = Batch.model_validate(updated.to_doc())
+            return result
+
     def active_jobs(self, spreadsheet_id: str, worksheet: str) -> list[Job]:
         with self._lock:
             self.calls.append(("active_jobs", f"{spreadsheet_id}/{worksheet}"))
@@ -230,7 +258,7 @@ class FakeJobStore:
     def writes(self) -> list[tuple[str, str]]:
         """The calls that could have changed something."""
         with self._lock:
-            return [c for c in self.calls if c[0] in ("create_batch", "update_job")]
+            return [c for c in self.calls if c[0] in ("create_batch", "update_job", "update_batch")]
 
     def get_job(self, job_id: str) -> Job | None:
         if self.hook is not None:
@@ -381,6 +409,19 @@ class FakePublisher:
         return failed
 
 
+class FakeExportPublisher:
+    """ExportPublisher recording messages; ``fail`` makes publishing raise."""
+
+    def __init__(self) -> None:
+        self.published: list[ExportMessage] = []
+        self.fail: Exception | None = None
+
+    def publish_export(self, message: ExportMessage) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.published.append(message)
+
+
 # --------------------------------------------------------------------------- objects
 
 
@@ -453,10 +494,63 @@ class FakeObjectStore:
             )
         return obj.data
 
+    def read_into(self, bucket: str, name: str, out: BinaryIO) -> None:
+        with self._lock:
+            self.calls.append(("read_into", bucket, name))
+            obj = self.objects.get((bucket, name))
+        if obj is None:
+            raise NotFound(f"gs://{bucket}/{name} does not exist")
+        for start in range(0, len(obj.data), 4096):  # a piece at a time, as downloads come
+            out.write(obj.data[start : start + 4096])
+
+    def write_stream(
+        self,
+        bucket: str,
+        name: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+        write: Callable[[BinaryIO], None],
+    ) -> int | None:
+        with self._lock:
+            self.calls.append(("write_stream", bucket, name))
+            if (bucket, name) in self.objects:
+                return None
+        sink = UnseekableSink()
+        write(sink)  # type: ignore[arg-type]
+        with self._lock:
+            if (bucket, name) in self.objects:
+                return None
+            self.objects[(bucket, name)] = StoredObject(sink.data(), content_type, dict(metadata))
+        return len(sink.data())
+
     def signed_url(self, bucket: str, name: str, ttl_s: int) -> str:
         with self._lock:
             self.calls.append(("signed_url", bucket, name))
         return f"https://storage.example.test/{bucket}/{name}?ttl={ttl_s}&signature=fake"
+
+
+class UnseekableSink:
+    """What a streaming upload looks like to a writer: write and tell, no seek."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.largest_write = 0
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(bytes(data))
+        self._size += len(data)
+        self.largest_write = max(self.largest_write, len(data))
+        return len(data)
+
+    def tell(self) -> int:
+        return self._size
+
+    def flush(self) -> None:
+        """Nothing to flush."""
+
+    def data(self) -> bytes:
+        return b"".join(self._parts)
 
 
 # --------------------------------------------------------------------------- generator

@@ -14,15 +14,34 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from functions.http_api import OPENAPI_PATH
-from shared.api_models import BatchView, ErrorBody, Health, JobView, Plan, Submitted
-from shared.models import BatchRequest
+from shared.api_models import (
+    BatchCancelled,
+    BatchView,
+    ErrorBody,
+    ExportView,
+    Health,
+    JobCancelled,
+    JobView,
+    ModelList,
+    Plan,
+    RerollAccepted,
+    Submitted,
+)
+from shared.models import BatchRequest, RerollRequest
 
+REQUESTS: tuple[type[BaseModel], ...] = (BatchRequest, RerollRequest)
 MODELS: list[type[BaseModel]] = [
     BatchRequest,
+    RerollRequest,
     Plan,
     Submitted,
     JobView,
     BatchView,
+    JobCancelled,
+    BatchCancelled,
+    RerollAccepted,
+    ExportView,
+    ModelList,
     ErrorBody,
     Health,
 ]
@@ -42,9 +61,12 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "Missing, malformed, expired or wrongly addressed credential",
         403: "Valid identity that is not allowed",
         404: "Not found, or not the caller's",
-        409: "The same idempotency key is being processed right now",
+        409: "The same idempotency key is being processed right now, or (not_ready) the "
+        "variant cannot take a new version yet",
         413: "Body larger than the configured limit",
         415: "Body is not application/json",
+        422: "The batch's model is not available (model_unavailable): retired, unknown or "
+        "not allowed; nothing was reserved or queued",
         429: "Daily image or cost budget exceeded (figures in `budget`)",
         503: "A backing service is busy; retry",
     }
@@ -53,7 +75,7 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 def build() -> dict[str, Any]:
     _, defs = models_json_schema(
-        [(model, "validation" if model is BatchRequest else "serialization") for model in MODELS],
+        [(model, "validation" if model in REQUESTS else "serialization") for model in MODELS],
         ref_template="#/components/schemas/{model}",
     )
     auth: list[dict[str, list[str]]] = [{"apiKey": []}, {"idToken": []}]
@@ -79,15 +101,7 @@ def build() -> dict[str, Any]:
                 "post": {
                     "operationId": "submitBatch",
                     "security": auth,
-                    "parameters": [
-                        {
-                            "name": "Idempotency-Key",
-                            "in": "header",
-                            "required": False,
-                            "description": "The same key returns the first answer",
-                            "schema": {"type": "string", "minLength": 1, "maxLength": 200},
-                        }
-                    ],
+                    "parameters": [_IDEMPOTENCY_KEY],
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": _ref("BatchRequest")}},
@@ -95,7 +109,21 @@ def build() -> dict[str, Any]:
                     "responses": {
                         "200": _json_response("Dry run: the plan, nothing written", "Plan"),
                         "202": _json_response("Live: batch recorded and jobs queued", "Submitted"),
-                        **_errors(400, 401, 403, 409, 413, 415, 429, 503),
+                        **_errors(400, 401, 403, 409, 413, 415, 422, 429, 503),
+                    },
+                }
+            },
+            "/models": {
+                "get": {
+                    "operationId": "models",
+                    "description": (
+                        "The model catalog: each model's aspect ratios, sizes, reference "
+                        "limit and prices by lane and size (the Generate dialog's choices)."
+                    ),
+                    "security": auth,
+                    "responses": {
+                        "200": _json_response("The catalog", "ModelList"),
+                        **_errors(401, 403),
                     },
                 }
             },
@@ -116,9 +144,119 @@ def build() -> dict[str, Any]:
                     "security": auth,
                     "parameters": [_id_parameter("batch_id")],
                     "responses": {
-                        "200": _json_response("The batch and its jobs", "BatchView"),
+                        "200": _json_response(
+                            "The batch, its jobs and its latest zip (`export`)", "BatchView"
+                        ),
                         **_errors(401, 403, 404, 503),
                     },
+                }
+            },
+            "/batches/{batch_id}:cancel": {
+                "post": {
+                    "operationId": "cancelBatch",
+                    "description": _CANCEL,
+                    "security": auth,
+                    "parameters": [_id_parameter("batch_id")],
+                    "responses": {
+                        "200": _json_response("What the cancel did to each job", "BatchCancelled"),
+                        **_errors(401, 403, 404, 503),
+                    },
+                }
+            },
+            "/jobs/{job_id}:cancel": {
+                "post": {
+                    "operationId": "cancelJob",
+                    "description": _CANCEL,
+                    "security": auth,
+                    "parameters": [_id_parameter("job_id")],
+                    "responses": {
+                        "200": _json_response("What the cancel did", "JobCancelled"),
+                        **_errors(401, 403, 404, 503),
+                    },
+                }
+            },
+            "/jobs/{job_id}/variants/{variant}:reroll": {
+                "post": {
+                    "operationId": "rerollVariant",
+                    "description": (
+                        "A new version of the variant: without an instruction a fresh generation "
+                        "(new seed), with one an edit of the current image. Stored under a new "
+                        "object name (earlier versions stay), budgeted and priced like any image; "
+                        "once per Idempotency-Key. The sheet's cell shows the newest finished "
+                        "version; /status lists every version."
+                    ),
+                    "security": auth,
+                    "parameters": [
+                        _id_parameter("job_id"),
+                        {
+                            "name": "variant",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 99},
+                        },
+                        _IDEMPOTENCY_KEY,
+                    ],
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": _ref("RerollRequest")}},
+                    },
+                    "responses": {
+                        "202": _json_response("The version was queued", "RerollAccepted"),
+                        **_errors(400, 401, 403, 404, 409, 413, 415, 429, 503),
+                    },
+                }
+            },
+            "/batches/{batch_id}:export": {
+                "post": {
+                    "operationId": "exportBatch",
+                    "description": (
+                        "Writes, in the background, one zip with every kept image at full size "
+                        "({scene_id}/var_{n}[_v{k}].{ext}) and manifest.csv; GET /batches/"
+                        "{batch_id} then shows its durable download link. While a zip is being "
+                        "made, this answers that one."
+                    ),
+                    "security": auth,
+                    "parameters": [_id_parameter("batch_id")],
+                    "responses": {
+                        "202": _json_response("The zip asked for", "ExportView"),
+                        **_errors(401, 403, 404, 503),
+                    },
+                }
+            },
+            "/assets/{job_id}/{variant}": {
+                "get": {
+                    "operationId": "asset",
+                    "description": (
+                        "The sheet's durable image link: HMAC-checked, 302 to a short-lived "
+                        "signed URL. `version` (default 1) names a later version."
+                    ),
+                    "security": [],
+                    "parameters": [
+                        _id_parameter("job_id"),
+                        {
+                            "name": "variant",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 99},
+                        },
+                        _query("size", {"type": "string", "enum": ["thumb", "full"]}),
+                        _query("version", {"type": "integer", "minimum": 1, "maximum": 999}),
+                        _query("sig", {"type": "string"}, required=True),
+                    ],
+                    "responses": _redirects(),
+                }
+            },
+            "/exports/{batch_id}/{export_id}": {
+                "get": {
+                    "operationId": "exportDownload",
+                    "description": "A zip's durable link: HMAC-checked, 302 to a signed URL.",
+                    "security": [],
+                    "parameters": [
+                        _id_parameter("batch_id"),
+                        _id_parameter("export_id"),
+                        _query("sig", {"type": "string"}, required=True),
+                    ],
+                    "responses": _redirects(),
                 }
             },
         },
@@ -133,6 +271,34 @@ def build() -> dict[str, Any]:
                 },
             },
         },
+    }
+
+
+_CANCEL = (
+    "Images not yet started never reach Gemini (also those waiting for the quota, and "
+    "economy images not yet in a Gemini batch; their reserved budget is given back); "
+    "images whose Gemini call is running, or that are in a Gemini batch, finish and are "
+    "kept (one the batch gives back unmade is cancelled too). The job ends `cancelled`. "
+    "Cancelling twice, or a finished job, changes nothing and says so (`outcome`)."
+)
+_IDEMPOTENCY_KEY: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "The same key returns the first answer",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+}
+
+
+def _query(name: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema}
+
+
+def _redirects() -> dict[str, Any]:
+    return {
+        "302": {"description": "Redirect to a short-lived signed URL"},
+        "403": _json_response("The link's signature is missing or wrong", "ErrorBody"),
+        "404": _json_response("Not ready (or replaced by a newer zip)", "ErrorBody"),
     }
 
 

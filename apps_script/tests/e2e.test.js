@@ -31,7 +31,11 @@ test('Settings, Estimate, Generate and Refresh status take selected rows to comp
   h.run('onOpen');
   assert.deepEqual(
     h.menus[0].items.filter((i) => !i.separator).map((i) => i.caption),
-    ['Estimate selected rows', 'Generate selected rows', 'Refresh status', 'Settings'],
+    [
+      'Estimate selected rows', 'Generate selected rows', 'Refresh status',
+      'Cancel selected rows', 'Re-roll selected image', 'Edit selected image…', 'Download batch',
+      'Settings',
+    ],
   );
   h.answer({ button: 'OK', text: env.API_URL }, { button: 'OK', text: 'key' }, { button: 'OK', text: env.API_KEY });
   const settings = h.run('openSettings');

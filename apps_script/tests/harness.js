@@ -13,6 +13,7 @@
  *   Ui              alert / prompt / createMenu / showModalDialog, recorded; the
  *                   answers to questions are scripted.
  *   UrlFetchApp     fetch / fetchAll making real, synchronous HTTP calls.
+ *   HtmlService     createHtmlOutput, as far as a dialog's content goes.
  *   PropertiesService, LockService, Utilities, ScriptApp, Logger, console.
  *
  * Document properties and the document lock can live in files instead of
@@ -630,6 +631,7 @@ class Harness {
    *   scriptProperties, userProperties, documentProperties   initial values
    *   sharedDir      keep document properties and the document lock in this directory
    *   identityToken  what ScriptApp.getIdentityToken() returns (default null)
+   *   namedRanges    {name: "A1" (active sheet) or "Title!A1"} for getRangeByName
    *   loadOrder      'sorted' | 'reversed' order of the .gs files
    *   deployment     DEPLOYMENT in place of Deployment.gs (default TEST_DEPLOYMENT),
    *                  or 'shipped' to run Deployment.gs as it is
@@ -642,6 +644,7 @@ class Harness {
     this.env = env;
     this.activeTitle = options.sheetTitle || env.WORKSHEET;
     this.selection = options.selection || [];
+    this.namedRanges = options.namedRanges || {};
     this.identityToken = options.identityToken === undefined ? null : options.identityToken;
     this.dialogs = [];
     this.toasts = [];
@@ -681,6 +684,13 @@ class Harness {
       getSheetByName: (title) => sheetNamed(title),
       getActiveRangeList: () => sheetNamed(h.activeTitle).getActiveRangeList(),
       getActiveRange: () => sheetNamed(h.activeTitle).getActiveRange(),
+      getRangeByName: (name) => {
+        const where = h.namedRanges[name];
+        if (!where) return null;
+        const bang = where.lastIndexOf('!');
+        const title = bang < 0 ? h.activeTitle : where.slice(0, bang).replace(/^'(.*)'$/, '$1');
+        return sheetNamed(title).getRange(bang < 0 ? where : where.slice(bang + 1));
+      },
       toast: (message, title, seconds) => { h.toasts.push({ message: String(message), title, seconds }); },
     };
     const SpreadsheetApp = {
@@ -715,6 +725,17 @@ class Harness {
         getOAuthToken: () => 'stand-in-oauth-token',
       },
       Utilities: makeUtilities(),
+      HtmlService: {
+        createHtmlOutput: (html) => {
+          const output = {
+            getContent: () => String(html),
+            setWidth: () => output,
+            setHeight: () => output,
+            setTitle: () => output,
+          };
+          return output;
+        },
+      },
       Logger: { log: consoleFor('log') },
       console: { log: consoleFor('log'), info: consoleFor('info'), warn: consoleFor('warn'), error: consoleFor('error') },
     };

@@ -13,7 +13,10 @@ const WORKER_SOURCE = `
 const { workerData } = require('node:worker_threads');
 const { port, signal } = workerData;
 
-async function one(request) {
+// UrlFetchApp opens its own connections; fetch here reuses pooled keep-alive ones,
+// which a server may close while they idle (gunicorn after 2 s). A GET that meets
+// such a closed socket is sent again once, on a fresh connection.
+async function one(request, retried) {
   try {
     const response = await fetch(request.url, {
       method: request.method,
@@ -27,13 +30,17 @@ async function one(request) {
     response.headers.forEach((value, name) => { headers[name] = value; });
     return { ok: true, status: response.status, headers, body: body.toString('base64'), url: response.url };
   } catch (err) {
+    const code = err && err.cause ? err.cause.code : '';
+    if (!retried && code === 'UND_ERR_SOCKET' && ['GET', 'HEAD'].includes(request.method)) {
+      return one(request, true);
+    }
     const cause = err && err.cause ? (err.cause.code || err.cause.message) : '';
     return { ok: false, error: (err && err.message ? err.message : String(err)) + (cause ? ' (' + cause + ')' : '') };
   }
 }
 
 port.on('message', async ({ id, requests }) => {
-  const results = await Promise.all(requests.map(one));
+  const results = await Promise.all(requests.map((request) => one(request, false)));
   port.postMessage({ id, results });
   Atomics.add(signal, 0, 1);
   Atomics.notify(signal, 0);

@@ -58,7 +58,7 @@ test('invalid rows are named by row and field, and nothing is sent', async () =>
       `Row ${rows[5]}: variants must be a whole number from 1 to 4 (found "7").`,
       `Row ${rows[6]}: variants must be a whole number from 1 to 4 (found "two").`,
       `Row ${rows[7]}: variants must be a whole number from 1 to 4 (found "2.5").`,
-      `Row ${rows[8]}: ref_pack_public_url must be an https:// link or a gs://bucket/object path (found "ftp://refs/pack.zip").`,
+      `Row ${rows[8]}: ref_pack_public_url must be an https:// link, a gs://bucket/object path, or an earlier image as scene:<scene_id>#<n> or job:<job_id>#<n> (found "ftp://refs/pack.zip").`,
     ];
     for (const line of expected) assert.ok(text.includes(line), `missing "${line}" in:\n${text}`);
     assert.ok(!text.includes(`Row ${rows[0]}:`), 'the valid row is not reported');

@@ -1,6 +1,7 @@
 # Job state: `batches`, `jobs`, `usage` and `idempotency` collections. Reads are
-# by document id, plus one equality/`in` query on jobs (spreadsheet, worksheet,
-# state) that single-field indexes serve, so no composite index is needed.
+# by document id, plus two equality/`in` queries on jobs (spreadsheet, worksheet,
+# state; spreadsheet, scene for style anchors) that single-field indexes serve,
+# so no composite index is needed.
 resource "google_firestore_database" "default" {
   count = var.firestore.create_database ? 1 : 0
 

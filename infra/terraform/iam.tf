@@ -46,7 +46,8 @@ locals {
 
   # Storage grants per bucket. The generate function lists and creates
   # (create-only uploads, no overwrite or delete); the thumbnail function reads
-  # images and creates thumbnails; the HTTP function signs read URLs, which
+  # images and creates thumbnails; the export function reads images and creates
+  # zips; the HTTP function signs read URLs (images, thumbnails, zips), which
   # work only if it may read the objects itself.
   bucket_grants = concat(
     [
@@ -56,6 +57,9 @@ locals {
       { account = "economy", bucket = "images", role = "roles/storage.objectViewer" },
       { account = "economy", bucket = "images", role = "roles/storage.objectCreator" },
       { account = "thumbnail", bucket = "images", role = "roles/storage.objectViewer" },
+      # The exporter reads images and creates zips under exports_prefix.
+      { account = "export", bucket = "images", role = "roles/storage.objectViewer" },
+      { account = "export", bucket = "images", role = "roles/storage.objectCreator" },
     ],
     local.separate_thumbnails_bucket ? [
       { account = "api", bucket = "thumbnails", role = "roles/storage.objectViewer" },

@@ -1,21 +1,24 @@
 locals {
   pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
 
-  # The three topics; the dead-letter one also keeps its messages for replay.
+  # The four topics; the dead-letter one also keeps its messages for replay.
   topics = {
     jobs        = { name = var.pubsub.jobs_topic, retention = null }
     gcs_events  = { name = var.pubsub.gcs_events_topic, retention = null }
     dead_letter = { name = var.pubsub.dead_letter_topic, retention = var.pubsub.dead_letter_topic_retention }
+    exports     = { name = var.pubsub.exports_topic, retention = null }
   }
 
-  # Who publishes to which topic: the HTTP function its jobs (and the economy
-  # tick the jobs an expired Gemini batch did not make), the Cloud Storage service
-  # agent the bucket notifications, the Pub/Sub service agent the dead letters.
+  # Who publishes to which topic: the HTTP function its jobs (first images,
+  # re-rolls, the rows of cancelled jobs) and export requests, the economy tick
+  # the jobs an expired Gemini batch did not make, the Cloud Storage service agent
+  # the bucket notifications, the Pub/Sub service agent the dead letters.
   topic_publishers = {
     "jobs/api"     = { topic = "jobs", member = "serviceAccount:${google_service_account.this["api"].email}" }
     "jobs/economy" = { topic = "jobs", member = "serviceAccount:${google_service_account.this["economy"].email}" }
     gcs_events     = { topic = "gcs_events", member = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}" }
     dead_letter    = { topic = "dead_letter", member = local.pubsub_service_agent }
+    "exports/api"  = { topic = "exports", member = "serviceAccount:${google_service_account.this["api"].email}" }
   }
 
   # Direct push subscriptions (not Eventarc), as the local stack wires them
@@ -39,6 +42,12 @@ locals {
       topic       = google_pubsub_topic.this["dead_letter"].name
       function    = "dead_letter"
       dead_letter = false
+    }
+    export = {
+      name        = "${var.pubsub.exports_topic}-export"
+      topic       = google_pubsub_topic.this["exports"].name
+      function    = "export"
+      dead_letter = true
     }
   }
 }

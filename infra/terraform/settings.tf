@@ -10,6 +10,7 @@ locals {
     thumbnail   = "${var.name_prefix}-make-thumbnails"
     dead_letter = "${var.name_prefix}-handle-dead-letters"
     economy     = "${var.name_prefix}-run-economy"
+    export      = "${var.name_prefix}-export-batch"
   }
 
   images_bucket_name     = var.storage.images_bucket_name != "" ? var.storage.images_bucket_name : "${var.project_id}-images"
@@ -26,7 +27,9 @@ locals {
   # Each timeout exceeds its function's longest path with the default settings
   # (shared/budgets.py; FUNCTION_TIMEOUT_S below makes each function check its
   # own at start): HTTP 120 s, generate 570 s (DELIVERY_DEADLINE_S 360 s, the
-  # last upload, the final sheet write), thumbnail 300 s, dead letters 150 s.
+  # last upload, the final sheet write), thumbnail 300 s, dead letters 150 s,
+  # export 540 s (EXPORT_DEADLINE_S 420 s, the last image, the last upload chunk;
+  # one export per instance, so its memory is one zip stream's).
   # The pushed ones stay within the 600 s push ack deadline.
   function_sizing_defaults = {
     api         = { memory = "512Mi", cpu = "1", timeout_seconds = 180, min_instances = 0, max_instances = 10, concurrency = 20 }
@@ -36,6 +39,7 @@ locals {
     # One tick at a time is enough (leases keep overlapping ticks apart anyway);
     # memory holds one image of the results stream and one reference pack.
     economy = { memory = "1Gi", cpu = "1", timeout_seconds = 600, min_instances = 0, max_instances = 1, concurrency = 1 }
+    export  = { memory = "512Mi", cpu = "1", timeout_seconds = 600, min_instances = 0, max_instances = 2, concurrency = 1 }
   }
   function_sizing = {
     for key, defaults in local.function_sizing_defaults : key => merge(defaults, {
@@ -78,7 +82,8 @@ locals {
   model_secrets = local.vertex ? [] : ["GEMINI_API_KEY"]
 
   # What the generate function and the economy tick both need to build a request:
-  # the image shape and thinking level, and what a reference pack may be.
+  # the image shape and thinking level, what a reference pack may be, and who may
+  # name any caller's output as a style anchor.
   request_env = {
     IMAGES_PREFIX                = var.storage.images_prefix
     GEMINI_TIMEOUT_S             = tostring(var.generation.gemini_timeout_s)
@@ -89,6 +94,7 @@ locals {
     REFERENCES_PREFIX            = var.generation.references_prefix
     REFERENCE_MAX_ZIP_MEMBERS    = tostring(var.generation.reference_max_zip_members)
     REFERENCE_MAX_UNPACKED_BYTES = tostring(var.generation.reference_max_unpacked_bytes)
+    ADMIN_CALLERS                = join(",", var.access.admin_callers)
   }
 
   # Each function gets only the settings its code reads (shared/settings.py),
@@ -100,6 +106,7 @@ locals {
       public      = true
       env = merge(local.common_env.api, local.model_env, {
         JOBS_TOPIC                   = var.pubsub.jobs_topic
+        EXPORTS_TOPIC                = var.pubsub.exports_topic
         THUMBNAILS_BUCKET            = local.thumbnails_bucket_name
         MODEL_CHECK_TTL_S            = tostring(var.models.model_check_ttl_s)
         REFERENCES_PREFIX            = var.generation.references_prefix
@@ -175,6 +182,16 @@ locals {
       public      = false
       env         = local.common_env.dead_letter
       secrets     = ["LINK_SIGNING_KEY"]
+    }
+    export = {
+      entry_point = "export_batch"
+      description = "Pushed from the exports topic: streams a batch's kept images into one zip in the images bucket."
+      public      = false
+      env = merge(local.common_env.export, {
+        EXPORTS_PREFIX    = var.storage.exports_prefix
+        EXPORT_DEADLINE_S = tostring(var.exports.export_deadline_s)
+      })
+      secrets = []
     }
   }
 }

@@ -74,14 +74,20 @@ variable "storage" {
     location                          = optional(string, "")
     images_prefix                     = optional(string, "images/")
     thumbnails_prefix                 = optional(string, "thumbnails/")
+    exports_prefix                    = optional(string, "exports/")
     noncurrent_version_retention_days = optional(number, 30)
   })
-  description = "Buckets: images_bucket_name (IMAGES_BUCKET; empty: \"<project_id>-images\"), thumbnails_bucket_name (a separate THUMBNAILS_BUCKET; empty: the images bucket), location (empty: the region), images_prefix (IMAGES_PREFIX, the only prefix the bucket notification fires for), thumbnails_prefix (THUMBNAILS_PREFIX, outside images_prefix), noncurrent_version_retention_days (how long deleted object versions are kept)."
+  description = "Buckets: images_bucket_name (IMAGES_BUCKET; empty: \"<project_id>-images\"), thumbnails_bucket_name (a separate THUMBNAILS_BUCKET; empty: the images bucket), location (empty: the region), images_prefix (IMAGES_PREFIX, the only prefix the bucket notification fires for), thumbnails_prefix (THUMBNAILS_PREFIX, outside images_prefix), exports_prefix (EXPORTS_PREFIX: where the batches' hand-over zips go in the images bucket, outside images_prefix), noncurrent_version_retention_days (how long deleted object versions are kept)."
   default     = {}
 
   validation {
-    condition     = alltrue([for prefix in [var.storage.images_prefix, var.storage.thumbnails_prefix] : can(regex("^[A-Za-z0-9_.-]+/$", prefix))])
-    error_message = "images_prefix and thumbnails_prefix must each be one path segment ending with \"/\"."
+    condition     = alltrue([for prefix in [var.storage.images_prefix, var.storage.thumbnails_prefix, var.storage.exports_prefix] : can(regex("^[A-Za-z0-9_.-]+/$", prefix))])
+    error_message = "images_prefix, thumbnails_prefix and exports_prefix must each be one path segment ending with \"/\"."
+  }
+
+  validation {
+    condition     = !startswith(var.storage.exports_prefix, var.storage.images_prefix)
+    error_message = "exports_prefix must lie outside images_prefix, or zips would trigger the thumbnail function."
   }
 
   validation {
@@ -101,6 +107,7 @@ variable "pubsub" {
     jobs_topic                  = optional(string, "image-jobs")
     gcs_events_topic            = optional(string, "image-gcs-events")
     dead_letter_topic           = optional(string, "image-jobs-dead-letter")
+    exports_topic               = optional(string, "image-exports")
     ack_deadline_seconds        = optional(number, 600)
     retry_minimum_backoff       = optional(string, "10s")
     retry_maximum_backoff       = optional(string, "600s")
@@ -108,7 +115,7 @@ variable "pubsub" {
     message_retention_duration  = optional(string, "604800s")
     dead_letter_topic_retention = optional(string, "604800s")
   })
-  description = "Topics and push subscriptions: jobs_topic (JOBS_TOPIC), gcs_events_topic (the bucket notifications), dead_letter_topic; ack_deadline_seconds (for push also the request timeout, so at least each pushed function's timeout); retry_minimum_backoff/retry_maximum_backoff (redelivery backoff); max_delivery_attempts (before a message is dead-lettered: high, because a job waiting for the Gemini quota hands its message back often and our own accounting ends jobs, by GEMINI_FAILURE_BUDGET and MAX_EVENT_AGE_S; the dead-letter topic only catches poison messages and bugs); message_retention_duration (subscriptions); dead_letter_topic_retention (for replay with a seek)."
+  description = "Topics and push subscriptions: jobs_topic (JOBS_TOPIC), gcs_events_topic (the bucket notifications), dead_letter_topic; exports_topic (EXPORTS_TOPIC: the HTTP function asks the export function for a batch's zip there); ack_deadline_seconds (for push also the request timeout, so at least each pushed function's timeout); retry_minimum_backoff/retry_maximum_backoff (redelivery backoff); max_delivery_attempts (before a message is dead-lettered: high, because a job waiting for the Gemini quota hands its message back often and our own accounting ends jobs, by GEMINI_FAILURE_BUDGET and MAX_EVENT_AGE_S; the dead-letter topic only catches poison messages and bugs); message_retention_duration (subscriptions); dead_letter_topic_retention (for replay with a seek)."
   default     = {}
 
   validation {
@@ -316,6 +323,20 @@ variable "economy" {
   }
 }
 
+# ---------------------------------------------------------------- export function
+variable "exports" {
+  type = object({
+    export_deadline_s = optional(number, 420)
+  })
+  description = "The export function (a batch's hand-over zip): export_deadline_s (EXPORT_DEADLINE_S: no image is added to a zip after this long; a batch that does not fit fails its export with the reason; with the last image and upload chunk it must stay below the function's timeout, checked at start)."
+  default     = {}
+
+  validation {
+    condition     = var.exports.export_deadline_s > 0 && var.exports.export_deadline_s <= 3400
+    error_message = "export_deadline_s must be between 0 and 3400."
+  }
+}
+
 # ---------------------------------------------------------------- thumbnail function
 variable "thumbnails" {
   type = object({
@@ -370,12 +391,12 @@ variable "function_sizing" {
     max_instances   = optional(number)
     concurrency     = optional(number)
   }))
-  description = "Sizing overrides by function (api, generate, thumbnail, dead_letter): memory (e.g. \"1Gi\"), cpu, timeout_seconds (must exceed the function's longest path, checked at start; at most the ack deadline for the pushed ones), min_instances, max_instances, concurrency. Omitted fields keep the defaults in settings.tf."
+  description = "Sizing overrides by function (api, generate, thumbnail, dead_letter, export): memory (e.g. \"1Gi\"), cpu, timeout_seconds (must exceed the function's longest path, checked at start; at most the ack deadline for the pushed ones), min_instances, max_instances, concurrency. Omitted fields keep the defaults in settings.tf."
   default     = {}
 
   validation {
-    condition     = alltrue([for key in keys(var.function_sizing) : contains(["api", "generate", "thumbnail", "dead_letter"], key)])
-    error_message = "function_sizing keys must be api, generate, thumbnail or dead_letter."
+    condition     = alltrue([for key in keys(var.function_sizing) : contains(["api", "generate", "thumbnail", "dead_letter", "export"], key)])
+    error_message = "function_sizing keys must be api, generate, thumbnail, dead_letter or export."
   }
 }
 

@@ -118,6 +118,21 @@ class FirestoreJobStore:
         jobs = [Job.from_doc(snap.to_dict() or {}) for snap in query.stream()]
         return sorted(jobs, key=lambda job: (job.created_at, job.job_id))
 
+    def scene_jobs(self, spreadsheet_id: str, scene_id: str) -> list[Job]:
+        query = self._jobs.where(filter=FieldFilter("spreadsheet_id", "==", spreadsheet_id)).where(
+            filter=FieldFilter("scene_id", "==", scene_id)
+        )
+        return [Job.from_doc(snap.to_dict() or {}) for snap in query.stream()]
+
+    def update_batch(self, batch_id: str, change: Callable[[Batch], tuple[Batch | None, R]]) -> R:
+        def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, R]:
+            if doc is None:
+                raise NotFound(f"batch {batch_id} does not exist")
+            updated, result = change(Batch.model_validate(doc))
+            return (updated.to_doc() if updated is not None else None), result
+
+        return compare_and_set(self._batches.document(batch_id), apply)
+
     def update_job(self, job_id: str, change: Callable[[Job], tuple[Job | None, R]]) -> R:
         def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, R]:
             if doc is None:
@@ -226,7 +241,7 @@ def _usage_doc(
         "images": images,
         "cost_usd": str(cost),
         "expires_at": expires,
-        # Which variants' estimates were settled to their actual cost (job_id/n).
+        # Which images' estimates were settled (job_id/n, job_id/n/vk for later versions).
         "settled": settled or {},
     }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, BinaryIO
 
 import google.auth
 from google.api_core import exceptions as gexc
@@ -16,6 +16,10 @@ from google.oauth2 import service_account
 from shared.adapters.signed_urls import SignedUrlCache
 from shared.errors import NotFound, PermanentError
 from shared.ports import FoundObject
+
+# One request of a streaming upload (a multiple of 256 KiB, as resumable uploads
+# need): what the writer holds in memory before it sends.
+STREAM_CHUNK_BYTES = 8 * 1024 * 1024
 
 
 class GcsObjectStore:
@@ -67,6 +71,44 @@ class GcsObjectStore:
         data: bytes = blob.download_as_bytes()
         return data
 
+    def read_into(self, bucket: str, name: str, out: BinaryIO) -> None:
+        # The download is streamed into ``out`` in small pieces as it arrives.
+        try:
+            self._client.bucket(bucket).blob(name).download_to_file(out)
+        except gexc.NotFound as exc:
+            raise NotFound(f"gs://{bucket}/{name} does not exist") from exc
+
+    def write_stream(
+        self,
+        bucket: str,
+        name: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+        write: Callable[[BinaryIO], None],
+    ) -> int | None:
+        blob = self._client.bucket(bucket).blob(name)
+        if blob.exists():
+            # Cheaper than writing it all again to be refused at the end; and
+            # fake-gcs-server (1.54) does not enforce the precondition below on
+            # resumable uploads, as Cloud Storage does.
+            return None
+        blob.metadata = dict(metadata)
+        try:
+            # ignore_flush: zipfile flushes its output, which a resumable upload
+            # cannot do before it is closed.
+            with blob.open(
+                "wb",
+                chunk_size=STREAM_CHUNK_BYTES,
+                ignore_flush=True,
+                content_type=content_type,
+                if_generation_match=0,
+            ) as raw:
+                counted = CountingWriter(raw)
+                write(counted)  # type: ignore[arg-type]
+        except gexc.PreconditionFailed:
+            return None
+        return counted.count
+
     def signed_url(self, bucket: str, name: str, ttl_s: int) -> str:
         return self._signed_urls.get(bucket, name, ttl_s)
 
@@ -90,3 +132,23 @@ class GcsObjectStore:
             **kwargs,
         )
         return url
+
+
+class CountingWriter:
+    """A write-only stream that counts what passes through it (no seek: zipfile
+    then writes sizes after each member, as it must on an upload)."""
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self._out.write(data)
+        self.count += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.count
+
+    def flush(self) -> None:
+        """Nothing to flush before the upload is closed."""

@@ -6,7 +6,8 @@ from collections.abc import Mapping, Sequence
 
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-from shared.models import JobMessage
+from shared.errors import TransientError
+from shared.models import ExportMessage, JobMessage
 
 PUBLISH_TIMEOUT_S = 60.0
 
@@ -31,3 +32,21 @@ class PubSubJobPublisher:
             except Exception as exc:
                 failed[job_id] = f"{type(exc).__name__}: {exc}"
         return failed
+
+
+class PubSubExportPublisher:
+    def __init__(self, client: pubsub_v1.PublisherClient, topic_path: str) -> None:
+        self._client = client
+        self._topic = topic_path
+
+    def publish_export(self, message: ExportMessage) -> None:
+        future = self._client.publish(
+            self._topic,
+            message.model_dump_json().encode(),
+            batch_id=message.batch_id,
+            export_id=message.export_id,
+        )
+        try:
+            future.result(timeout=PUBLISH_TIMEOUT_S)
+        except Exception as exc:
+            raise TransientError(f"the export could not be queued: {exc}") from exc

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from shared import exports
 from shared import jobs as transitions
 from shared.errors import NotFound, PermanentError
-from shared.events import PushMessage, job_message, storage_object
+from shared.events import PushMessage, export_message, job_message, storage_object
 from shared.ids import utcnow
 from shared.objects import recorded_spent, variant_key
 from shared.services.ledger import JobLedger
@@ -26,7 +27,8 @@ class DeadLetters:
     clock: Callable[[], datetime] = utcnow
 
     def handle(self, message: PushMessage) -> None:
-        """Fail what the message was about; a malformed or unknown one is dropped.
+        """Fail what the message was about (a job, a version, an image's thumbnail, a
+        batch's zip); a malformed or unknown one is dropped.
 
         Transient errors (the store, the sheet) propagate: the dead letter is
         redelivered, and failing a failed job again changes nothing.
@@ -35,20 +37,48 @@ class DeadLetters:
         try:
             if "eventType" in message.attributes:
                 self._thumbnail_gave_up(message, attempts)
+            elif "export_id" in message.attributes:
+                self._export_gave_up(message, attempts)
             else:
                 self._job_gave_up(message, attempts)
         except (PermanentError, NotFound) as exc:
             log.error("dead letter dropped: %s", exc)
 
     def _job_gave_up(self, message: PushMessage, attempts: str) -> None:
-        job_id = job_message(message).job_id
+        parsed = job_message(message)
+        job_id = parsed.job_id
         job = self.ledger.get(job_id)
         if job is None:
             raise NotFound(f"job {job_id} does not exist")
+        n, version = parsed.variant, parsed.version
         with self.ledger.entry(job) as entry:
-            reason = f"gave up after {attempts} deliveries: {transitions.last_cause(job)}"
-            entry.apply(lambda j: transitions.fail_job(j, reason, self.clock()))
-        log.warning("job failed", extra={"job_id": job_id, "state": "failed", "error": reason})
+            if n is not None and version is not None:
+                # A later version's own message: that version fails, the job stays.
+                reason = f"gave up after {attempts} deliveries"
+                entry.apply(
+                    lambda j: transitions.variant_failed(
+                        j, n, reason, self.clock(), version=version
+                    )
+                )
+            else:
+                reason = f"gave up after {attempts} deliveries: {transitions.last_cause(job)}"
+                entry.apply(lambda j: transitions.fail_job(j, reason, self.clock()))
+        log.warning(
+            "job failed",
+            extra={"job_id": job_id, "version": version, "state": "failed", "error": reason},
+        )
+
+    def _export_gave_up(self, message: PushMessage, attempts: str) -> None:
+        parsed = export_message(message)
+        reason = f"gave up after {attempts} deliveries"
+        self.ledger.store.update_batch(
+            parsed.batch_id,
+            lambda b: exports.fail(b, parsed.export_id, reason, self.clock()),
+        )
+        log.warning(
+            "export failed",
+            extra={"batch_id": parsed.batch_id, "export": parsed.export_id, "error": reason},
+        )
 
     def _thumbnail_gave_up(self, message: PushMessage, attempts: str) -> None:
         obj = storage_object(message)
@@ -59,7 +89,9 @@ class DeadLetters:
         spent = recorded_spent(obj.metadata)
         self.ledger.apply(
             key.job_id,
-            lambda j: transitions.variant_failed(j, key.n, reason, self.clock(), spent=spent),
+            lambda j: transitions.variant_failed(
+                j, key.n, reason, self.clock(), spent=spent, version=key.version
+            ),
         )
         log.warning(
             "variant failed",

@@ -41,6 +41,7 @@ from shared.ports import (
     ReferenceImage,
     ReferenceLoader,
 )
+from shared.services.job_references import JobReferences
 from shared.services.ledger import Entries, JobLedger
 from shared.settings import Settings
 
@@ -85,6 +86,10 @@ class Economy:
     @cached_property
     def names(self) -> ObjectNames:
         return ObjectNames(self.settings.images_prefix, self.settings.thumbnails_prefix)
+
+    @cached_property
+    def job_references(self) -> JobReferences:
+        return JobReferences(self.settings, self.store, self.objects, self.references)
 
     def tick(self) -> TickReport:
         """Submit what is pending, then collect what Gemini finished, within the budget.
@@ -158,12 +163,11 @@ class Economy:
         loaded: dict[str, list[ReferenceImage]] = {}
         for job, n in claimed:
             try:
-                refs = self._references(job, loaded)
+                # Style references and anchors first, then the pack, up to the model's limit.
+                refs = self.job_references.load(job, self._ctx(record), loaded)
             except PermanentError as exc:
-                self._fail(job, n, record, f"reference pack: {exc}", report, rows)
+                self._fail(job, n, record, str(exc), report, rows)
                 continue
-            if entry is not None:
-                refs = refs[: entry.max_reference_images]
             lines.append(
                 EconomyLine(
                     key=item_key(job.job_id, n),
@@ -207,16 +211,6 @@ class Economy:
             "economy batch submitted",
             extra={**self._ctx(record), "event": "economy_submitted", "object": name},
         )
-
-    def _references(
-        self, job: Job, loaded: dict[str, list[ReferenceImage]]
-    ) -> list[ReferenceImage]:
-        url = job.ref_pack_public_url
-        if not url:
-            return []
-        if url not in loaded:
-            loaded[url] = self.references.load(url)
-        return loaded[url]
 
     # ------------------------------------------------------------------ collect
     def _work_open(self, report: TickReport, deadline: float) -> None:
@@ -359,10 +353,11 @@ class Economy:
                 job.job_id,
                 partial(transitions.batch_returned, n=n, record=record.record_id, now=self.clock()),
             )
-            report.variants_to_live += int(applied.changed)
             variant = applied.job.variant(n)
             # Returned earlier too (a tick that died before publishing): publish again.
+            # A variant a cancel reached came back cancelled: nothing more to make.
             if variant.state == VariantState.PENDING and variant.gemini_batch == record.record_id:
+                report.variants_to_live += int(applied.changed)
                 live[job.job_id] = applied.job
         if live:
             failed = self.publisher.publish(

@@ -25,13 +25,23 @@ from functools import cached_property
 from shared import jobs as transitions
 from shared import pricing
 from shared.catalog import ModelEntry
-from shared.errors import PermanentError, QuotaExceeded, TransientError
+from shared.errors import NotFound, PermanentError, QuotaExceeded, TransientError
 from shared.ids import new_id, utcnow
+from shared.imagecheck import NotAnImage, image_mime
 from shared.jobs import ClaimResult, Spent, VariantClaim
-from shared.models import Job, JobMessage, VariantState, WaitReason, money
+from shared.models import (
+    TERMINAL_VARIANT_STATES,
+    Job,
+    JobMessage,
+    VariantState,
+    Version,
+    WaitReason,
+    money,
+)
 from shared.objects import ObjectNames, recorded_spent, store_image
 from shared.ports import ImageGenerator, ObjectStore, QuotaGate, ReferenceImage, ReferenceLoader
 from shared.quota import Limit, next_quota_day
+from shared.services.job_references import JobReferences
 from shared.services.ledger import JobEntry, JobLedger
 from shared.settings import Settings
 
@@ -54,7 +64,7 @@ Context = dict[str, object]
 
 @dataclass(frozen=True)
 class _Run:
-    """One delivery's work on one job."""
+    """One delivery's work on one job: its first images, or one later version."""
 
     job: Job
     entry: JobEntry
@@ -64,6 +74,9 @@ class _Run:
     deadline: float  # time.monotonic() by which the delivery must have answered
     aspect_ratio: str | None
     image_size: str | None
+    prompt: str
+    version: int = 1
+    seed: int | None = None  # None: the variant's number (version 1)
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,10 @@ class Generation:
     def names(self) -> ObjectNames:
         return ObjectNames(self.settings.images_prefix, self.settings.thumbnails_prefix)
 
+    @cached_property
+    def job_references(self) -> JobReferences:
+        return JobReferences(self.settings, self.ledger.store, self.objects, self.references)
+
     def handle(self, message: JobMessage, published_at: datetime | None = None) -> None:
         """Generate the job's missing variants. Raises TransientError to be retried.
 
@@ -94,9 +111,16 @@ class Generation:
             log.error("job not found; message dropped", extra=context)
             return
         context["scene_id"] = job.scene_id
+        if message.variant is not None and message.version is not None:
+            self._later_version(job, message.variant, message.version, deadline, context)
+            return
         with self.ledger.entry(job) as entry:
             if job.terminal:
                 log.info("job already finished; redelivery ignored", extra=context)
+                return
+            if job.cancelled_at is not None:
+                # Its running images end in their own deliveries; the entry writes the row.
+                log.info("job cancelled; nothing more to make", extra=context)
                 return
             age = (self.clock() - published_at).total_seconds() if published_at else 0.0
             if age > self.settings.max_event_age_s:
@@ -117,25 +141,11 @@ class Generation:
     def _generate(self, entry: JobEntry, job: Job, deadline: float, context: Context) -> None:
         """References, then every variant; raises TransientError to be retried."""
         try:
-            references = (
-                self.references.load(job.ref_pack_public_url) if job.ref_pack_public_url else []
-            )
+            references = self._references(job, context)
         except PermanentError as exc:
-            self._fail_job(entry, f"reference pack: {exc}", context)
+            self._fail_job(entry, str(exc), context)
             return
-        model = self.settings.catalog.entry(job.model)
-        if model is not None:
-            references = references[: model.max_reference_images]
-        run = _Run(
-            job=job,
-            entry=entry,
-            model=model,
-            references=references,
-            claim_id=new_id("clm"),
-            deadline=deadline,
-            aspect_ratio=job.aspect_ratio or self.settings.gemini_aspect_ratio or None,
-            image_size=job.image_size or self.settings.gemini_image_size or None,
-        )
+        run = self._run(job, entry, references, deadline, job.prompt)
         numbers = range(1, job.variant_count + 1)
         workers = max(1, min(self.settings.generate_concurrency, job.variant_count))
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -143,6 +153,98 @@ class Generation:
         retry = [str(o) for o in outcomes if o is not None]
         if retry:
             raise TransientError("; ".join(retry))
+
+    def _run(
+        self,
+        job: Job,
+        entry: JobEntry,
+        references: list[ReferenceImage],
+        deadline: float,
+        prompt: str,
+        version: Version | None = None,
+    ) -> _Run:
+        return _Run(
+            job=job,
+            entry=entry,
+            model=self.settings.catalog.entry(job.model),
+            references=references,
+            claim_id=new_id("clm"),
+            deadline=deadline,
+            aspect_ratio=job.aspect_ratio or self.settings.gemini_aspect_ratio or None,
+            image_size=job.image_size or self.settings.gemini_image_size or None,
+            prompt=prompt,
+            version=version.version if version is not None else 1,
+            seed=version.seed if version is not None else None,
+        )
+
+    def _references(self, job: Job, context: Context) -> list[ReferenceImage]:
+        """The batch's style references, then the item's own pack, up to the model's
+        limit. Raises PermanentError (the job fails with it) or TransientError (an
+        anchored image still being made: the message is retried)."""
+        return self.job_references.load(job, context)
+
+    # ------------------------------------------------------------------ later versions
+    def _later_version(
+        self, job: Job, n: int, number: int, deadline: float, context: Context
+    ) -> None:
+        """Make version ``number`` of variant ``n`` (a re-roll or an edit) once; the
+        job's state is not touched. Raises TransientError to be retried."""
+        context.update({"variant": n, "version": number})
+        variant = job.variants.get(str(n))
+        versions = variant.versions if variant is not None else []
+        version = next((v for v in versions if v.version == number), None)
+        if version is None:
+            log.error("no such version; message dropped", extra=context)
+            return
+        with self.ledger.entry(job) as entry:
+            if version.state in (VariantState.UPLOADED, *TERMINAL_VARIANT_STATES):
+                log.info("version already made; redelivery ignored", extra=context)
+                return
+            age = (self.clock() - version.requested_at).total_seconds()
+            if age > self.settings.max_event_age_s:
+                limit = self.settings.max_event_age_s
+                self._version_failed(
+                    entry, n, number, f"dropped: it waited {int(age)} s, over the {limit} s limit"
+                )
+                return
+            try:
+                references = (
+                    [self._edit_source(version)]
+                    if version.instruction
+                    else self._references(job, context)
+                )
+            except PermanentError as exc:
+                self._version_failed(entry, n, number, str(exc))
+                return
+            prompt = version.instruction or job.prompt
+            run = self._run(job, entry, references, deadline, prompt, version)
+            outcome = self._variant(run, n)
+        if outcome is not None:
+            raise outcome
+
+    def _edit_source(self, version: Version) -> ReferenceImage:
+        """The image an edit starts from, read again and checked like any reference."""
+        name = version.source_object or ""
+        try:
+            data = self.objects.read(
+                self.settings.images_bucket, name, self.settings.reference_max_bytes
+            )
+            return ReferenceImage(
+                data=data, mime_type=image_mime(data, self.settings.image_max_pixels)
+            )
+        except NotFound as exc:
+            raise PermanentError(f"the image to edit ({name}) is gone") from exc
+        except NotAnImage as exc:
+            raise PermanentError(f"the image to edit is not usable: {exc}") from exc
+
+    def _version_failed(self, entry: JobEntry, n: int, number: int, reason: str) -> None:
+        entry.apply(
+            lambda j: transitions.variant_failed(j, n, reason, self.clock(), version=number)
+        )
+        log.warning(
+            "version failed",
+            extra={"job_id": entry.job_id, "variant": n, "version": number, "error": reason},
+        )
 
     # ------------------------------------------------------------------ one variant
     def _variant(self, run: _Run, n: int) -> TransientError | None:
@@ -159,9 +261,11 @@ class Generation:
             "scene_id": job.scene_id,
             "variant": n,
         }
+        if run.version != 1:
+            context["version"] = run.version
         refusals = 0
         while True:
-            if job.variant(n).state == VariantState.PENDING or refusals:
+            if job.slot(n, run.version).state == VariantState.PENDING or refusals:
                 # A call slot first: claims are held only while a call can start.
                 waited = self._call_slot(run, n, context)
                 if waited is not None:
@@ -188,13 +292,14 @@ class Generation:
         """One attempt under our claim; raises QuotaExceeded (the claim released)."""
         job = run.job
         lease_left = self._seconds_until(claimed.expires) if claimed.expires else 0.0
-        existing = self.objects.find(self.settings.images_bucket, self.names.image_stem(job, n))
+        stem = self.names.image_stem(job, n, run.version)
+        existing = self.objects.find(self.settings.images_bucket, stem)
         if existing is not None:
             # Generated by a delivery that died before recording it: never pay
             # again, and take what it cost from what that delivery wrote.
             parsed = self.names.parse_image(existing.name)
             mime = (parsed.mime_type if parsed else None) or ""
-            spent = recorded_spent(existing.metadata) or Spent(job.model, job.price_per_image)
+            spent = recorded_spent(existing.metadata) or Spent(job.model, self._price(run, n))
             self._record_upload(run, n, existing.name, mime, spent, context)
             return None
         budget = self.settings.gemini_budget_s
@@ -204,9 +309,9 @@ class Generation:
         try:
             image = self.generator.generate(
                 job.model,
-                job.prompt,
+                run.prompt,
                 run.references,
-                seed=n,
+                seed=run.seed if run.seed is not None else n,
                 aspect_ratio=run.aspect_ratio,
                 image_size=run.image_size,
                 thinking_level=(
@@ -225,9 +330,9 @@ class Generation:
         except TransientError as exc:
             context["duration_ms"] = _ms_since(begin)
             return self._attempt_failed(run, n, exc, context)
-        spent = self._spent(run, image.usage)
+        spent = self._spent(run, n, image.usage)
         name, created = store_image(
-            self.objects, self.settings.images_bucket, self.names, job, n, image, spent
+            self.objects, self.settings.images_bucket, self.names, job, n, image, spent, run.version
         )
         context["duration_ms"] = _ms_since(begin)
         if not created:
@@ -310,7 +415,9 @@ class Generation:
         give_up = time.monotonic() + max(0.0, wait_s)
         while True:
             claim = run.entry.apply(
-                lambda j: transitions.claim(j, n, run.claim_id, self.clock(), lease, budget)
+                lambda j: transitions.claim(
+                    j, n, run.claim_id, self.clock(), lease, budget, run.version
+                )
             ).value
             if claim.outcome == VariantClaim.CLAIMED:
                 log.info(
@@ -343,7 +450,9 @@ class Generation:
 
     def _release(self, run: _Run, n: int, reason: str, context: Context) -> TransientError:
         """Give the claim back unused (a wait): a redelivery makes the variant."""
-        run.entry.apply(lambda j: transitions.release(j, n, run.claim_id, self.clock()))
+        run.entry.apply(
+            lambda j: transitions.release(j, n, run.claim_id, self.clock(), run.version)
+        )
         log.info(
             "variant handed back",
             extra={**context, "state": "pending", "error": reason, "event": "variant_released"},
@@ -357,7 +466,9 @@ class Generation:
         budget = self.settings.gemini_failure_budget
         reason = str(error)
         failed = run.entry.apply(
-            lambda j: transitions.attempt_failed(j, n, run.claim_id, reason, self.clock(), budget)
+            lambda j: transitions.attempt_failed(
+                j, n, run.claim_id, reason, self.clock(), budget, run.version
+            )
         )
         if failed.value:
             log.warning(
@@ -365,7 +476,7 @@ class Generation:
                 extra={
                     **context,
                     "state": "failed",
-                    "error": failed.job.variant(n).error,
+                    "error": failed.job.slot(n, run.version).error,
                     "event": "variant_failed",
                 },
             )
@@ -378,7 +489,9 @@ class Generation:
 
     def _variant_failed(self, run: _Run, n: int, reason: str, context: Context) -> None:
         run.entry.apply(
-            lambda j: transitions.variant_failed(j, n, reason, self.clock(), run.claim_id)
+            lambda j: transitions.variant_failed(
+                j, n, reason, self.clock(), run.claim_id, version=run.version
+            )
         )
         log.warning(
             "variant failed",
@@ -389,7 +502,9 @@ class Generation:
         self, run: _Run, n: int, name: str, content_type: str, spent: Spent, context: Context
     ) -> None:
         recorded = run.entry.apply(
-            lambda j: transitions.uploaded(j, n, name, content_type, self.clock(), spent)
+            lambda j: transitions.uploaded(
+                j, n, name, content_type, self.clock(), spent, run.version
+            )
         )
         if not recorded.changed:
             # The thumbnail path recorded the image (and its cost) first.
@@ -417,14 +532,19 @@ class Generation:
                 extra={**context, "error": reason, "event": "variants_failed"},
             )
 
-    def _spent(self, run: _Run, usage: Mapping[str, int]) -> Spent:
+    def _spent(self, run: _Run, n: int, usage: Mapping[str, int]) -> Spent:
         """What the image cost: its tokens at the catalog's prices, else the
         catalog's price per image (the estimate, if the model left the catalog)."""
         job = run.job
         if run.model is None:
-            return Spent(job.model, job.price_per_image, dict(usage))
+            return Spent(job.model, self._price(run, n), dict(usage))
         cost = pricing.actual_cost(run.model, "live", job.image_size or run.image_size, usage)
         return Spent(job.model, money(cost), dict(usage))
+
+    def _price(self, run: _Run, n: int) -> str:
+        """What the image was estimated at (and reserved) when it was asked for."""
+        slot = run.job.slot(n, run.version)
+        return slot.price_per_image if isinstance(slot, Version) else run.job.price_per_image
 
     def _seconds_until(self, moment: datetime) -> float:
         return (moment - self.clock()).total_seconds()

@@ -6,8 +6,10 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
+
+from pydantic import BaseModel
 
 from shared import jobs as transitions
 from shared import pricing
@@ -22,6 +24,7 @@ from shared.api_models import (
     Submitted,
     SubmittedJob,
     VariantView,
+    VersionView,
     WaitingView,
     Warning,
 )
@@ -29,19 +32,29 @@ from shared.catalog import Lane as CatalogLane
 from shared.catalog import ModelEntry
 from shared.ids import new_id, utcnow
 from shared.links import LinkSigner
-from shared.models import Batch, BatchRequest, Job, JobMessage, Lane, money
+from shared.models import (
+    AssetSize,
+    Batch,
+    BatchRequest,
+    ImageSlot,
+    Job,
+    JobMessage,
+    Lane,
+    Version,
+    money,
+)
 from shared.ports import BudgetLedger, IdempotencyStore, JobPublisher, JobStore, Usage
+from shared.services.anchors import problem
+from shared.services.exports import export_view
+from shared.services.job_references import reference_limit
 from shared.services.ledger import JobLedger
+from shared.services.once import InProgress, Replay, run_once
 from shared.services.preflight import Preflight
 from shared.settings import Settings
 
 # A request without an Idempotency-Key is keyed by its content; that key only
 # catches double submissions, so it lives much shorter than an explicit key.
 DERIVED_KEY_TTL_S = 600
-# A pending record older than this belongs to a request that died.
-PENDING_STALE_S = 120
-# The status an idempotency record keeps for an accepted batch.
-ACCEPTED = 202
 # The catalog's lane of each of ours.
 CATALOG_LANES: dict[Lane, CatalogLane] = {"live": "live", "economy": "batch"}
 ECONOMY_NOTE = (
@@ -68,11 +81,6 @@ class OverBudget:
 
 
 @dataclass(frozen=True)
-class InProgress:
-    """The same batch is being submitted by another request right now."""
-
-
-@dataclass(frozen=True)
 class ModelUnavailable:
     """The backend does not serve the batch's model (retired, unknown, not allowed)."""
 
@@ -81,6 +89,16 @@ class ModelUnavailable:
 
 
 Submission = Accepted | OverBudget | InProgress | ModelUnavailable
+
+__all__ = [
+    "Accepted",
+    "InProgress",
+    "Intake",
+    "ModelUnavailable",
+    "OverBudget",
+    "Submission",
+    "job_view",
+]
 
 
 @dataclass(frozen=True)
@@ -110,12 +128,14 @@ class Intake:
         if not check.available:
             return ModelUnavailable(model, check.reason)
         entry = self.settings.model_entry(model)
-        most = min(entry.max_reference_images, self.settings.reference_max_images)
+        most = reference_limit(self.settings, model)
         priced: list[tuple[PlanJob, pricing.Estimate]] = []
         by_lane: dict[Lane, Decimal] = {"live": Decimal(0), "economy": Decimal(0)}
         for item in request.items:
             size = entry.size(item.image_size or self.settings.gemini_image_size or None)
-            references, known = pricing.references_in(item.ref_pack_public_url, most)
+            references, known = pricing.references_of(
+                [*request.style_refs, item.ref_pack_public_url], most
+            )
             lane = item.lane or request.lane
             estimates = {
                 each: pricing.estimate(
@@ -161,18 +181,7 @@ class Intake:
         return self.clock().strftime("%Y-%m-%d")
 
     def _budget(self, day: str, used: Usage, images: int, cost: Decimal) -> Budget:
-        cfg = self.settings
-        return Budget(
-            day=day,
-            images_limit=cfg.daily_image_cap,
-            images_used=used.images,
-            images_requested=images,
-            images_remaining=max(cfg.daily_image_cap - used.images, 0),
-            cost_limit_usd=money(cfg.daily_cost_cap_usd),
-            cost_used_usd=money(used.cost),
-            cost_requested_usd=money(cost),
-            cost_remaining_usd=money(max(cfg.daily_cost_cap_usd - used.cost, Decimal(0))),
-        )
+        return budget_view(self.settings, day, used, images, cost)
 
     def _warnings(self, request: BatchRequest) -> list[Warning]:
         scenes = {item.scene_id for item in request.items}
@@ -191,28 +200,19 @@ class Intake:
         self, request: BatchRequest, caller: str, idempotency_key: str | None = None
     ) -> Submission:
         """Run a live batch once per idempotency key; replays get the first answer."""
-        now = self.clock()
         ttl = self.settings.idempotency_ttl_s if idempotency_key else DERIVED_KEY_TTL_S
-        key = _scoped_key(caller, idempotency_key or _content_key(request))
-        existing = self.idempotency.begin(key, now, now + timedelta(seconds=ttl))
-        if existing is not None:
-            if existing.status:
-                return Accepted(Submitted.model_validate(existing.body), replay=True)
-            if (now - existing.created_at).total_seconds() < PENDING_STALE_S:
-                return InProgress()
-            self.idempotency.abandon(key)
-            return self.submit(request, caller, idempotency_key)
-        try:
-            outcome = self._submit(request, caller)
-        except BaseException:
-            self.idempotency.abandon(key)
-            raise
-        if isinstance(outcome, Accepted):
-            body = outcome.answer.model_dump(mode="json", by_alias=True, exclude_none=True)
-            self.idempotency.finish(key, ACCEPTED, body)
-        else:
+        key = scoped_key(caller, idempotency_key or _content_key(request))
+        outcome = run_once(
+            self.idempotency,
+            key,
+            self.clock(),
+            ttl,
+            lambda: self._submit(request, caller),
             # A refusal (budget, model) is not a first answer to keep: a retry may pass.
-            self.idempotency.abandon(key)
+            lambda done: kept_answer(done.answer) if isinstance(done, Accepted) else None,
+        )
+        if isinstance(outcome, Replay):
+            return Accepted(Submitted.model_validate(outcome.body), replay=True)
         return outcome
 
     def _submit(
@@ -266,6 +266,7 @@ class Intake:
                 model=plan.model,
                 lane=planned.lane,
                 price_per_image=planned.estimated_cost_per_image_usd,
+                style_refs=list(request.style_refs),
                 budget_day=plan.budget.day,
                 created_at=now,
                 updated_at=now,
@@ -321,6 +322,23 @@ class Intake:
     def _fail(self, job_id: str, reason: str) -> None:
         self.ledger.apply(job_id, lambda job: transitions.fail_job(job, reason, self.clock()))
 
+    def anchor_problems(
+        self, request: BatchRequest, caller: str, admin: bool = False
+    ) -> list[dict[str, str]]:
+        """Style anchors that name no output this caller may see, by field."""
+        named = [(f"style_refs[{i}]", ref) for i, ref in enumerate(request.style_refs)]
+        named += [
+            (f"items[{i}].ref_pack_public_url", item.ref_pack_public_url)
+            for i, item in enumerate(request.items)
+            if item.ref_pack_public_url
+        ]
+        found = []
+        for field, ref in named:
+            reason = problem(self.store, ref, request.spreadsheet_id, caller, admin)
+            if reason is not None:
+                found.append({"field": field, "reason": reason})
+        return found
+
     # ---------------------------------------------------------------- status
     def job_status(self, job_id: str, caller: str, admin: bool = False) -> JobView | None:
         """The job as its caller sees it; None if missing or someone else's."""
@@ -346,6 +364,7 @@ class Intake:
             cost_usd=money(sum((job.cost() for job in jobs), Decimal(0))),
             counts=counts,
             jobs=[job_view(job, self.links) for job in jobs],
+            export=export_view(batch.batch_id, batch.export, self.links),
         )
 
 
@@ -374,27 +393,48 @@ def _content_key(request: BatchRequest) -> str:
     return "content:" + json.dumps(canonical, sort_keys=True)
 
 
-def _scoped_key(caller: str, key: str) -> str:
+def scoped_key(caller: str, key: str) -> str:
     """Keys are per caller, so one caller can never replay another's answer."""
     return hashlib.sha256(f"{caller}\0{key}".encode()).hexdigest()
 
 
+def budget_view(cfg: Settings, day: str, used: Usage, images: int, cost: Decimal) -> Budget:
+    """The caller's day as an answer shows it, with what this request asks for."""
+    return Budget(
+        day=day,
+        images_limit=cfg.daily_image_cap,
+        images_used=used.images,
+        images_requested=images,
+        images_remaining=max(cfg.daily_image_cap - used.images, 0),
+        cost_limit_usd=money(cfg.daily_cost_cap_usd),
+        cost_used_usd=money(used.cost),
+        cost_requested_usd=money(cost),
+        cost_remaining_usd=money(max(cfg.daily_cost_cap_usd - used.cost, Decimal(0))),
+    )
+
+
+def kept_answer(answer: BaseModel) -> dict[str, object]:
+    """An answer as an idempotency record keeps it, to replay it unchanged."""
+    return answer.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
 def job_view(job: Job, links: LinkSigner) -> JobView:
-    """Public view of a job, with durable links to finished images."""
+    """Public view of a job, with durable links to finished images (every version)."""
     variants = []
     for key in sorted(job.variants, key=int):
         v = job.variants[key]
+        current, shown = v.current()
         variants.append(
             VariantView(
                 variant=v.n,
                 state=v.state.value,
                 error=v.error,
-                image_url=links.link(job.job_id, v.n, "full") if v.asset_name("full") else None,
-                thumbnail_url=(
-                    links.link(job.job_id, v.n, "thumb") if v.asset_name("thumb") else None
-                ),
+                image_url=_link(links, job, v.n, current, shown, "full"),
+                thumbnail_url=_link(links, job, v.n, current, shown, "thumb"),
                 cost_usd=v.cost_usd,
                 failures=v.failures,
+                current_version=current,
+                versions=[_version_view(links, job, v.n, k, slot) for k, slot in v.slots()],
             )
         )
     progress = transitions.progress(job)
@@ -426,5 +466,29 @@ def job_view(job: Job, links: LinkSigner) -> JobView:
         started_at=job.started_at.isoformat() if job.started_at else None,
         finished_at=job.finished_at.isoformat() if job.finished_at else None,
         duration_s=duration,
+        cancelled_at=job.cancelled_at.isoformat() if job.cancelled_at else None,
         cost_usd=money(job.cost()),
+    )
+
+
+def _link(
+    links: LinkSigner, job: Job, n: int, version: int, slot: ImageSlot, size: AssetSize
+) -> str | None:
+    return links.link(job.job_id, n, size, version) if slot.asset_name(size) else None
+
+
+def _version_view(links: LinkSigner, job: Job, n: int, number: int, slot: ImageSlot) -> VersionView:
+    asked = slot.requested_at if isinstance(slot, Version) else job.created_at
+    return VersionView(
+        version=number,
+        kind=slot.kind if isinstance(slot, Version) else "original",
+        state=slot.state.value,
+        instruction=slot.instruction if isinstance(slot, Version) else None,
+        error=slot.error,
+        image_url=_link(links, job, n, number, slot, "full"),
+        thumbnail_url=_link(links, job, n, number, slot, "thumb"),
+        cost_usd=slot.cost_usd,
+        model=slot.model,
+        created_at=asked.isoformat(),
+        generated_at=slot.generated_at.isoformat() if slot.generated_at else None,
     )

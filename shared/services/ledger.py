@@ -6,7 +6,11 @@ of the run that was written is the one returned), tells whether it changed the
 job and whether this very change finished it, logs ``job_finished`` exactly
 once per job, and keeps the scene's sheet row in step with the job: a row that
 a change made stale is written in the background while the delivery goes on,
-and a delivery does not end before its job's row is current.
+and a delivery does not end before its job's row is current. It also settles
+the daily budget: each image's reservation becomes what the image cost, or is
+given back for an image never made (failed, or cancelled unmade), once per
+image and version (the budget ledger keeps which images it settled, so a retry
+settles nothing twice).
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Generic, TypeVar
 
+from shared import jobs as transitions
 from shared.ids import utcnow
-from shared.jobs import mark_settled, settlement
 from shared.models import Job, money
 from shared.ports import BudgetLedger, JobStore
 from shared.services.sheet_sync import SheetSync
@@ -44,7 +49,8 @@ class Applied(Generic[R]):
 
 
 class JobLedger:
-    """The one writer of jobs. ``rows`` is None where no sheet is written (intake)."""
+    """The one writer of jobs. ``rows`` is None where no sheet is written (intake);
+    ``budget`` None where no image's budget is settled."""
 
     def __init__(
         self,
@@ -118,16 +124,30 @@ class JobLedger:
         return applied
 
     def _settle_budget(self, job: Job) -> None:
-        """Turn each finished variant's reserved estimate into its actual cost, once:
-        the usage record remembers the variant (so a retry corrects nothing twice),
-        then the job does (so later changes skip it)."""
-        if self.budget is None or job.budget_day is None:
+        """Correct each ended image's reservation (every version) once: to what it
+        actually cost, or, for an image never made (failed, or cancelled unmade),
+        all of it given back. The usage record remembers the image's key (so a
+        retry corrects nothing twice), then the job does (so later changes skip it)."""
+        if self.budget is None:
             return
-        due = {n: s for n in range(1, job.variant_count + 1) if (s := settlement(job, n))}
-        for n, (images, cost) in due.items():
-            self.budget.settle(job.caller, job.budget_day, f"{job.job_id}/{n}", images, cost)
-        if due:
-            self._change(job.job_id, lambda j: mark_settled(j, list(due), self.clock()))
+        due = transitions.settlements(job)
+        if not due:
+            return
+        for image in due:
+            self.budget.settle(image.caller, image.day, image.key, image.images, image.cost)
+        images = [(image.n, image.version) for image in due]
+        self._change(job.job_id, lambda j: transitions.mark_settled(j, images, self.clock()))
+        given_back = [image for image in due if image.images < 0]
+        if given_back:
+            log.info(
+                "budget given back for images never made",
+                extra={
+                    "job_id": job.job_id,
+                    "event": "budget_refunded",
+                    "images": len(given_back),
+                    "cost_usd": money(-sum((image.cost for image in given_back), Decimal(0))),
+                },
+            )
 
 
 class JobEntry:

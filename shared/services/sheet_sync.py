@@ -37,7 +37,8 @@ ERROR_COLUMN = "error_img"
 
 
 def row_cells(job: Job, links: LinkSigner) -> dict[str, Cell]:
-    """The cells of the job's row, by header name.
+    """The cells of the job's row, by header name; each image cell shows the
+    variant's newest finished version.
 
     ``error_img`` is written only when the sheet has such a column.
     """
@@ -48,8 +49,9 @@ def row_cells(job: Job, links: LinkSigner) -> dict[str, Cell]:
     }
     for key in sorted(job.variants, key=int):
         variant = job.variants[key]
-        if variant.asset_name("thumb") is not None:
-            url = links.link(job.job_id, variant.n, "thumb").replace('"', '""')
+        number, shown = variant.current()  # the newest version with a finished image
+        if shown.asset_name("thumb") is not None:
+            url = links.link(job.job_id, variant.n, "thumb", number).replace('"', '""')
             cells[f"nano_img_{variant.n}"] = Formula(f'=IMAGE("{url}")')
     return cells
 

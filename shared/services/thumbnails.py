@@ -71,23 +71,26 @@ class Thumbnails:
         if reason is not None or key is None:
             log.info("notification skipped: %s", reason, extra={"object": obj.name})
             return
-        n = key.n
-        context = {"job_id": key.job_id, "variant": n, "object": obj.name}
+        n, version = key.n, key.version
+        context = {"job_id": key.job_id, "variant": n, "version": version, "object": obj.name}
         # The image's cost travels in its metadata: recorded here too, so it is
         # never lost whichever of generation and this path records the variant first.
         spent = recorded_spent(obj.metadata)
         job = self.ledger.get(key.job_id)
-        if job is None or str(n) not in job.variants:
-            log.error("no such job or variant; notification dropped", extra=context)
+        try:
+            variant = job.slot(n, version) if job is not None else None
+        except KeyError:
+            variant = None
+        if job is None or variant is None:
+            log.error("no such job, variant or version; notification dropped", extra=context)
             return
         with self.ledger.entry(job) as entry:
-            variant = job.variant(n)
             if variant.state in TERMINAL_VARIANT_STATES:
                 # A redelivered event: the ledger writes the row if a write failed.
                 if variant.cost_usd is None and spent is not None:
                     entry.apply(
                         lambda j: transitions.uploaded(
-                            j, n, obj.name, obj.content_type, self.clock(), spent
+                            j, n, obj.name, obj.content_type, self.clock(), spent, version
                         )
                     )
                 return
@@ -99,7 +102,9 @@ class Thumbnails:
             except (PermanentError, NotFound) as exc:
                 reason = f"thumbnail: {exc}"
                 entry.apply(
-                    lambda j: transitions.variant_failed(j, n, reason, self.clock(), spent=spent)
+                    lambda j: transitions.variant_failed(
+                        j, n, reason, self.clock(), spent=spent, version=version
+                    )
                 )
                 log.warning("variant failed", extra={**context, "state": "failed", "error": reason})
                 return
@@ -113,6 +118,8 @@ class Thumbnails:
                 thumbnail_metadata(obj.name, key),
             )
             entry.apply(
-                lambda j: transitions.thumbnail_done(j, n, obj.name, thumb, self.clock(), spent)
+                lambda j: transitions.thumbnail_done(
+                    j, n, obj.name, thumb, self.clock(), spent, version
+                )
             )
             log.info("thumbnail done", extra={**context, "state": "done"})

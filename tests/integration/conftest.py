@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from devstack.stack import HEADER, Stack, StackConfig, emulator_env, sheets_clie
 
 pytestmark = pytest.mark.integration
 
-TERMINAL = {"completed", "partial", "failed"}
+TERMINAL = {"completed", "partial", "failed", "cancelled"}
 
 
 @dataclass
@@ -103,6 +105,19 @@ class LiveStack:
         answer.raise_for_status()
         data: dict[str, Any] = answer.json()
         return data
+
+
+def push_body(message: Mapping[str, Any], message_id: str) -> dict[str, Any]:
+    """A Pub/Sub push request as a redelivery of ``message`` would arrive."""
+    return {
+        "message": {
+            "data": base64.b64encode(json.dumps(message).encode()).decode(),
+            "attributes": {},
+            "messageId": message_id,
+            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        },
+        "subscription": "projects/local-project/subscriptions/test-redelivery",
+    }
 
 
 def function_log_entries(state_dir: Path) -> list[dict[str, Any]]:

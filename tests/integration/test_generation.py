@@ -9,7 +9,6 @@ takeover of a dead delivery's claim all happen within seconds.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import io
 import json
@@ -25,7 +24,6 @@ import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,12 @@ import requests
 from PIL import Image
 
 from devstack.stack import REPO, Stack, StackConfig, emulator_env, free_port
-from tests.integration.conftest import LiveStack, assert_each_job_finished_once, live_handles
+from tests.integration.conftest import (
+    LiveStack,
+    assert_each_job_finished_once,
+    live_handles,
+    push_body,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +51,7 @@ FUNCTION_ENV = {
     "CLAIM_WAIT_S": "30",
     "LINK_SIGNING_KEY": LINK_SIGNING_KEY,
 }
-TERMINAL = {"completed", "partial", "failed"}
+TERMINAL = {"completed", "partial", "failed", "cancelled"}
 
 
 @dataclass
@@ -134,18 +137,6 @@ def gen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GenStack]:
 @pytest.fixture
 def tag() -> str:
     return uuid.uuid4().hex[:6]
-
-
-def push_body(message: dict[str, str], message_id: str) -> dict[str, Any]:
-    return {
-        "message": {
-            "data": base64.b64encode(json.dumps(message).encode()).decode(),
-            "attributes": {},
-            "messageId": message_id,
-            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        },
-        "subscription": "projects/local-project/subscriptions/test-redelivery",
-    }
 
 
 # --------------------------------------------------------------------------- answers

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import re
@@ -12,7 +11,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.integration.conftest import LiveStack
+from tests.integration.conftest import LiveStack, push_body
 
 pytestmark = pytest.mark.integration
 
@@ -153,17 +152,8 @@ def test_redelivered_job_message_pays_nothing_twice(
     topic = stack.publisher.topic_path(stack.env["GOOGLE_CLOUD_PROJECT"], stack.env["JOBS_TOPIC"])
     stack.publisher.publish(topic, json.dumps(message).encode()).result(timeout=30)
     # Deliver it straight to the function too, as a redelivery would.
-    push = {
-        "message": {
-            "data": base64.b64encode(json.dumps(message).encode()).decode(),
-            "attributes": {},
-            "messageId": "redelivery-1",
-            "publishTime": "2026-01-01T00:00:00Z",
-        },
-        "subscription": "projects/local-project/subscriptions/replay",
-    }
     url = f"{stack.env['GENERATE_URL']}/projects/local-project/topics/{stack.env['JOBS_TOPIC']}"
-    assert requests.post(url, json=push, timeout=60).status_code < 300
+    assert requests.post(url, json=push_body(message, "redelivery-1"), timeout=60).status_code < 300
     assert stack.gemini("stats")["generated"] == generated
     objects = list(
         stack.storage.list_blobs(stack.env["IMAGES_BUCKET"], prefix=f"images/{job['scene_id']}/")

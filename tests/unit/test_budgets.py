@@ -39,6 +39,7 @@ def test_default_longest_paths() -> None:
     assert budgets.longest_path_s(s, "make_thumbnails") == pytest.approx(300.25)
     assert budgets.longest_path_s(s, "handle_dead_letters") == pytest.approx(150.25)
     assert budgets.longest_path_s(s, "http_api") == pytest.approx(120)
+    assert budgets.longest_path_s(s, "export_batch") == pytest.approx(540)
 
 
 def test_generate_path_counts_the_delivery_and_the_final_sheet_write() -> None:

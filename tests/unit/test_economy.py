@@ -399,6 +399,74 @@ def test_economy_images_settle_the_budget_at_the_batch_price(
     assert budget.used[("alice", day)] == Usage(1, Decimal("0.0335"))
 
 
+# --------------------------------------------------------------------------- cancel
+
+
+def test_a_cancel_stops_unsubmitted_economy_variants_and_keeps_what_the_batch_makes(
+    make_economy: Build,
+    store: FakeJobStore,
+    runner: FakeBatchRunner,
+    ledger: JobLedger,
+    budget: Any,
+    sheet_writer: FakeSheetWriter,
+) -> None:
+    from shared.jobs import CancelOutcome
+    from shared.ports import Usage
+
+    day = T0.strftime("%Y-%m-%d")
+    budget.used[("alice", day)] = Usage(3, Decimal("0.1005"))
+    store.add(economy_job("job_a", 2, budget_day=day), economy_job("job_b", 1, budget_day=day))
+    # Cancelled before a tick: its variant never goes into a Gemini batch.
+    stopped = ledger.apply("job_b", lambda j: transitions.cancel(j, "alice", T0)).value
+    assert (stopped.outcome, stopped.stopped) == (CancelOutcome.CANCELLED, 1)
+    economy = make_economy()
+    economy.tick()
+    (name,) = runner.submits
+    assert [line.key for line in runner.batches[name].lines] == ["job_a/1", "job_a/2"]
+    # Cancelled while its batch runs: its variants are running ones and stay batched.
+    running = ledger.apply("job_a", lambda j: transitions.cancel(j, "alice", T0)).value
+    assert (running.outcome, running.stopped, running.running) == (CancelOutcome.CANCELLING, 0, 2)
+    assert {store.job("job_a").variant(n).state for n in (1, 2)} == {VariantState.BATCHED}
+    assert sheet_writer.row("sc-job_a")["status_img"] == Text("cancelling (0/2)")
+    # The batch makes one and gives the other back unmade: kept, and cancelled.
+    runner.batches[name].results["job_a/2"] = LineResult("job_a/2", error="no image")
+    runner.set_state(name, "succeeded")
+    economy.tick()
+    job = store.job("job_a")
+    assert job.variant(1).state == VariantState.UPLOADED and job.variant(1).cost_usd == "0.0335"
+    assert job.variant(2).state == VariantState.CANCELLED
+    finished, _ = transitions.thumbnail_done(job, 1, "a", "t", T0)
+    assert finished is not None and finished.state == JobState.CANCELLED
+    # Both unmade images gave their estimate back, the made one cost what it cost.
+    assert budget.used[("alice", day)] == Usage(1, Decimal("0.0335"))
+
+
+@pytest.mark.parametrize("on_expiry", ["live", "fail"])
+def test_a_cancelled_jobs_variants_an_ended_batch_did_not_make_are_cancelled_not_sent_on(
+    make_economy: Build,
+    store: FakeJobStore,
+    runner: FakeBatchRunner,
+    publisher: FakePublisher,
+    ledger: JobLedger,
+    budget: Any,
+    on_expiry: str,
+) -> None:
+    from shared.ports import Usage
+
+    day = T0.strftime("%Y-%m-%d")
+    budget.used[("alice", day)] = Usage(2, Decimal("0.0670"))
+    store.add(economy_job("job_a", 2, budget_day=day))
+    make_economy(economy_on_expiry=on_expiry).tick()
+    ledger.apply("job_a", lambda j: transitions.cancel(j, "alice", T0))
+    runner.set_state(runner.submits[0], "expired")
+    report = make_economy(economy_on_expiry=on_expiry).tick()
+    job = store.job("job_a")
+    assert job.state == JobState.CANCELLED
+    assert {job.variant(n).state for n in (1, 2)} == {VariantState.CANCELLED}
+    assert publisher.published == [] and report.variants_to_live == 0
+    assert budget.used[("alice", day)] == Usage(0, Decimal(0))
+
+
 def _lease() -> Any:
     from datetime import timedelta
 

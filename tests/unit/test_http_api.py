@@ -204,7 +204,8 @@ def test_invalid_batch_lists_every_offending_field(
     assert reasons["items[0].variants"] == "must be between 1 and 4"
     assert reasons["items[1].scene_id"].startswith("must be 1-64 characters")
     assert reasons["items[1].ref_pack_public_url"] == (
-        f"must be an https:// URL or a gs://{IMAGES_BUCKET}/refs/ object"
+        f"must be an https:// URL, a gs://{IMAGES_BUCKET}/refs/ object or an earlier output "
+        "(scene:<scene_id>#<variant> or job:<job_id>#<variant>)"
     )
     assert reasons["unexpected"] == "Extra inputs are not permitted"
     assert store.writes == []

@@ -534,6 +534,7 @@ def test_secrets_go_where_they_are_read(evaluated: dict[str, Any]) -> None:
         "thumbnail": {"LINK_SIGNING_KEY"},
         "dead_letter": {"LINK_SIGNING_KEY"},
         "economy": {"GEMINI_API_KEY", "LINK_SIGNING_KEY"},
+        "export": set(),
     }
 
 
@@ -707,10 +708,14 @@ def test_topic_defaults_match_code_and_devstack(evaluated: dict[str, Any]) -> No
     assert pubsub["jobs_topic"] == stack.jobs_topic
     assert pubsub["gcs_events_topic"] == stack.gcs_topic
     assert pubsub["dead_letter_topic"] == stack.dead_letter_topic
+    assert pubsub["exports_topic"] == stack.exports_topic
+    assert pubsub["exports_topic"] == Settings.model_fields["exports_topic"].default
     assert pubsub["max_delivery_attempts"] == stack.max_delivery_attempts
     assert locals_()["topics"]["jobs"]["name"] == "${var.pubsub.jobs_topic}"
     assert locals_()["topics"]["gcs_events"]["name"] == "${var.pubsub.gcs_events_topic}"
     assert locals_()["topics"]["dead_letter"]["name"] == "${var.pubsub.dead_letter_topic}"
+    assert locals_()["topics"]["exports"]["name"] == "${var.pubsub.exports_topic}"
+    assert functions(evaluated)["api"]["env"]["EXPORTS_TOPIC"] == pubsub["exports_topic"]
     assert list(resources("google_pubsub_topic")) == ["this"]
     assert functions(evaluated)["api"]["env"]["JOBS_TOPIC"] == pubsub["jobs_topic"]
     publishers = locals_()["topic_publishers"]
@@ -725,11 +730,16 @@ def test_push_subscriptions_are_wired_like_the_devstack(evaluated: dict[str, Any
         "generate": '${google_pubsub_topic.this["jobs"].name}',
         "thumbnail": '${google_pubsub_topic.this["gcs_events"].name}',
         "dead_letter": '${google_pubsub_topic.this["dead_letter"].name}',
+        "export": '${google_pubsub_topic.this["exports"].name}',
     }
     assert {key: sub["function"] for key, sub in subs.items()} == {k: k for k in subs}
     pushed = {key for key, spec in functions(evaluated).items() if not spec["public"]}
     assert set(subs) == pushed - {"economy"}  # scheduled, not pushed
-    assert {key for key, sub in subs.items() if sub["dead_letter"]} == {"generate", "thumbnail"}
+    assert {key for key, sub in subs.items() if sub["dead_letter"]} == {
+        "generate",
+        "thumbnail",
+        "export",
+    }
     push = resources("google_pubsub_subscription")["push"]
     endpoint = push["push_config"][0]["push_endpoint"]
     assert endpoint.endswith("/projects/${var.project_id}/topics/${each.value.topic}")
@@ -738,7 +748,11 @@ def test_push_subscriptions_are_wired_like_the_devstack(evaluated: dict[str, Any
     )
     assert push["ack_deadline_seconds"] == "${var.pubsub.ack_deadline_seconds}"
     # Subscription names as the dev stack creates them: f"{cfg.jobs_topic}-generate", ...
-    stack_topic = {"jobs_topic": "jobs_topic", "gcs_events_topic": "gcs_topic"}
+    stack_topic = {
+        "jobs_topic": "jobs_topic",
+        "gcs_events_topic": "gcs_topic",
+        "exports_topic": "exports_topic",
+    }
     stack_names = set(
         re.findall(r'f"\{cfg\.(\w+)\}-(\w+)"', (REPO / "devstack/stack.py").read_text())
     )

@@ -14,6 +14,8 @@ from tests.fakes import make_job
 
 LIMITS = Limits(max_items=3, max_variants=4, max_prompt_chars=50, images_bucket="imgs")
 
+ANCHORS = "scene:<scene_id>#<variant> or job:<job_id>#<variant>"
+
 
 def item(**overrides: Any) -> dict[str, Any]:
     values: dict[str, Any] = {"scene_id": "sc-001", "prompt": "a fox", "variants": 2}
@@ -143,14 +145,20 @@ def test_ref_url_refused(url: str) -> None:
     assert errors == [
         (
             ("items", 0, "ref_pack_public_url"),
-            "Value error, must be an https:// URL or a gs://imgs/ object",
+            "Value error, must be an https:// URL, a gs://imgs/ object or an earlier output "
+            f"({ANCHORS})",
         )
     ]
 
 
 def test_gs_ref_url_refused_without_images_bucket() -> None:
     errors = errors_of(payload(item(ref_pack_public_url="gs://imgs/a")), Limits())
-    assert errors == [(("items", 0, "ref_pack_public_url"), "Value error, must be an https:// URL")]
+    assert errors == [
+        (
+            ("items", 0, "ref_pack_public_url"),
+            f"Value error, must be an https:// URL or an earlier output ({ANCHORS})",
+        )
+    ]
 
 
 @pytest.mark.parametrize("url", ["", "   ", None])
@@ -303,4 +311,4 @@ def test_gs_references_only_under_the_references_prefix(url: str, ok: bool) -> N
     else:
         ((loc, msg),) = errors_of(payload(item(ref_pack_public_url=url)), limits)
         assert loc == ("items", 0, "ref_pack_public_url")
-        assert "an https:// URL or a gs://images-bucket/refs/ object" in msg
+        assert "an https:// URL, a gs://images-bucket/refs/ object or an earlier output" in msg

@@ -162,7 +162,9 @@ def test_hostile_input_settings_have_safe_defaults(base_env: pytest.MonkeyPatch)
     [
         ("REFERENCES_PREFIX", "refs", "must end with '/'"),
         ("REFERENCES_PREFIX", "images/refs/", "outside IMAGES_PREFIX"),
-        ("REFERENCES_PREFIX", "thumbnails/", "outside IMAGES_PREFIX and THUMBNAILS_PREFIX"),
+        ("REFERENCES_PREFIX", "thumbnails/", "outside IMAGES_PREFIX, THUMBNAILS_PREFIX"),
+        # Hand-over zips are other callers' images too.
+        ("REFERENCES_PREFIX", "exports/", "and EXPORTS_PREFIX"),
         ("SIGNED_URL_REUSE_S", str(12 * 3600 + 1), "SIGNED_URL_REUSE_S"),
     ],
 )

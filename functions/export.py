@@ -1,0 +1,27 @@
+"""Pub/Sub-pushed entry point: write a batch's hand-over zip."""
+
+from __future__ import annotations
+
+import logging
+
+import functions_framework
+from cloudevents.http import CloudEvent
+
+from functions import wiring
+from shared.errors import PermanentError
+from shared.events import export_message, push_message
+from shared.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+@functions_framework.cloud_event
+def export_batch(cloud_event: CloudEvent) -> None:
+    """Return acknowledges the message; a raised error has it redelivered."""
+    setup_logging()
+    try:
+        message = export_message(push_message(cloud_event.data))
+    except PermanentError as exc:
+        log.error("message dropped: %s", exc, extra={"event": cloud_event["id"]})
+        return
+    wiring.exporter().handle(message)

@@ -1,0 +1,298 @@
+"""The hand-over zip of a batch: asked for over HTTP, written in the background.
+
+The exporter streams every kept image, one at a time, from the images bucket
+into one zip that is itself uploaded as a stream (a resumable upload, a chunk at
+a time), so its memory stays bounded whatever the batch's size. The zip holds
+``{scene_id}/var_{n}[_v{k}].{ext}`` at full size and a ``manifest.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import IO, BinaryIO
+
+from shared import exports as transitions
+from shared.api_models import ExportView
+from shared.errors import NotFound, PermanentError
+from shared.ids import new_id, utcnow
+from shared.links import LinkSigner
+from shared.models import Batch, Export, ExportMessage, Job, Version
+from shared.objects import export_name, variant_file
+from shared.ports import ExportPublisher, JobStore, ObjectStore
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.csv"
+MANIFEST_COLUMNS = (
+    "scene",
+    "variant",
+    "version",
+    "prompt",
+    "instruction",
+    "model",
+    "cost",
+    "created",
+    "file",
+)
+ZIP_CONTENT_TYPE = "application/zip"
+
+
+def export_view(batch_id: str, export: Export | None, links: LinkSigner) -> ExportView | None:
+    if export is None:
+        return None
+    done = export.state == "done"
+    return ExportView(
+        export_id=export.export_id,
+        state=export.state,
+        requested_at=export.requested_at.isoformat(),
+        started_at=export.started_at.isoformat() if export.started_at else None,
+        finished_at=export.finished_at.isoformat() if export.finished_at else None,
+        images=export.images,
+        bytes=export.bytes,
+        download_url=links.export_link(batch_id, export.export_id) if done else None,
+        error=export.error,
+    )
+
+
+@dataclass(frozen=True)
+class Exports:
+    """The HTTP function's side: ask for a zip, and find the one a link names."""
+
+    store: JobStore
+    publisher: ExportPublisher
+    links: LinkSigner
+    clock: Callable[[], datetime] = utcnow
+    ids: Callable[[str], str] = new_id
+
+    def request(self, batch_id: str, caller: str, admin: bool = False) -> ExportView | None:
+        """Queue a zip of the batch (or answer the one still being made); None if the
+        batch is missing or someone else's. Raises TransientError if it cannot be queued."""
+        batch = self.store.get_batch(batch_id)
+        if batch is None or (batch.caller != caller and not admin):
+            return None
+        export_id = self.ids("exp")
+        export, created = self.store.update_batch(
+            batch_id, lambda b: transitions.request(b, export_id, caller, self.clock())
+        )
+        if created:
+            try:
+                self.publisher.publish_export(
+                    ExportMessage(batch_id=batch_id, export_id=export.export_id)
+                )
+            except Exception as exc:
+                reason = f"could not be queued: {exc}"
+                self.store.update_batch(
+                    batch_id, lambda b: transitions.fail(b, export_id, reason, self.clock())
+                )
+                raise
+            log.info(
+                "export requested",
+                extra={"batch_id": batch_id, "event": "export_requested", "export": export_id},
+            )
+        return export_view(batch_id, export, self.links)
+
+    def finished_zip(self, batch_id: str, export_id: str) -> str | None:
+        """The object of a finished zip, if this is the batch's latest."""
+        batch = self.store.get_batch(batch_id)
+        export = batch.export if batch is not None else None
+        if export is None or export.export_id != export_id or export.state != "done":
+            return None
+        return export.object_name
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image of the zip, with its manifest row."""
+
+    path: str  # inside the zip
+    object_name: str
+    row: dict[str, str]
+
+
+def kept_images(jobs: Sequence[Job]) -> list[Entry]:
+    """Every image that exists, every version, in scene, variant and version order."""
+    entries = []
+    for job in sorted(jobs, key=lambda j: (j.scene_id, j.job_id)):
+        for key in sorted(job.variants, key=int):
+            variant = job.variants[key]
+            for number, slot in variant.slots():
+                if not slot.kept or slot.object_name is None:
+                    continue
+                extension = slot.object_name.rsplit(".", 1)[-1]
+                path = f"{job.scene_id}/{variant_file(variant.n, number)}.{extension}"
+                made = slot.generated_at or slot.done_at or job.created_at
+                entries.append(
+                    Entry(
+                        path,
+                        slot.object_name,
+                        {
+                            "scene": job.scene_id,
+                            "variant": str(variant.n),
+                            "version": str(number),
+                            "prompt": job.prompt,
+                            "instruction": (
+                                slot.instruction or "" if isinstance(slot, Version) else ""
+                            ),
+                            "model": slot.model or job.model,
+                            "cost": slot.cost_usd or "",
+                            "created": made.isoformat(),
+                            "file": path,
+                        },
+                    )
+                )
+    return entries
+
+
+def write_zip(
+    out: BinaryIO,
+    entries: Sequence[Entry],
+    copy: Callable[[str, BinaryIO], None],
+    time_left: Callable[[], bool] = lambda: True,
+) -> int:
+    """The zip, member by member, into an unseekable stream; how many images it holds.
+
+    ``copy(object_name, member)`` streams one image into its member. An image that
+    is gone by now is left out (and out of the manifest), with a warning. When
+    ``time_left()`` says no before an image, the zip is abandoned (PermanentError).
+    """
+    rows = []
+    with zipfile.ZipFile(out, "w", allowZip64=True) as archive:
+        for done, entry in enumerate(entries):
+            if not time_left():
+                raise PermanentError(
+                    f"the batch is too large to zip within EXPORT_DEADLINE_S: "
+                    f"{done} of {len(entries)} images were written"
+                )
+            info = zipfile.ZipInfo(entry.path, date_time=_zip_time(entry.row["created"]))
+            # Images are compressed already: stored as they are, no CPU spent.
+            info.compress_type = zipfile.ZIP_STORED
+            member = _Member(archive, info)
+            try:
+                copy(entry.object_name, member)  # type: ignore[arg-type]
+            except NotFound:
+                # Raised before any byte arrives, so no member was started.
+                log.warning("image gone; left out of the zip", extra={"object": entry.object_name})
+                continue
+            member.close()
+            rows.append(entry.row)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(_safe(row) for row in rows)
+        archive.writestr(MANIFEST, text.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
+    return len(rows)
+
+
+class _Member:
+    """A zip member opened on its first byte, so an image that turns out to be gone
+    leaves no empty member behind."""
+
+    def __init__(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+        self._archive = archive
+        self._info = info
+        self._out: IO[bytes] | None = None
+
+    def write(self, data: bytes) -> int:
+        if self._out is None:
+            self._out = self._archive.open(self._info, "w")
+        return self._out.write(data)
+
+    def flush(self) -> None:
+        """Members are written through as the data comes."""
+
+    def close(self) -> None:
+        if self._out is None:  # an empty image
+            self._out = self._archive.open(self._info, "w")
+        self._out.close()
+
+
+def _safe(row: dict[str, str]) -> dict[str, str]:
+    """Cells a spreadsheet would run as formulas get a leading apostrophe."""
+    return {k: ("'" + v if v[:1] in ("=", "+", "-", "@") else v) for k, v in row.items()}
+
+
+def _zip_time(iso: str) -> tuple[int, int, int, int, int, int]:
+    moment = datetime.fromisoformat(iso)
+    return (
+        max(moment.year, 1980),
+        moment.month,
+        moment.day,
+        moment.hour,
+        moment.minute,
+        moment.second,
+    )
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """The export function's work: one message, one zip, exactly one record of it."""
+
+    settings: Settings
+    store: JobStore
+    objects: ObjectStore
+    clock: Callable[[], datetime] = utcnow
+
+    def handle(self, message: ExportMessage) -> None:
+        """Write the zip and record it; raises (TransientError) to be retried."""
+        context: dict[str, object] = {"batch_id": message.batch_id, "export": message.export_id}
+        batch = self.store.get_batch(message.batch_id)
+        if batch is None:
+            log.error("batch not found; export dropped", extra=context)
+            return
+        started = self.store.update_batch(
+            batch.batch_id, lambda b: transitions.start(b, message.export_id, self.clock())
+        )
+        if started is None:
+            log.info("export finished or superseded; message dropped", extra=context)
+            return
+        self._write(batch, message.export_id, context)
+
+    def _write(self, batch: Batch, export_id: str, context: dict[str, object]) -> None:
+        cfg = self.settings
+        bucket = cfg.images_bucket
+        name = export_name(cfg.exports_prefix, batch.batch_id, export_id)
+        entries = kept_images(self.store.get_jobs(batch.job_ids))
+        counted: list[int] = []
+        metadata = {"batch_id": batch.batch_id, "export_id": export_id}
+
+        def copy(object_name: str, member: BinaryIO) -> None:
+            self.objects.read_into(bucket, object_name, member)
+
+        deadline = time.monotonic() + cfg.export_deadline_s
+
+        def write(out: BinaryIO) -> None:
+            counted.append(write_zip(out, entries, copy, lambda: time.monotonic() < deadline))
+
+        try:
+            size = self.objects.write_stream(bucket, name, ZIP_CONTENT_TYPE, metadata, write)
+        except PermanentError as exc:
+            reason = f"the zip could not be written: {exc}"
+            self.store.update_batch(
+                batch.batch_id, lambda b: transitions.fail(b, export_id, reason, self.clock())
+            )
+            log.warning("export failed", extra={**context, "error": reason})
+            return
+        # A zip written by a delivery that died before recording it is kept as it is.
+        images = counted[0] if counted else len(entries)
+        self.store.update_batch(
+            batch.batch_id,
+            lambda b: transitions.finish(b, export_id, name, images, size, self.clock()),
+        )
+        log.info(
+            "export done",
+            extra={
+                **context,
+                "event": "export_done",
+                "object": name,
+                "images": images,
+                "bytes": size,
+            },
+        )
