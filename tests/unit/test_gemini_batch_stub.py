@@ -8,7 +8,6 @@ SDK sends and parses.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import io
 import json
@@ -16,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,9 +31,9 @@ from devstack.gemini_stub import (
     GeminiStubServer,
     StubConfig,
     image_dimensions,
-    make_server,
     render_image,
 )
+from tests.stubs import serving
 
 MODEL = "gemini-3.1-flash-image"
 KEY = "test"
@@ -51,23 +49,10 @@ DONE = {
 # --------------------------------------------------------------------------- helpers
 
 
-@contextlib.contextmanager
-def _serve(config: StubConfig) -> Iterator[GeminiStubServer]:
-    server = make_server("127.0.0.1", 0, config)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
 @pytest.fixture
 def stub() -> Iterator[GeminiStubServer]:
     """Batches finish on their first read unless a test re-times them."""
-    with _serve(StubConfig(batch_pending_s=0, batch_running_s=0)) as server:
+    with serving(StubConfig(batch_pending_s=0, batch_running_s=0)) as server:
         yield server
 
 
@@ -673,7 +658,7 @@ def test_batches_from_missing_files_or_retired_models_are_refused(
 
 
 def test_api_key_is_checked_on_batch_and_file_calls() -> None:
-    with _serve(StubConfig(api_key="right", batch_pending_s=0, batch_running_s=0)) as server:
+    with serving(StubConfig(api_key="right", batch_pending_s=0, batch_running_s=0)) as server:
         wrong = genai.Client(api_key="wrong", http_options=types.HttpOptions(base_url=server.url))
         with pytest.raises(errors.ClientError) as info:
             list(wrong.batches.list())

@@ -3,42 +3,28 @@ Gemini stub, through the real google-genai SDK."""
 
 from __future__ import annotations
 
-import contextlib
 import io
-import threading
 from collections.abc import Iterator
 
 import pytest
 import requests
 from PIL import Image
 
-from devstack.gemini_stub import GeminiStubServer, StubConfig, image_dimensions, make_server
+from devstack.gemini_stub import GeminiStubServer, StubConfig, image_dimensions
 from shared.adapters.gemini import Backend
 from shared.adapters.gemini_batches import GeminiBatchRunner, inline_size
 from shared.errors import PermanentError, TransientError
 from shared.ports import EconomyLine, LineResult, ReferenceImage
+from tests.stubs import serving
 
 MODEL = "gemini-3.1-flash-image"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
 
 
-@contextlib.contextmanager
-def _serve(config: StubConfig) -> Iterator[GeminiStubServer]:
-    server = make_server("127.0.0.1", 0, config)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
 @pytest.fixture
 def stub() -> Iterator[GeminiStubServer]:
     config = StubConfig(batch_pending_s=0, batch_running_s=0, retired_models=("gemini-retired",))
-    with _serve(config) as server:
+    with serving(config) as server:
         yield server
 
 
