@@ -1,8 +1,8 @@
 """ReferenceLoader: one image, a zip of images or a JSON manifest of image URLs.
 
 ``gs://<images bucket>/<references prefix>...`` is read from our own bucket
-with our credentials (and, once a caller is given, that caller's own outputs
-when an ``OutputAccess`` says so); ``https://`` goes through the SSRF guard
+with our credentials (earlier outputs are referenced through style anchors,
+which check who may see them); ``https://`` goes through the SSRF guard
 (``shared.netguard``). Every image is decoded by Pillow under a format
 allowlist and a pixel limit before Gemini sees it, and a pack holds at most
 ``max_images`` of them.
@@ -52,9 +52,6 @@ _BROKEN_ZIP = (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, zlib.erro
 # Bytes a cache entry costs beyond its content, so empty entries still count.
 ENTRY_OVERHEAD = 1024
 
-# (caller, object name in the images bucket) -> may this caller use it as a reference?
-OutputAccess = Callable[[str, str], bool]
-
 
 @dataclass(frozen=True)
 class PackLimits:
@@ -96,14 +93,12 @@ class PackReferenceLoader:
         fetcher: SafeFetcher,
         limits: PackLimits,
         clock: Callable[[], float] = time.monotonic,
-        outputs: OutputAccess | None = None,
     ) -> None:
         self._objects = objects
         self._bucket = bucket
         self._fetcher = fetcher
         self._limits = limits
         self._clock = clock
-        self._outputs = outputs
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._cached_bytes = 0
         self._lock = threading.Lock()
@@ -112,25 +107,23 @@ class PackReferenceLoader:
         # as small as the number of loads in flight.
         self._url_locks: dict[str, tuple[threading.Lock, int]] = {}
 
-    def load(self, url: str, caller: str | None = None) -> list[ReferenceImage]:
-        """The pack's images; ``caller`` widens gs:// access to their own outputs."""
+    def load(self, url: str) -> list[ReferenceImage]:
+        """The pack's images, at most ``max_images`` of them."""
         if self._limits.max_images == 0:
             return []
         deadline = time.monotonic() + self._limits.timeout_s
-        top = self._entry(url, True, caller, deadline)
+        top = self._entry(url, True, deadline)
         images = list(top.images)
         for item in (top.items or [])[: self._limits.max_images]:
-            images += self._entry(item, False, caller, deadline).images
+            images += self._entry(item, False, deadline).images
         if not images:
             raise PermanentError(f"reference pack {url} holds no PNG, JPEG or WebP image")
         return images[: self._limits.max_images]
 
     # ------------------------------------------------------------------ cache
-    def _entry(
-        self, url: str, manifest_allowed: bool, caller: str | None, deadline: float
-    ) -> _Entry:
-        # Checked before the cache: another caller's load must not open it.
-        name = self._gcs_name(url, caller) if url.startswith("gs://") else None
+    def _entry(self, url: str, manifest_allowed: bool, deadline: float) -> _Entry:
+        # Checked before the cache, so a cached object never skips the check.
+        name = self._gcs_name(url) if url.startswith("gs://") else None
         with self._url_lock(url, deadline):
             with self._lock:
                 cached = self._cache.get(url)
@@ -219,7 +212,7 @@ class PackReferenceLoader:
                 self._cached_bytes -= dropped.size
 
     # ------------------------------------------------------------------ gs:// access
-    def _gcs_name(self, url: str, caller: str | None) -> str:
+    def _gcs_name(self, url: str) -> str:
         """The object name of an allowed ``gs://`` reference; PermanentError otherwise."""
         bucket = f"gs://{self._bucket}/"
         if not url.startswith(bucket):
@@ -228,9 +221,7 @@ class PackReferenceLoader:
         parts = name.split("/")
         plain = all(p not in ("", ".", "..") for p in parts) and name.isprintable()
         prefix = self._limits.gcs_prefix
-        shared = bool(prefix) and name.startswith(prefix)
-        own = caller is not None and self._outputs is not None and self._outputs(caller, name)
-        if not plain or not (shared or own):
+        if not plain or not (prefix and name.startswith(prefix)):
             raise PermanentError(self._not_allowed(url))
         return name
 

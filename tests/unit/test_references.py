@@ -1079,28 +1079,6 @@ def test_manifest_items_cannot_name_other_callers_outputs(
         make_loader().load("https://refs.example.test/m.json")
 
 
-def test_a_callers_own_outputs_are_readable_through_output_access(
-    fetcher: SafeFetcher, objects: FakeObjectStore, ticker: Ticker
-) -> None:
-    name = "images/sc-001/job_a/var_1.png"
-    objects.put(IMAGES_BUCKET, name, PNG)
-    limits = PackLimits(MB, 3, 1_000_000, 5.0, 8 * MB, 60.0)
-    loader = PackReferenceLoader(
-        objects,
-        IMAGES_BUCKET,
-        fetcher,
-        limits,
-        ticker,
-        outputs=lambda c, n: (c, n) == ("alice", name),
-    )
-    url = f"gs://{IMAGES_BUCKET}/{name}"
-    assert [i.data for i in loader.load(url, caller="alice")] == [PNG]
-    # Cached for alice, still not bob's to read, nor anyone's without a caller.
-    for caller in ("bob", None):
-        with pytest.raises(PermanentError, match="not found or not allowed"):
-            loader.load(url, caller=caller)
-
-
 # --------------------------------------------------------------------------- bounded maps
 
 
