@@ -4,8 +4,8 @@
 from ``ipaddress``'s ``is_global`` / ``is_private``, whose answers change
 between Python versions (3.11 and early 3.12 call NAT64 local-use,
 IPv4-translated and site-local addresses global). This file needs only pytest
-and the standard library, so it runs under any interpreter the functions may
-be deployed on:
+and certifi (which ``shared.netguard`` imports), so it runs under any
+interpreter the functions may be deployed on:
 
     python3.12 -m pytest tests/unit/test_address_table.py --noconftest -p no:cacheprovider
 """
