@@ -22,7 +22,6 @@ from shared.identity import AuthFailure, Identity
 from shared.logs import setup_logging
 from shared.models import ASSET_SIZES, BatchRequest, Limits, RerollRequest
 from shared.services.intake import InProgress, ModelUnavailable, OverBudget
-from shared.services.job_references import reference_limit
 from shared.services.rerolls import Queued, Refused
 
 log = logging.getLogger(__name__)
@@ -115,7 +114,7 @@ def _limits(named: object = None) -> Limits:
         aspect_ratios=entry.aspect_ratios if entry else (),
         image_sizes=entry.image_sizes if entry else (),
         economy_lane=cfg.gemini_backend == "gemini_api",
-        max_references=reference_limit(cfg, model),
+        max_references=cfg.reference_limit(model),
     )
 
 

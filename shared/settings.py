@@ -315,6 +315,13 @@ class Settings(BaseModel):
             )
         return entry
 
+    def reference_limit(self, model: str) -> int:
+        """Reference images one call of ``model`` takes: its catalog entry's limit,
+        within this deployment's own cap (REFERENCE_MAX_IMAGES)."""
+        entry = self.catalog.entry(model)
+        cap = self.reference_max_images
+        return min(entry.max_reference_images, cap) if entry is not None else cap
+
     def require(self, *names: str) -> Settings:
         """Fail with the setting's name when a function needs one that is empty."""
         missing = [name.upper() for name in names if not getattr(self, name)]

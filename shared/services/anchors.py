@@ -1,9 +1,8 @@
-"""Style anchors resolved: which earlier output a ``scene:``/``job:`` reference names.
+"""Style anchors resolved to images, for the generate function.
 
-Intake refuses what it can already tell is wrong (``problem``: no such output,
-or not the caller's); generation reads the newest image of the named variant
-(``resolve``), waits while it is still being made, and fails the job with the
-reason when it will never exist.
+Generation reads the newest image of the named variant (``Anchors.resolve``),
+waits while it is still being made, and fails the job with the reason when it
+will never exist. Which outputs an anchor may name is ``shared.anchors``.
 """
 
 from __future__ import annotations
@@ -11,51 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from shared.anchors import Anchor, parse_anchor
+from shared.anchors import outputs, parse_anchor
 from shared.errors import NotFound, PermanentError, TransientError
 from shared.imagecheck import NotAnImage, image_mime
 from shared.models import TERMINAL_VARIANT_STATES, ImageSlot, Job
 from shared.ports import JobStore, ObjectStore, ReferenceImage
-
-
-def outputs(
-    store: JobStore,
-    anchor: Anchor,
-    spreadsheet_id: str,
-    caller: str,
-    admin: bool,
-    exclude: str = "",
-) -> list[Job]:
-    """The jobs the anchor may name for this caller: same caller (or an admin),
-    for ``scene:`` in the same spreadsheet, with that variant."""
-    if anchor.kind == "job":
-        found = store.get_job(anchor.ident)
-        jobs = [found] if found is not None else []
-    else:
-        jobs = store.scene_jobs(spreadsheet_id, anchor.ident)
-    return [
-        job
-        for job in jobs
-        if (admin or job.caller == caller)
-        and job.job_id != exclude
-        and anchor.variant <= job.variant_count
-    ]
-
-
-def problem(
-    store: JobStore, reference: str, spreadsheet_id: str, caller: str, admin: bool
-) -> str | None:
-    """Why an anchor cannot name anything for this caller (None: it can, or it is no
-    anchor). Missing and not visible read the same, so nothing leaks."""
-    anchor = parse_anchor(reference)
-    if anchor is None or outputs(store, anchor, spreadsheet_id, caller, admin):
-        return None
-    if anchor.kind == "scene":
-        return (
-            f"names no output visible to you: no job of scene {anchor.ident} with "
-            f"variant {anchor.variant} in this spreadsheet"
-        )
-    return f"names no output visible to you: no job {anchor.ident} with variant {anchor.variant}"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from shared import jobs as transitions
 from shared import pricing
+from shared.anchors import problem
 from shared.api_models import (
     BatchView,
     Budget,
@@ -44,9 +45,7 @@ from shared.models import (
     money,
 )
 from shared.ports import BudgetLedger, IdempotencyStore, JobPublisher, JobStore, Usage
-from shared.services.anchors import problem
 from shared.services.exports import export_view
-from shared.services.job_references import reference_limit
 from shared.services.ledger import JobLedger
 from shared.services.once import InProgress, Replay, run_once
 from shared.services.preflight import Preflight
@@ -128,7 +127,7 @@ class Intake:
         if not check.available:
             return ModelUnavailable(model, check.reason)
         entry = self.settings.model_entry(model)
-        most = reference_limit(self.settings, model)
+        most = self.settings.reference_limit(model)
         priced: list[tuple[PlanJob, pricing.Estimate]] = []
         by_lane: dict[Lane, Decimal] = {"live": Decimal(0), "economy": Decimal(0)}
         for item in request.items:

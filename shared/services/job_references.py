@@ -24,13 +24,6 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def reference_limit(settings: Settings, model: str) -> int:
-    """Reference images one call of ``model`` takes (its catalog entry's limit)."""
-    entry = settings.catalog.entry(model)
-    cap = settings.reference_max_images
-    return min(entry.max_reference_images, cap) if entry is not None else cap
-
-
 @dataclass(frozen=True)
 class JobReferences:
     settings: Settings
@@ -59,7 +52,7 @@ class JobReferences:
         """The job's references. Raises PermanentError (the job fails with it) or
         TransientError (an anchored image still being made: try again later).
         ``packs`` keeps the packs already fetched (one economy tick's batch)."""
-        limit = reference_limit(self.settings, job.model)
+        limit = self.settings.reference_limit(job.model)
         images: list[ReferenceImage] = []
         for ref in [
             *job.style_refs,

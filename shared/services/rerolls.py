@@ -17,7 +17,6 @@ from shared.jobs import VersionRequest
 from shared.models import Job, JobMessage, money
 from shared.ports import BudgetLedger, IdempotencyStore, JobPublisher, JobStore
 from shared.services.intake import OverBudget, budget_view, kept_answer, scoped_key
-from shared.services.job_references import reference_limit
 from shared.services.ledger import JobLedger
 from shared.services.once import InProgress, Replay, run_once
 from shared.settings import Settings
@@ -96,7 +95,7 @@ class Rerolls:
         if instruction:
             references, known = 1, True
         else:
-            most = reference_limit(self.settings, job.model)
+            most = self.settings.reference_limit(job.model)
             references, known = pricing.references_of(
                 [*job.style_refs, job.ref_pack_public_url], most
             )

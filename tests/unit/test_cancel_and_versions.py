@@ -352,14 +352,13 @@ def test_dead_letters_of_a_version_and_of_an_export_fail_only_those(store: FakeJ
 
 
 def test_reference_limits_are_the_catalogs_per_model() -> None:
-    from shared.services.job_references import reference_limit
     from tests.fakes import make_settings
 
     catalog = '{"models": {"gemini-3.1-flash-image": {"max_reference_images": 5}}}'
     cfg = make_settings(model_catalog=catalog)
-    assert reference_limit(cfg, "gemini-3.1-flash-image") == 5
-    assert reference_limit(cfg, "gemini-3-pro-image") == 14
+    assert cfg.reference_limit("gemini-3.1-flash-image") == 5
+    assert cfg.reference_limit("gemini-3-pro-image") == 14
     # A model the catalog does not list: this deployment's own cap.
-    assert reference_limit(cfg, "another-model") == cfg.reference_max_images
+    assert cfg.reference_limit("another-model") == cfg.reference_max_images
     with pytest.raises(ValueError, match="EXPORTS_PREFIX must lie outside IMAGES_PREFIX"):
         make_settings(exports_prefix="images/zips/")
