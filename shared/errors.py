@@ -15,6 +15,11 @@ class TransientError(PipelineError):
     """A failure worth retrying (network, quota, 5xx): the event is redelivered."""
 
 
+class NotReady(TransientError):
+    """Something the job needs is still being made (an anchored image): a reason
+    to wait, never a failure."""
+
+
 class PermanentError(PipelineError):
     """A failure that retrying cannot fix: recorded on the job, event acknowledged."""
 

@@ -226,6 +226,27 @@ def attempt_failed(
     return job, False
 
 
+def references_failed(
+    job: Job, images: Sequence[tuple[int, int]], error: str, now: datetime, failure_budget: int
+) -> Step[bool]:
+    """The job's references could not be read (a slow or failing server): a real
+    failure, before any claim, counted on each of ``images`` ((variant, version)
+    pairs) still waiting for a call. The value says whether one of them ended."""
+    counted = ended = False
+    for n, version in images:
+        slot = job.slot(n, version)
+        if slot.state != VariantState.PENDING:
+            continue
+        counted = True
+        ended = _count_failure(slot, error, failure_budget) or ended
+    if not counted:
+        return None, False
+    if ended and any(version == 1 for _, version in images):
+        return _restate(job, now), True
+    job.updated_at = now
+    return job, ended
+
+
 # ------------------------------------------------------------------ economy lane
 
 
@@ -284,6 +305,30 @@ def batch_returned(
     variant.state = VariantState.PENDING
     job.updated_at = now
     return job, None
+
+
+def batch_dropped(
+    job: Job,
+    n: int,
+    record: str,
+    now: datetime,
+    error: str | None = None,
+    failure_budget: int = 1,
+) -> Step[bool]:
+    """Variant ``n`` left batch ``record`` before Gemini saw it, back to pending for
+    a later batch: its references are not ready yet, or (with ``error``) could not
+    be read, a real failure that is counted. The value says whether it ended."""
+    variant = job.variant(n)
+    if variant.state != VariantState.BATCHED or variant.gemini_batch != record:
+        return None, False
+    variant.gemini_batch = None
+    ended = _count_failure(variant, error, failure_budget) if error else _give_back(variant)
+    if not any(v.gemini_batch == record for v in job.variants.values()):
+        job.gemini_batches = [ref for ref in job.gemini_batches if ref.record != record]
+    if ended:
+        return _restate(job, now), True
+    job.updated_at = now
+    return job, False
 
 
 def wait(job: Job, reason: WaitReason, until: datetime, now: datetime) -> Step[None]:

@@ -118,10 +118,11 @@ class Settings(BaseModel):
 
     # --- Quotas and failures (issue 12). Waiting is not failing: a variant fails
     # after GEMINI_FAILURE_BUDGET real failed attempts (Gemini errors other than
-    # quota, timeouts, an instance that died mid-call), however many deliveries it
-    # took; MAX_EVENT_AGE_S bounds the waiting. GEMINI_IMAGES_PER_MINUTE paces the
-    # whole fleet's calls of a model just under the project's quota (0: no pace;
-    # refusals still close the shared gate until Gemini's RetryInfo delay).
+    # quota, timeouts, an instance that died mid-call, a reference pack not read in
+    # time), however many deliveries it took; MAX_EVENT_AGE_S bounds the waiting.
+    # GEMINI_IMAGES_PER_MINUTE paces the whole fleet's calls of a model just under
+    # the project's quota (0: no pace; refusals still close the shared gate until
+    # Gemini's RetryInfo delay).
     gemini_failure_budget: int = Field(default=3, ge=1, le=20)
     gemini_images_per_minute: float = Field(default=0.0, ge=0, le=100_000)
     # The longest one delivery waits in-process for a slot; longer waits hand the

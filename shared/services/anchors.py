@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from shared.anchors import outputs, parse_anchor
-from shared.errors import NotFound, PermanentError, TransientError
+from shared.errors import NotFound, NotReady, PermanentError
 from shared.imagecheck import NotAnImage, image_mime
 from shared.models import TERMINAL_VARIANT_STATES, ImageSlot, Job
 from shared.ports import JobStore, ObjectStore, ReferenceImage
@@ -31,7 +31,7 @@ class Anchors:
     def resolve(self, reference: str, job: Job) -> ReferenceImage:
         """The newest image the anchor names, as the job's caller may see it.
 
-        Raises ``TransientError`` while that image is still being made and
+        Raises ``NotReady`` while that image is still being made and
         ``PermanentError`` when it will never be there.
         """
         anchor = parse_anchor(reference)
@@ -47,7 +47,7 @@ class Anchors:
         made = [(slot, source) for slot, source in slots if slot.kept]
         if not made:
             if any(slot.state not in TERMINAL_VARIANT_STATES for slot, _ in slots):
-                raise TransientError(f"style anchor {anchor}: its image is not made yet")
+                raise NotReady(f"style anchor {anchor}: its image is not made yet")
             raise PermanentError(f"style anchor {anchor} has no image (it failed or was cancelled)")
         newest, _ = max(made, key=lambda pair: _made_at(*pair))
         name = newest.object_name or ""

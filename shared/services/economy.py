@@ -25,7 +25,7 @@ from shared import economy as records
 from shared import jobs as transitions
 from shared import pricing
 from shared.economy import ENDED_UNMADE, item_key, parse_key
-from shared.errors import NotFound, PermanentError, TransientError
+from shared.errors import NotFound, NotReady, PermanentError, TransientError
 from shared.ids import new_id, utcnow
 from shared.jobs import Spent
 from shared.models import EconomyBatch, Job, JobMessage, VariantState, money
@@ -145,6 +145,45 @@ class Economy:
         self, record: EconomyBatch, report: TickReport, rows: Entries, resumed: bool = False
     ) -> None:
         """Claim the record's variants (idempotent) and create the Gemini batch once."""
+        # After a crash between creating and recording, Gemini has the batch already,
+        # with exactly the lines sent then: nothing is claimed or read again.
+        found = self.runner.find(record.record_id) if resumed else None
+        if found:
+            name, inline, sent = found, False, len(record.items)
+        else:
+            lines = self._lines(record, report, rows)
+            if not lines:
+                self.batches.update(record.record_id, lambda b: records.collected(b, self.clock()))
+                return
+            try:
+                name, inline = self.runner.submit(record.model, record.record_id, lines)
+            except PermanentError as exc:
+                why = f"the Gemini Batch API refused the batch: {exc}"
+                self._send_on(record, why, report, rows)
+                return
+            sent = len(lines)
+        self.batches.update(
+            record.record_id, lambda b: records.submitted(b, name, inline, self.clock())
+        )
+        keys = [parse_key(key) for key in record.items]
+        for job_id in dict.fromkeys(key[0] for key in keys if key is not None):
+            rows.apply(
+                job_id,
+                lambda j: transitions.batch_update(
+                    j, record.record_id, self.clock(), name=name, state="pending"
+                ),
+            )
+        report.batches_submitted += 1
+        report.variants_submitted += sent
+        log.info(
+            "economy batch submitted",
+            extra={**self._ctx(record), "event": "economy_submitted", "object": name},
+        )
+
+    def _lines(self, record: EconomyBatch, report: TickReport, rows: Entries) -> list[EconomyLine]:
+        """Claim the record's variants and build their request lines. A variant whose
+        references fail for good fails; one whose references are not ready, or could
+        not be read this time (counted as a failure), waits for a later batch."""
         now = self.clock()
         claimed: list[tuple[Job, int]] = []
         for key in record.items:
@@ -168,6 +207,10 @@ class Economy:
             except PermanentError as exc:
                 self._fail(job, n, record, str(exc), report, rows)
                 continue
+            except TransientError as exc:
+                error = None if isinstance(exc, NotReady) else str(exc)
+                self._drop(job, n, record, error, report, rows)
+                continue
             lines.append(
                 EconomyLine(
                     key=item_key(job.job_id, n),
@@ -181,36 +224,7 @@ class Economy:
                     ),
                 )
             )
-        if not lines:
-            self.batches.update(record.record_id, lambda b: records.collected(b, self.clock()))
-            return
-        # After a crash between creating and recording, Gemini has the batch already.
-        found = self.runner.find(record.record_id) if resumed else None
-        try:
-            name, inline = (
-                (found, False)
-                if found
-                else self.runner.submit(record.model, record.record_id, lines)
-            )
-        except PermanentError as exc:
-            self._send_on(record, f"the Gemini Batch API refused the batch: {exc}", report, rows)
-            return
-        self.batches.update(
-            record.record_id, lambda b: records.submitted(b, name, inline, self.clock())
-        )
-        for job_id in dict.fromkeys(job.job_id for job, _ in claimed):
-            rows.apply(
-                job_id,
-                lambda j: transitions.batch_update(
-                    j, record.record_id, self.clock(), name=name, state="pending"
-                ),
-            )
-        report.batches_submitted += 1
-        report.variants_submitted += len(lines)
-        log.info(
-            "economy batch submitted",
-            extra={**self._ctx(record), "event": "economy_submitted", "object": name},
-        )
+        return lines
 
     # ------------------------------------------------------------------ collect
     def _work_open(self, report: TickReport, deadline: float) -> None:
@@ -391,6 +405,40 @@ class Economy:
         )
         if applied.changed:
             report.variants_failed += 1
+
+    def _drop(
+        self,
+        job: Job,
+        n: int,
+        record: EconomyBatch,
+        error: str | None,
+        report: TickReport,
+        rows: Entries,
+    ) -> None:
+        budget = self.settings.gemini_failure_budget
+        applied = rows.apply(
+            job.job_id,
+            partial(
+                transitions.batch_dropped,
+                n=n,
+                record=record.record_id,
+                now=self.clock(),
+                error=error,
+                failure_budget=budget,
+            ),
+        )
+        if applied.value:
+            report.variants_failed += 1
+        log.warning(
+            "economy variant left for a later batch",
+            extra={
+                **self._ctx(record),
+                "job_id": job.job_id,
+                "variant": n,
+                "error": error,
+                "event": "attempt_failed" if error else "economy_waiting",
+            },
+        )
 
     # ------------------------------------------------------------------ helpers
     @property

@@ -25,7 +25,7 @@ from functools import cached_property
 from shared import jobs as transitions
 from shared import pricing
 from shared.catalog import ModelEntry
-from shared.errors import NotFound, PermanentError, QuotaExceeded, TransientError
+from shared.errors import NotFound, NotReady, PermanentError, QuotaExceeded, TransientError
 from shared.ids import new_id, utcnow
 from shared.imagecheck import NotAnImage, image_mime
 from shared.jobs import ClaimResult, Spent, VariantClaim
@@ -42,7 +42,7 @@ from shared.objects import ObjectNames, recorded_spent, store_image
 from shared.ports import ImageGenerator, ObjectStore, QuotaGate, ReferenceImage, ReferenceLoader
 from shared.quota import Limit, next_quota_day
 from shared.services.job_references import JobReferences
-from shared.services.ledger import JobEntry, JobLedger
+from shared.services.ledger import Applied, JobEntry, JobLedger
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,13 @@ class Generation:
         except PermanentError as exc:
             self._fail_job(entry, str(exc), context)
             return
+        except NotReady:
+            raise
+        except TransientError as exc:
+            images = [(n, 1) for n in range(1, job.variant_count + 1)]
+            if not self._references_failed(entry, images, exc, context).job.terminal:
+                raise
+            return
         run = self._run(job, entry, references, deadline, job.prompt)
         numbers = range(1, job.variant_count + 1)
         workers = max(1, min(self.settings.generate_concurrency, job.variant_count))
@@ -179,9 +186,27 @@ class Generation:
 
     def _references(self, job: Job, context: Context) -> list[ReferenceImage]:
         """The batch's style references, then the item's own pack, up to the model's
-        limit. Raises PermanentError (the job fails with it) or TransientError (an
-        anchored image still being made: the message is retried)."""
+        limit. Raises PermanentError (the job fails with it), NotReady (an anchored
+        image still being made: the message is retried) or TransientError (a pack
+        not read in time: counted, then retried)."""
         return self.job_references.load(job, context)
+
+    def _references_failed(
+        self, entry: JobEntry, images: list[tuple[int, int]], error: Exception, context: Context
+    ) -> Applied[bool]:
+        """References not read (a slow or failing server) are a real failure of the
+        delivery: counted on the images still waiting for a call, which fail once
+        their budget is used up, so a hostile pack cannot be retried for hours."""
+        reason = str(error)
+        budget = self.settings.gemini_failure_budget
+        applied = entry.apply(
+            lambda j: transitions.references_failed(j, images, reason, self.clock(), budget)
+        )
+        log.warning(
+            "references not read",
+            extra={**context, "error": reason, "event": "attempt_failed"},
+        )
+        return applied
 
     # ------------------------------------------------------------------ later versions
     def _later_version(
@@ -215,6 +240,12 @@ class Generation:
                 )
             except PermanentError as exc:
                 self._version_failed(entry, n, number, str(exc))
+                return
+            except NotReady:
+                raise
+            except TransientError as exc:
+                if not self._references_failed(entry, [(n, number)], exc, context).value:
+                    raise
                 return
             prompt = version.instruction or job.prompt
             run = self._run(job, entry, references, deadline, prompt, version)

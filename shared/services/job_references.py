@@ -49,8 +49,9 @@ class JobReferences:
         context: Mapping[str, object] | None = None,
         packs: dict[str, list[ReferenceImage]] | None = None,
     ) -> list[ReferenceImage]:
-        """The job's references. Raises PermanentError (the job fails with it) or
-        TransientError (an anchored image still being made: try again later).
+        """The job's references. Raises PermanentError (the job fails with it),
+        NotReady (an anchored image still being made: wait) or TransientError (a
+        pack could not be read in time: a real failure, worth another try).
         ``packs`` keeps the packs already fetched (one economy tick's batch)."""
         limit = self.settings.reference_limit(job.model)
         images: list[ReferenceImage] = []

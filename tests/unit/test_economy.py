@@ -12,7 +12,7 @@ import pytest
 from shared import jobs as transitions
 from shared.errors import PermanentError, TransientError
 from shared.models import JobState, VariantState
-from shared.ports import LineResult, Text
+from shared.ports import LineResult, ReferenceImage, Text
 from shared.services.economy import Economy
 from shared.services.ledger import JobLedger
 from tests.fakes import (
@@ -31,6 +31,7 @@ from tests.fakes import (
 )
 
 Build = Callable[..., Economy]
+REF = ReferenceImage(b"\x89PNG reference", "image/png")
 
 
 @pytest.fixture
@@ -148,10 +149,13 @@ def test_a_tick_that_died_after_creating_the_batch_never_creates_it_again(
     make_economy: Build,
     store: FakeJobStore,
     runner: FakeBatchRunner,
+    references: FakeReferenceLoader,
     economy_batches: FakeEconomyBatches,
     clock: FakeClock,
 ) -> None:
-    store.add(economy_job("job_a", 2))
+    url = "https://example.com/refs.png"
+    references.packs[url] = [REF]
+    store.add(economy_job("job_a", 2, ref_pack_public_url=url))
     economy = make_economy()
     # Gemini created the batch, then the instance died before recording its name.
     original = runner.submit
@@ -167,11 +171,15 @@ def test_a_tick_that_died_after_creating_the_batch_never_creates_it_again(
     (record,) = economy_batches.records.values()
     assert (record.state, record.gemini_name) == ("claiming", None)
     # Its lease runs out; the next tick finds the batch Gemini has and adopts it.
+    loads = len(references.loads)
     clock.advance(301)
     make_economy().tick()
     assert len(runner.submits) == 1
     record = economy_batches.records[record.record_id]
     assert (record.state, record.gemini_name) == ("submitted", runner.submits[0])
+    # What Gemini holds was sent already: nothing is read (or failed) again.
+    assert len(references.loads) == loads
+    assert store.job("job_a").gemini_batches[0].name == runner.submits[0]
 
 
 def test_a_tick_that_died_before_creating_the_batch_creates_it_once_later(
@@ -207,6 +215,79 @@ def test_a_pack_that_fails_fails_its_variants_and_is_not_sent(
     job = store.job("job_a")
     assert job.state == JobState.FAILED
     assert job.variant(1).error == "reference pack: a zip member lies about its size"
+
+
+def test_a_pack_not_read_in_time_waits_for_a_later_batch_until_its_budget_is_used_up(
+    make_economy: Build,
+    store: FakeJobStore,
+    runner: FakeBatchRunner,
+    references: FakeReferenceLoader,
+    clock: FakeClock,
+) -> None:
+    url = "https://example.com/slow.zip"
+    slow = f"reference {url}: the pack took longer than the 20 s allowed"
+    references.packs[url] = TransientError(slow)
+    store.add(economy_job("job_a", 1, ref_pack_public_url=url), economy_job("job_b", 1))
+    # The rest of the group is not held up: job_b goes, job_a waits with one failure.
+    make_economy(gemini_failure_budget=2).tick()
+    assert [line.key for line in runner.batches[runner.submits[0]].lines] == ["job_b/1"]
+    job = store.job("job_a")
+    variant = job.variant(1)
+    assert (variant.state, variant.gemini_batch, variant.failures) == (
+        VariantState.PENDING,
+        None,
+        1,
+    )
+    assert job.gemini_batches == []  # it is in no Gemini batch
+    # The next tick tries it again; the second failure uses the budget up.
+    clock.advance(1)
+    make_economy(gemini_failure_budget=2).tick()
+    assert len(runner.submits) == 1
+    job = store.job("job_a")
+    assert job.state == JobState.FAILED
+    assert job.variant(1).error == f"gave up after 2 failed attempts; the last: {slow}"
+
+
+def test_a_pack_that_recovers_goes_in_a_later_batch(
+    make_economy: Build,
+    store: FakeJobStore,
+    runner: FakeBatchRunner,
+    references: FakeReferenceLoader,
+    clock: FakeClock,
+) -> None:
+    url = "https://example.com/slow.zip"
+    references.packs[url] = TransientError(f"reference {url} answered 503")
+    store.add(economy_job("job_a", 2, ref_pack_public_url=url))
+    make_economy().tick()
+    assert runner.submits == []
+    references.packs[url] = [REF]
+    clock.advance(1)
+    make_economy().tick()
+    (name,) = runner.submits
+    assert [line.key for line in runner.batches[name].lines] == ["job_a/1", "job_a/2"]
+    job = store.job("job_a")
+    assert [job.variant(n).failures for n in (1, 2)] == [1, 1]
+    assert [ref.name for ref in job.gemini_batches] == [name]
+
+
+def test_an_anchor_not_made_yet_waits_without_counting_and_holds_up_nobody(
+    make_economy: Build,
+    store: FakeJobStore,
+    runner: FakeBatchRunner,
+    clock: FakeClock,
+) -> None:
+    # job_a's style anchor is job_b's image, made by the very batch job_b goes into.
+    store.add(
+        economy_job("job_a", 1, style_refs=["job:job_b#1"]),
+        economy_job("job_b", 1),
+    )
+    for _ in range(4):  # more ticks than the failure budget
+        make_economy().tick()
+        clock.advance(1)
+    assert [line.key for line in runner.batches[runner.submits[0]].lines] == ["job_b/1"]
+    assert len(runner.submits) == 1
+    variant = store.job("job_a").variant(1)
+    assert (variant.state, variant.failures) == (VariantState.PENDING, 0)
 
 
 # --------------------------------------------------------------------------- collect

@@ -352,19 +352,31 @@ def test_reference_pack_permanent_error_fails_the_job(
     assert "reference pack" in status.value
 
 
-def test_reference_pack_transient_error_is_retried_without_failing(
+def test_a_pack_not_read_in_time_counts_as_a_failure_until_the_budget_is_used_up(
     make_generation: Build,
     store: FakeJobStore,
     generator: FakeImageGenerator,
     references: FakeReferenceLoader,
+    sheet_writer: FakeSheetWriter,
 ) -> None:
     url = "https://example.com/refs.zip"
-    references.packs[url] = TransientError("reference URL answered 503")
+    slow = f"reference {url}: the pack took longer than the 20 s allowed"
+    references.packs[url] = TransientError(slow)
     store.add(make_job(ref_pack_public_url=url))
-    with pytest.raises(TransientError):
-        make_generation().handle(MESSAGE)
+    # Retried (the server may recover), each delivery one real failure of every image.
+    for failures in (1, 2):
+        with pytest.raises(TransientError):
+            make_generation(gemini_failure_budget=3).handle(MESSAGE)
+        job = store.job("job_1")
+        assert job.state == JobState.GENERATING
+        assert [v.failures for v in job.variants.values()] == [failures] * job.variant_count
+    # The third uses the budget up: the job fails with the reason and the delivery is done.
+    make_generation(gemini_failure_budget=3).handle(MESSAGE)
     assert generator.calls == []
-    assert store.job("job_1").state == JobState.GENERATING
+    job = store.job("job_1")
+    assert job.state == JobState.FAILED
+    assert job.variant(1).error == f"gave up after 3 failed attempts; the last: {slow}"
+    assert "took longer than the 20 s allowed" in sheet_writer.row("sc-001")["status_img"].value
 
 
 def test_message_older_than_max_event_age_fails_the_job(

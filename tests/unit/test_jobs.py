@@ -571,3 +571,54 @@ def test_progress_partial_without_reason() -> None:
     job.variant(1).state = D
     job.variant(2).state = F
     assert jobs.progress(job).status == "partial (1/2)"
+
+
+# --------------------------------------------------------------------------- references not read
+
+
+def test_references_not_read_count_only_on_images_waiting_for_a_call() -> None:
+    job = job_with(VariantState.PENDING, VariantState.GENERATING, VariantState.DONE)
+    images = [(1, 1), (2, 1), (3, 1)]
+    updated, ended = jobs.references_failed(job, images, "slow server", T0, failure_budget=2)
+    assert updated is not None and not ended
+    assert [updated.variant(n).failures for n in (1, 2, 3)] == [1, 0, 0]
+    assert updated.variant(1).error == "slow server"
+    updated, ended = jobs.references_failed(updated, images, "slower", T0, failure_budget=2)
+    assert updated is not None and ended
+    assert updated.variant(1).state == VariantState.FAILED
+    assert updated.variant(1).error == "gave up after 2 failed attempts; the last: slower"
+    # Nothing is waiting any more: nothing to count.
+    assert jobs.references_failed(updated, images, "again", T0, 2) == (None, False)
+
+
+def test_a_cancelled_image_whose_references_failed_ends_cancelled() -> None:
+    job = job_with(VariantState.PENDING, VariantState.DONE)
+    job.variant(1).cancel_requested = True
+    updated, ended = jobs.references_failed(job, [(1, 1), (2, 1)], "slow", T0, failure_budget=3)
+    assert updated is not None and ended
+    assert updated.variant(1).state == VariantState.CANCELLED
+    assert updated.terminal and updated.finished_at == T0  # the job ended with it
+
+
+def test_a_variant_dropped_from_a_batch_waits_for_another_or_fails_at_its_budget() -> None:
+    job = job_with(VariantState.PENDING, VariantState.PENDING)
+    for n in (1, 2):
+        job, _ = jobs.batch_claim(job, n, "ecb_1", T0)  # type: ignore[assignment]
+    assert job is not None
+    # Not ready (an anchor being made): back to pending, uncounted; the job still lists
+    # the batch, which holds its sibling.
+    job, ended = jobs.batch_dropped(job, 1, "ecb_1", T0)  # type: ignore[assignment]
+    assert job is not None and not ended
+    assert (job.variant(1).state, job.variant(1).gemini_batch, job.variant(1).failures) == (
+        VariantState.PENDING,
+        None,
+        0,
+    )
+    assert [ref.record for ref in job.gemini_batches] == ["ecb_1"]
+    # Not read (a slow pack): counted; with a budget of one it fails.
+    job, ended = jobs.batch_dropped(job, 2, "ecb_1", T0, "slow", 1)  # type: ignore[assignment]
+    assert job is not None and ended
+    assert job.variant(2).error == "gave up after 1 failed attempts; the last: slow"
+    assert job.gemini_batches == []  # no variant of the job is in that batch any more
+    # A variant not in that batch is left alone.
+    assert jobs.batch_dropped(job, 1, "ecb_1", T0, "slow", 1) == (None, False)
