@@ -25,7 +25,6 @@ import base64
 import itertools
 import json
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -38,7 +37,7 @@ from typing import Any
 import requests
 
 from devstack.pubsub_push import PushDispatcher, Route
-from devstack.stack import LOCALHOST, emulator_env, free_port, stop_group
+from devstack.stack import LOCALHOST, emulator_env, free_port, pubsub_emulator
 
 PROJECT = "bench-project"
 NEVER = 10**6  # fail forever
@@ -167,41 +166,12 @@ class Endpoints:
 
 
 def run(scenarios: list[Scenario], watch_s: float) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        log_path = Path(tmp) / "pubsub.log"
-        with log_path.open("wb") as out:
-            emulator = subprocess.Popen(
-                [
-                    "gcloud",
-                    "beta",
-                    "emulators",
-                    "pubsub",
-                    "start",
-                    f"--host-port={LOCALHOST}:{port}",
-                    f"--project={PROJECT}",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            wait_ready(f"http://{LOCALHOST}:{port}/")
-            with emulator_env({"PUBSUB_EMULATOR_HOST": f"{LOCALHOST}:{port}"}):
-                measure(scenarios, watch_s)
-        finally:
-            stop_group(emulator.pid)
-
-
-def wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            requests.get(url, timeout=2)
-            return
-        except requests.RequestException:
-            time.sleep(0.3)
-    raise SystemExit("the Pub/Sub emulator did not start")
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        pubsub_emulator(Path(tmp) / "pubsub.log", PROJECT) as host,
+        emulator_env({"PUBSUB_EMULATOR_HOST": host}),
+    ):
+        measure(scenarios, watch_s)
 
 
 def measure(scenarios: list[Scenario], watch_s: float) -> None:

@@ -139,18 +139,7 @@ class Stack:
         pubsub_port, firestore_port, gcs_port = free_port(), free_port(), free_port()
         (self.state / "pubsub-data").mkdir(exist_ok=True)
         self._spawn(
-            "pubsub",
-            [
-                "gcloud",
-                "beta",
-                "emulators",
-                "pubsub",
-                "start",
-                f"--host-port={LOCALHOST}:{pubsub_port}",
-                f"--project={cfg.project}",
-                f"--data-dir={self.state / 'pubsub-data'}",
-            ],
-            pubsub_port,
+            "pubsub", pubsub_argv(pubsub_port, cfg.project, self.state / "pubsub-data"), pubsub_port
         )
         self._spawn(
             "firestore",
@@ -637,6 +626,42 @@ class Stack:
             stop_group(int(record["pid"]))
         pids_file.unlink()
         return [str(r["name"]) for r in records]
+
+
+def pubsub_argv(port: int, project: str, data_dir: Path | None = None) -> list[str]:
+    """The command that starts the Pub/Sub emulator on ``port``."""
+    argv = [
+        "gcloud",
+        "beta",
+        "emulators",
+        "pubsub",
+        "start",
+        f"--host-port={LOCALHOST}:{port}",
+        f"--project={project}",
+    ]
+    return argv + ([f"--data-dir={data_dir}"] if data_dir is not None else [])
+
+
+@contextlib.contextmanager
+def pubsub_emulator(log: Path, project: str, timeout_s: float = 120.0) -> Iterator[str]:
+    """A Pub/Sub emulator of its own (no stack around it), ready; yields its host."""
+    port = free_port()
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            pubsub_argv(port, project),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _accepts(port):
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise StackError(f"the Pub/Sub emulator did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield f"{LOCALHOST}:{port}"
+    finally:
+        stop_group(process.pid)
 
 
 def stop_group(pid: int, timeout_s: float = 10.0) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import subprocess
 import threading
 import time
 from collections import defaultdict
@@ -23,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from devstack.pubsub_push import PushConfigError, PushDispatcher, Route, backoff_s
-from devstack.stack import LOCALHOST, emulator_env, free_port, stop_group
+from devstack.stack import LOCALHOST, emulator_env, pubsub_emulator
 
 pytestmark = pytest.mark.integration
 
@@ -100,40 +98,12 @@ def endpoint() -> Iterator[Callable[[int], Endpoint]]:
 
 @pytest.fixture(scope="module")
 def pubsub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A Pub/Sub emulator of its own; yields a module with clients bound to it."""
-    port = free_port()
+    """A Pub/Sub emulator of its own; yields clients bound to it."""
     log = Path(tmp_path_factory.mktemp("pubsub")) / "pubsub.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                "gcloud",
-                "beta",
-                "emulators",
-                "pubsub",
-                "start",
-                f"--host-port={LOCALHOST}:{port}",
-                f"--project={PROJECT}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                requests.get(f"http://{LOCALHOST}:{port}/", timeout=2)
-                break
-            except requests.RequestException:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail(f"Pub/Sub emulator did not start: {log.read_text()[-2000:]}")
-                time.sleep(0.3)
-        with emulator_env({"PUBSUB_EMULATOR_HOST": f"{LOCALHOST}:{port}"}):
-            from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+    with pubsub_emulator(log, PROJECT) as host, emulator_env({"PUBSUB_EMULATOR_HOST": host}):
+        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-            yield _Clients(pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient())
-    finally:
-        stop_group(process.pid)
+        yield _Clients(pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient())
 
 
 @dataclass
