@@ -5,7 +5,7 @@
 
 const HEADER_ROW = 1;
 const REQUIRED_COLUMNS = ['scene_id', 'prompt', 'variants', 'status_img', 'job_id'];
-/** The server's rule for scene ids (shared/models.py SCENE_ID_PATTERN). */
+/** The server's rule for scene ids (shared/contracts/requests.py SCENE_ID_PATTERN). */
 const SCENE_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const MAX_VARIANTS = 4;
 const ASPECT_RATIO_PATTERN = /^[1-9][0-9]{0,2}:[1-9][0-9]{0,2}$/;
@@ -22,7 +22,7 @@ const RUNNING_STATES = ['generating'];
 const RUNNING_WORDS = ['generating', 'waiting', 'paused', 'economy', 'cancelling'];
 /** The named range holding the batch's style references (README: "Style references"). */
 const STYLE_REFS_RANGE = 'style_refs';
-/** An earlier output named as a reference (the server's shared/anchors.py). */
+/** An earlier output named as a reference (the server's shared/domain/anchors.py). */
 const ANCHOR_PATTERN = /^(scene|job):[A-Za-z0-9][A-Za-z0-9_.-]{0,63}#[1-9][0-9]?$/;
 /** The rank of a final state: nothing moves a row back from it. */
 const FINAL_RANK = 3;

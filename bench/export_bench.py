@@ -70,7 +70,8 @@ def seed_batch(env: dict[str, str], images: int, image_bytes: int) -> str:
     from google.cloud import firestore, storage  # type: ignore[attr-defined]
 
     from shared.adapters.firestore_store import FirestoreJobStore
-    from shared.models import Batch, Job, VariantState
+    from shared.domain.batch import Batch
+    from shared.domain.job import Job, VariantState
 
     now = datetime.now(UTC)
     run = uuid.uuid4().hex[:6]

@@ -386,7 +386,7 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
 
 def _limits(timeout_s: float) -> Any:
     from shared.adapters.references import PackLimits
-    from shared.settings import Settings
+    from shared.config.settings import Settings
 
     default = {name: field.default for name, field in Settings.model_fields.items()}
     return PackLimits(
@@ -412,7 +412,7 @@ class _NoObjects:
         raise NotImplementedError
 
     def read(self, bucket: str, name: str, max_bytes: int) -> bytes:
-        from shared.errors import NotFound
+        from shared.domain.errors import NotFound
 
         raise NotFound(name)
 
@@ -436,9 +436,9 @@ def _reset_peak() -> None:
 
 def child(args: argparse.Namespace) -> None:
     """Load one URL as the generate function would; print what happened as JSON."""
+    from shared.adapters.netguard import SafeFetcher
     from shared.adapters.references import PackReferenceLoader
-    from shared.errors import PermanentError, TransientError
-    from shared.netguard import SafeFetcher
+    from shared.domain.errors import PermanentError, TransientError
 
     def resolve(host: str, port: int) -> list[str]:
         return [HANDSHAKE_ADDRESS if host.startswith("handshake.") else PUBLIC_ADDRESS]

@@ -5,7 +5,7 @@
 A fixed set of generated 1024x1024 PNGs (seeded noise over smooth colour
 fields, so they compress like photographs: about 1.5 MB each) goes through
 each path in its own process pinned to one core: ``decode`` (Pillow open +
-load: the floor any Pillow thumbnail pays), ``ours`` (shared.imaging, JPEG
+load: the floor any Pillow thumbnail pays), ``ours`` (shared.adapters.imaging, JPEG
 and WebP), the previous code (``thumbnail(reducing_gap=2.0)``), a naive
 Lanczos resize and libvips' ``thumbnail_buffer`` (pyvips, one thread, its
 operation cache off). Time is the best of ``--rounds`` passes; peak memory is
@@ -34,7 +34,7 @@ SIZE = 1024
 PATHS = ("decode", "ours", "ours_webp", "previous", "lanczos", "vips")
 LABELS = {
     "decode": "Pillow decode only (open + load)",
-    "ours": "ours: make_thumbnail, JPEG (shared/imaging.py)",
+    "ours": "ours: make_thumbnail, JPEG (shared/adapters/imaging.py)",
     "ours_webp": "ours: make_thumbnail, WebP",
     "previous": "Pillow thumbnail(reducing_gap=2.0) (the previous code)",
     "lanczos": "Pillow resize(LANCZOS) naive",
@@ -74,7 +74,8 @@ def processor(path: str, side: int) -> Callable[[bytes], bytes]:
 
         return decode
     if path in ("ours", "ours_webp"):
-        from shared.imaging import ThumbnailSpec, make_thumbnail
+        from shared.adapters.imaging import make_thumbnail
+        from shared.services.ports import ThumbnailSpec
 
         spec = ThumbnailSpec(longest_side=side, format="webp" if path == "ours_webp" else "jpeg")
         return lambda data: make_thumbnail(data, spec)

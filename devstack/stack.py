@@ -25,7 +25,7 @@ from typing import Any
 
 import requests
 
-from shared.auth import hash_key
+from shared.adapters.identity import hash_key
 
 REPO = Path(__file__).resolve().parent.parent
 LOCALHOST = "127.0.0.1"

@@ -11,7 +11,7 @@ import flask
 import functions_framework
 
 from functions import wiring
-from shared.logs import setup_logging
+from shared.adapters.cloud_logging import setup_logging
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ import functions_framework
 from cloudevents.http import CloudEvent
 
 from functions import wiring
-from shared.errors import PermanentError
-from shared.events import export_message, push_message
-from shared.logs import setup_logging
+from shared.adapters.cloud_logging import setup_logging
+from shared.contracts.messages import export_message, push_message
+from shared.domain.errors import PermanentError
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,17 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter, Map, Rule
 
 from functions import wiring
-from shared.api_models import model_list
-from shared.errors import TransientError
-from shared.identity import AuthFailure, Identity
-from shared.logs import setup_logging
-from shared.models import ASSET_SIZES, BatchRequest, Limits, RerollRequest
-from shared.services.intake import InProgress, ModelUnavailable, OverBudget
+from shared.adapters.cloud_logging import setup_logging
+from shared.adapters.identity import AuthFailure, Identity
+from shared.contracts.answers import model_list
+from shared.contracts.requests import BatchRequest, Limits, RerollRequest
+from shared.domain.errors import TransientError
+from shared.domain.job import ASSET_SIZES
+from shared.services.daily_budget import OverBudget
+from shared.services.intake import ModelUnavailable
+from shared.services.once import InProgress
 from shared.services.rerolls import Queued, Refused
+from shared.services.views import deployment_limits
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +269,15 @@ def models(request: flask.Request) -> flask.Response:
     return _json(200, model_list(cfg.catalog, cfg.gemini_model))
 
 
+def limits(request: flask.Request) -> flask.Response:
+    """What this deployment accepts (variants, sizes and shapes per model, prompt
+    length, items per batch): the sheet reads it once per run."""
+    identity = _identify(request)
+    if isinstance(identity, flask.Response):
+        return identity
+    return _json(200, deployment_limits(wiring.settings()))
+
+
 def job_status(request: flask.Request, job_id: str) -> flask.Response:
     return _owned(request, "job", job_id, lambda *who: wiring.intake().job_status(*who))
 
@@ -379,6 +392,7 @@ HANDLERS: dict[str, Handler] = {
     "batch_status": batch_status,
     "asset": asset,
     "models": models,
+    "limits": limits,
     "cancel_job": cancel_job,
     "cancel_batch": cancel_batch,
     "reroll": reroll,
@@ -392,6 +406,7 @@ ROUTES = Map(
         Rule("/openapi.json", methods=["GET"], endpoint="openapi"),
         Rule("/batch/images", methods=["POST"], endpoint="submit_batch"),
         Rule("/models", methods=["GET"], endpoint="models"),
+        Rule("/limits", methods=["GET"], endpoint="limits"),
         Rule("/status/<id:job_id>", methods=["GET"], endpoint="job_status"),
         Rule("/batches/<id:batch_id>", methods=["GET"], endpoint="batch_status"),
         Rule("/assets/<id:job_id>/<int(max=99):variant>", methods=["GET"], endpoint="asset"),

@@ -9,8 +9,9 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from shared.links import LinkSigner
-from shared.settings import Settings, get_settings
+from shared.config.environment import get_settings
+from shared.config.settings import Settings
+from shared.contracts.links import LinkSigner
 
 if TYPE_CHECKING:
     from shared.adapters.firestore_store import (
@@ -20,9 +21,9 @@ if TYPE_CHECKING:
     )
     from shared.adapters.gcs_store import GcsObjectStore
     from shared.adapters.gemini import Backend
+    from shared.adapters.identity import Authenticator
     from shared.adapters.pubsub_publisher import PubSubJobPublisher
     from shared.adapters.references import PackReferenceLoader
-    from shared.identity import Authenticator
     from shared.services.cancels import Cancels
     from shared.services.dead_letters import DeadLetters
     from shared.services.economy import Economy
@@ -79,8 +80,8 @@ def sheet_sync() -> SheetSync:
     from shared.adapters.sheet_coalescer import SheetCoalescer
     from shared.adapters.sheets import GspreadSheetWriter
     from shared.adapters.sheets_session import GOOGLE_SHEETS_URL, SheetsSession
+    from shared.adapters.throttle import WriteLimiter
     from shared.services.sheet_sync import SheetSync
-    from shared.throttle import WriteLimiter
 
     cfg = settings()
     credentials: Credentials
@@ -158,7 +159,7 @@ def firestore_client() -> Any:
 
 @lru_cache(maxsize=1)
 def authenticator() -> Authenticator:
-    from shared.identity import Authenticator, IdTokenVerifier
+    from shared.adapters.identity import Authenticator, IdTokenVerifier
 
     cfg = settings()
     verifier = (
@@ -267,6 +268,7 @@ def exporter() -> Exporter:
 def generation() -> Generation:
     from shared.adapters.firestore_store import FirestoreQuotaGate
     from shared.adapters.gemini import GeminiImageGenerator
+    from shared.adapters.image_check import image_mime
     from shared.services.generation import Generation
 
     cfg = settings()
@@ -283,13 +285,14 @@ def generation() -> Generation:
         ),
         references=reference_loader(),
         quota=FirestoreQuotaGate(firestore_client(), cfg.gemini_images_per_minute),
+        probe=image_mime,
     )
 
 
 @lru_cache(maxsize=1)
 def reference_loader() -> PackReferenceLoader:
+    from shared.adapters.netguard import SafeFetcher
     from shared.adapters.references import PackLimits, PackReferenceLoader
-    from shared.netguard import SafeFetcher
 
     cfg = settings()
     limits = PackLimits(
@@ -322,6 +325,7 @@ def economy() -> Economy:
     """The economy lane's tick: Gemini's Batch API through google-genai."""
     from shared.adapters.firestore_store import FirestoreEconomyBatches
     from shared.adapters.gemini_batches import GeminiBatchRunner
+    from shared.adapters.image_check import image_mime
     from shared.services.economy import Economy
 
     cfg = settings()
@@ -340,12 +344,13 @@ def economy() -> Economy:
         objects=object_store(),
         # What an expired batch did not make goes on in the live lane.
         publisher=job_publisher(),
+        probe=image_mime,
     )
 
 
 @lru_cache(maxsize=1)
 def thumbnails() -> Thumbnails:
-    from shared.imaging import DecodeSlots, make_thumbnail
+    from shared.adapters.imaging import DecodeSlots, make_thumbnail
     from shared.services.thumbnails import Thumbnails
 
     cfg = settings()

@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 
 from functions import wiring
-from shared.links import LinkSigner
+from shared.adapters.image_check import image_mime
+from shared.config.environment import get_settings
+from shared.config.settings import Settings
+from shared.contracts.links import LinkSigner
 from shared.services.generation import Generation
 from shared.services.ledger import JobLedger
 from shared.services.sheet_sync import SheetSync
-from shared.settings import Settings, get_settings
 from tests.fakes import (
     LINK_SIGNING_KEY,
     PUBLIC_BASE_URL,
@@ -184,6 +186,7 @@ def make_generation(
             generator=generator,
             references=references,
             quota=quota_gate,
+            probe=image_mime,
             clock=fake_monotonic,
             sleep=fake_monotonic.sleep,
         )

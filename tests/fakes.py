@@ -1,4 +1,4 @@
-"""In-memory fakes of the ports in ``shared/ports.py``, plus small builders.
+"""In-memory fakes of the ports in ``shared/services/ports.py``, plus small builders.
 
 Every fake records the calls it receives so tests can assert on them. They are
 thread-safe because the generation service works on variants in a thread pool.
@@ -17,21 +17,17 @@ from typing import Any, BinaryIO, TypeVar
 
 from PIL import Image
 
-from shared import quota
-from shared.errors import NotFound, PermanentError, TransientError
-from shared.events import StorageObject
-from shared.models import (
-    Batch,
-    EconomyBatch,
-    ExportMessage,
-    Job,
-    JobMessage,
-    JobState,
-    VariantState,
-)
-from shared.ports import (
+from shared.config.settings import Settings
+from shared.contracts.messages import ExportMessage, JobMessage, StorageObject
+from shared.contracts.sheet_row import Cell
+from shared.domain import quota
+from shared.domain.batch import Batch
+from shared.domain.economy_batches import EconomyBatch
+from shared.domain.errors import NotFound, PermanentError, TransientError
+from shared.domain.job import Job, JobState, VariantState
+from shared.domain.quota import GateState, Limit, Slot
+from shared.services.ports import (
     BatchProgress,
-    Cell,
     EconomyLine,
     FoundObject,
     GeneratedImage,
@@ -41,8 +37,6 @@ from shared.ports import (
     StoredAnswer,
     Usage,
 )
-from shared.quota import GateState, Limit, Slot
-from shared.settings import Settings
 
 R = TypeVar("R")
 
@@ -758,7 +752,7 @@ class FakeModelDirectory:
 
 
 class FakeQuotaGate:
-    """QuotaGate in memory on the production pure functions (``shared/quota.py``)."""
+    """QuotaGate in memory on the production pure functions (``shared/domain/quota.py``)."""
 
     def __init__(self, images_per_minute: float = 0.0) -> None:
         self._lock = threading.Lock()

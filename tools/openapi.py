@@ -14,9 +14,10 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from functions.http_api import OPENAPI_PATH
-from shared.api_models import (
+from shared.contracts.answers import (
     BatchCancelled,
     BatchView,
+    DeploymentLimits,
     ErrorBody,
     ExportView,
     Health,
@@ -27,7 +28,7 @@ from shared.api_models import (
     RerollAccepted,
     Submitted,
 )
-from shared.models import BatchRequest, RerollRequest
+from shared.contracts.requests import BatchRequest, RerollRequest
 
 REQUESTS: tuple[type[BaseModel], ...] = (BatchRequest, RerollRequest)
 MODELS: list[type[BaseModel]] = [
@@ -42,6 +43,7 @@ MODELS: list[type[BaseModel]] = [
     RerollAccepted,
     ExportView,
     ModelList,
+    DeploymentLimits,
     ErrorBody,
     Health,
 ]
@@ -123,6 +125,21 @@ def build() -> dict[str, Any]:
                     "security": auth,
                     "responses": {
                         "200": _json_response("The catalog", "ModelList"),
+                        **_errors(401, 403),
+                    },
+                }
+            },
+            "/limits": {
+                "get": {
+                    "operationId": "limits",
+                    "description": (
+                        "What this deployment accepts: items per batch, variants, prompt "
+                        "length, body size, lanes, and each model's sizes, aspect ratios and "
+                        "reference limit. The sheet checks rows against it before sending."
+                    ),
+                    "security": auth,
+                    "responses": {
+                        "200": _json_response("The limits", "DeploymentLimits"),
                         **_errors(401, 403),
                     },
                 }

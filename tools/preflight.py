@@ -7,7 +7,7 @@ The same lookup the HTTP function makes before it accepts a batch
 (google-genai's ``models.get``), against the endpoint the settings name:
 GEMINI_API_KEY (and GOOGLE_GEMINI_BASE_URL, if set) for the Gemini API;
 Application Default Credentials, GOOGLE_CLOUD_PROJECT and VERTEX_LOCATION for
-Vertex AI. Also checks the model is in the catalog (shared/model_catalog.json
+Vertex AI. Also checks the model is in the catalog (shared/domain/model_catalog.json
 with MODEL_CATALOG merged over it). Exit status 0: ready; 1: the model is not
 usable (the reason is printed); 2: the check could not be made.
 """
@@ -19,8 +19,8 @@ import os
 import sys
 
 from shared.adapters.gemini import Backend, GeminiModelDirectory
-from shared.catalog import load_catalog
-from shared.errors import ConfigError, TransientError
+from shared.domain.catalog import load_catalog
+from shared.domain.errors import ConfigError, TransientError
 
 LOOKUP_TIMEOUT_S = 20.0
 

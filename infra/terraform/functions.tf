@@ -1,8 +1,9 @@
-# The four functions from one definition (their specs: settings.tf). The HTTP
+# The six functions from one definition (their specs: settings.tf). The HTTP
 # function is the only one reachable from the internet (the Apps Script and the
-# sheet's =IMAGE() fetches come from Google's servers, not from a VPC); the three
-# Pub/Sub-pushed ones take internal traffic only, invoked by the push invoker's
-# OIDC token (iam.tf).
+# sheet's =IMAGE() fetches come from Google's servers, not from a VPC); the four
+# Pub/Sub-pushed ones (generate, thumbnail, dead letters, export) and the economy
+# tick (Cloud Scheduler) take internal traffic only, invoked with an OIDC token
+# (iam.tf, scheduler.tf).
 resource "google_cloudfunctions2_function" "this" {
   #checkov:skip=CKV_GCP_124:Public ingress for the HTTP function only (each.value.public): the Apps Script (UrlFetchApp) and Sheets' =IMAGE() call it from the internet; every route but /healthz checks an API key, a Google ID token or an HMAC link signature. The pushed functions are ALLOW_INTERNAL_ONLY.
   for_each = local.functions

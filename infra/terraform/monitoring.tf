@@ -1,4 +1,4 @@
-# Log-based metrics over the functions' structured logs (shared/logs.py writes
+# Log-based metrics over the functions' structured logs (shared/adapters/cloud_logging.py writes
 # one JSON object per line: severity, message, job_id, state, duration_s, event,
 # ...). Gen2 functions log as their Cloud Run service (resource cloud_run_revision).
 locals {

@@ -1,8 +1,8 @@
 # What each function is and what it is told: its entry point, sizing, settings
 # (environment variables) and secrets. Only variables feed these locals, never a
 # resource, so tests/unit/test_infra.py evaluates them with Terraform itself
-# (variables.tf and this file alone) and checks them against shared/settings.py
-# and each function's longest path (shared/budgets.py).
+# (variables.tf and this file alone) and checks them against shared/config/settings.py
+# and each function's longest path (shared/config/budgets.py).
 locals {
   function_names = {
     api         = "${var.name_prefix}-http-api"
@@ -25,7 +25,7 @@ locals {
   public_base_url = var.access.public_base_url != "" ? var.access.public_base_url : "https://${var.region}-${var.project_id}.cloudfunctions.net/${local.function_names.api}"
 
   # Each timeout exceeds its function's longest path with the default settings
-  # (shared/budgets.py; FUNCTION_TIMEOUT_S below makes each function check its
+  # (shared/config/budgets.py; FUNCTION_TIMEOUT_S below makes each function check its
   # own at start): HTTP 120 s, generate 570 s (DELIVERY_DEADLINE_S 360 s, the
   # last upload, the final sheet write), thumbnail 300 s, dead letters 150 s,
   # export 540 s (EXPORT_DEADLINE_S 420 s, the last image, the last upload chunk;
@@ -97,7 +97,7 @@ locals {
     ADMIN_CALLERS                = join(",", var.access.admin_callers)
   }
 
-  # Each function gets only the settings its code reads (shared/settings.py),
+  # Each function gets only the settings its code reads (shared/config/settings.py),
   # as strings, and only its secrets (names of settings read from Secret Manager).
   functions = {
     api = {

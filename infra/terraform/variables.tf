@@ -1,7 +1,7 @@
 # Inputs, one variable per concern. An object's attributes that are function
 # settings carry the setting's name in lower case (generation.gemini_timeout_s is
 # GEMINI_TIMEOUT_S), and their defaults are the code's defaults
-# (shared/settings.py); tests/unit/test_infra.py checks both.
+# (shared/config/settings.py); tests/unit/test_infra.py checks both.
 
 # ---------------------------------------------------------------- project
 variable "project_id" {
@@ -192,7 +192,7 @@ variable "models" {
     gemini_thinking_level = optional(string, "")
     model_check_ttl_s     = optional(number, 300)
   })
-  description = "The image model and how it is reached: gemini_model (GEMINI_MODEL, a model of shared/model_catalog.json or of model_catalog), model_catalog (MODEL_CATALOG: JSON merged over the shipped catalog, e.g. to correct a price or add a model), gemini_backend (GEMINI_BACKEND: gemini_api with the Gemini API key secret, or vertex with the functions' service accounts and roles/aiplatform.user, no key), vertex_location (VERTEX_LOCATION), gemini_thinking_level (GEMINI_THINKING_LEVEL; empty: the model's lowest), model_check_ttl_s (MODEL_CHECK_TTL_S: how long the batch preflight trusts a model lookup)."
+  description = "The image model and how it is reached: gemini_model (GEMINI_MODEL, a model of shared/domain/model_catalog.json or of model_catalog), model_catalog (MODEL_CATALOG: JSON merged over the shipped catalog, e.g. to correct a price or add a model), gemini_backend (GEMINI_BACKEND: gemini_api with the Gemini API key secret, or vertex with the functions' service accounts and roles/aiplatform.user, no key), vertex_location (VERTEX_LOCATION), gemini_thinking_level (GEMINI_THINKING_LEVEL; empty: the model's lowest), model_check_ttl_s (MODEL_CHECK_TTL_S: how long the batch preflight trusts a model lookup)."
   default     = {}
 
   validation {

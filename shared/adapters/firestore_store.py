@@ -13,12 +13,15 @@ from typing import Any, TypeVar
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
+from pydantic import BaseModel
 
-from shared import quota
-from shared.errors import NotFound, TransientError
-from shared.models import OPEN_ECONOMY_STATES, Batch, EconomyBatch, Job, JobState
-from shared.ports import StoredAnswer, Usage
-from shared.quota import GateState, Limit, Slot
+from shared.domain import quota
+from shared.domain.batch import Batch
+from shared.domain.economy_batches import OPEN_ECONOMY_STATES, EconomyBatch
+from shared.domain.errors import NotFound, TransientError
+from shared.domain.job import Job, JobState
+from shared.domain.quota import GateState, Limit, Slot
+from shared.services.ports import StoredAnswer, Usage
 
 R = TypeVar("R")
 
@@ -55,6 +58,24 @@ def compare_and_set(
             continue
         return result
     raise TransientError(f"{ref.path} kept changing; gave up after {_CAS_ATTEMPTS} tries")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def update_record(
+    ref: Any, model: type[M], what: str, change: Callable[[M], tuple[M | None, R]]
+) -> R:
+    """``change`` applied to the stored record under compare-and-set; ``NotFound``
+    (naming ``what``) when there is none."""
+
+    def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, R]:
+        if doc is None:
+            raise NotFound(f"{what} does not exist")
+        updated, result = change(model.model_validate(doc))
+        return (updated.model_dump(mode="python") if updated is not None else None), result
+
+    return compare_and_set(ref, apply)
 
 
 class FirestoreJobStore:
@@ -125,22 +146,10 @@ class FirestoreJobStore:
         return [Job.from_doc(snap.to_dict() or {}) for snap in query.stream()]
 
     def update_batch(self, batch_id: str, change: Callable[[Batch], tuple[Batch | None, R]]) -> R:
-        def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, R]:
-            if doc is None:
-                raise NotFound(f"batch {batch_id} does not exist")
-            updated, result = change(Batch.model_validate(doc))
-            return (updated.to_doc() if updated is not None else None), result
-
-        return compare_and_set(self._batches.document(batch_id), apply)
+        return update_record(self._batches.document(batch_id), Batch, f"batch {batch_id}", change)
 
     def update_job(self, job_id: str, change: Callable[[Job], tuple[Job | None, R]]) -> R:
-        def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, R]:
-            if doc is None:
-                raise NotFound(f"job {job_id} does not exist")
-            updated, result = change(Job.from_doc(doc))
-            return (updated.to_doc() if updated is not None else None), result
-
-        return compare_and_set(self._jobs.document(job_id), apply)
+        return update_record(self._jobs.document(job_id), Job, f"job {job_id}", change)
 
 
 class FirestoreEconomyBatches:
@@ -166,13 +175,8 @@ class FirestoreEconomyBatches:
     def update(
         self, record_id: str, change: Callable[[EconomyBatch], tuple[EconomyBatch | None, R]]
     ) -> R:
-        def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, R]:
-            if doc is None:
-                raise NotFound(f"economy batch {record_id} does not exist")
-            updated, result = change(EconomyBatch.model_validate(doc))
-            return (updated.model_dump(mode="python") if updated is not None else None), result
-
-        return compare_and_set(self._records.document(record_id), apply)
+        where = f"economy batch {record_id}"
+        return update_record(self._records.document(record_id), EconomyBatch, where, change)
 
 
 class FirestoreBudgetLedger:
@@ -275,7 +279,7 @@ class FirestoreIdempotencyStore:
 
 
 class FirestoreQuotaGate:
-    """``quota/{model}``: the shared pace and gate of Gemini calls (``shared/quota.py``).
+    """``quota/{model}``: the shared pace and gate of Gemini calls (``shared/domain/quota.py``).
 
     One small document per model; every call of the fleet reads it and, when
     calls are paced, writes it once (about images-per-minute writes a minute).

@@ -14,8 +14,8 @@ from google.cloud import storage  # type: ignore[attr-defined]
 from google.oauth2 import service_account
 
 from shared.adapters.signed_urls import SignedUrlCache
-from shared.errors import NotFound, PermanentError
-from shared.ports import FoundObject
+from shared.domain.errors import NotFound, PermanentError
+from shared.services.ports import FoundObject
 
 # One request of a streaming upload (a multiple of 256 KiB, as resumable uploads
 # need): what the writer holds in memory before it sends.

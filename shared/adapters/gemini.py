@@ -18,10 +18,10 @@ from google.genai import errors, types
 from google.oauth2.credentials import Credentials
 from pydantic import ValidationError
 
-from shared.errors import PermanentError, QuotaExceeded, TransientError
-from shared.imagecheck import NotAnImage, image_mime
-from shared.ports import GeneratedImage, ModelCheck, ReferenceImage
-from shared.settings import GEMINI_RETRY_INITIAL_DELAY_S, GEMINI_RETRY_JITTER_S
+from shared.adapters.image_check import image_mime
+from shared.config.settings import GEMINI_RETRY_INITIAL_DELAY_S, GEMINI_RETRY_JITTER_S
+from shared.domain.errors import NotAnImage, PermanentError, QuotaExceeded, TransientError
+from shared.services.ports import GeneratedImage, ModelCheck, ReferenceImage
 
 # 408 and 5xx are worth retrying at once; other 4xx mean the request itself is
 # wrong. 429 is not retried here: a quota refusal closes the fleet's gate instead

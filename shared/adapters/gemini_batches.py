@@ -27,9 +27,9 @@ from shared.adapters.gemini import (
     image_config,
     read_image,
 )
-from shared.economy import GEMINI_STATES
-from shared.errors import PermanentError, TransientError
-from shared.ports import BatchProgress, EconomyLine, LineResult
+from shared.domain.economy_batches import GEMINI_STATES
+from shared.domain.errors import PermanentError, TransientError
+from shared.services.ports import BatchProgress, EconomyLine, LineResult
 
 # Batches looked at when one is searched for by display name after a crash.
 FIND_LIMIT = 500

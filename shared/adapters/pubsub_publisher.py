@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-from shared.errors import TransientError
-from shared.models import ExportMessage, JobMessage
+from shared.contracts.messages import ExportMessage, JobMessage
+from shared.domain.errors import TransientError
 
 PUBLISH_TIMEOUT_S = 60.0
 

@@ -3,7 +3,7 @@
 ``gs://<images bucket>/<references prefix>...`` is read from our own bucket
 with our credentials (earlier outputs are referenced through style anchors,
 which check who may see them); ``https://`` goes through the SSRF guard
-(``shared.netguard``). Every image is decoded by Pillow under a format
+(``shared.adapters.netguard``). Every image is decoded by Pillow under a format
 allowlist and a pixel limit before Gemini sees it, and a pack holds at most
 ``max_images`` of them.
 
@@ -35,10 +35,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from shared.errors import NotFound, PermanentError, PipelineError, TransientError
-from shared.imagecheck import NotAnImage, image_mime
-from shared.netguard import SafeFetcher, Validators
-from shared.ports import ObjectStore, ReferenceImage
+from shared.adapters.image_check import image_mime
+from shared.adapters.netguard import SafeFetcher, Validators
+from shared.domain.errors import NotAnImage, NotFound, PermanentError, PipelineError, TransientError
+from shared.services.ports import ObjectStore, ReferenceImage
 
 # Methods zipfile inflates a bounded piece at a time (deflate's decompressor
 # takes a max_length); it inflates bzip2 and LZMA input a whole chunk at once,

@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from shared.errors import PipelineError, TransientError
-from shared.ports import Cell, RowResult, RowsWriter, RowUpdate
-from shared.throttle import Backoff, WriteLimiter
+from shared.adapters.throttle import Backoff, WriteLimiter
+from shared.contracts.sheet_row import Cell
+from shared.domain.errors import PipelineError, TransientError
+from shared.services.ports import RowResult, RowsWriter, RowUpdate
 
 log = logging.getLogger(__name__)
 

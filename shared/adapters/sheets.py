@@ -15,9 +15,10 @@ from typing import Any
 import gspread
 from gspread.exceptions import APIError
 
-from shared.a1 import column_letter, literal_text, quote_title
-from shared.errors import PermanentError, TransientError
-from shared.ports import Cell, Formula, RowResult, RowUpdate
+from shared.adapters.a1 import column_letter, literal_text, quote_title
+from shared.contracts.sheet_row import Cell, Formula
+from shared.domain.errors import PermanentError, TransientError
+from shared.services.ports import RowResult, RowUpdate
 
 KEY_COLUMN = "scene_id"
 REQUIRED_COLUMNS = ("scene_id", "status_img")

@@ -7,12 +7,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from shared import jobs as transitions
-from shared.api_models import BatchCancelled, JobCancelled
-from shared.ids import utcnow
-from shared.models import Job, JobMessage
-from shared.ports import JobPublisher, JobStore
+from shared.contracts import status_words
+from shared.contracts.answers import BatchCancelled, JobCancelled
+from shared.contracts.messages import JobMessage
+from shared.domain import cancellation
+from shared.domain.ids import utcnow
+from shared.domain.job import Job
 from shared.services.ledger import JobLedger
+from shared.services.ports import JobPublisher, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ class Cancels:
         views, changed = [], []
         for job in jobs:
             applied = self.ledger.apply(
-                job.job_id, lambda j: transitions.cancel(j, caller, self.clock())
+                job.job_id, lambda j: cancellation.cancel(j, caller, self.clock())
             )
             done = applied.value
             if applied.changed:
@@ -65,7 +67,7 @@ class Cancels:
                     scene_id=job.scene_id,
                     outcome=done.outcome.value,
                     state=applied.job.state.value,
-                    status_text=transitions.progress(applied.job).status,
+                    status_text=status_words.progress(applied.job).status,
                     stopped=done.stopped,
                     running=done.running,
                     kept=done.kept,

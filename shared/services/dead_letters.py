@@ -7,12 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from shared import exports
-from shared import jobs as transitions
-from shared.errors import NotFound, PermanentError
-from shared.events import PushMessage, export_message, job_message, storage_object
-from shared.ids import utcnow
-from shared.objects import recorded_spent, variant_key
+from shared.contracts.messages import PushMessage, export_message, job_message, storage_object
+from shared.contracts.objects import recorded_spent, variant_key
+from shared.domain import handover, lifecycle
+from shared.domain.errors import NotFound, PermanentError
+from shared.domain.ids import utcnow
 from shared.services.ledger import JobLedger
 
 log = logging.getLogger(__name__)
@@ -56,13 +55,11 @@ class DeadLetters:
                 # A later version's own message: that version fails, the job stays.
                 reason = f"gave up after {attempts} deliveries"
                 entry.apply(
-                    lambda j: transitions.variant_failed(
-                        j, n, reason, self.clock(), version=version
-                    )
+                    lambda j: lifecycle.variant_failed(j, n, reason, self.clock(), version=version)
                 )
             else:
-                reason = f"gave up after {attempts} deliveries: {transitions.last_cause(job)}"
-                entry.apply(lambda j: transitions.fail_job(j, reason, self.clock()))
+                reason = f"gave up after {attempts} deliveries: {lifecycle.last_cause(job)}"
+                entry.apply(lambda j: lifecycle.fail_job(j, reason, self.clock()))
         log.warning(
             "job failed",
             extra={"job_id": job_id, "version": version, "state": "failed", "error": reason},
@@ -73,7 +70,7 @@ class DeadLetters:
         reason = f"gave up after {attempts} deliveries"
         self.ledger.store.update_batch(
             parsed.batch_id,
-            lambda b: exports.fail(b, parsed.export_id, reason, self.clock()),
+            lambda b: handover.fail(b, parsed.export_id, reason, self.clock()),
         )
         log.warning(
             "export failed",
@@ -89,7 +86,7 @@ class DeadLetters:
         spent = recorded_spent(obj.metadata)
         self.ledger.apply(
             key.job_id,
-            lambda j: transitions.variant_failed(
+            lambda j: lifecycle.variant_failed(
                 j, key.n, reason, self.clock(), spent=spent, version=key.version
             ),
         )

@@ -21,19 +21,22 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cached_property, partial
 
-from shared import economy as records
-from shared import jobs as transitions
-from shared import pricing
-from shared.economy import ENDED_UNMADE, item_key, parse_key
-from shared.errors import NotFound, NotReady, PermanentError, TransientError
-from shared.ids import new_id, utcnow
-from shared.jobs import Spent
-from shared.models import EconomyBatch, Job, JobMessage, VariantState, money
-from shared.objects import ObjectNames, store_image
-from shared.ports import (
+from shared.config.settings import Settings
+from shared.contracts.messages import JobMessage
+from shared.contracts.objects import ObjectNames
+from shared.domain import economy_batches, lifecycle, pricing
+from shared.domain.economy_batches import ENDED_UNMADE, EconomyBatch, item_key, parse_key
+from shared.domain.errors import NotFound, NotReady, PermanentError, TransientError
+from shared.domain.ids import new_id, utcnow
+from shared.domain.job import Job, VariantState, money
+from shared.domain.lifecycle import Spent
+from shared.services.job_references import JobReferences
+from shared.services.ledger import Entries, JobLedger
+from shared.services.ports import (
     BatchRunner,
     EconomyBatchStore,
     EconomyLine,
+    ImageProbe,
     JobPublisher,
     JobStore,
     LineResult,
@@ -41,9 +44,7 @@ from shared.ports import (
     ReferenceImage,
     ReferenceLoader,
 )
-from shared.services.job_references import JobReferences
-from shared.services.ledger import Entries, JobLedger
-from shared.settings import Settings
+from shared.services.stored_images import object_names, store_image
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class Economy:
     references: ReferenceLoader
     objects: ObjectStore
     publisher: JobPublisher
+    # Checks that an anchored image, or the image an edit starts from, is one.
+    probe: ImageProbe
     clock: Callable[[], datetime] = utcnow
     monotonic: Callable[[], float] = time.monotonic
     # Who holds leases: one tick (``tick`` runs each call under a new name).
@@ -85,11 +88,11 @@ class Economy:
 
     @cached_property
     def names(self) -> ObjectNames:
-        return ObjectNames(self.settings.images_prefix, self.settings.thumbnails_prefix)
+        return object_names(self.settings)
 
     @cached_property
     def job_references(self) -> JobReferences:
-        return JobReferences(self.settings, self.store, self.objects, self.references)
+        return JobReferences(self.settings, self.store, self.objects, self.references, self.probe)
 
     def tick(self) -> TickReport:
         """Submit what is pending, then collect what Gemini finished, within the budget.
@@ -114,7 +117,7 @@ class Economy:
     # ------------------------------------------------------------------ submit
     def _submit_pending(self, report: TickReport, deadline: float) -> None:
         jobs = self.store.economy_jobs(JOBS_PER_TICK)
-        for group in records.groups(jobs, self.settings.economy_batch_max_requests):
+        for group in economy_batches.groups(jobs, self.settings.economy_batch_max_requests):
             if self.monotonic() > deadline:
                 report.out_of_time = True
                 return
@@ -153,7 +156,9 @@ class Economy:
         else:
             lines = self._lines(record, report, rows)
             if not lines:
-                self.batches.update(record.record_id, lambda b: records.collected(b, self.clock()))
+                self.batches.update(
+                    record.record_id, lambda b: economy_batches.collected(b, self.clock())
+                )
                 return
             try:
                 name, inline = self.runner.submit(record.model, record.record_id, lines)
@@ -163,13 +168,13 @@ class Economy:
                 return
             sent = len(lines)
         self.batches.update(
-            record.record_id, lambda b: records.submitted(b, name, inline, self.clock())
+            record.record_id, lambda b: economy_batches.submitted(b, name, inline, self.clock())
         )
         keys = [parse_key(key) for key in record.items]
         for job_id in dict.fromkeys(key[0] for key in keys if key is not None):
             rows.apply(
                 job_id,
-                lambda j: transitions.batch_update(
+                lambda j: economy_batches.batch_update(
                     j, record.record_id, self.clock(), name=name, state="pending"
                 ),
             )
@@ -192,7 +197,7 @@ class Economy:
                 continue
             applied = rows.apply(
                 job.job_id,
-                partial(transitions.batch_claim, n=n, record=record.record_id, now=now),
+                partial(economy_batches.batch_claim, n=n, record=record.record_id, now=now),
             )
             variant = applied.job.variant(n)
             if variant.state == VariantState.BATCHED and variant.gemini_batch == record.record_id:
@@ -235,7 +240,7 @@ class Economy:
             now = self.clock()
             taken = self.batches.update(
                 record.record_id,
-                partial(records.take_lease, holder=self.holder, now=now, lease=self._lease),
+                partial(economy_batches.take_lease, holder=self.holder, now=now, lease=self._lease),
             )
             if not taken:
                 report.skipped_held += 1
@@ -263,7 +268,7 @@ class Economy:
         progress = self.runner.progress(record.gemini_name)
         self.batches.update(
             record.record_id,
-            lambda b: records.observed(b, progress.state, progress.error, self.clock()),
+            lambda b: economy_batches.observed(b, progress.state, progress.error, self.clock()),
         )
         self._tell_jobs(record, progress.state, rows)
         if progress.state == "succeeded":
@@ -281,7 +286,7 @@ class Economy:
             try:
                 rows.apply(
                     job_id,
-                    lambda j: transitions.batch_update(
+                    lambda j: economy_batches.batch_update(
                         j, record.record_id, self.clock(), state=state
                     ),
                 )
@@ -316,7 +321,7 @@ class Economy:
             job, n = self._variant_of(key)
             if job is not None:
                 self._fail(job, n, record, "missing from the Gemini batch's results", report, rows)
-        self.batches.update(record.record_id, lambda b: records.collected(b, self.clock()))
+        self.batches.update(record.record_id, lambda b: economy_batches.collected(b, self.clock()))
         report.batches_collected += 1
         log.info(
             "economy batch collected", extra={**self._ctx(record), "event": "economy_collected"}
@@ -347,7 +352,7 @@ class Economy:
         )
         rows.apply(
             job.job_id,
-            lambda j: transitions.uploaded(j, n, name, image.mime_type, self.clock(), spent),
+            lambda j: lifecycle.uploaded(j, n, name, image.mime_type, self.clock(), spent),
         )
         if created:
             report.images_stored += 1
@@ -365,7 +370,9 @@ class Economy:
                 continue
             applied = rows.apply(
                 job.job_id,
-                partial(transitions.batch_returned, n=n, record=record.record_id, now=self.clock()),
+                partial(
+                    economy_batches.batch_returned, n=n, record=record.record_id, now=self.clock()
+                ),
             )
             variant = applied.job.variant(n)
             # Returned earlier too (a tick that died before publishing): publish again.
@@ -387,7 +394,7 @@ class Economy:
                 "economy variants sent to the live lane",
                 extra={**self._ctx(record), "error": why, "event": "economy_to_live"},
             )
-        self.batches.update(record.record_id, lambda b: records.collected(b, self.clock()))
+        self.batches.update(record.record_id, lambda b: economy_batches.collected(b, self.clock()))
         report.batches_collected += 1
 
     def _fail(
@@ -401,7 +408,7 @@ class Economy:
     ) -> None:
         applied = rows.apply(
             job.job_id,
-            lambda j: transitions.batch_returned(j, n, record.record_id, self.clock(), reason),
+            lambda j: economy_batches.batch_returned(j, n, record.record_id, self.clock(), reason),
         )
         if applied.changed:
             report.variants_failed += 1
@@ -419,7 +426,7 @@ class Economy:
         applied = rows.apply(
             job.job_id,
             partial(
-                transitions.batch_dropped,
+                economy_batches.batch_dropped,
                 n=n,
                 record=record.record_id,
                 now=self.clock(),
@@ -448,7 +455,8 @@ class Economy:
     def _release(self, record: EconomyBatch) -> None:
         try:
             self.batches.update(
-                record.record_id, lambda b: records.release_lease(b, self.holder, self.clock())
+                record.record_id,
+                lambda b: economy_batches.release_lease(b, self.holder, self.clock()),
             )
         except Exception:  # the lease runs out by itself
             log.warning("economy lease not released", extra=self._ctx(record), exc_info=True)

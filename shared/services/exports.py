@@ -18,15 +18,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, BinaryIO
 
-from shared import exports as transitions
-from shared.api_models import ExportView
-from shared.errors import NotFound, PermanentError
-from shared.ids import new_id, utcnow
-from shared.links import LinkSigner
-from shared.models import Batch, Export, ExportMessage, Job, Version
-from shared.objects import export_name, variant_file
-from shared.ports import ExportPublisher, JobStore, ObjectStore
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.contracts.answers import ExportView
+from shared.contracts.links import LinkSigner
+from shared.contracts.messages import ExportMessage
+from shared.contracts.objects import ObjectNames
+from shared.domain import handover
+from shared.domain.batch import Batch
+from shared.domain.errors import NotFound, PermanentError
+from shared.domain.ids import new_id, utcnow
+from shared.domain.job import Job, Version
+from shared.services.ports import ExportPublisher, JobStore, ObjectStore
+from shared.services.stored_images import object_names
+from shared.services.views import export_view
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +47,6 @@ MANIFEST_COLUMNS = (
     "file",
 )
 ZIP_CONTENT_TYPE = "application/zip"
-
-
-def export_view(batch_id: str, export: Export | None, links: LinkSigner) -> ExportView | None:
-    if export is None:
-        return None
-    done = export.state == "done"
-    return ExportView(
-        export_id=export.export_id,
-        state=export.state,
-        requested_at=export.requested_at.isoformat(),
-        started_at=export.started_at.isoformat() if export.started_at else None,
-        finished_at=export.finished_at.isoformat() if export.finished_at else None,
-        images=export.images,
-        bytes=export.bytes,
-        download_url=links.export_link(batch_id, export.export_id) if done else None,
-        error=export.error,
-    )
 
 
 @dataclass(frozen=True)
@@ -80,7 +67,7 @@ class Exports:
             return None
         export_id = self.ids("exp")
         export, created = self.store.update_batch(
-            batch_id, lambda b: transitions.request(b, export_id, caller, self.clock())
+            batch_id, lambda b: handover.request(b, export_id, caller, self.clock())
         )
         if created:
             try:
@@ -90,7 +77,7 @@ class Exports:
             except Exception as exc:
                 reason = f"could not be queued: {exc}"
                 self.store.update_batch(
-                    batch_id, lambda b: transitions.fail(b, export_id, reason, self.clock())
+                    batch_id, lambda b: handover.fail(b, export_id, reason, self.clock())
                 )
                 raise
             log.info(
@@ -126,8 +113,7 @@ def kept_images(jobs: Sequence[Job]) -> list[Entry]:
             for number, slot in variant.slots():
                 if not slot.kept or slot.object_name is None:
                     continue
-                extension = slot.object_name.rsplit(".", 1)[-1]
-                path = f"{job.scene_id}/{variant_file(variant.n, number)}.{extension}"
+                path = ObjectNames.zip_member(job.scene_id, variant.n, number, slot.object_name)
                 made = slot.generated_at or slot.done_at or job.created_at
                 entries.append(
                     Entry(
@@ -248,7 +234,7 @@ class Exporter:
             log.error("batch not found; export dropped", extra=context)
             return
         started = self.store.update_batch(
-            batch.batch_id, lambda b: transitions.start(b, message.export_id, self.clock())
+            batch.batch_id, lambda b: handover.start(b, message.export_id, self.clock())
         )
         if started is None:
             log.info("export finished or superseded; message dropped", extra=context)
@@ -258,7 +244,7 @@ class Exporter:
     def _write(self, batch: Batch, export_id: str, context: dict[str, object]) -> None:
         cfg = self.settings
         bucket = cfg.images_bucket
-        name = export_name(cfg.exports_prefix, batch.batch_id, export_id)
+        name = object_names(cfg).export(batch.batch_id, export_id)
         entries = kept_images(self.store.get_jobs(batch.job_ids))
         counted: list[int] = []
         metadata = {"batch_id": batch.batch_id, "export_id": export_id}
@@ -276,7 +262,7 @@ class Exporter:
         except PermanentError as exc:
             reason = f"the zip could not be written: {exc}"
             self.store.update_batch(
-                batch.batch_id, lambda b: transitions.fail(b, export_id, reason, self.clock())
+                batch.batch_id, lambda b: handover.fail(b, export_id, reason, self.clock())
             )
             log.warning("export failed", extra={**context, "error": reason})
             return
@@ -284,7 +270,7 @@ class Exporter:
         images = counted[0] if counted else len(entries)
         self.store.update_batch(
             batch.batch_id,
-            lambda b: transitions.finish(b, export_id, name, images, size, self.clock()),
+            lambda b: handover.finish(b, export_id, name, images, size, self.clock()),
         )
         log.info(
             "export done",

@@ -8,7 +8,7 @@ job store) before Gemini is called; a variant whose object exists or whose
 claim is live is skipped; uploads are create-only. The lease covers the longest
 Gemini call (``Settings.variant_lease_s``) and a call starts only while the
 delivery has ``gemini_budget_s`` left, so no call outlives its claim or its
-delivery (see the time arithmetic in ``shared/settings.py``).
+delivery (see the time arithmetic in ``shared/config/settings.py``).
 """
 
 from __future__ import annotations
@@ -22,28 +22,34 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
 
-from shared import jobs as transitions
-from shared import pricing
-from shared.catalog import ModelEntry
-from shared.errors import NotFound, NotReady, PermanentError, QuotaExceeded, TransientError
-from shared.ids import new_id, utcnow
-from shared.imagecheck import NotAnImage, image_mime
-from shared.jobs import ClaimResult, Spent, VariantClaim
-from shared.models import (
-    TERMINAL_VARIANT_STATES,
-    Job,
-    JobMessage,
-    VariantState,
-    Version,
-    WaitReason,
-    money,
+from shared.config.settings import Settings
+from shared.contracts.messages import JobMessage
+from shared.contracts.objects import ObjectNames, recorded_spent
+from shared.domain import lifecycle, pricing
+from shared.domain.catalog import ModelEntry
+from shared.domain.errors import (
+    NotAnImage,
+    NotFound,
+    NotReady,
+    PermanentError,
+    QuotaExceeded,
+    TransientError,
 )
-from shared.objects import ObjectNames, recorded_spent, store_image
-from shared.ports import ImageGenerator, ObjectStore, QuotaGate, ReferenceImage, ReferenceLoader
-from shared.quota import Limit, next_quota_day
+from shared.domain.ids import new_id, utcnow
+from shared.domain.job import TERMINAL_VARIANT_STATES, Job, VariantState, Version, WaitReason, money
+from shared.domain.lifecycle import ClaimResult, Spent, VariantClaim
+from shared.domain.quota import Limit, next_quota_day
 from shared.services.job_references import JobReferences
 from shared.services.ledger import Applied, JobEntry, JobLedger
-from shared.settings import Settings
+from shared.services.ports import (
+    ImageGenerator,
+    ImageProbe,
+    ObjectStore,
+    QuotaGate,
+    ReferenceImage,
+    ReferenceLoader,
+)
+from shared.services.stored_images import object_names, store_image
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +93,20 @@ class Generation:
     generator: ImageGenerator
     references: ReferenceLoader
     quota: QuotaGate
+    # Checks that an anchored image, or the image an edit starts from, is one.
+    probe: ImageProbe
     clock: Callable[[], datetime] = utcnow
     sleep: Callable[[float], None] = field(default=time.sleep)
 
     @cached_property
     def names(self) -> ObjectNames:
-        return ObjectNames(self.settings.images_prefix, self.settings.thumbnails_prefix)
+        return object_names(self.settings)
 
     @cached_property
     def job_references(self) -> JobReferences:
-        return JobReferences(self.settings, self.ledger.store, self.objects, self.references)
+        return JobReferences(
+            self.settings, self.ledger.store, self.objects, self.references, self.probe
+        )
 
     def handle(self, message: JobMessage, published_at: datetime | None = None) -> None:
         """Generate the job's missing variants. Raises TransientError to be retried.
@@ -128,11 +138,11 @@ class Generation:
                 limit = self.settings.max_event_age_s
                 reason = (
                     f"dropped: the job waited {int(age)} s, over the {limit} s limit; "
-                    f"{transitions.last_cause(job)}"
+                    f"{lifecycle.last_cause(job)}"
                 )
                 self._fail_job(entry, reason, context)
                 return
-            if entry.apply(lambda j: transitions.start(j, self.clock())).value:
+            if entry.apply(lambda j: lifecycle.start(j, self.clock())).value:
                 log.info(
                     "job started", extra={**context, "state": "generating", "event": "job_started"}
                 )
@@ -200,7 +210,7 @@ class Generation:
         reason = str(error)
         budget = self.settings.gemini_failure_budget
         applied = entry.apply(
-            lambda j: transitions.references_failed(j, images, reason, self.clock(), budget)
+            lambda j: lifecycle.references_failed(j, images, reason, self.clock(), budget)
         )
         log.warning(
             "references not read",
@@ -261,7 +271,7 @@ class Generation:
                 self.settings.images_bucket, name, self.settings.reference_max_bytes
             )
             return ReferenceImage(
-                data=data, mime_type=image_mime(data, self.settings.image_max_pixels)
+                data=data, mime_type=self.probe(data, self.settings.image_max_pixels)
             )
         except NotFound as exc:
             raise PermanentError(f"the image to edit ({name}) is gone") from exc
@@ -269,9 +279,7 @@ class Generation:
             raise PermanentError(f"the image to edit is not usable: {exc}") from exc
 
     def _version_failed(self, entry: JobEntry, n: int, number: int, reason: str) -> None:
-        entry.apply(
-            lambda j: transitions.variant_failed(j, n, reason, self.clock(), version=number)
-        )
+        entry.apply(lambda j: lifecycle.variant_failed(j, n, reason, self.clock(), version=number))
         log.warning(
             "version failed",
             extra={"job_id": entry.job_id, "variant": n, "version": number, "error": reason},
@@ -402,7 +410,7 @@ class Generation:
     def _waiting(self, run: _Run, limit: Limit | None, until: datetime, now: datetime) -> None:
         """Show on the job (and its row) that it waits for the quota, and until when."""
         reason: WaitReason = "daily_quota" if limit == Limit.DAY else "quota"
-        run.entry.apply(lambda j: transitions.wait(j, reason, until, self.clock()))
+        run.entry.apply(lambda j: lifecycle.wait(j, reason, until, self.clock()))
 
     def _quota_refused(
         self, run: _Run, n: int, refusal: QuotaExceeded, context: Context
@@ -446,7 +454,7 @@ class Generation:
         give_up = time.monotonic() + max(0.0, wait_s)
         while True:
             claim = run.entry.apply(
-                lambda j: transitions.claim(
+                lambda j: lifecycle.claim(
                     j, n, run.claim_id, self.clock(), lease, budget, run.version
                 )
             ).value
@@ -481,9 +489,7 @@ class Generation:
 
     def _release(self, run: _Run, n: int, reason: str, context: Context) -> TransientError:
         """Give the claim back unused (a wait): a redelivery makes the variant."""
-        run.entry.apply(
-            lambda j: transitions.release(j, n, run.claim_id, self.clock(), run.version)
-        )
+        run.entry.apply(lambda j: lifecycle.release(j, n, run.claim_id, self.clock(), run.version))
         log.info(
             "variant handed back",
             extra={**context, "state": "pending", "error": reason, "event": "variant_released"},
@@ -497,7 +503,7 @@ class Generation:
         budget = self.settings.gemini_failure_budget
         reason = str(error)
         failed = run.entry.apply(
-            lambda j: transitions.attempt_failed(
+            lambda j: lifecycle.attempt_failed(
                 j, n, run.claim_id, reason, self.clock(), budget, run.version
             )
         )
@@ -520,7 +526,7 @@ class Generation:
 
     def _variant_failed(self, run: _Run, n: int, reason: str, context: Context) -> None:
         run.entry.apply(
-            lambda j: transitions.variant_failed(
+            lambda j: lifecycle.variant_failed(
                 j, n, reason, self.clock(), run.claim_id, version=run.version
             )
         )
@@ -533,9 +539,7 @@ class Generation:
         self, run: _Run, n: int, name: str, content_type: str, spent: Spent, context: Context
     ) -> None:
         recorded = run.entry.apply(
-            lambda j: transitions.uploaded(
-                j, n, name, content_type, self.clock(), spent, run.version
-            )
+            lambda j: lifecycle.uploaded(j, n, name, content_type, self.clock(), spent, run.version)
         )
         if not recorded.changed:
             # The thumbnail path recorded the image (and its cost) first.
@@ -555,7 +559,7 @@ class Generation:
 
     # ------------------------------------------------------------------ whole job
     def _fail_job(self, entry: JobEntry, reason: str, context: Context) -> None:
-        failed = entry.apply(lambda j: transitions.fail_job(j, reason, self.clock()))
+        failed = entry.apply(lambda j: lifecycle.fail_job(j, reason, self.clock()))
         if failed.changed and not failed.finished:
             # Uploaded variants still get their thumbnails; those end the job.
             log.warning(

@@ -2,54 +2,39 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from pydantic import BaseModel
-
-from shared import jobs as transitions
-from shared import pricing
-from shared.anchors import problem
-from shared.api_models import (
+from shared.config.settings import Settings
+from shared.contracts.answers import (
     BatchView,
     Budget,
-    GeminiBatchView,
     JobView,
     Plan,
     PlanJob,
-    Progress,
     Submitted,
     SubmittedJob,
-    VariantView,
-    VersionView,
-    WaitingView,
     Warning,
 )
-from shared.catalog import Lane as CatalogLane
-from shared.catalog import ModelEntry
-from shared.ids import new_id, utcnow
-from shared.links import LinkSigner
-from shared.models import (
-    AssetSize,
-    Batch,
-    BatchRequest,
-    ImageSlot,
-    Job,
-    JobMessage,
-    Lane,
-    Version,
-    money,
-)
-from shared.ports import BudgetLedger, IdempotencyStore, JobPublisher, JobStore, Usage
-from shared.services.exports import export_view
+from shared.contracts.links import LinkSigner
+from shared.contracts.messages import JobMessage
+from shared.contracts.requests import BatchRequest
+from shared.domain import lifecycle, pricing
+from shared.domain.batch import Batch
+from shared.domain.catalog import Lane as CatalogLane
+from shared.domain.catalog import ModelEntry
+from shared.domain.ids import new_id, utcnow
+from shared.domain.job import Job, Lane, money
+from shared.services.daily_budget import OverBudget, reserve
 from shared.services.ledger import JobLedger
-from shared.services.once import InProgress, Replay, run_once
+from shared.services.once import InProgress, Replay, kept_answer, run_once, scoped_key
+from shared.services.ports import BudgetLedger, IdempotencyStore, JobPublisher, JobStore
 from shared.services.preflight import Preflight
-from shared.settings import Settings
+from shared.services.style_anchors import problem
+from shared.services.views import batch_view, budget_view, job_view
 
 # A request without an Idempotency-Key is keyed by its content; that key only
 # catches double submissions, so it lives much shorter than an explicit key.
@@ -72,14 +57,6 @@ class Accepted:
 
 
 @dataclass(frozen=True)
-class OverBudget:
-    """The caller's daily caps leave no room for the batch; nothing was recorded."""
-
-    budget: Budget
-    message: str
-
-
-@dataclass(frozen=True)
 class ModelUnavailable:
     """The backend does not serve the batch's model (retired, unknown, not allowed)."""
 
@@ -96,7 +73,6 @@ __all__ = [
     "ModelUnavailable",
     "OverBudget",
     "Submission",
-    "job_view",
 ]
 
 
@@ -171,16 +147,13 @@ class Intake:
             lanes={lane: money(total) for lane, total in by_lane.items()},
             economy=ECONOMY_NOTE,
             estimate_notes=notes,
-            budget=self._budget(day, self.budget.usage(caller, day), images, cost),
+            budget=budget_view(self.settings, day, self.budget.usage(caller, day), images, cost),
             warnings=self._warnings(request),
             jobs=[job for job, _ in priced],
         )
 
     def _day(self) -> str:
         return self.clock().strftime("%Y-%m-%d")
-
-    def _budget(self, day: str, used: Usage, images: int, cost: Decimal) -> Budget:
-        return budget_view(self.settings, day, used, images, cost)
 
     def _warnings(self, request: BatchRequest) -> list[Warning]:
         scenes = {item.scene_id for item in request.items}
@@ -221,15 +194,9 @@ class Intake:
         if isinstance(plan, ModelUnavailable):
             return plan
         cost = Decimal(plan.estimated_cost_usd)
-        ok, before = self.budget.reserve(
-            caller,
-            plan.budget.day,
-            plan.image_count,
-            cost,
-            self.settings.daily_image_cap,
-            self.settings.daily_cost_cap_usd,
+        ok, budget = reserve(
+            self.budget, self.settings, caller, plan.budget.day, plan.image_count, cost
         )
-        budget = self._budget(plan.budget.day, before, plan.image_count, cost)
         if not ok:
             return OverBudget(
                 budget,
@@ -319,7 +286,7 @@ class Intake:
         return Accepted(answer)
 
     def _fail(self, job_id: str, reason: str) -> None:
-        self.ledger.apply(job_id, lambda job: transitions.fail_job(job, reason, self.clock()))
+        self.ledger.apply(job_id, lambda job: lifecycle.fail_job(job, reason, self.clock()))
 
     def anchor_problems(
         self, request: BatchRequest, caller: str, admin: bool = False
@@ -351,20 +318,7 @@ class Intake:
         batch = self.store.get_batch(batch_id)
         if batch is None or (batch.caller != caller and not admin):
             return None
-        jobs = self.store.get_jobs(batch.job_ids)
-        counts: dict[str, int] = {}
-        for job in jobs:
-            counts[job.state.value] = counts.get(job.state.value, 0) + 1
-        return BatchView(
-            batch_id=batch.batch_id,
-            created_at=batch.created_at.isoformat(),
-            image_count=batch.image_count,
-            estimated_cost_usd=batch.estimated_cost_usd,
-            cost_usd=money(sum((job.cost() for job in jobs), Decimal(0))),
-            counts=counts,
-            jobs=[job_view(job, self.links) for job in jobs],
-            export=export_view(batch.batch_id, batch.export, self.links),
-        )
+        return batch_view(batch, self.store.get_jobs(batch.job_ids), self.links)
 
 
 def estimate_notes(entry: ModelEntry, estimates: list[pricing.Estimate], most: int) -> list[str]:
@@ -390,104 +344,3 @@ def estimate_notes(entry: ModelEntry, estimates: list[pricing.Estimate], most: i
 def _content_key(request: BatchRequest) -> str:
     canonical = request.model_dump(mode="json", by_alias=True, exclude={"run_mode"})
     return "content:" + json.dumps(canonical, sort_keys=True)
-
-
-def scoped_key(caller: str, key: str) -> str:
-    """Keys are per caller, so one caller can never replay another's answer."""
-    return hashlib.sha256(f"{caller}\0{key}".encode()).hexdigest()
-
-
-def budget_view(cfg: Settings, day: str, used: Usage, images: int, cost: Decimal) -> Budget:
-    """The caller's day as an answer shows it, with what this request asks for."""
-    return Budget(
-        day=day,
-        images_limit=cfg.daily_image_cap,
-        images_used=used.images,
-        images_requested=images,
-        images_remaining=max(cfg.daily_image_cap - used.images, 0),
-        cost_limit_usd=money(cfg.daily_cost_cap_usd),
-        cost_used_usd=money(used.cost),
-        cost_requested_usd=money(cost),
-        cost_remaining_usd=money(max(cfg.daily_cost_cap_usd - used.cost, Decimal(0))),
-    )
-
-
-def kept_answer(answer: BaseModel) -> dict[str, object]:
-    """An answer as an idempotency record keeps it, to replay it unchanged."""
-    return answer.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-def job_view(job: Job, links: LinkSigner) -> JobView:
-    """Public view of a job, with durable links to finished images (every version)."""
-    variants = []
-    for key in sorted(job.variants, key=int):
-        v = job.variants[key]
-        current, shown = v.current()
-        variants.append(
-            VariantView(
-                variant=v.n,
-                state=v.state.value,
-                error=v.error,
-                image_url=_link(links, job, v.n, current, shown, "full"),
-                thumbnail_url=_link(links, job, v.n, current, shown, "thumb"),
-                cost_usd=v.cost_usd,
-                failures=v.failures,
-                current_version=current,
-                versions=[_version_view(links, job, v.n, k, slot) for k, slot in v.slots()],
-            )
-        )
-    progress = transitions.progress(job)
-    waiting = None
-    if transitions.waiting_shown(job) and job.waiting is not None:
-        waiting = WaitingView(
-            reason=job.waiting.reason,
-            until=job.waiting.until.isoformat(),
-            since=job.waiting.since.isoformat(),
-        )
-    duration = (
-        (job.finished_at - job.created_at).total_seconds() if job.finished_at is not None else None
-    )
-    return JobView(
-        job_id=job.job_id,
-        batch_id=job.batch_id,
-        scene_id=job.scene_id,
-        state=job.state.value,
-        status_text=progress.status,
-        progress=Progress(done=progress.done, failed=progress.failed, total=progress.total),
-        waiting=waiting,
-        lane=job.lane,
-        gemini_batches=[GeminiBatchView(name=r.name, state=r.state) for r in job.gemini_batches],
-        error=job.error,
-        sheet_error=job.sheet_error,
-        model=job.model,
-        variants=variants,
-        created_at=job.created_at.isoformat(),
-        started_at=job.started_at.isoformat() if job.started_at else None,
-        finished_at=job.finished_at.isoformat() if job.finished_at else None,
-        duration_s=duration,
-        cancelled_at=job.cancelled_at.isoformat() if job.cancelled_at else None,
-        cost_usd=money(job.cost()),
-    )
-
-
-def _link(
-    links: LinkSigner, job: Job, n: int, version: int, slot: ImageSlot, size: AssetSize
-) -> str | None:
-    return links.link(job.job_id, n, size, version) if slot.asset_name(size) else None
-
-
-def _version_view(links: LinkSigner, job: Job, n: int, number: int, slot: ImageSlot) -> VersionView:
-    asked = slot.requested_at if isinstance(slot, Version) else job.created_at
-    return VersionView(
-        version=number,
-        kind=slot.kind if isinstance(slot, Version) else "original",
-        state=slot.state.value,
-        instruction=slot.instruction if isinstance(slot, Version) else None,
-        error=slot.error,
-        image_url=_link(links, job, n, number, slot, "full"),
-        thumbnail_url=_link(links, job, n, number, slot, "thumb"),
-        cost_usd=slot.cost_usd,
-        model=slot.model,
-        created_at=asked.isoformat(),
-        generated_at=slot.generated_at.isoformat() if slot.generated_at else None,
-    )

@@ -14,12 +14,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
-from shared.anchors import is_anchor
-from shared.errors import PermanentError
-from shared.models import Job
-from shared.ports import JobStore, ObjectStore, ReferenceImage, ReferenceLoader
-from shared.services.anchors import Anchors
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.domain.anchors import is_anchor
+from shared.domain.errors import PermanentError
+from shared.domain.job import Job
+from shared.services.ports import (
+    ImageProbe,
+    JobStore,
+    ObjectStore,
+    ReferenceImage,
+    ReferenceLoader,
+)
+from shared.services.style_anchors import Anchors
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,7 @@ class JobReferences:
     store: JobStore
     objects: ObjectStore
     loader: ReferenceLoader
+    probe: ImageProbe
 
     @cached_property
     def anchors(self) -> Anchors:
@@ -41,6 +48,7 @@ class JobReferences:
             cfg.reference_max_bytes,
             cfg.image_max_pixels,
             frozenset(cfg.admin_callers),
+            self.probe,
         )
 
     def load(

@@ -1,6 +1,6 @@
 """The job ledger: every change to a job goes through here.
 
-A change is a pure transition of ``shared/jobs.py``. The ledger runs it on the
+A change is a pure transition of ``shared/domain/lifecycle.py``. The ledger runs it on the
 stored job (the store's compare-and-set may run it more than once; the result
 of the run that was written is the one returned), tells whether it changed the
 job and whether this very change finished it, logs ``job_finished`` exactly
@@ -26,10 +26,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Generic, TypeVar
 
-from shared import jobs as transitions
-from shared.ids import utcnow
-from shared.models import Job, money
-from shared.ports import BudgetLedger, JobStore
+from shared.domain import settlement
+from shared.domain.ids import utcnow
+from shared.domain.job import Job, money
+from shared.services.ports import BudgetLedger, JobStore
 from shared.services.sheet_sync import SheetSync
 
 log = logging.getLogger(__name__)
@@ -130,13 +130,13 @@ class JobLedger:
         retry corrects nothing twice), then the job does (so later changes skip it)."""
         if self.budget is None:
             return
-        due = transitions.settlements(job)
+        due = settlement.settlements(job)
         if not due:
             return
         for image in due:
             self.budget.settle(image.caller, image.day, image.key, image.images, image.cost)
         images = [(image.n, image.version) for image in due]
-        self._change(job.job_id, lambda j: transitions.mark_settled(j, images, self.clock()))
+        self._change(job.job_id, lambda j: settlement.mark_settled(j, images, self.clock()))
         given_back = [image for image in due if image.images < 0]
         if given_back:
             log.info(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from shared.ports import IdempotencyStore
+from pydantic import BaseModel
+
+from shared.services.ports import IdempotencyStore
 
 R = TypeVar("R")
 
@@ -58,3 +61,13 @@ def run_once(
     else:
         store.finish(key, ACCEPTED, body)
     return result
+
+
+def scoped_key(caller: str, key: str) -> str:
+    """Keys are per caller, so one caller can never replay another's answer."""
+    return hashlib.sha256(f"{caller}\0{key}".encode()).hexdigest()
+
+
+def kept_answer(answer: BaseModel) -> dict[str, object]:
+    """An answer as an idempotency record keeps it, to replay it unchanged."""
+    return answer.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from shared.ports import ModelCheck, ModelDirectory
+from shared.services.ports import ModelCheck, ModelDirectory
 
 
 class Preflight:

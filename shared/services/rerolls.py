@@ -9,17 +9,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from shared import jobs as transitions
-from shared import pricing
-from shared.api_models import RerollAccepted
-from shared.ids import utcnow
-from shared.jobs import VersionRequest
-from shared.models import Job, JobMessage, money
-from shared.ports import BudgetLedger, IdempotencyStore, JobPublisher, JobStore
-from shared.services.intake import OverBudget, budget_view, kept_answer, scoped_key
+from shared.config.settings import Settings
+from shared.contracts.answers import RerollAccepted
+from shared.contracts.messages import JobMessage
+from shared.domain import lifecycle, pricing, versions
+from shared.domain.ids import utcnow
+from shared.domain.job import Job, money
+from shared.domain.versions import VersionRequest
+from shared.services.daily_budget import OverBudget, reserve
 from shared.services.ledger import JobLedger
-from shared.services.once import InProgress, Replay, run_once
-from shared.settings import Settings
+from shared.services.once import InProgress, Replay, kept_answer, run_once, scoped_key
+from shared.services.ports import BudgetLedger, IdempotencyStore, JobPublisher, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,7 @@ class Rerolls:
         price = self._price(job, instruction)
         now = self.clock()
         day = now.strftime("%Y-%m-%d")
-        ok, before = self.budget.reserve(
-            caller, day, 1, price, cfg.daily_image_cap, cfg.daily_cost_cap_usd
-        )
-        budget = budget_view(cfg, day, before, 1, price)
+        ok, budget = reserve(self.budget, cfg, caller, day, 1, price)
         if not ok:
             return OverBudget(
                 budget,
@@ -123,7 +120,7 @@ class Rerolls:
         wanted = VersionRequest(instruction, self.seeds(), caller, day, money(price))
         try:
             added = self.ledger.apply(
-                job.job_id, lambda j: transitions.add_version(j, n, wanted, self.clock())
+                job.job_id, lambda j: versions.add_version(j, n, wanted, self.clock())
             ).value
         except BaseException:
             self.budget.refund(caller, day, 1, price)
@@ -146,7 +143,7 @@ class Rerolls:
             reason = f"could not be queued: {error}"
             self.ledger.apply(
                 job.job_id,
-                lambda j: transitions.variant_failed(j, n, reason, self.clock(), version=number),
+                lambda j: lifecycle.variant_failed(j, n, reason, self.clock(), version=number),
             )
         log.info(
             "version requested",

@@ -10,64 +10,25 @@ can never land after a newer one.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from shared import jobs as transitions
-from shared.errors import NotFound, PermanentError, TransientError
-from shared.ids import new_id, utcnow
-from shared.links import LinkSigner
-from shared.models import Job
-from shared.ports import Cell, Formula, JobStore, SheetWriter, Text
+from shared.contracts.links import LinkSigner
+from shared.contracts.sheet_row import cells_digest, row_cells, row_digest
+from shared.domain.errors import NotFound, PermanentError, TransientError
+from shared.domain.ids import new_id, utcnow
+from shared.domain.job import Job
+from shared.services.ports import JobStore, SheetWriter
 
 log = logging.getLogger(__name__)
 
 # Writes of one sync; more are needed only when the job changes while its row
 # is being written. Bounded so that a flapping job cannot loop.
 MAX_ROUNDS = 3
-# Sheets holds 50,000 characters a cell; a status should stay readable.
-MAX_CELL_CHARS = 1000
-ERROR_COLUMN = "error_img"
-
-
-def row_cells(job: Job, links: LinkSigner) -> dict[str, Cell]:
-    """The cells of the job's row, by header name; each image cell shows the
-    variant's newest finished version.
-
-    ``error_img`` is written only when the sheet has such a column.
-    """
-    cells: dict[str, Cell] = {
-        "status_img": Text(_clip(transitions.progress(job).status)),
-        "job_id": Text(job.job_id),
-        ERROR_COLUMN: Text(_clip(job.error or "")),
-    }
-    for key in sorted(job.variants, key=int):
-        variant = job.variants[key]
-        number, shown = variant.current()  # the newest version with a finished image
-        if shown.asset_name("thumb") is not None:
-            url = links.link(job.job_id, variant.n, "thumb", number).replace('"', '""')
-            cells[f"nano_img_{variant.n}"] = Formula(f'=IMAGE("{url}")')
-    return cells
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 1] + "…"
-
-
-def row_digest(job: Job, links: LinkSigner) -> str:
-    """What identifies the row that shows this state of the job."""
-    return _digest(row_cells(job, links))
-
-
-def _digest(cells: Mapping[str, Cell]) -> str:
-    flat = {name: [type(cell).__name__, cell.value] for name, cell in cells.items()}
-    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class RowClaim(StrEnum):
@@ -149,7 +110,7 @@ class SheetSync:
             raise
         if note is not None:
             log.warning("sheet row written without some cells", extra={**context, "error": note})
-        return self._release(job.job_id, token, _digest(cells), note)
+        return self._release(job.job_id, token, cells_digest(cells), note)
 
     def _release(
         self,

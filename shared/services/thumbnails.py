@@ -8,21 +8,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 
-from shared import jobs as transitions
-from shared.errors import NotFound, PermanentError
-from shared.events import StorageObject
-from shared.ids import utcnow
-from shared.models import TERMINAL_VARIANT_STATES
-from shared.objects import (
+from shared.config.settings import Settings
+from shared.contracts.messages import StorageObject
+from shared.contracts.objects import (
     ObjectNames,
     is_thumbnail,
     recorded_spent,
     thumbnail_metadata,
     variant_key,
 )
-from shared.ports import ObjectStore, Thumbnailer, ThumbnailSpec
+from shared.domain import lifecycle
+from shared.domain.errors import NotFound, PermanentError
+from shared.domain.ids import utcnow
+from shared.domain.job import TERMINAL_VARIANT_STATES
 from shared.services.ledger import JobLedger
-from shared.settings import Settings
+from shared.services.ports import ObjectStore, Thumbnailer, ThumbnailSpec
+from shared.services.stored_images import object_names
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class Thumbnails:
 
     @cached_property
     def names(self) -> ObjectNames:
-        return ObjectNames(self.settings.images_prefix, self.settings.thumbnails_prefix)
+        return object_names(self.settings)
 
     def handle(self, obj: StorageObject) -> None:
         reason = skip_reason(obj, self.settings)
@@ -89,7 +90,7 @@ class Thumbnails:
                 # A redelivered event: the ledger writes the row if a write failed.
                 if variant.cost_usd is None and spent is not None:
                     entry.apply(
-                        lambda j: transitions.uploaded(
+                        lambda j: lifecycle.uploaded(
                             j, n, obj.name, obj.content_type, self.clock(), spent, version
                         )
                     )
@@ -102,7 +103,7 @@ class Thumbnails:
             except (PermanentError, NotFound) as exc:
                 reason = f"thumbnail: {exc}"
                 entry.apply(
-                    lambda j: transitions.variant_failed(
+                    lambda j: lifecycle.variant_failed(
                         j, n, reason, self.clock(), spent=spent, version=version
                     )
                 )
@@ -118,7 +119,7 @@ class Thumbnails:
                 thumbnail_metadata(obj.name, key),
             )
             entry.apply(
-                lambda j: transitions.thumbnail_done(
+                lambda j: lifecycle.thumbnail_done(
                     j, n, obj.name, thumb, self.clock(), spent, version
                 )
             )

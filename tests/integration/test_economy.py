@@ -23,9 +23,9 @@ import pytest
 import requests
 
 from devstack.stack import Stack, StackConfig, emulator_env
-from shared.catalog import load_catalog
-from shared.objects import recorded_spent
-from shared.pricing import actual_cost
+from shared.contracts.objects import recorded_spent
+from shared.domain.catalog import load_catalog
+from shared.domain.pricing import actual_cost
 from tests.integration.conftest import LiveStack, assert_each_job_finished_once, live_handles
 
 pytestmark = pytest.mark.integration

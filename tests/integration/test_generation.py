@@ -383,8 +383,9 @@ def test_delivery_killed_between_gemini_and_upload_is_taken_over_after_its_lease
     gen: GenStack, tag: str
 ) -> None:
     from shared.adapters.firestore_store import FirestoreJobStore
-    from shared.ids import new_id, utcnow
-    from shared.models import Batch, Job
+    from shared.domain.batch import Batch
+    from shared.domain.ids import new_id, utcnow
+    from shared.domain.job import Job
 
     prompt = f"crash {tag}"
     scene_id = f"crash-{tag}"

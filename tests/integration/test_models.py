@@ -16,8 +16,8 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from PIL import Image
 
 from devstack.stack import Stack, StackConfig, emulator_env
-from shared.catalog import load_catalog
-from shared.objects import recorded_spent
+from shared.contracts.objects import recorded_spent
+from shared.domain.catalog import load_catalog
 from tests.integration.conftest import LiveStack, assert_each_job_finished_once, live_handles
 
 pytestmark = pytest.mark.integration

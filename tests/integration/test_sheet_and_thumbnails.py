@@ -24,10 +24,11 @@ import requests
 from PIL import Image
 
 from devstack.stack import HEADER
-from shared import jobs as transitions
-from shared.a1 import column_letter
+from shared.adapters.a1 import column_letter
 from shared.adapters.firestore_store import FirestoreJobStore
-from shared.models import Batch, Job, JobState, VariantState
+from shared.domain import lifecycle
+from shared.domain.batch import Batch
+from shared.domain.job import Job, JobState, VariantState
 from shared.services.ledger import JobLedger
 from tests.integration.conftest import LiveStack
 
@@ -228,7 +229,7 @@ def test_completion_is_detected_once_under_concurrent_updates_in_firestore(
     def finish(n: int) -> bool:
         return ledger.apply(
             job.job_id,
-            lambda j: transitions.thumbnail_done(j, n, image_name(job, n), f"thumbs/{n}.jpg", now),
+            lambda j: lifecycle.thumbnail_done(j, n, image_name(job, n), f"thumbs/{n}.jpg", now),
         ).finished
 
     # Four deliveries of each of the four variants, all at once.

@@ -1,10 +1,10 @@
 """The SSRF guard's address table (item 8 of issue 11), by itself.
 
-``shared.netguard.refusal`` decides from an explicit table of ranges, never
+``shared.adapters.netguard.refusal`` decides from an explicit table of ranges, never
 from ``ipaddress``'s ``is_global`` / ``is_private``, whose answers change
 between Python versions (3.11 and early 3.12 call NAT64 local-use,
 IPv4-translated and site-local addresses global). This file needs only pytest
-and certifi (which ``shared.netguard`` imports), so it runs under any
+and certifi (which ``shared.adapters.netguard`` imports), so it runs under any
 interpreter the functions may be deployed on:
 
     python3.12 -m pytest tests/unit/test_address_table.py --noconftest -p no:cacheprovider
@@ -17,7 +17,7 @@ import re
 
 import pytest
 
-from shared.netguard import REFUSED_V4, REFUSED_V6, Refused, public_address, refusal
+from shared.adapters.netguard import REFUSED_V4, REFUSED_V6, Refused, public_address, refusal
 
 REFUSED = {
     # IPv4

@@ -1,4 +1,5 @@
-"""API-key callers (shared/auth.py) and signed asset links (shared/links.py)."""
+"""API-key callers (shared/adapters/identity.py) and signed asset links
+(shared/contracts/links.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from shared.auth import caller_for_api_key, hash_key
-from shared.links import LinkSigner
+from shared.adapters.identity import caller_for_api_key, hash_key
+from shared.contracts.links import LinkSigner
 
 KEYS = {"alice": hash_key("alice-secret"), "bob": hash_key("bob-secret")}
 

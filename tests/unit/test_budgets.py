@@ -1,4 +1,4 @@
-"""Each function's timeout must exceed its longest path (shared/budgets.py).
+"""Each function's timeout must exceed its longest path (shared/config/budgets.py).
 
 tests/unit/test_infra.py checks Terraform's timeouts with the same functions.
 """
@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 import main
-from shared import budgets
 from shared.adapters.pubsub_publisher import PUBLISH_TIMEOUT_S
-from shared.errors import ConfigError
+from shared.config import budgets
+from shared.config.environment import get_settings
+from shared.domain.errors import ConfigError
 from shared.services.sheet_sync import SheetSync
-from shared.settings import get_settings
 from tests.fakes import make_settings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,10 +9,13 @@ from decimal import Decimal
 
 import pytest
 
-from shared import jobs as transitions
-from shared.errors import TransientError
-from shared.jobs import CancelOutcome, Spent, VariantClaim, VersionRequest
-from shared.models import JobState, VariantState
+from shared.contracts import status_words
+from shared.domain import cancellation, handover, lifecycle, versions
+from shared.domain.cancellation import CancelOutcome
+from shared.domain.errors import TransientError
+from shared.domain.job import JobState, VariantState
+from shared.domain.lifecycle import Spent, VariantClaim
+from shared.domain.versions import VersionRequest
 from shared.services.ledger import JobLedger
 from tests.fakes import T0, FakeBudgetLedger, FakeJobStore, make_job, mark_done
 
@@ -30,9 +33,9 @@ def request(instruction: str | None = None, caller: str = "alice") -> VersionReq
 
 def test_cancel_stops_pending_variants_and_lets_running_ones_finish() -> None:
     job = make_job(variant_count=3)
-    job, _ = transitions.claim(job, 1, "clm_a", T0, LEASE, 3)
+    job, _ = lifecycle.claim(job, 1, "clm_a", T0, LEASE, 3)
     assert job is not None
-    job, cancelled = transitions.cancel(job, "alice", T0)
+    job, cancelled = cancellation.cancel(job, "alice", T0)
     assert job is not None
     assert cancelled.outcome == CancelOutcome.CANCELLING
     assert (cancelled.stopped, cancelled.running, cancelled.kept) == (2, 1, 0)
@@ -42,31 +45,31 @@ def test_cancel_stops_pending_variants_and_lets_running_ones_finish() -> None:
         VariantState.CANCELLED,
     ]
     assert job.state == JobState.GENERATING
-    assert transitions.progress(job).status == "cancelling (0/3)"
+    assert status_words.progress(job).status == "cancelling (0/3)"
     # The running call ends: uploaded, then its thumbnail ends the job, cancelled.
-    job, _ = transitions.uploaded(job, 1, "images/sc-001/job_1/var_1.png", "image/png", T0, SPENT)
+    job, _ = lifecycle.uploaded(job, 1, "images/sc-001/job_1/var_1.png", "image/png", T0, SPENT)
     assert job is not None and job.state == JobState.GENERATING
-    job, _ = transitions.thumbnail_done(job, 1, "images/x", "thumbnails/x", T0)
+    job, _ = lifecycle.thumbnail_done(job, 1, "images/x", "thumbnails/x", T0)
     assert job is not None and job.state == JobState.CANCELLED and job.terminal
-    assert transitions.progress(job).status == "cancelled (1/3 kept)"
+    assert status_words.progress(job).status == "cancelled (1/3 kept)"
     # A cancelled variant is never claimed again (never reaches Gemini).
-    _, claimed = transitions.claim(job, 2, "clm_b", T0, LEASE, 3)
+    _, claimed = lifecycle.claim(job, 2, "clm_b", T0, LEASE, 3)
     assert claimed.outcome == VariantClaim.FINISHED
 
 
 def test_cancel_of_a_queued_job_ends_it_at_once_and_twice_is_a_no_op() -> None:
     job = make_job()
-    job, first = transitions.cancel(job, "alice", T0)
+    job, first = cancellation.cancel(job, "alice", T0)
     assert job is not None and job.state == JobState.CANCELLED and job.finished_at == T0
     assert first.outcome == CancelOutcome.CANCELLED and first.stopped == 2
-    again, second = transitions.cancel(job, "alice", T0)
+    again, second = cancellation.cancel(job, "alice", T0)
     assert again is None and second.outcome == CancelOutcome.ALREADY_CANCELLED
 
 
 def test_cancel_of_a_finished_job_changes_nothing() -> None:
     job = mark_done(make_job(), 1, 2)
-    job.state = transitions.derive_state(job)
-    unchanged, cancelled = transitions.cancel(job, "alice", T0)
+    job.state = lifecycle.derive_state(job)
+    unchanged, cancelled = cancellation.cancel(job, "alice", T0)
     assert unchanged is None
     assert cancelled.outcome == CancelOutcome.ALREADY_FINISHED and cancelled.kept == 2
 
@@ -74,17 +77,17 @@ def test_cancel_of_a_finished_job_changes_nothing() -> None:
 @pytest.mark.parametrize("ending", ["release", "attempt_failed", "takeover"])
 def test_a_running_image_that_a_cancel_reached_ends_cancelled_not_retried(ending: str) -> None:
     job = make_job(variant_count=1)
-    job, _ = transitions.claim(job, 1, "clm_a", T0, LEASE, 3)
+    job, _ = lifecycle.claim(job, 1, "clm_a", T0, LEASE, 3)
     assert job is not None
-    job, _ = transitions.cancel(job, "alice", T0)
+    job, _ = cancellation.cancel(job, "alice", T0)
     assert job is not None and job.state == JobState.GENERATING
     if ending == "release":
-        job, _ = transitions.release(job, 1, "clm_a", T0)
+        job, _ = lifecycle.release(job, 1, "clm_a", T0)
     elif ending == "attempt_failed":
-        job, ended = transitions.attempt_failed(job, 1, "clm_a", "Gemini 503", T0, 3)
+        job, ended = lifecycle.attempt_failed(job, 1, "clm_a", "Gemini 503", T0, 3)
         assert ended
     else:
-        job, claimed = transitions.claim(job, 1, "clm_b", T0 + LEASE * 2, LEASE, 3)
+        job, claimed = lifecycle.claim(job, 1, "clm_b", T0 + LEASE * 2, LEASE, 3)
         assert claimed.outcome == VariantClaim.FINISHED
     assert job is not None
     assert job.variant(1).state == VariantState.CANCELLED
@@ -96,50 +99,50 @@ def test_a_running_image_that_a_cancel_reached_ends_cancelled_not_retried(ending
 
 def test_a_reroll_is_a_new_version_and_the_job_stays_finished() -> None:
     job = mark_done(make_job(variant_count=1), 1)
-    job.state = transitions.derive_state(job)
-    job, added = transitions.add_version(job, 1, request(), T0)
+    job.state = lifecycle.derive_state(job)
+    job, added = versions.add_version(job, 1, request(), T0)
     assert job is not None and added.version == 2
     version = job.variant(1).versions[0]
     assert (version.kind, version.source_object, version.seed) == ("reroll", None, 4242)
-    assert transitions.progress(job).status == "completed; variant 1: re-roll (v2) being made"
-    job, claimed = transitions.claim(job, 1, "clm", T0, LEASE, 3, version=2)
+    assert status_words.progress(job).status == "completed; variant 1: re-roll (v2) being made"
+    job, claimed = lifecycle.claim(job, 1, "clm", T0, LEASE, 3, version=2)
     assert job is not None and claimed.outcome == VariantClaim.CLAIMED
     name = "images/sc-001/job_1/var_1_v2.png"
-    job, _ = transitions.uploaded(job, 1, name, "image/png", T0, SPENT, version=2)
+    job, _ = lifecycle.uploaded(job, 1, name, "image/png", T0, SPENT, version=2)
     assert job is not None
-    job, _ = transitions.thumbnail_done(job, 1, name, "thumbnails/t.jpg", T0, version=2)
+    job, _ = lifecycle.thumbnail_done(job, 1, name, "thumbnails/t.jpg", T0, version=2)
     assert job is not None and job.state == JobState.COMPLETED
     assert job.variant(1).current()[0] == 2
     assert job.cost() == Decimal("0.0670")  # version 1 was seeded without a cost
-    assert transitions.progress(job).status == "completed"
+    assert status_words.progress(job).status == "completed"
 
 
 def test_an_edit_starts_from_the_newest_image_and_a_failed_edit_keeps_it_current() -> None:
     job = mark_done(make_job(variant_count=1), 1)
-    job.state = transitions.derive_state(job)
-    job, added = transitions.add_version(job, 1, request("make it night"), T0)
+    job.state = lifecycle.derive_state(job)
+    job, added = versions.add_version(job, 1, request("make it night"), T0)
     assert job is not None and added.version == 2
     edit = job.variant(1).versions[0]
     assert (edit.kind, edit.source_version) == ("edit", 1)
     assert edit.source_object == "images/sc-001/job_1/var_1.png"
-    job, _ = transitions.variant_failed(job, 1, "prompt blocked", T0, version=2)
+    job, _ = lifecycle.variant_failed(job, 1, "prompt blocked", T0, version=2)
     assert job is not None and job.state == JobState.COMPLETED
     assert job.variant(1).current() == (1, job.variant(1))
-    assert transitions.progress(job).status == (
+    assert status_words.progress(job).status == (
         "completed; variant 1: edit (v2) failed: prompt blocked"
     )
 
 
 def test_versions_are_refused_while_the_variant_is_made_or_without_an_image() -> None:
     job = make_job(variant_count=1)
-    unchanged, added = transitions.add_version(job, 1, request(), T0)
+    unchanged, added = versions.add_version(job, 1, request(), T0)
     assert unchanged is None
     assert added.refusal == "variant 1 is still being made; try when it is done"
-    job, _ = transitions.variant_failed(job, 1, "blocked", T0)
+    job, _ = lifecycle.variant_failed(job, 1, "blocked", T0)
     assert job is not None
-    unchanged, added = transitions.add_version(job, 1, request("brighter"), T0)
+    unchanged, added = versions.add_version(job, 1, request("brighter"), T0)
     assert unchanged is None and added.refusal == "variant 1 has no image to edit"
-    job, added = transitions.add_version(job, 1, request(), T0)  # a re-roll of a failed variant
+    job, added = versions.add_version(job, 1, request(), T0)  # a re-roll of a failed variant
     assert job is not None and added.version == 2
 
 
@@ -150,17 +153,17 @@ def test_the_ledger_gives_back_each_cancelled_image_once() -> None:
     store, budget = FakeJobStore(), FakeBudgetLedger()
     budget.reserve("alice", DAY, 3, Decimal("0.2010"), 100, Decimal(100))
     job = make_job(variant_count=3, budget_day=DAY)
-    job, _ = transitions.claim(job, 1, "clm_a", T0, LEASE, 3)
+    job, _ = lifecycle.claim(job, 1, "clm_a", T0, LEASE, 3)
     assert job is not None
     store.add(job)
     ledger = JobLedger(store, budget=budget)
-    ledger.apply("job_1", lambda j: transitions.cancel(j, "alice", T0))
+    ledger.apply("job_1", lambda j: cancellation.cancel(j, "alice", T0))
     assert budget.used[("alice", DAY)].images == 1
     assert budget.used[("alice", DAY)].cost == Decimal("0.0670")
     assert all(store.job("job_1").variant(n).settled for n in (2, 3))
     # The running image is given back unmade later: one more image settled, once.
-    ledger.apply("job_1", lambda j: transitions.release(j, 1, "clm_a", T0))
-    ledger.apply("job_1", lambda j: transitions.cancel(j, "alice", T0))
+    ledger.apply("job_1", lambda j: lifecycle.release(j, 1, "clm_a", T0))
+    ledger.apply("job_1", lambda j: cancellation.cancel(j, "alice", T0))
     assert budget.used[("alice", DAY)].images == 0
     assert budget.used[("alice", DAY)].cost == Decimal("0.0000")
     # Through the day's settlement, keyed by image: -1 image and -its estimate each.
@@ -176,15 +179,15 @@ def test_a_cancelled_later_version_is_settled_on_its_own_key_and_day() -> None:
     store, budget = FakeJobStore(), FakeBudgetLedger()
     job = mark_done(make_job(variant_count=1, budget_day=DAY), 1)
     job.variant(1).settled = True
-    job.state = transitions.derive_state(job)
+    job.state = lifecycle.derive_state(job)
     later = "2026-12-02"
     budget.reserve("bob", later, 1, Decimal("0.0700"), 100, Decimal(100))
     wanted = VersionRequest(None, 7, "bob", later, "0.0700")
-    job, _ = transitions.add_version(job, 1, wanted, T0)
+    job, _ = versions.add_version(job, 1, wanted, T0)
     assert job is not None
     store.add(job)
     ledger = JobLedger(store, budget=budget)
-    ledger.apply("job_1", lambda j: transitions.cancel(j, "alice", T0))
+    ledger.apply("job_1", lambda j: cancellation.cancel(j, "alice", T0))
     assert store.job("job_1").variant(1).versions[0].state == VariantState.CANCELLED
     assert budget.used[("bob", later)].images == 0
     assert [c[1:4] for c in budget.calls if c[0] == "settle"] == [("bob", later, "job_1/1/v2")]
@@ -192,35 +195,35 @@ def test_a_cancelled_later_version_is_settled_on_its_own_key_and_day() -> None:
 
 def test_a_cancel_reaches_a_job_waiting_for_the_quota() -> None:
     job = make_job(variant_count=2)
-    job, _ = transitions.claim(job, 1, "clm_a", T0, LEASE, 3)
+    job, _ = lifecycle.claim(job, 1, "clm_a", T0, LEASE, 3)
     assert job is not None
-    job, _ = transitions.release(job, 1, "clm_a", T0)  # Gemini refused it: a quota wait
+    job, _ = lifecycle.release(job, 1, "clm_a", T0)  # Gemini refused it: a quota wait
     assert job is not None
-    job, _ = transitions.wait(job, "quota", T0 + timedelta(minutes=2), T0)
-    assert job is not None and transitions.progress(job).status.startswith("waiting")
-    job, cancelled = transitions.cancel(job, "alice", T0)
+    job, _ = lifecycle.wait(job, "quota", T0 + timedelta(minutes=2), T0)
+    assert job is not None and status_words.progress(job).status.startswith("waiting")
+    job, cancelled = cancellation.cancel(job, "alice", T0)
     assert job is not None and (cancelled.outcome, cancelled.stopped) == (
         CancelOutcome.CANCELLED,
         2,
     )
     assert job.state == JobState.CANCELLED and job.waiting is None
-    assert transitions.progress(job).status == "cancelled (0/2 kept)"
+    assert status_words.progress(job).status == "cancelled (0/2 kept)"
 
 
 def test_a_reroll_is_settled_from_its_estimate_to_its_cost_under_its_version_key() -> None:
     store, budget = FakeJobStore(), FakeBudgetLedger()
     job = mark_done(make_job(variant_count=1, budget_day=DAY), 1)
     job.variant(1).settled = True
-    job.state = transitions.derive_state(job)
+    job.state = lifecycle.derive_state(job)
     budget.reserve("alice", DAY, 1, Decimal("0.0670"), 100, Decimal(100))
-    job, _ = transitions.add_version(job, 1, request(), T0)
+    job, _ = versions.add_version(job, 1, request(), T0)
     assert job is not None
     store.add(job)
     ledger = JobLedger(store, budget=budget)
     name = "images/sc-001/job_1/var_1_v2.png"
     spent = Spent("gemini-3.1-flash-image", "0.0690")
-    ledger.apply("job_1", lambda j: transitions.uploaded(j, 1, name, "image/png", T0, spent, 2))
-    ledger.apply("job_1", lambda j: transitions.thumbnail_done(j, 1, name, "t", T0, version=2))
+    ledger.apply("job_1", lambda j: lifecycle.uploaded(j, 1, name, "image/png", T0, spent, 2))
+    ledger.apply("job_1", lambda j: lifecycle.thumbnail_done(j, 1, name, "t", T0, version=2))
     assert budget.used[("alice", DAY)].cost == Decimal("0.0690")
     assert budget.used[("alice", DAY)].images == 1
     settles = [c[3:] for c in budget.calls if c[0] == "settle"]
@@ -245,7 +248,7 @@ def test_a_refund_interrupted_before_it_was_recorded_is_finished_once_later(
 
     store.hook = fail_the_record
     with pytest.raises(TransientError):
-        ledger.apply("job_1", lambda j: transitions.cancel(j, "alice", T0))
+        ledger.apply("job_1", lambda j: cancellation.cancel(j, "alice", T0))
     store.hook = None
     assert budget.used[("alice", DAY)].images == 0  # given back before the record failed
     caplog.set_level(logging.INFO)
@@ -260,7 +263,7 @@ def test_a_refund_interrupted_before_it_was_recorded_is_finished_once_later(
 
 
 def test_version_names_parse_back_and_version_1_keeps_todays_name() -> None:
-    from shared.objects import ObjectNames, image_metadata, variant_key
+    from shared.contracts.objects import ObjectNames, image_metadata, variant_key
 
     names = ObjectNames("images/", "thumbnails/")
     job = make_job()
@@ -280,13 +283,13 @@ def test_version_names_parse_back_and_version_1_keeps_todays_name() -> None:
 def test_a_versions_thumbnail_finishes_that_version_only(
     clock: object, store: FakeJobStore
 ) -> None:
-    from shared.imaging import make_thumbnail
+    from shared.adapters.imaging import make_thumbnail
     from shared.services.thumbnails import Thumbnails
     from tests.fakes import IMAGES_BUCKET, FakeObjectStore, finalize_event, make_settings, png_bytes
 
     job = mark_done(make_job(variant_count=1), 1)
-    job.state = transitions.derive_state(job)
-    job, _ = transitions.add_version(job, 1, request(), T0)
+    job.state = lifecycle.derive_state(job)
+    job, _ = versions.add_version(job, 1, request(), T0)
     assert job is not None
     store.add(job)
     objects = FakeObjectStore()
@@ -305,14 +308,13 @@ def test_dead_letters_of_a_version_and_of_an_export_fail_only_those(store: FakeJ
     import base64
     import json
 
-    from shared import exports
-    from shared.events import push_message
-    from shared.models import Batch
+    from shared.contracts.messages import push_message
+    from shared.domain.batch import Batch
     from shared.services.dead_letters import DeadLetters
 
     job = mark_done(make_job(variant_count=1), 1)
-    job.state = transitions.derive_state(job)
-    job, _ = transitions.add_version(job, 1, request(), T0)
+    job.state = lifecycle.derive_state(job)
+    job, _ = versions.add_version(job, 1, request(), T0)
     assert job is not None
     batch = Batch(
         batch_id="bat_1",
@@ -325,7 +327,7 @@ def test_dead_letters_of_a_version_and_of_an_export_fail_only_those(store: FakeJ
         estimated_cost_usd="0",
         created_at=T0,
     )
-    batch, _ = exports.request(batch, "exp_1", "alice", T0)
+    batch, _ = handover.request(batch, "exp_1", "alice", T0)
     assert batch is not None
     store.create_batch(batch, [job])
 

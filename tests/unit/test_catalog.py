@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from shared import pricing
-from shared.catalog import CATALOG_PATH, LANES, load_catalog, token_cost
-from shared.errors import ConfigError
+from shared.domain import pricing
+from shared.domain.catalog import CATALOG_PATH, LANES, load_catalog, token_cost
+from shared.domain.errors import ConfigError
 
 SHIPPED = json.loads(CATALOG_PATH.read_text())
 

@@ -8,11 +8,11 @@ from datetime import timedelta
 
 import pytest
 
-from shared import jobs as transitions
-from shared.errors import TransientError
-from shared.events import PushMessage
-from shared.models import JobMessage, JobState, VariantState
-from shared.ports import Text
+from shared.contracts.messages import JobMessage, PushMessage
+from shared.contracts.sheet_row import Text
+from shared.domain import lifecycle
+from shared.domain.errors import TransientError
+from shared.domain.job import JobState, VariantState
 from shared.services.dead_letters import DELIVERY_COUNT, DeadLetters
 from shared.services.ledger import JobLedger
 from shared.services.sheet_sync import SheetSync
@@ -87,7 +87,7 @@ def test_dead_letter_for_finished_job_changes_nothing(
     sheet_sync: SheetSync,
     sheet_writer: FakeSheetWriter,
 ) -> None:
-    job, _ = transitions.fail_job(make_job(), "earlier reason", T0)
+    job, _ = lifecycle.fail_job(make_job(), "earlier reason", T0)
     assert job is not None
     store.add(job)
     sheet_sync.sync("job_1")  # its row is up to date
@@ -156,7 +156,7 @@ def test_last_cause_is_the_latest_listed_error() -> None:
     job = make_job(variant_count=3)
     job.variant(1).error = "first"
     job.variant(3).error = "third"
-    assert transitions.last_cause(job) == "third"
+    assert lifecycle.last_cause(job) == "third"
 
 
 def test_last_cause_ignores_finished_variants() -> None:
@@ -164,13 +164,13 @@ def test_last_cause_ignores_finished_variants() -> None:
     job.variant(1).error = "Gemini answered 503 UNAVAILABLE"  # pending, retried
     job.variant(2).state = VariantState.FAILED
     job.variant(2).error = "prompt blocked by Gemini (SAFETY)"
-    assert transitions.last_cause(job) == "Gemini answered 503 UNAVAILABLE"
+    assert lifecycle.last_cause(job) == "Gemini answered 503 UNAVAILABLE"
 
 
 def test_last_cause_names_a_holder_that_never_came_back() -> None:
-    job, _ = transitions.claim(make_job(variant_count=1), 1, "clm_a", T0, LEASE, 3)
+    job, _ = lifecycle.claim(make_job(variant_count=1), 1, "clm_a", T0, LEASE, 3)
     assert job is not None
-    assert transitions.last_cause(job) == (
+    assert lifecycle.last_cause(job) == (
         "the instance stopped during the Gemini call (or was still in it)"
     )
 
@@ -185,15 +185,15 @@ def test_last_cause_names_a_holder_that_never_came_back() -> None:
 def test_last_cause_names_the_wait_a_job_died_in(reason: str, words: str) -> None:
     job = make_job(variant_count=1)
     job.variant(1).error = "Gemini answered 503 UNAVAILABLE"  # an earlier attempt
-    waited, _ = transitions.wait(job, reason, T0 + LEASE, T0)  # type: ignore[arg-type]
+    waited, _ = lifecycle.wait(job, reason, T0 + LEASE, T0)  # type: ignore[arg-type]
     assert waited is not None
-    assert transitions.last_cause(waited) == words
+    assert lifecycle.last_cause(waited) == words
 
 
 def test_dead_letter_never_says_no_error_was_recorded(
     service: DeadLetters, store: FakeJobStore
 ) -> None:
-    job, _ = transitions.claim(make_job(variant_count=1), 1, "clm_dead", T0, LEASE, 3)
+    job, _ = lifecycle.claim(make_job(variant_count=1), 1, "clm_dead", T0, LEASE, 3)
     assert job is not None
     store.add(job)
     service.handle(job_letter("100"))

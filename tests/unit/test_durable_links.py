@@ -24,10 +24,10 @@ from google.cloud.storage import _signing
 
 import functions
 from functions import wiring
-from shared import jobs as transitions
 from shared.adapters.gcs_store import GcsObjectStore
-from shared.links import LinkSigner
-from shared.services.sheet_sync import row_cells
+from shared.contracts.links import LinkSigner
+from shared.contracts.sheet_row import row_cells
+from shared.domain import lifecycle
 from tests.fakes import (
     IMAGES_BUCKET,
     LINK_SIGNING_KEY,
@@ -100,7 +100,7 @@ def client(
     mark_done(job, 1)
     job.variant(1).object_name = "images/sc-001/job_a/var_1.png"
     job.variant(1).thumb_name = "thumbnails/sc-001/job_a/var_1.jpg"
-    job.state = transitions.derive_state(job)
+    job.state = lifecycle.derive_state(job)
     store.add(job)
     gcs = storage.Client(project="test-project", credentials=AnonymousCredentials())
     objects = GcsObjectStore(gcs, str(signing_key))
@@ -173,7 +173,7 @@ def test_cells_hold_durable_links_never_signed_urls(store: FakeJobStore) -> None
     job = make_job(variant_count=2, started_at=T0)
     for n in (1, 2):
         mark_done(job, n)
-    job.state = transitions.derive_state(job)
+    job.state = lifecycle.derive_state(job)
     for name, cell in row_cells(job, links).items():
         assert "X-Goog-" not in cell.value and "Signature" not in cell.value, name
     image = row_cells(job, links)["nano_img_2"].value

@@ -9,12 +9,16 @@ from typing import Any
 
 import pytest
 
-from shared import jobs as transitions
-from shared.errors import PermanentError, TransientError
-from shared.models import JobState, VariantState
-from shared.ports import LineResult, ReferenceImage, Text
+from shared.adapters.image_check import image_mime
+from shared.contracts import status_words
+from shared.contracts.sheet_row import Text
+from shared.domain import cancellation, lifecycle
+from shared.domain import economy_batches as records
+from shared.domain.errors import PermanentError, TransientError
+from shared.domain.job import JobState, VariantState
 from shared.services.economy import Economy
 from shared.services.ledger import JobLedger
+from shared.services.ports import LineResult, ReferenceImage
 from tests.fakes import (
     IMAGES_BUCKET,
     T0,
@@ -65,6 +69,7 @@ def make_economy(
             references=references,
             objects=objects,
             publisher=publisher,
+            probe=image_mime,
             clock=clock,
             monotonic=clock.monotonic,
         )
@@ -409,7 +414,7 @@ def test_what_an_ended_batch_did_not_make_goes_to_the_live_lane_once(
     assert len(runner.submits) == 1
     assert len(publisher.published) == 2
     # The live lane can claim them.
-    _, result = transitions.claim(job, 1, "clm_live", T0, _lease(), 3)
+    _, result = lifecycle.claim(job, 1, "clm_live", T0, _lease(), 3)
     assert result.outcome.value == "claimed"
 
 
@@ -438,28 +443,28 @@ def test_a_batch_gemini_refuses_sends_its_variants_on(
 
 def test_the_live_generate_function_leaves_batched_variants_alone() -> None:
     job = economy_job("job_a", 1)
-    claimed, _ = transitions.batch_claim(job, 1, "ecb_1", T0)
+    claimed, _ = records.batch_claim(job, 1, "ecb_1", T0)
     assert claimed is not None
-    updated, result = transitions.claim(claimed, 1, "clm_x", T0, _lease(), 3)
+    updated, result = lifecycle.claim(claimed, 1, "clm_x", T0, _lease(), 3)
     assert (updated, result.outcome.value) == (None, "finished")
 
 
 def test_economy_rows_say_where_the_job_is() -> None:
     job = economy_job("job_a", 2)
-    assert transitions.progress(job).status == "economy: queued for a Gemini batch"
-    batched, _ = transitions.batch_claim(job, 1, "ecb_1", T0)
+    assert status_words.progress(job).status == "economy: queued for a Gemini batch"
+    batched, _ = records.batch_claim(job, 1, "ecb_1", T0)
     assert batched is not None
-    batched, _ = transitions.batch_claim(batched, 2, "ecb_1", T0)
+    batched, _ = records.batch_claim(batched, 2, "ecb_1", T0)
     assert batched is not None
-    assert transitions.progress(batched).status == "economy: waiting for the Gemini batch (0/2)"
-    running, _ = transitions.batch_update(batched, "ecb_1", T0, state="running")
+    assert status_words.progress(batched).status == "economy: waiting for the Gemini batch (0/2)"
+    running, _ = records.batch_update(batched, "ecb_1", T0, state="running")
     assert running is not None
-    assert transitions.progress(running).status == "economy: Gemini batch running (0/2)"
-    made, _ = transitions.uploaded(running, 1, "a.png", "image/png", T0)
+    assert status_words.progress(running).status == "economy: Gemini batch running (0/2)"
+    made, _ = lifecycle.uploaded(running, 1, "a.png", "image/png", T0)
     assert made is not None
-    made, _ = transitions.uploaded(made, 2, "b.png", "image/png", T0)
+    made, _ = lifecycle.uploaded(made, 2, "b.png", "image/png", T0)
     assert made is not None
-    assert transitions.progress(made).status == "generating (0/2)"
+    assert status_words.progress(made).status == "generating (0/2)"
 
 
 def test_economy_images_settle_the_budget_at_the_batch_price(
@@ -468,7 +473,7 @@ def test_economy_images_settle_the_budget_at_the_batch_price(
     budget: Any,
     make_economy: Build,
 ) -> None:
-    from shared.ports import Usage
+    from shared.services.ports import Usage
 
     day = T0.strftime("%Y-%m-%d")
     budget.used[("alice", day)] = Usage(1, Decimal("0.0340"))
@@ -491,21 +496,21 @@ def test_a_cancel_stops_unsubmitted_economy_variants_and_keeps_what_the_batch_ma
     budget: Any,
     sheet_writer: FakeSheetWriter,
 ) -> None:
-    from shared.jobs import CancelOutcome
-    from shared.ports import Usage
+    from shared.domain.cancellation import CancelOutcome
+    from shared.services.ports import Usage
 
     day = T0.strftime("%Y-%m-%d")
     budget.used[("alice", day)] = Usage(3, Decimal("0.1005"))
     store.add(economy_job("job_a", 2, budget_day=day), economy_job("job_b", 1, budget_day=day))
     # Cancelled before a tick: its variant never goes into a Gemini batch.
-    stopped = ledger.apply("job_b", lambda j: transitions.cancel(j, "alice", T0)).value
+    stopped = ledger.apply("job_b", lambda j: cancellation.cancel(j, "alice", T0)).value
     assert (stopped.outcome, stopped.stopped) == (CancelOutcome.CANCELLED, 1)
     economy = make_economy()
     economy.tick()
     (name,) = runner.submits
     assert [line.key for line in runner.batches[name].lines] == ["job_a/1", "job_a/2"]
     # Cancelled while its batch runs: its variants are running ones and stay batched.
-    running = ledger.apply("job_a", lambda j: transitions.cancel(j, "alice", T0)).value
+    running = ledger.apply("job_a", lambda j: cancellation.cancel(j, "alice", T0)).value
     assert (running.outcome, running.stopped, running.running) == (CancelOutcome.CANCELLING, 0, 2)
     assert {store.job("job_a").variant(n).state for n in (1, 2)} == {VariantState.BATCHED}
     assert sheet_writer.row("sc-job_a")["status_img"] == Text("cancelling (0/2)")
@@ -516,7 +521,7 @@ def test_a_cancel_stops_unsubmitted_economy_variants_and_keeps_what_the_batch_ma
     job = store.job("job_a")
     assert job.variant(1).state == VariantState.UPLOADED and job.variant(1).cost_usd == "0.0335"
     assert job.variant(2).state == VariantState.CANCELLED
-    finished, _ = transitions.thumbnail_done(job, 1, "a", "t", T0)
+    finished, _ = lifecycle.thumbnail_done(job, 1, "a", "t", T0)
     assert finished is not None and finished.state == JobState.CANCELLED
     # Both unmade images gave their estimate back, the made one cost what it cost.
     assert budget.used[("alice", day)] == Usage(1, Decimal("0.0335"))
@@ -532,13 +537,13 @@ def test_a_cancelled_jobs_variants_an_ended_batch_did_not_make_are_cancelled_not
     budget: Any,
     on_expiry: str,
 ) -> None:
-    from shared.ports import Usage
+    from shared.services.ports import Usage
 
     day = T0.strftime("%Y-%m-%d")
     budget.used[("alice", day)] = Usage(2, Decimal("0.0670"))
     store.add(economy_job("job_a", 2, budget_day=day))
     make_economy(economy_on_expiry=on_expiry).tick()
-    ledger.apply("job_a", lambda j: transitions.cancel(j, "alice", T0))
+    ledger.apply("job_a", lambda j: cancellation.cancel(j, "alice", T0))
     runner.set_state(runner.submits[0], "expired")
     report = make_economy(economy_on_expiry=on_expiry).tick()
     job = store.job("job_a")

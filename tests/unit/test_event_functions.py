@@ -16,9 +16,9 @@ from flask.testing import FlaskClient
 
 import functions
 from functions import wiring
-from shared.errors import TransientError
-from shared.events import PushMessage, StorageObject
-from shared.models import JobMessage, JobState, VariantState
+from shared.contracts.messages import JobMessage, PushMessage, StorageObject
+from shared.domain.errors import TransientError
+from shared.domain.job import JobState, VariantState
 from shared.services.dead_letters import DeadLetters
 from shared.services.generation import Generation
 from shared.services.ledger import JobLedger

@@ -1,4 +1,4 @@
-"""Pub/Sub push payloads and GCS notifications (shared/events.py)."""
+"""Pub/Sub push payloads and GCS notifications (shared/contracts/messages.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ from typing import Any
 
 import pytest
 
-from shared.errors import PermanentError
-from shared.events import PushMessage, job_message, push_message, storage_object
-from shared.models import JobMessage
+from shared.contracts.messages import (
+    JobMessage,
+    PushMessage,
+    job_message,
+    push_message,
+    storage_object,
+)
+from shared.domain.errors import PermanentError
 
 
 def b64(data: bytes) -> str:

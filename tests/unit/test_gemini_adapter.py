@@ -29,9 +29,9 @@ from shared.adapters.gemini import (
     quota_refusal,
     read_image,
 )
-from shared.catalog import load_catalog
-from shared.errors import PermanentError, QuotaExceeded, TransientError
-from shared.ports import ModelCheck, ReferenceImage
+from shared.domain.catalog import load_catalog
+from shared.domain.errors import PermanentError, QuotaExceeded, TransientError
+from shared.services.ports import ModelCheck, ReferenceImage
 from tests.fakes import jpeg_bytes, png_bytes
 
 PNG = png_bytes(color=(1, 2, 3))

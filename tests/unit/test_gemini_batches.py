@@ -13,8 +13,8 @@ from PIL import Image
 from devstack.gemini_stub import GeminiStubServer, StubConfig, image_dimensions
 from shared.adapters.gemini import Backend
 from shared.adapters.gemini_batches import GeminiBatchRunner, inline_size
-from shared.errors import PermanentError, TransientError
-from shared.ports import EconomyLine, LineResult, ReferenceImage
+from shared.domain.errors import PermanentError, TransientError
+from shared.services.ports import EconomyLine, LineResult, ReferenceImage
 from tests.stubs import serving
 
 MODEL = "gemini-3.1-flash-image"

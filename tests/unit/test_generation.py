@@ -13,15 +13,18 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from shared.errors import PermanentError, TransientError
-from shared.imaging import make_thumbnail
-from shared.links import LinkSigner
-from shared.logs import setup_logging
-from shared.models import JobMessage, JobState, VariantState
-from shared.ports import Formula, GeneratedImage, ReferenceImage, Text
+from shared.adapters.cloud_logging import setup_logging
+from shared.adapters.image_check import image_mime
+from shared.adapters.imaging import make_thumbnail
+from shared.contracts.links import LinkSigner
+from shared.contracts.messages import JobMessage
+from shared.contracts.sheet_row import Formula, Text, row_digest
+from shared.domain.errors import PermanentError, TransientError
+from shared.domain.job import JobState, VariantState
 from shared.services.generation import Generation
 from shared.services.ledger import JobLedger
-from shared.services.sheet_sync import SheetSync, row_digest
+from shared.services.ports import GeneratedImage, ReferenceImage
+from shared.services.sheet_sync import SheetSync
 from shared.services.thumbnails import Thumbnails
 from tests.fakes import (
     IMAGES_BUCKET,
@@ -737,6 +740,7 @@ def test_claim_lease_outlasts_the_gemini_budget_and_no_more(
         generator=recording,
         references=references,
         quota=FakeQuotaGate(),
+        probe=image_mime,
         clock=fake_monotonic,
         sleep=fake_monotonic.sleep,
     ).handle(MESSAGE)

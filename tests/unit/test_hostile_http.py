@@ -12,7 +12,7 @@ import pytest
 from flask.testing import FlaskClient
 
 import functions
-from shared.auth import hash_key
+from shared.adapters.identity import hash_key
 
 MAIN = Path(__file__).resolve().parents[2] / "main.py"
 API_KEY = "alice-api-key"

@@ -16,16 +16,16 @@ from werkzeug.test import TestResponse
 
 import functions
 from functions import wiring
-from shared import jobs as transitions
-from shared.auth import hash_key
-from shared.errors import TransientError
-from shared.links import LinkSigner
-from shared.models import VariantState
-from shared.ports import Usage
+from shared.adapters.identity import hash_key
+from shared.config.environment import get_settings
+from shared.contracts.links import LinkSigner
+from shared.domain import lifecycle
+from shared.domain.errors import TransientError
+from shared.domain.job import VariantState
 from shared.services.intake import Intake
 from shared.services.ledger import JobLedger
+from shared.services.ports import Usage
 from shared.services.preflight import Preflight
-from shared.settings import get_settings
 from tests.fakes import (
     IMAGES_BUCKET,
     LINK_SIGNING_KEY,
@@ -399,7 +399,7 @@ def done_job(store: FakeJobStore) -> None:
     job.variant(1).thumb_name = "thumbnails/sc-001/job_a/var_1.jpg"
     job.variant(2).state = VariantState.UPLOADED
     job.variant(2).object_name = "images/sc-001/job_a/var_2.png"
-    job.state = transitions.derive_state(job)
+    job.state = lifecycle.derive_state(job)
     store.add(job)
 
 
@@ -471,3 +471,27 @@ def test_asset_not_ready_is_404(client: FlaskClient) -> None:
 def test_asset_with_non_ascii_signature_is_403(client: FlaskClient) -> None:
     response = client.get("/assets/job_a/1?size=thumb&sig=%C3%A9")
     assert response.status_code == 403
+
+
+def test_limits_say_what_this_deployment_accepts(
+    monkeypatch: pytest.MonkeyPatch, intake: Intake
+) -> None:
+    monkeypatch.setenv("MAX_VARIANTS", "6")
+    monkeypatch.setenv("MAX_PROMPT_CHARS", "1234")
+    monkeypatch.setenv("REFERENCE_MAX_IMAGES", "2")
+    get_settings.cache_clear()
+    cold_start(monkeypatch, "functions.http_api")
+    app = functions_framework.create_app(target="http_api", source=str(MAIN)).test_client()
+    assert_json_error(app.get("/limits"), 401, "unauthenticated")
+    body = app.get("/limits", headers=HEADERS).get_json()
+    assert body["max_variants"] == 6
+    assert body["max_prompt_chars"] == 1234
+    assert body["max_body_bytes"] == 4096
+    assert body["lanes"] == ["live", "economy"]
+    default = body["models"][body["default_model"]]
+    settings = get_settings()
+    entry = settings.model_entry()
+    assert default["image_sizes"] == list(entry.image_sizes)
+    assert default["aspect_ratios"] == list(entry.aspect_ratios)
+    assert all(m["max_reference_images"] <= 2 for m in body["models"].values())
+    assert set(body["models"]) == set(settings.catalog.models)

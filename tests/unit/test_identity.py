@@ -17,8 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from google.auth import crypt, jwt
 
-from shared.auth import hash_key
-from shared.identity import (
+from shared.adapters.identity import (
     CERTS_MIN_REFETCH_S,
     Authenticator,
     AuthFailure,
@@ -26,6 +25,7 @@ from shared.identity import (
     Identity,
     IdTokenVerifier,
     fetch_certs,
+    hash_key,
 )
 
 AUDIENCE = "1234-script.apps.googleusercontent.com"

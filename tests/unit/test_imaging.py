@@ -1,4 +1,4 @@
-"""Thumbnails of untrusted image bytes (shared/imaging.py) and format sniffing."""
+"""Thumbnails of untrusted image bytes (shared/adapters/imaging.py) and format sniffing."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from PIL import Image, ImageCms
 
-from shared.errors import PermanentError
-from shared.imaging import DecodeSlots, fit, make_thumbnail
-from shared.ports import ThumbnailSpec
+from shared.adapters.imaging import DecodeSlots, fit, make_thumbnail
+from shared.domain.errors import PermanentError
+from shared.services.ports import ThumbnailSpec
 from tests.fakes import jpeg_bytes, png_bytes
 
 SPEC = ThumbnailSpec()

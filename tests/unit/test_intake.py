@@ -10,21 +10,19 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from shared import jobs as transitions
-from shared.api_models import Plan
-from shared.errors import TransientError
-from shared.links import LinkSigner
-from shared.models import Batch, BatchRequest, Job, JobMessage, JobState, Limits, VariantState
-from shared.ports import Usage
-from shared.services.intake import (
-    Accepted,
-    InProgress,
-    Intake,
-    ModelUnavailable,
-    OverBudget,
-    Submission,
-)
+from shared.contracts.answers import Plan
+from shared.contracts.links import LinkSigner
+from shared.contracts.messages import JobMessage
+from shared.contracts.requests import BatchRequest, Limits
+from shared.domain import lifecycle
+from shared.domain.batch import Batch
+from shared.domain.errors import TransientError
+from shared.domain.job import Job, JobState, VariantState
+from shared.services.daily_budget import OverBudget
+from shared.services.intake import Accepted, Intake, ModelUnavailable, Submission
 from shared.services.ledger import JobLedger
+from shared.services.once import InProgress
+from shared.services.ports import Usage
 from shared.services.preflight import Preflight
 from tests.fakes import (
     IMAGES_BUCKET,
@@ -568,7 +566,7 @@ def test_job_status_links_only_for_uploaded_and_done_variants(
         job.variant(n).object_name = f"images/sc-001/job_a/var_{n}.png"
         job.variant(n).thumb_name = f"thumbnails/sc-001/job_a/var_{n}.jpg"
     job.variant(3).error = "blocked"
-    job.state = transitions.derive_state(job)
+    job.state = lifecycle.derive_state(job)
     store.add(job)
 
     view = intake.job_status("job_a", "alice")
@@ -592,7 +590,7 @@ def test_job_status_links_only_for_uploaded_and_done_variants(
 
 
 def test_job_status_duration_of_finished_job(intake: Intake, store: FakeJobStore) -> None:
-    job, _ = transitions.fail_job(make_job(job_id="job_a"), "boom", T0)
+    job, _ = lifecycle.fail_job(make_job(job_id="job_a"), "boom", T0)
     assert job is not None
     job.created_at = T0.replace(second=0)
     store.add(job)

@@ -11,18 +11,20 @@ from typing import TypeVar
 
 import pytest
 
-from shared import jobs as transitions
-from shared.errors import TransientError
-from shared.events import StorageObject
-from shared.imaging import make_thumbnail
-from shared.jobs import Spent
-from shared.links import LinkSigner
-from shared.models import Job, JobMessage, JobState, VariantState
-from shared.objects import recorded_spent
-from shared.ports import Text, Usage
+from shared.adapters.image_check import image_mime
+from shared.adapters.imaging import make_thumbnail
+from shared.contracts.links import LinkSigner
+from shared.contracts.messages import JobMessage, StorageObject
+from shared.contracts.objects import recorded_spent
+from shared.contracts.sheet_row import Text, row_digest
+from shared.domain import lifecycle
+from shared.domain.errors import TransientError
+from shared.domain.job import Job, JobState, VariantState
+from shared.domain.lifecycle import Spent
 from shared.services.generation import Generation
 from shared.services.ledger import JobLedger
-from shared.services.sheet_sync import SheetSync, row_digest
+from shared.services.ports import Usage
+from shared.services.sheet_sync import SheetSync
 from shared.services.thumbnails import Thumbnails
 from tests.fakes import (
     IMAGES_BUCKET,
@@ -68,18 +70,18 @@ def test_apply_reports_changed_finished_and_the_transition_value(
 ) -> None:
     caplog.set_level(logging.INFO, logger="shared.services.ledger")
     store.add(make_job(variant_count=1))
-    started = ledger.apply("job_1", lambda j: transitions.start(j, T0))
+    started = ledger.apply("job_1", lambda j: lifecycle.start(j, T0))
     assert (started.changed, started.finished, started.value) == (True, False, True)
     assert started.job.state == JobState.GENERATING
 
-    again = ledger.apply("job_1", lambda j: transitions.start(j, T0))
+    again = ledger.apply("job_1", lambda j: lifecycle.start(j, T0))
     assert (again.changed, again.finished, again.value) == (False, False, False)
     assert again.job.state == JobState.GENERATING  # the job as stored
 
-    failed = ledger.apply("job_1", lambda j: transitions.fail_job(j, "boom", T0))
+    failed = ledger.apply("job_1", lambda j: lifecycle.fail_job(j, "boom", T0))
     assert (failed.changed, failed.finished) == (True, True)
     assert failed.job.state == JobState.FAILED
-    late = ledger.apply("job_1", lambda j: transitions.fail_job(j, "late", T0))
+    late = ledger.apply("job_1", lambda j: lifecycle.fail_job(j, "late", T0))
     assert (late.changed, late.finished) == (False, False)
     assert len(finished_entries(caplog)) == 1
 
@@ -90,9 +92,9 @@ def test_job_finished_carries_state_duration_in_seconds_and_cost(
     caplog.set_level(logging.INFO, logger="shared.services.ledger")
     store.add(make_job(variant_count=2))
     later = T0.replace(minute=T0.minute + 2)  # 120 s after creation
-    ledger.apply("job_1", lambda j: transitions.uploaded(j, 1, "a.png", "image/png", T0, SPENT))
-    ledger.apply("job_1", lambda j: transitions.variant_failed(j, 2, "blocked", later))
-    ledger.apply("job_1", lambda j: transitions.thumbnail_done(j, 1, "a.png", "t.jpg", later))
+    ledger.apply("job_1", lambda j: lifecycle.uploaded(j, 1, "a.png", "image/png", T0, SPENT))
+    ledger.apply("job_1", lambda j: lifecycle.variant_failed(j, 2, "blocked", later))
+    ledger.apply("job_1", lambda j: lifecycle.thumbnail_done(j, 1, "a.png", "t.jpg", later))
     (entry,) = finished_entries(caplog)
     assert entry.__dict__["state"] == "partial"
     assert entry.__dict__["duration_s"] == 120.0
@@ -109,7 +111,7 @@ def test_finished_is_told_once_even_when_the_store_reruns_the_change(
     store = CompareAndSetStore()
     store.add(make_job(variant_count=1))
     ledger = JobLedger(store, SheetSync(store, sheet_writer, links))
-    result = ledger.apply("job_1", lambda j: transitions.fail_job(j, "boom", T0))
+    result = ledger.apply("job_1", lambda j: lifecycle.fail_job(j, "boom", T0))
     assert result.finished
     assert len(finished_entries(caplog)) == 1
 
@@ -125,7 +127,7 @@ def test_concurrent_changes_finish_a_job_exactly_once(
     def finish(n: int) -> None:
         start.wait(timeout=10)
         applied = ledger.apply(
-            "job_1", lambda j: transitions.thumbnail_done(j, n, f"{n}.png", f"{n}.jpg", T0)
+            "job_1", lambda j: lifecycle.thumbnail_done(j, n, f"{n}.png", f"{n}.jpg", T0)
         )
         results.append(applied.finished)
 
@@ -141,7 +143,7 @@ def test_concurrent_changes_finish_a_job_exactly_once(
 
 def test_a_ledger_without_rows_writes_no_sheet(store: FakeJobStore) -> None:
     store.add(make_job())
-    result = JobLedger(store).apply("job_1", lambda j: transitions.fail_job(j, "unqueued", T0))
+    result = JobLedger(store).apply("job_1", lambda j: lifecycle.fail_job(j, "unqueued", T0))
     assert result.finished
     assert store.job("job_1").sheet_digest is None
 
@@ -153,12 +155,12 @@ def test_a_change_that_alters_the_row_writes_it_before_apply_returns(
     store: FakeJobStore, ledger: JobLedger, sheet_writer: FakeSheetWriter, links: LinkSigner
 ) -> None:
     store.add(make_job())
-    ledger.apply("job_1", lambda j: transitions.start(j, T0))
+    ledger.apply("job_1", lambda j: lifecycle.start(j, T0))
     assert [w.cells["status_img"] for w in sheet_writer.writes] == [Text("generating (0/2)")]
     job = store.job("job_1")
     assert job.sheet_digest == row_digest(job, links)
     # A change the row does not show writes nothing.
-    ledger.apply("job_1", lambda j: transitions.uploaded(j, 1, "a.png", "image/png", T0, SPENT))
+    ledger.apply("job_1", lambda j: lifecycle.uploaded(j, 1, "a.png", "image/png", T0, SPENT))
     assert len(sheet_writer.attempts) == 1
 
 
@@ -176,10 +178,10 @@ def test_entry_writes_in_the_background_and_is_current_on_exit(
 
     sheet_writer.on_write = slow
     with ledger.entry("job_1") as entry:
-        entry.apply(lambda j: transitions.start(j, T0))
+        entry.apply(lambda j: lifecycle.start(j, T0))
         # The delivery goes on while its row is being written.
         assert writing.wait(timeout=10)
-        entry.apply(lambda j: transitions.fail_job(j, "boom", T0))
+        entry.apply(lambda j: lifecycle.fail_job(j, "boom", T0))
         release.set()
     assert store.job("job_1").state == JobState.FAILED
     assert sheet_writer.row("sc-001")["status_img"].value.startswith("failed")
@@ -206,11 +208,11 @@ def test_a_failing_final_write_is_raised_unless_the_delivery_failed_already(
     store.add(make_job())
     sheet_writer.errors += [TransientError("Sheets 503")] * 2
     with pytest.raises(TransientError, match="Sheets 503"), ledger.entry("job_1") as entry:
-        entry.apply(lambda j: transitions.start(j, T0))
+        entry.apply(lambda j: lifecycle.start(j, T0))
 
     sheet_writer.errors += [TransientError("Sheets 503")] * 2
     with pytest.raises(TransientError, match="Gemini"), ledger.entry("job_1") as entry:
-        entry.apply(lambda j: transitions.fail_job(j, "x", T0))
+        entry.apply(lambda j: lifecycle.fail_job(j, "x", T0))
         raise TransientError("Gemini 503")
 
 
@@ -231,11 +233,11 @@ def test_entries_of_many_jobs_keep_a_few_open_and_leave_every_row_current(
     sheet_writer.on_write = slow_write
     with ledger.entries(max_open=2) as rows:
         for i in range(5):
-            rows.apply(f"job_{i}", lambda j: transitions.start(j, T0))
+            rows.apply(f"job_{i}", lambda j: lifecycle.start(j, T0))
         # Job 0 was closed when job 2 opened: its row is current already.
         assert sheet_writer.row("sc-0")["status_img"] == Text("generating (0/2)")
         for i in range(5):
-            rows.apply(f"job_{i}", lambda j: transitions.fail_job(j, "boom", T0))
+            rows.apply(f"job_{i}", lambda j: lifecycle.fail_job(j, "boom", T0))
     for i in range(5):
         assert str(sheet_writer.row(f"sc-{i}")["status_img"].value).startswith("failed")
     assert most[0] == 2  # rows written side by side, one per open entry
@@ -253,7 +255,7 @@ def test_entries_raise_the_first_row_error_after_closing_all(
     sheet_writer.on_write = sheet_refuses_scene_0
     with pytest.raises(TransientError, match="Sheets 503"), ledger.entries() as rows:
         for i in range(3):
-            rows.apply(f"job_{i}", lambda j: transitions.start(j, T0))
+            rows.apply(f"job_{i}", lambda j: lifecycle.start(j, T0))
     # The other entries were still closed, their rows written.
     assert {w.scene_id for w in sheet_writer.writes} == {"sc-1", "sc-2"}
 
@@ -286,6 +288,7 @@ def test_job_cost_equals_the_cost_in_its_objects_metadata_whichever_event_comes_
         generator=generator,
         references=FakeReferenceLoader(),
         quota=FakeQuotaGate(),
+        probe=image_mime,
         clock=fake_monotonic,
         sleep=fake_monotonic.sleep,
     )
@@ -352,9 +355,9 @@ def test_finished_images_settle_the_days_budget_to_their_actual_cost_once(
     cheaper = Spent("gemini-3.1-flash-image", "0.0672", {})
     for _ in range(3):  # the same record again changes nothing (and settles nothing)
         budgeted.apply(
-            "job_1", lambda j: transitions.uploaded(j, 1, "a.png", "image/png", T0, cheaper)
+            "job_1", lambda j: lifecycle.uploaded(j, 1, "a.png", "image/png", T0, cheaper)
         )
-    budgeted.apply("job_1", lambda j: transitions.variant_failed(j, 2, "blocked", T0))
+    budgeted.apply("job_1", lambda j: lifecycle.variant_failed(j, 2, "blocked", T0))
     # Variant 1: 0.0672 instead of 0.0709; variant 2 made nothing: one image and its
     # estimate back; variant 3 is still to come, so its estimate stays reserved.
     assert budget.used[("alice", DAY)] == Usage(
@@ -374,7 +377,7 @@ def test_a_settlement_cut_short_by_a_crash_is_finished_once_by_the_next_delivery
     spent = Spent("gemini-3.1-flash-image", "0.0800", {})
     # The instance recorded the image and settled the budget, then died before
     # marking the variant settled.
-    store.mutate("job_1", lambda j: transitions.uploaded(j, 1, "a.png", "image/png", T0, spent))
+    store.mutate("job_1", lambda j: lifecycle.uploaded(j, 1, "a.png", "image/png", T0, spent))
     budget.settle("alice", DAY, "job_1/1", 0, Decimal("0.0091"))
     with budgeted.entry(store.job("job_1")):
         pass
@@ -387,6 +390,6 @@ def test_without_a_reserved_day_nothing_is_settled(
 ) -> None:
     store.add(make_job(variant_count=1))  # a job from before budgets were settled
     JobLedger(store, sheet_sync, budget).apply(
-        "job_1", lambda j: transitions.variant_failed(j, 1, "x", T0)
+        "job_1", lambda j: lifecycle.variant_failed(j, 1, "x", T0)
     )
     assert budget.calls == []

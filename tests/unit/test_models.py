@@ -1,4 +1,4 @@
-"""Request validation (shared/models.py) with limits passed as validation context."""
+"""Request validation (shared/domain/job.py) with limits passed as validation context."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from shared.catalog import load_catalog
-from shared.models import BatchRequest, Job, Limits, Variant, VariantState, money
+from shared.contracts.requests import BatchRequest, Limits
+from shared.domain.catalog import load_catalog
+from shared.domain.job import Job, Variant, VariantState, money
 from tests.fakes import make_job
 
 LIMITS = Limits(max_items=3, max_variants=4, max_prompt_chars=50, images_bucket="imgs")

@@ -1,4 +1,5 @@
-"""The fleet's pace and gate of Gemini calls (shared/quota.py) and how generation uses them."""
+"""The fleet's pace and gate of Gemini calls (shared/domain/quota.py), and how
+generation uses them."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared import quota
-from shared.errors import QuotaExceeded, TransientError
-from shared.models import JobMessage, JobState, VariantState
-from shared.ports import Text
-from shared.quota import GateState, Limit, Slot
+from shared.contracts.messages import JobMessage
+from shared.contracts.sheet_row import Text
+from shared.domain import quota
+from shared.domain.errors import QuotaExceeded, TransientError
+from shared.domain.job import JobState, VariantState
+from shared.domain.quota import GateState, Limit, Slot
 from shared.services.generation import Generation
 from tests.fakes import (
     T0,

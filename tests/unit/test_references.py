@@ -1,4 +1,4 @@
-"""Reference packs and the SSRF guard (shared/netguard.py, adapters/references.py).
+"""Reference packs and the SSRF guard (shared/adapters/netguard.py, adapters/references.py).
 
 The fetcher under test is the production one: only its name resolution and
 its TCP connect are swapped. Made-up public names resolve to made-up public
@@ -36,10 +36,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from shared.adapters.netguard import Refused, SafeFetcher, Validators, public_address, vet
 from shared.adapters.references import ENTRY_OVERHEAD, PackLimits, PackReferenceLoader
-from shared.errors import PermanentError, TransientError
-from shared.models import JobMessage, JobState
-from shared.netguard import Refused, SafeFetcher, Validators, public_address, vet
+from shared.contracts.messages import JobMessage
+from shared.domain.errors import PermanentError, TransientError
+from shared.domain.job import JobState
 from shared.services.generation import Generation
 from tests.fakes import (
     IMAGES_BUCKET,

@@ -1,4 +1,4 @@
-"""Settings from the environment (shared/settings.py); the env is isolated per test."""
+"""Settings from the environment (shared/config/settings.py); the env is isolated per test."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from shared.auth import hash_key
-from shared.catalog import load_catalog
-from shared.errors import ConfigError
-from shared.settings import get_settings
+from shared.adapters.identity import hash_key
+from shared.config.environment import get_settings
+from shared.domain.catalog import load_catalog
+from shared.domain.errors import ConfigError
 
 DIGEST_A = hash_key("key-a")
 DIGEST_B = hash_key("key-b")

@@ -9,9 +9,10 @@ from functools import partial
 import pytest
 
 from shared.adapters.sheet_coalescer import SheetCoalescer
-from shared.errors import PermanentError, TransientError
-from shared.ports import Cell, RowResult, RowUpdate, Text
-from shared.throttle import Backoff, WriteLimiter
+from shared.adapters.throttle import Backoff, WriteLimiter
+from shared.contracts.sheet_row import Cell, Text
+from shared.domain.errors import PermanentError, TransientError
+from shared.services.ports import RowResult, RowUpdate
 from tests.fakes import FakeClock
 
 # --------------------------------------------------------------------------- limiter
@@ -289,7 +290,7 @@ def test_wiring_writes_through_one_coalescer_with_the_configured_budget(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from functions import wiring
-    from shared.imaging import DecodeSlots
+    from shared.adapters.imaging import DecodeSlots
     from tests.fakes import FakeBudgetLedger, FakeJobStore, FakeObjectStore
 
     for name, value in {

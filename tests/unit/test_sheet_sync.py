@@ -9,12 +9,13 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from shared import jobs as transitions
-from shared.errors import PermanentError, TransientError
-from shared.links import LinkSigner
-from shared.models import Job, JobState, VariantState
-from shared.ports import Formula, Text
-from shared.services.sheet_sync import MAX_CELL_CHARS, SheetSync, _digest, row_cells
+from shared.contracts.links import LinkSigner
+from shared.contracts.sheet_row import MAX_CELL_CHARS, Formula, Text, row_cells
+from shared.contracts.sheet_row import cells_digest as _digest
+from shared.domain import lifecycle
+from shared.domain.errors import PermanentError, TransientError
+from shared.domain.job import Job, JobState, VariantState
+from shared.services.sheet_sync import SheetSync
 from tests.fakes import T0, FakeClock, FakeJobStore, FakeSheetWriter, RowWrite, make_job, mark_done
 
 
@@ -24,7 +25,7 @@ def finish_variant(n: int) -> Callable[[Job], None]:
         variant.state = VariantState.DONE
         variant.thumb_name = f"thumbnails/sc-001/job_1/var_{n}.jpg"
         job.started_at = job.started_at or T0
-        job.state = transitions.derive_state(job)
+        job.state = lifecycle.derive_state(job)
 
     return change
 
@@ -46,7 +47,7 @@ def test_row_cells_image_formula_only_for_done_variants(links: LinkSigner) -> No
     job.variant(2).state = VariantState.UPLOADED
     job.variant(3).state = VariantState.FAILED
     mark_done(job, 4)
-    job.state = transitions.derive_state(job)
+    job.state = lifecycle.derive_state(job)
     cells = row_cells(job, links)
     assert cells["status_img"] == Text("generating (2/4)")
     assert cells["job_id"] == Text("job_1")
@@ -56,7 +57,7 @@ def test_row_cells_image_formula_only_for_done_variants(links: LinkSigner) -> No
 
 
 def test_row_cells_status_is_text_even_when_it_looks_like_a_formula(links: LinkSigner) -> None:
-    job, _ = transitions.fail_job(make_job(variant_count=1), '=HYPERLINK("x")', T0)
+    job, _ = lifecycle.fail_job(make_job(variant_count=1), '=HYPERLINK("x")', T0)
     assert job is not None
     assert row_cells(job, links)["status_img"] == Text('failed: variant 1: =HYPERLINK("x")')
 
@@ -203,7 +204,7 @@ def test_rounds_are_bounded_for_a_flapping_job(
 
 
 def test_row_cells_error_column_and_long_texts_are_clipped(links: LinkSigner) -> None:
-    job, _ = transitions.fail_job(make_job(variant_count=1), "x" * 5000, T0)
+    job, _ = lifecycle.fail_job(make_job(variant_count=1), "x" * 5000, T0)
     assert job is not None
     cells = row_cells(job, links)
     assert cells["error_img"] == Text(job.error[: MAX_CELL_CHARS - 1] + "…")  # type: ignore[index]

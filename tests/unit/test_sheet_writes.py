@@ -18,16 +18,17 @@ from google.auth.credentials import AnonymousCredentials
 from gspread.utils import ValueInputOption
 
 from devstack.sheets_stub import Store, StubServer, make_server
-from shared import jobs as transitions
 from shared.adapters.sheet_coalescer import SheetCoalescer
 from shared.adapters.sheets import GspreadSheetWriter
 from shared.adapters.sheets_session import SheetsSession
-from shared.errors import PermanentError, TransientError
-from shared.links import LinkSigner
-from shared.models import JobState
-from shared.ports import Formula, RowUpdate, Text
-from shared.services.sheet_sync import SheetSync, row_cells
-from shared.throttle import Backoff, WriteLimiter
+from shared.adapters.throttle import Backoff, WriteLimiter
+from shared.contracts.links import LinkSigner
+from shared.contracts.sheet_row import Formula, Text, row_cells
+from shared.domain import lifecycle
+from shared.domain.errors import PermanentError, TransientError
+from shared.domain.job import JobState
+from shared.services.ports import RowUpdate
+from shared.services.sheet_sync import SheetSync
 from tests.fakes import T0, FakeClock, FakeJobStore, make_job, mark_done
 
 HEADER = ["scene_id", "prompt", "status_img", "nano_img_1", "nano_img_2", "job_id", "error_img"]
@@ -136,11 +137,11 @@ def test_user_and_error_texts_of_a_job_reach_the_sheet_as_text(
     # Scene ids are validated (a letter or digit first), so a hostile one never
     # reaches a cell; prompts are not written by us; error texts are, inside
     # the status and in error_img, whatever a model or a URL put in them.
-    one_failed, _ = transitions.variant_failed(
+    one_failed, _ = lifecycle.variant_failed(
         make_job(prompt=text, variant_count=2, started_at=T0), 1, text, T0
     )
     assert one_failed is not None
-    job, _ = transitions.fail_job(one_failed, text, T0)
+    job, _ = lifecycle.fail_job(one_failed, text, T0)
     assert job is not None and job.state == JobState.FAILED
     store = FakeJobStore()
     store.add(job.model_copy(update={"spreadsheet_id": stub.spreadsheet_id}))

@@ -15,16 +15,17 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from shared.errors import PermanentError, TransientError
-from shared.events import StorageObject
-from shared.imaging import make_thumbnail
-from shared.models import JobState, VariantState
-from shared.objects import THUMBNAIL_MARKER, ObjectNames
-from shared.ports import Formula, Text, ThumbnailSpec
+from shared.adapters.imaging import make_thumbnail
+from shared.config.settings import Settings
+from shared.contracts.messages import StorageObject
+from shared.contracts.objects import THUMBNAIL_MARKER, ObjectNames
+from shared.contracts.sheet_row import Formula, Text
+from shared.domain.errors import PermanentError, TransientError
+from shared.domain.job import JobState, VariantState
 from shared.services.ledger import JobLedger
+from shared.services.ports import ThumbnailSpec
 from shared.services.sheet_sync import SheetSync
 from shared.services.thumbnails import Thumbnails, skip_reason
-from shared.settings import Settings
 from tests.fakes import (
     IMAGES_BUCKET,
     T0,

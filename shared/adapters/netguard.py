@@ -40,7 +40,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import certifi
 
-from shared.errors import PermanentError, TransientError
+from shared.domain.errors import PermanentError, TransientError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -1,27 +1,25 @@
-"""Typed configuration, read once per instance from the environment.
+"""Typed configuration: every setting of every function, validated together.
 
-A missing or malformed setting fails at start with its name (``ConfigError``).
+Read once per instance from the environment by ``shared.config.environment``;
+a missing or malformed setting fails at start with its name (``ConfigError``).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from decimal import Decimal
-from functools import lru_cache
 from typing import Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from shared.catalog import Catalog, ModelEntry, load_catalog
-from shared.errors import ConfigError
+from shared.domain.catalog import Catalog, ModelEntry, load_catalog
+from shared.domain.errors import ConfigError
 
 # The SDK's backoff (HttpRetryOptions): initial delay x 2^k plus up to the jitter.
 GEMINI_RETRY_INITIAL_DELAY_S = 1.0
@@ -65,7 +63,7 @@ class Settings(BaseModel):
     firestore_database: str = "(default)"
 
     # --- Models (issue 15): which one, where its shapes and prices come from
-    # (shared/model_catalog.json, with MODEL_CATALOG JSON merged over it), and
+    # (shared/domain/model_catalog.json, with MODEL_CATALOG JSON merged over it), and
     # how to reach it: the Gemini API with an API key, or Vertex AI with the
     # function's service account (VERTEX_BASE_URL: another endpoint, the local stub).
     gemini_model: str = "gemini-3.1-flash-image"
@@ -100,7 +98,7 @@ class Settings(BaseModel):
     # Time arithmetic of one push delivery (see ``gemini_worst_case_s``):
     #   attempts x timeout + backoff delays <= GEMINI_BUDGET_S < DELIVERY_DEADLINE_S,
     #   DELIVERY_DEADLINE_S <= push ack deadline (600 s), and DELIVERY_DEADLINE_S plus
-    #   the last upload and the final sheet write < the function timeout (shared/budgets.py).
+    #   the last upload and the final sheet write < the function timeout (shared/config/budgets.py).
     # The timeout bounds each wait of an attempt (connect, send, answer); Gemini sends
     # its answer in one piece, so in practice it bounds the attempt.
     # Defaults: 2 x 120 s + 2 s = 242 s <= 280 s < 360 s. A variant starts its Gemini
@@ -194,7 +192,7 @@ class Settings(BaseModel):
     sheets_write_timeout_s: float = Field(default=60.0, ge=1, le=300)
 
     # The function's own timeout (Terraform's timeout_seconds); at start it must
-    # exceed the function's longest path (shared/budgets.py). 0: not known, not checked.
+    # exceed the function's longest path (shared/config/budgets.py). 0: not known, not checked.
     function_timeout_s: float = Field(default=0.0, ge=0, le=3600)
 
     @field_validator(
@@ -343,21 +341,3 @@ def check_model_settings(settings: Settings) -> None:
         if value and value not in accepted:
             takes = ", ".join(accepted) or "none"
             raise ConfigError(f"{name} {value!r}: {model} accepts {takes}")
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """Read the environment once per instance."""
-    try:
-        settings = Settings.from_env(os.environ)
-    except ValidationError as exc:
-        names = ", ".join(
-            f"{'.'.join(str(p) for p in err['loc']).upper()} ({err['msg']})" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid or missing setting(s): {names}") from exc
-    check_model_settings(settings)
-    from shared.budgets import check_function_timeout
-
-    # functions-framework sets FUNCTION_TARGET to the entry point it serves.
-    check_function_timeout(settings, os.environ.get("FUNCTION_TARGET", ""))
-    return settings

@@ -14,8 +14,8 @@ import threading
 
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from shared.errors import PermanentError
-from shared.ports import ThumbFormat, Thumbnailer, ThumbnailSpec
+from shared.domain.errors import PermanentError
+from shared.services.ports import ThumbFormat, Thumbnailer, ThumbnailSpec
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from shared.errors import ConfigError
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.domain.errors import ConfigError
 
 # One Sheets write attempt that starts just before SHEETS_WRITE_TIMEOUT_S runs
 # out: a header read and a values write, each up to the Sheets client's 30 s
@@ -118,7 +118,7 @@ def longest_path(settings: Settings, entry_point: str) -> Path:
         path = LONGEST_PATHS[entry_point]
     except KeyError:
         raise ConfigError(
-            f"no longest path for entry point {entry_point!r} (add it to shared/budgets.py)"
+            f"no longest path for entry point {entry_point!r} (add it to shared/config/budgets.py)"
         ) from None
     return path(settings)
 

@@ -10,7 +10,7 @@ import hashlib
 import hmac
 from urllib.parse import quote
 
-from shared.models import ASSET_SIZES, AssetSize
+from shared.domain.job import ASSET_SIZES, AssetSize
 
 
 class LinkSigner:

@@ -39,3 +39,7 @@ class QuotaExceeded(TransientError):
         super().__init__(message)
         self.retry_after_s = retry_after_s
         self.per_day = per_day
+
+
+class NotAnImage(ValueError):
+    """Bytes that are not an accepted, decodable image within the limits."""

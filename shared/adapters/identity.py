@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shared.auth import caller_for_api_key
-from shared.errors import TransientError
+from shared.domain.errors import TransientError
 
 GOOGLE_ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"})
 CERTS_FALLBACK_TTL_S = 3600.0
 CLOCK_SKEW_S = 10
 # Fewest seconds between two certificate fetches (unknown key ids come from anyone).
 CERTS_MIN_REFETCH_S = 60.0
+
+
+def hash_key(key: str) -> str:
+    """The SHA-256 hex digest under which an API key is configured."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def caller_for_api_key(presented: str | None, key_hashes: Mapping[str, str]) -> str | None:
+    """The caller whose key matches, or None; compares against every hash."""
+    if not presented:
+        return None
+    digest = hash_key(presented)
+    found: str | None = None
+    for caller, expected in key_hashes.items():
+        # No early exit, so timing does not tell which entry matched.
+        if hmac.compare_digest(digest, expected):
+            found = caller
+    return found
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Parse Pub/Sub push payloads (as functions-framework's CloudEvent data)."""
+"""What travels through Pub/Sub: our job and export messages, and the push
+envelopes (ours, and Cloud Storage's finalize notifications) that bring them."""
 
 from __future__ import annotations
 
@@ -9,10 +10,30 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from shared.errors import PermanentError
-from shared.models import ExportMessage, JobMessage
+from shared.domain.errors import PermanentError
+
+
+class ExportMessage(BaseModel):
+    """Pub/Sub payload asking the exporter for one zip."""
+
+    batch_id: str
+    export_id: str
+
+
+class JobMessage(BaseModel):
+    """Pub/Sub payload of one job; Firestore stays the source of truth.
+
+    With ``variant`` and ``version`` it asks for that one later version (a re-roll
+    or an edit) instead of the job's first images.
+    """
+
+    job_id: str
+    batch_id: str
+    scene_id: str
+    variant: int | None = None
+    version: int | None = None
 
 
 @dataclass(frozen=True)

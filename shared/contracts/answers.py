@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.catalog import Catalog
+from shared.domain.catalog import Catalog
 
 
 class _Answer(BaseModel):
@@ -300,6 +300,31 @@ def model_list(catalog: Catalog, default: str) -> ModelList:
             for name, entry in sorted(catalog.models.items())
         ]
     )
+
+
+class ModelLimits(_Answer):
+    """What one model of the catalog accepts in this deployment."""
+
+    aspect_ratios: list[str]
+    image_sizes: list[str]
+    default_image_size: str
+    max_reference_images: int = Field(
+        description="The model's limit, within the deployment's REFERENCE_MAX_IMAGES"
+    )
+
+
+class DeploymentLimits(_Answer):
+    """What this deployment accepts: the sheet checks rows against it before sending."""
+
+    max_items_per_batch: int
+    max_variants: int
+    max_prompt_chars: int
+    max_body_bytes: int
+    default_model: str = Field(description="The deployment's GEMINI_MODEL")
+    lanes: list[Literal["live", "economy"]] = Field(
+        description="economy needs Gemini's Batch API (not offered with GEMINI_BACKEND=vertex)"
+    )
+    models: dict[str, ModelLimits]
 
 
 ErrorBody.model_rebuild()

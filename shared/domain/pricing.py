@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from urllib.parse import urlsplit
 
-from shared.anchors import is_anchor
-from shared.catalog import MILLION, Lane, ModelEntry, token_cost
+from shared.domain.anchors import is_anchor
+from shared.domain.catalog import MILLION, Lane, ModelEntry, token_cost
 
 PROMPT_CHARS_PER_TOKEN = 4
 SINGLE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")

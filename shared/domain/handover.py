@@ -1,11 +1,11 @@
 """Pure transitions of a batch's hand-over zip (``Batch.export``), applied under
-the store's compare-and-set like the job transitions of ``shared/jobs.py``."""
+the store's compare-and-set like the job transitions of ``shared/domain/lifecycle.py``."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from shared.models import Batch, Export
+from shared.domain.batch import Batch, Export
 
 Step = tuple[Batch | None, Export | None]
 

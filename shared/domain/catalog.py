@@ -1,6 +1,6 @@
 """The model catalog: what each image model accepts and what it costs, per lane.
 
-Shipped as ``shared/model_catalog.json``; ``MODEL_CATALOG`` (JSON) is merged
+Shipped as ``shared/domain/model_catalog.json``; ``MODEL_CATALOG`` (JSON) is merged
 over it, entry by entry and field by field, so a deployment can correct a
 price or add a model without a release. Validated when the settings are read:
 a bad entry fails at start with the model and the field named.
@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shared.errors import ConfigError
+from shared.domain.errors import ConfigError
 
 CATALOG_PATH = Path(__file__).with_name("model_catalog.json")
 # The catalog's lanes: Gemini's standard API, and its Batch API (half price).

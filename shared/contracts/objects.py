@@ -18,10 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from shared.imageformat import EXTENSIONS, MIME_TYPES
-from shared.jobs import Spent
-from shared.models import Job
-from shared.ports import GeneratedImage, ObjectStore
+from shared.domain.job import Job
+from shared.domain.lifecycle import Spent
+
+# The file name extension of each image type we store, and back.
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+MIME_TYPES = {extension: mime for mime, extension in EXTENSIONS.items()}
 
 # Object metadata keys.
 JOB_ID = "job_id"
@@ -78,6 +80,7 @@ class ObjectNames:
 
     images_prefix: str
     thumbnails_prefix: str
+    exports_prefix: str = "exports/"
 
     def image_stem(self, job: Job, n: int, version: int = 1) -> str:
         """The image's name without its extension (which depends on the format)."""
@@ -101,33 +104,20 @@ class ObjectNames:
         stem = image_name.removeprefix(self.images_prefix).rsplit(".", 1)[0]
         return f"{self.thumbnails_prefix}{stem}.{EXTENSIONS[thumbnail_mime]}"
 
+    def export(self, batch_id: str, export_id: str) -> str:
+        """A batch's hand-over zip, outside the notified prefix."""
+        return f"{self.exports_prefix}{batch_id}/{export_id}.zip"
 
-def store_image(
-    objects: ObjectStore,
-    bucket: str,
-    names: ObjectNames,
-    job: Job,
-    n: int,
-    image: GeneratedImage,
-    spent: Spent,
-    version: int = 1,
-) -> tuple[str, bool]:
-    """Upload variant ``n``'s image (version ``version``) create-only with its
-    metadata: (its name, whether this call created it — False: an earlier delivery had)."""
-    name = names.image(job, n, image.mime_type, version)
-    created = objects.create(
-        bucket, name, image.data, image.mime_type, image_metadata(job, n, spent, version)
-    )
-    return name, created
+    @staticmethod
+    def zip_member(scene_id: str, n: int, version: int, image_name: str) -> str:
+        """An image's path inside the zip: ``{scene_id}/var_{n}[_v{k}].{ext}``."""
+        extension = image_name.rsplit(".", 1)[-1]
+        return f"{scene_id}/{variant_file(n, version)}.{extension}"
 
 
 def variant_file(n: int, version: int = 1) -> str:
     """``var_2`` for version 1, ``var_2_v3`` for version 3 (no extension)."""
     return f"var_{n}" if version == 1 else f"var_{n}_v{version}"
-
-
-def export_name(exports_prefix: str, batch_id: str, export_id: str) -> str:
-    return f"{exports_prefix}{batch_id}/{export_id}.zip"
 
 
 def image_metadata(job: Job, n: int, spent: Spent, version: int = 1) -> dict[str, str]:

@@ -11,16 +11,15 @@ import io
 
 from PIL import Image
 
+from shared.domain.errors import NotAnImage
+
 # Pillow format name -> the MIME type we store and send.
 ACCEPTED = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 
-class NotAnImage(ValueError):
-    """The bytes are not an accepted, decodable image within the limits."""
-
-
 def image_mime(data: bytes, max_pixels: int) -> str:
-    """The MIME type of a decodable PNG, JPEG or WebP of at most ``max_pixels``."""
+    """The MIME type of a decodable PNG, JPEG or WebP of at most ``max_pixels``
+    (the ``ImageProbe`` port); ``NotAnImage`` says why not."""
     try:
         # open() reads only the header, so the size is checked before any decoding.
         with Image.open(io.BytesIO(data), formats=list(ACCEPTED)) as image:

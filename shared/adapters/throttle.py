@@ -8,7 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from shared.errors import TransientError
+from shared.domain.errors import TransientError
 
 WINDOW_S = 60.0
 

@@ -1,4 +1,5 @@
-"""The small interfaces through which services reach the cloud (one adapter each)."""
+"""The small interfaces through which services reach the cloud, the network and
+Pillow (one production adapter each, in ``shared.adapters``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import BinaryIO, Literal, Protocol, TypeVar
 
-from shared.models import Batch, EconomyBatch, EconomyBatchState, ExportMessage, Job, JobMessage
-from shared.quota import Limit, Slot
+from shared.contracts.messages import ExportMessage, JobMessage
+from shared.contracts.sheet_row import Cell
+from shared.domain.batch import Batch
+from shared.domain.economy_batches import EconomyBatch, EconomyBatchState
+from shared.domain.job import Job
+from shared.domain.quota import Limit, Slot
 
 R = TypeVar("R")
 
@@ -143,7 +148,8 @@ class QuotaGate(Protocol):
     """The fleet's shared pace and gate for calls of one model (Firestore in production)."""
 
     def reserve(self, model: str, now: datetime, max_wait_s: float) -> Slot:
-        """A call slot within ``max_wait_s``, or when one could be had (``shared/quota.py``)."""
+        """A call slot within ``max_wait_s``, or when one could be had
+        (``shared/domain/quota.py``)."""
         ...
 
     def close(self, model: str, until: datetime, limit: Limit) -> None:
@@ -222,6 +228,14 @@ class Thumbnailer(Protocol):
     """
 
     def __call__(self, data: bytes, spec: ThumbnailSpec) -> bytes: ...
+
+
+class ImageProbe(Protocol):
+    """Checks untrusted bytes are an image we accept (Pillow in production)."""
+
+    def __call__(self, data: bytes, max_pixels: int) -> str:
+        """The image's MIME type; raises ``NotAnImage`` saying why it is none."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -334,23 +348,6 @@ class ReferenceLoader(Protocol):
     """Turns a scene's ``ref_pack_public_url`` into reference images."""
 
     def load(self, url: str) -> list[ReferenceImage]: ...
-
-
-@dataclass(frozen=True)
-class Text:
-    """A cell written as plain text, never interpreted as a formula."""
-
-    value: str
-
-
-@dataclass(frozen=True)
-class Formula:
-    """A cell holding one of our own formulas."""
-
-    value: str
-
-
-Cell = Text | Formula
 
 
 class SheetWriter(Protocol):

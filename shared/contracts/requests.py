@@ -1,0 +1,243 @@
+"""The bodies a caller sends: a batch of scenes and a re-roll, with the limits
+they are validated against (taken from the settings, passed as context)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from shared.domain.anchors import ANCHOR_FORMS, is_anchor, parse_anchor
+from shared.domain.job import Lane
+
+SCENE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class Limits(BaseModel):
+    """Request limits, taken from settings and passed as validation context."""
+
+    max_items: int = 500
+    max_variants: int = 4
+    max_prompt_chars: int = 4000
+    images_bucket: str = ""
+    # gs:// references must lie under it ("" allows none; None, any object: tests).
+    references_prefix: str | None = None
+    allowed_spreadsheet_ids: tuple[str, ...] = ("*",)
+    # The catalog's models, and the shapes the batch's model accepts (empty: any).
+    models: tuple[str, ...] = ()
+    aspect_ratios: tuple[str, ...] = ()
+    image_sizes: tuple[str, ...] = ()
+    # The economy lane needs Gemini's Batch API (the Gemini API backend).
+    economy_lane: bool = True
+    # The batch's model takes at most this many reference images in all.
+    max_references: int = 14
+
+
+def _lane(value: Lane | None, info: ValidationInfo) -> Lane | None:
+    if value == "economy" and not _limits(info).economy_lane:
+        raise ValueError(
+            "economy needs Gemini's Batch API, which this deployment's backend "
+            "(GEMINI_BACKEND=vertex) does not offer; use live"
+        )
+    return value
+
+
+def _limits(info: ValidationInfo) -> Limits:
+    context = info.context or {}
+    limits = context.get("limits")
+    return limits if isinstance(limits, Limits) else Limits()
+
+
+class BatchItem(BaseModel):
+    """One scene row of the sheet."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    scene_id: str = Field(json_schema_extra={"pattern": SCENE_ID_PATTERN.pattern})
+    prompt: str = Field(min_length=1, description="At most MAX_PROMPT_CHARS characters")
+    ref_pack_public_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="An https:// URL, a gs:// object of the images bucket, or an earlier "
+        "output: scene:<scene_id>#<variant> or job:<job_id>#<variant>",
+    )
+    variants: int = Field(ge=1, description="1 to MAX_VARIANTS (default 4)")
+    lane: Lane | None = Field(default=None, description="This scene's lane; default the batch's")
+    # What the batch's model accepts is in its catalog entry (GET /models).
+    aspect_ratio: str | None = Field(
+        default=None, max_length=10, description="One of the model's aspect ratios, e.g. 16:9"
+    )
+    image_size: str | None = Field(
+        default=None, max_length=10, description="One of the model's sizes, e.g. 1K, 2K, 4K"
+    )
+
+    @field_validator("scene_id")
+    @classmethod
+    def _scene_id(cls, value: str) -> str:
+        if not SCENE_ID_PATTERN.fullmatch(value):
+            raise ValueError(
+                "must be 1-64 characters: letters, digits, '_', '-' or '.', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str, info: ValidationInfo) -> str:
+        limit = _limits(info).max_prompt_chars
+        if len(value) > limit:
+            raise ValueError(f"is {len(value)} characters long; the limit is {limit}")
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, value: int, info: ValidationInfo) -> int:
+        limit = _limits(info).max_variants
+        if value > limit:
+            raise ValueError(f"must be between 1 and {limit}")
+        return value
+
+    _item_lane = field_validator("lane")(_lane)
+
+    @field_validator("aspect_ratio", "image_size")
+    @classmethod
+    def _shape(cls, value: str | None, info: ValidationInfo) -> str | None:
+        limits = _limits(info)
+        accepted = limits.aspect_ratios if info.field_name == "aspect_ratio" else limits.image_sizes
+        if value is not None and accepted and value not in accepted:
+            raise ValueError(f"must be one of the model's {', '.join(accepted)}")
+        return value
+
+    @field_validator("ref_pack_public_url")
+    @classmethod
+    def _ref_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if not value:
+            return None
+        limits = _limits(info)
+        return check_reference(value, limits.images_bucket, limits.references_prefix)
+
+
+def _style_ref(value: str, info: ValidationInfo) -> str:
+    limits = _limits(info)
+    return check_reference(value.strip(), limits.images_bucket, limits.references_prefix)
+
+
+def check_reference(value: str, bucket: str, prefix: str | None = None) -> str:
+    """A reference as a request may name it, or ValueError saying what it may be.
+
+    A gs:// object must lie under ``prefix`` (REFERENCES_PREFIX; "" allows none,
+    None any object of the bucket): the rest of the bucket is other callers' images,
+    which only an anchor may name (and only the caller's own).
+    """
+    if is_anchor(value):
+        if parse_anchor(value) is None:
+            raise ValueError(f"must look like {ANCHOR_FORMS}")
+        return value
+    if value.startswith("https://") and len(value) > len("https://"):
+        return value
+    readable = f"gs://{bucket}/{prefix}" if prefix is not None else f"gs://{bucket}/"
+    if bucket and prefix != "" and value.startswith(readable) and len(value) > len(readable):
+        return value
+    gcs = bucket and prefix != ""
+    allowed = "an https:// URL" + (f", a {readable} object" if gcs else "")
+    raise ValueError(f"must be {allowed} or an earlier output ({ANCHOR_FORMS})")
+
+
+class BatchRequest(BaseModel):
+    """Body of ``POST /batch/images``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    items: list[BatchItem] = Field(min_length=1)
+    run_mode: Literal["dry_run", "live"] = Field(default="dry_run", alias="runMode")
+    model: str | None = Field(
+        default=None, max_length=100, description="An image model of the catalog (GET /models)"
+    )
+    lane: Lane = Field(
+        default="live",
+        description="live: now; economy: Gemini's Batch API at half price, within 24 hours",
+    )
+    spreadsheet_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
+    worksheet: str = Field(min_length=1, max_length=100)
+    style_refs: list[Annotated[str, AfterValidator(_style_ref)]] = Field(
+        default_factory=list,
+        description="References applied to every item, before each item's own pack: "
+        "https:// URLs, gs:// objects of the images bucket, scene:<scene_id>#<variant> or "
+        "job:<job_id>#<variant>; at most the model's reference limit",
+    )
+
+    @field_validator("style_refs")
+    @classmethod
+    def _style_refs(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        limits = _limits(info)
+        if len(value) > limits.max_references:
+            raise ValueError(
+                f"has {len(value)} references; the model takes at most {limits.max_references}"
+            )
+        return value
+
+    @field_validator("spreadsheet_id")
+    @classmethod
+    def _allowed_sheet(cls, value: str, info: ValidationInfo) -> str:
+        allowed = _limits(info).allowed_spreadsheet_ids
+        if "*" not in allowed and value not in allowed:
+            raise ValueError("is not in this deployment's allowlist of spreadsheets")
+        return value
+
+    _batch_lane = field_validator("lane")(_lane)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str | None, info: ValidationInfo) -> str | None:
+        models = _limits(info).models
+        if value is not None and models and value not in models:
+            raise ValueError(f"is not in the model catalog; one of {', '.join(models)}")
+        return value
+
+    @field_validator("items")
+    @classmethod
+    def _count(cls, value: list[BatchItem], info: ValidationInfo) -> list[BatchItem]:
+        limit = _limits(info).max_items
+        if len(value) > limit:
+            raise ValueError(f"has {len(value)} items; the limit is {limit}")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_scenes(self) -> BatchRequest:
+        seen: set[str] = set()
+        for item in self.items:
+            if item.scene_id in seen:
+                raise ValueError(f"scene_id {item.scene_id!r} appears more than once")
+            seen.add(item.scene_id)
+        return self
+
+
+class RerollRequest(BaseModel):
+    """Body of ``POST /jobs/{job_id}/variants/{n}:reroll`` (may be empty)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    instruction: str | None = Field(
+        default=None,
+        description="An edit of the current image (at most MAX_PROMPT_CHARS characters); "
+        "none: a fresh generation of the variant with a new seed",
+    )
+
+    @field_validator("instruction")
+    @classmethod
+    def _instruction(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if not value:
+            return None
+        limit = _limits(info).max_prompt_chars
+        if len(value) > limit:
+            raise ValueError(f"is {len(value)} characters long; the limit is {limit}")
+        return value

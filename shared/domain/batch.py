@@ -1,0 +1,45 @@
+"""A submitted batch and its hand-over zip (the records ``handover`` changes)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+ExportState = Literal["queued", "running", "done", "failed"]
+
+
+class Export(BaseModel):
+    """One hand-over zip of a batch: every kept image at full size and a manifest."""
+
+    export_id: str
+    state: ExportState = "queued"
+    requested_by: str
+    requested_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    deliveries: int = 0
+    object_name: str | None = None
+    images: int | None = None
+    bytes: int | None = None
+    error: str | None = None
+
+
+class Batch(BaseModel):
+    """A submitted batch: who sent it and which jobs it made."""
+
+    batch_id: str
+    caller: str
+    spreadsheet_id: str
+    worksheet: str
+    model: str
+    job_ids: list[str]
+    image_count: int
+    estimated_cost_usd: str
+    created_at: datetime
+    # The batch's latest hand-over zip (shared/exports.py).
+    export: Export | None = None
+
+    def to_doc(self) -> dict[str, Any]:
+        return self.model_dump(mode="python")

@@ -1,0 +1,76 @@
+"""Budget settlement: each image's reservation corrected once, to what it cost or
+to nothing for an image never made."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import TypeVar
+
+from shared.domain.job import ImageSlot, Job, VariantState, Version
+
+R = TypeVar("R")
+Step = tuple[Job | None, R]
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """How one image's budget reservation (one image at its estimate, on the day
+    and for the caller it was reserved) must be corrected, once."""
+
+    n: int
+    version: int
+    key: str  # the image in the day's usage record: job/n, or job/n/vk for later versions
+    caller: str
+    day: str
+    images: int
+    cost: Decimal
+
+
+def settlement_key(job_id: str, n: int, version: int = 1) -> str:
+    return f"{job_id}/{n}" if version == 1 else f"{job_id}/{n}/v{version}"
+
+
+def _reservation(job: Job, slot: ImageSlot) -> tuple[str, str, Decimal] | None:
+    """Whose budget reserved the image, on which day, at what estimate."""
+    if isinstance(slot, Version):
+        return slot.caller, slot.budget_day, Decimal(slot.price_per_image)
+    if job.budget_day is None:
+        return None
+    return job.caller, job.budget_day, Decimal(job.price_per_image)
+
+
+def settlements(job: Job) -> list[Settlement]:
+    """The images (every version) whose reservation can be corrected now: by what the
+    image actually cost, or, for an image that ended without being made (failed, or
+    cancelled unmade), all of it. None twice: a settled image is skipped."""
+    due = []
+    for key in sorted(job.variants, key=int):
+        variant = job.variants[key]
+        for number, slot in variant.slots():
+            reserved = None if slot.settled else _reservation(job, slot)
+            if reserved is None:
+                continue
+            caller, day, estimate = reserved
+            if slot.cost_usd is not None:
+                images, cost = 0, Decimal(slot.cost_usd) - estimate
+            elif slot.state in (VariantState.FAILED, VariantState.CANCELLED):
+                images, cost = -1, -estimate
+            else:
+                continue
+            image = settlement_key(job.job_id, variant.n, number)
+            due.append(Settlement(variant.n, number, image, caller, day, images, cost))
+    return due
+
+
+def mark_settled(job: Job, images: Sequence[tuple[int, int]], now: datetime) -> Step[None]:
+    """The budget of these images (variant, version) was settled."""
+    pending = [job.slot(n, k) for n, k in images if not job.slot(n, k).settled]
+    if not pending:
+        return None, None
+    for slot in pending:
+        slot.settled = True
+    job.updated_at = now
+    return job, None

@@ -1,0 +1,61 @@
+"""Later versions of a variant: a re-roll (new seed) or an edit (an instruction on
+the current image), each a new image made and paid for once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+
+from shared.domain.job import TERMINAL_VARIANT_STATES, Job, VariantState, Version
+
+R = TypeVar("R")
+Step = tuple[Job | None, R]
+
+# Versions one variant may have (they live in the job's document).
+MAX_VERSIONS = 50
+
+
+@dataclass(frozen=True)
+class VersionRequest:
+    """A re-roll (no instruction) or an edit of one variant, as asked for."""
+
+    instruction: str | None
+    seed: int
+    caller: str
+    budget_day: str
+    price_per_image: str
+
+
+@dataclass(frozen=True)
+class VersionAdded:
+    version: int | None  # the new version's number, or None with the reason
+    refusal: str | None = None
+
+
+def add_version(job: Job, n: int, request: VersionRequest, now: datetime) -> Step[VersionAdded]:
+    """Add the next version of variant ``n``: a new image, the earlier ones kept."""
+    variant = job.variant(n)
+    if variant.state not in TERMINAL_VARIANT_STATES:
+        return None, VersionAdded(None, f"variant {n} is still being made; try when it is done")
+    if len(variant.versions) + 1 >= MAX_VERSIONS:
+        return None, VersionAdded(None, f"variant {n} has {MAX_VERSIONS} versions already")
+    source_version, source = variant.current()
+    if request.instruction and (source.state != VariantState.DONE or not source.object_name):
+        return None, VersionAdded(None, f"variant {n} has no image to edit")
+    number = max((v.version for v in variant.versions), default=1) + 1
+    variant.versions.append(
+        Version(
+            version=number,
+            instruction=request.instruction,
+            seed=request.seed,
+            source_object=source.object_name if request.instruction else None,
+            source_version=source_version if request.instruction else None,
+            requested_at=now,
+            caller=request.caller,
+            budget_day=request.budget_day,
+            price_per_image=request.price_per_image,
+        )
+    )
+    job.updated_at = now
+    return job, VersionAdded(number)
