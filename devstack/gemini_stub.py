@@ -57,7 +57,11 @@ sends them; API key as above except on the upload URL, whose upload_id is the ke
   with the request's ``metadata``).  A bad line (invalid JSON, no text) or an
   ``http:CODE`` / ``timeout`` rule gives that line an error, not the batch.
   Latency and the per-minute/per-day quotas do not apply to batch lines: the Batch
-  API has its own limits, which the stub does not model.
+  API has its own limits, which the stub does not model.  A worker thread makes a
+  batch's results once they are due, never a request: the batch reads ``RUNNING``
+  until they are in.  ``batches.get``/``list``/``cancel`` wait up to 10 s for them
+  (so a small batch due at once is ``SUCCEEDED`` on its first read); the control
+  plane never waits.
 - ``GET|POST /_stub/batch-config`` ``{"pending_s", "running_s", "expire_s",
   "max_file_bytes", "download_bytes_per_s"}``: timing of batches created from then
   on (0 for tests); a download rate > 0 makes file downloads trickle (a slow server).
@@ -66,7 +70,8 @@ sends them; API key as above except on the upload URL, whose upload_id is the ke
   /_stub/batches/{id}`` ``{"pending_s", "running_s", "expire_s"}`` (re-time, from
   creation; releases a hold) or ``{"state": "PENDING"|"RUNNING"}`` (hold there) or
   ``{"state": "SUCCEEDED"|"FAILED"|"CANCELLED"|"EXPIRED", "error": {"code",
-  "message"}}`` (end now; FAILED carries the error as Operation.error).
+  "message"}}`` (end now; FAILED carries the error as Operation.error; SUCCEEDED
+  once the results are made).
 - Counters in ``/_stub/stats``: ``requests``, ``generated`` and ``by_prompt`` count
   generateContent only; batch lines count in ``batch_lines``, ``batch_generated``
   (lines answered with a valid image), ``batch_line_errors`` and ``batch_by_prompt``;
@@ -368,7 +373,7 @@ class _State:
     store: _Store = field(init=False)
 
     def __post_init__(self) -> None:
-        self.store = _Store(self.answer_line)
+        self.store = _Store(self.answer_line, self.stopping)
 
     def stats(self) -> JsonDict:
         store_stats = self.store.stats()
@@ -820,6 +825,10 @@ _MAX_INLINE_BATCH_BYTES: Final = 20 * 1024 * 1024
 _FILE_TTL_S: Final = 48 * 3600.0
 # Upload sessions never finalized would pin their bytes; the oldest are dropped.
 _MAX_OPEN_UPLOADS: Final = 32
+# How long a batches.get/list/cancel waits for results being made: long enough that a
+# small batch due at once reads SUCCEEDED the first time, short of any client's timeout
+# (a big one reads RUNNING meanwhile, as at Google).
+_RESULTS_WAIT_S: Final = 10.0
 _FILE_ID_RE: Final = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 _DEFAULT_PAGE_SIZE: Final = 50
 _MAX_PAGE_SIZE: Final = 1000
@@ -934,15 +943,17 @@ class _Batch:
     created_mono: float
     created_wall: float
     # A state set over the control plane (or by cancel/expiry), and since when.
-    # PENDING/RUNNING hold until the batch is re-timed; SUCCEEDED finishes at once.
+    # PENDING/RUNNING hold until the batch is re-timed; SUCCEEDED ends it once its
+    # results are made.
     forced: str | None = None
     forced_mono: float = 0.0
     error: JsonDict | None = None  # Operation.error of a FAILED batch
     output: JsonDict | None = None  # GenerateContentBatchOutput once SUCCEEDED
     finished_mono: float = 0.0
     outcomes: list[_LineOutcome] = field(default_factory=list)
-    # Held while the lines run, so two readers never produce results twice.
-    running_lines: threading.Lock = field(default_factory=threading.Lock)
+    # Set by the worker thread making the results once it is done; None while no
+    # worker is on it, so that the results are made once.
+    making: threading.Event | None = None
 
     @property
     def name(self) -> str:
@@ -1098,13 +1109,16 @@ def _page(items: list[Any], query: dict[str, list[str]]) -> tuple[list[Any], str
 class _Store:
     """Files, upload sessions and batches in memory, with their counters.
 
-    ``answer`` runs one batch line through the generateContent logic; it is called
-    without ``lock`` held, since rendering images takes a while.
+    ``answer`` runs one batch line through the generateContent logic; a worker thread
+    calls it without ``lock`` held, since rendering images takes a while.
     """
 
-    def __init__(self, answer: Callable[[str, _BatchLine], _LineOutcome]) -> None:
+    def __init__(
+        self, answer: Callable[[str, _BatchLine], _LineOutcome], stopping: threading.Event
+    ) -> None:
         self.lock = threading.Lock()
         self._answer = answer
+        self._stopping = stopping
         self.files: dict[str, _StoredFile] = {}
         self.uploads: dict[str, _Upload] = {}
         self.batches: dict[str, _Batch] = {}  # in creation order
@@ -1249,14 +1263,44 @@ class _Store:
             raise ApiError(404, "Requested entity was not found.")
         return batch
 
-    def settle(self, batch: _Batch) -> None:
-        """Bring a batch up to date: expire it, or run its lines once they are due."""
+    def settle(self, batches: Sequence[_Batch], wait: bool) -> None:
+        """Bring batches up to date: expire them, or start making results that are due.
+
+        With ``wait`` (the API's reads), results being made get up to
+        ``_RESULTS_WAIT_S`` to land; the control plane passes False and never waits.
+        """
+        making = [done for batch in batches if (done := self._start_making(batch)) is not None]
+        if wait:
+            deadline = time.monotonic() + _RESULTS_WAIT_S
+            for done in making:
+                done.wait(max(0.0, deadline - time.monotonic()))
+
+    def _start_making(self, batch: _Batch) -> threading.Event | None:
+        """Apply expiry and, once the results are due, have a worker thread make them.
+
+        Returns the event the worker sets when done (None if none is on it).  No
+        request makes results itself: 36 4K images take long enough on a small
+        machine to time out whoever happened to ask first (e.g. a control call).
+        """
         with self.lock:
-            due = batch.advance(time.monotonic())
-        if not due or not batch.running_lines.acquire(blocking=False):
-            return  # not due, or another request is producing the results right now
+            if batch.making is None and batch.advance(time.monotonic()):
+                batch.making = threading.Event()
+                threading.Thread(
+                    target=self._make,
+                    args=(batch, batch.making),
+                    name=f"make-{batch.name}",
+                    daemon=True,  # must not keep a stopping stub alive
+                ).start()
+            return batch.making
+
+    def _make(self, batch: _Batch, done: threading.Event) -> None:
+        """Run a due batch's lines and commit the results (on a worker thread)."""
         try:
-            outcomes = [self._answer(batch.model, line) for line in batch.lines]
+            outcomes = []
+            for line in batch.lines:
+                if self._stopping.is_set():
+                    return  # the server is closing; nobody will read them
+                outcomes.append(self._answer(batch.model, line))
             results = None
             if batch.input_file is not None:
                 results = b"".join(
@@ -1264,12 +1308,19 @@ class _Store:
                     for line, o in zip(batch.lines, outcomes, strict=True)
                 )
             with self.lock:
-                # A cancel or a forced end that came in meanwhile wins.
-                if batch.output is not None or batch.forced not in (None, "SUCCEEDED"):
-                    return
-                self._commit(batch, outcomes, results)
+                # Whatever came in meanwhile wins: a cancel, forced end, re-time or delete.
+                if self.batches.get(batch.batch_id) is batch and batch.advance(time.monotonic()):
+                    self._commit(batch, outcomes, results)
+        except Exception as exc:  # a stub bug must fail the batch, not leave it RUNNING
+            log.exception("making the results of %s failed", batch.name)
+            with self.lock:
+                if batch.output is None and batch.forced in (None, "SUCCEEDED"):
+                    batch.forced, batch.forced_mono = "FAILED", time.monotonic()
+                    batch.error = _rpc_status(500, f"The stub could not make the results: {exc}")
         finally:
-            batch.running_lines.release()
+            with self.lock:
+                batch.making = None
+            done.set()
 
     def _commit(self, batch: _Batch, outcomes: list[_LineOutcome], results: bytes | None) -> None:
         batch.outcomes = outcomes
@@ -1310,7 +1361,7 @@ class _Store:
 
     def get_operation(self, batch_id: str, counter: str | None = "batch_gets") -> JsonDict:
         batch = self.batch(batch_id)
-        self.settle(batch)
+        self.settle([batch], wait=True)
         with self.lock:
             if counter:
                 self.counts[counter] += 1
@@ -1320,8 +1371,7 @@ class _Store:
         with self.lock:
             newest_first = list(reversed(self.batches.values()))
         page, token = _page(newest_first, query)
-        for batch in page:
-            self.settle(batch)
+        self.settle(page, wait=True)
         with self.lock:
             self.counts["batch_lists"] += 1
             now = time.monotonic()
@@ -1332,7 +1382,7 @@ class _Store:
 
     def cancel(self, batch_id: str) -> None:
         batch = self.batch(batch_id)
-        self.settle(batch)
+        self.settle([batch], wait=True)
         with self.lock:
             now = time.monotonic()
             state, _ = batch.state(now)
@@ -1375,7 +1425,7 @@ class _Store:
         ):
             raise _bad_request('error must be {"code": <google.rpc.Code>, "message": str}')
         batch = self.batch(batch_id)
-        self.settle(batch)
+        self.settle([batch], wait=False)
         with self.lock:
             now = time.monotonic()
             current, _ = batch.state(now)
@@ -1396,15 +1446,16 @@ class _Store:
                         "code": (error or {}).get("code", 13),
                         "message": (error or {}).get("message", "Internal error encountered."),
                     }
-        self.settle(batch)  # a forced SUCCEEDED produces its results now
+        # A forced SUCCEEDED (or a re-time to now) starts making its results; the
+        # answer shows RUNNING until they are in.
+        self.settle([batch], wait=False)
         with self.lock:
             return batch.control_view(time.monotonic())
 
     def control_views(self) -> list[JsonDict]:
         with self.lock:
             batches = list(self.batches.values())
-        for batch in batches:
-            self.settle(batch)
+        self.settle(batches, wait=False)
         with self.lock:
             now = time.monotonic()
             return [b.control_view(now) for b in batches]

@@ -107,6 +107,17 @@ def control(live: LiveStack, batch: dict[str, Any], doc: dict[str, Any]) -> None
     assert answer.status_code == 200, answer.text
 
 
+def wait_made(live: LiveStack, batch: dict[str, Any]) -> None:
+    """Wait until the stub has made a due batch's results: it makes them off the
+    request path, taking as long as this machine takes to make the images."""
+    name = batch["name"].removeprefix("batches/")
+    live.wait_for(
+        lambda: live.gemini(f"batches/{name}")["state"] == "SUCCEEDED",
+        timeout_s=600,
+        what=f"the stub to make the results of {batch['name']}",
+    )
+
+
 def images_of(live: LiveStack, scene_ids: set[str]) -> list[Any]:
     return [
         blob
@@ -278,6 +289,8 @@ def test_two_collectors_at_once_store_and_charge_each_image_once(
     job_ids = post_economy(live, items)
     held = submit_held(live, items[0]["prompt"], 12)
     control(live, held, {"pending_s": 0, "running_s": 0})
+    # Both collectors must find the batch done, however long its images took.
+    wait_made(live, held)
     with ThreadPoolExecutor(2) as pool:
         reports = list(pool.map(lambda _: tick(live), range(2)))
     ticks_until_done(live, job_ids)
@@ -316,6 +329,8 @@ def test_a_collector_killed_mid_download_is_resumed_and_stores_each_image_once(
     before = live.gemini("stats")
     live.gemini("batch-config", {"download_bytes_per_s": 4_000_000})
     control(live, held, {"pending_s": 0, "running_s": 0})
+    # The collector must find the batch done, however long 36 4K images took.
+    wait_made(live, held)
 
     try:
         collector = threading.Thread(target=lambda: _tick_quietly(live), daemon=True)

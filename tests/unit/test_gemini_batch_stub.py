@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from google import genai
 from google.genai import _api_client, errors, types
 from PIL import Image
 
+from devstack import gemini_stub
 from devstack.gemini_stub import (
     IMAGE_TOKENS,
     GeminiStubServer,
@@ -468,22 +470,63 @@ def test_holds_and_retiming_move_a_batch_deterministically(
     assert stats(stub)["batch_lines"] == 0
 
     retimed = control(stub, created.name, pending_s=0, running_s=0)
-    assert retimed.json()["state"] == "SUCCEEDED"  # re-timing released the hold
+    # Re-timing released the hold; the results are made off the request path, and
+    # the API's next read waits for them.
+    assert retimed.status_code == 200 and retimed.json()["forced"] is None
     done = client.batches.get(name=created.name)
     assert done.state == types.JobState.JOB_STATE_SUCCEEDED
     assert "response" in results(client, done)["a"]
 
 
-def test_forced_success_produces_results_at_once(
+def test_forced_success_has_results_on_the_next_read(
     stub: GeminiStubServer, client: genai.Client
 ) -> None:
     batch_config(stub, pending_s=3600)
     created = create_from_lines(client, [request_line("a", "a quick fox")])
     assert created.name is not None
-    assert control(stub, created.name, state="SUCCEEDED").json()["state"] == "SUCCEEDED"
+    forced = control(stub, created.name, state="SUCCEEDED")
+    assert forced.status_code == 200 and forced.json()["forced"] == "SUCCEEDED"
     done = client.batches.get(name=created.name)
     assert done.state == types.JobState.JOB_STATE_SUCCEEDED
     assert "response" in results(client, done)["a"]
+
+
+def test_control_calls_answer_while_a_batch_is_being_made(
+    stub: GeminiStubServer, client: genai.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The results are made off the request path: however long images take, the
+    control plane answers (RUNNING) instead of waiting for them."""
+    rendering, release = threading.Event(), threading.Event()
+    real_render = gemini_stub.render_image
+
+    def held_render(*args: Any) -> bytes:
+        rendering.set()
+        release.wait(60)
+        return real_render(*args)
+
+    monkeypatch.setattr(gemini_stub, "render_image", held_render)
+    batch_config(stub, pending_s=3600)
+    created = create_from_lines(client, [request_line("a", "a patient fox")])
+    assert created.name is not None
+    try:
+        retimed = control(stub, created.name, pending_s=0)  # due now: a worker starts
+        assert retimed.status_code == 200 and retimed.json()["state"] == "RUNNING"
+        assert rendering.wait(30), "the worker never started on the lines"
+        view = requests.get(f"{stub.url}/_stub/{created.name}", timeout=30).json()
+        assert (view["state"], view["output"], view["lines"][0]["outcome"]) == (
+            "RUNNING",
+            None,
+            None,
+        )
+        [listed] = requests.get(f"{stub.url}/_stub/batches", timeout=30).json()["batches"]
+        assert listed["state"] == "RUNNING"
+        assert stats(stub)["batch_lines"] == 0
+    finally:
+        release.set()
+    done = wait_done(client, created.name)
+    assert done.state == types.JobState.JOB_STATE_SUCCEEDED
+    assert "response" in results(client, done)["a"]
+    assert stats(stub)["batch_lines"] == 1  # made once, for all the reads
 
 
 def test_forced_failure_is_failed_with_an_operation_error(
