@@ -6,6 +6,115 @@
 /** Parallel /status calls per UrlFetchApp.fetchAll, and jobs per Refresh run. */
 const STATUS_FETCH_BATCH = 20;
 const REFRESH_MAX_JOBS = 300;
+/** How long the deployment's limits (GET /limits) are kept in the script cache. */
+const LIMITS_CACHE_SECONDS = 5 * 60;
+const LIMITS_CACHE_PREFIX = 'AI_IMAGES_LIMITS_';
+
+/**
+ * What this deployment accepts, from GET /limits: rows per batch, variants,
+ * prompt length, and the sizes, aspect ratios and reference limit of the batch's
+ * model. The script sends no `model`, so the batch's model is the deployment's
+ * `default_model`. Asked once per menu run and kept in the script cache for
+ * LIMITS_CACHE_SECONDS, per API URL; if they cannot be read the run stops here:
+ * rows are never checked against guessed limits.
+ */
+function deploymentLimits_(settings) {
+  const cache = scriptCache_();
+  const key = LIMITS_CACHE_PREFIX + sha256Hex_(settings.apiUrl);
+  const cached = cache ? readLimits_(cacheGet_(cache, key)) : null;
+  if (cached) return cached;
+
+  let res;
+  try {
+    res = callApi_(settings, 'get', '/limits');
+  } catch (err) {
+    if (err instanceof ApiError) throw limitsError_(err.message);
+    throw err;  // e.g. no API key yet: that message says what to do
+  }
+  if (res.status === 404) {
+    throw limitsError_('The image service at ' + settings.apiUrl + ' does not answer ' +
+      'GET /limits (HTTP 404). Check the API URL in AI images → Settings; if it is right, ' +
+      'the service is older than this script: ask the pipeline\'s administrator to update it.');
+  }
+  if (res.status !== 200) throw limitsError_(apiError_(res, null).message);
+  const limits = readLimits_(res.json);
+  if (!limits) {
+    throw limitsError_('Its answer is not the list of limits this script expects (' +
+      (snippet_(res.text) || 'an empty answer') + '). The script and the service may be of ' +
+      'different versions: tell the pipeline\'s administrator.');
+  }
+  if (cache) cachePut_(cache, key, JSON.stringify(res.json), LIMITS_CACHE_SECONDS);
+  return limits;
+}
+
+function limitsError_(reason) {
+  return new UserError('Could not read the limits of the image service (GET /limits), which ' +
+    'the selected rows are checked against, so nothing was sent.\n\n' + reason);
+}
+
+/**
+ * The limits for the batch's model from a /limits answer (an object, or its JSON
+ * text from the cache), or null if it does not have the expected shape.
+ */
+function readLimits_(raw) {
+  let data = raw;
+  if (typeof raw === 'string') {
+    try {
+      data = JSON.parse(raw);
+    } catch (err) {
+      return null;
+    }
+  }
+  const whole = function (n) { return Number.isInteger(n) && n >= 1; };
+  const texts = function (list) {
+    return Array.isArray(list) && list.every(function (x) { return typeof x === 'string'; });
+  };
+  if (!data || typeof data !== 'object' || !whole(data.max_items_per_batch) ||
+      !whole(data.max_variants) || !whole(data.max_prompt_chars) ||
+      typeof data.default_model !== 'string' || !data.models || typeof data.models !== 'object' ||
+      !Object.prototype.hasOwnProperty.call(data.models, data.default_model)) {
+    return null;
+  }
+  const model = data.models[data.default_model];
+  if (!model || typeof model !== 'object' || !texts(model.aspect_ratios) ||
+      !texts(model.image_sizes)) {
+    return null;
+  }
+  return {
+    maxItems: data.max_items_per_batch,
+    maxVariants: data.max_variants,
+    maxPromptChars: data.max_prompt_chars,
+    model: data.default_model,
+    aspectRatios: model.aspect_ratios.slice(),
+    imageSizes: model.image_sizes.slice(),
+    maxReferences: whole(model.max_reference_images) ? model.max_reference_images : null,
+  };
+}
+
+/** The script cache, or null where there is none: the limits are then asked every run. */
+function scriptCache_() {
+  try {
+    return CacheService.getScriptCache();
+  } catch (err) {
+    return null;
+  }
+}
+
+function cacheGet_(cache, key) {
+  try {
+    return cache.get(key);
+  } catch (err) {
+    return null;
+  }
+}
+
+function cachePut_(cache, key, value, seconds) {
+  try {
+    cache.put(key, value, seconds);
+  } catch (err) {
+    // A full or unavailable cache only means asking again next run.
+  }
+}
 
 /** POST /batch/images; returns the parsed answer or throws an ApiError. */
 function postBatch_(settings, table, batch, runMode, extraHeaders, lane) {

@@ -110,8 +110,9 @@ function dialogTitle_(title) {
 
 function estimate_(ui) {
   const table = readSheet_();
-  const batch = selectedBatch_(table);
+  const rows = selectedSceneRows_(table);
   const settings = loadSettings_();
+  const batch = checkedBatch_(table, rows, deploymentLimits_(settings));
   const plan = postBatch_(settings, table, batch, 'dry_run').json;
   ui.alert(
     dialogTitle_('Estimate'),
@@ -123,8 +124,10 @@ function estimate_(ui) {
 
 function generate_(ui) {
   const table = readSheet_();
-  const batch = selectedBatch_(table);
+  const rows = selectedSceneRows_(table);
   const settings = loadSettings_();
+  const limits = deploymentLimits_(settings);
+  const batch = checkedBatch_(table, rows, limits);
   const plan = postBatch_(settings, table, batch, 'dry_run').json;
   const hash = submissionHash_(table, batch.styleRefs.length ? [batch.items, batch.styleRefs] : batch.items);
   const seen = getSubmission_(hash);
@@ -150,7 +153,7 @@ function generate_(ui) {
   }
   let message;
   try {
-    message = submitLocked_(settings, batch, hash, seen, lane);
+    message = submitLocked_(settings, limits, batch, hash, seen, lane);
   } finally {
     lock.releaseLock();  // before the final dialog, which waits for a click
   }
@@ -158,7 +161,7 @@ function generate_(ui) {
 }
 
 /** Marks the rows, sends the batch and writes the job ids; returns the message to show. */
-function submitLocked_(settings, batch, hash, seen, lane) {
+function submitLocked_(settings, limits, batch, hash, seen, lane) {
   const current = getSubmission_(hash);
   if (current && current.state === 'sent' && !sameSubmission_(seen, current)) {
     return 'These rows were already sent ' + ago_(current.at) + ' (batch ' + current.batch_id +
@@ -166,7 +169,7 @@ function submitLocked_(settings, batch, hash, seen, lane) {
   }
   // The rows may have changed while the question was open: check again.
   const table = readSheet_({ formulas: true });
-  const fresh = batchForRows_(table, batch.rows);
+  const fresh = batchForRows_(table, batch.rows, limits);
   if (fresh.errors.length || JSON.stringify(fresh.items) !== JSON.stringify(batch.items) ||
       JSON.stringify(styleRefs_(table).refs) !== JSON.stringify(batch.styleRefs)) {
     throw new UserError(
@@ -400,7 +403,8 @@ function planText_(plan, batch) {
     lines.push('');
     lines.push('Warnings:');
     limitLines_(warnings.map(function (w) {
-      return '  • ' + sceneLabel_(batch, w.scene_id) + ': ' + w.message;
+      // A warning without a scene is about the whole batch (say, its model going away).
+      return '  • ' + (w.scene_id ? sceneLabel_(batch, w.scene_id) + ': ' : '') + w.message;
     }), 15).forEach(function (line) { lines.push(line); });
   }
   return lines.join('\n');

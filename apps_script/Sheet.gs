@@ -1,15 +1,19 @@
 /**
  * Reading, checking and writing scene rows. Columns are found by header name
  * (row 1), rows by the selection; nothing depends on column order.
+ *
+ * Rows are checked against two kinds of rules. What a deployment can change
+ * (rows per batch, variants, prompt length, the model's sizes and aspect
+ * ratios) comes from the server, GET /limits (deploymentLimits_ in Api.gs), and
+ * is never written here. What no deployment changes (the scene id pattern, the
+ * anchor syntax, the first words of a status) is kept below, each a copy of its
+ * Python source; tests/unit/test_sheet_contract.py fails when one side changes alone.
  */
 
 const HEADER_ROW = 1;
 const REQUIRED_COLUMNS = ['scene_id', 'prompt', 'variants', 'status_img', 'job_id'];
 /** The server's rule for scene ids (shared/contracts/requests.py SCENE_ID_PATTERN). */
 const SCENE_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
-const MAX_VARIANTS = 4;
-const ASPECT_RATIO_PATTERN = /^[1-9][0-9]{0,2}:[1-9][0-9]{0,2}$/;
-const IMAGE_SIZES = ['1K', '2K', '4K'];
 const MAX_ERROR_LINES = 25;
 /** Job states the server reports (GET /status: state). */
 const FINAL_STATES = ['completed', 'partial', 'failed', 'cancelled'];
@@ -84,16 +88,30 @@ function selectedRowNumbers_(table) {
   return Object.keys(rows).map(Number).sort(function (a, b) { return a - b; });
 }
 
-/** The selected scenes as a checked batch; throws a UserError naming each bad row. */
-function selectedBatch_(table) {
-  const batch = batchForRows_(table, selectedRowNumbers_(table));
-  if (!batch.scenes.length) {
+/**
+ * The selected rows that hold a scene (rows whose scene cells are all empty are
+ * skipped); throws a UserError when there are none. Needs no request.
+ */
+function selectedSceneRows_(table) {
+  const rows = selectedRowNumbers_(table).filter(function (row) {
+    return !isBlankRow_(table, row);
+  });
+  if (!rows.length) {
     throw new UserError(
       'No scene rows are selected.\n\nOn the scenes sheet, select the rows to send (click ' +
       'the row numbers on the left; hold Ctrl or ⌘ to add more), then choose the menu ' +
       'item again.');
   }
-  const style = styleRefs_(table);
+  return rows;
+}
+
+/**
+ * The scenes of these rows as a batch checked against the deployment's limits
+ * (deploymentLimits_); throws a UserError naming each problem.
+ */
+function checkedBatch_(table, rows, limits) {
+  const batch = batchForRows_(table, rows, limits);
+  const style = styleRefs_(table, limits);
   batch.styleRefs = style.refs;
   const errors = batch.errors.concat(style.errors);
   if (errors.length) {
@@ -108,7 +126,7 @@ function selectedBatch_(table) {
  * The batch's style references: every non-empty cell of the named range
  * "style_refs" (a cell may hold several, separated by commas or new lines).
  */
-function styleRefs_(table) {
+function styleRefs_(table, limits) {
   const range = table.ss.getRangeByName(STYLE_REFS_RANGE);
   const refs = [];
   const errors = [];
@@ -126,6 +144,10 @@ function styleRefs_(table) {
       });
     });
   });
+  if (limits && limits.maxReferences !== null && refs.length > limits.maxReferences) {
+    errors.push('style_refs: ' + plural_(refs.length, 'reference') + '; ' + limits.model +
+      ' takes at most ' + limits.maxReferences + '.');
+  }
   return { refs: refs, errors: errors };
 }
 
@@ -134,12 +156,24 @@ function isReference_(text) {
     ANCHOR_PATTERN.test(text);
 }
 
-/** Scenes, request items and problems of the given rows (blank rows are skipped). */
-function batchForRows_(table, rowNumbers) {
-  const col = table.columns;
-  const get = function (row, name) {
-    return name in col ? table.values[row - 1][col[name]] : '';
-  };
+/** A cell of a row by column name ('' where the sheet has no such column). */
+function cellOf_(table, row, name) {
+  return name in table.columns ? table.values[row - 1][table.columns[name]] : '';
+}
+
+/** Whether the row's scene cells (scene_id, prompt, ref_pack_public_url, variants) are all empty. */
+function isBlankRow_(table, row) {
+  return ['scene_id', 'prompt', 'ref_pack_public_url', 'variants'].every(function (name) {
+    return cellText_(cellOf_(table, row, name)) === '';
+  });
+}
+
+/**
+ * Scenes, request items and problems of the given rows (blank rows are skipped),
+ * checked against `limits` (deploymentLimits_: what this deployment accepts).
+ */
+function batchForRows_(table, rowNumbers, limits) {
+  const get = function (row, name) { return cellOf_(table, row, name); };
   const inSelection = {};
   rowNumbers.forEach(function (row) { inSelection[row] = true; });
   const rowsOfScene = {};
@@ -152,6 +186,7 @@ function batchForRows_(table, rowNumbers) {
   const errors = [];
   const firstInSelection = {};
   rowNumbers.forEach(function (row) {
+    if (isBlankRow_(table, row)) return;  // a blank row inside the selection
     const scene = {
       row: row,
       scene_id: cellText_(get(row, 'scene_id')),
@@ -161,9 +196,6 @@ function batchForRows_(table, rowNumbers) {
       aspect: cellText_(get(row, 'aspect_ratio')),
       size: cellText_(get(row, 'image_size')).toUpperCase(),
     };
-    if (!scene.scene_id && !scene.prompt && !scene.ref && cellText_(scene.variantsRaw) === '') {
-      return;  // a blank row inside the selection
-    }
     const where = 'Row ' + row + ': ';
     const id = scene.scene_id;
     if (!id) {
@@ -182,10 +214,17 @@ function batchForRows_(table, rowNumbers) {
           '; results go to the first row with that scene_id, so give each row its own.');
       }
     }
-    if (!scene.prompt) errors.push(where + 'prompt is empty.');
-    const variants = parseVariants_(scene.variantsRaw);
+    // Characters as the server counts them (code points, not UTF-16 units).
+    const promptChars = Array.from(scene.prompt).length;
+    if (!scene.prompt) {
+      errors.push(where + 'prompt is empty.');
+    } else if (promptChars > limits.maxPromptChars) {
+      errors.push(where + 'prompt is ' + promptChars + ' characters long; the limit is ' +
+        limits.maxPromptChars + '.');
+    }
+    const variants = parseVariants_(scene.variantsRaw, limits.maxVariants);
     if (variants === null) {
-      errors.push(where + 'variants must be a whole number from 1 to ' + MAX_VARIANTS +
+      errors.push(where + 'variants must be a whole number from 1 to ' + limits.maxVariants +
         ' (found "' + clip_(cellText_(scene.variantsRaw)) + '").');
     }
     if (scene.ref && !isReference_(scene.ref)) {
@@ -193,17 +232,32 @@ function batchForRows_(table, rowNumbers) {
         'gs://bucket/object path, or an earlier image as scene:<scene_id>#<n> or ' +
         'job:<job_id>#<n> (found "' + clip_(scene.ref) + '").');
     }
-    if (scene.aspect && !ASPECT_RATIO_PATTERN.test(scene.aspect)) {
-      errors.push(where + 'aspect_ratio must look like 16:9 (found "' + clip_(scene.aspect) +
-        '").');
+    if (scene.aspect) {
+      const aspect = choiceOf_(limits.aspectRatios, scene.aspect);
+      if (aspect === null) {
+        errors.push(where + 'aspect_ratio must be one of ' + limits.aspectRatios.join(', ') +
+          ' for ' + limits.model + ' (found "' + clip_(scene.aspect) + '").');
+      } else {
+        scene.aspect = aspect;
+      }
     }
-    if (scene.size && IMAGE_SIZES.indexOf(scene.size) < 0) {
-      errors.push(where + 'image_size must be one of ' + IMAGE_SIZES.join(', ') +
-        ' (found "' + clip_(scene.size) + '").');
+    if (scene.size) {
+      const size = choiceOf_(limits.imageSizes, scene.size);
+      if (size === null) {
+        errors.push(where + 'image_size must be one of ' + limits.imageSizes.join(', ') +
+          ' for ' + limits.model + ' (found "' + clip_(scene.size) + '").');
+      } else {
+        scene.size = size;
+      }
     }
     scene.variants = variants;
     scenes.push(scene);
   });
+  if (scenes.length > limits.maxItems) {
+    errors.unshift('The selection has ' + scenes.length + ' scenes; this deployment takes at ' +
+      'most ' + limits.maxItems + ' in one batch. Select fewer rows and send the rest as ' +
+      'another batch.');
+  }
 
   const items = scenes.map(function (scene) {
     const item = { scene_id: scene.scene_id, prompt: scene.prompt, variants: scene.variants };
@@ -226,8 +280,8 @@ function batchForRows_(table, rowNumbers) {
   };
 }
 
-/** 1..MAX_VARIANTS from a number or digits; empty means 1; anything else null. */
-function parseVariants_(raw) {
+/** 1..max from a number or digits; empty means 1; anything else null. */
+function parseVariants_(raw, max) {
   if (raw === '' || raw === null || raw === undefined) return 1;
   let n;
   if (typeof raw === 'number') {
@@ -237,7 +291,18 @@ function parseVariants_(raw) {
   } else {
     return null;
   }
-  return Number.isInteger(n) && n >= 1 && n <= MAX_VARIANTS ? n : null;
+  return Number.isInteger(n) && n >= 1 && n <= max ? n : null;
+}
+
+/**
+ * The entry of `choices` that `text` names, in the server's spelling (so "1k" is
+ * sent as "1K"); null if none. An empty list accepts anything, as the server does.
+ */
+function choiceOf_(choices, text) {
+  if (!choices.length) return text;
+  const wanted = text.toUpperCase();
+  const found = choices.filter(function (choice) { return choice.toUpperCase() === wanted; });
+  return found.length ? found[0] : null;
 }
 
 function clip_(text) {

@@ -25,6 +25,11 @@ or ``?key=``).  Control plane, all JSON:
   with ``QuotaFailure`` and ``RetryInfo`` as Gemini does (0: unlimited);
   ``POST /_stub/quota/reset-day`` starts a new quota day; ``"retired_models": [..]``
   answer 404 to lookups and calls, as a model Google shut down does.
+- Models: the image models of ``MODELS`` accept only their own sizes, aspect ratios
+  and thinking levels (400 otherwise, as Gemini answers) and report their own token
+  counts; any other name is served as a generic image model. Every model refuses
+  the sampling fields Google deprecated (``DEPRECATED_FIELDS``: temperature, topP,
+  topK) with a 400, so a client that sends one fails its tests.
 
 Vertex AI paths (``/v1beta1/projects/{p}/locations/{l}/publishers/google/models/
 {model}:generateContent``, with an OAuth bearer token) are answered too, and model
@@ -154,6 +159,58 @@ IMAGE_TOKENS: Final[dict[str, int]] = {"512": 747, "1K": 1120, "2K": 1680, "4K":
 _REFERENCE_IMAGE_TOKENS: Final = 560
 # Thinking tokens by level (none below LOW).
 _THOUGHT_TOKENS: Final[dict[str, int]] = {"LOW": 120, "MEDIUM": 300, "HIGH": 800, "XHIGH": 1600}
+# Sampling parameters Google deprecated on 2026-07-21; the stub refuses them outright
+# (Google ignores them today and will refuse them), so a test fails if we send one.
+DEPRECATED_FIELDS: Final = ("temperature", "topP", "topK")
+_RATIOS: Final = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+_WIDE_RATIOS: Final = ("1:4", "4:1", "1:8", "8:1")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What one image model accepts and reports, as Google documents it (checked
+    2026-12-07): its sizes, aspect ratios and thinking levels (none: it refuses a
+    level), its image tokens by size and its tokens per reference image."""
+
+    sizes: tuple[str, ...]
+    aspect_ratios: tuple[str, ...]
+    thinking_levels: tuple[str, ...]
+    image_tokens: dict[str, int]
+    reference_tokens: int
+
+
+MODELS: Final[dict[str, ModelSpec]] = {
+    "gemini-nano-banana-2.1": ModelSpec(
+        ("1K", "2K", "4K"),
+        _RATIOS + _WIDE_RATIOS,
+        ("MINIMAL", "MEDIUM", "HIGH"),
+        {"1K": 1120, "2K": 1680, "4K": 3780},
+        1120,
+    ),
+    "gemini-3.1-flash-lite-image": ModelSpec(
+        ("1K",), _RATIOS + _WIDE_RATIOS, ("MINIMAL", "HIGH"), {"1K": 1120}, 1120
+    ),
+    "gemini-3.1-flash-image": ModelSpec(
+        ("512", "1K", "2K", "4K"),
+        (*_RATIOS, "9:21", *_WIDE_RATIOS),
+        ("MINIMAL", "HIGH"),
+        {"512": 747, "1K": 1120, "2K": 1680, "4K": 2520},
+        1120,
+    ),
+    "gemini-3-pro-image": ModelSpec(
+        ("1K", "2K", "4K"), _RATIOS, (), {"1K": 1120, "2K": 1120, "4K": 2000}, 560
+    ),
+    "gemini-2.5-flash-image": ModelSpec(("1K",), _RATIOS, (), {"1K": 1290}, 258),
+}
+# Any other model name (tests make some up): every size and ratio the renderer
+# draws, any thinking level, Flash Image's token counts.
+GENERIC_MODEL: Final = ModelSpec(
+    tuple(IMAGE_SIZES),
+    (),
+    ("MINIMAL", "LOW", "MEDIUM", "HIGH", "XHIGH"),
+    IMAGE_TOKENS,
+    _REFERENCE_IMAGE_TOKENS,
+)
 
 # Finish reasons after which the real API sends a candidate with no content at all;
 # for the others (NO_IMAGE, IMAGE_OTHER, STOP, ...) the model says something in text.
@@ -558,6 +615,7 @@ class _GenerateRequest:
     image_size: str
     wants_image: bool
     thinking_level: str = ""
+    spec: ModelSpec = GENERIC_MODEL
 
 
 def _field(obj: JsonDict, camel: str) -> Any:
@@ -577,17 +635,19 @@ def _b64decode(data: str) -> bytes:
     return base64.b64decode(padded, altchars=alphabet, validate=True)
 
 
-def _parse_generate(body: bytes) -> _GenerateRequest:
+def _parse_generate(body: bytes, model: str = "") -> _GenerateRequest:
     """Validate a generateContent body the way the real API would (400 on nonsense)."""
     try:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _bad_request(f"Invalid JSON payload received. {exc}") from None
-    return _parse_request(doc)
+    return _parse_request(doc, model)
 
 
-def _parse_request(doc: Any) -> _GenerateRequest:
-    """Validate a GenerateContentRequest object (a call's body or a batch line's request)."""
+def _parse_request(doc: Any, model: str = "") -> _GenerateRequest:
+    """Validate a GenerateContentRequest object (a call's body or a batch line's request)
+    against what ``model`` accepts."""
+    spec = MODELS.get(model, GENERIC_MODEL)
     if not isinstance(doc, dict):
         raise _bad_request("Invalid JSON payload received. Expected an object.")
     contents = _field(doc, "contents")
@@ -624,6 +684,11 @@ def _parse_request(doc: Any) -> _GenerateRequest:
     config = _field(doc, "generationConfig") or {}
     if not isinstance(config, dict):
         raise _bad_request("Invalid value at 'generation_config'")
+    for name in DEPRECATED_FIELDS:
+        if _field(config, name) is not None:
+            raise _bad_request(
+                f"generation_config.{name} is deprecated for image models and not accepted"
+            )
     seed = _field(config, "seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise _bad_request(f"Invalid value at 'generation_config.seed' (TYPE_INT32), {seed!r}")
@@ -636,6 +701,10 @@ def _parse_request(doc: Any) -> _GenerateRequest:
         image_dimensions(aspect_ratio, image_size)
     except ValueError as exc:
         raise _bad_request(str(exc)) from None
+    if image_size not in spec.sizes:
+        raise _bad_request(f"{model} does not support imageSize {image_size!r}")
+    if spec.aspect_ratios and aspect_ratio not in spec.aspect_ratios:
+        raise _bad_request(f"{model} does not support aspectRatio {aspect_ratio!r}")
     modalities = _field(config, "responseModalities")
     # Image models default to TEXT+IMAGE; only an explicit list without IMAGE turns it off.
     wants_image = not isinstance(modalities, list) or any(
@@ -643,6 +712,11 @@ def _parse_request(doc: Any) -> _GenerateRequest:
     )
     thinking = _field(config, "thinkingConfig") or {}
     level = str(_field(thinking, "thinkingLevel") or "") if isinstance(thinking, dict) else ""
+    if level and level.upper() not in spec.thinking_levels:
+        raise _bad_request(
+            f"{model} does not support thinkingLevel {level!r}"
+            + (f" (it takes {', '.join(spec.thinking_levels)})" if spec.thinking_levels else "")
+        )
     return _GenerateRequest(
         prompt="\n".join(texts),
         reference_images=references,
@@ -652,6 +726,7 @@ def _parse_request(doc: Any) -> _GenerateRequest:
         image_size=image_size,
         wants_image=wants_image,
         thinking_level=level.upper(),
+        spec=spec,
     )
 
 
@@ -692,7 +767,7 @@ def _usage(
     """usageMetadata as Gemini reports it: prompt and output tokens by modality."""
     prompt_text = max(1, len(req.prompt) // 4)
     prompt_details: list[JsonDict] = [{"modality": "TEXT", "tokenCount": prompt_text}]
-    reference_tokens = _REFERENCE_IMAGE_TOKENS * len(req.reference_images)
+    reference_tokens = req.spec.reference_tokens * len(req.reference_images)
     if reference_tokens:
         prompt_details.append({"modality": "IMAGE", "tokenCount": reference_tokens})
     prompt_tokens = prompt_text + reference_tokens
@@ -789,7 +864,7 @@ def _build_answer(model: str, req: _GenerateRequest, mode: str) -> tuple[JsonDic
         candidates=[_candidate(parts, "STOP")],
         usageMetadata=_usage(
             req,
-            IMAGE_TOKENS.get(req.image_size, IMAGE_TOKENS[DEFAULT_IMAGE_SIZE]),
+            req.spec.image_tokens.get(req.image_size, IMAGE_TOKENS[DEFAULT_IMAGE_SIZE]),
             0 if mode == "image_only" else max(1, len(text_part["text"]) // 4),
             thoughts,
         ),
@@ -1060,7 +1135,7 @@ class _Batch:
         }
 
 
-def _parse_line(number: int, raw: bytes) -> _BatchLine:
+def _parse_line(number: int, raw: bytes, model: str = "") -> _BatchLine:
     """One JSONL line ``{"key": ..., "request": {...}}``; defects become per-line errors."""
     try:
         doc = json.loads(raw)
@@ -1068,13 +1143,15 @@ def _parse_line(number: int, raw: bytes) -> _BatchLine:
         return _BatchLine(None, _bad_request(f"Invalid JSON on line {number}: {exc}"))
     if not isinstance(doc, dict):
         return _BatchLine(None, _bad_request(f"Line {number} is not a JSON object."))
-    return _batch_line(doc.get("request"), key=doc.get("key"))
+    return _batch_line(doc.get("request"), key=doc.get("key"), model=model)
 
 
-def _batch_line(request: Any, key: Any = None, metadata: JsonDict | None = None) -> _BatchLine:
+def _batch_line(
+    request: Any, key: Any = None, metadata: JsonDict | None = None, model: str = ""
+) -> _BatchLine:
     config = _field(request, "generationConfig") if isinstance(request, dict) else None
     try:
-        parsed = _parse_request(request)
+        parsed = _parse_request(request, model)
     except ApiError as exc:
         return _BatchLine(None, exc, key, metadata, config if isinstance(config, dict) else None)
     return _BatchLine(parsed, None, key, metadata, parsed.generation_config)
@@ -1809,7 +1886,7 @@ class _Handler(BaseHTTPRequestHandler):
             retired = self._retired(version, model)
             if retired is not None:
                 raise retired
-            req = _parse_generate(body)
+            req = _parse_generate(body, model)
             # Quotas count requests the API accepted, as Google's do; a refused
             # call is answered at once.
             state.admit(model, time.monotonic())
@@ -1983,7 +2060,7 @@ class _Handler(BaseHTTPRequestHandler):
         if file_name is not None:
             source = store.file(str(file_name).removeprefix("files/"))
             lines = [
-                _parse_line(number, raw)
+                _parse_line(number, raw, model)
                 for number, raw in enumerate(source.data.splitlines(), start=1)
                 if raw.strip()
             ]
@@ -2001,7 +2078,7 @@ class _Handler(BaseHTTPRequestHandler):
                 metadata = item.get("metadata")
                 if metadata is not None and not isinstance(metadata, dict):
                     raise _bad_request(f"requests[{i}].metadata must be an object.")
-                lines.append(_batch_line(item.get("request"), metadata=metadata))
+                lines.append(_batch_line(item.get("request"), metadata=metadata, model=model))
         if not lines:
             raise _bad_request("The batch has no requests.")
         display_name = _field(batch_doc, "displayName")

@@ -20,7 +20,8 @@ from shared.adapters.cloud_logging import setup_logging
 from shared.adapters.identity import AuthFailure, Identity
 from shared.contracts.answers import model_list
 from shared.contracts.requests import BatchRequest, Limits, RerollRequest
-from shared.domain.errors import TransientError
+from shared.domain.errors import ConfigError, TransientError
+from shared.domain.ids import utcnow
 from shared.domain.job import ASSET_SIZES
 from shared.services.daily_budget import OverBudget
 from shared.services.intake import ModelUnavailable
@@ -43,7 +44,8 @@ def error(
     details: list[dict[str, str]] | None = None,
     **extra: Any,
 ) -> flask.Response:
-    body: dict[str, Any] = {"error": code, "message": message, **extra}
+    body: dict[str, Any] = {"error": code, "message": message}
+    body.update({name: value for name, value in extra.items() if value is not None})
     if details:
         body["details"] = details
     return _json(status, body)
@@ -257,6 +259,7 @@ def _model_unavailable(refusal: ModelUnavailable, named_in_batch: bool) -> flask
         f"nothing was reserved or queued. Choose a current model in {where}; "
         "GET /models lists the catalog.",
         model=refusal.model,
+        replacement=refusal.replacement,
     )
 
 
@@ -266,7 +269,7 @@ def models(request: flask.Request) -> flask.Response:
     if isinstance(identity, flask.Response):
         return identity
     cfg = wiring.settings()
-    return _json(200, model_list(cfg.catalog, cfg.gemini_model))
+    return _json(200, model_list(cfg.catalog, cfg.gemini_model, utcnow().date()))
 
 
 def limits(request: flask.Request) -> flask.Response:
@@ -458,6 +461,11 @@ def http_api(request: flask.Request) -> flask.Response:
     setup_logging()
     try:
         return route(request)
+    except ConfigError as exc:
+        # The deployment's settings are wrong: every request says which one (an
+        # operator's fix brings the service back), not only the log.
+        log.error("misconfigured: %s", exc)
+        return error(503, "misconfigured", f"this deployment is misconfigured: {exc}")
     except TransientError as exc:
         log.warning("request failed, retry later: %s", exc)
         response = error(503, "unavailable", "a backing service is busy; try again shortly")

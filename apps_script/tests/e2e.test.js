@@ -49,12 +49,19 @@ test('Settings, Estimate, Generate and Refresh status take selected rows to comp
   h.select(rowsA1(rows[0], rows[1]), rowsA1(rows[3]));
 
   // Estimate: a dry run, a dialog with image count and cost; nothing written.
+  // First the deployment's limits (GET /limits), which the rows are checked against.
   const estimate = h.run('estimateSelectedRows');
   assert.equal(estimate.thrown, null);
-  assert.equal(estimate.fetches.length, 1);
-  assert.equal(estimate.fetches[0].json.runMode, 'dry_run');
-  assert.deepEqual(estimate.fetches[0].json.items.map((i) => i.scene_id), chosen.map((i) => scenes[i].scene_id));
-  assert.equal(estimate.fetches[0].headers['X-API-Key'], env.API_KEY);
+  assert.equal(estimate.fetches.length, 2);
+  const [limits, dryRun] = estimate.fetches;
+  assert.equal(limits.method, 'GET');
+  assert.equal(limits.url, `${env.API_URL}/limits`);
+  assert.equal(limits.status, 200, limits.response);
+  assert.equal(limits.headers['X-API-Key'], env.API_KEY);
+  assert.ok(JSON.parse(limits.response).max_variants >= 3);
+  assert.equal(dryRun.json.runMode, 'dry_run');
+  assert.deepEqual(dryRun.json.items.map((i) => i.scene_id), chosen.map((i) => scenes[i].scene_id));
+  assert.equal(dryRun.headers['X-API-Key'], env.API_KEY);
   assert.equal(estimate.events.filter((e) => e.type === 'sheet-write').length, 0);
   const text = estimate.lastDialog.text;
   noStackTrace(text);
@@ -70,11 +77,11 @@ test('Settings, Estimate, Generate and Refresh status take selected rows to comp
   assert.deepEqual(generate.unexpected, []);
   noStackTrace(generate.lastDialog.text);
   const kinds = generate.events.map((e) =>
-    e.type === 'fetch' ? `fetch:${e.json.runMode}` : `write:${JSON.stringify(e.data.map((d) => d.values))}`);
+    e.type === 'fetch' ? `fetch:${e.json ? e.json.runMode : e.method}` : `write:${JSON.stringify(e.data.map((d) => d.values))}`);
   const queuedAt = kinds.findIndex((k) => k.startsWith('write:') && k.includes('"queued"'));
   const liveAt = kinds.indexOf('fetch:live');
   assert.ok(queuedAt >= 0 && liveAt > queuedAt, `rows must be marked queued before the live request: ${kinds}`);
-  const live = generate.fetches.find((f) => f.json.runMode === 'live');
+  const live = generate.fetches.find((f) => f.json && f.json.runMode === 'live');
   assert.ok(live.headers['Idempotency-Key'] && live.headers['Idempotency-Key'].length <= 200);
   assert.equal(live.status, 202, live.response);
   const answer = JSON.parse(live.response);

@@ -10,7 +10,9 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { startServer } = require('./servers');
-const { stackEnv, sceneId, addScenes, readRows, writeCells, rowsA1, harnessFor } = require('./stack');
+const {
+  stackEnv, sceneId, addScenes, readRows, writeCells, rowsA1, harnessFor, isLimitsRequest,
+} = require('./stack');
 
 let env;
 let canned;
@@ -59,13 +61,15 @@ test('401: a wrong API key says to check the key / sign-in in Settings', async (
   const before = await readRows(env, rows);
   const h = harnessFor(env, { apiKey: 'not-the-key', harness: { selection: [rowsA1(rows[0])] } });
   for (const action of ['estimateSelectedRows', 'generateSelectedRows']) {
+    // The first request of a run is GET /limits, authenticated like every route.
     const run = h.run(action);
     assert.equal(run.thrown, null);
     const text = run.lastDialog.text;
     noStackTrace(text);
-    assert.match(text, /^The server did not accept your sign-in \(HTTP 401 unauthenticated\): /);
+    assert.match(text, /^Could not read the limits of the image service \(GET \/limits\), which the selected rows are checked against, so nothing was sent\.\n\nThe server did not accept your sign-in \(HTTP 401 unauthenticated\): /);
     assert.match(text, /Check the API key \/ sign-in in AI images → Settings\./);
-    assert.deepEqual(run.fetches.map((f) => f.json.runMode), ['dry_run']);
+    assert.equal(run.fetches.length, 1, 'a refused GET /limits is not cached, and nothing else is sent');
+    assert.ok(isLimitsRequest(run.fetches[0]));
     assert.equal(run.fetches[0].status, 401);
   }
   assert.deepEqual(await readRows(env, rows), before);
@@ -77,18 +81,22 @@ test('401: a wrong API key says to check the key / sign-in in Settings', async (
 });
 
 test('400 from the server: its field details are named by row', async () => {
+  // A gs:// path passes the script's check (it cannot know the images bucket);
+  // the server only reads objects of its own bucket.
   const scenes = [
     { scene_id: sceneId('ok'), prompt: 'Short', variants: 1 },
-    { scene_id: sceneId('long'), prompt: 'Very long. '.repeat(500), variants: 1 },
+    { scene_id: sceneId('gs'), prompt: 'Elsewhere', variants: 1, ref_pack_public_url: 'gs://someone-elses-bucket/pack.png' },
   ];
   const rows = await addScenes(env, scenes);
   const h = harnessFor(env, { harness: { selection: [rowsA1(rows[0], rows[1])] } });
   const run = h.run('estimateSelectedRows');
   const text = run.lastDialog.text;
   noStackTrace(text);
-  assert.equal(run.fetches[0].status, 400);
+  const batch = run.fetches.find((f) => !isLimitsRequest(f));
+  assert.equal(batch.status, 400);
   assert.match(text, /^The server refused the request \(HTTP 400 invalid_request\): the batch is invalid/);
-  assert.match(text, new RegExp(`Row ${rows[1]} \\(scene_id "${scenes[1].scene_id}"\\): prompt is \\d+ characters long; the limit is \\d+`));
+  assert.match(text, new RegExp(`Row ${rows[1]} \\(scene_id "${scenes[1].scene_id}"\\): ref_pack_public_url must be `));
+  assert.ok(!text.includes(`Row ${rows[0]} `), text);
 });
 
 test('429 budget_exceeded: the budget figures are shown, and refused rows are put back', async () => {
@@ -107,7 +115,7 @@ test('429 budget_exceeded: the budget figures are shown, and refused rows are pu
   };
   await canned.configure({
     routes: [
-      { method: 'POST', path: '/batch/images', runMode: 'dry_run', status: 200, body: { ...planFor(scenes), budget: BUDGET, warnings: [{ scene_id: scenes[1].scene_id, message: 'job job_x for this scene is still generating' }] } },
+      { method: 'POST', path: '/batch/images', runMode: 'dry_run', status: 200, body: { ...planFor(scenes), budget: BUDGET, warnings: [{ message: 'gemini-3.1-flash-image is deprecated (no shutdown date is announced yet); move to gemini-nano-banana-2.1' }, { scene_id: scenes[1].scene_id, message: 'job job_x for this scene is still generating' }] } },
       { method: 'POST', path: '/batch/images', runMode: 'live', status: 429, body: budgetError },
     ],
   });
@@ -116,7 +124,9 @@ test('429 budget_exceeded: the budget figures are shown, and refused rows are pu
   const estimate = h.run('estimateSelectedRows');
   assert.match(estimate.lastDialog.text, /Budget:\n {2}Images today \(2025-11-25\): 998 of 1000 used, 2 left\n {2}Spend today \(2025-11-25\): \$66\.8660 of \$100\.0000 used, \$33\.1340 left\n {2}This batch: 3 images, \$0\.2010/);
   assert.match(estimate.lastDialog.text, /This batch: 3 images, \$0\.2010\n {2}⚠ This is more than what is left for today: the server will refuse it\./);
-  assert.match(estimate.lastDialog.text, new RegExp(`Warnings:\n {2}• Row ${rows[1]} \\(${scenes[1].scene_id}\\): job job_x for this scene is still generating`));
+  // A warning about the whole batch (its model going away) has no row.
+  assert.match(estimate.lastDialog.text, /Warnings:\n {2}• gemini-3\.1-flash-image is deprecated \(no shutdown date is announced yet\); move to gemini-nano-banana-2\.1\n/);
+  assert.match(estimate.lastDialog.text, new RegExp(`\n {2}• Row ${rows[1]} \\(${scenes[1].scene_id}\\): job job_x for this scene is still generating`));
 
   h.answer('YES');
   const run = h.run('generateSelectedRows');
@@ -217,7 +227,7 @@ test('an unreachable API URL is reported, not thrown', async () => {
   const h = harnessFor(env, { apiUrl: 'http://127.0.0.1:9', harness: { selection: [rowsA1(row)] } });
   const run = h.run('estimateSelectedRows');
   assert.equal(run.thrown, null);
-  assert.match(run.lastDialog.text, /^Could not reach the image service at http:\/\/127\.0\.0\.1:9: [\s\S]*Check the API URL in AI images → Settings/);
+  assert.match(run.lastDialog.text, /^Could not read the limits of the image service \(GET \/limits\)[\s\S]*nothing was sent\.\n\nCould not reach the image service at http:\/\/127\.0\.0\.1:9: [\s\S]*Check the API URL in AI images → Settings/);
 });
 
 test('Google sign-in mode sends the identity token as a Bearer token, not the key', async () => {
@@ -235,6 +245,9 @@ test('Google sign-in mode sends the identity token as a Bearer token, not the ke
   const seen = (await canned.log()).filter((e) => e.scenes && e.scenes.includes(scenes[0].scene_id));
   assert.equal(seen[0].headers.authorization, 'Bearer header.payload.signature');
   assert.equal(seen[0].headers['x-api-key'], undefined);
+  const [asked] = (await canned.limitsRequests()).slice(-1);
+  assert.equal(asked.headers.authorization, 'Bearer header.payload.signature', 'GET /limits signs in the same way');
+  assert.equal(asked.headers['x-api-key'], undefined);
 
   // Without a token (scope not granted): a message, no request.
   h.identityToken = null;

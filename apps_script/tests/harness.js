@@ -14,10 +14,11 @@
  *                   answers to questions are scripted.
  *   UrlFetchApp     fetch / fetchAll making real, synchronous HTTP calls.
  *   HtmlService     createHtmlOutput, as far as a dialog's content goes.
+ *   CacheService    the script cache: strings that expire, with Apps Script's size limits.
  *   PropertiesService, LockService, Utilities, ScriptApp, Logger, console.
  *
- * Document properties and the document lock can live in files instead of
- * memory so that two processes (two racing executions) share them.
+ * Document properties, the script cache and the document lock can live in files
+ * instead of memory so that two processes (two racing executions) share them.
  */
 const fs = require('node:fs');
 const path = require('node:path');
@@ -455,6 +456,60 @@ function fileStore(file) {
   };
 }
 
+// ------------------------------------------------------------------ CacheService
+
+const CACHE_MAX_KEY = 250;
+const CACHE_MAX_VALUE = 100 * 1024;
+const CACHE_MAX_SECONDS = 21600;
+
+/** A Cache of CacheService: string values that expire (default 10 minutes, at most 6 hours). */
+class FakeCache {
+  /** store: as for FakeProperties; each entry is {value, expires (ms since the epoch)} */
+  constructor(store) { this.store = store; }
+
+  static check(key, value) {
+    if (typeof key !== 'string' || !key || key.length > CACHE_MAX_KEY) {
+      throw new Error(`Argument too large: key (${String(key).length} characters)`);
+    }
+    if (value !== undefined && Buffer.byteLength(String(value)) > CACHE_MAX_VALUE) {
+      throw new Error('Argument too large: value');
+    }
+  }
+
+  get(key) {
+    FakeCache.check(key);
+    const entry = this.store.load()[key];
+    return entry && entry.expires > Date.now() ? entry.value : null;
+  }
+
+  getAll(keys) {
+    const out = {};
+    for (const key of keys) {
+      const value = this.get(key);
+      if (value !== null) out[key] = value;
+    }
+    return out;
+  }
+
+  put(key, value, seconds = 600) {
+    FakeCache.check(key, value);
+    const ttl = Math.min(Math.max(Number(seconds) || 0, 1), CACHE_MAX_SECONDS);
+    this.store.update((all) => { all[key] = { value: String(value), expires: Date.now() + ttl * 1000 }; });
+  }
+
+  putAll(values, seconds) {
+    for (const [key, value] of Object.entries(values)) this.put(key, value, seconds);
+  }
+
+  remove(key) { this.store.update((all) => { delete all[key]; }); }
+  removeAll(keys) { for (const key of keys) this.remove(key); }
+
+  /** For tests: the keys that have not expired. */
+  keys() {
+    return Object.entries(this.store.load()).filter(([, e]) => e.expires > Date.now()).map(([k]) => k);
+  }
+}
+
 /** The document lock: in memory (one process) or a directory (shared by processes). */
 class FakeLock {
   constructor(harness) {
@@ -629,7 +684,8 @@ class Harness {
    *   sheetTitle     the active sheet (default env.WORKSHEET)
    *   selection      A1 ranges selected on the active sheet
    *   scriptProperties, userProperties, documentProperties   initial values
-   *   sharedDir      keep document properties and the document lock in this directory
+   *   sharedDir      keep document properties, the script cache and the document lock in
+   *                  this directory
    *   identityToken  what ScriptApp.getIdentityToken() returns (default null)
    *   namedRanges    {name: "A1" (active sheet) or "Title!A1"} for getRangeByName
    *   loadOrder      'sorted' | 'reversed' order of the .gs files
@@ -671,6 +727,12 @@ class Harness {
         ? fileStore(path.join(this.lockDir, 'document-properties.json'))
         : memoryStore(options.documentProperties),
     );
+    // Shared by every execution and user of the script, like Apps Script's script cache.
+    this.scriptCache = new FakeCache(
+      this.lockDir ? fileStore(path.join(this.lockDir, 'script-cache.json')) : memoryStore(),
+    );
+    this.userCache = new FakeCache(memoryStore());
+    this.documentCache = new FakeCache(memoryStore());
 
     const h = this;
     const ui = new FakeUi(this);
@@ -714,6 +776,11 @@ class Harness {
         getScriptProperties: () => h.scriptProps,
         getUserProperties: () => h.userProps,
         getDocumentProperties: () => h.documentProps,
+      },
+      CacheService: {
+        getScriptCache: () => h.scriptCache,
+        getUserCache: () => h.userCache,
+        getDocumentCache: () => h.documentCache,
       },
       LockService: {
         getDocumentLock: () => new FakeLock(h),

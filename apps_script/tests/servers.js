@@ -8,9 +8,49 @@
  *     logged (method, path, runMode, lane, scene ids, headers) before it is forwarded;
  *     `dropLiveAnswers: n` forwards the next n live submissions but then cuts the
  *     connection, so the client never sees the answer (a lost answer);
- *   - canned answers (`routes`), e.g. a 429 with the API's JSON error body.
+ *   - canned answers (`routes`), e.g. a 429 with the API's JSON error body; a
+ *     server without `upstream` answers GET /limits with `limits` (default
+ *     DEFAULT_LIMITS, what the API says for its default settings) unless a
+ *     route says otherwise, since the script asks for them before it sends rows.
  */
 const { Worker } = require('node:worker_threads');
+
+/**
+ * GET /limits as the API answers it with its default settings (shared/services/views.py
+ * deployment_limits): a test that needs another deployment changes what it needs.
+ */
+const WIDE_RATIOS = ['1:1', '2:3', '3:2', '3:4', '4:3', '4:5', '5:4', '9:16', '16:9', '21:9'];
+const DEFAULT_LIMITS = Object.freeze({
+  max_items_per_batch: 500,
+  max_variants: 4,
+  max_prompt_chars: 4000,
+  max_body_bytes: 1048576,
+  default_model: 'gemini-3.1-flash-image',
+  lanes: ['live', 'economy'],
+  models: {
+    'gemini-2.5-flash-image': {
+      aspect_ratios: WIDE_RATIOS, image_sizes: ['1K'], default_image_size: '1K', max_reference_images: 3,
+    },
+    'gemini-3-pro-image': {
+      aspect_ratios: WIDE_RATIOS, image_sizes: ['1K', '2K', '4K'], default_image_size: '1K', max_reference_images: 14,
+    },
+    'gemini-3.1-flash-image': {
+      aspect_ratios: [...WIDE_RATIOS, '1:4', '4:1', '1:8', '8:1'],
+      image_sizes: ['512', '1K', '2K', '4K'],
+      default_image_size: '1K',
+      max_reference_images: 14,
+    },
+  },
+});
+
+/** DEFAULT_LIMITS with some fields changed; `model` changes the default model's entry. */
+function limitsWith(changes = {}, model = {}) {
+  const limits = JSON.parse(JSON.stringify(DEFAULT_LIMITS));
+  Object.assign(limits, changes);
+  const name = limits.default_model;
+  limits.models[name] = { ...(limits.models[name] || DEFAULT_LIMITS.models['gemini-3.1-flash-image']), ...model };
+  return limits;
+}
 
 const SERVER_SOURCE = `
 const http = require('node:http');
@@ -36,6 +76,7 @@ const server = http.createServer(async (req, res) => {
     runMode: json && json.runMode ? json.runMode : null,
     lane: json && json.lane ? json.lane : null,
     scenes: json && Array.isArray(json.items) ? json.items.map((i) => i.scene_id) : null,
+    body: json,
     headers: { ...req.headers },
   };
   log.push(entry);
@@ -47,6 +88,12 @@ const server = http.createServer(async (req, res) => {
     const text = typeof route.body === 'string' ? route.body : JSON.stringify(route.body);
     res.writeHead(route.status, { 'content-type': route.contentType || 'application/json', ...(route.headers || {}) });
     res.end(text);
+    return;
+  }
+  if (!config.upstream && req.method === 'GET' && path === '/limits' && config.limits) {
+    entry.status = 200;
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(config.limits));
     return;
   }
   if (!config.upstream) {
@@ -101,9 +148,15 @@ parentPort.on('message', ({ id, op, arg }) => {
 });
 `;
 
-/** Starts a server; `config`: {upstream?, routes?: [{method, path|prefix, runMode?, status, body, headers?}], dropLiveAnswers?}. */
+/**
+ * Starts a server; `config`: {upstream?, routes?: [{method, path|prefix, runMode?, status,
+ * body, headers?}], limits? (GET /limits without upstream), dropLiveAnswers?}.
+ */
 async function startServer(config) {
-  const worker = new Worker(SERVER_SOURCE, { eval: true, workerData: { routes: [], ...config } });
+  const worker = new Worker(SERVER_SOURCE, {
+    eval: true,
+    workerData: { routes: [], limits: DEFAULT_LIMITS, ...config },
+  });
   worker.unref();
   const pending = new Map();
   let seq = 0;
@@ -127,6 +180,10 @@ async function startServer(config) {
     url,
     /** Every request seen so far. */
     log: () => call('log'),
+    /** Requests that asked for GET /limits. */
+    async limitsRequests() {
+      return (await call('log')).filter((e) => e.method === 'GET' && e.path === '/limits');
+    },
     /** Requests that reached POST /batch/images, optionally of one runMode. */
     async batches(runMode) {
       const all = await call('log');
@@ -141,4 +198,4 @@ async function startServer(config) {
   };
 }
 
-module.exports = { startServer };
+module.exports = { startServer, DEFAULT_LIMITS, limitsWith };

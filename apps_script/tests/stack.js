@@ -108,10 +108,25 @@ function harnessFor(env, options = {}) {
   });
 }
 
+/**
+ * Whether a request (a harness fetch, with `url`, or a server log entry, with
+ * `path`) is the script's GET /limits, which it asks before it checks any row.
+ */
+function isLimitsRequest(entry) {
+  const where = entry.path || new URL(entry.url).pathname;
+  return entry.method === 'GET' && /\/limits$/.test(where);
+}
+
+/** The requests other than GET /limits: what carries rows, jobs or images. */
+function withoutLimits(entries) {
+  return entries.filter((entry) => !isLimitsRequest(entry));
+}
+
 async function sleep(ms) {
   await new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 module.exports = {
   stackEnv, sceneId, appendRows, addScenes, readRows, writeCells, rowsA1, harnessFor, sleep, header,
+  isLimitsRequest, withoutLimits,
 };

@@ -1,20 +1,28 @@
 'use strict';
 /**
  * Rows are checked before anything is sent: each problem names its row and
- * field, and if any row is wrong nothing reaches the server (a counting proxy
- * in front of the real API sees no request) and no row is written.
+ * field, and if any row is wrong no row reaches the server (a counting proxy
+ * in front of the real API sees only GET /limits, which the rows are checked
+ * against) and no row is written.
  */
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { startServer } = require('./servers');
-const { stackEnv, sceneId, addScenes, appendRows, readRows, rowsA1, harnessFor } = require('./stack');
+const {
+  stackEnv, sceneId, addScenes, appendRows, readRows, rowsA1, harnessFor, withoutLimits,
+} = require('./stack');
 
 let env;
 let proxy;
+let limits;
 
 test.before(async () => {
   env = stackEnv();
   proxy = await startServer({ upstream: env.API_URL });
+  // What the local API accepts: the messages name its limits, whatever they are.
+  const res = await fetch(`${env.API_URL}/limits`, { headers: { 'X-API-Key': env.API_KEY } });
+  assert.equal(res.status, 200);
+  limits = await res.json();
 });
 
 test.after(async () => {
@@ -33,11 +41,13 @@ test('invalid rows are named by row and field, and nothing is sent', async () =>
     { scene_id: `bad id!${sceneId('x')}`, prompt: 'Spaces', variants: 1 },
     { scene_id: good, prompt: 'Same id again', variants: 1 },
     { scene_id: sceneId('noprompt'), prompt: '', variants: 1 },
-    { scene_id: sceneId('seven'), prompt: 'Too many', variants: 7 },
+    { scene_id: sceneId('toomany'), prompt: 'Too many', variants: limits.max_variants + 1 },
+    { scene_id: sceneId('long'), prompt: 'x'.repeat(limits.max_prompt_chars + 1), variants: 1 },
     { scene_id: sceneId('word'), prompt: 'Not a number', variants: 'two' },
     { scene_id: sceneId('half'), prompt: 'Not whole', variants: 2.5 },
     { scene_id: sceneId('ftp'), prompt: 'Bad ref', variants: 1, ref_pack_public_url: 'ftp://refs/pack.zip' },
   ];
+  const max = limits.max_variants;
   const rows = await addScenes(env, scenes);
   const before = await readRows(env, rows);
   const h = harnessFor(env, { apiUrl: proxy.url });
@@ -49,23 +59,26 @@ test('invalid rows are named by row and field, and nothing is sent', async () =>
     assert.equal(run.alerts.length, 1);
     const text = run.alerts[0].text;
     noStackTrace(text);
-    assert.match(text, /^Nothing was sent: 8 problems in the selected rows\./);
+    assert.match(text, /^Nothing was sent: 9 problems in the selected rows\./);
     const expected = [
       `Row ${rows[1]}: scene_id is empty.`,
       `Row ${rows[2]}: scene_id "bad id!`,
       `Row ${rows[3]}: scene_id "${good}" is also in row ${rows[0]} of the selection`,
       `Row ${rows[4]}: prompt is empty.`,
-      `Row ${rows[5]}: variants must be a whole number from 1 to 4 (found "7").`,
-      `Row ${rows[6]}: variants must be a whole number from 1 to 4 (found "two").`,
-      `Row ${rows[7]}: variants must be a whole number from 1 to 4 (found "2.5").`,
-      `Row ${rows[8]}: ref_pack_public_url must be an https:// link, a gs://bucket/object path, or an earlier image as scene:<scene_id>#<n> or job:<job_id>#<n> (found "ftp://refs/pack.zip").`,
+      `Row ${rows[5]}: variants must be a whole number from 1 to ${max} (found "${max + 1}").`,
+      `Row ${rows[6]}: prompt is ${limits.max_prompt_chars + 1} characters long; the limit is ${limits.max_prompt_chars}.`,
+      `Row ${rows[7]}: variants must be a whole number from 1 to ${max} (found "two").`,
+      `Row ${rows[8]}: variants must be a whole number from 1 to ${max} (found "2.5").`,
+      `Row ${rows[9]}: ref_pack_public_url must be an https:// link, a gs://bucket/object path, or an earlier image as scene:<scene_id>#<n> or job:<job_id>#<n> (found "ftp://refs/pack.zip").`,
     ];
     for (const line of expected) assert.ok(text.includes(line), `missing "${line}" in:\n${text}`);
     assert.ok(!text.includes(`Row ${rows[0]}:`), 'the valid row is not reported');
-    assert.deepEqual(run.fetches, [], 'the script made no request');
+    assert.deepEqual(withoutLimits(run.fetches), [], 'the script asked for nothing but the limits');
     assert.equal(run.events.filter((e) => e.type === 'sheet-write').length, 0);
   }
-  assert.deepEqual(await proxy.log(), [], 'the server saw no request');
+  const seen = await proxy.log();
+  assert.deepEqual(withoutLimits(seen), [], 'the server saw no request but GET /limits');
+  assert.equal(seen.length, 1, 'the limits were asked once: the second run took them from the cache');
   assert.deepEqual(await readRows(env, rows), before, 'no row was changed');
 });
 
@@ -77,7 +90,7 @@ test('a scene_id used by another row of the sheet is refused', async () => {
   h.select(rowsA1(second));
   const run = h.run('estimateSelectedRows');
   assert.match(run.lastDialog.text, new RegExp(`Row ${second}: scene_id "${id}" also appears in row ${first}; results go to the first row`));
-  assert.deepEqual(run.fetches, []);
+  assert.deepEqual(withoutLimits(run.fetches), []);
 });
 
 test('no rows selected: a clear message and nothing sent', async () => {
@@ -94,10 +107,10 @@ test('no rows selected: a clear message and nothing sent', async () => {
       const run = h.run(action);
       assert.equal(run.thrown, null);
       assert.match(run.lastDialog.text, /^No scene rows are selected\./, `selection ${selection}`);
-      assert.deepEqual(run.fetches, []);
+      assert.deepEqual(run.fetches, [], 'not even the limits are asked');
     }
   }
-  assert.deepEqual(await proxy.log(), []);
+  assert.deepEqual(withoutLimits(await proxy.log()), []);
 });
 
 test('rows without scene data inside the selection are skipped, empty variants mean 1', async () => {
@@ -111,8 +124,9 @@ test('rows without scene data inside the selection are skipped, empty variants m
   h.select(rowsA1(rows[0], after));
   const run = h.run('estimateSelectedRows');
   assert.equal(run.thrown, null);
-  assert.equal(run.fetches.length, 1);
-  const items = run.fetches[0].json.items;
+  const sent = withoutLimits(run.fetches);
+  assert.equal(sent.length, 1);
+  const items = sent[0].json.items;
   assert.equal(items.length, 2);
   assert.equal(items[0].scene_id, id);
   assert.equal(items[0].variants, 1);
@@ -161,7 +175,7 @@ test('answering Cancel sends nothing and leaves the rows alone', async () => {
   h.answer({ button: 'CANCEL', expect: /Yes: live lane, \$[0-9.]+[\s\S]*No: economy lane, \$[0-9.]+ \(half price\)/ });
   const run = h.run('generateSelectedRows');
   assert.equal(run.lastDialog.text, 'Nothing was sent.');
-  assert.deepEqual(run.fetches.map((f) => f.json.runMode), ['dry_run']);
+  assert.deepEqual(withoutLimits(run.fetches).map((f) => f.json.runMode), ['dry_run']);
   assert.deepEqual(await readRows(env, rows), before);
   assert.deepEqual(await proxy.batches('live'), []);
 });
@@ -174,7 +188,7 @@ test('while another Generate holds the document lock, nothing is marked or sent'
   h.answer('YES');
   const run = h.run('generateSelectedRows');
   assert.match(run.lastDialog.text, /Another "Generate" from this spreadsheet is still running[\s\S]*Nothing was sent\./);
-  assert.deepEqual(run.fetches.map((f) => f.json.runMode), ['dry_run']);
+  assert.deepEqual(withoutLimits(run.fetches).map((f) => f.json.runMode), ['dry_run']);
   assert.deepEqual(await readRows(env, rows), before);
   assert.deepEqual(await proxy.batches('live'), []);
 });

@@ -185,7 +185,7 @@ variable "access" {
 
 variable "models" {
   type = object({
-    gemini_model          = optional(string, "gemini-3.1-flash-image")
+    gemini_model          = optional(string, "gemini-nano-banana-2.1")
     model_catalog         = optional(string, "")
     gemini_backend        = optional(string, "gemini_api")
     vertex_location       = optional(string, "global")
@@ -194,6 +194,28 @@ variable "models" {
   })
   description = "The image model and how it is reached: gemini_model (GEMINI_MODEL, a model of shared/domain/model_catalog.json or of model_catalog), model_catalog (MODEL_CATALOG: JSON merged over the shipped catalog, e.g. to correct a price or add a model), gemini_backend (GEMINI_BACKEND: gemini_api with the Gemini API key secret, or vertex with the functions' service accounts and roles/aiplatform.user, no key), vertex_location (VERTEX_LOCATION), gemini_thinking_level (GEMINI_THINKING_LEVEL; empty: the model's lowest), model_check_ttl_s (MODEL_CHECK_TTL_S: how long the batch preflight trusts a model lookup)."
   default     = {}
+
+  validation {
+    condition = contains(
+      keys(merge(
+        jsondecode(file("${path.module}/../../shared/domain/model_catalog.json")).models,
+        try(jsondecode(var.models.model_catalog).models, {}),
+      )),
+      var.models.gemini_model,
+    )
+    error_message = "gemini_model (GEMINI_MODEL) must be a model of shared/domain/model_catalog.json or of model_catalog (MODEL_CATALOG); GET /models lists them."
+  }
+
+  validation {
+    condition = !contains(
+      [for name, entry in merge(
+        jsondecode(file("${path.module}/../../shared/domain/model_catalog.json")).models,
+        try(jsondecode(var.models.model_catalog).models, {}),
+      ) : name if try(entry.status, "ga") == "shut_down"],
+      var.models.gemini_model,
+    )
+    error_message = "gemini_model (GEMINI_MODEL) names a model Google shut down; the catalog's replacement field names the model to use instead."
+  }
 
   validation {
     condition     = contains(["gemini_api", "vertex"], var.models.gemini_backend)

@@ -2,7 +2,7 @@
 # current major as of 2026-11), Terraform >= 1.5 (Cloud Build runs 1.9.8).
 # Upgrade notes from 6.x: README.md, "Provider versions".
 terraform {
-  required_version = ">= 1.5"
+  required_version = ">= 1.9"
 
   required_providers {
     google = {

@@ -8,6 +8,7 @@ is still failing after them becomes ``TransientError`` (Pub/Sub redelivers) or
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,7 +21,13 @@ from pydantic import ValidationError
 
 from shared.adapters.image_check import image_mime
 from shared.config.settings import GEMINI_RETRY_INITIAL_DELAY_S, GEMINI_RETRY_JITTER_S
-from shared.domain.errors import NotAnImage, PermanentError, QuotaExceeded, TransientError
+from shared.domain.errors import (
+    ModelGone,
+    NotAnImage,
+    PermanentError,
+    QuotaExceeded,
+    TransientError,
+)
 from shared.services.ports import GeneratedImage, ModelCheck, ReferenceImage
 
 # 408 and 5xx are worth retrying at once; other 4xx mean the request itself is
@@ -28,6 +35,10 @@ from shared.services.ports import GeneratedImage, ModelCheck, ReferenceImage
 # (the SDK's retry would not read RetryInfo, and would spend more refused calls).
 RETRYABLE_CODES = (408, 500, 502, 503, 504)
 QUOTA_CODE = 429
+NOT_FOUND_CODE = 404
+# A 429 without QuotaFailure whose words are about money is the spending cap (Google
+# documents no reason code for it, only RESOURCE_EXHAUSTED and its message).
+SPEND_WORDS = re.compile(r"spend|spending|billing|budget|\bcap\b", re.IGNORECASE)
 API_VERSION = "v1beta"
 # The bearer token sent to another Vertex endpoint (the local stub): never Google's.
 LOCAL_TOKEN = "local-endpoint"
@@ -48,6 +59,8 @@ FINISH_REASONS = {
     "IMAGE_OTHER": "the image could not be made (unspecified reason)",
     "NO_IMAGE": "the model made no image",
     "OTHER": "the answer stopped for an unspecified reason",
+    "MALFORMED_RESPONSE": "the model's answer was malformed",
+    "TOO_MANY_TOOL_CALLS": "the model stopped after too many tool calls",
 }
 BLOCK_REASONS = {
     "SAFETY": "the safety filters",
@@ -143,6 +156,8 @@ class GeminiImageGenerator:
                 raise quota_refusal(detail.strip(), exc.details) from exc
             if exc.code in RETRYABLE_CODES:
                 raise TransientError(detail.strip()) from exc
+            if exc.code == NOT_FOUND_CODE:
+                raise ModelGone(detail.strip()) from exc
             raise PermanentError(detail.strip()) from exc
         except ValidationError as exc:
             # The SDK decodes base64 itself; broken image data surfaces here.
@@ -157,12 +172,14 @@ class GeminiImageGenerator:
 
 
 def quota_refusal(detail: str, body: Any) -> QuotaExceeded:
-    """What a 429 says: how long to wait (``RetryInfo``) and whether a daily quota
-    is used up (``QuotaFailure`` names the quota)."""
+    """What a 429 says: how long to wait (``RetryInfo``), whether a daily quota is
+    used up (``QuotaFailure`` names the quota), or whether it is no rate at all but
+    the project's spending cap (no ``QuotaFailure``; Google's words name the spend)."""
     error = body.get("error") if isinstance(body, dict) else None
     items = error.get("details") if isinstance(error, dict) else None
     retry_after: float | None = None
     per_day = False
+    rate = False
     for item in items if isinstance(items, list) else []:
         if not isinstance(item, dict):
             continue
@@ -170,12 +187,15 @@ def quota_refusal(detail: str, body: Any) -> QuotaExceeded:
         if kind.endswith("google.rpc.RetryInfo"):
             retry_after = _seconds(item.get("retryDelay"))
         elif kind.endswith("google.rpc.QuotaFailure"):
+            rate = True
             for violation in item.get("violations") or []:
                 if isinstance(violation, dict):
                     quota_id = str(violation.get("quotaId", ""))
                     metric = str(violation.get("quotaMetric", ""))
                     per_day = per_day or "PerDay" in quota_id or "per_day" in metric
-    return QuotaExceeded(detail, retry_after, per_day)
+    message = str(error.get("message", "")) if isinstance(error, dict) else ""
+    spend_cap = not rate and bool(SPEND_WORDS.search(f"{message} {detail}"))
+    return QuotaExceeded(detail, retry_after, per_day, spend_cap)
 
 
 def _seconds(duration: object) -> float | None:

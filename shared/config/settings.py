@@ -7,6 +7,7 @@ a missing or malformed setting fails at start with its name (``ConfigError``).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import date
 from decimal import Decimal
 from typing import Literal
 
@@ -66,7 +67,7 @@ class Settings(BaseModel):
     # (shared/domain/model_catalog.json, with MODEL_CATALOG JSON merged over it), and
     # how to reach it: the Gemini API with an API key, or Vertex AI with the
     # function's service account (VERTEX_BASE_URL: another endpoint, the local stub).
-    gemini_model: str = "gemini-3.1-flash-image"
+    gemini_model: str = "gemini-nano-banana-2.1"
     model_catalog: str = ""
     gemini_backend: Literal["gemini_api", "vertex"] = "gemini_api"
     gemini_api_key: str = ""
@@ -310,7 +311,8 @@ class Settings(BaseModel):
         if entry is None:
             raise ConfigError(
                 f"GEMINI_MODEL {name!r} is not in the model catalog "
-                f"(models: {', '.join(sorted(self.catalog.models))}); add it with MODEL_CATALOG"
+                f"(models: {', '.join(sorted(self.catalog.models))}): choose one of them, "
+                "or add it with MODEL_CATALOG"
             )
         return entry
 
@@ -330,9 +332,15 @@ class Settings(BaseModel):
 
 
 def check_model_settings(settings: Settings) -> None:
-    """The configured model is in the catalog and takes the configured shape and level."""
+    """The configured model is in the catalog, still served, and takes the configured
+    shape and level."""
     entry = settings.model_entry()
     model = settings.gemini_model
+    if not entry.served:
+        raise ConfigError(
+            f"GEMINI_MODEL {model!r}: {entry.notice(model, date.today())} "
+            "(Terraform: models.gemini_model)"
+        )
     for name, value, accepted in (
         ("GEMINI_ASPECT_RATIO", settings.gemini_aspect_ratio, entry.aspect_ratios),
         ("GEMINI_IMAGE_SIZE", settings.gemini_image_size, entry.image_sizes),

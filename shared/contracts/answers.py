@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +25,9 @@ class ErrorBody(_Answer):
     details: list[ErrorDetail] | None = None
     budget: Budget | None = None
     model: str | None = Field(default=None, description="The model a 422 model_unavailable names")
+    replacement: str | None = Field(
+        default=None, description="The model Google names instead of a shut-down one"
+    )
 
 
 class Health(_Answer):
@@ -45,7 +49,9 @@ class Budget(_Answer):
 
 
 class Warning(_Answer):
-    scene_id: str
+    scene_id: str | None = Field(
+        default=None, description="The scene it is about; none for the whole batch (its model)"
+    )
     message: str
 
 
@@ -163,8 +169,10 @@ class GeminiBatchView(_Answer):
 class WaitingView(_Answer):
     """Why the job makes no progress for now."""
 
-    reason: Literal["quota", "daily_quota"] = Field(
-        description="quota: Gemini's per-minute quota; daily_quota: paused until midnight Pacific"
+    reason: Literal["quota", "daily_quota", "spend_cap"] = Field(
+        description="quota: Gemini's per-minute quota; daily_quota: paused until midnight "
+        "Pacific; spend_cap: the project's Gemini spending cap was reached (tried again now "
+        "and then; raising the cap in AI Studio resumes it)"
     )
     until: str = Field(description="About when calls resume (ISO 8601, UTC)")
     since: str
@@ -266,12 +274,21 @@ class ModelView(_Answer):
     """One image model of the catalog."""
 
     name: str
+    label: str = Field(description="Google's name for it, e.g. Nano Banana 2.1")
     default: bool = Field(description="The deployment's GEMINI_MODEL")
-    status: str
+    status: Literal["ga", "preview", "deprecated", "shut_down"]
+    replacement: str | None = Field(
+        default=None, description="The model Google recommends instead (deprecated, shut down)"
+    )
+    shutdown_date: str | None = Field(default=None, description="Announced by Google (ISO date)")
+    notice: str | None = Field(default=None, description="What is going away, and when, in words")
+    checked_on: str = Field(description="When this entry was checked against Google's pages")
     aspect_ratios: list[str]
     image_sizes: list[str]
     default_image_size: str
     max_reference_images: int
+    max_object_references: int | None = None
+    max_character_references: int | None = None
     price_per_image_usd: dict[str, dict[str, str]] = Field(
         description="By lane (live, batch: Gemini's Batch API), then by image size"
     )
@@ -281,17 +298,24 @@ class ModelList(_Answer):
     models: list[ModelView]
 
 
-def model_list(catalog: Catalog, default: str) -> ModelList:
+def model_list(catalog: Catalog, default: str, today: date) -> ModelList:
     return ModelList(
         models=[
             ModelView(
                 name=name,
+                label=entry.label or name,
                 default=name == default,
                 status=entry.status,
+                replacement=entry.replacement,
+                shutdown_date=entry.shutdown_date.isoformat() if entry.shutdown_date else None,
+                notice=entry.notice(name, today),
+                checked_on=entry.checked_on.isoformat(),
                 aspect_ratios=list(entry.aspect_ratios),
                 image_sizes=list(entry.image_sizes),
                 default_image_size=entry.default_image_size,
                 max_reference_images=entry.max_reference_images,
+                max_object_references=entry.max_object_references,
+                max_character_references=entry.max_character_references,
                 price_per_image_usd={
                     lane: {size: str(price) for size, price in prices.items()}
                     for lane, prices in entry.price_per_image.items()

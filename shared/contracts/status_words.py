@@ -105,6 +105,12 @@ def waiting_shown(job: Job) -> bool:
 
 
 def waiting_text(waiting: Waiting, done: int, total: int) -> str:
+    if waiting.reason == "spend_cap":
+        resume = (waiting.until + timedelta(seconds=59)).strftime("%H:%M")
+        return (
+            f"paused ({done}/{total}): the project's Gemini spending cap was reached; "
+            f"tries again about {resume} UTC (raise the cap in AI Studio to resume sooner)"
+        )
     if waiting.reason == "daily_quota":
         return (
             f"paused ({done}/{total}): daily Gemini quota reached, resumes after midnight Pacific"

@@ -1,4 +1,6 @@
-"""The model catalog: what each image model accepts and what it costs, per lane.
+"""The model catalog: what each image model accepts, what it costs per lane, and
+whether Google still serves it (``status``, the ``replacement`` Google names, the
+announced ``shutdown_date``), with the date and sources each entry was checked on.
 
 Shipped as ``shared/domain/model_catalog.json``; ``MODEL_CATALOG`` (JSON) is merged
 over it, entry by entry and field by field, so a deployment can correct a
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import date
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +29,9 @@ LANES: tuple[Lane, ...] = ("live", "batch")
 # What google-genai's ThinkingLevel accepts.
 THINKING_LEVELS = ("MINIMAL", "LOW", "MEDIUM", "HIGH", "XHIGH")
 MILLION = Decimal(1_000_000)
+# Whether Google serves a model: generally available, in preview, deprecated (still
+# served; Google names a replacement and perhaps a shutdown date), or shut down.
+ModelStatus = Literal["ga", "preview", "deprecated", "shut_down"]
 
 
 class TokenPrices(BaseModel):
@@ -43,17 +49,26 @@ class ModelEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    status: Literal["ga", "preview", "deprecated"] = "ga"
+    label: str = ""
+    status: ModelStatus = "ga"
+    replacement: str | None = None
+    shutdown_date: date | None = None
     aspect_ratios: tuple[str, ...] = Field(min_length=1)
     image_sizes: tuple[str, ...] = Field(min_length=1)
     default_image_size: str
     max_reference_images: int = Field(ge=0, le=100)
+    # Where Google counts kinds apart (max_reference_images still bounds them in all).
+    max_object_references: int | None = Field(default=None, ge=0)
+    max_character_references: int | None = Field(default=None, ge=0)
     input_tokens_per_reference_image: int = Field(ge=0)
     output_image_tokens: dict[str, int]
     price_per_image: dict[Lane, dict[str, Decimal]]
     token_prices_per_million: dict[Lane, TokenPrices]
     # Empty: the model takes no thinking level. The first is the lowest (the default).
     thinking_levels: tuple[str, ...] = ()
+    # When and against what the entry was checked.
+    checked_on: date
+    sources: tuple[str, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _complete(self) -> ModelEntry:
@@ -76,7 +91,32 @@ class ModelEntry(BaseModel):
         unknown = [level for level in self.thinking_levels if level not in THINKING_LEVELS]
         if unknown:
             raise ValueError(f"thinking_levels {unknown} are not among {list(THINKING_LEVELS)}")
+        if self.status in ("deprecated", "shut_down") and not self.replacement:
+            raise ValueError(f"a {self.status} model names its replacement")
         return self
+
+    @property
+    def served(self) -> bool:
+        """Google still answers calls of the model (deprecated ones too, for now)."""
+        return self.status != "shut_down"
+
+    def notice(self, name: str, today: date) -> str | None:
+        """What a team should hear about a model going away (None: it is not)."""
+        if self.status == "shut_down":
+            when = f" on {self.shutdown_date.isoformat()}" if self.shutdown_date else ""
+            return f"{name} was shut down by Google{when}; use {self.replacement}"
+        if self.status != "deprecated":
+            return None
+        if self.shutdown_date is None:
+            when = "no shutdown date is announced yet"
+        elif self.shutdown_date > today:
+            when = f"Google shuts it down on {self.shutdown_date.isoformat()}"
+        else:
+            when = (
+                f"Google announced its shutdown for {self.shutdown_date.isoformat()}: "
+                "it may stop answering any day"
+            )
+        return f"{name} is deprecated ({when}); move to {self.replacement}"
 
     def size(self, requested: str | None) -> str:
         """The size an image is made (and priced) at."""
@@ -96,6 +136,17 @@ class Catalog(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     models: dict[str, ModelEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _replacements_are_models(self) -> Catalog:
+        for name, entry in self.models.items():
+            target = self.models.get(entry.replacement or "")
+            if entry.replacement and (target is None or not target.served):
+                raise ValueError(
+                    f"models.{name}.replacement {entry.replacement!r} is not a served model "
+                    "of the catalog"
+                )
+        return self
 
     def entry(self, model: str) -> ModelEntry | None:
         return self.models.get(model)

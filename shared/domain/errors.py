@@ -32,13 +32,26 @@ class QuotaExceeded(TransientError):
     """The model refused a call for quota: a reason to wait, never a failure.
 
     ``retry_after_s`` is the delay the answer named (``RetryInfo``), if any;
-    ``per_day`` says the daily quota is used up (it resets at midnight Pacific).
+    ``per_day`` says the daily quota is used up (it resets at midnight Pacific);
+    ``spend_cap`` that the project's spending cap refused it.
     """
 
-    def __init__(self, message: str, retry_after_s: float | None, per_day: bool) -> None:
+    def __init__(
+        self,
+        message: str,
+        retry_after_s: float | None,
+        per_day: bool,
+        spend_cap: bool = False,
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
         self.per_day = per_day
+        # Not a rate: the project's spending cap (no QuotaFailure, the words say so).
+        self.spend_cap = spend_cap
+
+
+class ModelGone(PermanentError):
+    """The backend no longer serves the model (404 for it): Google shut it down."""
 
 
 class NotAnImage(ValueError):

@@ -145,7 +145,9 @@ class Variant(ImageSlot):
         return 1, self
 
 
-WaitReason = Literal["quota", "daily_quota"]
+# quota: a per-minute quota; daily_quota: until midnight Pacific; spend_cap: the
+# project's spending cap, which does not pass in a minute.
+WaitReason = Literal["quota", "daily_quota", "spend_cap"]
 GeminiBatchState = Literal[
     "claimed", "pending", "running", "succeeded", "failed", "cancelled", "expired"
 ]

@@ -370,6 +370,8 @@ def last_cause(job: Job) -> str:
     else a claim whose holder never came back.
     """
     if job.waiting is not None:
+        if job.waiting.reason == "spend_cap":
+            return "it was paused: the project's Gemini spending cap was reached"
         if job.waiting.reason == "daily_quota":
             return "it was paused: the daily Gemini quota was used up"
         return "it was waiting for the Gemini quota"

@@ -25,6 +25,7 @@ class Limit(StrEnum):
 
     MINUTE = "minute"  # requests, images or tokens per minute: passes in seconds
     DAY = "day"  # per day: passes at midnight Pacific
+    SPEND = "spend"  # the project's spending cap: a rolling window, or a person raises it
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from shared.contracts.objects import ObjectNames, recorded_spent
 from shared.domain import lifecycle, pricing
 from shared.domain.catalog import ModelEntry
 from shared.domain.errors import (
+    ModelGone,
     NotAnImage,
     NotFound,
     NotReady,
@@ -62,6 +63,8 @@ MIN_QUOTA_PAUSE_S = 2.0
 QUOTA_JITTER_S = 5.0
 # Refusals one variant takes within one delivery before handing the message back.
 MAX_REFUSALS_PER_DELIVERY = 3
+# How long a refusal for the project's spending cap closes the model's calls.
+SPEND_CAP_PAUSE_S = 600.0
 # In-process waits for a closed gate longer than this show on the job's row.
 WAIT_SHOWN_S = 10.0
 
@@ -359,6 +362,10 @@ class Generation:
                     else None
                 ),
             )
+        except ModelGone as exc:
+            reason = self._model_gone(job.model, exc)
+            self._variant_failed(run, n, reason, {**context, "duration_ms": _ms_since(begin)})
+            return None
         except PermanentError as exc:
             self._variant_failed(run, n, str(exc), {**context, "duration_ms": _ms_since(begin)})
             return None
@@ -409,7 +416,11 @@ class Generation:
 
     def _waiting(self, run: _Run, limit: Limit | None, until: datetime, now: datetime) -> None:
         """Show on the job (and its row) that it waits for the quota, and until when."""
-        reason: WaitReason = "daily_quota" if limit == Limit.DAY else "quota"
+        reasons: dict[Limit | None, WaitReason] = {
+            Limit.DAY: "daily_quota",
+            Limit.SPEND: "spend_cap",
+        }
+        reason = reasons.get(limit, "quota")
         run.entry.apply(lambda j: lifecycle.wait(j, reason, until, self.clock()))
 
     def _quota_refused(
@@ -419,6 +430,12 @@ class Generation:
         now = self.clock()
         if refusal.per_day:
             until, limit = next_quota_day(now), Limit.DAY
+        elif refusal.spend_cap:
+            # Google's spend-based limits run over a rolling 10 minutes; a billing-tier
+            # cap passes only when someone raises it. Either way, trying again every
+            # few seconds only spends refused calls: one look every SPEND_CAP_PAUSE_S.
+            delay = SPEND_CAP_PAUSE_S + random.uniform(0, QUOTA_JITTER_S)
+            until, limit = now + timedelta(seconds=delay), Limit.SPEND
         else:
             delay = max(refusal.retry_after_s or DEFAULT_QUOTA_PAUSE_S, MIN_QUOTA_PAUSE_S)
             # Spread the fleet's return a little, so it does not bounce off the quota at once.
@@ -580,6 +597,18 @@ class Generation:
         """What the image was estimated at (and reserved) when it was asked for."""
         slot = run.job.slot(n, run.version)
         return slot.price_per_image if isinstance(slot, Version) else run.job.price_per_image
+
+    def _model_gone(self, model: str, error: ModelGone) -> str:
+        """Why the image will never be made, and what to do: a job finishes on the model
+        it was estimated with, so one Google stopped serving fails with the way on."""
+        entry = self.settings.catalog.entry(model)
+        instead = (entry.replacement if entry else None) or self.settings.gemini_model
+        if instead == model:
+            return f"{model} is not served any more ({error})"
+        return (
+            f"{model} is not served any more (Google shut it down); send the row again "
+            f"to make it with {instead}"
+        )
 
     def _seconds_until(self, moment: datetime) -> float:
         return (moment - self.clock()).total_seconds()

@@ -58,10 +58,11 @@ class Accepted:
 
 @dataclass(frozen=True)
 class ModelUnavailable:
-    """The backend does not serve the batch's model (retired, unknown, not allowed)."""
+    """The batch's model is not served (shut down, unknown to the backend, not allowed)."""
 
     model: str
     reason: str
+    replacement: str | None = None
 
 
 Submission = Accepted | OverBudget | InProgress | ModelUnavailable
@@ -99,10 +100,13 @@ class Intake:
         model refuses the batch before anyone pays.
         """
         model = request.model or self.settings.gemini_model
+        entry = self.settings.model_entry(model)
+        if not entry.served:
+            notice = entry.notice(model, self.clock().date()) or "shut down"
+            return ModelUnavailable(model, notice, entry.replacement)
         check = self.preflight.check(model)
         if not check.available:
-            return ModelUnavailable(model, check.reason)
-        entry = self.settings.model_entry(model)
+            return ModelUnavailable(model, check.reason, entry.replacement)
         most = self.settings.reference_limit(model)
         priced: list[tuple[PlanJob, pricing.Estimate]] = []
         by_lane: dict[Lane, Decimal] = {"live": Decimal(0), "economy": Decimal(0)}
@@ -148,12 +152,24 @@ class Intake:
             economy=ECONOMY_NOTE,
             estimate_notes=notes,
             budget=budget_view(self.settings, day, self.budget.usage(caller, day), images, cost),
-            warnings=self._warnings(request),
+            warnings=self._model_warnings(model, entry) + self._warnings(request),
             jobs=[job for job, _ in priced],
         )
 
     def _day(self) -> str:
         return self.clock().strftime("%Y-%m-%d")
+
+    def _model_warnings(self, model: str, entry: ModelEntry) -> list[Warning]:
+        """A model going away, named with its replacement and date (whole batch)."""
+        notice = entry.notice(model, self.clock().date())
+        if notice is None:
+            return []
+        return [
+            Warning(
+                message=f"{notice}: set GEMINI_MODEL (Terraform models.gemini_model)"
+                " or the batch's model"
+            )
+        ]
 
     def _warnings(self, request: BatchRequest) -> list[Warning]:
         scenes = {item.scene_id for item in request.items}

@@ -8,13 +8,13 @@ from decimal import Decimal
 
 from shared.config.settings import Settings
 from shared.contracts.answers import (
-    DeploymentLimits,
-    ModelLimits,
     BatchView,
     Budget,
+    DeploymentLimits,
     ExportView,
     GeminiBatchView,
     JobView,
+    ModelLimits,
     Progress,
     VariantView,
     VersionView,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -11,8 +12,10 @@ import pytest
 from shared.domain import pricing
 from shared.domain.catalog import CATALOG_PATH, LANES, load_catalog, token_cost
 from shared.domain.errors import ConfigError
+from tests.fakes import make_settings
 
 SHIPPED = json.loads(CATALOG_PATH.read_text())
+TODAY = date(2026, 12, 7)
 
 
 def override(**models: Any) -> str:
@@ -21,12 +24,78 @@ def override(**models: Any) -> str:
 
 def test_the_shipped_catalog_is_valid_and_current() -> None:
     catalog = load_catalog()
-    assert set(catalog.models) >= {"gemini-3.1-flash-image", "gemini-3-pro-image"}
+    assert set(catalog.models) >= {
+        "gemini-nano-banana-2.1",
+        "gemini-3.1-flash-lite-image",
+        "gemini-3-pro-image",
+        "gemini-3.1-flash-image",
+    }
+    current = catalog.models["gemini-nano-banana-2.1"]
+    assert current.status == "ga"
+    assert current.max_reference_images == 14
+    assert (current.max_object_references, current.max_character_references) == (10, 4)
+    assert {"1:4", "4:1", "1:8", "8:1", "16:9"} <= set(current.aspect_ratios)
+    assert current.image_sizes == ("1K", "2K", "4K")
+    lite = catalog.models["gemini-3.1-flash-lite-image"]
+    assert (lite.status, lite.image_sizes) == ("ga", ("1K",))
+
+
+def test_the_default_model_is_generally_available_and_served() -> None:
+    settings = make_settings()
+    entry = settings.model_entry()
+    assert settings.gemini_model == "gemini-nano-banana-2.1"
+    assert entry.status == "ga" and entry.served and entry.notice("x", TODAY) is None
+
+
+@pytest.mark.parametrize("model", sorted(SHIPPED["models"]))
+def test_every_entry_says_when_and_against_what_it_was_checked(model: str) -> None:
+    entry = load_catalog().models[model]
+    assert entry.checked_on == date(2026, 12, 7)
+    assert entry.sources and all(len(source) > 20 for source in entry.sources)
+    if entry.status in ("deprecated", "shut_down"):
+        replacement = load_catalog().models[entry.replacement or ""]
+        assert replacement.status == "ga"
+
+
+def test_going_away_is_said_with_the_replacement_and_the_date() -> None:
+    catalog = load_catalog()
     flash = catalog.models["gemini-3.1-flash-image"]
-    assert flash.status == "ga"
-    assert flash.max_reference_images == 14
-    assert {"4:5", "5:4", "1:4", "4:1", "1:8", "8:1"} <= set(flash.aspect_ratios)
-    assert flash.image_sizes == ("512", "1K", "2K", "4K")
+    assert flash.status == "deprecated" and flash.served
+    assert flash.notice("gemini-3.1-flash-image", TODAY) == (
+        "gemini-3.1-flash-image is deprecated (no shutdown date is announced yet); "
+        "move to gemini-nano-banana-2.1"
+    )
+    dated = catalog.models["gemini-2.5-flash-image"]
+    assert "2026-10-02" in (dated.notice("m", date(2026, 9, 1)) or "")
+    assert "shuts it down on 2026-10-02" in (dated.notice("m", date(2026, 9, 1)) or "")
+    assert "may stop answering any day" in (dated.notice("m", TODAY) or "")
+    gone = catalog.models["gemini-3-pro-image-preview"]
+    assert not gone.served
+    assert gone.notice("gemini-3-pro-image-preview", TODAY) == (
+        "gemini-3-pro-image-preview was shut down by Google on 2026-06-25; use gemini-3-pro-image"
+    )
+
+
+@pytest.mark.parametrize(
+    ("entry", "named"),
+    [
+        ({"status": "deprecated", "replacement": None}, "names its replacement"),
+        ({"status": "deprecated", "replacement": "gemini-9"}, "'gemini-9' is not a served"),
+        (
+            {"status": "deprecated", "replacement": "gemini-3-pro-image-preview"},
+            "is not a served model",
+        ),
+        ({"status": "retired"}, "status"),
+        ({"checked_on": None}, "checked_on"),
+        ({"sources": []}, "sources"),
+    ],
+)
+def test_a_status_without_a_served_replacement_is_refused(
+    entry: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ConfigError, match="MODEL_CATALOG") as info:
+        load_catalog(override(**{"gemini-3-pro-image": entry}))
+    assert named in str(info.value)
 
 
 @pytest.mark.parametrize("model", sorted(SHIPPED["models"]))
@@ -69,6 +138,23 @@ def test_the_per_image_price_is_what_its_image_tokens_cost(model: str) -> None:
 )
 def test_flash_image_prices(lane: str, size: str | None, price: str) -> None:
     entry = load_catalog().models["gemini-3.1-flash-image"]
+    assert entry.image_price(lane, size) == Decimal(price)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("lane", "size", "price"),
+    [
+        ("live", "1K", "0.0336"),
+        ("live", "2K", "0.0504"),
+        ("live", "4K", "0.1134"),
+        ("batch", "1K", "0.0168"),
+        ("batch", "2K", "0.0252"),
+        ("batch", "4K", "0.0567"),
+        ("live", None, "0.0336"),
+    ],
+)
+def test_nano_banana_2_1_prices(lane: str, size: str | None, price: str) -> None:
+    entry = load_catalog().models["gemini-nano-banana-2.1"]
     assert entry.image_price(lane, size) == Decimal(price)  # type: ignore[arg-type]
 
 

@@ -30,7 +30,7 @@ from shared.adapters.gemini import (
     read_image,
 )
 from shared.domain.catalog import load_catalog
-from shared.domain.errors import PermanentError, QuotaExceeded, TransientError
+from shared.domain.errors import ModelGone, PermanentError, QuotaExceeded, TransientError
 from shared.services.ports import ModelCheck, ReferenceImage
 from tests.fakes import jpeg_bytes, png_bytes
 
@@ -260,7 +260,7 @@ def test_call_sends_prompt_references_seed_and_image_config(stub: GeminiStubServ
     # A 2K image is 1680 image tokens, two references 560 input tokens each.
     assert image.usage["output_image_tokens"] == 1680
     assert image.usage["output_tokens"] > 1680  # the text part too
-    assert image.usage["prompt_tokens"] == 1 + 2 * 560
+    assert image.usage["prompt_tokens"] == 1 + 2 * 1120
     (sent,) = logged(stub)
     assert sent["api_version"] == "v1beta"
     assert sent["model"] == MODEL
@@ -473,3 +473,102 @@ def test_the_preflight_cli_says_whether_the_model_can_be_used(stub: GeminiStubSe
     assert main([], {}) == 2  # no key
     vertex_env = {"GOOGLE_CLOUD_PROJECT": "p", "VERTEX_BASE_URL": stub.url}
     assert main(["--backend", "vertex"], vertex_env) == 0
+
+
+def test_the_preflight_cli_warns_of_a_deprecated_model_and_refuses_a_shut_down_one(
+    stub: GeminiStubServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tools.preflight import main
+
+    env = {"GEMINI_API_KEY": "k", "GOOGLE_GEMINI_BASE_URL": stub.url}
+    assert main(["--model", "gemini-3.1-flash-image"], env) == 0
+    out = capsys.readouterr().out
+    assert "warning: gemini-3.1-flash-image is deprecated" in out
+    assert "move to gemini-nano-banana-2.1" in out
+    assert main(["--model", "gemini-3-pro-image-preview"], env) == 1
+    assert "use gemini-3-pro-image" in capsys.readouterr().out
+    assert main([], env) == 0
+    assert "warning" not in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------- the current API's fields
+
+SERVED = sorted(name for name, entry in load_catalog().models.items() if entry.served)
+
+
+@pytest.mark.parametrize("model", SERVED)
+def test_every_request_the_catalog_allows_is_one_the_api_accepts(
+    stub: GeminiStubServer, model: str
+) -> None:
+    """Each size of each served model, with the thinking level we would send and every
+    level it takes: the stub answers as Gemini does, 400 for a field, size, ratio or
+    level the model refuses (and for the deprecated temperature, top_p, top_k)."""
+    entry = load_catalog().models[model]
+    gen = GeminiImageGenerator(Backend(api_key="test-key"), 5.0, 1, 0.0, 20_000_000)
+    for size in entry.image_sizes:
+        image = gen.generate(
+            model, "a fox", [], seed=1, image_size=size, thinking_level=entry.thinking_level("")
+        )
+        assert image.usage["output_image_tokens"] == entry.output_image_tokens[size]
+    for level in entry.thinking_levels:
+        gen.generate(model, "a fox", [], seed=1, thinking_level=level)
+    for ratio in entry.aspect_ratios:
+        gen.generate(model, "a fox", [], seed=1, aspect_ratio=ratio, image_size="1K")
+    logged = requests.get(f"{stub.url}/_stub/requests", timeout=5).json()["requests"]
+    sent = [r["generationConfig"] for r in logged]
+    assert sent and all(
+        not {"temperature", "topP", "topK", "top_p", "top_k"} & set(c) for c in sent
+    )
+
+
+def test_the_stub_refuses_what_gemini_refuses(stub: GeminiStubServer) -> None:
+    gen = generator()
+    with pytest.raises(PermanentError, match=r"400 INVALID_ARGUMENT.*imageSize '512'"):
+        gen.generate("gemini-nano-banana-2.1", "a fox", [], seed=1, image_size="512")
+    with pytest.raises(PermanentError, match="thinkingLevel 'LOW'"):
+        gen.generate("gemini-3-pro-image", "a fox", [], seed=1, thinking_level="LOW")
+    config = image_config(1, None, None).model_copy(update={"temperature": 0.4})
+    with pytest.raises(Exception, match="temperature is deprecated"):
+        gen._client.models.generate_content(
+            model="gemini-nano-banana-2.1", contents=["a fox"], config=config
+        )
+
+
+@pytest.mark.parametrize(
+    ("body", "spend_cap"),
+    [
+        (
+            {
+                "error": {
+                    "code": 429,
+                    "status": "RESOURCE_EXHAUSTED",
+                    "message": "Your project has exceeded its monthly spending cap.",
+                }
+            },
+            True,
+        ),
+        ({"error": {"code": 429, "message": "Billing budget exhausted for this project"}}, True),
+        # A rate quota says which quota; that its help text mentions billing changes nothing.
+        (
+            {
+                "error": {
+                    "message": "You exceeded your current quota, please check your plan and "
+                    "billing details.",
+                    "details": quota_body("ImagesPerMinute", "x/images_per_minute", "9s")["error"][
+                        "details"
+                    ],
+                }
+            },
+            False,
+        ),
+        ({"error": {"message": "Resource has been exhausted (e.g. check quota)."}}, False),
+    ],
+)
+def test_a_spending_cap_is_told_from_a_rate_quota(body: Any, spend_cap: bool) -> None:
+    assert quota_refusal("Gemini answered 429", body).spend_cap is spend_cap
+
+
+def test_a_model_google_stopped_serving_is_gone(stub: GeminiStubServer) -> None:
+    requests.post(f"{stub.url}/_stub/config", json={"retired_models": [MODEL]}, timeout=5)
+    with pytest.raises(ModelGone, match="404 NOT_FOUND"):
+        generator().generate(MODEL, "a fox", [], seed=1)

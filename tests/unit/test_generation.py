@@ -19,7 +19,7 @@ from shared.adapters.imaging import make_thumbnail
 from shared.contracts.links import LinkSigner
 from shared.contracts.messages import JobMessage
 from shared.contracts.sheet_row import Formula, Text, row_digest
-from shared.domain.errors import PermanentError, TransientError
+from shared.domain.errors import ModelGone, PermanentError, TransientError
 from shared.domain.job import JobState, VariantState
 from shared.services.generation import Generation
 from shared.services.ledger import JobLedger
@@ -456,9 +456,11 @@ def test_image_shape_comes_from_the_job_else_from_configuration(
 @pytest.mark.parametrize(
     ("model", "configured", "sent"),
     [
-        ("gemini-3.1-flash-image", "", "MINIMAL"),
+        ("gemini-nano-banana-2.1", "", "MINIMAL"),
+        ("gemini-nano-banana-2.1", "MEDIUM", "MEDIUM"),
         ("gemini-3.1-flash-image", "HIGH", "HIGH"),
-        ("gemini-3-pro-image", "", "LOW"),
+        ("gemini-3.1-flash-image", "MEDIUM", "MINIMAL"),  # a level it does not take
+        ("gemini-3-pro-image", "HIGH", None),  # thinks always, takes no level
         ("gemini-2.5-flash-image", "HIGH", None),  # takes no thinking level
     ],
 )
@@ -856,3 +858,18 @@ def test_the_first_sheet_write_does_not_hold_up_the_gemini_calls(
     make_generation().handle(MESSAGE)
     assert waited and waited[0] is True
     assert generator.count() == 2
+
+
+def test_a_job_whose_model_google_stopped_serving_fails_saying_what_to_do(
+    make_generation: Build, store: FakeJobStore, generator: FakeImageGenerator
+) -> None:
+    store.add(make_job(variant_count=1, model="gemini-3.1-flash-image"))
+    generator.on(PROMPT, 1, ModelGone("Gemini answered 404 NOT_FOUND: models/x is not found"))
+    make_generation().handle(MESSAGE)
+    variant = store.job("job_1").variant(1)
+    assert variant.state == VariantState.FAILED
+    assert variant.error == (
+        "gemini-3.1-flash-image is not served any more (Google shut it down); send the row "
+        "again to make it with gemini-nano-banana-2.1"
+    )
+    assert generator.count() == 1

@@ -250,7 +250,7 @@ def test_dry_run_returns_plan_without_writing(
     assert response.status_code == 200
     plan = response.get_json()
     assert plan["runMode"] == "dry_run"
-    assert (plan["image_count"], plan["estimated_cost_usd"]) == (25, "1.6750")
+    assert (plan["image_count"], plan["estimated_cost_usd"]) == (25, "0.8400")
     assert plan["budget"]["images_requested"] == 25
     assert "batch_id" not in plan
     assert store.writes == []
@@ -495,3 +495,43 @@ def test_limits_say_what_this_deployment_accepts(
     assert default["aspect_ratios"] == list(entry.aspect_ratios)
     assert all(m["max_reference_images"] <= 2 for m in body["models"].values())
     assert set(body["models"]) == set(settings.catalog.models)
+
+
+def test_a_model_missing_from_the_catalog_is_a_configuration_error_on_every_request(
+    monkeypatch: pytest.MonkeyPatch, intake: Intake
+) -> None:
+    monkeypatch.setenv("GEMINI_MODEL", "gemini-9-image")
+    get_settings.cache_clear()
+    cold_start(monkeypatch, "functions.http_api")
+    app = functions_framework.create_app(target="http_api", source=str(MAIN)).test_client()
+    for answer in (
+        app.post("/batch/images", json=batch("dry_run"), headers=HEADERS),
+        app.get("/models", headers=HEADERS),
+        app.get("/limits", headers=HEADERS),
+        app.get("/status/job_1", headers=HEADERS),
+    ):
+        body = assert_json_error(answer, 503, "misconfigured")
+        assert "GEMINI_MODEL 'gemini-9-image' is not in the model catalog" in body["message"]
+        assert "MODEL_CATALOG" in body["message"]
+    assert app.get("/healthz").status_code == 200
+
+
+def test_a_shut_down_model_is_a_422_naming_the_replacement(client: FlaskClient) -> None:
+    body = batch("dry_run") | {"model": "gemini-3-pro-image-preview"}
+    answer = assert_json_error(
+        client.post("/batch/images", json=body, headers=HEADERS), 422, "model_unavailable"
+    )
+    assert answer["replacement"] == "gemini-3-pro-image"
+    assert "shut down by Google on 2026-06-25" in answer["message"]
+
+
+def test_models_say_which_are_going_away(client: FlaskClient) -> None:
+    models = {m["name"]: m for m in client.get("/models", headers=HEADERS).get_json()["models"]}
+    assert models["gemini-nano-banana-2.1"]["default"] is True
+    assert models["gemini-nano-banana-2.1"]["status"] == "ga"
+    assert models["gemini-nano-banana-2.1"].get("notice") is None
+    flash = models["gemini-3.1-flash-image"]
+    assert (flash["status"], flash["replacement"]) == ("deprecated", "gemini-nano-banana-2.1")
+    assert "deprecated" in flash["notice"]
+    assert models["gemini-3-pro-image-preview"]["status"] == "shut_down"
+    assert all(m["checked_on"] == "2026-12-07" for m in models.values())

@@ -158,6 +158,13 @@ def evaluate(directory: Path, overrides: dict[str, str] | None = None) -> dict[s
     """Terraform's own values of every variable (``var.X``) and settings.tf local
     (``local.X``): ``terraform apply`` of variables.tf and settings.tf with one
     output each, in ``directory``, with REQUIRED_VARS and ``overrides``."""
+    # The repository's layout around the configuration: variables.tf reads the
+    # model catalog at ../../shared/domain/model_catalog.json.
+    catalog = directory / "shared" / "domain"
+    catalog.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "shared" / "domain" / "model_catalog.json", catalog)
+    directory = directory / "infra" / "terraform"
+    directory.mkdir(parents=True, exist_ok=True)
     for name in ("variables.tf", "settings.tf"):
         shutil.copy(TF_DIR / name, directory / name)
     settings_locals = [
@@ -673,11 +680,27 @@ def test_terraform_refuses_what_the_code_refuses(tmp_path: Path) -> None:
         ("intake", "{ signed_url_ttl_s = 43201 }", "12 hours"),
         ("models", '{ gemini_backend = "openai" }', "gemini_backend must be"),
         ("models", '{ model_catalog = "{not json" }', "model_catalog must be empty or"),
+        ("models", '{ gemini_model = "gemini-9-image" }', "must be a model of"),
+        ("models", '{ gemini_model = "gemini-3-pro-image-preview" }', "Google shut down"),
     ):
         with pytest.raises(TerraformFailed, match=message):
             evaluate(tmp_path, {variable: override})
     with pytest.raises(TerraformFailed, match="gemini_budget_s must be below delivery_deadline_s"):
         evaluate(tmp_path, {"generation": "{ gemini_budget_s = 400 }"})
+
+
+def test_a_model_added_by_model_catalog_may_be_deployed(tmp_path: Path) -> None:
+    entry = json.loads((REPO / "shared" / "domain" / "model_catalog.json").read_text())
+    added = json.dumps({"models": {"gemini-9-image": entry["models"]["gemini-3-pro-image"]}})
+    values = evaluate(
+        tmp_path,
+        {
+            "models": '{ gemini_model = "gemini-9-image", model_catalog = '
+            + json.dumps(added)
+            + " }"
+        },
+    )
+    assert values["var.models"]["gemini_model"] == "gemini-9-image"
 
 
 def test_pushed_timeouts_stay_within_the_ack_deadline() -> None:

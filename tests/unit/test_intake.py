@@ -135,13 +135,13 @@ def test_plan_numbers_with_decimal_prices(
 ) -> None:
     plan = intake.plan(request(4, 4, 4, 4, 4, 4, 1, run_mode="dry_run"), "alice")
     assert plan.run_mode == "dry_run"
-    assert plan.model == "gemini-3.1-flash-image"
-    assert plan.price_per_image_usd == "0.0670"
+    assert plan.model == "gemini-nano-banana-2.1"
+    assert plan.price_per_image_usd == "0.0336"
     assert (plan.job_count, plan.image_count) == (7, 25)
-    assert plan.estimated_cost_usd == "1.6750"
+    assert plan.estimated_cost_usd == "0.8400"
     assert [(j.scene_id, j.variants, j.estimated_cost_usd) for j in plan.jobs][::6] == [
-        ("sc-001", 4, "0.2680"),
-        ("sc-007", 1, "0.0670"),
+        ("sc-001", 4, "0.1344"),
+        ("sc-007", 1, "0.0336"),
     ]
     assert plan.warnings == []
     # A plan writes nothing and publishes nothing.
@@ -157,7 +157,7 @@ def test_plan_dumps_with_run_mode_alias(intake: Intake) -> None:
         mode="json", by_alias=True
     )
     assert body["runMode"] == "dry_run"
-    assert body["estimated_cost_usd"] == "0.0670"
+    assert body["estimated_cost_usd"] == "0.0336"
 
 
 def test_plan_shows_the_days_budget(intake: Intake, budget: FakeBudgetLedger) -> None:
@@ -172,7 +172,7 @@ def test_plan_shows_the_days_budget(intake: Intake, budget: FakeBudgetLedger) ->
         "images_remaining": 10,
         "cost_limit_usd": "100.0000",
         "cost_used_usd": "66.3300",
-        "cost_requested_usd": "0.5360",
+        "cost_requested_usd": "0.2688",
         "cost_remaining_usd": "33.6700",
     }
 
@@ -206,7 +206,7 @@ def test_plan_warns_about_active_jobs_for_the_same_scenes(
 
 
 @pytest.mark.parametrize(
-    ("size", "per_image"), [("512", "0.0450"), ("1K", "0.0670"), ("2K", "0.1010"), ("4K", "0.1510")]
+    ("size", "per_image"), [("1K", "0.0336"), ("2K", "0.0504"), ("4K", "0.1134")]
 )
 def test_plan_prices_each_item_by_its_size(intake: Intake, size: str, per_image: str) -> None:
     plan = intake.plan(request(2, size=size), "alice")
@@ -219,9 +219,9 @@ def test_plan_prices_each_item_by_its_size(intake: Intake, size: str, per_image:
 @pytest.mark.parametrize(
     ("ref", "references", "per_image", "pack_note"),
     [
-        (None, 0, "0.0670", False),
-        ("https://example.com/one.png", 1, "0.0673", False),  # + 560 tokens at $0.50/M
-        ("https://example.com/refs.zip", 14, "0.0709", True),  # the most that is sent
+        (None, 0, "0.0336", False),
+        ("https://example.com/one.png", 1, "0.0353", False),  # + 1120 tokens at $1.50/M
+        ("https://example.com/refs.zip", 14, "0.0571", True),  # the most that is sent
     ],
 )
 def test_plan_estimates_reference_images_as_input_tokens_and_says_so(
@@ -234,7 +234,7 @@ def test_plan_estimates_reference_images_as_input_tokens_and_says_so(
     notes = " ".join(plan.estimate_notes)
     assert "characters a token" in notes
     assert ("zip or manifest pack is estimated" in notes) is pack_note
-    assert ("560 input tokens each" in notes) is bool(references)
+    assert ("1120 input tokens each" in notes) is bool(references)
 
 
 def test_a_retired_model_refuses_the_batch_before_anything_is_written(
@@ -244,7 +244,7 @@ def test_a_retired_model_refuses_the_batch_before_anything_is_written(
     publisher: FakePublisher,
     budget: FakeBudgetLedger,
 ) -> None:
-    model_directory.retired["gemini-3.1-flash-image"] = "Gemini answered 404 NOT_FOUND"
+    model_directory.retired["gemini-nano-banana-2.1"] = "Gemini answered 404 NOT_FOUND"
     intake = make_intake()
     for run_mode in ("dry_run", "live"):
         outcome = (
@@ -253,7 +253,7 @@ def test_a_retired_model_refuses_the_batch_before_anything_is_written(
             else intake.submit(request(2), "alice", "key-1")
         )
         assert outcome == ModelUnavailable(
-            "gemini-3.1-flash-image", "Gemini answered 404 NOT_FOUND"
+            "gemini-nano-banana-2.1", "Gemini answered 404 NOT_FOUND"
         )
     assert (store.writes, publisher.calls, budget.used) == ([], [], {})
 
@@ -263,7 +263,7 @@ def test_the_model_check_is_kept_a_few_minutes(
 ) -> None:
     for _ in range(3):
         intake.plan(request(1), "alice")
-    assert model_directory.checks == ["gemini-3.1-flash-image"]
+    assert model_directory.checks == ["gemini-nano-banana-2.1"]
     clock.advance(301)
     intake.plan(request(1), "alice")
     assert len(model_directory.checks) == 2
@@ -299,8 +299,8 @@ def test_submit_creates_batch_and_one_job_per_item(
     assert body["runMode"] == "live"
     assert body["batch_id"] == "bat_1"
     assert body["unpublished"] == []
-    # A zip pack is estimated at the most references sent: 14 x 560 input tokens.
-    assert (body["image_count"], body["estimated_cost_usd"]) == (5, "0.3545")
+    # A zip pack is estimated at the most references sent: 14 x 1120 input tokens.
+    assert (body["image_count"], body["estimated_cost_usd"]) == (5, "0.2855")
     assert body["jobs"] == [
         {"scene_id": "sc-001", "job_id": "job_2", "variants": 2, "state": "queued"},
         {"scene_id": "sc-002", "job_id": "job_3", "variants": 3, "state": "queued"},
@@ -310,7 +310,7 @@ def test_submit_creates_batch_and_one_job_per_item(
     assert len(store.created) == 1
     batch, created_jobs = store.created[0]
     assert (batch.batch_id, batch.caller, batch.job_ids) == ("bat_1", "alice", ["job_2", "job_3"])
-    assert (batch.image_count, batch.estimated_cost_usd) == (5, "0.3545")
+    assert (batch.image_count, batch.estimated_cost_usd) == (5, "0.2855")
     assert (batch.spreadsheet_id, batch.worksheet, batch.created_at) == ("sheet123", "Scenes", T0)
     assert [j.job_id for j in created_jobs] == ["job_2", "job_3"]
 
@@ -325,13 +325,13 @@ def test_submit_creates_batch_and_one_job_per_item(
     assert (job.variant_count, sorted(job.variants)) == (3, ["1", "2", "3"])
     assert (job.spreadsheet_id, job.worksheet) == ("sheet123", "Scenes")
     assert (job.model, job.price_per_image, job.budget_day) == (
-        "gemini-3.1-flash-image",
-        "0.0709",
+        "gemini-nano-banana-2.1",
+        "0.0571",
         DAY,
     )
     assert job.ref_pack_public_url == "https://example.com/refs.zip"
     assert job.created_at == T0
-    assert budget.used[("alice", DAY)] == Usage(5, Decimal("0.3545"))
+    assert budget.used[("alice", DAY)] == Usage(5, Decimal("0.2855"))
 
 
 def test_submit_publishes_one_message_per_job_with_attributes(
@@ -371,7 +371,7 @@ def test_partial_publish_failure_fails_exactly_those_jobs_and_refunds_them(
     assert store.job("job_5").state == JobState.FAILED
     assert (store.job("job_2").state, store.job("job_4").state) == (JobState.QUEUED,) * 2
     # Only the published jobs' images count against the day's budget.
-    assert budget.used[("alice", DAY)] == Usage(2, Decimal("0.134"))
+    assert budget.used[("alice", DAY)] == Usage(2, Decimal("0.0672"))
 
 
 @pytest.mark.parametrize(
@@ -389,7 +389,7 @@ def test_budget_exceeded_is_429_and_writes_nothing(
     budget.used[("alice", DAY)] = used
     outcome = make_intake(**cap).submit(request(2, 1), "alice", "key-1")
     assert isinstance(outcome, OverBudget)
-    assert "this batch needs 3 images ($0.2010)" in outcome.message
+    assert "this batch needs 3 images ($0.1008)" in outcome.message
     assert outcome.budget.images_used == used.images
     assert store.writes == []
     assert publisher.calls == []
@@ -619,7 +619,7 @@ def test_batch_status_counts_and_jobs(intake: Intake, store: FakeJobStore) -> No
     view = intake.batch_status(body["batch_id"], "alice")
     assert view is not None
     assert view.batch_id == body["batch_id"]
-    assert (view.image_count, view.estimated_cost_usd) == (4, "0.2680")
+    assert (view.image_count, view.estimated_cost_usd) == (4, "0.1344")
     assert view.counts == {"completed": 1, "queued": 2}
     assert [j.job_id for j in view.jobs] == job_ids
     assert intake.batch_status(body["batch_id"], "bob") is None
@@ -635,8 +635,8 @@ def test_the_dry_run_prices_both_lanes_side_by_side_and_says_what_economy_means(
 ) -> None:
     plan = intake.plan(request(2, 1, run_mode="dry_run"), "alice")
     assert isinstance(plan, Plan)
-    assert plan.lanes == {"live": "0.2010", "economy": "0.1005"}
-    assert plan.estimated_cost_usd == "0.2010"  # the batch's lane: live
+    assert plan.lanes == {"live": "0.1008", "economy": "0.0504"}
+    assert plan.estimated_cost_usd == "0.1008"  # the batch's lane: live
     assert "within 24 hours" in plan.economy
 
 
@@ -647,10 +647,10 @@ def test_economy_items_are_priced_at_half_and_recorded_but_not_published(
     data["items"][1]["lane"] = "economy"
     mixed = BatchRequest.model_validate(data)
     body = accepted(make_intake().submit(mixed, "alice"))
-    assert body["estimated_cost_usd"] == str(Decimal("0.0670") * 2 + Decimal("0.0335"))
+    assert body["estimated_cost_usd"] == str(Decimal("0.0336") * 2 + Decimal("0.0168"))
     live, economy = store.job("job_2"), store.job("job_3")
     assert (live.lane, economy.lane) == ("live", "economy")
-    assert economy.price_per_image == "0.0335"
+    assert economy.price_per_image == "0.0168"
     assert economy.state == JobState.QUEUED
     assert [m.job_id for m, _ in publisher.published] == ["job_2"]
 
@@ -663,3 +663,55 @@ def test_a_whole_batch_can_go_economy(intake: Intake, publisher: FakePublisher) 
     assert plan.estimated_cost_usd == plan.lanes["economy"]
     accepted(intake.submit(BatchRequest.model_validate(data), "alice"))
     assert publisher.published == []
+
+
+# --------------------------------------------------------------------------- models going away
+
+
+@pytest.mark.parametrize(
+    ("model", "words"),
+    [
+        ("gemini-3.1-flash-image", "no shutdown date is announced yet"),
+        ("gemini-2.5-flash-image", "Google announced its shutdown for 2026-10-02"),
+    ],
+)
+def test_a_deprecated_models_batch_is_warned_naming_the_replacement_and_the_date(
+    make_intake: Callable[..., Intake], model: str, words: str
+) -> None:
+    for intake in (make_intake(gemini_model=model), make_intake()):
+        named = None if intake.settings.gemini_model == model else model
+        plan = intake.plan(request(1, run_mode="dry_run", model=named), "alice")
+        assert isinstance(plan, Plan)
+        (warning,) = plan.warnings
+        assert warning.scene_id is None
+        assert f"{model} is deprecated ({words}" in warning.message
+        assert "move to gemini-nano-banana-2.1" in warning.message
+        assert "GEMINI_MODEL" in warning.message
+    live = accepted(make_intake(gemini_model=model).submit(request(1), "alice"))
+    assert "move to gemini-nano-banana-2.1" in live["warnings"][0]["message"]
+
+
+def test_a_current_models_batch_has_no_model_warning(intake: Intake) -> None:
+    plan = intake.plan(request(1, run_mode="dry_run"), "alice")
+    assert isinstance(plan, Plan) and plan.warnings == []
+
+
+def test_a_shut_down_model_is_refused_naming_its_replacement_before_anything_is_written(
+    intake: Intake,
+    model_directory: FakeModelDirectory,
+    store: FakeJobStore,
+    budget: FakeBudgetLedger,
+) -> None:
+    for outcome in (
+        intake.plan(request(1, run_mode="dry_run", model="gemini-3-pro-image-preview"), "a"),
+        intake.submit(request(1, model="gemini-3-pro-image-preview"), "alice", "k"),
+    ):
+        assert outcome == ModelUnavailable(
+            "gemini-3-pro-image-preview",
+            "gemini-3-pro-image-preview was shut down by Google on 2026-06-25; "
+            "use gemini-3-pro-image",
+            "gemini-3-pro-image",
+        )
+    # Refused from the catalog: the backend was not even asked.
+    assert model_directory.checks == []
+    assert (store.writes, budget.used) == ([], {})

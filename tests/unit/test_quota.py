@@ -237,3 +237,38 @@ def test_real_failures_count_and_the_budget_ends_the_variant(
     assert job.variant(1).error == (
         "gave up after 3 failed attempts; the last: Gemini timed out (ReadTimeout)"
     )
+
+
+def test_a_spending_cap_pauses_with_its_own_words_and_calls_nobody_until_it_can_pass(
+    make_generation: Build,
+    store: FakeJobStore,
+    generator: FakeImageGenerator,
+    quota_gate: FakeQuotaGate,
+    sheet_writer: FakeSheetWriter,
+    fake_monotonic: FakeClock,
+) -> None:
+    store.add(make_job(variant_count=1))
+    cap = QuotaExceeded("Gemini answered 429: spending cap", None, per_day=False, spend_cap=True)
+    generator.on(PROMPT, 1, cap)
+    with pytest.raises(TransientError):
+        make_generation().handle(MESSAGE)
+    ((_, until, limit),) = quota_gate.closed
+    assert limit == Limit.SPEND
+    # Ten minutes (Google's rolling window for spend), a little jitter; not 30 s.
+    assert 600 <= (until - T0).total_seconds() <= 605
+    status = sheet_writer.row("sc-001")["status_img"].value
+    assert status.startswith("paused (0/1): the project's Gemini spending cap was reached")
+    assert "raise the cap in AI Studio" in status
+    job = store.job("job_1")
+    assert job.waiting is not None and job.waiting.reason == "spend_cap"
+    assert job.variant(1).failures == 0  # a wait, never a failure
+    # Redeliveries within the pause call nobody.
+    for _ in range(5):
+        fake_monotonic.advance(60)
+        with pytest.raises(TransientError):
+            make_generation().handle(MESSAGE)
+    assert generator.count() == 1
+    fake_monotonic.advance((until - T0).total_seconds())
+    make_generation().handle(MESSAGE)
+    assert store.job("job_1").variant(1).state == VariantState.UPLOADED
+    assert generator.count() == 2

@@ -28,8 +28,8 @@ def test_minimal_environment_and_defaults(base_env: pytest.MonkeyPatch) -> None:
     assert (s.google_cloud_project, s.images_bucket) == ("proj", "imgs-bucket")
     assert s.thumbnails_bucket == "imgs-bucket"
     assert (s.images_prefix, s.thumbnails_prefix) == ("images/", "thumbnails/")
-    assert s.gemini_model == "gemini-3.1-flash-image"
-    assert s.model_entry().price_per_image["live"]["1K"] == Decimal("0.067")
+    assert s.gemini_model == "gemini-nano-banana-2.1"
+    assert s.model_entry().price_per_image["live"]["1K"] == Decimal("0.0336")
     assert s.api_key_hashes == {}
     assert get_settings() is s  # read once per instance
 
@@ -86,7 +86,7 @@ def test_unknown_model_is_a_config_error_naming_the_setting(base_env: pytest.Mon
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("GEMINI_IMAGE_SIZE", "8K", "GEMINI_IMAGE_SIZE '8K': gemini-3.1-flash-image accepts"),
+        ("GEMINI_IMAGE_SIZE", "8K", "GEMINI_IMAGE_SIZE '8K': gemini-nano-banana-2.1 accepts"),
         ("GEMINI_ASPECT_RATIO", "7:5", "GEMINI_ASPECT_RATIO '7:5'"),
         ("GEMINI_THINKING_LEVEL", "LOW", "GEMINI_THINKING_LEVEL 'LOW'"),
     ],
@@ -174,3 +174,13 @@ def test_hostile_input_settings_that_would_open_a_hole_are_refused(
     base_env.setenv(name, value)
     with pytest.raises(ConfigError, match=needle):
         get_settings()
+
+
+def test_a_shut_down_model_is_refused_at_start_naming_its_replacement(
+    base_env: pytest.MonkeyPatch,
+) -> None:
+    base_env.setenv("GEMINI_MODEL", "gemini-3-pro-image-preview")
+    with pytest.raises(ConfigError) as info:
+        get_settings()
+    assert "GEMINI_MODEL 'gemini-3-pro-image-preview'" in str(info.value)
+    assert "use gemini-3-pro-image" in str(info.value)
