@@ -216,10 +216,10 @@ def test_every_kind_of_answer_ends_in_the_right_state_with_the_right_reason(
         # tried again in the same delivery, under a new claim, never as a failure.
         assert variant["attempts"] == (2 if "429" in case else 1), case
         assert variant["failures"] == 0, case
-        assert variant["model"] == "gemini-3.1-flash-image"
-        # 1120 image tokens at $60/M, a little text and the prompt: about 0.067.
+        assert variant["model"] == "gemini-nano-banana-2.1"
+        # 1120 image tokens at $30/M, a little text and the prompt: about 0.0337.
         assert Decimal(variant["cost_usd"]) == Decimal(obj.metadata["cost_usd"])
-        assert Decimal("0.0672") <= Decimal(variant["cost_usd"]) < Decimal("0.0680")
+        assert Decimal("0.0336") <= Decimal(variant["cost_usd"]) < Decimal("0.0345")
         assert variant["usage"]["output_image_tokens"] == 1120
         stats = gen.prompt_stats(prompts[case])
         assert stats["requests"] == (2 if "times" in rule else 1), case

@@ -22,7 +22,7 @@ from tests.integration.conftest import LiveStack, assert_each_job_finished_once,
 
 pytestmark = pytest.mark.integration
 
-FLASH = "gemini-3.1-flash-image"
+DEFAULT = "gemini-nano-banana-2.1"
 
 
 def usage_doc(stack: LiveStack, day: str) -> dict[str, Any]:
@@ -56,11 +56,11 @@ def test_a_4k_batch_with_references_costs_what_the_stub_reports_at_catalog_price
     plan = stack.post_batch(items, run_mode="dry_run").json()
     (planned,) = plan["jobs"]
     assert (planned["image_size"], planned["reference_images"]) == ("4K", 1)
-    entry = load_catalog().models[FLASH]
+    entry = load_catalog().models[DEFAULT]
     prices = entry.token_prices_per_million["live"]
-    # 0.151 a 4K image, plus the prompt (4 characters a token) and one 560-token reference.
+    # 0.1134 a 4K image, plus the prompt (4 characters a token) and one 1120-token reference.
     prompt_tokens = -(-len(items[0]["prompt"]) // 4)
-    estimate = Decimal("0.151") + (prompt_tokens + 560) * prices.input / 1_000_000
+    estimate = Decimal("0.1134") + (prompt_tokens + 1120) * prices.input / 1_000_000
     assert Decimal(planned["estimated_cost_per_image_usd"]) == estimate.quantize(Decimal("0.0001"))
     assert any("characters a token" in note for note in plan["estimate_notes"])
 
@@ -77,8 +77,8 @@ def test_a_4k_batch_with_references_costs_what_the_stub_reports_at_catalog_price
         assert spent is not None
         usage = spent.usage
         # What the stub reported, at the catalog's token prices.
-        assert usage["output_image_tokens"] == 2520
-        assert usage["prompt_tokens"] >= 560
+        assert usage["output_image_tokens"] == 3780
+        assert usage["prompt_tokens"] >= 1120
         expected = (
             usage["prompt_tokens"] * prices.input
             + usage["output_image_tokens"] * prices.image_output
@@ -115,7 +115,7 @@ def test_a_retired_model_is_refused_before_anything_is_reserved(
             json={
                 "items": items,
                 "runMode": "dry_run",
-                "model": FLASH,
+                "model": DEFAULT,
                 "spreadsheet_id": stack.env["SPREADSHEET_ID"],
                 "worksheet": stack.env["WORKSHEET"],
             },

@@ -129,7 +129,7 @@ def test_dry_run_answers_the_plan_and_writes_nothing(
     assert answer.status_code == 200
     plan = answer.json()
     assert plan["job_count"] == 2 and plan["image_count"] == 5
-    assert plan["estimated_cost_usd"] == "0.3350"  # 5 x $0.067, the configured price
+    assert plan["estimated_cost_usd"] == "0.1680"  # 5 x $0.0336, the default model's price
     assert "batch_id" not in plan
     assert len(list(stack.firestore.collection("jobs").list_documents())) == jobs_before
     assert stack.gemini("stats")["requests"] == gemini_before
