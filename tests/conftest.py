@@ -155,15 +155,8 @@ def ledger(store: FakeJobStore, sheet_sync: SheetSync, budget: FakeBudgetLedger)
 
 
 @pytest.fixture
-def fake_monotonic(monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> FakeClock:
-    """Make the generation service's deadlines follow the fake clock."""
-    from shared.services import generation as module
-
-    class _Time:
-        monotonic = staticmethod(clock.monotonic)
-        sleep = staticmethod(clock.sleep)
-
-    monkeypatch.setattr(module, "time", _Time)
+def fake_monotonic(clock: FakeClock) -> FakeClock:
+    """The clock whose ``monotonic`` and ``sleep`` the generation service is given."""
     return clock
 
 
@@ -189,6 +182,7 @@ def make_generation(
             probe=image_mime,
             clock=fake_monotonic,
             sleep=fake_monotonic.sleep,
+            monotonic=fake_monotonic.monotonic,
         )
 
     return build

@@ -9,7 +9,8 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -162,6 +163,26 @@ class FakeClock:
         with self._lock:
             self.sleeps.append(seconds)
         self.advance(seconds)
+
+
+class ManualHeartbeat:
+    """A heartbeat that beats when told: ``beat()`` renews every lease held now."""
+
+    def __init__(self) -> None:
+        self.active: list[Callable[[], bool]] = []
+        self.every: list[float] = []
+
+    @contextmanager
+    def keep(self, renew: Callable[[], bool], every_s: float) -> Iterator[None]:
+        self.every.append(every_s)
+        self.active.append(renew)
+        try:
+            yield
+        finally:
+            self.active.remove(renew)
+
+    def beat(self) -> list[bool]:
+        return [renew() for renew in list(self.active)]
 
 
 # --------------------------------------------------------------------------- job store

@@ -25,8 +25,6 @@ from shared.domain.errors import ConfigError
 # The SDK's backoff (HttpRetryOptions): initial delay x 2^k plus up to the jitter.
 GEMINI_RETRY_INITIAL_DELAY_S = 1.0
 GEMINI_RETRY_JITTER_S = 1.0
-# Time after the Gemini call that a claim must still cover (upload and record).
-LEASE_MARGIN_S = 20.0
 
 
 class Settings(BaseModel):
@@ -87,6 +85,10 @@ class Settings(BaseModel):
     # the reason; under Pub/Sub's 100 delivery attempts at up to 600 s apart (~16 h).
     max_event_age_s: int = Field(default=12 * 3600, ge=60)
     claim_wait_s: float = Field(default=240.0, ge=0)
+    # A variant's claim (a lease in the job store) lives this long unless its holder
+    # renews it, which it does every third of it while it works: a holder that
+    # stopped is taken over within this long.
+    claim_lease_s: float = Field(default=60.0, ge=3, le=600)
     reference_max_bytes: int = Field(default=7 * 1024 * 1024, ge=1)
     # This deployment's own cap; the model's catalog limit applies too.
     reference_max_images: int = Field(default=14, ge=0)
@@ -103,9 +105,9 @@ class Settings(BaseModel):
     # The timeout bounds each wait of an attempt (connect, send, answer); Gemini sends
     # its answer in one piece, so in practice it bounds the attempt.
     # Defaults: 2 x 120 s + 2 s = 242 s <= 280 s < 360 s. A variant starts its Gemini
-    # call only while GEMINI_BUDGET_S remain before the delivery deadline, and its claim
-    # lease covers the budget (``variant_lease_s``), so no call outlives the delivery
-    # or its claim; what does not fit is released and left to Pub/Sub's redelivery.
+    # call only while GEMINI_BUDGET_S remain before the delivery deadline, so no call
+    # outlives the delivery; its claim is renewed while the call runs
+    # (``claim_lease_s``); what does not fit is released and left to Pub/Sub.
     gemini_retry_max_delay_s: float = Field(default=8.0, ge=0)
     gemini_budget_s: float = Field(default=280.0, gt=0)
     delivery_deadline_s: float = Field(default=360.0, gt=0, le=600)
@@ -294,10 +296,9 @@ class Settings(BaseModel):
         return self.gemini_retry_attempts * self.gemini_timeout_s + delays
 
     @property
-    def variant_lease_s(self) -> float:
-        """A claim outlives the longest Gemini call plus the upload after it, and no
-        more: a claim of an instance that died is taken over as soon as it can be."""
-        return self.gemini_budget_s + LEASE_MARGIN_S
+    def claim_renew_s(self) -> float:
+        """How often a holder renews its claim: two renewals may fail before it runs out."""
+        return self.claim_lease_s / 3
 
     @property
     def catalog(self) -> Catalog:

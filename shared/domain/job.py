@@ -63,8 +63,11 @@ class ImageSlot(BaseModel):
     # quota, a claim, a sheet slot) never counts, however often Pub/Sub redelivers.
     failures: int = 0
     # The budget reserved for this image was corrected to what it cost, or given
-    # back for an image never made (once).
+    # back for an image never made (once); ``settled_unmade`` says it was given
+    # back, so an image that lands after all (a stalled holder's) is charged again.
     settled: bool = False
+    settled_unmade: bool = False
+    recharged: bool = False
     generated_at: datetime | None = None
     done_at: datetime | None = None
     # What generating this variant cost: model, Gemini's usage_metadata token

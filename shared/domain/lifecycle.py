@@ -28,8 +28,9 @@ from shared.domain.job import (
 R = TypeVar("R")
 Step = tuple[Job | None, R]
 
-# What a claim that ran out says about its holder: the lease covers the whole
-# Gemini budget, so only an instance that stopped (killed, crashed) lets it expire.
+# What a claim that ran out says about its holder: a live holder renews its lease
+# while it works, so only an instance that stopped (killed, crashed, stalled) lets
+# it expire.
 HOLDER_STOPPED = "the instance stopped during the Gemini call"
 # A new wait replaces the recorded one only when it moves its end by more than
 # this, so that a row reading "resumes about 14:05" is not rewritten every second.
@@ -58,6 +59,10 @@ class ClaimResult:
     outcome: VariantClaim
     expires: datetime | None = None  # the lease's end: ours when claimed, the holder's when held
     attempt: int = 0  # which claim of the variant this is (when claimed)
+    # Taken over from a holder that stopped, which used up the failure budget: the new
+    # holder records the dead one's image if it exists, and otherwise fails the
+    # variant; it never pays for another call.
+    last_chance: bool = False
 
 
 def derive_state(job: Job) -> JobState:
@@ -84,6 +89,8 @@ def restate(job: Job, now: datetime) -> Job:
     if job.terminal and not was_terminal:
         job.finished_at = now
         job.waiting = None
+    if job.terminal:
+        # Also after the job ended: an image of a variant given up on may still land.
         failed = [v for v in job.variants.values() if v.state == VariantState.FAILED]
         job.error = "; ".join(f"variant {v.n}: {v.error}" for v in failed) or None
     return job
@@ -147,8 +154,13 @@ def count_failure(variant: ImageSlot, error: str, budget: int) -> bool:
         return give_back(variant)
     _unclaim(variant)
     variant.state = VariantState.FAILED
-    variant.error = f"gave up after {variant.failures} failed attempts; the last: {error}"
+    variant.error = gave_up(variant.failures, error)
     return True
+
+
+def gave_up(failures: int, last: str) -> str:
+    """Why an image failed for good after its failure budget was used up."""
+    return f"gave up after {failures} failed attempts; the last: {last}"
 
 
 def claim(
@@ -163,8 +175,10 @@ def claim(
     """Take the lease on variant ``n`` (version ``version``) unless it is finished or
     held by a live claim.
 
-    A claim whose lease ran out belonged to an instance that stopped mid-call:
-    taking it over counts as a real failure of the image.
+    A claim whose lease ran out belonged to an instance that stopped: taking it over
+    counts as a real failure of the image. The slot is never ended here, because
+    the stopped holder may have stored its image: the new holder looks first
+    (``ClaimResult.last_chance`` when the failure budget is used up).
     """
     variant = job.slot(n, version)
     # A variant in a Gemini batch is the economy collector's: never generated here.
@@ -173,8 +187,8 @@ def claim(
     held_by_other = variant.state == VariantState.GENERATING and variant.claim_id != claim_id
     if held_by_other and variant.claim_expires is not None and variant.claim_expires > now:
         return None, ClaimResult(VariantClaim.HELD, variant.claim_expires)
-    if held_by_other and count_failure(variant, HOLDER_STOPPED, failure_budget):
-        return _image_ended(job, version, now), ClaimResult(VariantClaim.FINISHED)
+    if held_by_other:
+        variant.failures += 1
     renewal = variant.state == VariantState.GENERATING and variant.claim_id == claim_id
     variant.state = VariantState.GENERATING
     variant.claim_id = claim_id
@@ -188,7 +202,22 @@ def claim(
         if job.started_at is None:
             job.started_at = now
         job.state = derive_state(job)
-    return job, ClaimResult(VariantClaim.CLAIMED, variant.claim_expires, variant.attempts)
+    last_chance = variant.failures >= failure_budget
+    return job, ClaimResult(
+        VariantClaim.CLAIMED, variant.claim_expires, variant.attempts, last_chance
+    )
+
+
+def renew(
+    job: Job, n: int, claim_id: str, now: datetime, lease: timedelta, version: int = 1
+) -> Step[bool]:
+    """Move our lease's end on while we work; False when the claim is no longer ours
+    (it ran out and another holder took the variant, or the variant ended)."""
+    variant = job.slot(n, version)
+    if variant.state != VariantState.GENERATING or variant.claim_id != claim_id:
+        return None, False
+    variant.claim_expires = now + lease
+    return job, True
 
 
 def release(job: Job, n: int, claim_id: str, now: datetime, version: int = 1) -> Step[None]:
@@ -272,17 +301,25 @@ def uploaded(
 ) -> Step[None]:
     """Record that the image object exists (whoever wrote it) and what it cost.
 
-    The finalize notification may be handled first (say, after a crash between
-    upload and this record): then the variant is already done, and only the
-    cost is added, if it is still missing.
+    An object that exists is a fact, whoever holds the claim now: a holder that
+    lost its lease (stalled past it) and stored its image after all is recorded
+    truthfully, even over a variant that was given up on meanwhile (failed or
+    cancelled unmade): the image is kept and charged once (the settlement of an
+    image given back is corrected, see ``shared.domain.settlement``). The finalize
+    notification may be handled first (say, after a crash between upload and this
+    record): then the variant is already done, and only the cost is added, if it
+    is still missing.
     """
     variant = job.slot(n, version)
-    if variant.state in (VariantState.UPLOADED, *TERMINAL_VARIANT_STATES):
-        # DONE or FAILED (say, its thumbnail could not be made) is final.
+    if variant.state in (VariantState.UPLOADED, VariantState.DONE) or (
+        variant.object_name is not None and variant.state == VariantState.FAILED
+    ):
+        # Made already; a later failure (say, of its thumbnail) stays final.
         if not _record_spent(variant, spent):
             return None, None
         job.updated_at = now
         return job, None
+    revived = variant.state in TERMINAL_VARIANT_STATES
     variant.state = VariantState.UPLOADED
     variant.object_name = object_name
     variant.content_type = content_type
@@ -291,7 +328,9 @@ def uploaded(
     _unclaim(variant)
     variant.generated_at = now
     if version == 1:
-        job.state = derive_state(job)
+        # A revived variant moves a finished job's state (failed -> partial ...), but
+        # the job ended once and stays ended (its finish is not logged again).
+        job.state = derive_state(job) if not revived or not job.terminal else job.state
     job.updated_at = now
     return job, None
 
@@ -304,12 +343,14 @@ def variant_failed(
     claim_id: str | None = None,
     spent: Spent | None = None,
     version: int = 1,
+    object_name: str | None = None,
 ) -> Step[None]:
     """A permanent failure of variant ``n`` (version ``version``).
 
     With ``claim_id`` (the generator's failure) it applies only while that claim
     holds, so it can never overwrite an image another delivery produced. An
-    image that exists but failed later (its thumbnail) still cost ``spent``.
+    image that exists but failed later (its thumbnail) still cost ``spent`` and
+    names its ``object_name``.
     """
     variant = job.slot(n, version)
     if variant.state in TERMINAL_VARIANT_STATES:
@@ -318,9 +359,20 @@ def variant_failed(
         return None, None
     variant.state = VariantState.FAILED
     variant.error = reason
+    # A failure of an image that exists (its thumbnail could not be made) names it:
+    # it was made and paid, and its upload record must not revive it.
+    variant.object_name = variant.object_name or object_name
     _record_spent(variant, spent)
     _unclaim(variant)
     return _image_ended(job, version, now), None
+
+
+def gave_up_on(job: Job, n: int, reason: str, now: datetime, version: int = 1) -> Step[None]:
+    """Pub/Sub gave up on the message that makes this image: it fails unless it was
+    made meanwhile (an uploaded image still gets its thumbnail and row)."""
+    if job.slot(n, version).state == VariantState.UPLOADED:
+        return None, None
+    return variant_failed(job, n, reason, now, version=version)
 
 
 def thumbnail_done(

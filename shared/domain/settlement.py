@@ -45,32 +45,45 @@ def _reservation(job: Job, slot: ImageSlot) -> tuple[str, str, Decimal] | None:
 def settlements(job: Job) -> list[Settlement]:
     """The images (every version) whose reservation can be corrected now: by what the
     image actually cost, or, for an image that ended without being made (failed, or
-    cancelled unmade), all of it. None twice: a settled image is skipped."""
+    cancelled unmade), all of it. None twice: a settled image is skipped, except an
+    image given back that was made after all (its holder had stalled past its
+    lease): it is charged what it cost, once, under its own key."""
     due = []
     for key in sorted(job.variants, key=int):
         variant = job.variants[key]
         for number, slot in variant.slots():
-            reserved = None if slot.settled else _reservation(job, slot)
+            reserved = _reservation(job, slot)
             if reserved is None:
                 continue
             caller, day, estimate = reserved
+            image = settlement_key(job.job_id, variant.n, number)
+            if slot.settled:
+                if slot.settled_unmade and not slot.recharged and slot.cost_usd is not None:
+                    cost = Decimal(slot.cost_usd)
+                    due.append(Settlement(variant.n, number, f"{image}/made", caller, day, 1, cost))
+                continue
             if slot.cost_usd is not None:
                 images, cost = 0, Decimal(slot.cost_usd) - estimate
             elif slot.state in (VariantState.FAILED, VariantState.CANCELLED):
                 images, cost = -1, -estimate
             else:
                 continue
-            image = settlement_key(job.job_id, variant.n, number)
             due.append(Settlement(variant.n, number, image, caller, day, images, cost))
     return due
 
 
-def mark_settled(job: Job, images: Sequence[tuple[int, int]], now: datetime) -> Step[None]:
-    """The budget of these images (variant, version) was settled."""
-    pending = [job.slot(n, k) for n, k in images if not job.slot(n, k).settled]
-    if not pending:
+def mark_settled(job: Job, done: Sequence[Settlement], now: datetime) -> Step[None]:
+    """These settlements were applied to the budget."""
+    changed = False
+    for item in done:
+        slot = job.slot(item.n, item.version)
+        if item.key.endswith("/made"):
+            if not slot.recharged:
+                slot.recharged = changed = True
+        elif not slot.settled:
+            slot.settled = changed = True
+            slot.settled_unmade = item.images < 0
+    if not changed:
         return None, None
-    for slot in pending:
-        slot.settled = True
     job.updated_at = now
     return job, None

@@ -55,7 +55,7 @@ class DeadLetters:
                 # A later version's own message: that version fails, the job stays.
                 reason = f"gave up after {attempts} deliveries"
                 entry.apply(
-                    lambda j: lifecycle.variant_failed(j, n, reason, self.clock(), version=version)
+                    lambda j: lifecycle.gave_up_on(j, n, reason, self.clock(), version=version)
                 )
             else:
                 reason = f"gave up after {attempts} deliveries: {lifecycle.last_cause(job)}"
@@ -87,7 +87,13 @@ class DeadLetters:
         self.ledger.apply(
             key.job_id,
             lambda j: lifecycle.variant_failed(
-                j, key.n, reason, self.clock(), spent=spent, version=key.version
+                j,
+                key.n,
+                reason,
+                self.clock(),
+                spent=spent,
+                version=key.version,
+                object_name=obj.name,
             ),
         )
         log.warning(

@@ -3,12 +3,16 @@
 Raise (``TransientError``) means retry, return means done: permanent failures
 are recorded on the job and the message is acknowledged.
 
-Never paying twice rests on three things: a variant is claimed (a lease in the
+Never paying twice rests on four things: a variant is claimed (a lease in the
 job store) before Gemini is called; a variant whose object exists or whose
-claim is live is skipped; uploads are create-only. The lease covers the longest
-Gemini call (``Settings.variant_lease_s``) and a call starts only while the
-delivery has ``gemini_budget_s`` left, so no call outlives its claim or its
-delivery (see the time arithmetic in ``shared/config/settings.py``).
+claim is live is skipped; uploads are create-only; the holder renews its lease
+while it works (``shared/services/heartbeat.py``), so only a holder that stopped
+is ever taken over, and the one that takes over looks for the stopped holder's
+image before it pays for another. Every write a holder makes about its claim
+(release, failure) names the claim and is refused once the claim moved on; an
+image that exists is recorded whoever stored it. A call starts only while the
+delivery has ``gemini_budget_s`` left, so no call outlives its delivery (see the
+time arithmetic in ``shared/config/settings.py``).
 """
 
 from __future__ import annotations
@@ -37,12 +41,22 @@ from shared.domain.errors import (
     TransientError,
 )
 from shared.domain.ids import new_id, utcnow
-from shared.domain.job import TERMINAL_VARIANT_STATES, Job, VariantState, Version, WaitReason, money
+from shared.domain.job import (
+    TERMINAL_VARIANT_STATES,
+    ImageSlot,
+    Job,
+    VariantState,
+    Version,
+    WaitReason,
+    money,
+)
 from shared.domain.lifecycle import ClaimResult, Spent, VariantClaim
 from shared.domain.quota import Limit, next_quota_day
+from shared.services.heartbeat import Heartbeat, ThreadHeartbeat
 from shared.services.job_references import JobReferences
 from shared.services.ledger import Applied, JobEntry, JobLedger
 from shared.services.ports import (
+    FoundObject,
     ImageGenerator,
     ImageProbe,
     ObjectStore,
@@ -100,6 +114,8 @@ class Generation:
     probe: ImageProbe
     clock: Callable[[], datetime] = utcnow
     sleep: Callable[[float], None] = field(default=time.sleep)
+    monotonic: Callable[[], float] = field(default=time.monotonic)
+    heartbeat: Heartbeat = field(default_factory=ThreadHeartbeat)
 
     @cached_property
     def names(self) -> ObjectNames:
@@ -117,7 +133,7 @@ class Generation:
         The ledger writes the row ("generating", then the outcome) while the
         variants are made, and before the delivery ends.
         """
-        deadline = time.monotonic() + self.settings.delivery_deadline_s
+        deadline = self.monotonic() + self.settings.delivery_deadline_s
         context: Context = {"job_id": message.job_id, "batch_id": message.batch_id}
         job = self.ledger.get(message.job_id)
         if job is None:
@@ -132,8 +148,10 @@ class Generation:
                 log.info("job already finished; redelivery ignored", extra=context)
                 return
             if job.cancelled_at is not None:
-                # Its running images end in their own deliveries; the entry writes the row.
+                # Nothing new is made; a claim whose holder stopped is taken over, so
+                # that its image, if it stored one, is kept and the rest ends cancelled.
                 log.info("job cancelled; nothing more to make", extra=context)
+                self._each_variant(self._run(job, entry, [], deadline, job.prompt), job)
                 return
             age = (self.clock() - published_at).total_seconds() if published_at else 0.0
             if age > self.settings.max_event_age_s:
@@ -165,11 +183,18 @@ class Generation:
             if not self._references_failed(entry, images, exc, context).job.terminal:
                 raise
             return
-        run = self._run(job, entry, references, deadline, job.prompt)
+        self._each_variant(self._run(job, entry, references, deadline, job.prompt), job)
+
+    def _each_variant(self, run: _Run, job: Job) -> None:
+        """Every variant of the job, up to GENERATE_CONCURRENCY at once; raises
+        TransientError to be retried when one of them must wait."""
         numbers = range(1, job.variant_count + 1)
         workers = max(1, min(self.settings.generate_concurrency, job.variant_count))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            outcomes = list(pool.map(lambda n: self._variant(run, n), numbers))
+        if workers == 1:
+            outcomes = [self._variant(run, n) for n in numbers]
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                outcomes = list(pool.map(lambda n: self._variant(run, n), numbers))
         retry = [str(o) for o in outcomes if o is not None]
         if retry:
             raise TransientError("; ".join(retry))
@@ -247,7 +272,9 @@ class Generation:
                 return
             try:
                 references = (
-                    [self._edit_source(version)]
+                    []  # cancelled: nothing new is made, no reference is read
+                    if version.cancel_requested
+                    else [self._edit_source(version)]
                     if version.instruction
                     else self._references(job, context)
                 )
@@ -307,47 +334,64 @@ class Generation:
             context["version"] = run.version
         refusals = 0
         while True:
-            if job.slot(n, run.version).state == VariantState.PENDING or refusals:
-                # A call slot first: claims are held only while a call can start.
-                waited = self._call_slot(run, n, context)
-                if waited is not None:
-                    return waited
             try:
                 claimed = self._claim(run, n, context)
             except TransientError as exc:
                 return exc
             if claimed is None:
                 return None
-            context["attempt"] = claimed.attempt
+            result, slot = claimed
+            context["attempt"] = result.attempt
             try:
-                return self._attempt(run, n, claimed, context)
+                with self.heartbeat.keep(lambda: self._renew(run, n), self.settings.claim_renew_s):
+                    return self._attempt(run, n, result, slot, context)
             except QuotaExceeded as exc:
                 refusals += 1
                 until, limit = self._quota_refused(run, n, exc, context)
                 if refusals >= MAX_REFUSALS_PER_DELIVERY:
                     self._waiting(run, limit, until, self.clock())
                     return exc
+            except (TransientError, PermanentError) as exc:
+                # Out of the attempt after the claim (an upload or a store that failed):
+                # the claim is never left held, so a redelivery need not wait it out.
+                return self._attempt_broke(run, n, exc, context)
+
+    def _renew(self, run: _Run, n: int) -> bool:
+        lease = timedelta(seconds=self.settings.claim_lease_s)
+        return run.entry.apply(
+            lambda j: lifecycle.renew(j, n, run.claim_id, self.clock(), lease, run.version)
+        ).value
 
     def _attempt(
-        self, run: _Run, n: int, claimed: ClaimResult, context: Context
+        self, run: _Run, n: int, claimed: ClaimResult, slot: ImageSlot, context: Context
     ) -> TransientError | None:
         """One attempt under our claim; raises QuotaExceeded (the claim released)."""
         job = run.job
-        lease_left = self._seconds_until(claimed.expires) if claimed.expires else 0.0
         stem = self.names.image_stem(job, n, run.version)
         existing = self.objects.find(self.settings.images_bucket, stem)
         if existing is not None:
-            # Generated by a delivery that died before recording it: never pay
-            # again, and take what it cost from what that delivery wrote.
-            parsed = self.names.parse_image(existing.name)
-            mime = (parsed.mime_type if parsed else None) or ""
-            spent = recorded_spent(existing.metadata) or Spent(job.model, self._price(run, n))
-            self._record_upload(run, n, existing.name, mime, spent, context)
+            # Stored by a delivery that died (or stalled) before recording it: never
+            # pay again, and take what it cost from what that delivery wrote.
+            self._record_found(run, n, existing, context)
+            return None
+        if slot.cancel_requested:
+            # A cancel reached it while a holder had it: it ends cancelled, unmade.
+            self._release(run, n, "cancelled before its Gemini call", context)
+            return None
+        if claimed.last_chance:
+            # Its holders stopped once too often, and the last left no image.
+            reason = lifecycle.gave_up(slot.failures, lifecycle.HOLDER_STOPPED)
+            self._variant_failed(run, n, reason, context)
             return None
         budget = self.settings.gemini_budget_s
-        if time.monotonic() + budget > run.deadline or lease_left < budget:
+        if self.monotonic() + budget > run.deadline:
             return self._release(run, n, "no time left in this delivery for a Gemini call", context)
-        begin = time.monotonic()
+        # The fleet's pace and gate, also for a variant taken over from a stopped holder.
+        waited = self._call_slot(run, n, context)
+        if waited is not None:
+            self._release(run, n, str(waited), context)
+            return waited
+        begin = self.monotonic()
         try:
             image = self.generator.generate(
                 job.model,
@@ -363,39 +407,65 @@ class Generation:
                 ),
             )
         except ModelGone as exc:
-            reason = self._model_gone(job.model, exc)
-            self._variant_failed(run, n, reason, {**context, "duration_ms": _ms_since(begin)})
+            context["duration_ms"] = self._ms_since(begin)
+            self._variant_failed(run, n, self._model_gone(job.model, exc), context)
             return None
         except PermanentError as exc:
-            self._variant_failed(run, n, str(exc), {**context, "duration_ms": _ms_since(begin)})
+            context["duration_ms"] = self._ms_since(begin)
+            self._variant_failed(run, n, str(exc), context)
             return None
         except QuotaExceeded:
-            context["duration_ms"] = _ms_since(begin)
+            context["duration_ms"] = self._ms_since(begin)
             self._release(run, n, "Gemini refused the call for quota", context)
             raise
         except TransientError as exc:
-            context["duration_ms"] = _ms_since(begin)
+            context["duration_ms"] = self._ms_since(begin)
             return self._attempt_failed(run, n, exc, context)
         spent = self._spent(run, n, image.usage)
         name, created = store_image(
             self.objects, self.settings.images_bucket, self.names, job, n, image, spent, run.version
         )
-        context["duration_ms"] = _ms_since(begin)
+        context["duration_ms"] = self._ms_since(begin)
         if not created:
-            # Only a claim that outlived its lease gets here: we paid, the first image stays.
+            # Only a holder that stalled past its lease gets here: another stored the
+            # image first. It stays; so does what it cost (ours was paid, unrecorded).
             log.warning(
                 "object existed already; kept the first",
                 extra={**context, "object": name, "event": "duplicate_generation"},
             )
+            found = self.objects.find(self.settings.images_bucket, stem)
+            if found is not None:
+                self._record_found(run, n, found, context)
+                return None
         self._record_upload(run, n, name, image.mime_type, spent, context)
         return None
+
+    def _record_found(self, run: _Run, n: int, found: FoundObject, context: Context) -> None:
+        parsed = self.names.parse_image(found.name)
+        mime = (parsed.mime_type if parsed else None) or ""
+        spent = recorded_spent(found.metadata) or Spent(run.job.model, self._price(run, n))
+        self._record_upload(run, n, found.name, mime, spent, context)
+
+    def _attempt_broke(
+        self, run: _Run, n: int, error: TransientError | PermanentError, context: Context
+    ) -> TransientError | None:
+        """An attempt that failed after its claim: counted (a permanent error ends the
+        variant), the claim given back either way, the message retried."""
+        try:
+            if isinstance(error, PermanentError):
+                self._variant_failed(run, n, str(error), context)
+                return None
+            return self._attempt_failed(run, n, error, context)
+        except Exception:  # the store itself failing: the lease runs out by itself
+            log.warning("claim not given back", extra=context, exc_info=True)
+            return TransientError(str(error))
 
     # ------------------------------------------------------------------ quota
     def _call_slot(self, run: _Run, n: int, context: Context) -> TransientError | None:
         """Wait here for the fleet's next call slot of the model, or hand the
         message back (None: a call may start now)."""
         # The wait must leave this delivery the time for its Gemini call.
-        room = run.deadline - time.monotonic() - self.settings.gemini_budget_s
+        room = run.deadline - self.monotonic() - self.settings.gemini_budget_s
         max_wait = max(0.0, min(self.settings.quota_wait_s, room))
         now = self.clock()
         slot = self.quota.reserve(run.job.model, now, max_wait)
@@ -455,26 +525,27 @@ class Generation:
         )
         return until, limit
 
-    def _claim(self, run: _Run, n: int, context: Context) -> ClaimResult | None:
+    def _claim(self, run: _Run, n: int, context: Context) -> tuple[ClaimResult, ImageSlot] | None:
         """Take the variant's lease, waiting a bounded time for a live holder.
 
-        Returns the claim, or None when the variant is finished (or just failed
-        for good: its holder died once too often).
+        Returns the claim and the image as it stands under it, or None when the
+        variant is finished.
         """
-        lease = timedelta(seconds=self.settings.variant_lease_s)
+        lease = timedelta(seconds=self.settings.claim_lease_s)
         budget = self.settings.gemini_failure_budget
         # Waiting must leave this delivery the time for its own Gemini call.
         wait_s = min(
             self.settings.claim_wait_s,
-            run.deadline - time.monotonic() - self.settings.gemini_budget_s,
+            run.deadline - self.monotonic() - self.settings.gemini_budget_s,
         )
-        give_up = time.monotonic() + max(0.0, wait_s)
+        give_up = self.monotonic() + max(0.0, wait_s)
         while True:
-            claim = run.entry.apply(
+            applied = run.entry.apply(
                 lambda j: lifecycle.claim(
                     j, n, run.claim_id, self.clock(), lease, budget, run.version
                 )
-            ).value
+            )
+            claim = applied.value
             if claim.outcome == VariantClaim.CLAIMED:
                 log.info(
                     "variant claimed",
@@ -485,16 +556,16 @@ class Generation:
                         "event": "variant_claimed",
                     },
                 )
-                return claim
+                return claim, applied.job.slot(n, run.version)
             if claim.outcome == VariantClaim.FINISHED:
                 log.info(
                     "variant already finished; skipped",
                     extra={**context, "event": "variant_skipped"},
                 )
                 return None
-            # Another delivery holds it. If that one dies, its lease runs out and
+            # Another delivery holds it. If that one stops, its lease runs out and
             # we take over; if our wait runs out first, we are retried.
-            remaining = give_up - time.monotonic()
+            remaining = give_up - self.monotonic()
             if remaining <= 0:
                 raise TransientError(
                     f"variant {n} is held by another delivery until {claim.expires}"
@@ -610,9 +681,8 @@ class Generation:
             f"to make it with {instead}"
         )
 
+    def _ms_since(self, begin: float) -> int:
+        return int((self.monotonic() - begin) * 1000)
+
     def _seconds_until(self, moment: datetime) -> float:
         return (moment - self.clock()).total_seconds()
-
-
-def _ms_since(begin: float) -> int:
-    return int((time.monotonic() - begin) * 1000)

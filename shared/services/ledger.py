@@ -135,8 +135,7 @@ class JobLedger:
             return
         for image in due:
             self.budget.settle(image.caller, image.day, image.key, image.images, image.cost)
-        images = [(image.n, image.version) for image in due]
-        self._change(job.job_id, lambda j: settlement.mark_settled(j, images, self.clock()))
+        self._change(job.job_id, lambda j: settlement.mark_settled(j, due, self.clock()))
         given_back = [image for image in due if image.images < 0]
         if given_back:
             log.info(

@@ -104,7 +104,13 @@ class Thumbnails:
                 reason = f"thumbnail: {exc}"
                 entry.apply(
                     lambda j: lifecycle.variant_failed(
-                        j, n, reason, self.clock(), spent=spent, version=version
+                        j,
+                        n,
+                        reason,
+                        self.clock(),
+                        spent=spent,
+                        version=version,
+                        object_name=obj.name,
                     )
                 )
                 log.warning("variant failed", extra={**context, "state": "failed", "error": reason})

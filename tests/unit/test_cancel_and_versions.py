@@ -87,8 +87,12 @@ def test_a_running_image_that_a_cancel_reached_ends_cancelled_not_retried(ending
         job, ended = lifecycle.attempt_failed(job, 1, "clm_a", "Gemini 503", T0, 3)
         assert ended
     else:
+        # The stopped holder's claim is taken over (it may have stored its image, so
+        # the new holder looks first); finding none, it gives the image back.
         job, claimed = lifecycle.claim(job, 1, "clm_b", T0 + LEASE * 2, LEASE, 3)
-        assert claimed.outcome == VariantClaim.FINISHED
+        assert claimed.outcome == VariantClaim.CLAIMED
+        assert job is not None and job.variant(1).cancel_requested
+        job, _ = lifecycle.release(job, 1, "clm_b", T0 + LEASE * 2)
     assert job is not None
     assert job.variant(1).state == VariantState.CANCELLED
     assert job.state == JobState.CANCELLED

@@ -36,6 +36,7 @@ from tests.fakes import (
     FakeQuotaGate,
     FakeReferenceLoader,
     FakeSheetWriter,
+    ManualHeartbeat,
     finalize_event,
     jpeg_bytes,
     make_job,
@@ -723,30 +724,67 @@ class RecordingGenerator(FakeImageGenerator):
         return super().generate(*args, **kwargs)
 
 
-@pytest.mark.parametrize(("budget_s", "expected"), [(280.0, 300.0), (100.0, 120.0)])
-def test_claim_lease_outlasts_the_gemini_budget_and_no_more(
+class SlowGenerator(FakeImageGenerator):
+    """A Gemini call that takes ``minutes`` of the fake clock, its holder's heartbeat
+    beating every 20 s meanwhile; ``during`` runs halfway (another delivery)."""
+
+    def __init__(
+        self, clock: FakeClock, heartbeat: ManualHeartbeat, minutes: float, during: Any = None
+    ) -> None:
+        super().__init__()
+        self.clock, self.heartbeat, self.minutes, self.during = clock, heartbeat, minutes, during
+
+    def generate(self, *args: Any, **kwargs: Any) -> GeneratedImage:
+        steps = int(self.minutes * 3)
+        for step in range(steps):
+            self.clock.advance(20)
+            assert self.heartbeat.beat() == [True]  # the claim is still ours
+            if step == steps // 2 and self.during is not None:
+                self.during()
+        return super().generate(*args, **kwargs)
+
+
+def test_a_live_holder_renews_its_claim_through_a_ten_minute_call_and_is_never_taken_over(
     store: FakeJobStore,
     objects: FakeObjectStore,
     references: FakeReferenceLoader,
     sheet_sync: SheetSync,
     fake_monotonic: FakeClock,
-    budget_s: float,
-    expected: float,
 ) -> None:
     store.add(make_job(variant_count=1))
-    recording = RecordingGenerator(store, fake_monotonic)
-    Generation(
-        settings=make_settings(gemini_budget_s=budget_s, gemini_timeout_s=40),
-        ledger=JobLedger(store, sheet_sync),
-        objects=objects,
-        generator=recording,
-        references=references,
-        quota=FakeQuotaGate(),
-        probe=image_mime,
-        clock=fake_monotonic,
-        sleep=fake_monotonic.sleep,
-    ).handle(MESSAGE)
-    assert recording.leases == [expected]
+    heartbeat = ManualHeartbeat()
+    settings = make_settings(claim_lease_s=60, claim_wait_s=0)
+
+    def build(generator: FakeImageGenerator) -> Generation:
+        return Generation(
+            settings=settings,
+            ledger=JobLedger(store, sheet_sync),
+            objects=objects,
+            generator=generator,
+            references=references,
+            quota=FakeQuotaGate(),
+            probe=image_mime,
+            clock=fake_monotonic,
+            sleep=fake_monotonic.sleep,
+            monotonic=fake_monotonic.monotonic,
+            heartbeat=heartbeat,
+        )
+
+    redelivered: list[Exception] = []
+    other = FakeImageGenerator()
+
+    def redelivery() -> None:
+        with pytest.raises(TransientError, match="held by another delivery") as info:
+            build(other).handle(MESSAGE)
+        redelivered.append(info.value)
+
+    slow = SlowGenerator(fake_monotonic, heartbeat, minutes=10, during=redelivery)
+    build(slow).handle(MESSAGE)
+    assert redelivered and other.calls == []  # five minutes in: still held, not taken over
+    assert heartbeat.every == [20.0]  # a third of the 60 s lease
+    v = store.job("job_1").variant(1)
+    assert (v.state, v.failures, v.attempts) == (VariantState.UPLOADED, 0, 1)
+    assert slow.count() == 1
 
 
 def test_no_gemini_call_starts_without_its_budget_left_in_the_delivery(

@@ -291,6 +291,7 @@ def test_job_cost_equals_the_cost_in_its_objects_metadata_whichever_event_comes_
         probe=image_mime,
         clock=fake_monotonic,
         sleep=fake_monotonic.sleep,
+        monotonic=fake_monotonic.monotonic,
     )
     thumbnails = Thumbnails(settings, ledger, objects, make_thumbnail, fake_monotonic)
 
@@ -314,7 +315,7 @@ def test_job_cost_equals_the_cost_in_its_objects_metadata_whichever_event_comes_
         with pytest.raises(Crash):
             generation.handle(MESSAGE)
         crashing = False  # a variant the crash kept from starting is made now
-        fake_monotonic.advance(settings.variant_lease_s + 1)  # the dead claims run out
+        fake_monotonic.advance(settings.claim_lease_s + 1)  # the dead claims run out
         generation.handle(MESSAGE)  # the redelivery finds the objects, pays nothing
     else:
         generation.handle(MESSAGE)
