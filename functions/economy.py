@@ -1,6 +1,7 @@
-"""Scheduled entry point of the economy lane (Cloud Scheduler, OIDC-authenticated;
-a loop in the dev stack): one tick submits pending economy variants in Gemini
-batches and collects the batches Gemini finished."""
+"""Scheduled entry point (Cloud Scheduler, OIDC-authenticated; a loop in the dev
+stack): one tick of the economy lane (submits pending economy variants in Gemini
+batches, collects the batches Gemini finished), then a sweep (finishes requests
+nobody retried, publishes live jobs whose message was lost)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ def run_economy(request: flask.Request) -> flask.Response:
     setup_logging()
     try:
         report = wiring.economy().tick()
+        swept = wiring.sweeper().sweep()
     except Exception:
         log.exception("economy tick failed")
         return _json(500, {"error": "internal", "message": "the tick failed; it has been logged"})
-    return _json(200, report.__dict__)
+    return _json(200, {**report.__dict__, "sweep": swept.__dict__})
 
 
 def _json(status: int, body: dict[str, object]) -> flask.Response:

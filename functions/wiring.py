@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from shared.services.preflight import Preflight
     from shared.services.rerolls import Rerolls
     from shared.services.sheet_sync import SheetSync
+    from shared.services.sweeper import Sweeper
     from shared.services.thumbnails import Thumbnails
 
 SHEETS_SCOPES = ("https://www.googleapis.com/auth/spreadsheets",)
@@ -363,3 +364,13 @@ def dead_letters() -> DeadLetters:
     from shared.services.dead_letters import DeadLetters
 
     return DeadLetters(ledger())
+
+
+@lru_cache(maxsize=1)
+def sweeper() -> Sweeper:
+    """Finishes (or undoes) requests nobody retried, and publishes lost jobs again."""
+    from shared.services.sweeper import Sweeper
+
+    return Sweeper(
+        settings(), job_store(), ledger(), idempotency_store(), budget_ledger(), job_publisher()
+    )

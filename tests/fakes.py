@@ -21,12 +21,14 @@ from PIL import Image
 from shared.config.settings import Settings
 from shared.contracts.messages import ExportMessage, JobMessage, StorageObject
 from shared.contracts.sheet_row import Cell
-from shared.domain import quota
+from shared.domain import daily_usage, quota, request_records
 from shared.domain.batch import Batch
+from shared.domain.daily_usage import DailyUsage
 from shared.domain.economy_batches import EconomyBatch
 from shared.domain.errors import NotFound, PermanentError, TransientError
 from shared.domain.job import Job, JobState, VariantState
 from shared.domain.quota import GateState, Limit, Slot
+from shared.domain.request_records import RequestRecord
 from shared.services.ports import (
     BatchProgress,
     EconomyLine,
@@ -35,7 +37,6 @@ from shared.services.ports import (
     LineResult,
     ModelCheck,
     ReferenceImage,
-    StoredAnswer,
     Usage,
 )
 
@@ -223,9 +224,9 @@ class FakeJobStore:
         with self._lock:
             self.calls.append(("create_batch", batch.batch_id))
             self.created.append((batch.model_copy(deep=True), [j.model_copy() for j in jobs]))
-            self.batches[batch.batch_id] = batch.model_copy(deep=True)
             for job in jobs:
-                self._jobs[job.job_id] = job.model_copy(deep=True)
+                self._jobs.setdefault(job.job_id, job.model_copy(deep=True))
+            self.batches.setdefault(batch.batch_id, batch.model_copy(deep=True))
 
     def get_batch(self, batch_id: str) -> Batch | None:
         with self._lock:
@@ -307,6 +308,18 @@ class FakeJobStore:
             ]
         return sorted(jobs, key=lambda j: (j.created_at, j.job_id))[:limit]
 
+    def unstarted_jobs(self, created_before: datetime, limit: int) -> list[Job]:
+        with self._lock:
+            self.calls.append(("unstarted_jobs", str(limit)))
+            jobs = [
+                job.model_copy(deep=True)
+                for job in self._jobs.values()
+                if job.lane == "live"
+                and job.state == JobState.QUEUED
+                and job.created_at < created_before
+            ]
+        return sorted(jobs, key=lambda j: (j.created_at, j.job_id))[:limit]
+
     def mutate(self, job_id: str, fn: Callable[[Job], None]) -> None:
         """Test-side edit of a stored job (bypasses the call log)."""
         with self._lock:
@@ -319,86 +332,196 @@ class FakeJobStore:
 
 
 class FakeBudgetLedger:
-    """BudgetLedger in memory, with the caps checked like the Firestore adapter."""
+    """BudgetLedger in memory, on the same transitions as the Firestore adapter."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.used: dict[tuple[str, str], Usage] = {}
+        self.days: dict[tuple[str, str], DailyUsage] = {}
         self.calls: list[tuple[Any, ...]] = []
-        self.settled: set[tuple[str, str, str]] = set()
+
+    @property
+    def used(self) -> _UsedView:
+        """``used[(caller, day)]``: the day's usage (settable, for tests)."""
+        return _UsedView(self)
+
+    @property
+    def settled(self) -> set[tuple[str, str, str]]:
+        with self._lock:
+            return {(c, d, key) for (c, d), u in self.days.items() for key in u.settled}
+
+    def _day(self, caller: str, day: str) -> DailyUsage:
+        return self.days.get((caller, day)) or DailyUsage(caller=caller, day=day)
+
+    def _change(
+        self, caller: str, day: str, change: Callable[[DailyUsage], tuple[DailyUsage | None, R]]
+    ) -> R:
+        current = self._day(caller, day).model_copy(deep=True)
+        updated, result = change(current)
+        if updated is not None:
+            self.days[(caller, day)] = updated
+        return result
 
     def usage(self, caller: str, day: str) -> Usage:
         with self._lock:
             self.calls.append(("usage", caller, day))
-            return self.used.get((caller, day), Usage())
+            used = self._day(caller, day)
+            return Usage(used.images, used.cost)
 
     def reserve(
-        self, caller: str, day: str, images: int, cost: Decimal, image_cap: int, cost_cap: Decimal
+        self,
+        caller: str,
+        day: str,
+        key: str,
+        images: int,
+        cost: Decimal,
+        image_cap: int,
+        cost_cap: Decimal,
     ) -> tuple[bool, Usage]:
         with self._lock:
             self.calls.append(("reserve", caller, day, images, cost, image_cap, cost_cap))
-            before = self.used.get((caller, day), Usage())
-            if before.images + images > image_cap or before.cost + cost > cost_cap:
-                return False, before
-            self.used[(caller, day)] = Usage(before.images + images, before.cost + cost)
-            return True, before
+            ok, before = self._change(
+                caller,
+                day,
+                lambda u: daily_usage.reserve(u, key, images, cost, image_cap, cost_cap),
+            )
+            return ok, Usage(before.images, before.cost)
 
-    def refund(self, caller: str, day: str, images: int, cost: Decimal) -> None:
+    def release(self, caller: str, day: str, key: str) -> None:
         with self._lock:
-            self.calls.append(("refund", caller, day, images, cost))
-            self._add(caller, day, -images, -cost)
+            self.calls.append(("release", caller, day, key))
+            self._change(caller, day, lambda u: daily_usage.release(u, key))
 
     def settle(self, caller: str, day: str, key: str, images: int, cost: Decimal) -> None:
         with self._lock:
             self.calls.append(("settle", caller, day, key, images, cost))
-            if (caller, day, key) in self.settled:
-                return
-            self.settled.add((caller, day, key))
-            self._add(caller, day, images, cost)
+            self._change(caller, day, lambda u: daily_usage.settle(u, key, images, cost))
 
-    def _add(self, caller: str, day: str, images: int, cost: Decimal) -> None:
-        before = self.used.get((caller, day), Usage())
-        self.used[(caller, day)] = Usage(
-            max(before.images + images, 0), max(before.cost + cost, Decimal(0))
-        )
+
+class _UsedView:
+    """Reads and writes of a FakeBudgetLedger's days as ``Usage`` pairs."""
+
+    def __init__(self, ledger: FakeBudgetLedger) -> None:
+        self._ledger = ledger
+
+    def __getitem__(self, key: tuple[str, str]) -> Usage:
+        with self._ledger._lock:
+            if key not in self._ledger.days:
+                raise KeyError(key)
+            used = self._ledger.days[key]
+            return Usage(used.images, used.cost)
+
+    def __setitem__(self, key: tuple[str, str], value: Usage) -> None:
+        with self._ledger._lock:
+            used = self._ledger._day(*key).model_copy(deep=True)
+            used.images, used.cost = value.images, value.cost
+            self._ledger.days[key] = used
+
+    def get(self, key: tuple[str, str], default: Usage | None = None) -> Usage | None:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def items(self) -> list[tuple[tuple[str, str], Usage]]:
+        with self._ledger._lock:
+            return [(k, Usage(u.images, u.cost)) for k, u in self._ledger.days.items()]
+
+    def __eq__(self, other: object) -> bool:
+        return dict(self.items()) == other
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
 
 
 # --------------------------------------------------------------------------- idempotency
 
 
-@dataclass
-class IdempotencyRecord:
-    answer: StoredAnswer
-    expires_at: datetime
-
-
 class FakeIdempotencyStore:
-    """IdempotencyStore in memory; an expired record counts as absent."""
+    """IdempotencyStore in memory, on the same transitions as the Firestore adapter."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.records: dict[str, IdempotencyRecord] = {}
+        self.records: dict[str, RequestRecord] = {}
         self.calls: list[tuple[str, str]] = []
 
-    def begin(self, key: str, now: datetime, expires_at: datetime) -> StoredAnswer | None:
+    def _change(
+        self,
+        key: str,
+        change: Callable[[RequestRecord], tuple[RequestRecord | None, R]],
+        absent: R,
+    ) -> R:
+        record = self.records.get(key)
+        if record is None:
+            return absent
+        updated, result = change(record.model_copy(deep=True))
+        if updated is not None:
+            self.records[key] = updated
+        return result
+
+    def begin(
+        self,
+        key: str,
+        names: str,
+        holder: str,
+        now: datetime,
+        expires_at: datetime,
+        lease: timedelta,
+    ) -> tuple[RequestRecord, bool]:
         with self._lock:
             self.calls.append(("begin", key))
-            record = self.records.get(key)
-            if record is not None and record.expires_at > now:
-                return record.answer
-            self.records[key] = IdempotencyRecord(StoredAnswer(0, {}, now), expires_at)
-            return None
+            current = self.records.get(key)
+            updated, result = request_records.begin(
+                current.model_copy(deep=True) if current else None,
+                key,
+                names,
+                holder,
+                now,
+                expires_at,
+                lease,
+            )
+            if updated is not None:
+                self.records[key] = updated
+            return result
 
-    def finish(self, key: str, status: int, body: Mapping[str, object]) -> None:
+    def note(
+        self,
+        key: str,
+        holder: str,
+        intent: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> bool:
+        with self._lock:
+            self.calls.append(("note", key))
+            return self._change(key, lambda r: request_records.note(r, holder, intent, body), False)
+
+    def finish(self, key: str, holder: str, body: dict[str, Any]) -> bool:
         with self._lock:
             self.calls.append(("finish", key))
-            record = self.records[key]
-            record.answer = StoredAnswer(status, dict(body), record.answer.created_at)
+            return self._change(key, lambda r: request_records.finish(r, holder, body), False)
 
-    def abandon(self, key: str) -> None:
+    def let_go(self, key: str, holder: str) -> None:
+        with self._lock:
+            self.calls.append(("let_go", key))
+            self._change(key, lambda r: request_records.let_go(r, holder), None)
+
+    def abandon(self, key: str, holder: str) -> None:
         with self._lock:
             self.calls.append(("abandon", key))
-            self.records.pop(key, None)
+            record = self.records.get(key)
+            if record is not None and record.holder == holder and not record.answered:
+                del self.records[key]
+
+    def stale(self, now: datetime, limit: int) -> list[RequestRecord]:
+        with self._lock:
+            self.calls.append(("stale", ""))
+            found = [
+                r.model_copy(deep=True)
+                for r in self.records.values()
+                if not r.answered
+                and r.expires_at > now
+                and (r.lease_expires is None or r.lease_expires <= now)
+            ]
+        return sorted(found, key=lambda r: r.created_at)[:limit]
 
 
 # --------------------------------------------------------------------------- publisher

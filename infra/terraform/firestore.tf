@@ -1,7 +1,8 @@
-# Job state: `batches`, `jobs`, `usage` and `idempotency` collections. Reads are
-# by document id, plus two equality/`in` queries on jobs (spreadsheet, worksheet,
-# state; spreadsheet, scene for style anchors) that single-field indexes serve,
-# so no composite index is needed.
+# Job state: `batches`, `jobs`, `usage`, `idempotency` and `economy_batches`
+# collections. Reads are by document id, plus equality/`in` queries on jobs
+# (spreadsheet, worksheet, state; spreadsheet, scene for style anchors) that
+# single-field indexes serve, and two that order open jobs by age (the economy
+# tick and the sweeper take the oldest first), served by one composite index.
 resource "google_firestore_database" "default" {
   count = var.firestore.create_database ? 1 : 0
 
@@ -28,6 +29,49 @@ resource "google_firestore_field" "ttl" {
   # A TTL field needs no index; leaving index_config empty removes the default ones.
   index_config {}
   ttl_config {}
+
+  depends_on = [google_firestore_database.default, time_sleep.apis_ready]
+}
+
+# Open jobs of a lane, oldest first: `lane ==`, `state ==` (or `in`), order by `created_at`.
+resource "google_firestore_index" "jobs_by_age" {
+  project    = var.project_id
+  database   = "(default)"
+  collection = "jobs"
+
+  fields {
+    field_path = "lane"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "state"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "created_at"
+    order      = "ASCENDING"
+  }
+
+  depends_on = [google_firestore_database.default, time_sleep.apis_ready]
+}
+
+# Maps that grow with a day's reservations and settled images, and a request's
+# kept answer: never queried, so they get no index entries (each map key would
+# cost two of a document's 40,000).
+resource "google_firestore_field" "unindexed" {
+  for_each = {
+    "usage/reservations" = { collection = "usage", field = "reservations" }
+    "usage/settled"      = { collection = "usage", field = "settled" }
+    "idempotency/body"   = { collection = "idempotency", field = "body" }
+    "idempotency/intent" = { collection = "idempotency", field = "intent" }
+  }
+
+  project    = var.project_id
+  database   = "(default)"
+  collection = each.value.collection
+  field      = each.value.field
+
+  index_config {}
 
   depends_on = [google_firestore_database.default, time_sleep.apis_ready]
 }

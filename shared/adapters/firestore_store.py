@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import time
@@ -15,13 +16,15 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from pydantic import BaseModel
 
-from shared.domain import quota
+from shared.domain import daily_usage, quota, request_records
 from shared.domain.batch import Batch
+from shared.domain.daily_usage import DailyUsage, Reservation
 from shared.domain.economy_batches import OPEN_ECONOMY_STATES, EconomyBatch
 from shared.domain.errors import NotFound, TransientError
 from shared.domain.job import Job, JobState
 from shared.domain.quota import GateState, Limit, Slot
-from shared.services.ports import StoredAnswer, Usage
+from shared.domain.request_records import RequestRecord
+from shared.services.ports import Usage
 
 R = TypeVar("R")
 
@@ -91,10 +94,18 @@ class FirestoreJobStore:
         # The batch document goes last, so a batch that exists has all its jobs.
         writes.append((self._batches.document(batch.batch_id), batch.to_doc()))
         for start in range(0, len(writes), _WRITES_PER_COMMIT):
+            chunk = writes[start : start + _WRITES_PER_COMMIT]
             commit = self._db.batch()
-            for ref, doc in writes[start : start + _WRITES_PER_COMMIT]:
+            for ref, doc in chunk:
                 commit.create(ref, doc)
-            commit.commit()
+            try:
+                commit.commit()
+            except gexc.Conflict:
+                # An earlier run of the same request recorded some of them (the commit
+                # is all or nothing): create the rest one by one, keeping what exists.
+                for ref, doc in chunk:
+                    with contextlib.suppress(gexc.Conflict):
+                        ref.create(doc)
 
     def get_batch(self, batch_id: str) -> Batch | None:
         snap = self._batches.document(batch_id).get()
@@ -126,7 +137,8 @@ class FirestoreJobStore:
         return [Job.from_doc(snap.to_dict() or {}) for snap in query.stream()]
 
     def economy_jobs(self, limit: int) -> list[Job]:
-        # Equality filters only: served by single-field indexes, no composite index.
+        # Ordered before the limit (a composite index, firestore.tf): with more open
+        # economy jobs than one tick looks at, the oldest go first, never starved.
         query = (
             self._jobs.where(filter=FieldFilter("lane", "==", "economy"))
             .where(
@@ -134,10 +146,20 @@ class FirestoreJobStore:
                     "state", "in", [JobState.QUEUED.value, JobState.GENERATING.value]
                 )
             )
+            .order_by("created_at")
             .limit(limit)
         )
-        jobs = [Job.from_doc(snap.to_dict() or {}) for snap in query.stream()]
-        return sorted(jobs, key=lambda job: (job.created_at, job.job_id))
+        return [Job.from_doc(snap.to_dict() or {}) for snap in query.stream()]
+
+    def unstarted_jobs(self, created_before: datetime, limit: int) -> list[Job]:
+        query = (
+            self._jobs.where(filter=FieldFilter("lane", "==", "live"))
+            .where(filter=FieldFilter("state", "==", JobState.QUEUED.value))
+            .where(filter=FieldFilter("created_at", "<", created_before))
+            .order_by("created_at")
+            .limit(limit)
+        )
+        return [Job.from_doc(snap.to_dict() or {}) for snap in query.stream()]
 
     def scene_jobs(self, spreadsheet_id: str, scene_id: str) -> list[Job]:
         query = self._jobs.where(filter=FieldFilter("spreadsheet_id", "==", spreadsheet_id)).where(
@@ -180,7 +202,8 @@ class FirestoreEconomyBatches:
 
 
 class FirestoreBudgetLedger:
-    """``usage/{caller-hash}_{day}``: images and cost committed that UTC day."""
+    """``usage/{caller-hash}_{day}``: a caller's usage of one UTC day
+    (``shared/domain/daily_usage.py``), changed under compare-and-set."""
 
     def __init__(self, client: firestore.Client) -> None:
         self._usage = client.collection("usage")
@@ -189,93 +212,156 @@ class FirestoreBudgetLedger:
         digest = hashlib.sha256(caller.encode()).hexdigest()[:24]
         return self._usage.document(f"{digest}_{day}")
 
-    @staticmethod
-    def _read(doc: Mapping[str, Any] | None) -> Usage:
-        if not doc:
-            return Usage()
-        return Usage(images=int(doc.get("images", 0)), cost=Decimal(str(doc.get("cost_usd", "0"))))
-
     def usage(self, caller: str, day: str) -> Usage:
         snap = self._ref(caller, day).get()
-        return self._read(snap.to_dict() if snap.exists else None)
+        used = _read_usage(snap.to_dict() if snap.exists else None, caller, day)
+        return Usage(used.images, used.cost)
 
     def reserve(
-        self, caller: str, day: str, images: int, cost: Decimal, image_cap: int, cost_cap: Decimal
+        self,
+        caller: str,
+        day: str,
+        key: str,
+        images: int,
+        cost: Decimal,
+        image_cap: int,
+        cost_cap: Decimal,
     ) -> tuple[bool, Usage]:
-        def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, tuple[bool, Usage]]:
-            used = self._read(doc)
-            if used.images + images > image_cap or used.cost + cost > cost_cap:
-                return None, (False, used)
-            settled = dict((doc or {}).get("settled") or {})
-            updated = _usage_doc(caller, day, used.images + images, used.cost + cost, settled)
-            return updated, (True, used)
+        ok, before = self._change(
+            caller,
+            day,
+            lambda u: daily_usage.reserve(u, key, images, cost, image_cap, cost_cap),
+        )
+        return ok, Usage(before.images, before.cost)
+
+    def release(self, caller: str, day: str, key: str) -> None:
+        self._change(caller, day, lambda u: daily_usage.release(u, key))
+
+    def settle(self, caller: str, day: str, key: str, images: int, cost: Decimal) -> None:
+        self._change(caller, day, lambda u: daily_usage.settle(u, key, images, cost))
+
+    def _change(
+        self, caller: str, day: str, change: Callable[[DailyUsage], tuple[DailyUsage | None, R]]
+    ) -> R:
+        def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, R]:
+            updated, result = change(_read_usage(doc, caller, day))
+            return (_usage_doc(updated) if updated is not None else None), result
 
         return compare_and_set(self._ref(caller, day), apply)
 
-    def refund(self, caller: str, day: str, images: int, cost: Decimal) -> None:
-        self._adjust(caller, day, None, -images, -cost)
 
-    def settle(self, caller: str, day: str, key: str, images: int, cost: Decimal) -> None:
-        self._adjust(caller, day, key, images, cost)
+def _read_usage(doc: Mapping[str, Any] | None, caller: str, day: str) -> DailyUsage:
+    if not doc:
+        return DailyUsage(caller=caller, day=day)
+    return DailyUsage(
+        caller=caller,
+        day=day,
+        images=int(doc.get("images", 0)),
+        cost=Decimal(str(doc.get("cost_usd", "0"))),
+        reservations={
+            key: Reservation(
+                images=int(held["images"]),
+                cost=Decimal(str(held["cost_usd"])),
+                released=bool(held.get("released")),
+            )
+            for key, held in (doc.get("reservations") or {}).items()
+        },
+        settled=dict(doc.get("settled") or {}),
+    )
 
-    def _adjust(self, caller: str, day: str, key: str | None, images: int, cost: Decimal) -> None:
-        """Add to the day's usage (never below zero); with ``key``, once per key."""
 
-        def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, None]:
-            settled: dict[str, bool] = dict((doc or {}).get("settled") or {})
-            if key is not None:
-                if key in settled:
-                    return None, None
-                settled[key] = True
-            used = self._read(doc)
-            left = max(used.images + images, 0), max(used.cost + cost, Decimal(0))
-            return _usage_doc(caller, day, *left, settled), None
-
-        compare_and_set(self._ref(caller, day), apply)
-
-
-def _usage_doc(
-    caller: str, day: str, images: int, cost: Decimal, settled: dict[str, bool] | None = None
-) -> dict[str, Any]:
+def _usage_doc(usage: DailyUsage) -> dict[str, Any]:
     # Kept a while for the record, then removed by the collection's TTL policy.
-    expires = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC) + USAGE_KEPT
+    expires = datetime.strptime(usage.day, "%Y-%m-%d").replace(tzinfo=UTC) + USAGE_KEPT
     return {
-        "caller": caller,
-        "day": day,
-        "images": images,
-        "cost_usd": str(cost),
+        "caller": usage.caller,
+        "day": usage.day,
+        "images": usage.images,
+        "cost_usd": str(usage.cost),
         "expires_at": expires,
-        # Which images' estimates were settled (job_id/n, job_id/n/vk for later versions).
-        "settled": settled or {},
+        "reservations": {
+            key: {"images": held.images, "cost_usd": str(held.cost), "released": held.released}
+            for key, held in usage.reservations.items()
+        },
+        "settled": usage.settled,
     }
 
 
 class FirestoreIdempotencyStore:
-    """``idempotency/{key}``; ``expires_at`` is the collection's TTL field."""
+    """``idempotency/{key}`` (``shared/domain/request_records.py``); ``expires_at`` is
+    the collection's TTL field (deletion is lazy: an expired record counts as absent)."""
 
     def __init__(self, client: firestore.Client) -> None:
         self._records = client.collection("idempotency")
 
-    def begin(self, key: str, now: datetime, expires_at: datetime) -> StoredAnswer | None:
-        def apply(
-            doc: dict[str, Any] | None,
-        ) -> tuple[dict[str, Any] | None, StoredAnswer | None]:
-            # TTL deletion is lazy (up to a day late): an expired record counts as absent.
-            if doc is not None and doc["expires_at"] > now:
-                return None, StoredAnswer(
-                    status=int(doc.get("status", 0)),
-                    body=doc.get("body") or {},
-                    created_at=doc["created_at"],
-                )
-            return {"status": 0, "body": {}, "created_at": now, "expires_at": expires_at}, None
+    def _change(
+        self, key: str, change: Callable[[RequestRecord], tuple[RequestRecord | None, R]], absent: R
+    ) -> R:
+        def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, R]:
+            if doc is None:
+                return None, absent
+            updated, result = change(RequestRecord.model_validate(doc))
+            return (updated.model_dump(mode="python") if updated is not None else None), result
 
         return compare_and_set(self._records.document(key), apply)
 
-    def finish(self, key: str, status: int, body: Mapping[str, object]) -> None:
-        self._records.document(key).update({"status": status, "body": dict(body)})
+    def begin(
+        self,
+        key: str,
+        names: str,
+        holder: str,
+        now: datetime,
+        expires_at: datetime,
+        lease: timedelta,
+    ) -> tuple[RequestRecord, bool]:
+        def apply(
+            doc: dict[str, Any] | None,
+        ) -> tuple[dict[str, Any] | None, tuple[RequestRecord, bool]]:
+            current = RequestRecord.model_validate(doc) if doc is not None else None
+            updated, result = request_records.begin(
+                current, key, names, holder, now, expires_at, lease
+            )
+            return (updated.model_dump(mode="python") if updated is not None else None), result
 
-    def abandon(self, key: str) -> None:
-        self._records.document(key).delete()
+        return compare_and_set(self._records.document(key), apply)
+
+    def note(
+        self,
+        key: str,
+        holder: str,
+        intent: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> bool:
+        return self._change(key, lambda r: request_records.note(r, holder, intent, body), False)
+
+    def finish(self, key: str, holder: str, body: dict[str, Any]) -> bool:
+        return self._change(key, lambda r: request_records.finish(r, holder, body), False)
+
+    def let_go(self, key: str, holder: str) -> None:
+        self._change(key, lambda r: request_records.let_go(r, holder), None)
+
+    def abandon(self, key: str, holder: str) -> None:
+        ref = self._records.document(key)
+        snap = ref.get()
+        if not snap.exists:
+            return
+        record = RequestRecord.model_validate(snap.to_dict())
+        if record.holder == holder and not record.answered:
+            with contextlib.suppress(gexc.FailedPrecondition, gexc.NotFound):
+                ref.delete(option=ref._client.write_option(last_update_time=snap.update_time))
+
+    def stale(self, now: datetime, limit: int) -> list[RequestRecord]:
+        # Equality only (a single-field index); unanswered records are few and short-lived.
+        query = self._records.where(filter=FieldFilter("status", "==", 0)).limit(limit)
+        found = [RequestRecord.model_validate(snap.to_dict()) for snap in query.stream()]
+        return sorted(
+            (
+                r
+                for r in found
+                if r.expires_at > now and (r.lease_expires is None or r.lease_expires <= now)
+            ),
+            key=lambda r: r.created_at,
+        )
 
 
 class FirestoreQuotaGate:

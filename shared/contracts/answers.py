@@ -96,7 +96,7 @@ class SubmittedJob(_Answer):
     scene_id: str
     job_id: str
     variants: int
-    state: Literal["queued", "failed"]
+    state: Literal["queued", "failed"] = "queued"
     error: str | None = None
 
 
@@ -106,7 +106,12 @@ class Submitted(_Costed):
     run_mode: Literal["live"] = Field(alias="runMode")
     batch_id: str
     jobs: list[SubmittedJob]
-    unpublished: list[str] = Field(description="Job ids that could not be queued")
+    unpublished: list[str] = Field(
+        default_factory=list,
+        description="Job ids that could not be queued: none, since a batch whose jobs "
+        "cannot all be queued answers 503, and a retry with the same Idempotency-Key "
+        "finishes it (as the server does by itself within minutes)",
+    )
 
 
 ImageState = Literal["pending", "generating", "batched", "uploaded", "done", "failed", "cancelled"]

@@ -113,6 +113,8 @@ class Version(ImageSlot):
     caller: str
     budget_day: str
     price_per_image: str
+    # The request (its idempotency record) that asked for it.
+    request_key: str | None = None
 
     @property
     def kind(self) -> Literal["reroll", "edit"]:
@@ -205,6 +207,8 @@ class Job(BaseModel):
     lane: Lane = "live"
     gemini_batches: list[GeminiBatchRef] = Field(default_factory=list)
     waiting: Waiting | None = None
+    # When the sweeper last published it again (a live job no delivery had started).
+    republished_at: datetime | None = None
     sheet_digest: str | None = None
     sheet_error: str | None = None
     # Who is writing the sheet row now (one writer per job, so the final row

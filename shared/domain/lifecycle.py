@@ -273,6 +273,14 @@ def references_failed(
     return job, ended
 
 
+def republished(job: Job, now: datetime) -> Step[None]:
+    """The sweeper published the job again (no delivery had started it)."""
+    if job.state != JobState.QUEUED:
+        return None, None
+    job.republished_at = now
+    return job, None
+
+
 def wait(job: Job, reason: WaitReason, until: datetime, now: datetime) -> Step[None]:
     """The job cannot progress until about ``until`` (say, the Gemini quota)."""
     if job.terminal:

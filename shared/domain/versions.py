@@ -25,6 +25,9 @@ class VersionRequest:
     caller: str
     budget_day: str
     price_per_image: str
+    # The request that asks for it (its idempotency record): one version per request,
+    # whichever run of the request (a retry, the sweeper) adds it.
+    request_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,14 @@ class VersionAdded:
 
 
 def add_version(job: Job, n: int, request: VersionRequest, now: datetime) -> Step[VersionAdded]:
-    """Add the next version of variant ``n``: a new image, the earlier ones kept."""
+    """Add the next version of variant ``n``: a new image, the earlier ones kept. A
+    request that added its version already gets that one (nothing is added twice)."""
     variant = job.variant(n)
+    asked = [
+        v for v in variant.versions if request.request_key and v.request_key == request.request_key
+    ]
+    if asked:
+        return None, VersionAdded(asked[0].version)
     if variant.state not in TERMINAL_VARIANT_STATES:
         return None, VersionAdded(None, f"variant {n} is still being made; try when it is done")
     if len(variant.versions) + 1 >= MAX_VERSIONS:
@@ -55,6 +64,7 @@ def add_version(job: Job, n: int, request: VersionRequest, now: datetime) -> Ste
             caller=request.caller,
             budget_day=request.budget_day,
             price_per_image=request.price_per_image,
+            request_key=request.request_key,
         )
     )
     job.updated_at = now

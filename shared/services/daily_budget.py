@@ -20,11 +20,18 @@ class OverBudget:
 
 
 def reserve(
-    ledger: BudgetLedger, settings: Settings, caller: str, day: str, images: int, cost: Decimal
+    ledger: BudgetLedger,
+    settings: Settings,
+    caller: str,
+    day: str,
+    key: str,
+    images: int,
+    cost: Decimal,
 ) -> tuple[bool, Budget]:
-    """Reserve ``images`` at ``cost`` on the caller's ``day`` unless a cap would be
-    passed; whether it was, and the day as the answer shows it."""
+    """Reserve ``images`` at ``cost`` on the caller's ``day`` under ``key`` (once: a
+    retry reserves nothing more) unless a cap would be passed; whether it was, and
+    the day as the answer shows it."""
     ok, before = ledger.reserve(
-        caller, day, images, cost, settings.daily_image_cap, settings.daily_cost_cap_usd
+        caller, day, key, images, cost, settings.daily_image_cap, settings.daily_cost_cap_usd
     )
     return ok, budget_view(settings, day, before, images, cost)

@@ -11,7 +11,6 @@ from decimal import Decimal
 from shared.config.settings import Settings
 from shared.contracts.answers import (
     BatchView,
-    Budget,
     JobView,
     Plan,
     PlanJob,
@@ -20,17 +19,19 @@ from shared.contracts.answers import (
     Warning,
 )
 from shared.contracts.links import LinkSigner
-from shared.contracts.messages import JobMessage
 from shared.contracts.requests import BatchRequest
-from shared.domain import lifecycle, pricing
+from shared.domain import pricing
 from shared.domain.batch import Batch
 from shared.domain.catalog import Lane as CatalogLane
 from shared.domain.catalog import ModelEntry
+from shared.domain.errors import TransientError
 from shared.domain.ids import new_id, utcnow
 from shared.domain.job import Job, Lane, money
+from shared.services import once
 from shared.services.daily_budget import OverBudget, reserve
+from shared.services.job_messages import publish_jobs, unstarted
 from shared.services.ledger import JobLedger
-from shared.services.once import InProgress, Replay, kept_answer, run_once, scoped_key
+from shared.services.once import InProgress, kept_answer, scoped_key
 from shared.services.ports import BudgetLedger, IdempotencyStore, JobPublisher, JobStore
 from shared.services.preflight import Preflight
 from shared.services.style_anchors import problem
@@ -187,31 +188,58 @@ class Intake:
     def submit(
         self, request: BatchRequest, caller: str, idempotency_key: str | None = None
     ) -> Submission:
-        """Run a live batch once per idempotency key; replays get the first answer."""
+        """Run a live batch once per idempotency key; replays get the first answer.
+
+        The key names one batch for its whole life: a retry after any failure or
+        crash goes on with that batch (publishes what was not published, answers
+        with the same batch and jobs) and never makes a second one.
+        """
         ttl = self.settings.idempotency_ttl_s if idempotency_key else DERIVED_KEY_TTL_S
         key = scoped_key(caller, idempotency_key or _content_key(request))
-        outcome = run_once(
-            self.idempotency,
-            key,
-            self.clock(),
-            ttl,
-            lambda: self._submit(request, caller),
-            # A refusal (budget, model) is not a first answer to keep: a retry may pass.
-            lambda done: kept_answer(done.answer) if isinstance(done, Accepted) else None,
-        )
-        if isinstance(outcome, Replay):
-            return Accepted(Submitted.model_validate(outcome.body), replay=True)
+        held = once.hold(self.idempotency, key, self.ids("bat"), self.clock(), ttl)
+        if isinstance(held, once.Replay):
+            return Accepted(Submitted.model_validate(held.body), replay=True)
+        if isinstance(held, once.InProgress):
+            return held
+        try:
+            outcome = self._submit(request, caller, held)
+        except BaseException:
+            held.let_go()
+            raise
+        if isinstance(outcome, Accepted):
+            held.finish(kept_answer(outcome.answer))
+        else:
+            # A refusal (budget, model) committed nothing: a retry may pass.
+            held.abandon()
         return outcome
 
     def _submit(
-        self, request: BatchRequest, caller: str
+        self, request: BatchRequest, caller: str, held: once.Held
     ) -> Accepted | OverBudget | ModelUnavailable:
+        batch_id = held.names
+        batch = self.store.get_batch(batch_id)
+        if batch is not None:
+            # A request before this one recorded the batch: go on from there.
+            return self._publish(batch, self.store.get_jobs(batch.job_ids), held, request)
         plan = self.plan(request, caller)
+        day = str(held.intent.get("day") or "")
         if isinstance(plan, ModelUnavailable):
+            if day:  # an earlier run reserved before the model went away
+                self.budget.release(caller, day, reservation_key(batch_id))
             return plan
+        day = day or plan.budget.day
+        # The intent first: whoever finds this record (a retry, the sweeper) knows what
+        # the next step reserves, and where to give it back.
+        held.note(intent={"kind": "batch", "caller": caller, "day": day})
         cost = Decimal(plan.estimated_cost_usd)
         ok, budget = reserve(
-            self.budget, self.settings, caller, plan.budget.day, plan.image_count, cost
+            self.budget,
+            self.settings,
+            caller,
+            day,
+            reservation_key(batch_id),
+            plan.image_count,
+            cost,
         )
         if not ok:
             return OverBudget(
@@ -220,21 +248,10 @@ class Intake:
                 f"today {budget.images_remaining} images and "
                 f"${budget.cost_remaining_usd} remain",
             )
-        try:
-            return self._record_and_publish(request, caller, plan, budget)
-        except BaseException:
-            # Nothing was queued (or we cannot tell what was): give the budget back.
-            self.budget.refund(caller, plan.budget.day, plan.image_count, cost)
-            raise
-
-    def _record_and_publish(
-        self, request: BatchRequest, caller: str, plan: Plan, budget: Budget
-    ) -> Accepted:
         now = self.clock()
-        batch_id = self.ids("bat")
         jobs = [
             Job(
-                job_id=self.ids("job"),
+                job_id=job_id_of(batch_id, index),
                 batch_id=batch_id,
                 scene_id=item.scene_id,
                 prompt=item.prompt,
@@ -249,60 +266,72 @@ class Intake:
                 lane=planned.lane,
                 price_per_image=planned.estimated_cost_per_image_usd,
                 style_refs=list(request.style_refs),
-                budget_day=plan.budget.day,
+                budget_day=day,
                 created_at=now,
                 updated_at=now,
             )
-            for item, planned in zip(request.items, plan.jobs, strict=True)
+            for index, (item, planned) in enumerate(
+                zip(request.items, plan.jobs, strict=True), start=1
+            )
         ]
-        self.store.create_batch(
-            Batch(
-                batch_id=batch_id,
-                caller=caller,
-                spreadsheet_id=request.spreadsheet_id,
-                worksheet=request.worksheet,
-                model=plan.model,
-                job_ids=[job.job_id for job in jobs],
-                image_count=plan.image_count,
-                estimated_cost_usd=plan.estimated_cost_usd,
-                created_at=now,
-            ),
-            jobs,
+        batch = Batch(
+            batch_id=batch_id,
+            caller=caller,
+            spreadsheet_id=request.spreadsheet_id,
+            worksheet=request.worksheet,
+            model=plan.model,
+            job_ids=[job.job_id for job in jobs],
+            image_count=plan.image_count,
+            estimated_cost_usd=plan.estimated_cost_usd,
+            created_at=now,
         )
-        attributes = {"batch_id": batch_id, "caller": caller, "run_mode": request.run_mode}
-        # Economy jobs wait in the store for the economy tick to batch them.
-        failed = self.publisher.publish(
-            [
-                (JobMessage(job_id=j.job_id, batch_id=batch_id, scene_id=j.scene_id), attributes)
-                for j in jobs
-                if j.lane == "live"
-            ]
-        )
-        for job in jobs:
-            if job.job_id in failed:
-                # Failed variants give their reserved budget back (the ledger settles them).
-                self._fail(job.job_id, f"could not be queued: {failed[job.job_id]}")
+        # The answer, prepared: whoever finishes this request answers with it.
         answer = Submitted(
             **plan.model_dump(exclude={"run_mode", "jobs", "budget"}),
             runMode="live",
             budget=budget,
             batch_id=batch_id,
             jobs=[
-                SubmittedJob(
-                    scene_id=job.scene_id,
-                    job_id=job.job_id,
-                    variants=job.variant_count,
-                    state="failed" if job.job_id in failed else "queued",
-                    error=failed.get(job.job_id),
-                )
+                SubmittedJob(scene_id=job.scene_id, job_id=job.job_id, variants=job.variant_count)
                 for job in jobs
             ],
-            unpublished=sorted(failed),
+            unpublished=[],
         )
-        return Accepted(answer)
+        held.note(body=kept_answer(answer))
+        self.store.create_batch(batch, jobs)
+        return self._publish(batch, jobs, held, request)
 
-    def _fail(self, job_id: str, reason: str) -> None:
-        self.ledger.apply(job_id, lambda job: lifecycle.fail_job(job, reason, self.clock()))
+    def _publish(
+        self, batch: Batch, jobs: list[Job], held: once.Held, request: BatchRequest
+    ) -> Accepted:
+        """Publish the batch's live jobs no delivery started yet (economy jobs wait for
+        the economy tick); TransientError (the request is retried, or finished by the
+        sweeper) when some did not go out."""
+        attributes = {"batch_id": batch.batch_id, "caller": batch.caller, "run_mode": "live"}
+        failed = publish_jobs(self.publisher, unstarted(jobs), attributes)
+        if failed:
+            raise TransientError(
+                f"{len(failed)} of the batch's jobs could not be queued yet "
+                f"({next(iter(failed.values()))}); the same request finishes it"
+            )
+        if held.record.body:
+            return Accepted(Submitted.model_validate(held.record.body))
+        # Recorded by a request that died before it kept its answer: answer now.
+        plan = self.plan(request, batch.caller)
+        if isinstance(plan, ModelUnavailable):
+            raise TransientError(f"the batch's model is not available now: {plan.reason}")
+        return Accepted(
+            Submitted(
+                **plan.model_dump(exclude={"run_mode", "jobs"}),
+                runMode="live",
+                batch_id=batch.batch_id,
+                jobs=[
+                    SubmittedJob(scene_id=j.scene_id, job_id=j.job_id, variants=j.variant_count)
+                    for j in jobs
+                ],
+                unpublished=[],
+            )
+        )
 
     def anchor_problems(
         self, request: BatchRequest, caller: str, admin: bool = False
@@ -335,6 +364,17 @@ class Intake:
         if batch is None or (batch.caller != caller and not admin):
             return None
         return batch_view(batch, self.store.get_jobs(batch.job_ids), self.links)
+
+
+def reservation_key(batch_id: str) -> str:
+    """Under which key a batch's images are reserved on the caller's day."""
+    return f"batch:{batch_id}"
+
+
+def job_id_of(batch_id: str, index: int) -> str:
+    """The id of a batch's ``index``-th job (from 1): the same in every run of the
+    request, so a resumed one finds the jobs an earlier run recorded."""
+    return f"job_{batch_id.removeprefix('bat_')}_{index}"
 
 
 def estimate_notes(entry: ModelEntry, estimates: list[pricing.Estimate], most: int) -> list[str]:

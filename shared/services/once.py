@@ -1,23 +1,36 @@
-"""Exactly once per idempotency key: the first request's answer is kept and replayed."""
+"""Requests that create something (a batch, a re-roll): once per idempotency key, and
+finished by whoever comes next after any failure.
+
+``hold`` finds or makes the key's record (``shared/domain/request_records.py``).
+The record names what the key stands for from the start (the batch's id), so a
+retry after a crash, or the sweeper after a request nobody retried, goes on with
+the same batch rather than making another; a request keeps what it set out to do
+(``intent``) and its prepared answer on the record before each step that commits
+something, and every step is idempotent.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any
 
 from pydantic import BaseModel
 
+from shared.domain.errors import TransientError
+from shared.domain.ids import new_id
+from shared.domain.request_records import RequestRecord
 from shared.services.ports import IdempotencyStore
 
-R = TypeVar("R")
+log = logging.getLogger(__name__)
 
-# A pending record older than this belongs to a request that died.
-PENDING_STALE_S = 120
-# The status an idempotency record keeps for an accepted request.
-ACCEPTED = 202
+# How long one request holds its record: longer than the HTTP function's timeout,
+# so only a request that died (or gave up) is ever taken over.
+REQUEST_LEASE_S = 180.0
 
 
 @dataclass(frozen=True)
@@ -32,35 +45,72 @@ class InProgress:
     """The same request is being handled by another request right now."""
 
 
-def run_once(
-    store: IdempotencyStore,
-    key: str,
-    now: datetime,
-    ttl_s: float,
-    work: Callable[[], R],
-    keep: Callable[[R], Mapping[str, object] | None],
-) -> R | Replay | InProgress:
-    """Run ``work`` unless ``key`` ran already; ``keep`` gives the answer to replay
-    (None: nothing to keep, say a refusal that may pass later)."""
-    existing = store.begin(key, now, now + timedelta(seconds=ttl_s))
-    if existing is not None:
-        if existing.status:
-            return Replay(existing.body)
-        if (now - existing.created_at).total_seconds() < PENDING_STALE_S:
-            return InProgress()
-        store.abandon(key)
-        return run_once(store, key, now, ttl_s, work, keep)
-    try:
-        result = work()
-    except BaseException:
-        store.abandon(key)
-        raise
-    body = keep(result)
-    if body is None:
-        store.abandon(key)
-    else:
-        store.finish(key, ACCEPTED, body)
-    return result
+@dataclass
+class Held:
+    """A record this request holds: what the key names, what earlier runs recorded."""
+
+    store: IdempotencyStore
+    record: RequestRecord
+    holder: str
+
+    @property
+    def key(self) -> str:
+        return self.record.key
+
+    @property
+    def names(self) -> str:
+        return self.record.names
+
+    @property
+    def intent(self) -> dict[str, Any]:
+        return self.record.intent
+
+    def note(
+        self, intent: dict[str, Any] | None = None, body: dict[str, Any] | None = None
+    ) -> None:
+        """Keep the intent (or the prepared answer) before the step that needs it;
+        TransientError when another request took the record over meanwhile."""
+        if not self.store.note(self.key, self.holder, intent, body):
+            raise TransientError("another request took this one over; it finishes it")
+        if intent is not None:
+            self.record.intent = {**self.record.intent, **intent}
+        if body is not None:
+            self.record.body = body
+
+    def finish(self, body: dict[str, Any]) -> None:
+        self.store.finish(self.key, self.holder, body)
+
+    def let_go(self) -> None:
+        """After a failure: keep what was done, and let a retry resume it at once."""
+        with contextlib.suppress(Exception):  # the lease runs out by itself
+            self.store.let_go(self.key, self.holder)
+
+    def abandon(self) -> None:
+        """A refusal that committed nothing: forget the record (a retry starts afresh)."""
+        self.store.abandon(self.key, self.holder)
+
+
+def hold(
+    store: IdempotencyStore, key: str, names: str, now: datetime, ttl_s: float
+) -> Held | Replay | InProgress:
+    """The key's record, held by this request; or the first answer to replay, or word
+    that another request holds it right now."""
+    holder = new_id("req")
+    record, mine = store.begin(
+        key,
+        names,
+        holder,
+        now,
+        now + timedelta(seconds=ttl_s),
+        timedelta(seconds=REQUEST_LEASE_S),
+    )
+    if record.answered:
+        return Replay(record.body)
+    if not mine:
+        return InProgress()
+    if record.intent:
+        log.info("request resumed", extra={"event": "request_resumed", "batch_id": record.names})
+    return Held(store, record, holder)
 
 
 def scoped_key(caller: str, key: str) -> str:
@@ -68,6 +118,6 @@ def scoped_key(caller: str, key: str) -> str:
     return hashlib.sha256(f"{caller}\0{key}".encode()).hexdigest()
 
 
-def kept_answer(answer: BaseModel) -> dict[str, object]:
+def kept_answer(answer: BaseModel) -> dict[str, Any]:
     """An answer as an idempotency record keeps it, to replay it unchanged."""
     return answer.model_dump(mode="json", by_alias=True, exclude_none=True)

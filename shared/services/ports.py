@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import BinaryIO, Literal, Protocol, TypeVar
+from typing import Any, BinaryIO, Literal, Protocol, TypeVar
 
 from shared.contracts.messages import ExportMessage, JobMessage
 from shared.contracts.sheet_row import Cell
@@ -15,6 +15,7 @@ from shared.domain.batch import Batch
 from shared.domain.economy_batches import EconomyBatch, EconomyBatchState
 from shared.domain.job import Job
 from shared.domain.quota import Limit, Slot
+from shared.domain.request_records import RequestRecord
 
 R = TypeVar("R")
 
@@ -22,7 +23,10 @@ R = TypeVar("R")
 class JobStore(Protocol):
     """Batches and jobs (Firestore in production)."""
 
-    def create_batch(self, batch: Batch, jobs: Sequence[Job]) -> None: ...
+    def create_batch(self, batch: Batch, jobs: Sequence[Job]) -> None:
+        """Record the batch and its jobs; what exists already (an earlier run of the
+        same request recorded it) is kept as it is."""
+        ...
 
     def get_batch(self, batch_id: str) -> Batch | None: ...
 
@@ -38,6 +42,11 @@ class JobStore(Protocol):
 
     def economy_jobs(self, limit: int) -> list[Job]:
         """Unfinished economy-lane jobs, oldest first (some may have pending variants)."""
+        ...
+
+    def unstarted_jobs(self, created_before: datetime, limit: int) -> list[Job]:
+        """Live jobs still queued (no delivery started them) made before
+        ``created_before``, oldest first."""
         ...
 
     def scene_jobs(self, spreadsheet_id: str, scene_id: str) -> list[Job]:
@@ -86,17 +95,28 @@ class Usage:
 
 
 class BudgetLedger(Protocol):
-    """Per-caller daily usage, reserved atomically before jobs are recorded."""
+    """Per-caller daily usage (``shared/domain/daily_usage.py``): a reservation before
+    anything is recorded, then each image's settlement; every change once per key."""
 
     def usage(self, caller: str, day: str) -> Usage: ...
 
     def reserve(
-        self, caller: str, day: str, images: int, cost: Decimal, image_cap: int, cost_cap: Decimal
+        self,
+        caller: str,
+        day: str,
+        key: str,
+        images: int,
+        cost: Decimal,
+        image_cap: int,
+        cost_cap: Decimal,
     ) -> tuple[bool, Usage]:
-        """Add to the day's usage unless a cap would be passed; returns (ok, usage before)."""
+        """Reserve ``key`` unless a cap would be passed (a key reserved already answers
+        yes, adding nothing); returns (ok, usage before)."""
         ...
 
-    def refund(self, caller: str, day: str, images: int, cost: Decimal) -> None: ...
+    def release(self, caller: str, day: str, key: str) -> None:
+        """Give reservation ``key`` back, if it was made and not given back yet."""
+        ...
 
     def settle(self, caller: str, day: str, key: str, images: int, cost: Decimal) -> None:
         """Correct the day's usage by ``images``/``cost`` (often negative) once per ``key``:
@@ -105,26 +125,43 @@ class BudgetLedger(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class StoredAnswer:
-    """An idempotency record: ``status`` 0 while the first request is still running."""
-
-    status: int
-    body: Mapping[str, object]
-    created_at: datetime
-
-
 class IdempotencyStore(Protocol):
-    """First answers of live batches, by idempotency key."""
+    """Records of requests that create something, by idempotency key
+    (``shared/domain/request_records.py``)."""
 
-    def begin(self, key: str, now: datetime, expires_at: datetime) -> StoredAnswer | None:
-        """Create a pending record; None if we did, else the record already there."""
+    def begin(
+        self,
+        key: str,
+        names: str,
+        holder: str,
+        now: datetime,
+        expires_at: datetime,
+        lease: timedelta,
+    ) -> tuple[RequestRecord, bool]:
+        """The key's record (made, naming ``names``, if there is none) and whether
+        ``holder`` holds it now."""
         ...
 
-    def finish(self, key: str, status: int, body: Mapping[str, object]) -> None: ...
+    def note(
+        self,
+        key: str,
+        holder: str,
+        intent: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> bool:
+        """Record the intent or the prepared answer while ``holder`` holds the record."""
+        ...
 
-    def abandon(self, key: str) -> None:
-        """Forget a pending record whose request ended without an answer to keep."""
+    def finish(self, key: str, holder: str, body: dict[str, Any]) -> bool: ...
+
+    def let_go(self, key: str, holder: str) -> None: ...
+
+    def abandon(self, key: str, holder: str) -> None:
+        """Forget the record of a request that did nothing to keep (a refusal)."""
+        ...
+
+    def stale(self, now: datetime, limit: int) -> list[RequestRecord]:
+        """Unanswered records nobody holds any more (their lease ran out), oldest first."""
         ...
 
 

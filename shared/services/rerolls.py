@@ -12,13 +12,15 @@ from decimal import Decimal
 from shared.config.settings import Settings
 from shared.contracts.answers import RerollAccepted
 from shared.contracts.messages import JobMessage
-from shared.domain import lifecycle, pricing, versions
-from shared.domain.ids import utcnow
+from shared.domain import pricing, versions
+from shared.domain.errors import TransientError
+from shared.domain.ids import new_id, utcnow
 from shared.domain.job import Job, money
 from shared.domain.versions import VersionRequest
+from shared.services import once
 from shared.services.daily_budget import OverBudget, reserve
 from shared.services.ledger import JobLedger
-from shared.services.once import InProgress, Replay, kept_answer, run_once, scoped_key
+from shared.services.once import InProgress, kept_answer, scoped_key
 from shared.services.ports import BudgetLedger, IdempotencyStore, JobPublisher, JobStore
 
 log = logging.getLogger(__name__)
@@ -66,23 +68,32 @@ class Rerolls:
         admin: bool = False,
         idempotency_key: str | None = None,
     ) -> RerollOutcome | None:
-        """A new version of variant ``n``, once per idempotency key; None if the job
-        or variant is missing or the job someone else's."""
+        """A new version of variant ``n``, once per idempotency key (a retry after any
+        failure finishes the first request's version); None if the job or variant is
+        missing or the job someone else's."""
         job = self.store.get_job(job_id)
         if job is None or (job.caller != caller and not admin) or str(n) not in job.variants:
             return None
-        if idempotency_key is None:
-            return self._request(job, n, instruction, caller)
-        outcome = run_once(
-            self.idempotency,
-            scoped_key(caller, f"reroll:{job_id}:{n}:{idempotency_key}"),
-            self.clock(),
-            self.settings.idempotency_ttl_s,
-            lambda: self._request(job, n, instruction, caller),
-            lambda done: kept_answer(done.answer) if isinstance(done, Queued) else None,
+        # Without a key, each request is a new version (its record only lets the
+        # sweeper finish or undo it).
+        asked = idempotency_key or new_id("once")
+        key = scoped_key(caller, f"reroll:{job_id}:{n}:{asked}")
+        held = once.hold(
+            self.idempotency, key, f"{job_id}#{n}", self.clock(), self.settings.idempotency_ttl_s
         )
-        if isinstance(outcome, Replay):
-            return Queued(RerollAccepted.model_validate(outcome.body), replay=True)
+        if isinstance(held, once.Replay):
+            return Queued(RerollAccepted.model_validate(held.body), replay=True)
+        if isinstance(held, once.InProgress):
+            return held
+        try:
+            outcome = self._request(job, n, instruction, caller, held)
+        except BaseException:
+            held.let_go()
+            raise
+        if isinstance(outcome, Queued):
+            held.finish(kept_answer(outcome.answer))
+        else:
+            held.abandon()
         return outcome
 
     def _price(self, job: Job, instruction: str | None) -> Decimal:
@@ -104,47 +115,55 @@ class Rerolls:
         ).per_image
 
     def _request(
-        self, job: Job, n: int, instruction: str | None, caller: str
+        self, job: Job, n: int, instruction: str | None, caller: str, held: once.Held
     ) -> Queued | Refused | OverBudget:
         cfg = self.settings
-        price = self._price(job, instruction)
-        now = self.clock()
-        day = now.strftime("%Y-%m-%d")
-        ok, budget = reserve(self.budget, cfg, caller, day, 1, price)
+        intent = held.intent
+        price = Decimal(str(intent["price"])) if intent else self._price(job, instruction)
+        day = str(intent.get("day") or self.clock().strftime("%Y-%m-%d"))
+        seed = int(intent.get("seed") or self.seeds())
+        # The intent first: whoever finds this record (a retry, the sweeper) knows what
+        # the next step reserves, and where to give it back.
+        held.note(
+            intent={
+                "kind": "reroll",
+                "caller": caller,
+                "day": day,
+                "job_id": job.job_id,
+                "variant": n,
+                "instruction": instruction,
+                "seed": seed,
+                "price": money(price),
+            }
+        )
+        key = reservation_key(held.key)
+        ok, budget = reserve(self.budget, cfg, caller, day, key, 1, price)
         if not ok:
             return OverBudget(
                 budget,
                 f"a new version costs ${money(price)}; today {budget.images_remaining} images "
                 f"and ${budget.cost_remaining_usd} remain",
             )
-        wanted = VersionRequest(instruction, self.seeds(), caller, day, money(price))
-        try:
-            added = self.ledger.apply(
-                job.job_id, lambda j: versions.add_version(j, n, wanted, self.clock())
-            ).value
-        except BaseException:
-            self.budget.refund(caller, day, 1, price)
-            raise
+        wanted = VersionRequest(instruction, seed, caller, day, money(price), held.key)
+        added = self.ledger.apply(
+            job.job_id, lambda j: versions.add_version(j, n, wanted, self.clock())
+        ).value
         if added.version is None:
-            self.budget.refund(caller, day, 1, price)
+            self.budget.release(caller, day, key)
             return Refused(added.refusal or "no new version now")
         number = added.version
-        message = JobMessage(
+        answer = RerollAccepted(
             job_id=job.job_id,
-            batch_id=job.batch_id,
-            scene_id=job.scene_id,
             variant=n,
             version=number,
+            kind="edit" if instruction else "reroll",
+            instruction=instruction,
+            state="queued",
+            price_per_image_usd=money(price),
+            budget=budget,
         )
-        attributes = {"batch_id": job.batch_id, "caller": caller, "reason": "reroll"}
-        error = self.publisher.publish([(message, attributes)]).get(job.job_id)
-        if error is not None:
-            # The failed version gives its reservation back (the ledger settles it).
-            reason = f"could not be queued: {error}"
-            self.ledger.apply(
-                job.job_id,
-                lambda j: lifecycle.variant_failed(j, n, reason, self.clock(), version=number),
-            )
+        held.note(body=kept_answer(answer))
+        publish_version(self.publisher, job, n, number, caller)
         log.info(
             "version requested",
             extra={
@@ -152,19 +171,23 @@ class Rerolls:
                 "variant": n,
                 "version": number,
                 "event": "version_requested",
-                "error": error,
             },
         )
-        return Queued(
-            RerollAccepted(
-                job_id=job.job_id,
-                variant=n,
-                version=number,
-                kind="edit" if instruction else "reroll",
-                instruction=instruction,
-                state="failed" if error else "queued",
-                error=error,
-                price_per_image_usd=money(price),
-                budget=budget,
-            )
-        )
+        return Queued(answer)
+
+
+def reservation_key(request_key: str) -> str:
+    """Under which key a re-roll's image is reserved on the caller's day."""
+    return f"reroll:{request_key[:32]}"
+
+
+def publish_version(publisher: JobPublisher, job: Job, n: int, number: int, caller: str) -> None:
+    """Hand version ``number`` of variant ``n`` to the generate function; TransientError
+    (the request is retried, or finished by the sweeper) when it did not go out."""
+    message = JobMessage(
+        job_id=job.job_id, batch_id=job.batch_id, scene_id=job.scene_id, variant=n, version=number
+    )
+    attributes = {"batch_id": job.batch_id, "caller": caller, "reason": "reroll"}
+    error = publisher.publish([(message, attributes)]).get(job.job_id)
+    if error is not None:
+        raise TransientError(f"the new version could not be queued yet: {error}")

@@ -155,7 +155,7 @@ def test_versions_are_refused_while_the_variant_is_made_or_without_an_image() ->
 
 def test_the_ledger_gives_back_each_cancelled_image_once() -> None:
     store, budget = FakeJobStore(), FakeBudgetLedger()
-    budget.reserve("alice", DAY, 3, Decimal("0.2010"), 100, Decimal(100))
+    budget.reserve("alice", DAY, "batch:bat_1", 3, Decimal("0.2010"), 100, Decimal(100))
     job = make_job(variant_count=3, budget_day=DAY)
     job, _ = lifecycle.claim(job, 1, "clm_a", T0, LEASE, 3)
     assert job is not None
@@ -185,7 +185,7 @@ def test_a_cancelled_later_version_is_settled_on_its_own_key_and_day() -> None:
     job.variant(1).settled = True
     job.state = lifecycle.derive_state(job)
     later = "2026-12-02"
-    budget.reserve("bob", later, 1, Decimal("0.0700"), 100, Decimal(100))
+    budget.reserve("bob", later, "batch:bat_1", 1, Decimal("0.0700"), 100, Decimal(100))
     wanted = VersionRequest(None, 7, "bob", later, "0.0700")
     job, _ = versions.add_version(job, 1, wanted, T0)
     assert job is not None
@@ -219,7 +219,7 @@ def test_a_reroll_is_settled_from_its_estimate_to_its_cost_under_its_version_key
     job = mark_done(make_job(variant_count=1, budget_day=DAY), 1)
     job.variant(1).settled = True
     job.state = lifecycle.derive_state(job)
-    budget.reserve("alice", DAY, 1, Decimal("0.0670"), 100, Decimal(100))
+    budget.reserve("alice", DAY, "batch:bat_1", 1, Decimal("0.0670"), 100, Decimal(100))
     job, _ = versions.add_version(job, 1, request(), T0)
     assert job is not None
     store.add(job)
@@ -239,7 +239,7 @@ def test_a_refund_interrupted_before_it_was_recorded_is_finished_once_later(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     store, budget = FakeJobStore(), FakeBudgetLedger()
-    budget.reserve("alice", DAY, 2, Decimal("0.1340"), 100, Decimal(100))
+    budget.reserve("alice", DAY, "batch:bat_1", 2, Decimal("0.1340"), 100, Decimal(100))
     store.add(make_job(budget_day=DAY))
     ledger = JobLedger(store, budget=budget)
     writes = {"n": 0}

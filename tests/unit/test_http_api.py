@@ -275,11 +275,11 @@ def test_live_batch_is_accepted(
     assert "Idempotent-Replay" not in response.headers
     answer = response.get_json()
     assert answer["batch_id"] == "bat_1"
-    assert [j["job_id"] for j in answer["jobs"]] == ["job_2", "job_3"]
+    assert [j["job_id"] for j in answer["jobs"]] == ["job_1_1", "job_1_2"]
     assert answer["unpublished"] == []
-    assert sorted(store.job_ids) == ["job_2", "job_3"]
-    assert store.job("job_2").caller == "alice"
-    assert [m.job_id for m, _ in publisher.published] == ["job_2", "job_3"]
+    assert sorted(store.job_ids) == ["job_1_1", "job_1_2"]
+    assert store.job("job_1_1").caller == "alice"
+    assert [m.job_id for m, _ in publisher.published] == ["job_1_1", "job_1_2"]
     assert publisher.published[0][1]["caller"] == "alice"
 
 

@@ -90,7 +90,7 @@ def batch_of(*jobs: Job, caller: str = "alice") -> Batch:
 def test_cancel_of_a_batch_cancels_each_job_gives_back_and_queues_row_updates(
     store: FakeJobStore, budget: FakeBudgetLedger, publisher: FakePublisher, clock: FakeClock
 ) -> None:
-    budget.reserve("alice", DAY, 3, PRICE * 3, 100, Decimal(100))
+    budget.reserve("alice", DAY, "batch:bat_1", 3, PRICE * 3, 100, Decimal(100))
     # Jobs as intake records them: reserved on the day (the ledger settles only those).
     first = make_job(job_id="job_1", budget_day=DAY)
     lease = timedelta(seconds=60)
@@ -160,22 +160,31 @@ def test_a_reroll_that_cannot_be_made_gives_the_budget_back(
     refused = rerolls.request("job_1", 1, "brighter", "alice")
     assert isinstance(refused, Refused) and "still being made" in refused.message
     assert budget.used[("alice", DAY)].images == 0 and publisher.published == []
-    budget.reserve("alice", DAY, 5, PRICE * 5, 100, Decimal(100))
+    budget.reserve("alice", DAY, "batch:bat_1", 5, PRICE * 5, 100, Decimal(100))
     store.add(done_job(job_id="job_2"))
     over = rerolls.request("job_2", 1, None, "alice")
     assert isinstance(over, OverBudget) and over.budget.images_remaining == 0
     assert store.job("job_2").variant(1).versions == []
 
 
-def test_a_reroll_that_cannot_be_queued_fails_its_version_and_is_refunded(
+def test_a_reroll_that_cannot_be_queued_yet_is_finished_by_its_retry(
     rerolls: Rerolls, store: FakeJobStore, budget: FakeBudgetLedger, publisher: FakePublisher
 ) -> None:
     store.add(done_job())
     publisher.fail["job_1"] = "pubsub down"
-    answer = rerolls.request("job_1", 1, None, "alice")
-    assert isinstance(answer, Queued) and answer.answer.state == "failed"
-    assert store.job("job_1").variant(1).versions[0].state == VariantState.FAILED
-    assert budget.used[("alice", DAY)].images == 0
+    with pytest.raises(TransientError, match="could not be queued yet: pubsub down"):
+        rerolls.request("job_1", 1, None, "alice", idempotency_key="k1")
+    # The version is recorded and reserved once; nothing is failed or given back.
+    (version,) = store.job("job_1").variant(1).versions
+    assert version.state == VariantState.PENDING
+    assert budget.used[("alice", DAY)].images == 1
+    del publisher.fail["job_1"]
+    answer = rerolls.request("job_1", 1, None, "alice", idempotency_key="k1")
+    assert isinstance(answer, Queued) and not answer.replay
+    assert answer.answer.version == 2 and answer.answer.state == "queued"
+    assert len(store.job("job_1").variant(1).versions) == 1
+    assert budget.used[("alice", DAY)].images == 1
+    assert [(m.variant, m.version) for m, _ in publisher.published] == [(1, 2)]
 
 
 # --------------------------------------------------------------------------- generation
@@ -537,7 +546,7 @@ def test_reroll_refusals_map_to_409_and_429(
     store.add(make_job())
     assert app.post("/jobs/job_1/variants/1:reroll", headers=ALICE).json["error"] == "not_ready"
     store.add(done_job(job_id="job_2"))
-    budget.reserve("alice", DAY, 3, PRICE * 3, 100, Decimal(100))
+    budget.reserve("alice", DAY, "batch:bat_1", 3, PRICE * 3, 100, Decimal(100))
     over = app.post("/jobs/job_2/variants/1:reroll", headers=ALICE)
     assert over.status_code == 429 and over.json["budget"]["images_remaining"] == 0
 

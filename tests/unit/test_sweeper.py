@@ -1,0 +1,275 @@
+"""The sweeper: requests that died and were never retried end (finished, or their
+reservation given back), and live jobs whose message was lost are published again,
+or fail once too old."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from shared.contracts.links import LinkSigner
+from shared.contracts.requests import BatchRequest, Limits
+from shared.domain import lifecycle
+from shared.domain.job import JobState, VariantState
+from shared.services.intake import Accepted, Intake
+from shared.services.ledger import JobLedger
+from shared.services.once import REQUEST_LEASE_S
+from shared.services.preflight import Preflight
+from shared.services.rerolls import Queued, Rerolls
+from shared.services.sweeper import REPUBLISH_AFTER_S, REPUBLISH_EVERY_S, Sweeper
+from tests.fakes import (
+    IMAGES_BUCKET,
+    T0,
+    FakeBudgetLedger,
+    FakeClock,
+    FakeIdempotencyStore,
+    FakeJobStore,
+    FakeModelDirectory,
+    FakePublisher,
+    make_job,
+    make_settings,
+    mark_done,
+)
+
+DAY = T0.strftime("%Y-%m-%d")
+
+
+class Died(BaseException):
+    """The instance died here: nothing after it runs."""
+
+
+class DyingAt:
+    """Wraps a fake so that one named call kills the instance (once), before or after
+    it does its work."""
+
+    def __init__(self, inner: Any, method: str, after: bool = False) -> None:
+        self._inner, self._method, self._after, self.dead = inner, method, after, False
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._inner, name)
+        if name != self._method or self.dead:
+            return real
+
+        def dying(*args: Any, **kwargs: Any) -> Any:
+            self.dead = True
+            if self._after:
+                real(*args, **kwargs)
+            raise Died
+
+        return dying
+
+
+class Deaf(FakeIdempotencyStore):
+    """A dead instance lets go of nothing: its lease runs out by itself."""
+
+    def let_go(self, key: str, holder: str) -> None:
+        return None
+
+
+def batch_request(*variants: int) -> BatchRequest:
+    return BatchRequest.model_validate(
+        {
+            "items": [
+                {"scene_id": f"sc-{i}", "prompt": f"p{i}", "variants": v}
+                for i, v in enumerate(variants, start=1)
+            ],
+            "runMode": "live",
+            "spreadsheet_id": "sheet123",
+            "worksheet": "Scenes",
+        },
+        context={"limits": Limits(images_bucket=IMAGES_BUCKET)},
+    )
+
+
+@pytest.fixture
+def idem() -> Deaf:
+    return Deaf()
+
+
+@pytest.fixture
+def make_intake(
+    budget: FakeBudgetLedger,
+    idem: Deaf,
+    model_directory: FakeModelDirectory,
+    links: LinkSigner,
+    clock: FakeClock,
+) -> Callable[..., Intake]:
+    counter = itertools.count(1)  # batch ids are never used twice
+
+    def build(store: Any, publisher: Any) -> Intake:
+        return Intake(
+            make_settings(),
+            store,
+            JobLedger(store, budget=budget),
+            publisher,
+            links,
+            budget,
+            idem,
+            Preflight(model_directory, ttl_s=300, monotonic=clock.monotonic),
+            clock=clock,
+            ids=lambda prefix: f"{prefix}_{next(counter)}",
+        )
+
+    return build
+
+
+@pytest.fixture
+def sweeper(
+    store: FakeJobStore,
+    budget: FakeBudgetLedger,
+    idem: Deaf,
+    publisher: FakePublisher,
+    clock: FakeClock,
+) -> Sweeper:
+    return Sweeper(
+        make_settings(), store, JobLedger(store, budget=budget), idem, budget, publisher, clock
+    )
+
+
+def test_a_batch_that_died_after_reserving_and_was_never_retried_gives_its_budget_back(
+    make_intake: Callable[..., Intake],
+    store: FakeJobStore,
+    publisher: FakePublisher,
+    budget: FakeBudgetLedger,
+    idem: Deaf,
+    sweeper: Sweeper,
+    clock: FakeClock,
+) -> None:
+    dying = DyingAt(store, "create_batch")
+    with pytest.raises(Died):
+        make_intake(dying, publisher).submit(batch_request(2, 2), "alice", "k")
+    assert budget.used[("alice", DAY)].images == 4
+    assert sweeper.sweep().requests_undone == 0  # its lease still runs: it may be alive
+    clock.advance(REQUEST_LEASE_S + 1)
+    report = sweeper.sweep()
+    assert (report.requests_undone, report.requests_finished) == (1, 0)
+    assert budget.used[("alice", DAY)].images == 0
+    assert idem.records == {}
+    assert sweeper.sweep().requests_undone == 0  # given back once
+    # A late retry starts afresh (and reserves again, once).
+    answer = make_intake(store, publisher).submit(batch_request(2, 2), "alice", "k")
+    assert isinstance(answer, Accepted)
+    assert budget.used[("alice", DAY)].images == 4
+
+
+def test_a_batch_that_died_after_recording_is_published_and_answered_by_the_sweeper(
+    make_intake: Callable[..., Intake],
+    store: FakeJobStore,
+    publisher: FakePublisher,
+    budget: FakeBudgetLedger,
+    sweeper: Sweeper,
+    clock: FakeClock,
+) -> None:
+    dying = DyingAt(publisher, "publish")
+    with pytest.raises(Died):
+        make_intake(store, dying).submit(batch_request(1, 3), "alice", "k")
+    assert publisher.published == [] and len(store.batches) == 1
+    clock.advance(REQUEST_LEASE_S + 1)
+    assert sweeper.sweep().requests_finished == 1
+    assert sorted(m.job_id for m, _ in publisher.published) == ["job_1_1", "job_1_2"]
+    assert budget.used[("alice", DAY)].images == 4
+    # The client's late retry gets the answer the first run prepared.
+    again = make_intake(store, publisher).submit(batch_request(1, 3), "alice", "k")
+    assert isinstance(again, Accepted) and again.replay
+    assert again.answer.batch_id == "bat_1" and len(store.batches) == 1
+
+
+@pytest.mark.parametrize("death", ["after adding the version", "after reserving"])
+def test_a_reroll_that_died_is_finished_by_its_retry_with_one_version_and_one_reservation(
+    store: FakeJobStore,
+    publisher: FakePublisher,
+    budget: FakeBudgetLedger,
+    idem: Deaf,
+    sweeper: Sweeper,
+    clock: FakeClock,
+    death: str,
+) -> None:
+    """Scenario 4 of the interleavings issue."""
+    job = mark_done(make_job(variant_count=1, budget_day=DAY), 1)
+    job.state = lifecycle.derive_state(job)
+    store.add(job)
+    ledger = JobLedger(store, budget=budget)
+    seeds = itertools.count(100)
+
+    def rerolls(publisher: Any, ledger: Any = ledger) -> Rerolls:
+        return Rerolls(
+            make_settings(), store, ledger, publisher, budget, idem, clock, lambda: next(seeds)
+        )
+
+    if death == "after adding the version":
+        dying: Any = DyingAt(publisher, "publish")
+        with pytest.raises(Died):
+            rerolls(dying).request("job_1", 1, None, "alice", idempotency_key="k")
+    else:
+        dying = DyingAt(ledger, "apply")
+        with pytest.raises(Died):
+            rerolls(publisher, dying).request("job_1", 1, None, "alice", idempotency_key="k")
+    clock.advance(REQUEST_LEASE_S + 1)
+    answer = rerolls(publisher).request("job_1", 1, None, "alice", idempotency_key="k")
+    assert isinstance(answer, Queued) and answer.answer.version == 2
+    (version,) = store.job("job_1").variant(1).versions
+    assert (version.version, version.seed) == (2, 100)  # the first run's seed, kept
+    assert budget.used[("alice", DAY)].images == 1
+    assert [(m.variant, m.version) for m, _ in publisher.published] == [(1, 2)]
+    assert sweeper.sweep().requests_finished == 0  # nothing left to finish
+
+
+def test_a_reroll_that_died_after_adding_its_version_is_published_by_the_sweeper(
+    store: FakeJobStore,
+    publisher: FakePublisher,
+    budget: FakeBudgetLedger,
+    idem: Deaf,
+    sweeper: Sweeper,
+    clock: FakeClock,
+) -> None:
+    job = mark_done(make_job(variant_count=1, budget_day=DAY), 1)
+    job.state = lifecycle.derive_state(job)
+    store.add(job)
+    rerolls = Rerolls(
+        make_settings(),
+        store,
+        JobLedger(store, budget=budget),
+        DyingAt(publisher, "publish"),
+        budget,
+        idem,
+        clock,
+    )
+    with pytest.raises(Died):
+        rerolls.request("job_1", 1, "warmer light", "alice", idempotency_key="k")
+    clock.advance(REQUEST_LEASE_S + 1)
+    assert sweeper.sweep().requests_finished == 1
+    assert [(m.variant, m.version) for m, _ in publisher.published] == [(1, 2)]
+    assert budget.used[("alice", DAY)].images == 1
+
+
+def test_a_live_job_whose_message_was_lost_is_published_again_then_failed_when_too_old(
+    store: FakeJobStore,
+    publisher: FakePublisher,
+    budget: FakeBudgetLedger,
+    sweeper: Sweeper,
+    clock: FakeClock,
+) -> None:
+    store.add(
+        make_job(job_id="job_lost", variant_count=2, budget_day=DAY),
+        make_job(job_id="job_eco", lane="economy"),
+        make_job(job_id="job_going", state=JobState.GENERATING, started_at=T0),
+    )
+    assert sweeper.sweep().jobs_republished == 0  # young: its message may be on its way
+    clock.advance(REPUBLISH_AFTER_S + 1)
+    assert sweeper.sweep().jobs_republished == 1
+    assert [m.job_id for m, _ in publisher.published] == ["job_lost"]
+    assert sweeper.sweep().jobs_republished == 0  # not again at once
+    clock.advance(REPUBLISH_EVERY_S + 1)
+    assert sweeper.sweep().jobs_republished == 1
+    budget.reserve("alice", DAY, "batch:bat_1", 2, Decimal("0.2"), 100, Decimal(100))
+    clock.advance(make_settings().max_event_age_s)
+    assert sweeper.sweep().jobs_failed == 1
+    lost = store.job("job_lost")
+    assert lost.state == JobState.FAILED
+    assert {v.state for v in lost.variants.values()} == {VariantState.FAILED}
+    assert "no delivery started it" in (lost.error or "")
+    assert budget.used[("alice", DAY)].images == 0  # its reservation given back
