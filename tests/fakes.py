@@ -823,6 +823,7 @@ class FakeBatchRunner:
         self.line_delay_s = 0.0
         self.gets = 0
         self.result_reads = 0
+        self.cancels: list[str] = []
 
     def submit(
         self, model: str, display_name: str, lines: Sequence[EconomyLine]
@@ -841,6 +842,11 @@ class FakeBatchRunner:
                 if batch.display_name == display_name:
                     return batch.name
         return None
+
+    def cancel(self, name: str) -> None:
+        with self._lock:
+            self.cancels.append(name)
+            self.batches[name].state = "cancelled"
 
     def progress(self, name: str) -> BatchProgress:
         with self._lock:

@@ -105,7 +105,12 @@ class GeminiBatchRunner:
     def submit(
         self, model: str, display_name: str, lines: Sequence[EconomyLine]
     ) -> tuple[str, bool]:
-        config = types.CreateBatchJobConfig(display_name=display_name)
+        # No retry of the create itself: a lost answer, retried, makes a second batch
+        # (paid, never collected); the next tick finds the first by its display name.
+        config = types.CreateBatchJobConfig(
+            display_name=display_name,
+            http_options=types.HttpOptions(retry_options=types.HttpRetryOptions(attempts=1)),
+        )
         try:
             if inline_size(lines) <= self._inline_max:
                 inline = [
@@ -146,6 +151,12 @@ class GeminiBatchRunner:
         except CALL_ERRORS as exc:
             raise _translated("batch list", exc) from exc
         return None
+
+    def cancel(self, name: str) -> None:
+        try:
+            self._client.batches.cancel(name=name)
+        except CALL_ERRORS as exc:
+            raise _translated("batch cancel", exc) from exc
 
     def progress(self, name: str) -> BatchProgress:
         try:

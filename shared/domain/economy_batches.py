@@ -152,15 +152,29 @@ def release_lease(batch: EconomyBatch, holder: str, now: datetime) -> Step[None]
     return batch, None
 
 
-def submitted(batch: EconomyBatch, name: str, inline: bool, now: datetime) -> Step[None]:
-    """Gemini created the batch: its name, and how its requests were sent."""
+def renew_lease(batch: EconomyBatch, holder: str, now: datetime, lease: timedelta) -> Step[bool]:
+    """Move our lease's end on while we work; False once it is someone else's."""
+    if batch.lease_holder != holder:
+        return None, False
+    batch.lease_expires = now + lease
+    return batch, True
+
+
+def submitted(
+    batch: EconomyBatch, name: str, inline: bool, now: datetime, holder: str
+) -> Step[bool]:
+    """Gemini created the batch: its name, and how its requests were sent. Only the
+    lease holder records it, and only one Gemini batch per record: False for a
+    holder that lost the record (its Gemini batch is an orphan, to be cancelled)."""
     if batch.gemini_name == name:
-        return None, None
+        return None, True
+    if batch.lease_holder != holder or batch.gemini_name is not None:
+        return None, False
     batch.gemini_name = name
     batch.inline = inline
     batch.state = "submitted"
     batch.updated_at = now
-    return batch, None
+    return batch, True
 
 
 def observed(

@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -30,6 +31,7 @@ from shared.domain.errors import NotFound, NotReady, PermanentError, TransientEr
 from shared.domain.ids import new_id, utcnow
 from shared.domain.job import Job, VariantState, money
 from shared.domain.lifecycle import Spent
+from shared.services.heartbeat import Heartbeat, ThreadHeartbeat
 from shared.services.job_references import JobReferences
 from shared.services.ledger import Entries, JobLedger
 from shared.services.ports import (
@@ -83,6 +85,7 @@ class Economy:
     probe: ImageProbe
     clock: Callable[[], datetime] = utcnow
     monotonic: Callable[[], float] = time.monotonic
+    heartbeat: Heartbeat = field(default_factory=ThreadHeartbeat)
     # Who holds leases: one tick (``tick`` runs each call under a new name).
     holder: str = field(default_factory=lambda: f"tick_{uuid.uuid4().hex[:12]}")
 
@@ -136,7 +139,7 @@ class Economy:
             )
             self.batches.create(record)
             try:
-                with self.ledger.entries() as rows:
+                with self._holding(record), self.ledger.entries() as rows:
                     self._send(record, report, rows)
             except TransientError as exc:
                 report.errors.append(f"{record.record_id}: {exc}")
@@ -148,8 +151,9 @@ class Economy:
         self, record: EconomyBatch, report: TickReport, rows: Entries, resumed: bool = False
     ) -> None:
         """Claim the record's variants (idempotent) and create the Gemini batch once."""
-        # After a crash between creating and recording, Gemini has the batch already,
-        # with exactly the lines sent then: nothing is claimed or read again.
+        # After a crash (or a lost answer) between creating and recording, Gemini has
+        # the batch already, with exactly the lines sent then: nothing is claimed or
+        # read again, and no second batch is made.
         found = self.runner.find(record.record_id) if resumed else None
         if found:
             name, inline, sent = found, False, len(record.items)
@@ -160,6 +164,7 @@ class Economy:
                     record.record_id, lambda b: economy_batches.collected(b, self.clock())
                 )
                 return
+            self._still_ours(record)
             try:
                 name, inline = self.runner.submit(record.model, record.record_id, lines)
             except PermanentError as exc:
@@ -167,9 +172,19 @@ class Economy:
                 self._send_on(record, why, report, rows)
                 return
             sent = len(lines)
-        self.batches.update(
-            record.record_id, lambda b: economy_batches.submitted(b, name, inline, self.clock())
+        recorded = self.batches.update(
+            record.record_id,
+            lambda b: economy_batches.submitted(b, name, inline, self.clock(), self.holder),
         )
+        if not recorded:
+            # We lost the record while we submitted (our tick stalled past its lease):
+            # the batch we made is nobody's. Cancelled, so it is neither made nor paid.
+            self.runner.cancel(name)
+            log.warning(
+                "orphan Gemini batch cancelled",
+                extra={**self._ctx(record), "event": "economy_orphan", "object": name},
+            )
+            return
         keys = [parse_key(key) for key in record.items]
         for job_id in dict.fromkeys(key[0] for key in keys if key is not None):
             rows.apply(
@@ -200,8 +215,13 @@ class Economy:
                 partial(economy_batches.batch_claim, n=n, record=record.record_id, now=now),
             )
             variant = applied.job.variant(n)
-            if variant.state == VariantState.BATCHED and variant.gemini_batch == record.record_id:
-                claimed.append((applied.job, n))
+            if variant.state != VariantState.BATCHED or variant.gemini_batch != record.record_id:
+                continue
+            if variant.cancel_requested:
+                # A cancel reached it before Gemini saw it: it ends cancelled, unmade.
+                self._drop(applied.job, n, record, None, report, rows)
+                continue
+            claimed.append((applied.job, n))
         entry = self.settings.catalog.entry(record.model)
         lines: list[EconomyLine] = []
         loaded: dict[str, list[ReferenceImage]] = {}
@@ -212,9 +232,18 @@ class Economy:
             except PermanentError as exc:
                 self._fail(job, n, record, str(exc), report, rows)
                 continue
+            except NotReady as exc:
+                age = (self.clock() - job.created_at).total_seconds()
+                limit = self.settings.max_event_age_s
+                if age > limit:
+                    # An anchor that is never made must not hold the image for ever.
+                    why = f"waited {int(age)} s, over the {limit} s limit: {exc}"
+                    self._fail(job, n, record, why, report, rows)
+                else:
+                    self._drop(job, n, record, None, report, rows)
+                continue
             except TransientError as exc:
-                error = None if isinstance(exc, NotReady) else str(exc)
-                self._drop(job, n, record, error, report, rows)
+                self._drop(job, n, record, str(exc), report, rows)
                 continue
             lines.append(
                 EconomyLine(
@@ -247,7 +276,7 @@ class Economy:
                 continue
             current = self.batches.get(record.record_id) or record
             try:
-                with self.ledger.entries() as rows:
+                with self._holding(current), self.ledger.entries() as rows:
                     if current.state == "claiming":
                         # Its submitter died before recording the Gemini batch.
                         self._send(current, report, rows, resumed=True)
@@ -451,6 +480,31 @@ class Economy:
     @property
     def _lease(self) -> timedelta:
         return timedelta(seconds=self.settings.economy_lease_s)
+
+    def _holding(self, record: EconomyBatch) -> AbstractContextManager[None]:
+        """Renew our lease on the record while we work on it (reading references,
+        submitting, downloading may take minutes), so no other tick takes it over."""
+
+        def renew() -> bool:
+            return bool(
+                self.batches.update(
+                    record.record_id,
+                    partial(
+                        economy_batches.renew_lease,
+                        holder=self.holder,
+                        now=self.clock(),
+                        lease=self._lease,
+                    ),
+                )
+            )
+
+        return self.heartbeat.keep(renew, self.settings.economy_lease_s / 3)
+
+    def _still_ours(self, record: EconomyBatch) -> None:
+        """Right before a Gemini batch is created: the record is still ours."""
+        current = self.batches.get(record.record_id)
+        if current is None or current.lease_holder != self.holder or current.gemini_name:
+            raise TransientError("another tick holds this record now")
 
     def _release(self, record: EconomyBatch) -> None:
         try:

@@ -366,7 +366,9 @@ class BatchRunner(Protocol):
     def submit(
         self, model: str, display_name: str, lines: Sequence[EconomyLine]
     ) -> tuple[str, bool]:
-        """Create the batch; (its name, whether its requests were sent inline)."""
+        """Create the batch; (its name, whether its requests were sent inline). Never
+        retried inside: an answer lost on the way may mean a batch that exists (look
+        for it with ``find`` before creating another)."""
         ...
 
     def find(self, display_name: str) -> str | None:
@@ -374,6 +376,10 @@ class BatchRunner(Protocol):
         ...
 
     def progress(self, name: str) -> BatchProgress: ...
+
+    def cancel(self, name: str) -> None:
+        """Cancel a batch nobody will collect (created by a holder that lost its record)."""
+        ...
 
     def results(self, name: str, each: Callable[[LineResult], None]) -> None:
         """Hand each line of a succeeded batch to ``each`` as it is read (one image

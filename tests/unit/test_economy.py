@@ -23,6 +23,7 @@ from tests.fakes import (
     IMAGES_BUCKET,
     T0,
     FakeBatchRunner,
+    FakeBudgetLedger,
     FakeClock,
     FakeEconomyBatches,
     FakeJobStore,
@@ -36,6 +37,7 @@ from tests.fakes import (
 
 Build = Callable[..., Economy]
 REF = ReferenceImage(b"\x89PNG reference", "image/png")
+DAY = T0.strftime("%Y-%m-%d")
 
 
 @pytest.fixture
@@ -557,3 +559,125 @@ def _lease() -> Any:
     from datetime import timedelta
 
     return timedelta(seconds=300)
+
+
+# --------------------------------------------------------------------------- interleavings
+
+
+class CancelWhileReading(FakeReferenceLoader):
+    """A cancel lands while the tick reads the references of its request lines."""
+
+    def __init__(self, cancel: Callable[[], None]) -> None:
+        super().__init__()
+        self.cancel = cancel
+        self.done = False
+
+    def load(self, url: str) -> list[ReferenceImage]:
+        if not self.done:
+            self.done = True
+            self.cancel()
+        return [REF]
+
+
+def test_a_cancel_reaches_variants_claimed_into_our_record_but_not_yet_sent(
+    ledger: JobLedger,
+    store: FakeJobStore,
+    economy_batches: FakeEconomyBatches,
+    runner: FakeBatchRunner,
+    objects: FakeObjectStore,
+    publisher: FakePublisher,
+    budget: FakeBudgetLedger,
+    clock: FakeClock,
+) -> None:
+    """Scenario 5: a submit that failed, then a cancel, then the resumed submit."""
+    store.add(
+        economy_job("job_a", 2, budget_day=DAY, ref_pack_public_url="https://x.test/a.png"),
+        economy_job("job_b", 1, budget_day=DAY, ref_pack_public_url="https://x.test/b.png"),
+    )
+    budget.reserve("alice", DAY, "batch:bat_1", 3, Decimal("0.1005"), 100, Decimal(100))
+    loader = CancelWhileReading(lambda: None)
+
+    def economy() -> Economy:
+        return Economy(
+            settings=make_settings(),
+            ledger=ledger,
+            store=store,
+            batches=economy_batches,
+            runner=runner,
+            references=loader,
+            objects=objects,
+            publisher=publisher,
+            probe=image_mime,
+            clock=clock,
+            monotonic=clock.monotonic,
+        )
+
+    runner.submit_error = TransientError("Gemini 503")
+    economy().tick()  # claimed into our record; the submit failed
+    assert {store.job("job_a").variant(n).state for n in (1, 2)} == {VariantState.BATCHED}
+    ledger.apply("job_a", lambda j: cancellation.cancel(j, "alice", clock()))
+    runner.submit_error = None
+    clock.advance(make_settings().economy_lease_s + 1)
+    economy().tick()  # resumes the record
+    (batch,) = runner.batches.values()
+    assert [line.key for line in batch.lines] == ["job_b/1"]  # nothing of the cancelled job
+    job_a = store.job("job_a")
+    assert {job_a.variant(n).state for n in (1, 2)} == {VariantState.CANCELLED}
+    assert job_a.state == JobState.CANCELLED
+    assert budget.used[("alice", DAY)].images == 1  # only job_b's image stays reserved
+
+
+def test_a_tick_that_lost_its_record_while_submitting_cancels_its_orphan_batch(
+    make_economy: Build,
+    store: FakeJobStore,
+    economy_batches: FakeEconomyBatches,
+    runner: FakeBatchRunner,
+    clock: FakeClock,
+) -> None:
+    """Scenario 6: a tick stalls past its lease mid-submit; the next resumes the record."""
+    store.add(economy_job("job_a", 2))
+    # The stalled tick: it holds the record, then stalls before its submit.
+    first = make_economy()
+    record_ids: list[str] = []
+    original = runner.submit
+
+    def slow_submit(model: str, display_name: str, lines: Any) -> tuple[str, bool]:
+        if not record_ids:
+            record_ids.append(display_name)
+            clock.advance(make_settings().economy_lease_s + 1)
+            # The next tick finds the record's lease run out, resumes it, submits first.
+            make_economy().tick()
+        return original(model, display_name, lines)
+
+    runner.submit = slow_submit  # type: ignore[method-assign]
+    first.tick()
+    runner.submit = original  # type: ignore[method-assign]
+    # Two Gemini batches were made, but only one is the record's; the other is cancelled.
+    assert len(runner.batches) == 2
+    (record,) = economy_batches.records.values()
+    assert record.gemini_name is not None
+    (orphan,) = [name for name in runner.batches if name != record.gemini_name]
+    assert runner.cancels == [orphan]
+    job = store.job("job_a")
+    assert [r.name for r in job.gemini_batches] == [record.gemini_name]
+
+
+def test_an_economy_image_waiting_for_an_anchor_that_never_ends_fails_at_the_age_limit(
+    make_economy: Build,
+    store: FakeJobStore,
+    runner: FakeBatchRunner,
+    clock: FakeClock,
+) -> None:
+    """Scenario 7."""
+    stuck = make_job(job_id="job_src", scene_id="src", variant_count=1)
+    stuck.variant(1).state = VariantState.GENERATING  # its holder died; it never ends here
+    store.add(stuck, economy_job("job_a", 1, style_refs=["scene:src#1"]))
+    make_economy().tick()
+    assert store.job("job_a").variant(1).state == VariantState.PENDING  # a wait
+    clock.advance(make_settings().max_event_age_s + 1)
+    make_economy().tick()
+    job = store.job("job_a")
+    assert job.variant(1).state == VariantState.FAILED
+    assert "over the 43200 s limit" in (job.variant(1).error or "")
+    assert "not made yet" in (job.variant(1).error or "")
+    assert runner.batches == {}
