@@ -1,7 +1,8 @@
 """Scheduled entry point (Cloud Scheduler, OIDC-authenticated; a loop in the dev
-stack): one tick of the economy lane (submits pending economy variants in Gemini
-batches, collects the batches Gemini finished), then a sweep (finishes requests
-nobody retried, publishes live jobs whose message was lost)."""
+stack): a sweep (ends what nobody retried: requests, lost messages, jobs past their
+age limit, follow-ups a dead delivery left), then one tick of the economy lane
+(submits pending economy variants in Gemini batches, collects the batches Gemini
+finished)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ def run_economy(request: flask.Request) -> flask.Response:
     report and retried by the next tick); 500 only for a bug, which is logged."""
     setup_logging()
     try:
-        report = wiring.economy().tick()
+        # The sweep first: it is short and bounded, and must not wait on a long tick.
         swept = wiring.sweeper().sweep()
+        report = wiring.economy().tick()
     except Exception:
         log.exception("economy tick failed")
         return _json(500, {"error": "internal", "message": "the tick failed; it has been logged"})

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from shared.adapters.gcs_store import GcsObjectStore
     from shared.adapters.gemini import Backend
     from shared.adapters.identity import Authenticator
-    from shared.adapters.pubsub_publisher import PubSubJobPublisher
+    from shared.adapters.pubsub_publisher import PubSubExportPublisher, PubSubJobPublisher
     from shared.adapters.references import PackReferenceLoader
     from shared.services.cancels import Cancels
     from shared.services.dead_letters import DeadLetters
@@ -250,12 +250,18 @@ def rerolls() -> Rerolls:
 
 @lru_cache(maxsize=1)
 def exports() -> Exports:
-    from shared.adapters.pubsub_publisher import PubSubExportPublisher
     from shared.services.exports import Exports
+
+    return Exports(job_store(), export_publisher(), link_signer())
+
+
+@lru_cache(maxsize=1)
+def export_publisher() -> PubSubExportPublisher:
+    from shared.adapters.pubsub_publisher import PubSubExportPublisher
 
     client = publisher_client()
     topic = client.topic_path(settings().google_cloud_project, settings().exports_topic)
-    return Exports(job_store(), PubSubExportPublisher(client, topic), link_signer())
+    return PubSubExportPublisher(client, topic)
 
 
 @lru_cache(maxsize=1)
@@ -372,5 +378,11 @@ def sweeper() -> Sweeper:
     from shared.services.sweeper import Sweeper
 
     return Sweeper(
-        settings(), job_store(), ledger(), idempotency_store(), budget_ledger(), job_publisher()
+        settings(),
+        job_store(),
+        ledger(),
+        idempotency_store(),
+        budget_ledger(),
+        job_publisher(),
+        export_publisher(),
     )

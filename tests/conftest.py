@@ -90,13 +90,13 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store() -> FakeJobStore:
-    return FakeJobStore()
+def store(idempotency: FakeIdempotencyStore) -> FakeJobStore:
+    return FakeJobStore(requests=idempotency)
 
 
 @pytest.fixture
-def budget() -> FakeBudgetLedger:
-    return FakeBudgetLedger()
+def budget(idempotency: FakeIdempotencyStore) -> FakeBudgetLedger:
+    return FakeBudgetLedger(requests=idempotency)
 
 
 @pytest.fixture

@@ -32,6 +32,8 @@ from shared.domain.request_records import RequestRecord
 from shared.services.ports import (
     BatchProgress,
     EconomyLine,
+    Fence,
+    FencedOut,
     FoundObject,
     GeneratedImage,
     LineResult,
@@ -186,6 +188,18 @@ class ManualHeartbeat:
         return [renew() for renew in list(self.active)]
 
 
+def _copy(job: Job) -> Job:
+    """An independent copy (as a read from a store gives), faster than deepcopy."""
+    return Job.model_validate(job.model_dump())
+
+
+def _check_fence(requests: FakeIdempotencyStore | None, fence: Fence) -> None:
+    """What Firestore's commit with the record's precondition refuses."""
+    record = requests.records.get(fence.key) if requests is not None else None
+    if record is None or record.holder != fence.holder or record.answered:
+        raise FencedOut(f"the request no longer holds its record {fence.key[:12]}")
+
+
 # --------------------------------------------------------------------------- job store
 
 
@@ -196,10 +210,12 @@ class FakeJobStore:
     touch the data, outside the lock, so tests can interleave deliveries.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, requests: FakeIdempotencyStore | None = None) -> None:
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self.batches: dict[str, Batch] = {}
+        # Where fenced writes check the request's record (as Firestore commits both).
+        self.requests = requests
         self.created: list[tuple[Batch, list[Job]]] = []
         self.calls: list[tuple[str, str]] = []
         self.updates: list[tuple[str, bool]] = []  # (job_id, whether it was written)
@@ -208,24 +224,30 @@ class FakeJobStore:
     def add(self, *jobs: Job) -> None:
         with self._lock:
             for job in jobs:
-                self._jobs[job.job_id] = job.model_copy(deep=True)
+                self._jobs[job.job_id] = _copy(job)
 
     def job(self, job_id: str) -> Job:
         """The stored job (a copy) for assertions; KeyError if missing."""
         with self._lock:
-            return self._jobs[job_id].model_copy(deep=True)
+            return _copy(self._jobs[job_id])
 
     @property
     def job_ids(self) -> list[str]:
         with self._lock:
             return list(self._jobs)
 
-    def create_batch(self, batch: Batch, jobs: Sequence[Job]) -> None:
+    def _check(self, fence: Fence | None) -> None:
+        if fence is not None:
+            _check_fence(self.requests, fence)
+
+    def create_batch(self, batch: Batch, jobs: Sequence[Job], fence: Fence | None = None) -> None:
         with self._lock:
             self.calls.append(("create_batch", batch.batch_id))
-            self.created.append((batch.model_copy(deep=True), [j.model_copy() for j in jobs]))
+            if batch.batch_id not in self.batches:
+                self._check(fence)
+            self.created.append((batch.model_copy(deep=True), [_copy(j) for j in jobs]))
             for job in jobs:
-                self._jobs.setdefault(job.job_id, job.model_copy(deep=True))
+                self._jobs.setdefault(job.job_id, _copy(job))
             self.batches.setdefault(batch.batch_id, batch.model_copy(deep=True))
 
     def get_batch(self, batch_id: str) -> Batch | None:
@@ -237,13 +259,13 @@ class FakeJobStore:
     def get_jobs(self, job_ids: Sequence[str]) -> list[Job]:
         with self._lock:
             self.calls.append(("get_jobs", ",".join(job_ids)))
-            return [self._jobs[j].model_copy(deep=True) for j in job_ids if j in self._jobs]
+            return [_copy(self._jobs[j]) for j in job_ids if j in self._jobs]
 
     def scene_jobs(self, spreadsheet_id: str, scene_id: str) -> list[Job]:
         with self._lock:
             self.calls.append(("scene_jobs", f"{spreadsheet_id}/{scene_id}"))
             return [
-                job.model_copy(deep=True)
+                _copy(job)
                 for job in self._jobs.values()
                 if job.spreadsheet_id == spreadsheet_id and job.scene_id == scene_id
             ]
@@ -263,7 +285,7 @@ class FakeJobStore:
         with self._lock:
             self.calls.append(("active_jobs", f"{spreadsheet_id}/{worksheet}"))
             return [
-                job.model_copy(deep=True)
+                _copy(job)
                 for job in self._jobs.values()
                 if job.spreadsheet_id == spreadsheet_id
                 and job.worksheet == worksheet
@@ -282,9 +304,14 @@ class FakeJobStore:
         with self._lock:
             self.calls.append(("get_job", job_id))
             job = self._jobs.get(job_id)
-            return job.model_copy(deep=True) if job else None
+            return _copy(job) if job else None
 
-    def update_job(self, job_id: str, change: Callable[[Job], tuple[Job | None, R]]) -> R:
+    def update_job(
+        self,
+        job_id: str,
+        change: Callable[[Job], tuple[Job | None, R]],
+        fence: Fence | None = None,
+    ) -> R:
         if self.hook is not None:
             self.hook("update_job", job_id)
         with self._lock:
@@ -292,8 +319,9 @@ class FakeJobStore:
             current = self._jobs.get(job_id)
             if current is None:
                 raise NotFound(f"job {job_id} does not exist")
-            updated, result = change(current.model_copy(deep=True))
+            updated, result = change(_copy(current))
             if updated is not None:
+                self._check(fence)
                 self._jobs[job_id] = Job.from_doc(updated.to_doc())
             self.updates.append((job_id, updated is not None))
             return result
@@ -302,7 +330,7 @@ class FakeJobStore:
         with self._lock:
             self.calls.append(("economy_jobs", str(limit)))
             jobs = [
-                job.model_copy(deep=True)
+                _copy(job)
                 for job in self._jobs.values()
                 if job.lane == "economy" and job.state in (JobState.QUEUED, JobState.GENERATING)
             ]
@@ -312,7 +340,7 @@ class FakeJobStore:
         with self._lock:
             self.calls.append(("unstarted_jobs", str(limit)))
             jobs = [
-                job.model_copy(deep=True)
+                _copy(job)
                 for job in self._jobs.values()
                 if job.lane == "live"
                 and job.state == JobState.QUEUED
@@ -320,10 +348,41 @@ class FakeJobStore:
             ]
         return sorted(jobs, key=lambda j: (j.created_at, j.job_id))[:limit]
 
+    def overdue_jobs(self, created_before: datetime, limit: int) -> list[Job]:
+        with self._lock:
+            self.calls.append(("overdue_jobs", str(limit)))
+            jobs = [
+                _copy(job)
+                for job in self._jobs.values()
+                if job.lane == "live"
+                and job.state == JobState.GENERATING
+                and job.created_at < created_before
+            ]
+        return sorted(jobs, key=lambda j: (j.created_at, j.job_id))[:limit]
+
+    def queued_exports(self, limit: int) -> list[Batch]:
+        with self._lock:
+            self.calls.append(("queued_exports", str(limit)))
+            return [
+                batch.model_copy(deep=True)
+                for batch in self.batches.values()
+                if batch.export is not None and batch.export.state == "queued"
+            ][:limit]
+
+    def unfollowed_jobs(self, changed_before: datetime, limit: int) -> list[Job]:
+        with self._lock:
+            self.calls.append(("unfollowed_jobs", str(limit)))
+            jobs = [
+                _copy(job)
+                for job in self._jobs.values()
+                if job.followups_since is not None and job.followups_since < changed_before
+            ]
+        return sorted(jobs, key=lambda j: (j.followups_since or j.created_at, j.job_id))[:limit]
+
     def mutate(self, job_id: str, fn: Callable[[Job], None]) -> None:
         """Test-side edit of a stored job (bypasses the call log)."""
         with self._lock:
-            job = self._jobs[job_id].model_copy(deep=True)
+            job = _copy(self._jobs[job_id])
             fn(job)
             self._jobs[job_id] = job
 
@@ -334,10 +393,12 @@ class FakeJobStore:
 class FakeBudgetLedger:
     """BudgetLedger in memory, on the same transitions as the Firestore adapter."""
 
-    def __init__(self) -> None:
+    def __init__(self, requests: FakeIdempotencyStore | None = None) -> None:
         self._lock = threading.Lock()
         self.days: dict[tuple[str, str], DailyUsage] = {}
         self.calls: list[tuple[Any, ...]] = []
+        # Where fenced writes check the request's record (as Firestore commits both).
+        self.requests = requests
 
     @property
     def used(self) -> _UsedView:
@@ -376,9 +437,12 @@ class FakeBudgetLedger:
         cost: Decimal,
         image_cap: int,
         cost_cap: Decimal,
+        fence: Fence | None = None,
     ) -> tuple[bool, Usage]:
         with self._lock:
             self.calls.append(("reserve", caller, day, images, cost, image_cap, cost_cap))
+            if fence is not None and key not in self._day(caller, day).reservations:
+                _check_fence(self.requests, fence)
             ok, before = self._change(
                 caller,
                 day,
@@ -386,9 +450,11 @@ class FakeBudgetLedger:
             )
             return ok, Usage(before.images, before.cost)
 
-    def release(self, caller: str, day: str, key: str) -> None:
+    def release(self, caller: str, day: str, key: str, fence: Fence | None = None) -> None:
         with self._lock:
             self.calls.append(("release", caller, day, key))
+            if fence is not None:
+                _check_fence(self.requests, fence)
             self._change(caller, day, lambda u: daily_usage.release(u, key))
 
     def settle(self, caller: str, day: str, key: str, images: int, cost: Decimal) -> None:

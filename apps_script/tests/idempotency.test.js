@@ -184,3 +184,37 @@ test('a lost answer: clicking again reuses the Idempotency-Key and the server re
   assert.deepEqual(done.map((r) => r.job_id), ids.map((id) => jobOf[id]));
   assert.match(done[0].nano_img_2, /^=IMAGE\(".+\/assets\/.+\/2\?size=thumb&sig=/);
 });
+
+test('a server error after the batch arrived: clicking again sends the same key and makes no second batch', { timeout: 180000 }, async () => {
+  const scenes = [{ scene_id: sceneId('fivexx'), prompt: 'A kite over the dunes', variants: 1 }];
+  const ids = scenes.map((s) => s.scene_id);
+  const rows = await addScenes(env, scenes);
+  const h = harnessFor(env, { apiUrl: proxy.url, harness: { selection: [rowsA1(rows[0], rows[0])] } });
+
+  // The server records the batch; the client gets a 503 (its instance died after
+  // the work, say), so it cannot know the batch arrived.
+  await proxy.configure({ failLiveAnswers: 1 });
+  h.answer('YES');
+  const first = h.run('generateSelectedRows');
+  assert.equal(first.thrown, null);
+  const text = first.lastDialog.text;
+  assert.match(text, /^The image service had a problem \(HTTP 503 unavailable\)/);
+  assert.match(text, /the same request is sent again and the server does not run it twice/);
+  let lives = await livesFor(ids);
+  assert.equal(lives.length, 1);
+  assert.ok(lives[0].failed && lives[0].response.batch_id, 'the server accepted the first request');
+  const firstBatch = lives[0].response.batch_id;
+
+  h.answer({ button: 'YES', expect: /earlier attempt to send these rows .* got no answer/ });
+  const second = h.run('generateSelectedRows');
+  assert.equal(second.thrown, null);
+  assert.deepEqual(second.unexpected, []);
+  lives = await livesFor(ids);
+  assert.equal(lives.length, 2);
+  assert.equal(lives[1].headers['idempotency-key'], lives[0].headers['idempotency-key']);
+  assert.equal(lives[1].response.batch_id, firstBatch, 'no second batch: the first is answered again');
+  assert.equal(lives[1].replay, 'true');
+  assert.match(second.lastDialog.text, /already arrived from an earlier attempt; it was not run twice/);
+  const done = await waitCompleted(h, rows);
+  assert.deepEqual(done.map((r) => r.job_id), lives[0].response.jobs.map((j) => j.job_id));
+});

@@ -8,6 +8,8 @@
  *     logged (method, path, runMode, lane, scene ids, headers) before it is forwarded;
  *     `dropLiveAnswers: n` forwards the next n live submissions but then cuts the
  *     connection, so the client never sees the answer (a lost answer);
+ *     `failLiveAnswers: n` forwards them but answers 503 instead of the server's
+ *     answer (the front end's error when an instance dies after its work);
  *   - canned answers (`routes`), e.g. a 429 with the API's JSON error body; a
  *     server without `upstream` answers GET /limits with `limits` (default
  *     DEFAULT_LIMITS, what the API says for its default settings) unless a
@@ -16,8 +18,9 @@
 const { Worker } = require('node:worker_threads');
 
 /**
- * GET /limits as the API answers it with its default settings (shared/services/views.py
- * deployment_limits): a test that needs another deployment changes what it needs.
+ * GET /limits as a deployment answers it (shared/services/views.py deployment_limits),
+ * here one that kept gemini-3.1-flash-image as its model and offers three models: a
+ * test that needs another deployment changes what it needs.
  */
 const WIDE_RATIOS = ['1:1', '2:3', '3:2', '3:4', '4:3', '4:5', '5:4', '9:16', '16:9', '21:9'];
 const DEFAULT_LIMITS = Object.freeze({
@@ -125,6 +128,13 @@ const server = http.createServer(async (req, res) => {
     config.dropLiveAnswers -= 1;
     entry.dropped = true;
     req.socket.destroy();
+    return;
+  }
+  if (entry.runMode === 'live' && config.failLiveAnswers > 0) {
+    config.failLiveAnswers -= 1;
+    entry.failed = true;
+    res.writeHead(503, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ error: 'unavailable', message: 'The service is unavailable; try again.' }));
     return;
   }
   const out = {};

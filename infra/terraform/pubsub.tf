@@ -11,7 +11,8 @@ locals {
 
   # Who publishes to which topic: the HTTP function its jobs (first images,
   # re-rolls, the rows of cancelled jobs) and export requests, the economy tick
-  # the jobs an expired Gemini batch did not make, the Cloud Storage service agent
+  # the jobs an expired Gemini batch did not make (and, as the sweeper, live jobs
+  # and exports whose message was lost), the Cloud Storage service agent
   # the bucket notifications, the Pub/Sub service agent the dead letters.
   topic_publishers = {
     "jobs/api"     = { topic = "jobs", member = "serviceAccount:${google_service_account.this["api"].email}" }
@@ -19,6 +20,8 @@ locals {
     gcs_events     = { topic = "gcs_events", member = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}" }
     dead_letter    = { topic = "dead_letter", member = local.pubsub_service_agent }
     "exports/api"  = { topic = "exports", member = "serviceAccount:${google_service_account.this["api"].email}" }
+    # The sweeper (run with the economy tick) publishes exports whose message was lost.
+    "exports/economy" = { topic = "exports", member = "serviceAccount:${google_service_account.this["economy"].email}" }
   }
 
   # Direct push subscriptions (not Eventarc), as the local stack wires them

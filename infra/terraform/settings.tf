@@ -163,10 +163,11 @@ locals {
     }
     economy = {
       entry_point = "run_economy"
-      description = "Called by Cloud Scheduler: submits pending economy variants in Gemini batches, collects finished batches."
+      description = "Called by Cloud Scheduler: submits pending economy variants in Gemini batches, collects finished batches, then sweeps (ends what nobody retried)."
       public      = false
       env = merge(local.common_env.economy, local.model_env, local.request_env, {
         JOBS_TOPIC                 = var.pubsub.jobs_topic
+        EXPORTS_TOPIC              = var.pubsub.exports_topic
         ECONOMY_BATCH_MAX_REQUESTS = tostring(var.economy.economy_batch_max_requests)
         ECONOMY_INLINE_MAX_BYTES   = tostring(var.economy.economy_inline_max_bytes)
         ECONOMY_ON_EXPIRY          = var.economy.economy_on_expiry

@@ -18,31 +18,36 @@ from pydantic import BaseModel
 
 from shared.domain import daily_usage, quota, request_records
 from shared.domain.batch import Batch
-from shared.domain.daily_usage import DailyUsage, Reservation
+from shared.domain.daily_usage import Correction, DailyUsage, Reservation
 from shared.domain.economy_batches import OPEN_ECONOMY_STATES, EconomyBatch
 from shared.domain.errors import NotFound, TransientError
 from shared.domain.job import Job, JobState
 from shared.domain.quota import GateState, Limit, Slot
 from shared.domain.request_records import RequestRecord
-from shared.services.ports import Usage
+from shared.services.ports import Fence, FencedOut, Usage
 
 R = TypeVar("R")
 
-# Firestore commits at most 500 writes at once.
-_WRITES_PER_COMMIT = 450
+# A commit request may carry at most 10 MiB; a batch's first commit keeps well under.
+_COMMIT_BYTES = 6 * 1024 * 1024
+IDEMPOTENCY = "idempotency"
 _CAS_ATTEMPTS = 30
 _GET_ALL_CHUNK = 300
 USAGE_KEPT = timedelta(days=90)
 
 
 def compare_and_set(
-    ref: Any, change: Callable[[dict[str, Any] | None], tuple[dict[str, Any] | None, R]]
+    ref: Any,
+    change: Callable[[dict[str, Any] | None], tuple[dict[str, Any] | None, R]],
+    fence: Fence | None = None,
 ) -> R:
     """Read, change, write only if nobody wrote in between (update-time precondition).
 
     Optimistic instead of a transaction: transactions on one document take read
     locks that deadlock under concurrent writers (the emulator then waits for a
-    lock timeout of seconds); a failed precondition costs one more read.
+    lock timeout of seconds); a failed precondition costs one more read. With
+    ``fence``, the write and a check of the request's idempotency record commit
+    together (``FencedOut`` when the request no longer holds it).
     """
     client = ref._client
     for attempt in range(_CAS_ATTEMPTS):
@@ -52,10 +57,16 @@ def compare_and_set(
         if updated is None:
             return result
         try:
+            commit = client.batch()
             if snap.exists:
-                ref.update(updated, option=client.write_option(last_update_time=snap.update_time))
+                commit.update(
+                    ref, updated, option=client.write_option(last_update_time=snap.update_time)
+                )
             else:
-                ref.create(updated)
+                commit.create(ref, updated)
+            if fence is not None:
+                _fenced(client, commit, fence)
+            commit.commit()
         except (gexc.FailedPrecondition, gexc.Conflict):
             time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
             continue
@@ -63,11 +74,30 @@ def compare_and_set(
     raise TransientError(f"{ref.path} kept changing; gave up after {_CAS_ATTEMPTS} tries")
 
 
+def _fenced(client: Any, commit: Any, fence: Fence) -> None:
+    """Add to ``commit`` a write of the request's record that holds only while its
+    holder is still ``fence.holder`` (the precondition fails the whole commit)."""
+    ref = client.collection(IDEMPOTENCY).document(fence.key)
+    snap = ref.get()
+    record = snap.to_dict() if snap.exists else None
+    if record is None or record.get("holder") != fence.holder or record.get("status"):
+        raise FencedOut(f"the request no longer holds its record {fence.key[:12]}")
+    commit.update(
+        ref,
+        {"holder": fence.holder},
+        option=client.write_option(last_update_time=snap.update_time),
+    )
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
 def update_record(
-    ref: Any, model: type[M], what: str, change: Callable[[M], tuple[M | None, R]]
+    ref: Any,
+    model: type[M],
+    what: str,
+    change: Callable[[M], tuple[M | None, R]],
+    fence: Fence | None = None,
 ) -> R:
     """``change`` applied to the stored record under compare-and-set; ``NotFound``
     (naming ``what``) when there is none."""
@@ -78,7 +108,7 @@ def update_record(
         updated, result = change(model.model_validate(doc))
         return (updated.model_dump(mode="python") if updated is not None else None), result
 
-    return compare_and_set(ref, apply)
+    return compare_and_set(ref, apply, fence)
 
 
 class FirestoreJobStore:
@@ -87,25 +117,39 @@ class FirestoreJobStore:
         self._jobs = client.collection("jobs")
         self._batches = client.collection("batches")
 
-    def create_batch(self, batch: Batch, jobs: Sequence[Job]) -> None:
-        writes: list[tuple[Any, dict[str, Any]]] = [
-            (self._jobs.document(job.job_id), job.to_doc()) for job in jobs
-        ]
-        # The batch document goes last, so a batch that exists has all its jobs.
-        writes.append((self._batches.document(batch.batch_id), batch.to_doc()))
-        for start in range(0, len(writes), _WRITES_PER_COMMIT):
-            chunk = writes[start : start + _WRITES_PER_COMMIT]
-            commit = self._db.batch()
-            for ref, doc in chunk:
-                commit.create(ref, doc)
-            try:
-                commit.commit()
-            except gexc.Conflict:
-                # An earlier run of the same request recorded some of them (the commit
-                # is all or nothing): create the rest one by one, keeping what exists.
-                for ref, doc in chunk:
-                    with contextlib.suppress(gexc.Conflict):
-                        ref.create(doc)
+    def create_batch(self, batch: Batch, jobs: Sequence[Job], fence: Fence | None = None) -> None:
+        batch_ref = self._batches.document(batch.batch_id)
+        if batch_ref.get().exists:
+            # An earlier run committed the batch; it creates any job it did not get to.
+            for job in jobs:
+                with contextlib.suppress(gexc.Conflict):
+                    self._jobs.document(job.job_id).create(job.to_doc())
+            return
+        # One commit (all or nothing) of the batch, as many jobs as fit in a commit
+        # request, and the fence; a batch larger than that finishes in further commits
+        # (a resumed request creates what they did not).
+        docs = [job.to_doc() for job in jobs]
+        first = self._db.batch()
+        first.create(batch_ref, batch.to_doc())
+        size, cut = 0, len(docs)
+        for index, (job, doc) in enumerate(zip(jobs, docs, strict=True)):
+            size += len(repr(doc))
+            if size > _COMMIT_BYTES:
+                cut = index
+                break
+            first.create(self._jobs.document(job.job_id), doc)
+        if fence is not None:
+            _fenced(self._db, first, fence)
+        try:
+            first.commit()
+        except gexc.Conflict:
+            # Another run of the request committed it meanwhile: keep what exists.
+            pass
+        except gexc.FailedPrecondition as exc:
+            raise FencedOut("the request no longer holds its record") from exc
+        for job, doc in zip(jobs[cut:], docs[cut:], strict=True):
+            with contextlib.suppress(gexc.Conflict):
+                self._jobs.document(job.job_id).create(doc)
 
     def get_batch(self, batch_id: str) -> Batch | None:
         snap = self._batches.document(batch_id).get()
@@ -161,6 +205,32 @@ class FirestoreJobStore:
         )
         return [Job.from_doc(snap.to_dict() or {}) for snap in query.stream()]
 
+    def overdue_jobs(self, created_before: datetime, limit: int) -> list[Job]:
+        # The same composite index as unstarted_jobs (jobs_by_age: lane, state, created_at).
+        query = (
+            self._jobs.where(filter=FieldFilter("lane", "==", "live"))
+            .where(filter=FieldFilter("state", "==", JobState.GENERATING.value))
+            .where(filter=FieldFilter("created_at", "<", created_before))
+            .order_by("created_at")
+            .limit(limit)
+        )
+        return [Job.from_doc(snap.to_dict() or {}) for snap in query.stream()]
+
+    def queued_exports(self, limit: int) -> list[Batch]:
+        # Equality on one field (its automatic index); queued exports are few and short-lived.
+        query = self._batches.where(filter=FieldFilter("export.state", "==", "queued")).limit(limit)
+        return [Batch.model_validate(snap.to_dict()) for snap in query.stream()]
+
+    def unfollowed_jobs(self, changed_before: datetime, limit: int) -> list[Job]:
+        # One field, one range: Firestore's automatic single-field index serves it
+        # (jobs without the field, or with null, are not in the range).
+        query = (
+            self._jobs.where(filter=FieldFilter("followups_since", "<", changed_before))
+            .order_by("followups_since")
+            .limit(limit)
+        )
+        return [Job.from_doc(snap.to_dict() or {}) for snap in query.stream()]
+
     def scene_jobs(self, spreadsheet_id: str, scene_id: str) -> list[Job]:
         query = self._jobs.where(filter=FieldFilter("spreadsheet_id", "==", spreadsheet_id)).where(
             filter=FieldFilter("scene_id", "==", scene_id)
@@ -170,8 +240,13 @@ class FirestoreJobStore:
     def update_batch(self, batch_id: str, change: Callable[[Batch], tuple[Batch | None, R]]) -> R:
         return update_record(self._batches.document(batch_id), Batch, f"batch {batch_id}", change)
 
-    def update_job(self, job_id: str, change: Callable[[Job], tuple[Job | None, R]]) -> R:
-        return update_record(self._jobs.document(job_id), Job, f"job {job_id}", change)
+    def update_job(
+        self,
+        job_id: str,
+        change: Callable[[Job], tuple[Job | None, R]],
+        fence: Fence | None = None,
+    ) -> R:
+        return update_record(self._jobs.document(job_id), Job, f"job {job_id}", change, fence)
 
 
 class FirestoreEconomyBatches:
@@ -226,28 +301,34 @@ class FirestoreBudgetLedger:
         cost: Decimal,
         image_cap: int,
         cost_cap: Decimal,
+        fence: Fence | None = None,
     ) -> tuple[bool, Usage]:
         ok, before = self._change(
             caller,
             day,
             lambda u: daily_usage.reserve(u, key, images, cost, image_cap, cost_cap),
+            fence,
         )
         return ok, Usage(before.images, before.cost)
 
-    def release(self, caller: str, day: str, key: str) -> None:
-        self._change(caller, day, lambda u: daily_usage.release(u, key))
+    def release(self, caller: str, day: str, key: str, fence: Fence | None = None) -> None:
+        self._change(caller, day, lambda u: daily_usage.release(u, key), fence)
 
     def settle(self, caller: str, day: str, key: str, images: int, cost: Decimal) -> None:
         self._change(caller, day, lambda u: daily_usage.settle(u, key, images, cost))
 
     def _change(
-        self, caller: str, day: str, change: Callable[[DailyUsage], tuple[DailyUsage | None, R]]
+        self,
+        caller: str,
+        day: str,
+        change: Callable[[DailyUsage], tuple[DailyUsage | None, R]],
+        fence: Fence | None = None,
     ) -> R:
         def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, R]:
             updated, result = change(_read_usage(doc, caller, day))
             return (_usage_doc(updated) if updated is not None else None), result
 
-        return compare_and_set(self._ref(caller, day), apply)
+        return compare_and_set(self._ref(caller, day), apply, fence)
 
 
 def _read_usage(doc: Mapping[str, Any] | None, caller: str, day: str) -> DailyUsage:
@@ -266,7 +347,14 @@ def _read_usage(doc: Mapping[str, Any] | None, caller: str, day: str) -> DailyUs
             )
             for key, held in (doc.get("reservations") or {}).items()
         },
-        settled=dict(doc.get("settled") or {}),
+        settled={
+            key: (
+                Correction(images=int(done["images"]), cost=Decimal(str(done["cost_usd"])))
+                if isinstance(done, Mapping)
+                else True
+            )
+            for key, done in (doc.get("settled") or {}).items()
+        },
     )
 
 
@@ -283,7 +371,14 @@ def _usage_doc(usage: DailyUsage) -> dict[str, Any]:
             key: {"images": held.images, "cost_usd": str(held.cost), "released": held.released}
             for key, held in usage.reservations.items()
         },
-        "settled": usage.settled,
+        "settled": {
+            key: (
+                {"images": done.images, "cost_usd": str(done.cost)}
+                if isinstance(done, Correction)
+                else True
+            )
+            for key, done in usage.settled.items()
+        },
     }
 
 
@@ -292,7 +387,7 @@ class FirestoreIdempotencyStore:
     the collection's TTL field (deletion is lazy: an expired record counts as absent)."""
 
     def __init__(self, client: firestore.Client) -> None:
-        self._records = client.collection("idempotency")
+        self._records = client.collection(IDEMPOTENCY)
 
     def _change(
         self, key: str, change: Callable[[RequestRecord], tuple[RequestRecord | None, R]], absent: R

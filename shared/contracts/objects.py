@@ -104,9 +104,10 @@ class ObjectNames:
         stem = image_name.removeprefix(self.images_prefix).rsplit(".", 1)[0]
         return f"{self.thumbnails_prefix}{stem}.{EXTENSIONS[thumbnail_mime]}"
 
-    def export(self, batch_id: str, export_id: str) -> str:
-        """A batch's hand-over zip, outside the notified prefix."""
-        return f"{self.exports_prefix}{batch_id}/{export_id}.zip"
+    def export(self, batch_id: str, export_id: str, delivery: int) -> str:
+        """A batch's hand-over zip, outside the notified prefix: one per delivery that
+        writes it, so the zip an export records is one its writer saw to the end."""
+        return f"{self.exports_prefix}{batch_id}/{export_id}-{delivery}.zip"
 
     @staticmethod
     def zip_member(scene_id: str, n: int, version: int, image_name: str) -> str:

@@ -20,6 +20,9 @@ class Export(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     deliveries: int = 0
+    # When the sweeper (or a second request) last published it again: its message
+    # was lost, or never sent.
+    republished_at: datetime | None = None
     object_name: str | None = None
     images: int | None = None
     bytes: int | None = None

@@ -4,7 +4,9 @@ anything is recorded, corrected image by image once each image ended.
 Every change names a key, and a key counts once: a reservation (a batch, a
 re-roll) is made once and given back at most once; an image's settlement (its
 estimate corrected to what it cost, or given back for an image never made) is
-applied once. So a retry of anything, after any crash, changes nothing twice.
+applied once, except that an image given back and then found made after all
+(its holder had stalled; the job never recorded the give-back) is corrected
+once more, to made. So a retry of anything, after any crash, changes nothing twice.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ class Reservation(BaseModel):
     released: bool = False
 
 
+class Correction(BaseModel):
+    """An image's settlement as applied: ``images`` -1 for one given back, 0 for one
+    made (its cost the difference between what it cost and its estimate)."""
+
+    images: int
+    cost: Decimal
+
+
 class DailyUsage(BaseModel):
     """What a caller has committed on one UTC day."""
 
@@ -32,9 +42,10 @@ class DailyUsage(BaseModel):
     cost: Decimal = Decimal(0)
     # Reservations by key (a batch, a re-roll): made once, given back at most once.
     reservations: dict[str, Reservation] = Field(default_factory=dict)
-    # Which images' estimates were settled (job/n, job/n/vk; job/n/made once a
-    # given-back image turned out made).
-    settled: dict[str, bool] = Field(default_factory=dict)
+    # Which images' estimates were settled, and how (job/n, job/n/vk; job/n/made once
+    # a given-back image turned out made). True: settled, amount not kept (older
+    # records).
+    settled: dict[str, Correction | bool] = Field(default_factory=dict)
 
 
 Step = tuple[DailyUsage | None, R]
@@ -73,11 +84,18 @@ def release(usage: DailyUsage, key: str) -> Step[bool]:
 
 
 def settle(usage: DailyUsage, key: str, images: int, cost: Decimal) -> Step[bool]:
-    """Correct the usage by ``images``/``cost`` (often negative), once per ``key``."""
-    if key in usage.settled:
+    """Correct the usage by ``images``/``cost`` (often negative), once per ``key``.
+
+    A key given back (-1) and then settled as made is corrected by the difference:
+    the image was made after all, and the job that would have asked for the
+    recharge never recorded the give-back. A made image is never given back later:
+    a settlement computed from an older read of the job changes nothing."""
+    done = usage.settled.get(key)
+    if done is not None and (isinstance(done, bool) or done.images >= 0 or images < 0):
         return None, False
-    usage.settled[key] = True
-    _add(usage, images, cost)
+    before = done if isinstance(done, Correction) else Correction(images=0, cost=Decimal(0))
+    usage.settled[key] = Correction(images=images, cost=cost)
+    _add(usage, images - before.images, cost - before.cost)
     return usage, True
 
 

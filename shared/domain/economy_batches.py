@@ -35,7 +35,18 @@ EconomyBatchState = Literal[
     "expired",
     "collected",  # results stored (or unfinished variants sent on): nothing left to do
 ]
-OPEN_ECONOMY_STATES = ("claiming", "submitted", "pending", "running", "succeeded")
+# Anything not collected yet has work left: a batch Gemini ended unmade still has its
+# variants to send on (a tick that died doing it is resumed by the next).
+OPEN_ECONOMY_STATES = (
+    "claiming",
+    "submitted",
+    "pending",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "expired",
+)
 
 
 class EconomyBatch(BaseModel):

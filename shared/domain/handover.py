@@ -60,3 +60,12 @@ def fail(batch: Batch, export_id: str, reason: str, now: datetime) -> Step:
     export.error = reason
     export.finished_at = now
     return batch, export
+
+
+def republished(batch: Batch, export_id: str, now: datetime) -> Step:
+    """The export's message went out again (it was still queued)."""
+    export = _ours(batch, export_id)
+    if export is None or export.state != "queued":
+        return None, None
+    export.republished_at = now
+    return batch, export

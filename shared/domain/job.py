@@ -215,6 +215,18 @@ class Job(BaseModel):
     # is written once even under duplicate and concurrent events).
     sheet_claim_id: str | None = None
     sheet_claim_expires: datetime | None = None
+    # Row writes that landed after their writer's claim ran out (a write that took
+    # longer than the lease): a holder that sees this count move while it writes
+    # does not trust its own write to be the last one, and writes again.
+    sheet_late_writes: int = 0
+    # When a claim on the row was taken from a holder that never released it: that
+    # holder may still land a write (an old row) until it surely cannot (the end of
+    # its function's timeout); the row is written again after that.
+    sheet_overtaken_at: datetime | None = None
+    # Since when a change's follow-ups (its budget settlement, its sheet row) may
+    # not have run; cleared once both are done. The sweeper runs them for a job
+    # left so too long (its delivery died between the change and them).
+    followups_since: datetime | None = None
 
     @model_validator(mode="after")
     def _fill_variants(self) -> Job:

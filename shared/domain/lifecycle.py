@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import TypeVar
 
 from shared.domain.job import (
+    TERMINAL_JOB_STATES,
     TERMINAL_VARIANT_STATES,
     ImageSlot,
     Job,
@@ -84,7 +85,11 @@ def derive_state(job: Job) -> JobState:
 def restate(job: Job, now: datetime) -> Job:
     """Recompute the job state after a variant changed; stamp the end once."""
     was_terminal = job.terminal
-    job.state = derive_state(job)
+    derived = derive_state(job)
+    # A job ends once: an image of a variant given up on that lands after all (its
+    # holder had stalled past its lease) finishes within the ended job.
+    if not was_terminal or derived in TERMINAL_JOB_STATES:
+        job.state = derived
     job.updated_at = now
     if job.terminal and not was_terminal:
         job.finished_at = now
@@ -212,7 +217,8 @@ def renew(
     job: Job, n: int, claim_id: str, now: datetime, lease: timedelta, version: int = 1
 ) -> Step[bool]:
     """Move our lease's end on while we work; False when the claim is no longer ours
-    (it ran out and another holder took the variant, or the variant ended)."""
+    (it ran out and another holder took the variant, or the variant ended). A lease
+    that ran out but that nobody took is still ours: renewing it is safe."""
     variant = job.slot(n, version)
     if variant.state != VariantState.GENERATING or variant.claim_id != claim_id:
         return None, False
@@ -405,6 +411,27 @@ def thumbnail_done(
     _unclaim(variant)
     variant.done_at = now
     return _image_ended(job, version, now), None
+
+
+def expire(job: Job, reason: str, now: datetime) -> Step[int]:
+    """A job past its age limit: fail every unfinished image that nobody is making
+    (waiting for its call, or held by a claim that ran out); one whose holder is at
+    work now is left to it. The value is how many images it failed."""
+    if job.terminal:
+        return None, 0
+    expired = 0
+    for variant in job.variants.values():
+        held = (
+            variant.state == VariantState.GENERATING
+            and variant.claim_expires is not None
+            and variant.claim_expires > now
+        )
+        if variant.state in (VariantState.PENDING, VariantState.GENERATING) and not held:
+            variant.state = VariantState.FAILED
+            variant.error = reason
+            _unclaim(variant)
+            expired += 1
+    return (restate(job, now) if expired else None), expired
 
 
 def fail_job(job: Job, reason: str, now: datetime) -> Step[None]:

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from shared.config.settings import Settings
 from shared.contracts.answers import Budget
-from shared.services.ports import BudgetLedger
+from shared.services.ports import BudgetLedger, Fence
 from shared.services.views import budget_view
 
 
@@ -27,11 +27,12 @@ def reserve(
     key: str,
     images: int,
     cost: Decimal,
+    fence: Fence | None = None,
 ) -> tuple[bool, Budget]:
     """Reserve ``images`` at ``cost`` on the caller's ``day`` under ``key`` (once: a
     retry reserves nothing more) unless a cap would be passed; whether it was, and
     the day as the answer shows it."""
     ok, before = ledger.reserve(
-        caller, day, key, images, cost, settings.daily_image_cap, settings.daily_cost_cap_usd
+        caller, day, key, images, cost, settings.daily_image_cap, settings.daily_cost_cap_usd, fence
     )
     return ok, budget_view(settings, day, before, images, cost)

@@ -25,7 +25,7 @@ from shared.contracts.messages import ExportMessage
 from shared.contracts.objects import ObjectNames
 from shared.domain import handover
 from shared.domain.batch import Batch
-from shared.domain.errors import NotFound, PermanentError
+from shared.domain.errors import NotFound, PermanentError, TransientError
 from shared.domain.ids import new_id, utcnow
 from shared.domain.job import Job, Version
 from shared.services.ports import ExportPublisher, JobStore, ObjectStore
@@ -69,11 +69,10 @@ class Exports:
         export, created = self.store.update_batch(
             batch_id, lambda b: handover.request(b, export_id, caller, self.clock())
         )
+        message = ExportMessage(batch_id=batch_id, export_id=export.export_id)
         if created:
             try:
-                self.publisher.publish_export(
-                    ExportMessage(batch_id=batch_id, export_id=export.export_id)
-                )
+                self.publisher.publish_export(message)
             except Exception as exc:
                 reason = f"could not be queued: {exc}"
                 self.store.update_batch(
@@ -84,6 +83,14 @@ class Exports:
                 "export requested",
                 extra={"batch_id": batch_id, "event": "export_requested", "export": export_id},
             )
+        elif export.state == "queued":
+            # Asked again while no delivery has started it: its message may never have
+            # gone out (the first request died right after recording it). A duplicate
+            # is harmless: the exporter records one zip per export.
+            try:
+                self.publisher.publish_export(message)
+            except TransientError:
+                log.warning("export not queued again", extra={"batch_id": batch_id}, exc_info=True)
         return export_view(batch_id, export, self.links)
 
     def finished_zip(self, batch_id: str, export_id: str) -> str | None:
@@ -167,6 +174,11 @@ def write_zip(
                 # Raised before any byte arrives, so no member was started.
                 log.warning("image gone; left out of the zip", extra={"object": entry.object_name})
                 continue
+            except BaseException:
+                # Close the member first: otherwise closing the zip on the way out
+                # raises a ValueError of its own that hides this error.
+                member.close()
+                raise
             member.close()
             rows.append(entry.row)
         text = io.StringIO()
@@ -239,12 +251,16 @@ class Exporter:
         if started is None:
             log.info("export finished or superseded; message dropped", extra=context)
             return
-        self._write(batch, message.export_id, context)
+        self._write(batch, message.export_id, started.deliveries, context)
 
-    def _write(self, batch: Batch, export_id: str, context: dict[str, object]) -> None:
+    def _write(
+        self, batch: Batch, export_id: str, delivery: int, context: dict[str, object]
+    ) -> None:
         cfg = self.settings
         bucket = cfg.images_bucket
-        name = object_names(cfg).export(batch.batch_id, export_id)
+        # This delivery's own zip: one left by a delivery that died part way (or by a
+        # duplicate still writing) holds what that one saw, which may differ by now.
+        name = object_names(cfg).export(batch.batch_id, export_id, delivery)
         entries = kept_images(self.store.get_jobs(batch.job_ids))
         counted: list[int] = []
         metadata = {"batch_id": batch.batch_id, "export_id": export_id}
@@ -266,8 +282,11 @@ class Exporter:
             )
             log.warning("export failed", extra={**context, "error": reason})
             return
-        # A zip written by a delivery that died before recording it is kept as it is.
-        images = counted[0] if counted else len(entries)
+        if size is None or not counted:
+            # Our name was taken (it cannot be, each delivery has its own): a
+            # redelivery writes another.
+            raise TransientError(f"the zip {name} exists already")
+        images = counted[0]
         self.store.update_batch(
             batch.batch_id,
             lambda b: handover.finish(b, export_id, name, images, size, self.clock()),

@@ -153,7 +153,11 @@ class Generation:
                 log.info("job cancelled; nothing more to make", extra=context)
                 self._each_variant(self._run(job, entry, [], deadline, job.prompt), job)
                 return
-            age = (self.clock() - published_at).total_seconds() if published_at else 0.0
+            # A live job's wait counts from its creation, whichever message brings it
+            # (the sweeper's, a cancel's): the limit is on its wait in all. An economy
+            # job here was handed to the live lane (its Gemini batch expired): from then.
+            since = job.created_at if job.lane == "live" else published_at
+            age = (self.clock() - since).total_seconds() if since else 0.0
             if age > self.settings.max_event_age_s:
                 # Retrying forever helps nobody: record why and acknowledge.
                 limit = self.settings.max_event_age_s
@@ -161,7 +165,13 @@ class Generation:
                     f"dropped: the job waited {int(age)} s, over the {limit} s limit; "
                     f"{lifecycle.last_cause(job)}"
                 )
-                self._fail_job(entry, reason, context)
+                # An image another delivery is making right now is left to it.
+                expired = entry.apply(lambda j: lifecycle.expire(j, reason, self.clock()))
+                if expired.value:
+                    log.warning(
+                        "images too old failed",
+                        extra={**context, "error": reason, "event": "variants_failed"},
+                    )
                 return
             if entry.apply(lambda j: lifecycle.start(j, self.clock())).value:
                 log.info(
@@ -391,6 +401,13 @@ class Generation:
         if waited is not None:
             self._release(run, n, str(waited), context)
             return waited
+        # The lease must be ours, for a whole lease more, when the call starts: a claim
+        # write or a wait that took longer than the lease may have let another
+        # delivery take the variant (then it makes the image, and this one is done),
+        # and the heartbeat's first beat is a third of a lease away.
+        if not self._renew(run, n):
+            log.info("variant taken over before its Gemini call", extra=context)
+            return None
         begin = self.monotonic()
         try:
             image = self.generator.generate(

@@ -32,7 +32,14 @@ from shared.services.daily_budget import OverBudget, reserve
 from shared.services.job_messages import publish_jobs, unstarted
 from shared.services.ledger import JobLedger
 from shared.services.once import InProgress, kept_answer, scoped_key
-from shared.services.ports import BudgetLedger, IdempotencyStore, JobPublisher, JobStore
+from shared.services.ports import (
+    BudgetLedger,
+    Fence,
+    FencedOut,
+    IdempotencyStore,
+    JobPublisher,
+    JobStore,
+)
 from shared.services.preflight import Preflight
 from shared.services.style_anchors import problem
 from shared.services.views import batch_view, budget_view, job_view
@@ -198,7 +205,7 @@ class Intake:
         key = scoped_key(caller, idempotency_key or _content_key(request))
         held = once.hold(self.idempotency, key, self.ids("bat"), self.clock(), ttl)
         if isinstance(held, once.Replay):
-            return Accepted(Submitted.model_validate(held.body), replay=True)
+            return self._replay(held, request, caller)
         if isinstance(held, once.InProgress):
             return held
         try:
@@ -219,28 +226,51 @@ class Intake:
         batch_id = held.names
         batch = self.store.get_batch(batch_id)
         if batch is not None:
-            # A request before this one recorded the batch: go on from there.
-            return self._publish(batch, self.store.get_jobs(batch.job_ids), held, request)
+            # A request before this one recorded the batch: go on from there (and make
+            # any job a batch too large for one commit did not get).
+            jobs = self.store.get_jobs(batch.job_ids)
+            if len(jobs) < len(batch.job_ids):
+                plan = self.plan(request, batch.caller)
+                if isinstance(plan, ModelUnavailable):
+                    raise TransientError(f"the batch's model is not available: {plan.reason}")
+                day = str(held.intent.get("day") or plan.budget.day)
+                made = build_jobs(
+                    request, batch.caller, plan, batch.batch_id, day, batch.created_at
+                )
+                self.store.create_batch(batch, made)
+                jobs = self.store.get_jobs(batch.job_ids)
+            return self._publish(batch, jobs, held, request)
         plan = self.plan(request, caller)
         day = str(held.intent.get("day") or "")
         if isinstance(plan, ModelUnavailable):
             if day:  # an earlier run reserved before the model went away
-                self.budget.release(caller, day, reservation_key(batch_id))
+                try:
+                    self.budget.release(
+                        caller, day, reservation_key(batch_id), Fence(held.key, held.holder)
+                    )
+                except FencedOut as exc:
+                    raise TransientError(f"another request took this one over: {exc}") from exc
             return plan
         day = day or plan.budget.day
         # The intent first: whoever finds this record (a retry, the sweeper) knows what
         # the next step reserves, and where to give it back.
         held.note(intent={"kind": "batch", "caller": caller, "day": day})
         cost = Decimal(plan.estimated_cost_usd)
-        ok, budget = reserve(
-            self.budget,
-            self.settings,
-            caller,
-            day,
-            reservation_key(batch_id),
-            plan.image_count,
-            cost,
-        )
+        # Reserved only while this request holds its record: whoever takes it over
+        # (a retry, the sweeper) knows nothing is reserved after that.
+        try:
+            ok, budget = reserve(
+                self.budget,
+                self.settings,
+                caller,
+                day,
+                reservation_key(batch_id),
+                plan.image_count,
+                cost,
+                Fence(held.key, held.holder),
+            )
+        except FencedOut as exc:
+            raise TransientError(f"another request took this one over: {exc}") from exc
         if not ok:
             return OverBudget(
                 budget,
@@ -249,31 +279,7 @@ class Intake:
                 f"${budget.cost_remaining_usd} remain",
             )
         now = self.clock()
-        jobs = [
-            Job(
-                job_id=job_id_of(batch_id, index),
-                batch_id=batch_id,
-                scene_id=item.scene_id,
-                prompt=item.prompt,
-                ref_pack_public_url=item.ref_pack_public_url,
-                aspect_ratio=item.aspect_ratio,
-                image_size=item.image_size,
-                variant_count=item.variants,
-                caller=caller,
-                spreadsheet_id=request.spreadsheet_id,
-                worksheet=request.worksheet,
-                model=plan.model,
-                lane=planned.lane,
-                price_per_image=planned.estimated_cost_per_image_usd,
-                style_refs=list(request.style_refs),
-                budget_day=day,
-                created_at=now,
-                updated_at=now,
-            )
-            for index, (item, planned) in enumerate(
-                zip(request.items, plan.jobs, strict=True), start=1
-            )
-        ]
+        jobs = build_jobs(request, caller, plan, batch_id, day, now)
         batch = Batch(
             batch_id=batch_id,
             caller=caller,
@@ -298,8 +304,39 @@ class Intake:
             unpublished=[],
         )
         held.note(body=kept_answer(answer))
-        self.store.create_batch(batch, jobs)
+        # Recorded only while this request still holds its record: one that lost it
+        # (it stalled; the sweeper gave its reservation back) records nothing.
+        try:
+            self.store.create_batch(batch, jobs, Fence(held.key, held.holder))
+        except FencedOut as exc:
+            raise TransientError(f"another request took this one over: {exc}") from exc
         return self._publish(batch, jobs, held, request)
+
+    def _replay(self, replay: once.Replay, request: BatchRequest, caller: str) -> Submission:
+        if replay.body:
+            return Accepted(Submitted.model_validate(replay.body), replay=True)
+        # Finished by the sweeper before its answer was prepared: the batch tells it.
+        batch = self.store.get_batch(replay.names)
+        if batch is None:
+            raise TransientError("the batch this key names is not recorded yet")
+        answer = self._answer(batch, self.store.get_jobs(batch.job_ids), request)
+        return Accepted(answer, replay=True)
+
+    def _answer(self, batch: Batch, jobs: list[Job], request: BatchRequest) -> Submitted:
+        """The answer of a recorded batch, for a request that never prepared it."""
+        plan = self.plan(request, batch.caller)
+        if isinstance(plan, ModelUnavailable):
+            raise TransientError(f"the batch's model is not available now: {plan.reason}")
+        return Submitted(
+            **plan.model_dump(exclude={"run_mode", "jobs"}),
+            runMode="live",
+            batch_id=batch.batch_id,
+            jobs=[
+                SubmittedJob(scene_id=j.scene_id, job_id=j.job_id, variants=j.variant_count)
+                for j in jobs
+            ],
+            unpublished=[],
+        )
 
     def _publish(
         self, batch: Batch, jobs: list[Job], held: once.Held, request: BatchRequest
@@ -317,21 +354,7 @@ class Intake:
         if held.record.body:
             return Accepted(Submitted.model_validate(held.record.body))
         # Recorded by a request that died before it kept its answer: answer now.
-        plan = self.plan(request, batch.caller)
-        if isinstance(plan, ModelUnavailable):
-            raise TransientError(f"the batch's model is not available now: {plan.reason}")
-        return Accepted(
-            Submitted(
-                **plan.model_dump(exclude={"run_mode", "jobs"}),
-                runMode="live",
-                batch_id=batch.batch_id,
-                jobs=[
-                    SubmittedJob(scene_id=j.scene_id, job_id=j.job_id, variants=j.variant_count)
-                    for j in jobs
-                ],
-                unpublished=[],
-            )
-        )
+        return Accepted(self._answer(batch, jobs, request))
 
     def anchor_problems(
         self, request: BatchRequest, caller: str, admin: bool = False
@@ -364,6 +387,35 @@ class Intake:
         if batch is None or (batch.caller != caller and not admin):
             return None
         return batch_view(batch, self.store.get_jobs(batch.job_ids), self.links)
+
+
+def build_jobs(
+    request: BatchRequest, caller: str, plan: Plan, batch_id: str, day: str, now: datetime
+) -> list[Job]:
+    """The batch's jobs, one per item, as every run of the request makes them."""
+    return [
+        Job(
+            job_id=job_id_of(batch_id, index),
+            batch_id=batch_id,
+            scene_id=item.scene_id,
+            prompt=item.prompt,
+            ref_pack_public_url=item.ref_pack_public_url,
+            aspect_ratio=item.aspect_ratio,
+            image_size=item.image_size,
+            variant_count=item.variants,
+            caller=caller,
+            spreadsheet_id=request.spreadsheet_id,
+            worksheet=request.worksheet,
+            model=plan.model,
+            lane=planned.lane,
+            price_per_image=planned.estimated_cost_per_image_usd,
+            style_refs=list(request.style_refs),
+            budget_day=day,
+            created_at=now,
+            updated_at=now,
+        )
+        for index, (item, planned) in enumerate(zip(request.items, plan.jobs, strict=True), start=1)
+    ]
 
 
 def reservation_key(batch_id: str) -> str:

@@ -11,6 +11,11 @@ the daily budget: each image's reservation becomes what the image cost, or is
 given back for an image never made (failed, or cancelled unmade), once per
 image and version (the budget ledger keeps which images it settled, so a retry
 settles nothing twice).
+
+A change marks the job (``followups_since``) in the same write; the row write
+that leaves the row current and the budget settled clears the mark. A delivery
+that dies between a change and its follow-ups leaves the mark, and the sweeper
+runs them (``follow_up``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +34,7 @@ from typing import Generic, TypeVar
 from shared.domain import settlement
 from shared.domain.ids import utcnow
 from shared.domain.job import Job, money
-from shared.services.ports import BudgetLedger, JobStore
+from shared.services.ports import BudgetLedger, Fence, JobStore
 from shared.services.sheet_sync import SheetSync
 
 log = logging.getLogger(__name__)
@@ -58,19 +63,39 @@ class JobLedger:
         rows: SheetSync | None = None,
         budget: BudgetLedger | None = None,
         clock: Callable[[], datetime] = utcnow,
+        row_writers: Callable[[], Executor] = lambda: ThreadPoolExecutor(
+            1, thread_name_prefix="row"
+        ),
     ) -> None:
         self.store = store
         self.rows = rows
         self.budget = budget
         self.clock = clock
+        # Where an entry writes its row while the delivery goes on (a thread; an
+        # executor that runs the write at once works too, only slower).
+        self.row_writers = row_writers
 
     def get(self, job_id: str) -> Job | None:
         return self.store.get_job(job_id)
 
-    def apply(self, job_id: str, transition: Transition[R]) -> Applied[R]:
-        """One change, with the job's row written before it returns."""
+    def apply(
+        self, job_id: str, transition: Transition[R], fence: Fence | None = None
+    ) -> Applied[R]:
+        """One change, with the job's row written before it returns; with ``fence``,
+        only while the request holds its record (``FencedOut``)."""
         with self.entry(job_id) as entry:
-            return entry.apply(transition)
+            return entry.apply(transition, fence)
+
+    def follow_up(self, job_id: str) -> None:
+        """Run the follow-ups of a job's changes that their delivery left undone (it
+        died right after a change): its budget settlement, then its row, whose write
+        clears the job's mark. Another delivery writing the row now is left to it."""
+        job = self.store.get_job(job_id)
+        if job is None:
+            return
+        self._settle_budget(job)
+        if self.rows is not None:
+            self.rows.sync(job_id, wait=False)
 
     @contextmanager
     def entry(self, job: Job | str) -> Iterator[JobEntry]:
@@ -108,15 +133,19 @@ class JobLedger:
             raise
         many.close()
 
-    def _change(self, job_id: str, transition: Transition[R]) -> Applied[R]:
+    def _change(
+        self, job_id: str, transition: Transition[R], fence: Fence | None = None
+    ) -> Applied[R]:
         def change(job: Job) -> tuple[Job | None, Applied[R]]:
             was_terminal = job.terminal
             updated, value = transition(job)
+            if updated is not None and updated.followups_since is None:
+                updated.followups_since = self.clock()
             after = updated if updated is not None else job
             finished = after.terminal and not was_terminal
             return updated, Applied(after, updated is not None, finished, value)
 
-        applied = self.store.update_job(job_id, change)
+        applied = self.store.update_job(job_id, change, fence)
         if applied.finished:
             _log_finished(applied.job)
         if applied.changed:
@@ -155,13 +184,14 @@ class JobEntry:
     def __init__(self, ledger: JobLedger, job_id: str) -> None:
         self._ledger = ledger
         self.job_id = job_id
-        self._lock = threading.Lock()
+        # Reentrant: a row writer that runs at once (no thread) takes it again.
+        self._lock = threading.RLock()
         self._stale = False  # a change since the last write began left the row stale
         self._writer: Future[bool] | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: Executor | None = None
 
-    def apply(self, transition: Transition[R]) -> Applied[R]:
-        applied = self._ledger._change(self.job_id, transition)
+    def apply(self, transition: Transition[R], fence: Fence | None = None) -> Applied[R]:
+        applied = self._ledger._change(self.job_id, transition, fence)
         self.note(applied.job, write_now=True)
         return applied
 
@@ -174,7 +204,7 @@ class JobEntry:
             self._stale = True
             if write_now and (self._writer is None or self._writer.done()):
                 if self._pool is None:
-                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="row")
+                    self._pool = self._ledger.row_writers()
                 self._writer = self._pool.submit(self._write_in_background, rows)
 
     def _write_in_background(self, rows: SheetSync) -> bool:

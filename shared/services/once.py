@@ -35,9 +35,12 @@ REQUEST_LEASE_S = 180.0
 
 @dataclass(frozen=True)
 class Replay:
-    """The key's first request was answered: this is that answer."""
+    """The key's first request was answered: this is that answer (empty when the
+    sweeper finished a request that died before it prepared one), and what the key
+    names."""
 
     body: Mapping[str, object]
+    names: str
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ def hold(
         timedelta(seconds=REQUEST_LEASE_S),
     )
     if record.answered:
-        return Replay(record.body)
+        return Replay(record.body, record.names)
     if not mine:
         return InProgress()
     if record.intent:

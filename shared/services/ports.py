@@ -20,12 +20,29 @@ from shared.domain.request_records import RequestRecord
 R = TypeVar("R")
 
 
+@dataclass(frozen=True)
+class Fence:
+    """A write that applies only while this request still holds its idempotency
+    record (``key``, ``holder``): in one atomic commit with a check of the record, so
+    a request that lost its record (a retry or the sweeper took it over) commits
+    nothing, and whoever took it over may safely undo what it reserved."""
+
+    key: str
+    holder: str
+
+
+class FencedOut(Exception):
+    """The request no longer holds its record: nothing was written."""
+
+
 class JobStore(Protocol):
     """Batches and jobs (Firestore in production)."""
 
-    def create_batch(self, batch: Batch, jobs: Sequence[Job]) -> None:
+    def create_batch(self, batch: Batch, jobs: Sequence[Job], fence: Fence | None = None) -> None:
         """Record the batch and its jobs; what exists already (an earlier run of the
-        same request recorded it) is kept as it is."""
+        same request recorded it) is kept as it is. With ``fence``, the batch is
+        recorded together with a check that the request still holds its record
+        (``FencedOut`` otherwise: nothing written)."""
         ...
 
     def get_batch(self, batch_id: str) -> Batch | None: ...
@@ -49,6 +66,20 @@ class JobStore(Protocol):
         ``created_before``, oldest first."""
         ...
 
+    def overdue_jobs(self, created_before: datetime, limit: int) -> list[Job]:
+        """Live jobs still generating that were made before ``created_before``, oldest
+        first."""
+        ...
+
+    def queued_exports(self, limit: int) -> list[Batch]:
+        """Batches whose export is still queued (no delivery started it)."""
+        ...
+
+    def unfollowed_jobs(self, changed_before: datetime, limit: int) -> list[Job]:
+        """Jobs with follow-ups (budget settlement, sheet row) possibly not run since
+        before ``changed_before``, oldest first."""
+        ...
+
     def scene_jobs(self, spreadsheet_id: str, scene_id: str) -> list[Job]:
         """Every job of this scene in this spreadsheet (any worksheet)."""
         ...
@@ -57,8 +88,14 @@ class JobStore(Protocol):
         """Like ``update_job``, for a batch; raises ``NotFound`` if it does not exist."""
         ...
 
-    def update_job(self, job_id: str, change: Callable[[Job], tuple[Job | None, R]]) -> R:
+    def update_job(
+        self,
+        job_id: str,
+        change: Callable[[Job], tuple[Job | None, R]],
+        fence: Fence | None = None,
+    ) -> R:
         """Run ``change`` on the current job and write the job it returns (None: no write).
+        With ``fence``, only while the request holds its record (``FencedOut``).
 
         Atomic per job by compare-and-set: when another writer got in first,
         ``change`` runs again on the newer job, so it must be a pure function of
@@ -109,13 +146,16 @@ class BudgetLedger(Protocol):
         cost: Decimal,
         image_cap: int,
         cost_cap: Decimal,
+        fence: Fence | None = None,
     ) -> tuple[bool, Usage]:
         """Reserve ``key`` unless a cap would be passed (a key reserved already answers
-        yes, adding nothing); returns (ok, usage before)."""
+        yes, adding nothing); returns (ok, usage before). With ``fence``, only while
+        the request holds its record (``FencedOut``)."""
         ...
 
-    def release(self, caller: str, day: str, key: str) -> None:
-        """Give reservation ``key`` back, if it was made and not given back yet."""
+    def release(self, caller: str, day: str, key: str, fence: Fence | None = None) -> None:
+        """Give reservation ``key`` back, if it was made and not given back yet; with
+        ``fence``, only while the request holds its record (``FencedOut``)."""
         ...
 
     def settle(self, caller: str, day: str, key: str, images: int, cost: Decimal) -> None:

@@ -21,7 +21,15 @@ from shared.services import once
 from shared.services.daily_budget import OverBudget, reserve
 from shared.services.ledger import JobLedger
 from shared.services.once import InProgress, kept_answer, scoped_key
-from shared.services.ports import BudgetLedger, IdempotencyStore, JobPublisher, JobStore
+from shared.services.ports import (
+    BudgetLedger,
+    Fence,
+    FencedOut,
+    IdempotencyStore,
+    JobPublisher,
+    JobStore,
+)
+from shared.services.views import budget_view
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +86,13 @@ class Rerolls:
         # sweeper finish or undo it).
         asked = idempotency_key or new_id("once")
         key = scoped_key(caller, f"reroll:{job_id}:{n}:{asked}")
+        # The record names this request's version (a new name for every record: a key
+        # whose first request was undone starts afresh).
         held = once.hold(
-            self.idempotency, key, f"{job_id}#{n}", self.clock(), self.settings.idempotency_ttl_s
+            self.idempotency, key, new_id("ver"), self.clock(), self.settings.idempotency_ttl_s
         )
         if isinstance(held, once.Replay):
-            return Queued(RerollAccepted.model_validate(held.body), replay=True)
+            return Queued(self._replayed(held, key, job_id, n), replay=True)
         if isinstance(held, once.InProgress):
             return held
         try:
@@ -95,6 +105,30 @@ class Rerolls:
         else:
             held.abandon()
         return outcome
+
+    def _replayed(self, replay: once.Replay, key: str, job_id: str, n: int) -> RerollAccepted:
+        if replay.body:
+            return RerollAccepted.model_validate(replay.body)
+        # Finished by the sweeper before its answer was prepared: the version tells it.
+        job = self.store.get_job(job_id)
+        variant = job.variants.get(str(n)) if job is not None else None
+        version = next(
+            (v for v in (variant.versions if variant else []) if v.request_key == key), None
+        )
+        if version is None:
+            raise TransientError("the version this key names is not recorded yet")
+        price = Decimal(version.price_per_image)
+        used = self.budget.usage(version.caller, version.budget_day)
+        return RerollAccepted(
+            job_id=job_id,
+            variant=n,
+            version=version.version,
+            kind=version.kind,
+            instruction=version.instruction,
+            state="queued",
+            price_per_image_usd=money(price),
+            budget=budget_view(self.settings, version.budget_day, used, 1, price),
+        )
 
     def _price(self, job: Job, instruction: str | None) -> Decimal:
         """The estimate a new version reserves: the catalog's live price at the job's
@@ -136,8 +170,14 @@ class Rerolls:
                 "price": money(price),
             }
         )
-        key = reservation_key(held.key)
-        ok, budget = reserve(self.budget, cfg, caller, day, key, 1, price)
+        key = reservation_key(held.names)
+        # Reserved only while this request holds its record (see intake).
+        try:
+            ok, budget = reserve(
+                self.budget, cfg, caller, day, key, 1, price, Fence(held.key, held.holder)
+            )
+        except FencedOut as exc:
+            raise TransientError(f"another request took this one over: {exc}") from exc
         if not ok:
             return OverBudget(
                 budget,
@@ -145,11 +185,21 @@ class Rerolls:
                 f"and ${budget.cost_remaining_usd} remain",
             )
         wanted = VersionRequest(instruction, seed, caller, day, money(price), held.key)
-        added = self.ledger.apply(
-            job.job_id, lambda j: versions.add_version(j, n, wanted, self.clock())
-        ).value
+        # Added only while this request still holds its record: one that lost it (it
+        # stalled; the sweeper gave its reservation back) adds nothing.
+        try:
+            added = self.ledger.apply(
+                job.job_id,
+                lambda j: versions.add_version(j, n, wanted, self.clock()),
+                Fence(held.key, held.holder),
+            ).value
+        except FencedOut as exc:
+            raise TransientError(f"another request took this one over: {exc}") from exc
         if added.version is None:
-            self.budget.release(caller, day, key)
+            try:
+                self.budget.release(caller, day, key, Fence(held.key, held.holder))
+            except FencedOut as exc:
+                raise TransientError(f"another request took this one over: {exc}") from exc
             return Refused(added.refusal or "no new version now")
         number = added.version
         answer = RerollAccepted(
@@ -176,9 +226,10 @@ class Rerolls:
         return Queued(answer)
 
 
-def reservation_key(request_key: str) -> str:
-    """Under which key a re-roll's image is reserved on the caller's day."""
-    return f"reroll:{request_key[:32]}"
+def reservation_key(names: str) -> str:
+    """Under which key a re-roll's image is reserved on the caller's day (``names``:
+    what the request's record names)."""
+    return f"reroll:{names}"
 
 
 def publish_version(publisher: JobPublisher, job: Job, n: int, number: int, caller: str) -> None:

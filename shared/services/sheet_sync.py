@@ -16,9 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import partial
 
 from shared.contracts.links import LinkSigner
 from shared.contracts.sheet_row import cells_digest, row_cells, row_digest
+from shared.domain import settlement
 from shared.domain.errors import NotFound, PermanentError, TransientError
 from shared.domain.ids import new_id, utcnow
 from shared.domain.job import Job
@@ -46,6 +48,9 @@ class SheetSync:
     lease_s: float = 180.0
     # How long a sync waits for another delivery's write of the same row.
     wait_s: float = 30.0
+    # The longest a holder may live (the functions' longest timeout, 600 s, and a
+    # margin): after that, one whose claim was taken over can write no more.
+    holder_life_s: float = 660.0
     clock: Callable[[], datetime] = utcnow
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
@@ -60,19 +65,29 @@ class SheetSync:
         Returns False only when ``wait`` is off and another delivery is writing
         the row (it looks at the job again after its write). Transient sheet
         errors propagate (the event is retried and, since the digest was not
-        recorded, the write happens then); permanent ones are recorded on the
-        job as ``sheet_error``.
+        recorded, the write happens then), as does a job that keeps changing
+        through MAX_ROUNDS writes; permanent ones are recorded on the job as
+        ``sheet_error``.
         """
         job = self.store.get_job(job_id)
-        if job is None or self.is_current(job):
+        if job is None or (self.is_current(job) and job.followups_since is None):
             return True  # the common duplicate: one read, no write
         token = new_id("sheet")
         give_up = self.monotonic() + self.wait_s
         polls = rounds = 0
         while rounds < MAX_ROUNDS:
+            claimed_at = self.clock()
             try:
                 claim, job = self.store.update_job(
-                    job_id, lambda j: _take_row(j, self.links, token, self.clock(), self.lease_s)
+                    job_id,
+                    partial(
+                        _take_row,
+                        links=self.links,
+                        token=token,
+                        now=claimed_at,
+                        lease_s=self.lease_s,
+                        holder_life_s=self.holder_life_s,
+                    ),
                 )
             except NotFound:
                 return True
@@ -87,30 +102,36 @@ class SheetSync:
                 polls += 1
                 continue
             rounds += 1
-            if not self._write(job, token) or self.monotonic() >= give_up:
+            if not self._write(job, token, job.sheet_late_writes, claimed_at):
                 return True
-        return True
+            # Written; the job may have moved on meanwhile (however long the write
+            # took): look again, and write again, until the row is current.
+        raise TransientError(f"the job {job_id} kept changing while its row was written")
 
-    def _write(self, job: Job, token: str) -> bool:
-        """Write the claimed row; False when this sync is over (a permanent
-        error, or the claim ran out and another delivery writes the row now)."""
+    def _write(self, job: Job, token: str, late_writes: int, claimed_at: datetime) -> bool:
+        """Write the claimed row; False when this sync is over (a permanent error),
+        True to look at the job again (it may have moved on, or our write may have
+        landed after the claim ran out and over a newer one)."""
         cells = row_cells(job, self.links)
         context = {"job_id": job.job_id, "scene_id": job.scene_id}
         try:
             note = self.sheets.write_row(job.spreadsheet_id, job.worksheet, job.scene_id, cells)
         except PermanentError as exc:
             log.warning("sheet row not written", extra={**context, "error": str(exc)})
-            self._release(job.job_id, token, None, str(exc))
+            self._release(job.job_id, token, None, str(exc), late_writes, claimed_at)
             return False
         except BaseException:
             try:
-                self._release(job.job_id, token, None, None, keep_error=True)
+                self._release(
+                    job.job_id, token, None, None, late_writes, claimed_at, keep_error=True
+                )
             except Exception:  # the lease expires by itself
                 log.warning("sheet claim not released", extra=context, exc_info=True)
             raise
         if note is not None:
             log.warning("sheet row written without some cells", extra={**context, "error": note})
-        return self._release(job.job_id, token, cells_digest(cells), note)
+        self._release(job.job_id, token, cells_digest(cells), note, late_writes, claimed_at)
+        return True
 
     def _release(
         self,
@@ -118,43 +139,93 @@ class SheetSync:
         token: str,
         digest: str | None,
         error: str | None,
+        late_writes: int,
+        claimed_at: datetime,
         keep_error: bool = False,
-    ) -> bool:
-        """Release the claim; False if it was no longer ours."""
-        return self.store.update_job(
-            job_id, lambda job: _release_row(job, token, digest, error, keep_error)
+    ) -> None:
+        """Release the claim, recording what was written."""
+        # Written by a claim taken after an overtaken holder could write no more:
+        # nothing can land over this write any more.
+        settled = claimed_at - timedelta(seconds=self.holder_life_s)
+        self.store.update_job(
+            job_id,
+            lambda job: _release_row(
+                job, self.links, token, digest, error, late_writes, settled, keep_error
+            ),
         )
 
 
 # The row's own bookkeeping on the job (who writes it, what it shows); it never
 # touches the job's state, so it does not go through the ledger's transitions.
 def _take_row(
-    job: Job, links: LinkSigner, token: str, now: datetime, lease_s: float
+    job: Job, links: LinkSigner, token: str, now: datetime, lease_s: float, holder_life_s: float
 ) -> tuple[Job | None, tuple[RowClaim, Job]]:
-    """Take the job's row unless it is current or another live claim holds it."""
-    if row_digest(job, links) == job.sheet_digest:
+    """Take the job's row unless it is current or another live claim holds it.
+
+    A claim that ran out unreleased leaves the row unknown: its holder may have
+    written it (whatever the recorded digest says), or may still. A row taken over
+    so counts as current only until that holder can write no more: then it is
+    written once again."""
+    overtaken = job.sheet_overtaken_at
+    suspect = overtaken is not None and now >= overtaken + timedelta(seconds=holder_life_s)
+    current = row_digest(job, links) == job.sheet_digest and not suspect
+    other = job.sheet_claim_id not in (None, token) and job.sheet_claim_expires is not None
+    if other and job.sheet_claim_expires is not None and job.sheet_claim_expires > now:
+        return None, (RowClaim.CURRENT if current else RowClaim.HELD, job)
+    if other:
+        job.sheet_digest = None
+        job.sheet_overtaken_at = now  # its holder may still be writing
+    elif current:
+        if _followed_up(job):
+            job.followups_since = None
+            return job, (RowClaim.CURRENT, job)
         return None, (RowClaim.CURRENT, job)
-    if (
-        job.sheet_claim_id not in (None, token)
-        and job.sheet_claim_expires is not None
-        and job.sheet_claim_expires > now
-    ):
-        return None, (RowClaim.HELD, job)
     job.sheet_claim_id = token
     job.sheet_claim_expires = now + timedelta(seconds=lease_s)
     return job, (RowClaim.CLAIMED, job)
 
 
 def _release_row(
-    job: Job, token: str, digest: str | None, error: str | None, keep_error: bool
-) -> tuple[Job | None, bool]:
-    """Release our claim, recording what was written (only while the claim is ours)."""
+    job: Job,
+    links: LinkSigner,
+    token: str,
+    digest: str | None,
+    error: str | None,
+    late_writes: int,
+    settled: datetime,
+    keep_error: bool,
+) -> tuple[Job | None, None]:
+    """Release our claim, recording what was written (only while the claim is ours,
+    and only if no late write landed meanwhile)."""
     if job.sheet_claim_id != token:
-        return None, False  # the lease ran out and another delivery took over
+        # The lease ran out and another delivery took over. If our write went
+        # through, it may have landed over that delivery's newer one: whatever the
+        # row shows now is unknown, so the next sync writes it again.
+        if digest is None:
+            return None, None
+        job.sheet_late_writes += 1
+        job.sheet_digest = None
+        return job, None
     job.sheet_claim_id = None
     job.sheet_claim_expires = None
-    if digest is not None:
+    if digest is not None and job.sheet_late_writes == late_writes:
         job.sheet_digest = digest
+        if job.sheet_overtaken_at is not None and job.sheet_overtaken_at <= settled:
+            job.sheet_overtaken_at = None
     if not keep_error:
         job.sheet_error = error
-    return job, True
+    # A row that cannot be written (a permanent error, recorded) is as done as it gets.
+    gave_up = digest is None and error is not None
+    if (gave_up or job.sheet_digest == row_digest(job, links)) and _followed_up(job):
+        job.followups_since = None
+    return job, None
+
+
+def _followed_up(job: Job) -> bool:
+    """Whether a job whose row is current has no follow-up left: its budget settled,
+    and no overtaken holder that may still write an old row."""
+    return (
+        job.followups_since is not None
+        and job.sheet_overtaken_at is None
+        and not settlement.settlements(job)
+    )

@@ -9,7 +9,15 @@ finishes what nobody else will:
   reservation back and forgets the record;
 - a live job no delivery ever started (its message lost, say): published again,
   at most every ``REPUBLISH_EVERY_S``; one older than ``MAX_EVENT_AGE_S`` fails
-  with the reason instead.
+  with the reason instead;
+- a live job that started but is still unfinished ``MAX_EVENT_AGE_S`` after it
+  was made (its deliveries kept failing, or stopped coming): every image nobody is
+  making fails with the reason;
+- an export no delivery started (its message lost, or never sent): published
+  again in the same way, or failed with the reason once too old;
+- a job changed ``FOLLOW_UP_AFTER_S`` ago whose follow-ups never ran (the delivery
+  died right after the change, or a cancel's row update was never queued): its
+  budget is settled and its row written.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from shared.config.settings import Settings
-from shared.domain import lifecycle
+from shared.contracts.messages import ExportMessage
+from shared.domain import handover, lifecycle
 from shared.domain.errors import NotFound, TransientError
 from shared.domain.ids import new_id, utcnow
 from shared.domain.request_records import RequestRecord
@@ -29,7 +38,15 @@ from shared.services import intake, rerolls
 from shared.services.job_messages import publish_jobs, unstarted
 from shared.services.ledger import JobLedger
 from shared.services.once import REQUEST_LEASE_S
-from shared.services.ports import BudgetLedger, IdempotencyStore, JobPublisher, JobStore
+from shared.services.ports import (
+    BudgetLedger,
+    ExportPublisher,
+    Fence,
+    FencedOut,
+    IdempotencyStore,
+    JobPublisher,
+    JobStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +56,8 @@ REPUBLISH_AFTER_S = 300.0
 REPUBLISH_EVERY_S = 600.0
 RECORDS_PER_SWEEP = 200
 JOBS_PER_SWEEP = 500
+# Longer than a delivery normally takes between a change and its row write.
+FOLLOW_UP_AFTER_S = 300.0
 
 
 @dataclass
@@ -47,6 +66,10 @@ class SweepReport:
     requests_undone: int = 0
     jobs_republished: int = 0
     jobs_failed: int = 0
+    images_expired: int = 0
+    jobs_followed_up: int = 0
+    exports_republished: int = 0
+    exports_failed: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -58,6 +81,7 @@ class Sweeper:
     idempotency: IdempotencyStore
     budget: BudgetLedger
     publisher: JobPublisher
+    exports: ExportPublisher
     clock: Callable[[], datetime] = utcnow
 
     def sweep(self) -> SweepReport:
@@ -68,6 +92,9 @@ class Sweeper:
             except (TransientError, NotFound) as exc:
                 report.errors.append(f"request {record.names}: {exc}")
         self._unstarted_jobs(report)
+        self._overdue_jobs(report)
+        self._unfollowed_jobs(report)
+        self._queued_exports(report)
         log.info("sweep", extra={"event": "sweep", "state": str(report.__dict__)})
         return report
 
@@ -107,9 +134,16 @@ class Sweeper:
             key = (
                 intake.reservation_key(record.names)
                 if kind == "batch"
-                else rerolls.reservation_key(record.key)
+                else rerolls.reservation_key(record.names)
             )
-            self.budget.release(str(intent["caller"]), str(intent["day"]), key)
+            try:
+                # Only while the sweeper holds the record: a retry that took it over
+                # meanwhile (the sweeper was slow) goes on with its reservation.
+                self.budget.release(
+                    str(intent["caller"]), str(intent["day"]), key, Fence(record.key, holder)
+                )
+            except FencedOut:
+                return
         self.idempotency.abandon(record.key, holder)
         report.requests_undone += 1
         log.warning(
@@ -123,11 +157,9 @@ class Sweeper:
         if not published:
             self.idempotency.let_go(record.key, holder)
             raise TransientError("could not publish it yet; the next sweep tries again")
-        if record.body:
-            self.idempotency.finish(record.key, holder, record.body)
-        else:
-            # Recorded, but its answer was never prepared: a late retry answers it.
-            self.idempotency.let_go(record.key, holder)
+        # Answered; with no answer prepared (its request died right before), a late
+        # retry builds it from what the record names.
+        self.idempotency.finish(record.key, holder, record.body)
         report.requests_finished += 1
         log.info(
             "request finished by the sweeper",
@@ -171,3 +203,59 @@ class Sweeper:
                 continue
             self.ledger.apply(job.job_id, lambda j: lifecycle.republished(j, self.clock()))
             report.jobs_republished += 1
+
+    def _unfollowed_jobs(self, report: SweepReport) -> None:
+        before = self.clock() - timedelta(seconds=FOLLOW_UP_AFTER_S)
+        for job in self.store.unfollowed_jobs(before, JOBS_PER_SWEEP):
+            try:
+                self.ledger.follow_up(job.job_id)
+            except TransientError as exc:
+                report.errors.append(f"job {job.job_id}: {exc}")
+                continue
+            report.jobs_followed_up += 1
+
+    def _queued_exports(self, report: SweepReport) -> None:
+        now = self.clock()
+        limit = self.settings.max_event_age_s
+        for batch in self.store.queued_exports(JOBS_PER_SWEEP):
+            export = batch.export
+            if export is None:
+                continue
+            export_id = export.export_id
+            age = (now - export.requested_at).total_seconds()
+            if age > limit:
+                reason = (
+                    f"dropped: no delivery started it in {int(age)} s, over the {limit} s limit"
+                )
+                failed = self.store.update_batch(
+                    batch.batch_id,
+                    partial(handover.fail, export_id=export_id, reason=reason, now=now),
+                )
+                report.exports_failed += int(failed is not None)
+                continue
+            last = export.republished_at or export.requested_at
+            every = REPUBLISH_EVERY_S if export.republished_at else REPUBLISH_AFTER_S
+            if (now - last).total_seconds() < every:
+                continue
+            try:
+                self.exports.publish_export(
+                    ExportMessage(batch_id=batch.batch_id, export_id=export_id)
+                )
+            except TransientError as exc:
+                report.errors.append(f"export {export_id}: {exc}")
+                continue
+            self.store.update_batch(
+                batch.batch_id, partial(handover.republished, export_id=export_id, now=now)
+            )
+            report.exports_republished += 1
+
+    def _overdue_jobs(self, report: SweepReport) -> None:
+        now = self.clock()
+        limit = self.settings.max_event_age_s
+        for job in self.store.overdue_jobs(now - timedelta(seconds=limit), JOBS_PER_SWEEP):
+            age = int((now - job.created_at).total_seconds())
+            reason = f"dropped: the job waited {age} s, over the {limit} s limit"
+            applied = self.ledger.apply(
+                job.job_id, partial(lifecycle.expire, reason=reason, now=self.clock())
+            )
+            report.images_expired += applied.value

@@ -20,7 +20,7 @@ from shared.contracts.objects import (
 from shared.domain import lifecycle
 from shared.domain.errors import NotFound, PermanentError
 from shared.domain.ids import utcnow
-from shared.domain.job import TERMINAL_VARIANT_STATES
+from shared.domain.job import TERMINAL_VARIANT_STATES, VariantState
 from shared.services.ledger import JobLedger
 from shared.services.ports import ObjectStore, Thumbnailer, ThumbnailSpec
 from shared.services.stored_images import object_names
@@ -86,7 +86,10 @@ class Thumbnails:
             log.error("no such job, variant or version; notification dropped", extra=context)
             return
         with self.ledger.entry(job) as entry:
-            if variant.state in TERMINAL_VARIANT_STATES:
+            made = variant.state == VariantState.DONE or (
+                variant.state == VariantState.FAILED and variant.object_name is not None
+            )
+            if made:
                 # A redelivered event: the ledger writes the row if a write failed.
                 if variant.cost_usd is None and spent is not None:
                     entry.apply(
@@ -95,6 +98,14 @@ class Thumbnails:
                         )
                     )
                 return
+            if variant.state in TERMINAL_VARIANT_STATES:
+                # Given up on (its holder stalled past its lease), yet the image exists:
+                # it is kept and charged, and gets its thumbnail like any other.
+                entry.apply(
+                    lambda j: lifecycle.uploaded(
+                        j, n, obj.name, obj.content_type, self.clock(), spent, version
+                    )
+                )
             spec = thumbnail_spec(self.settings)
             thumb = self.names.thumbnail(obj.name, spec.content_type)
             try:

@@ -389,9 +389,10 @@ def test_message_older_than_max_event_age_fails_the_job(
     generator: FakeImageGenerator,
     sheet_writer: FakeSheetWriter,
 ) -> None:
-    store.add(make_job())
-    published = T0 - timedelta(seconds=7201)
-    make_generation(max_event_age_s=7200).handle(MESSAGE, published)  # acknowledged
+    # Made 7201 s ago; its message came again just now (the sweeper's, say): the
+    # limit is on the job's wait in all.
+    store.add(make_job(created_at=T0 - timedelta(seconds=7201)))
+    make_generation(max_event_age_s=7200).handle(MESSAGE, T0)  # acknowledged
     assert generator.calls == []
     job = store.job("job_1")
     assert job.state == JobState.FAILED
@@ -683,12 +684,17 @@ def test_job_finished_is_logged_when_the_whole_job_fails(
     caplog.set_level(logging.INFO)
     url = "https://example.com/refs.zip"
     references.packs[url] = PermanentError("refused")
-    store.add(make_job(ref_pack_public_url=url if cause == "references" else None))
-    published = T0 - timedelta(seconds=7201 if cause == "age" else 0)
-    make_generation(max_event_age_s=7200).handle(MESSAGE, published)
+    waited = 7201 if cause == "age" else 0
+    store.add(
+        make_job(
+            ref_pack_public_url=url if cause == "references" else None,
+            created_at=T0 - timedelta(seconds=waited),
+        )
+    )
+    make_generation(max_event_age_s=7200).handle(MESSAGE, T0)
     (finished,) = events(caplog, "job_finished")
     assert finished["state"] == "failed"
-    assert finished["duration_s"] == 0
+    assert finished["duration_s"] == waited
     assert ("dropped" if cause == "age" else "reference pack: refused") in finished["error"]
 
 

@@ -746,6 +746,9 @@ def test_topic_defaults_match_code_and_devstack(evaluated: dict[str, Any]) -> No
     assert {p["topic"] for p in publishers.values()} == set(locals_()["topics"])
     assert 'google_service_account.this["api"]' in publishers["jobs/api"]["member"]
     assert 'google_service_account.this["economy"]' in publishers["jobs/economy"]["member"]
+    # The sweeper runs in the economy function and publishes lost exports again.
+    assert 'google_service_account.this["economy"]' in publishers["exports/economy"]["member"]
+    assert functions(evaluated)["economy"]["env"]["EXPORTS_TOPIC"] == pubsub["exports_topic"]
 
 
 def test_push_subscriptions_are_wired_like_the_devstack(evaluated: dict[str, Any]) -> None:

@@ -483,15 +483,15 @@ def test_concurrent_duplicate_is_409_in_progress(
 class CrashingStore(FakeJobStore):
     """create_batch fails the first ``failures`` times."""
 
-    def __init__(self, failures: int = 1) -> None:
-        super().__init__()
+    def __init__(self, requests: FakeIdempotencyStore, failures: int = 1) -> None:
+        super().__init__(requests)
         self.failures = failures
 
-    def create_batch(self, batch: Batch, jobs: Sequence[Job]) -> None:
+    def create_batch(self, batch: Batch, jobs: Sequence[Job], fence: Any = None) -> None:
         if self.failures:
             self.failures -= 1
             raise TransientError("firestore unavailable")
-        super().create_batch(batch, jobs)
+        super().create_batch(batch, jobs, fence)
 
 
 class Died(BaseException):
@@ -516,9 +516,11 @@ class DyingIdempotencyStore(FakeIdempotencyStore):
 
 
 def test_a_failed_submit_is_resumed_by_the_retry_with_the_same_key(
-    make_intake: Callable[..., Intake], budget: FakeBudgetLedger
+    make_intake: Callable[..., Intake],
+    budget: FakeBudgetLedger,
+    idempotency: FakeIdempotencyStore,
 ) -> None:
-    store = CrashingStore()
+    store = CrashingStore(idempotency)
     intake = make_intake(store=store)
     with pytest.raises(TransientError):
         intake.submit(request(1), "alice", "key-1")
@@ -531,13 +533,15 @@ def test_a_failed_submit_is_resumed_by_the_retry_with_the_same_key(
 
 def test_an_instance_that_died_after_publishing_is_resumed_without_a_second_batch(
     make_intake: Callable[..., Intake],
-    store: FakeJobStore,
     publisher: FakePublisher,
     budget: FakeBudgetLedger,
     clock: FakeClock,
 ) -> None:
     """Scenario 1: death between publishing and keeping the answer."""
-    intake = make_intake(idempotency=DyingIdempotencyStore())
+    dying = DyingIdempotencyStore()
+    store = FakeJobStore(dying)
+    budget.requests = dying
+    intake = make_intake(store=store, idempotency=dying)
     with pytest.raises(Died):
         intake.submit(request(2, 1), "alice", "key-1")
     # Its lease is held by the dead request for a while: a retry then is in progress.
@@ -556,13 +560,14 @@ def test_a_refusal_after_an_earlier_run_reserved_gives_the_reservation_back(
     make_intake: Callable[..., Intake],
     model_directory: FakeModelDirectory,
     budget: FakeBudgetLedger,
+    idempotency: FakeIdempotencyStore,
 ) -> None:
-    intake = make_intake(store=CrashingStore())
+    intake = make_intake(store=CrashingStore(idempotency))
     with pytest.raises(TransientError):
         intake.submit(request(3), "alice", "key-1")
     assert budget.used[("alice", DAY)].images == 3
     model_directory.retired["gemini-nano-banana-2.1"] = "Gemini answered 404 NOT_FOUND"
-    clock_free = make_intake(store=FakeJobStore())
+    clock_free = make_intake(store=FakeJobStore(idempotency))
     outcome = clock_free.submit(request(3), "alice", "key-1")
     assert isinstance(outcome, ModelUnavailable)
     assert budget.used[("alice", DAY)].images == 0

@@ -238,3 +238,63 @@ def test_a_takeover_waits_for_the_fleets_quota_gate(
     assert generator.calls == []
     v = store.job("job_1").variant(1)
     assert (v.state, v.failures) == (VariantState.PENDING, 1)  # taken over, handed back
+
+
+def test_a_job_ends_once_even_when_a_late_image_lands_and_is_then_cancelled(
+    store: FakeJobStore, sheet_sync: SheetSync, clock: FakeClock
+) -> None:
+    """Found by the simulation (seed 36): the job failed (its message dead-lettered),
+    the stalled holder's image landed after all, a cancel came before its thumbnail;
+    the cancel reopened the job, and the thumbnail ended it a second time."""
+    store.add(make_job(variant_count=1, budget_day=DAY))
+    ledger = JobLedger(store, sheet_sync, clock=clock)
+    finished = []
+
+    def apply(transition: Callable[[Any], Any]) -> None:
+        finished.append(ledger.apply("job_1", transition).finished)
+
+    apply(lambda j: lifecycle.fail_job(j, "gave up after 5 deliveries", T0))
+    name = "images/sc-001/job_1/var_1.png"
+    apply(lambda j: lifecycle.uploaded(j, 1, name, "image/png", T0))
+    apply(lambda j: cancellation.cancel(j, "alice", T0))
+    assert store.job("job_1").state == JobState.FAILED  # ended, and stays ended
+    apply(lambda j: lifecycle.thumbnail_done(j, 1, name, "thumbnails/x.jpg", T0))
+    assert finished == [True, False, False, False]
+    job = store.job("job_1")
+    assert (job.state, job.slot(1).state) == (JobState.COMPLETED, VariantState.DONE)
+
+
+def test_a_claim_that_ran_out_before_the_call_is_renewed_and_never_paid_twice(
+    build: Callable[..., Generation],
+    store: FakeJobStore,
+    objects: FakeObjectStore,
+    clock: FakeClock,
+) -> None:
+    """Found by the simulation (seed 2545): the claim's write answered after the lease
+    had run out, and the heartbeat's first beat was still a third of a lease away when
+    the call started; a redelivery took the variant over during the call and paid
+    for the same image again."""
+    store.add(reserved_job())
+    taker = FakeImageGenerator()
+    write = store.update_job
+
+    def slow_claim_write(job_id: str, change: Any, fence: Any = None) -> Any:
+        result = write(job_id, change, fence)
+        claimed = getattr(result, "value", None)
+        if isinstance(claimed, lifecycle.ClaimResult) and claimed.outcome.value == "claimed":
+            store.update_job = write  # type: ignore[method-assign]
+            clock.advance(LEASE_S + 1)  # the answer comes after the lease ran out
+        return result
+
+    class DuringTheCall(FakeImageGenerator):
+        def generate(self, *args: Any, **kwargs: Any) -> GeneratedImage:
+            with pytest.raises(TransientError, match="held by another delivery"):
+                build(taker).handle(MESSAGE)  # a redelivery, while our call runs
+            return super().generate(*args, **kwargs)
+
+    ours = DuringTheCall()
+    store.update_job = slow_claim_write  # type: ignore[method-assign]
+    build(ours).handle(MESSAGE)
+    assert (ours.count(), taker.count()) == (1, 0)  # renewed before the call: never taken
+    assert store.job("job_1").variant(1).state == VariantState.UPLOADED
+    assert len([n for n in objects.names(IMAGES_BUCKET) if n.startswith("images/")]) == 1

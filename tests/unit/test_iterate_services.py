@@ -24,7 +24,7 @@ from shared.adapters.identity import hash_key
 from shared.config.environment import get_settings
 from shared.contracts.links import LinkSigner
 from shared.contracts.messages import ExportMessage, JobMessage
-from shared.domain import cancellation, lifecycle, versions
+from shared.domain import cancellation, handover, lifecycle, versions
 from shared.domain.batch import Batch
 from shared.domain.errors import NotReady, TransientError
 from shared.domain.job import Job, JobState, VariantState
@@ -351,7 +351,7 @@ def test_the_zip_streams_every_kept_version_and_a_manifest(
     exporter.handle(ExportMessage(batch_id="bat_1", export_id=export_id))  # a redelivery: done
     export = store.batches["bat_1"].export
     assert export is not None and export.state == "done" and export.images == 3
-    name = f"exports/bat_1/{export_id}.zip"
+    name = f"exports/bat_1/{export_id}-1.zip"
     assert export.object_name == name and [c[0] for c in objects.calls].count("write_stream") == 1
     data = objects.objects[(IMAGES_BUCKET, name)].data
     assert export.bytes == len(data)
@@ -383,8 +383,26 @@ def test_a_second_request_while_a_zip_is_made_answers_that_zip(
     exports = Exports(store, publisher, LinkSigner("k", "https://x"), clock)
     first, second = exports.request("bat_1", "alice"), exports.request("bat_1", "alice")
     assert first is not None and second is not None and first.export_id == second.export_id
-    assert len(publisher.published) == 1
+    # Still queued: its message may never have gone out (the first request died right
+    # after recording it), so asking again sends it again; the exporter makes one zip.
+    assert [m.export_id for m in publisher.published] == [first.export_id] * 2
+    store.update_batch("bat_1", lambda b: handover.start(b, first.export_id, clock()))
+    third = exports.request("bat_1", "alice")
+    assert third is not None and third.export_id == first.export_id
+    assert len(publisher.published) == 2  # a delivery has it: nothing to send again
     assert exports.request("bat_1", "bob") is None
+
+
+def test_an_error_while_an_image_is_copied_into_the_zip_is_the_error_raised() -> None:
+    from shared.services.exports import Entry, write_zip
+
+    def copy(name: str, member: Any) -> None:
+        member.write(b"half an image")
+        raise TransientError("the download broke off")
+
+    entry = Entry("sc-001/var_1.png", "images/x.png", {"created": T0.isoformat()})
+    with pytest.raises(TransientError, match="broke off"):
+        write_zip(io.BytesIO(), [entry], copy)
 
 
 def test_an_export_that_cannot_be_queued_is_failed_with_the_reason(
@@ -590,7 +608,7 @@ def test_the_zip_link_redirects_once_done_and_refuses_a_bad_signature(
     )
     answer = app.get(link)
     assert answer.status_code == 302
-    assert objects.calls[-1] == ("signed_url", IMAGES_BUCKET, f"exports/bat_1/{export_id}.zip")
+    assert objects.calls[-1] == ("signed_url", IMAGES_BUCKET, f"exports/bat_1/{export_id}-1.zip")
     # One hex digit changed (the id is random: "0" may be the last digit already).
     forged = link[:-1] + ("1" if link.endswith("0") else "0")
     assert app.get(forged).status_code == 403
@@ -626,21 +644,30 @@ def test_style_refs_naming_no_visible_output_are_refused_by_field(
     assert bob.status_code == 200
 
 
-def test_a_zip_written_by_a_delivery_that_died_before_recording_it_is_kept(
+def test_a_redelivery_after_a_delivery_died_writes_and_records_its_own_zip(
     store: FakeJobStore, objects: FakeObjectStore, clock: FakeClock
 ) -> None:
+    """Found by the simulation (seed 1518): the first delivery wrote its zip and died
+    before recording it; an image was made meanwhile; the redelivery recorded the
+    first zip with its own count (one image more than the zip held)."""
     job = done_job()
     store.create_batch(batch_of(job), [job])
     view = Exports(store, FakeExportPublisher(), LinkSigner("k", "https://x"), clock).request(
         "bat_1", "alice"
     )
     assert view is not None
-    name = f"exports/bat_1/{view.export_id}.zip"
-    objects.put(IMAGES_BUCKET, name, b"PK-the-first-zip")
+    for n in (1, 2):
+        objects.put(IMAGES_BUCKET, f"images/sc-001/job_1/var_{n}.png", b"img")
+    # The first delivery: started, wrote its zip (of one image), died.
+    store.update_batch("bat_1", lambda b: handover.start(b, view.export_id, clock()))
+    first = f"exports/bat_1/{view.export_id}-1.zip"
+    objects.put(IMAGES_BUCKET, first, b"PK-a-zip-of-one-image")
     Exporter(make_settings(), store, objects, clock).handle(
         ExportMessage(batch_id="bat_1", export_id=view.export_id)
     )
     export = store.batches["bat_1"].export
-    assert export is not None and export.state == "done" and export.object_name == name
-    assert objects.objects[(IMAGES_BUCKET, name)].data == b"PK-the-first-zip"
-    assert [c for c in objects.calls if c[0] == "read_into"] == []
+    second = f"exports/bat_1/{view.export_id}-2.zip"
+    assert export is not None and export.state == "done" and export.object_name == second
+    with zipfile.ZipFile(io.BytesIO(objects.objects[(IMAGES_BUCKET, second)].data)) as archive:
+        assert len(archive.namelist()) - 1 == export.images == 2
+    assert objects.objects[(IMAGES_BUCKET, first)].data == b"PK-a-zip-of-one-image"

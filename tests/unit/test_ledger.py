@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -17,7 +17,7 @@ from shared.contracts.links import LinkSigner
 from shared.contracts.messages import JobMessage, StorageObject
 from shared.contracts.objects import recorded_spent
 from shared.contracts.sheet_row import Text, row_digest
-from shared.domain import lifecycle
+from shared.domain import cancellation, lifecycle
 from shared.domain.errors import TransientError
 from shared.domain.job import Job, JobState, VariantState
 from shared.domain.lifecycle import Spent
@@ -55,11 +55,13 @@ class CompareAndSetStore(FakeJobStore):
     """Runs each change twice, the first run losing to a concurrent writer,
     as the Firestore adapter's compare-and-set does under contention."""
 
-    def update_job(self, job_id: str, change: Callable[[Job], tuple[Job | None, R]]) -> R:
+    def update_job(
+        self, job_id: str, change: Callable[[Job], tuple[Job | None, R]], fence: Any = None
+    ) -> R:
         with self._lock:
             current = self._jobs[job_id].model_copy(deep=True)
         change(current)  # a run whose write failed its precondition
-        return super().update_job(job_id, change)
+        return super().update_job(job_id, change, fence)
 
 
 # --------------------------------------------------------------------------- apply
@@ -384,6 +386,34 @@ def test_a_settlement_cut_short_by_a_crash_is_finished_once_by_the_next_delivery
         pass
     assert budget.used[("alice", DAY)] == Usage(3, Decimal("0.2218"))  # corrected once
     assert store.job("job_1").variant(1).settled
+
+
+def test_an_image_given_back_by_a_delivery_that_died_and_then_made_is_charged_once(
+    budgeted: JobLedger, store: FakeJobStore, budget: FakeBudgetLedger
+) -> None:
+    """Found by the simulation (seed 2716): the variant was cancelled unmade and its
+    estimate given back, and the instance died before marking it settled; the
+    stalled holder's image landed after all; the settlement as made named a key
+    already settled, so the image was never charged."""
+    store.mutate("job_1", lambda j: cancellation.cancel(j, "alice", T0))
+    budget.settle("alice", DAY, "job_1/1", -1, Decimal("-0.0709"))  # then the crash
+    spent = Spent("gemini-3.1-flash-image", "0.0672", {})
+    budgeted.apply("job_1", lambda j: lifecycle.uploaded(j, 1, "a.png", "image/png", T0, spent))
+    used = budget.used[("alice", DAY)]
+    # Variant 1 made (0.0672); variants 2 and 3 given back.
+    assert used == Usage(1, Decimal("0.0672"))
+    with budgeted.entry(store.job("job_1")):  # a redelivery settles nothing again
+        pass
+    assert budget.used[("alice", DAY)] == used
+
+
+def test_a_settlement_from_an_older_read_never_gives_a_made_image_back(
+    budget: FakeBudgetLedger,
+) -> None:
+    budget.used[("alice", DAY)] = Usage(1, Decimal("0.0709"))
+    budget.settle("alice", DAY, "job_1/1", 0, Decimal("-0.0037"))
+    budget.settle("alice", DAY, "job_1/1", -1, Decimal("-0.0709"))  # read before it was made
+    assert budget.used[("alice", DAY)] == Usage(1, Decimal("0.0672"))
 
 
 def test_without_a_reserved_day_nothing_is_settled(

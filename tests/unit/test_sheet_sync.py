@@ -196,8 +196,12 @@ def test_rounds_are_bounded_for_a_flapping_job(
         store.mutate("job_1", finish_variant(done))
 
     sheet_writer.on_write = change_every_time
-    sheet_sync.sync("job_1")
+    # Bounded, and never claimed current while it is not: the delivery is retried.
+    with pytest.raises(TransientError, match="kept changing while its row was written"):
+        sheet_sync.sync("job_1")
     assert len(sheet_writer.attempts) == 3
+    sheet_writer.on_write = None
+    assert sheet_sync.sync("job_1") and sheet_sync.is_current(store.job("job_1"))
 
 
 # --------------------------------------------------------------------------- cells
@@ -311,19 +315,88 @@ def test_the_claim_is_released_after_errors(
     assert (job.sheet_claim_id, job.sheet_error) == (None, "no row with scene_id 'sc-001'")
 
 
-def test_a_claim_lost_during_a_write_records_nothing(
-    timed_sync: SheetSync, store: FakeJobStore, sheet_writer: FakeSheetWriter
+def test_a_write_that_lands_after_its_claim_ran_out_is_not_trusted(
+    timed_sync: SheetSync, store: FakeJobStore, sheet_writer: FakeSheetWriter, clock: FakeClock
 ) -> None:
+    """Our write took longer than the lease: another delivery took the row over and
+    may have written a newer row before ours landed. Ours is counted as late, the
+    digest forgotten, and the row written again once the other claim is gone."""
     store.add(make_job())
 
     def taken_over(write: RowWrite) -> None:
-        store.mutate("job_1", lambda job: hold(job, T0 + timedelta(seconds=600)))
+        if len(sheet_writer.attempts) == 0:
+            store.mutate("job_1", lambda job: hold(job, T0 + timedelta(seconds=5)))
 
     sheet_writer.on_write = taken_over
     timed_sync.sync("job_1")
     job = store.job("job_1")
+    assert job.sheet_late_writes == 1
+    assert len(sheet_writer.writes) == 2  # once late, once more after the other's claim
+    assert job.sheet_digest == _digest(row_cells(job, timed_sync.links))
+    assert job.sheet_claim_id is None
+
+
+def test_a_claim_lost_for_good_leaves_the_row_unknown(
+    timed_sync: SheetSync, store: FakeJobStore, sheet_writer: FakeSheetWriter
+) -> None:
+    store.add(make_job())
+    sheet_writer.on_write = lambda write: store.mutate(
+        "job_1", lambda job: hold(job, T0 + timedelta(seconds=600))
+    )
+    with pytest.raises(TransientError, match="still writing"):
+        timed_sync.sync("job_1")  # the delivery is retried; the holder writes meanwhile
+    job = store.job("job_1")
     assert job.sheet_digest is None  # what we wrote may be older than the new holder's row
-    assert job.sheet_claim_id == "sheet_other"
+    assert (job.sheet_claim_id, job.sheet_late_writes) == ("sheet_other", 1)
+
+
+def test_a_holder_writes_again_when_a_late_write_landed_during_its_own(
+    timed_sync: SheetSync, store: FakeJobStore, sheet_writer: FakeSheetWriter
+) -> None:
+    store.add(make_job())
+
+    def late_write_lands(write: RowWrite) -> None:
+        if len(sheet_writer.attempts) == 0:
+
+            def late(job: Job) -> None:
+                job.sheet_late_writes += 1
+                job.sheet_digest = None
+
+            store.mutate("job_1", late)
+
+    sheet_writer.on_write = late_write_lands
+    timed_sync.sync("job_1")
+    job = store.job("job_1")
+    assert len(sheet_writer.writes) == 2
+    assert job.sheet_digest == _digest(row_cells(job, timed_sync.links))
+
+
+def test_a_current_row_with_follow_ups_marked_clears_the_mark_without_a_write(
+    timed_sync: SheetSync, store: FakeJobStore, sheet_writer: FakeSheetWriter
+) -> None:
+    store.add(make_job())
+    timed_sync.sync("job_1")
+    store.mutate("job_1", lambda job: setattr(job, "followups_since", T0))
+    timed_sync.sync("job_1")
+    assert len(sheet_writer.writes) == 1
+    assert store.job("job_1").followups_since is None
+
+
+def test_a_row_write_clears_the_follow_up_mark_only_once_the_budget_is_settled(
+    timed_sync: SheetSync, store: FakeJobStore, sheet_writer: FakeSheetWriter
+) -> None:
+    job = make_job(variant_count=1, budget_day="2030-01-01")
+    job.followups_since = T0
+    lifecycle_failed, _ = lifecycle.fail_job(job, "blocked", T0)
+    assert lifecycle_failed is not None
+    store.add(lifecycle_failed)
+    timed_sync.sync("job_1")
+    assert len(sheet_writer.writes) == 1
+    assert store.job("job_1").followups_since == T0  # its reservation is not given back yet
+
+    store.mutate("job_1", lambda j: setattr(j.slot(1), "settled", True))
+    timed_sync.sync("job_1")
+    assert store.job("job_1").followups_since is None
 
 
 # --------------------------------------------------------------------------- race
@@ -363,3 +436,26 @@ def test_concurrent_syncs_never_overlap_and_the_last_state_wins(
     assert sheet_writer.row("sc-001") == row_cells(store.job("job_1"), links)
     assert sheet_writer.row("sc-001")["status_img"] == Text("completed")
     assert len([w for w in sheet_writer.writes if w.cells["status_img"] == Text("completed")]) == 1
+
+
+def test_a_claim_that_ran_out_unreleased_leaves_the_row_unknown_even_when_it_looks_current(
+    timed_sync: SheetSync, store: FakeJobStore, sheet_writer: FakeSheetWriter, links: LinkSigner
+) -> None:
+    """Found by the simulation (seed 12309): a sync wrote the row for a state the job
+    then left again (a re-roll asked for, then cancelled) and died before releasing
+    its claim; the recorded digest matched the job once more, so the row the dead
+    sync wrote stayed."""
+    store.add(make_job())
+
+    def dead_writer(job: Job) -> None:
+        job.sheet_digest = _digest(row_cells(job, links))  # looks current
+        job.sheet_claim_id = "sheet_dead"
+        job.sheet_claim_expires = T0 - timedelta(seconds=1)
+        job.followups_since = T0
+
+    store.mutate("job_1", dead_writer)
+    timed_sync.sync("job_1")
+    assert len(sheet_writer.writes) == 1  # written again: what the dead sync wrote is unknown
+    job = store.job("job_1")
+    assert (job.sheet_claim_id, job.sheet_overtaken_at) == (None, T0)
+    assert job.sheet_digest == _digest(row_cells(job, links))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -13,23 +14,34 @@ import pytest
 
 from shared.contracts.links import LinkSigner
 from shared.contracts.requests import BatchRequest, Limits
-from shared.domain import lifecycle
+from shared.contracts.sheet_row import row_cells
+from shared.domain import cancellation, handover, lifecycle
+from shared.domain.batch import Batch
+from shared.domain.errors import TransientError
 from shared.domain.job import JobState, VariantState
 from shared.services.intake import Accepted, Intake
 from shared.services.ledger import JobLedger
 from shared.services.once import REQUEST_LEASE_S
 from shared.services.preflight import Preflight
 from shared.services.rerolls import Queued, Rerolls
-from shared.services.sweeper import REPUBLISH_AFTER_S, REPUBLISH_EVERY_S, Sweeper
+from shared.services.sheet_sync import SheetSync
+from shared.services.sweeper import (
+    FOLLOW_UP_AFTER_S,
+    REPUBLISH_AFTER_S,
+    REPUBLISH_EVERY_S,
+    Sweeper,
+)
 from tests.fakes import (
     IMAGES_BUCKET,
     T0,
     FakeBudgetLedger,
     FakeClock,
+    FakeExportPublisher,
     FakeIdempotencyStore,
     FakeJobStore,
     FakeModelDirectory,
     FakePublisher,
+    FakeSheetWriter,
     make_job,
     make_settings,
     mark_done,
@@ -91,6 +103,16 @@ def idem() -> Deaf:
 
 
 @pytest.fixture
+def store(idem: Deaf) -> FakeJobStore:
+    return FakeJobStore(idem)
+
+
+@pytest.fixture
+def budget(idem: Deaf) -> FakeBudgetLedger:
+    return FakeBudgetLedger(idem)
+
+
+@pytest.fixture
 def make_intake(
     budget: FakeBudgetLedger,
     idem: Deaf,
@@ -126,7 +148,14 @@ def sweeper(
     clock: FakeClock,
 ) -> Sweeper:
     return Sweeper(
-        make_settings(), store, JobLedger(store, budget=budget), idem, budget, publisher, clock
+        make_settings(),
+        store,
+        JobLedger(store, budget=budget),
+        idem,
+        budget,
+        publisher,
+        FakeExportPublisher(),
+        clock,
     )
 
 
@@ -273,3 +302,183 @@ def test_a_live_job_whose_message_was_lost_is_published_again_then_failed_when_t
     assert {v.state for v in lost.variants.values()} == {VariantState.FAILED}
     assert "no delivery started it" in (lost.error or "")
     assert budget.used[("alice", DAY)].images == 0  # its reservation given back
+
+
+def test_a_request_that_stalled_past_its_lease_records_nothing_after_the_sweeper_undid_it(
+    make_intake: Callable[..., Intake],
+    store: FakeJobStore,
+    publisher: FakePublisher,
+    budget: FakeBudgetLedger,
+    sweeper: Sweeper,
+    clock: FakeClock,
+) -> None:
+    """The request's instance stalls (a ten-minute pause) between reserving and
+    recording; the sweeper gives the reservation back; the request wakes up."""
+
+    class Stalling(FakeJobStore):
+        def create_batch(self, *args: Any, **kwargs: Any) -> None:
+            clock.advance(REQUEST_LEASE_S + 600)
+            sweeper.sweep()
+            store.create_batch(*args, **kwargs)
+
+    with pytest.raises(TransientError, match="another request took this one over"):
+        make_intake(Stalling(), publisher).submit(batch_request(2), "alice", "k")
+    assert store.batches == {} and store.job_ids == []
+    assert budget.used[("alice", DAY)].images == 0
+    assert publisher.published == []
+
+
+def test_a_change_whose_follow_ups_never_ran_is_settled_and_shown_by_the_sweeper(
+    store: FakeJobStore,
+    budget: FakeBudgetLedger,
+    idem: Deaf,
+    publisher: FakePublisher,
+    clock: FakeClock,
+    links: LinkSigner,
+) -> None:
+    """A job cancelled whose instance died right after the change: nobody settled
+    its budget, nobody wrote its row (the row update was never queued)."""
+    sheets = FakeSheetWriter()
+    rows = SheetSync(store, sheets, links, clock=clock)
+    sweeper = Sweeper(
+        make_settings(),
+        store,
+        JobLedger(store, rows, budget, clock),
+        idem,
+        budget,
+        publisher,
+        FakeExportPublisher(),
+        clock,
+    )
+    store.add(make_job(variant_count=2, budget_day=DAY))
+    budget.reserve("alice", DAY, "batch:bat_1", 2, Decimal("0.2"), 100, Decimal(100))
+    bare = JobLedger(store, clock=clock)  # the change, and nothing after it
+    bare.apply("job_1", lambda j: cancellation.cancel(j, "alice", clock()))
+    assert store.job("job_1").followups_since == T0
+
+    assert sweeper.sweep().jobs_followed_up == 0  # its delivery may still be at it
+    clock.advance(FOLLOW_UP_AFTER_S + 1)
+    assert sweeper.sweep().jobs_followed_up == 1
+    job = store.job("job_1")
+    assert job.state == JobState.CANCELLED
+    assert sheets.row("sc-001") == row_cells(job, links)
+    assert budget.used[("alice", DAY)].images == 0  # both images given back
+    assert job.followups_since is None
+    assert sweeper.sweep().jobs_followed_up == 0
+    assert len(sheets.writes) == 1
+
+
+def test_an_export_whose_message_was_lost_is_published_again_then_failed_when_too_old(
+    store: FakeJobStore,
+    budget: FakeBudgetLedger,
+    idem: Deaf,
+    publisher: FakePublisher,
+    clock: FakeClock,
+) -> None:
+    exports = FakeExportPublisher()
+    sweeper = Sweeper(
+        make_settings(), store, JobLedger(store), idem, budget, publisher, exports, clock
+    )
+    job = make_job()
+    store.create_batch(
+        Batch(
+            batch_id="bat_1",
+            caller="alice",
+            spreadsheet_id="sheet123",
+            worksheet="Scenes",
+            model=job.model,
+            job_ids=[job.job_id],
+            image_count=1,
+            estimated_cost_usd="0.0336",
+            created_at=T0,
+        ),
+        [job],
+    )
+    # Recorded, then the request died before publishing it.
+    store.update_batch("bat_1", lambda b: handover.request(b, "exp_1", "alice", clock()))
+    assert sweeper.sweep().exports_republished == 0  # young: its message may be on its way
+    clock.advance(REPUBLISH_AFTER_S + 1)
+    assert sweeper.sweep().exports_republished == 1
+    assert [(m.batch_id, m.export_id) for m in exports.published] == [("bat_1", "exp_1")]
+    assert sweeper.sweep().exports_republished == 0  # not again at once
+    clock.advance(REPUBLISH_EVERY_S + 1)
+    assert sweeper.sweep().exports_republished == 1
+    clock.advance(make_settings().max_event_age_s)
+    assert sweeper.sweep().exports_failed == 1
+    export = store.batches["bat_1"].export
+    assert export is not None and export.state == "failed"
+    assert "no delivery started it" in (export.error or "")
+    assert sweeper.sweep().exports_failed == 0
+
+
+def test_a_started_job_past_its_age_limit_fails_what_nobody_is_making(
+    store: FakeJobStore, budget: FakeBudgetLedger, sweeper: Sweeper, clock: FakeClock
+) -> None:
+    """Its deliveries stopped coming (or kept failing): the images waiting for a call
+    fail with the reason; one a live holder is making is left to it until its lease
+    runs out."""
+    limit = make_settings().max_event_age_s
+    job = make_job(variant_count=2, budget_day=DAY, state=JobState.GENERATING, started_at=T0)
+    job.variant(2).state = VariantState.GENERATING
+    job.variant(2).claim_id = "gen_live"
+    job.variant(2).claim_expires = T0 + timedelta(seconds=limit + 60)
+    store.add(job)
+    budget.reserve("alice", DAY, "batch:bat_1", 2, Decimal("0.2"), 100, Decimal(100))
+    assert sweeper.sweep().images_expired == 0  # young
+    clock.advance(limit + 1)
+    assert sweeper.sweep().images_expired == 1
+    job = store.job("job_1")
+    assert job.variant(1).state == VariantState.FAILED
+    assert "over the 43200 s limit" in (job.variant(1).error or "")
+    assert job.variant(2).state == VariantState.GENERATING  # its holder is at work
+    clock.advance(120)  # its lease ran out: the holder is gone
+    assert sweeper.sweep().images_expired == 1
+    job = store.job("job_1")
+    assert job.state == JobState.FAILED
+    assert budget.used[("alice", DAY)].images == 0
+
+
+def test_a_sweeper_that_lost_the_record_to_a_retry_gives_nothing_back(
+    make_intake: Callable[..., Intake],
+    store: FakeJobStore,
+    publisher: FakePublisher,
+    budget: FakeBudgetLedger,
+    idem: Deaf,
+    clock: FakeClock,
+) -> None:
+    """Found by the simulation (seed 448): the sweeper took a dead request's record,
+    was slow past the record's lease, and a retry took the record over and went on
+    with its reservation; the sweeper then gave that reservation back, and the
+    retry's images were made for free."""
+    dying = DyingAt(store, "create_batch")
+    with pytest.raises(Died):
+        make_intake(dying, publisher).submit(batch_request(2), "alice", "k")
+    clock.advance(REQUEST_LEASE_S + 1)
+
+    class SlowToBegin(Deaf):
+        def begin(self, key: str, names: str, *args: Any) -> Any:
+            taken = idem.begin(key, names, *args)
+            # The sweeper's begin answers late; meanwhile a retry takes the record.
+            clock.advance(REQUEST_LEASE_S + 1)
+            now = clock()
+            idem.begin(key, names, "retry", now, now + timedelta(days=1), timedelta(seconds=60))
+            return taken
+
+    slow = SlowToBegin()
+    slow.stale = idem.stale  # type: ignore[method-assign]
+    slow.abandon = idem.abandon  # type: ignore[method-assign]
+    sweeper = Sweeper(
+        make_settings(),
+        store,
+        JobLedger(store, budget=budget),
+        slow,
+        budget,
+        publisher,
+        FakeExportPublisher(),
+        clock,
+    )
+    budget.requests = idem  # the fence is checked against the record the retry holds
+    assert sweeper.sweep().requests_undone == 0
+    assert budget.used[("alice", DAY)].images == 2  # the retry's reservation stands
+    (record,) = idem.records.values()
+    assert record.holder == "retry"
