@@ -409,6 +409,9 @@ def thumbnail_done(
     _record_spent(variant, spent)
     variant.error = None
     _unclaim(variant)
+    # Handled before the upload record (a crash between the two): the image was made
+    # by now, and status, anchors and exports date it.
+    variant.generated_at = variant.generated_at or now
     variant.done_at = now
     return _image_ended(job, version, now), None
 

@@ -394,6 +394,21 @@ def test_thumbnail_done_records_the_cost_when_it_comes_first() -> None:
     assert updated.cost() == Decimal("0.0670")
 
 
+def test_thumbnail_done_first_dates_the_image_and_the_upload_record_keeps_it() -> None:
+    # Found by the simulation (seed 13844): a crash between upload and its record let
+    # the thumbnail come first, and the image stayed undated (null generated_at in
+    # /status, exports and anchors dating it by the job's creation).
+    later = T0 + timedelta(minutes=5)
+    done, _ = lifecycle.thumbnail_done(job_with(G, P), 1, "images/a/var_1.png", "t.jpg", later)
+    assert done is not None and done.variant(1).generated_at == later
+    again, _ = lifecycle.uploaded(done, 1, "images/a/var_1.png", "image/png", T0, SPENT)
+    assert (again or done).variant(1).generated_at == later
+    uploaded, _ = lifecycle.uploaded(make_job(), 1, "images/a/var_1.png", "image/png", T0)
+    assert uploaded is not None
+    thumbed, _ = lifecycle.thumbnail_done(uploaded, 1, "images/a/var_1.png", "t.jpg", later)
+    assert thumbed is not None and thumbed.variant(1).generated_at == T0
+
+
 def test_thumbnail_done_keeps_a_cost_generation_recorded() -> None:
     job, _ = lifecycle.uploaded(make_job(), 1, "images/a/var_1.png", "image/png", T0, SPENT)
     assert job is not None
