@@ -32,7 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             stack = Stack(StackConfig(state_dir=args.state_dir))
             env = stack.start()
-            print(f"stack is up; source {args.state_dir / 'env'}")
+            from devstack.demo import upload_references
+
+            # The references examples/scenes.csv names (gs://local-images/refs/...).
+            upload_references(env)
+            print(f"stack is up; Gemini: {stack.gemini_endpoint}")
+            print(f"source {args.state_dir / 'env'} to use it from this shell")
             for key in ("API_URL", "SPREADSHEET_ID", "WORKSHEET", "SHEET_CSV"):
                 print(f"  {key}={env[key]}")
             return 0

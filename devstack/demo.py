@@ -341,6 +341,7 @@ def run_demo(state_dir: Path, scenes_csv: Path, output: Path, timeout_s: float =
     try:
         env = stack.start()
         print(f"stack up in {time.monotonic() - started:.1f} s; API at {env['API_URL']}")
+        print(f"Gemini: {stack.gemini_endpoint}")
         upload_references(env)
         scenes = load_scenes(env, scenes_csv)
         print(f"loaded {len(scenes)} scenes into the sheet")

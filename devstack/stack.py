@@ -50,6 +50,63 @@ FUNCTIONS = {
 }
 
 
+# Exported by every env file of ours: a shell that sourced one holds the endpoints of
+# a stack that may be gone since, not endpoints its user chose.
+ENV_FILE_MARK = "DEVSTACK_ENV_FILE"
+# The variables by which a user points the stack at real services (or another stub).
+ENDPOINT_VARIABLES = (
+    "GEMINI_API_KEY",
+    "GOOGLE_GEMINI_BASE_URL",
+    "SHEETS_API_URL",
+    "SPREADSHEET_ID",
+)
+# Real Gemini calls cost real money: only with this set to 1.
+REAL_GEMINI = "USE_REAL_GEMINI"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Which of the user's endpoint variables the stack uses, and what it says about it."""
+
+    chosen: dict[str, str]
+    notes: list[str]
+
+    @property
+    def real_gemini(self) -> bool:
+        return "GEMINI_API_KEY" in self.chosen
+
+
+def chosen_endpoints(environ: Mapping[str, str]) -> Endpoints:
+    """The endpoint variables of ``environ`` the stack honours.
+
+    Those an env file of ours exported are ignored (they name an earlier stack); a
+    Gemini key is used only with ``USE_REAL_GEMINI=1``, since every image it makes
+    is charged to it.
+    """
+    notes: list[str] = []
+    chosen = {name: environ[name] for name in ENDPOINT_VARIABLES if environ.get(name)}
+    if environ.get(ENV_FILE_MARK) and chosen:
+        notes.append(
+            f"ignoring {', '.join(sorted(chosen))} from {environ[ENV_FILE_MARK]} "
+            "(an earlier stack's env file this shell sourced)"
+        )
+        chosen = {}
+    real = environ.get(REAL_GEMINI, "") == "1"
+    if "GEMINI_API_KEY" in chosen and not real:
+        notes.append(
+            "GEMINI_API_KEY is set in this shell but not used: the stack uses its local "
+            f"Gemini stub (no charges). {REAL_GEMINI}=1 sends the calls to Google with "
+            "that key: real images, charged to it."
+        )
+        chosen.pop("GEMINI_API_KEY")
+        chosen.pop("GOOGLE_GEMINI_BASE_URL", None)
+    elif real and "GEMINI_API_KEY" not in chosen:
+        raise StackError(f"{REAL_GEMINI}=1 needs GEMINI_API_KEY (a Gemini API key) in the shell")
+    elif "GEMINI_API_KEY" not in chosen:
+        chosen.pop("GOOGLE_GEMINI_BASE_URL", None)
+    return Endpoints(chosen, notes)
+
+
 class StackError(RuntimeError):
     """The stack could not start; the message says which service and where its log is."""
 
@@ -116,6 +173,9 @@ class Stack:
         self.state = config.state_dir
         self.services: list[Service] = []
         self.env: dict[str, str] = {}
+        # Said to whoever started the stack: which Gemini its functions call.
+        self.gemini_endpoint = ""
+        self.spreadsheet_wanted = ""
 
     # ----------------------------------------------------------------- start
     def start(self) -> dict[str, str]:
@@ -133,8 +193,12 @@ class Stack:
 
     def _start(self) -> None:
         cfg = self.config
-        user_gemini_key = os.environ.get("GEMINI_API_KEY", "")
-        user_sheets_url = os.environ.get("SHEETS_API_URL", "")
+        endpoints = chosen_endpoints(os.environ)
+        for note in endpoints.notes:
+            print(f"note: {note}")
+        user_gemini_key = endpoints.chosen.get("GEMINI_API_KEY", "")
+        user_sheets_url = endpoints.chosen.get("SHEETS_API_URL", "")
+        self.spreadsheet_wanted = endpoints.chosen.get("SPREADSHEET_ID", "")
 
         pubsub_port, firestore_port, gcs_port = free_port(), free_port(), free_port()
         (self.state / "pubsub-data").mkdir(exist_ok=True)
@@ -154,8 +218,11 @@ class Stack:
         )
         if user_gemini_key:
             gemini_env = {"GEMINI_API_KEY": user_gemini_key}
-            if os.environ.get("GOOGLE_GEMINI_BASE_URL"):
-                gemini_env["GOOGLE_GEMINI_BASE_URL"] = os.environ["GOOGLE_GEMINI_BASE_URL"]
+            base_url = endpoints.chosen.get("GOOGLE_GEMINI_BASE_URL")
+            if base_url:
+                gemini_env["GOOGLE_GEMINI_BASE_URL"] = base_url
+            where = base_url or "generativelanguage.googleapis.com"
+            self.gemini_endpoint = f"the REAL Gemini API at {where}: images are charged to your key"
         else:
             gemini_port = free_port()
             self._spawn(
@@ -180,6 +247,7 @@ class Stack:
                 gemini_port,
             )
             stub_url = f"http://{LOCALHOST}:{gemini_port}"
+            self.gemini_endpoint = f"the local Gemini stub at {stub_url} (no charges)"
             gemini_env = {"GEMINI_STUB_URL": stub_url}
             if cfg.gemini_backend == "vertex":
                 gemini_env |= {"GEMINI_BACKEND": "vertex", "VERTEX_BASE_URL": stub_url}
@@ -456,7 +524,7 @@ class Stack:
     def _ensure_spreadsheet(self, sheets_url: str) -> str:
         """Create the spreadsheet and worksheet with the seed's header if missing."""
         id_file = self.state / "spreadsheet_id"
-        wanted = os.environ.get("SPREADSHEET_ID") or (
+        wanted = self.spreadsheet_wanted or (
             id_file.read_text().strip() if id_file.exists() else ""
         )
         client = sheets_client(sheets_url)
@@ -511,8 +579,10 @@ class Stack:
         return path
 
     def _write_env_file(self) -> None:
-        lines = [f"export {key}={shell_quote(value)}" for key, value in sorted(self.env.items())]
-        (self.state / "env").write_text("\n".join(lines) + "\n")
+        path = self.state / "env"
+        exported = {**self.env, ENV_FILE_MARK: str(path)}
+        lines = [f"export {key}={shell_quote(value)}" for key, value in sorted(exported.items())]
+        path.write_text("\n".join(lines) + "\n")
 
     # ------------------------------------------------------------- processes
     def _spawn(

@@ -24,7 +24,7 @@ from shared.domain.errors import ConfigError, TransientError
 from shared.domain.ids import utcnow
 from shared.domain.job import ASSET_SIZES
 from shared.services.daily_budget import OverBudget
-from shared.services.intake import ModelUnavailable
+from shared.services.intake import ModelUnavailable, SheetMismatch
 from shared.services.once import InProgress
 from shared.services.rerolls import Queued, Refused
 from shared.services.views import deployment_limits
@@ -201,10 +201,14 @@ def submit_batch(request: flask.Request) -> flask.Response:
         plan = service.plan(batch, identity.caller)
         if isinstance(plan, ModelUnavailable):
             return _model_unavailable(plan, named_in_batch=batch.model is not None)
+        if isinstance(plan, SheetMismatch):
+            return _sheet_mismatch(plan)
         return _json(200, plan)
     outcome = service.submit(batch, identity.caller, key)
     if isinstance(outcome, ModelUnavailable):
         return _model_unavailable(outcome, named_in_batch=batch.model is not None)
+    if isinstance(outcome, SheetMismatch):
+        return _sheet_mismatch(outcome)
     if isinstance(outcome, InProgress):
         return error(
             409,
@@ -260,6 +264,18 @@ def _model_unavailable(refusal: ModelUnavailable, named_in_batch: bool) -> flask
         "GET /models lists the catalog.",
         model=refusal.model,
         replacement=refusal.replacement,
+    )
+
+
+def _sheet_mismatch(refusal: SheetMismatch) -> flask.Response:
+    """422, the same in a dry run and live: nothing was reserved or queued."""
+    return error(
+        422,
+        "sheet_mismatch",
+        "the sheet cannot show every image of this batch, and each would be paid for; "
+        "nothing was reserved or queued. Fix the rows or columns named in details "
+        "(or send only the rows that are ready).",
+        refusal.problems,
     )
 
 

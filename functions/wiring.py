@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from shared.adapters.identity import Authenticator
     from shared.adapters.pubsub_publisher import PubSubExportPublisher, PubSubJobPublisher
     from shared.adapters.references import PackReferenceLoader
+    from shared.adapters.sheets import GspreadSheetWriter
     from shared.services.cancels import Cancels
     from shared.services.dead_letters import DeadLetters
     from shared.services.economy import Economy
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from shared.services.generation import Generation
     from shared.services.intake import Intake
     from shared.services.ledger import JobLedger
+    from shared.services.ports import SheetLayout
     from shared.services.preflight import Preflight
     from shared.services.rerolls import Rerolls
     from shared.services.sheet_sync import SheetSync
@@ -38,6 +40,15 @@ if TYPE_CHECKING:
     from shared.services.thumbnails import Thumbnails
 
 SHEETS_SCOPES = ("https://www.googleapis.com/auth/spreadsheets",)
+
+
+class _LazySheets:
+    """SheetLayouts that builds the Sheets client when first asked."""
+
+    def layout(self, spreadsheet_id: str, worksheet: str) -> SheetLayout:
+        return sheets().layout(spreadsheet_id, worksheet)
+
+
 MODEL_LOOKUP_TIMEOUT_S = 10.0
 
 
@@ -73,16 +84,14 @@ def link_signer() -> LinkSigner:
 
 
 @lru_cache(maxsize=1)
-def sheet_sync() -> SheetSync:
+def sheets() -> GspreadSheetWriter:
+    """The Sheets API client of this instance (reads layouts, writes rows)."""
     import gspread
     from google.auth import default
     from google.auth.credentials import AnonymousCredentials, Credentials
 
-    from shared.adapters.sheet_coalescer import SheetCoalescer
     from shared.adapters.sheets import GspreadSheetWriter
     from shared.adapters.sheets_session import GOOGLE_SHEETS_URL, SheetsSession
-    from shared.adapters.throttle import WriteLimiter
-    from shared.services.sheet_sync import SheetSync
 
     cfg = settings()
     credentials: Credentials
@@ -95,9 +104,19 @@ def sheet_sync() -> SheetSync:
     session = SheetsSession(credentials, cfg.sheets_api_url or GOOGLE_SHEETS_URL)
     client = gspread.Client(auth=None, session=session)  # type: ignore[arg-type]
     client.set_timeout(30)
+    return GspreadSheetWriter(client)
+
+
+@lru_cache(maxsize=1)
+def sheet_sync() -> SheetSync:
+    from shared.adapters.sheet_coalescer import SheetCoalescer
+    from shared.adapters.throttle import WriteLimiter
+    from shared.services.sheet_sync import SheetSync
+
+    cfg = settings()
     # Concurrent requests of this instance share one coalescer and one write budget.
     writer = SheetCoalescer(
-        GspreadSheetWriter(client),
+        sheets(),
         WriteLimiter(cfg.sheets_writes_per_minute),
         window_s=cfg.sheets_coalesce_ms / 1000,
         timeout_s=cfg.sheets_write_timeout_s,
@@ -213,6 +232,7 @@ def idempotency_store() -> FirestoreIdempotencyStore:
 @lru_cache(maxsize=1)
 def intake() -> Intake:
     from shared.services.intake import Intake
+    from shared.services.sheet_check import SheetCheck
 
     return Intake(
         settings(),
@@ -224,6 +244,9 @@ def intake() -> Intake:
         budget_ledger(),
         idempotency_store(),
         preflight(),
+        # Reads the target worksheet once per batch: nothing is paid for that it
+        # cannot show (gspread is imported on the first batch, not at cold start).
+        SheetCheck(_LazySheets()),
     )
 
 

@@ -25,7 +25,7 @@ from shared.domain import daily_usage, quota, request_records
 from shared.domain.batch import Batch
 from shared.domain.daily_usage import DailyUsage
 from shared.domain.economy_batches import EconomyBatch
-from shared.domain.errors import NotFound, PermanentError, TransientError
+from shared.domain.errors import MissingWorksheet, NotFound, PermanentError, TransientError
 from shared.domain.job import Job, JobState, VariantState
 from shared.domain.quota import GateState, Limit, Slot
 from shared.domain.request_records import RequestRecord
@@ -39,6 +39,7 @@ from shared.services.ports import (
     LineResult,
     ModelCheck,
     ReferenceImage,
+    SheetLayout,
     Usage,
 )
 
@@ -1062,3 +1063,59 @@ class FakeSheetWriter:
                 if write.scene_id == scene_id:
                     return write.cells
         raise KeyError(scene_id)
+
+
+SHEET_HEADER = [
+    "scene_id",
+    "prompt",
+    "ref_pack_public_url",
+    "variants",
+    "status_img",
+    *(f"nano_img_{n}" for n in range(1, 9)),
+    "job_id",
+]
+
+
+class FakeSheetLayouts:
+    """SheetLayouts over worksheets set up by the test, recording each read.
+
+    ``sheets[(spreadsheet_id, worksheet)]`` is a layout, or an exception to raise.
+    A worksheet not set up has ``SHEET_HEADER`` and a row for every scene asked for
+    (``every_row``), so that tests about something else need no sheet of their own.
+    """
+
+    def __init__(self, every_row: bool = True) -> None:
+        self.sheets: dict[tuple[str, str], SheetLayout | Exception] = {}
+        self.reads: list[tuple[str, str]] = []
+        self.every_row = every_row
+
+    def put(
+        self,
+        spreadsheet_id: str,
+        worksheet: str,
+        scenes: list[str],
+        header: list[str] | None = None,
+    ) -> None:
+        """A worksheet with ``header`` and one row per scene, in order."""
+        self.sheets[(spreadsheet_id, worksheet)] = SheetLayout(
+            list(header or SHEET_HEADER), ["scene_id", *scenes]
+        )
+
+    def layout(self, spreadsheet_id: str, worksheet: str) -> SheetLayout:
+        self.reads.append((spreadsheet_id, worksheet))
+        found = self.sheets.get((spreadsheet_id, worksheet))
+        if isinstance(found, Exception):
+            raise found
+        if found is not None:
+            return found
+        if not self.every_row:
+            raise MissingWorksheet(f"no worksheet {worksheet!r} in the spreadsheet")
+        return _EveryRow(list(SHEET_HEADER), ["scene_id"])
+
+
+@dataclass(frozen=True)
+class _EveryRow(SheetLayout):
+    """A layout with one row (row 2) for whatever scene is asked for."""
+
+    def rows_of(self, scene_id: str) -> list[int]:
+        return [2]

@@ -63,6 +63,7 @@ from shared.services.once import InProgress
 from shared.services.ports import GeneratedImage, ThumbnailSpec
 from shared.services.preflight import Preflight
 from shared.services.rerolls import Queued, Rerolls
+from shared.services.sheet_check import SheetCheck
 from shared.services.sheet_sync import SheetSync
 from shared.services.sweeper import Sweeper
 from shared.services.thumbnails import Thumbnails
@@ -81,6 +82,7 @@ from tests.fakes import (
     FakeObjectStore,
     FakeQuotaGate,
     FakeReferenceLoader,
+    FakeSheetLayouts,
     FakeSheetWriter,
     make_settings,
     png_bytes,
@@ -231,6 +233,7 @@ class World:
             budget,
             idempotency,
             Preflight(FakeModelDirectory(), ttl_s=300, monotonic=self.clock.monotonic),
+            SheetCheck(FakeSheetLayouts(), monotonic=self.clock.monotonic),
             clock=self.clock,
         )
         self.generation = Generation(

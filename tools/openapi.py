@@ -68,7 +68,9 @@ def _errors(*codes: int) -> dict[str, Any]:
         413: "Body larger than the configured limit",
         415: "Body is not application/json",
         422: "The batch's model is not available (model_unavailable): retired, unknown or "
-        "not allowed; nothing was reserved or queued",
+        "not allowed; or the sheet cannot show some of its images (sheet_mismatch: a "
+        "scene without a row, a variant without its nano_img_k column, a worksheet or "
+        "spreadsheet we cannot read; each in `details`). Nothing was reserved or queued",
         429: "Daily image or cost budget exceeded (figures in `budget`)",
         503: "A backing service is busy; retry",
     }

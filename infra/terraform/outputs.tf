@@ -9,12 +9,12 @@ output "http_function_run_uri" {
 }
 
 output "function_names" {
-  description = "Deployed function names by role (api, generate, thumbnail, dead_letter)."
+  description = "Deployed function names by role (api, generate, thumbnail, dead_letter, economy, export)."
   value       = { for key, fn in google_cloudfunctions2_function.this : key => fn.name }
 }
 
 output "service_account_emails" {
-  description = "Runtime service account of each function (api, generate, thumbnail, dead_letter), plus the push invoker and the function build account."
+  description = "Runtime service account of each function (api, generate, thumbnail, dead_letter, economy, export), plus the push and scheduler invokers and the function build account."
   value = merge(
     { for key, sa in google_service_account.this : key => sa.email if key != "fn_build" },
     { function_build = local.function_build_service_account },
@@ -24,6 +24,11 @@ output "service_account_emails" {
 output "sheet_editor_emails" {
   description = "Service accounts to share the spreadsheet with as editors (the functions that write rows)."
   value       = [for key in local.sheet_writers : google_service_account.this[key].email]
+}
+
+output "sheet_reader_emails" {
+  description = "Service accounts to share the spreadsheet with as viewers (the HTTP function reads the header and scene_id column before a batch is paid for)."
+  value       = [google_service_account.this["api"].email]
 }
 
 output "images_bucket" {
@@ -47,7 +52,7 @@ output "source_object" {
 }
 
 output "topics" {
-  description = "Pub/Sub topic names: jobs, GCS events, dead letters."
+  description = "Pub/Sub topic names: jobs, GCS events, dead letters, exports."
   value       = { for key, topic in google_pubsub_topic.this : key => topic.name }
 }
 

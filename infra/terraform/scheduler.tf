@@ -1,5 +1,8 @@
 # The economy lane's tick: Cloud Scheduler calls run_economy with an OIDC token of
-# its own service account (run.invoker on that function only, iam.tf). A tick
+# its own service account (run.invoker on that function only, iam.tf). It calls the
+# service's run.app URI, not the cloudfunctions.net URL: the function's ingress is
+# internal-only, and Cloud Run counts a Scheduler request as internal only on the
+# run.app URL (on the other, it is refused with PERMISSION_DENIED). A tick
 # submits pending economy variants in Gemini batches and collects finished ones;
 # leases on each batch keep overlapping ticks apart, so a retried or late tick is
 # harmless.
@@ -20,11 +23,11 @@ resource "google_cloud_scheduler_job" "economy" {
 
   http_target {
     http_method = "POST"
-    uri         = google_cloudfunctions2_function.this["economy"].url
+    uri         = google_cloudfunctions2_function.this["economy"].service_config[0].uri
 
     oidc_token {
       service_account_email = google_service_account.this["scheduler_invoker"].email
-      audience              = google_cloudfunctions2_function.this["economy"].url
+      audience              = google_cloudfunctions2_function.this["economy"].service_config[0].uri
     }
   }
 

@@ -413,12 +413,12 @@ variable "function_sizing" {
     max_instances   = optional(number)
     concurrency     = optional(number)
   }))
-  description = "Sizing overrides by function (api, generate, thumbnail, dead_letter, export): memory (e.g. \"1Gi\"), cpu, timeout_seconds (must exceed the function's longest path, checked at start; at most the ack deadline for the pushed ones), min_instances, max_instances, concurrency. Omitted fields keep the defaults in settings.tf."
+  description = "Sizing overrides by function (api, generate, thumbnail, dead_letter, economy, export): memory (e.g. \"1Gi\"), cpu, timeout_seconds (must exceed the function's longest path, checked at start; at most the ack deadline for the pushed ones), min_instances, max_instances, concurrency. Omitted fields keep the defaults in settings.tf."
   default     = {}
 
   validation {
-    condition     = alltrue([for key in keys(var.function_sizing) : contains(["api", "generate", "thumbnail", "dead_letter", "export"], key)])
-    error_message = "function_sizing keys must be api, generate, thumbnail, dead_letter or export."
+    condition     = alltrue([for key in keys(var.function_sizing) : contains(["api", "generate", "thumbnail", "dead_letter", "economy", "export"], key)])
+    error_message = "function_sizing keys must be api, generate, thumbnail, dead_letter, economy or export."
   }
 }
 

@@ -9,37 +9,29 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import gspread
 from gspread.exceptions import APIError
 
 from shared.adapters.a1 import column_letter, literal_text, quote_title
-from shared.contracts.sheet_row import Cell, Formula
-from shared.domain.errors import PermanentError, TransientError
-from shared.services.ports import RowResult, RowUpdate
-
-KEY_COLUMN = "scene_id"
-REQUIRED_COLUMNS = ("scene_id", "status_img")
-# Written when the sheet has them, silently left out when it does not.
-OPTIONAL_COLUMNS = frozenset({"error_img"})
+from shared.contracts.sheet_row import (
+    KEY_COLUMN,
+    OPTIONAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    Cell,
+    Formula,
+)
+from shared.domain.errors import MissingWorksheet, PermanentError, TransientError
+from shared.services.ports import RowResult, RowUpdate, SheetLayout
 
 
 class BadRequest(PermanentError):
     """A 400: one malformed or unknown range spoils the whole call."""
 
 
-@dataclass(frozen=True)
-class Layout:
-    """A worksheet's header row and its ``scene_id`` column (row 1 first)."""
-
-    header: list[str]
-    keys: list[str]
-
-
 class GspreadSheetWriter:
-    """SheetWriter and RowsWriter on one gspread client."""
+    """SheetWriter, RowsWriter and SheetLayouts on one gspread client."""
 
     def __init__(self, client: gspread.Client) -> None:
         self._http = client.http_client
@@ -53,6 +45,12 @@ class GspreadSheetWriter:
         if result.error is not None:
             raise result.error
         return result.note
+
+    def layout(self, spreadsheet_id: str, worksheet: str) -> SheetLayout:
+        found = self._layouts(spreadsheet_id, [worksheet])[worksheet]
+        if isinstance(found, Exception):
+            raise found
+        return found
 
     def write_rows(self, spreadsheet_id: str, updates: Sequence[RowUpdate]) -> list[RowResult]:
         layouts = self._layouts(spreadsheet_id, sorted({u.worksheet for u in updates}))
@@ -97,9 +95,11 @@ class GspreadSheetWriter:
             {"valueInputOption": "USER_ENTERED", "data": data},
         )
 
-    def _layouts(self, spreadsheet_id: str, worksheets: list[str]) -> dict[str, Layout | Exception]:
+    def _layouts(
+        self, spreadsheet_id: str, worksheets: list[str]
+    ) -> dict[str, SheetLayout | Exception]:
         """Each worksheet's layout, in one read when the headers are cached."""
-        found: dict[str, Layout | Exception] = {}
+        found: dict[str, SheetLayout | Exception] = {}
         pending = list(worksheets)
         for round_ in range(2):
             plan: list[tuple[str, list[str] | None]] = []
@@ -126,7 +126,7 @@ class GspreadSheetWriter:
                     for worksheet in pending:
                         found.update(self._layouts(spreadsheet_id, [worksheet]))
                     return found
-                found[pending[0]] = PermanentError(
+                found[pending[0]] = MissingWorksheet(
                     f"no worksheet {pending[0]!r} in the spreadsheet ({exc})"
                 )
                 return found
@@ -142,9 +142,9 @@ class GspreadSheetWriter:
                     self._headers[(spreadsheet_id, worksheet)] = header
                 if keys_range is not None and header == keyed:
                     keys = [str(r[0]) if r else "" for r in keys_range.get("values", [])]
-                    found[worksheet] = Layout(header, keys)
+                    found[worksheet] = SheetLayout(header, keys)
                 elif KEY_COLUMN not in header:
-                    found[worksheet] = Layout(header, [])
+                    found[worksheet] = SheetLayout(header, [])
                 elif round_ == 0:
                     retry.append(worksheet)  # header new or moved: read its keys now
                 else:
@@ -176,15 +176,13 @@ class GspreadSheetWriter:
             raise TransientError(f"Sheets API unreachable: {exc}") from exc
 
 
-def _row_data(update: RowUpdate, layout: Layout) -> tuple[list[dict[str, Any]], str | None]:
+def _row_data(update: RowUpdate, layout: SheetLayout) -> tuple[list[dict[str, Any]], str | None]:
     """The value ranges of one row update, and a note about cells left out."""
     header, worksheet = layout.header, update.worksheet
     missing = [name for name in REQUIRED_COLUMNS if name not in header]
     if missing:
         raise PermanentError(f"worksheet {worksheet!r} has no column {', '.join(missing)}")
-    rows = [
-        i for i, key in enumerate(layout.keys, start=1) if i > 1 and key.strip() == update.scene_id
-    ]
+    rows = layout.rows_of(update.scene_id)
     if not rows:
         raise PermanentError(f"no row with scene_id {update.scene_id!r} in worksheet {worksheet!r}")
     row, notes = rows[0], []

@@ -32,6 +32,19 @@ Cell = Text | Formula
 # Sheets holds 50,000 characters a cell; a status should stay readable.
 MAX_CELL_CHARS = 1000
 ERROR_COLUMN = "error_img"
+# Rows are found by this column's value.
+KEY_COLUMN = "scene_id"
+# Without these a row cannot say anything: its scene, its status.
+REQUIRED_COLUMNS = (KEY_COLUMN, "status_img")
+# Written when the sheet has them; Refresh, Cancel and Re-roll read the job id.
+JOB_ID_COLUMN = "job_id"
+# Written when the sheet has it, silently left out when it does not.
+OPTIONAL_COLUMNS = frozenset({ERROR_COLUMN})
+
+
+def image_column(n: int) -> str:
+    """The header of variant ``n``'s image cell (from 1)."""
+    return f"nano_img_{n}"
 
 
 def row_cells(job: Job, links: LinkSigner) -> dict[str, Cell]:
@@ -42,7 +55,7 @@ def row_cells(job: Job, links: LinkSigner) -> dict[str, Cell]:
     """
     cells: dict[str, Cell] = {
         "status_img": Text(_clip(progress(job).status)),
-        "job_id": Text(job.job_id),
+        JOB_ID_COLUMN: Text(job.job_id),
         ERROR_COLUMN: Text(_clip(job.error or "")),
     }
     for key in sorted(job.variants, key=int):
@@ -50,7 +63,7 @@ def row_cells(job: Job, links: LinkSigner) -> dict[str, Cell]:
         number, shown = variant.current()  # the newest version with a finished image
         if shown.asset_name("thumb") is not None:
             url = links.link(job.job_id, variant.n, "thumb", number).replace('"', '""')
-            cells[f"nano_img_{variant.n}"] = Formula(f'=IMAGE("{url}")')
+            cells[image_column(variant.n)] = Formula(f'=IMAGE("{url}")')
     return cells
 
 

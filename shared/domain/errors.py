@@ -24,6 +24,10 @@ class PermanentError(PipelineError):
     """A failure that retrying cannot fix: recorded on the job, event acknowledged."""
 
 
+class MissingWorksheet(PermanentError):
+    """The spreadsheet has no worksheet (tab) of that name."""
+
+
 class NotFound(PipelineError):
     """A document or object that should exist does not."""
 

@@ -41,6 +41,7 @@ from shared.services.ports import (
     JobStore,
 )
 from shared.services.preflight import Preflight
+from shared.services.sheet_check import SheetCheck
 from shared.services.style_anchors import problem
 from shared.services.views import batch_view, budget_view, job_view
 
@@ -73,7 +74,17 @@ class ModelUnavailable:
     replacement: str | None = None
 
 
-Submission = Accepted | OverBudget | InProgress | ModelUnavailable
+@dataclass(frozen=True)
+class SheetMismatch:
+    """The target worksheet cannot show some of the batch's images (a missing row
+    or image column, a tab or spreadsheet we cannot read): refused before anything
+    is reserved, each problem named by its request field."""
+
+    problems: list[dict[str, str]]
+
+
+Refusal = ModelUnavailable | SheetMismatch
+Submission = Accepted | OverBudget | InProgress | ModelUnavailable | SheetMismatch
 
 __all__ = [
     "Accepted",
@@ -81,6 +92,7 @@ __all__ = [
     "Intake",
     "ModelUnavailable",
     "OverBudget",
+    "SheetMismatch",
     "Submission",
 ]
 
@@ -97,16 +109,30 @@ class Intake:
     budget: BudgetLedger
     idempotency: IdempotencyStore
     preflight: Preflight
+    sheets: SheetCheck
     clock: Callable[[], datetime] = utcnow
     ids: Callable[[str], str] = new_id
 
     # ------------------------------------------------------------------ plan
-    def plan(self, request: BatchRequest, caller: str) -> Plan | ModelUnavailable:
+    def plan(self, request: BatchRequest, caller: str) -> Plan | Refusal:
         """Exactly what ``live`` would do, without writing or publishing anything.
 
-        The batch's model is checked with the backend first: a retired or unknown
-        model refuses the batch before anyone pays.
+        The batch's model is checked with the backend first, then the worksheet: a
+        retired or unknown model, or images the sheet could not show, refuse the
+        batch before anyone pays.
         """
+        plan = self._plan(request, caller)
+        if isinstance(plan, ModelUnavailable):
+            return plan
+        findings = self.sheets.check(request)
+        if findings.problems:
+            return SheetMismatch(findings.problems)
+        plan.warnings.extend(findings.warnings)
+        return plan
+
+    def _plan(self, request: BatchRequest, caller: str) -> Plan | ModelUnavailable:
+        """The plan without the sheet check: what a batch recorded earlier resumes on
+        (its rows were checked when it was first asked for)."""
         model = request.model or self.settings.gemini_model
         entry = self.settings.model_entry(model)
         if not entry.served:
@@ -216,13 +242,13 @@ class Intake:
         if isinstance(outcome, Accepted):
             held.finish(kept_answer(outcome.answer))
         else:
-            # A refusal (budget, model) committed nothing: a retry may pass.
+            # A refusal (budget, model, sheet) committed nothing: a retry may pass.
             held.abandon()
         return outcome
 
     def _submit(
         self, request: BatchRequest, caller: str, held: once.Held
-    ) -> Accepted | OverBudget | ModelUnavailable:
+    ) -> Accepted | OverBudget | Refusal:
         batch_id = held.names
         batch = self.store.get_batch(batch_id)
         if batch is not None:
@@ -230,20 +256,20 @@ class Intake:
             # any job a batch too large for one commit did not get).
             jobs = self.store.get_jobs(batch.job_ids)
             if len(jobs) < len(batch.job_ids):
-                plan = self.plan(request, batch.caller)
-                if isinstance(plan, ModelUnavailable):
-                    raise TransientError(f"the batch's model is not available: {plan.reason}")
-                day = str(held.intent.get("day") or plan.budget.day)
+                resumed = self._plan(request, batch.caller)
+                if isinstance(resumed, ModelUnavailable):
+                    raise TransientError(f"the batch's model is not available: {resumed.reason}")
+                day = str(held.intent.get("day") or resumed.budget.day)
                 made = build_jobs(
-                    request, batch.caller, plan, batch.batch_id, day, batch.created_at
+                    request, batch.caller, resumed, batch.batch_id, day, batch.created_at
                 )
                 self.store.create_batch(batch, made)
                 jobs = self.store.get_jobs(batch.job_ids)
             return self._publish(batch, jobs, held, request)
         plan = self.plan(request, caller)
         day = str(held.intent.get("day") or "")
-        if isinstance(plan, ModelUnavailable):
-            if day:  # an earlier run reserved before the model went away
+        if isinstance(plan, ModelUnavailable | SheetMismatch):
+            if day:  # an earlier run reserved before the model (or the row) went away
                 try:
                     self.budget.release(
                         caller, day, reservation_key(batch_id), Fence(held.key, held.holder)
@@ -324,7 +350,7 @@ class Intake:
 
     def _answer(self, batch: Batch, jobs: list[Job], request: BatchRequest) -> Submitted:
         """The answer of a recorded batch, for a request that never prepared it."""
-        plan = self.plan(request, batch.caller)
+        plan = self._plan(request, batch.caller)
         if isinstance(plan, ModelUnavailable):
             raise TransientError(f"the batch's model is not available now: {plan.reason}")
         return Submitted(

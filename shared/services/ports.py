@@ -450,6 +450,29 @@ class SheetWriter(Protocol):
 
 
 @dataclass(frozen=True)
+class SheetLayout:
+    """A worksheet as its rows are found: the header row and the ``scene_id``
+    column, row 1 (the header) first."""
+
+    header: list[str]
+    keys: list[str]
+
+    def rows_of(self, scene_id: str) -> list[int]:
+        """The row numbers (from 1) whose ``scene_id`` is ``scene_id``."""
+        return [i for i, key in enumerate(self.keys, start=1) if i > 1 and key.strip() == scene_id]
+
+
+class SheetLayouts(Protocol):
+    """Reads a worksheet's layout (Google Sheets through gspread in production)."""
+
+    def layout(self, spreadsheet_id: str, worksheet: str) -> SheetLayout:
+        """The worksheet's header and ``scene_id`` column as they are now. Raises
+        ``PermanentError`` for a missing worksheet or spreadsheet (or one not shared
+        with us), ``TransientError`` for quota and server errors."""
+        ...
+
+
+@dataclass(frozen=True)
 class RowUpdate:
     """One scene row's cells, as one of several written together."""
 

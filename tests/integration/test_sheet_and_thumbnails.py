@@ -367,55 +367,102 @@ def test_sheet_links_work_tampering_is_refused_and_no_cell_holds_a_signed_url(
 # --------------------------------------------------------------------------- sheet errors
 
 
-def test_missing_row_deleted_column_and_unshared_sheet_end_as_sheet_error(
+def test_a_batch_the_sheet_cannot_show_is_refused_before_anything_is_reserved(
     stack: LiveStack,
     scene: Callable[[str], str],
     add_worksheet: Callable[[str, list[str]], Any],
 ) -> None:
-    # A scene that is not in the sheet.
-    missing = [{"scene_id": scene("norow"), "prompt": "A red kite", "variants": 1}]
-    # A worksheet whose status column was deleted.
+    def refused(items: list[dict[str, Any]], worksheet: str, run_mode: str) -> list[Any]:
+        body = {
+            "items": items,
+            "runMode": run_mode,
+            "spreadsheet_id": stack.env["SPREADSHEET_ID"],
+            "worksheet": worksheet,
+        }
+        answer = requests.post(
+            f"{stack.api}/batch/images", json=body, headers=stack.headers(), timeout=60
+        )
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"] == "sheet_mismatch"
+        return [(d["field"], d["reason"]) for d in answer.json()["details"]]
+
+    worksheet = stack.env["WORKSHEET"]
+    here = scene("four")
+    stack.add_rows([{"scene_id": here, "prompt": "A kite", "variants": 4}])
+
+    def images_used() -> int:
+        fine = [{"scene_id": here, "prompt": "A kite", "variants": 1}]
+        plan = stack.post_batch(fine, run_mode="dry_run")
+        assert plan.status_code == 200, plan.text
+        return int(plan.json()["budget"]["images_used"])
+
+    used = images_used()
+    # A scene that is not in the sheet, and four variants for three image columns.
+    items = [
+        {"scene_id": scene("norow"), "prompt": "A red kite", "variants": 1},
+        {"scene_id": here, "prompt": "A kite", "variants": 4},
+    ]
+    for run_mode in ("dry_run", "live"):
+        assert refused(items, worksheet, run_mode) == [
+            (
+                "items[0].scene_id",
+                f"no row with scene_id {items[0]['scene_id']!r} in worksheet {worksheet!r}: "
+                "its images would be paid for and never shown",
+            ),
+            (
+                "items[1].variants",
+                "4 variants need column nano_img_4, which worksheet "
+                f"{worksheet!r} lacks (it has nano_img_1, nano_img_2, nano_img_3): add the "
+                "column or ask for fewer",
+            ),
+        ]
+    # A worksheet whose status column was deleted; one that does not exist.
     title = f"NoStatus-{uuid.uuid4().hex[:6]}"
     sheet = add_worksheet(title, [h for h in HEADER if h != "status_img"])
     no_column = [{"scene_id": scene("nocol"), "prompt": "A blue kite", "variants": 1}]
     sheet.append_rows([[no_column[0]["scene_id"], "A blue kite", "", 1]], table_range="A1")
-    writes_before = len(stub(stack, "writes")["writes"])
-
-    missing_job = stack.post_batch(missing).json()["jobs"][0]["job_id"]
-    body = {
-        "items": no_column,
-        "runMode": "live",
-        "spreadsheet_id": stack.env["SPREADSHEET_ID"],
-        "worksheet": title,
-    }
-    answer = requests.post(
-        f"{stack.api}/batch/images", json=body, headers=stack.headers(), timeout=60
-    )
-    column_job = answer.json()["jobs"][0]["job_id"]
-    views = stack.wait_jobs([missing_job, column_job])
-    assert views[missing_job]["state"] == "completed"
-    assert views[column_job]["state"] == "completed"
-    stack.wait_for(lambda: bool(stack.status(missing_job).get("sheet_error")), what="sheet_error")
-    stack.wait_for(lambda: bool(stack.status(column_job).get("sheet_error")), what="sheet_error")
-    assert stack.status(missing_job)["sheet_error"] == (
-        f"no row with scene_id {missing[0]['scene_id']!r} in worksheet {stack.env['WORKSHEET']!r}"
-    )
-    assert stack.status(column_job)["sheet_error"] == (
-        f"worksheet {title!r} has no column status_img"
-    )
-    # Ended, not retried forever: nothing was written to the column-less sheet.
-    assert all(
-        not entry["range"].startswith(f"'{title}'")
-        for write in stub(stack, "writes")["writes"][writes_before:]
-        for entry in write["data"]
-    )
-
+    assert refused(no_column, title, "live") == [
+        ("worksheet", f"worksheet {title!r} has no column status_img in its header row (row 1)")
+    ]
+    [(field, reason)] = refused(no_column, f"{title}-gone", "live")
+    assert field == "worksheet" and f"no worksheet '{title}-gone'" in reason
     # A spreadsheet that is not shared with the service account (403).
     unshared = [{"scene_id": scene("unshared"), "prompt": "A kite", "variants": 1}]
     stack.add_rows(unshared)
     stub(stack, "access", {"spreadsheetId": stack.env["SPREADSHEET_ID"], "allowed": False})
     try:
-        job_id = stack.post_batch(unshared).json()["jobs"][0]["job_id"]
+        [(field, reason)] = refused(unshared, worksheet, "live")
+    finally:
+        stub(stack, "access", {"spreadsheetId": stack.env["SPREADSHEET_ID"], "allowed": True})
+    assert field == "spreadsheet_id" and "not shared with the service account" in reason
+    # Nothing was reserved by any of these.
+    assert images_used() == used
+
+
+def test_a_row_deleted_or_unshared_after_intake_ends_as_sheet_error(
+    stack: LiveStack, scene: Callable[[str], str]
+) -> None:
+    gone = [{"scene_id": scene("gone"), "prompt": "A red kite", "variants": 1}]
+    stack.add_rows(gone)
+    answer = stack.post_batch(gone)
+    assert answer.status_code == 202, answer.text
+    # The team deletes the row while its image is being made.
+    values = stack.worksheet.col_values(1)
+    stack.worksheet.delete_rows(values.index(gone[0]["scene_id"]) + 1)
+    gone_job = answer.json()["jobs"][0]["job_id"]
+    assert stack.wait_jobs([gone_job])[gone_job]["state"] == "completed"
+    stack.wait_for(lambda: bool(stack.status(gone_job).get("sheet_error")), what="sheet_error")
+    assert stack.status(gone_job)["sheet_error"] == (
+        f"no row with scene_id {gone[0]['scene_id']!r} in worksheet {stack.env['WORKSHEET']!r}"
+    )
+
+    unshared = [{"scene_id": scene("unshared"), "prompt": "A kite", "variants": 1}]
+    stack.add_rows(unshared)
+    answer = stack.post_batch(unshared)
+    assert answer.status_code == 202, answer.text
+    stub(stack, "access", {"spreadsheetId": stack.env["SPREADSHEET_ID"], "allowed": False})
+    try:
+        job_id = answer.json()["jobs"][0]["job_id"]
         assert stack.wait_jobs([job_id])[job_id]["state"] == "completed"
         stack.wait_for(lambda: bool(stack.status(job_id).get("sheet_error")), what="sheet_error")
     finally:

@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -572,3 +573,31 @@ def test_a_model_google_stopped_serving_is_gone(stub: GeminiStubServer) -> None:
     requests.post(f"{stub.url}/_stub/config", json={"retired_models": [MODEL]}, timeout=5)
     with pytest.raises(ModelGone, match="404 NOT_FOUND"):
         generator().generate(MODEL, "a fox", [], seed=1)
+
+
+def test_the_preflight_cli_checks_what_the_terraform_variables_deploy(
+    stub: GeminiStubServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tools.preflight import main
+
+    tfvars = tmp_path / "terraform.tfvars"
+    tfvars.write_text(
+        'project_id = "p"\naccess = { allowed_spreadsheet_ids = ["*"] }\n'
+        'models = {\n  gemini_model = "gemini-3-pro-image-preview"\n}\n'
+    )
+    # The shell names a fine model; the deployment a shut-down one: the deployment counts.
+    env = {
+        "GEMINI_API_KEY": "k",
+        "GOOGLE_GEMINI_BASE_URL": stub.url,
+        "GEMINI_MODEL": "gemini-nano-banana-2.1",
+    }
+    assert main(["--tfvars", str(tfvars)], env) == 1
+    out = capsys.readouterr().out
+    assert f"checking the deployment of {tfvars}" in out
+    assert "GEMINI_MODEL in the environment ('gemini-nano-banana-2.1')" in out
+    assert "use gemini-3-pro-image" in out
+    tfvars.write_text('models = {\n  gemini_model = "gemini-nano-banana-2.1"\n}\n')
+    assert main(["--tfvars", str(tfvars)], env) == 0
+    tfvars.write_text("models = {{{\n")
+    assert main(["--tfvars", str(tfvars)], env) == 2
+    assert "cannot read" in capsys.readouterr().out

@@ -26,6 +26,7 @@ from shared.services.intake import Intake
 from shared.services.ledger import JobLedger
 from shared.services.ports import Usage
 from shared.services.preflight import Preflight
+from shared.services.sheet_check import SheetCheck
 from tests.fakes import (
     IMAGES_BUCKET,
     LINK_SIGNING_KEY,
@@ -38,6 +39,7 @@ from tests.fakes import (
     FakeModelDirectory,
     FakeObjectStore,
     FakePublisher,
+    FakeSheetLayouts,
     make_job,
     mark_done,
 )
@@ -57,6 +59,11 @@ def cold_start(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
 
 
 @pytest.fixture
+def sheet_layouts() -> FakeSheetLayouts:
+    return FakeSheetLayouts()
+
+
+@pytest.fixture
 def intake(
     monkeypatch: pytest.MonkeyPatch,
     store: FakeJobStore,
@@ -66,6 +73,7 @@ def intake(
     idempotency: FakeIdempotencyStore,
     model_directory: FakeModelDirectory,
     clock: FakeClock,
+    sheet_layouts: FakeSheetLayouts,
 ) -> Intake:
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
     monkeypatch.setenv("IMAGES_BUCKET", IMAGES_BUCKET)
@@ -90,6 +98,7 @@ def intake(
         budget,
         idempotency,
         Preflight(model_directory, ttl_s=300),
+        SheetCheck(sheet_layouts),
         clock=clock,
         ids=lambda p: f"{p}_{next(counter)}",
     )
@@ -535,3 +544,26 @@ def test_models_say_which_are_going_away(client: FlaskClient) -> None:
     assert "deprecated" in flash["notice"]
     assert models["gemini-3-pro-image-preview"]["status"] == "shut_down"
     assert all(m["checked_on"] == "2026-12-07" for m in models.values())
+
+
+@pytest.mark.parametrize("run_mode", ["dry_run", "live"])
+def test_rows_the_sheet_lacks_are_a_422_naming_item_and_column(
+    client: FlaskClient,
+    sheet_layouts: FakeSheetLayouts,
+    store: FakeJobStore,
+    budget: FakeBudgetLedger,
+    run_mode: str,
+) -> None:
+    body = batch(run_mode)
+    scenes = [item["scene_id"] for item in body["items"]]
+    header = ["scene_id", "status_img", "nano_img_1", "job_id"]
+    sheet_layouts.put(body["spreadsheet_id"], body["worksheet"], scenes[1:], header=header)
+    answer = assert_json_error(
+        client.post("/batch/images", json=body, headers=HEADERS), 422, "sheet_mismatch"
+    )
+    fields = [detail["field"] for detail in answer["details"]]
+    assert "items[0].scene_id" in fields
+    assert f"no row with scene_id {scenes[0]!r}" in answer["details"][0]["reason"]
+    assert "nothing was reserved or queued" in answer["message"]
+    assert store.writes == []
+    assert budget.usage("alice", T0.strftime("%Y-%m-%d")).images == 0

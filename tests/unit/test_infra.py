@@ -154,10 +154,13 @@ class TerraformFailed(Exception):
     """terraform init/apply/output failed; the message is Terraform's."""
 
 
-def evaluate(directory: Path, overrides: dict[str, str] | None = None) -> dict[str, Any]:
+def evaluate(
+    directory: Path, overrides: dict[str, str] | None = None, tfvars: str | None = None
+) -> dict[str, Any]:
     """Terraform's own values of every variable (``var.X``) and settings.tf local
     (``local.X``): ``terraform apply`` of variables.tf and settings.tf with one
-    output each, in ``directory``, with REQUIRED_VARS and ``overrides``."""
+    output each, in ``directory``, with REQUIRED_VARS and ``overrides`` (or, given
+    ``tfvars``, with that terraform.tfvars and ``overrides``)."""
     # The repository's layout around the configuration: variables.tf reads the
     # model catalog at ../../shared/domain/model_catalog.json.
     catalog = directory / "shared" / "domain"
@@ -177,11 +180,20 @@ def evaluate(directory: Path, overrides: dict[str, str] | None = None) -> dict[s
     outputs = [f'output "var_{name}" {{\n  value = var.{name}\n}}' for name in variables()]
     outputs += [f'output "local_{name}" {{\n  value = local.{name}\n}}' for name in settings_locals]
     (directory / "outputs.tf").write_text("\n".join(outputs) + "\n")
+    given = {**REQUIRED_VARS, **(overrides or {})}
+    if tfvars is not None:
+        (directory / "terraform.tfvars").write_text(tfvars)
+        given = dict(overrides or {})
     command = TerraformCommand(str(directory))
     plain = {"no_color": ..., "input": False}
     steps: list[tuple[str, dict[str, Any]]] = [
         ("init", plain),
-        ("apply", {**plain, "auto_approve": ..., "var": {**REQUIRED_VARS, **(overrides or {})}}),
+        (
+            "apply",
+            {**plain, "auto_approve": ..., "var": given}
+            if given
+            else {**plain, "auto_approve": ...},
+        ),
         ("output", {"json": ...}),
     ]
     out = ""
@@ -487,7 +499,11 @@ def test_only_the_http_function_is_public(evaluated: dict[str, Any]) -> None:
 def test_the_economy_tick_is_scheduled_with_an_oidc_token(evaluated: dict[str, Any]) -> None:
     job = resources("google_cloud_scheduler_job")["economy"]
     target = job["http_target"][0]
-    assert target["uri"] == '${google_cloudfunctions2_function.this["economy"].url}'
+    # The service (run.app) URI: an internal-only function refuses Scheduler's calls
+    # on its cloudfunctions.net URL.
+    assert target["uri"] == (
+        '${google_cloudfunctions2_function.this["economy"].service_config[0].uri}'
+    )
     token = target["oidc_token"][0]
     assert token["service_account_email"] == (
         '${google_service_account.this["scheduler_invoker"].email}'
@@ -980,6 +996,57 @@ def test_source_archive_is_reproducible(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ docs and CI
+EXAMPLE = TF_DIR / "terraform.tfvars.example"
+
+
+def example_with_every_option() -> str:
+    """The example variables file with its optional settings turned on (the lines
+    after its "## Optional" note, without their leading "# ")."""
+    head, optional = EXAMPLE.read_text().split("## Optional", 1)
+    lines = [line[2:] if line.startswith("# ") else line for line in optional.splitlines()[1:]]
+    return head + "\n".join(lines) + "\n"
+
+
+def dropped(given: Any, kept: Any, path: str) -> list[str]:
+    """Attributes of ``given`` that Terraform's value ``kept`` lacks (it drops those an
+    object type does not declare, without a word)."""
+    if not isinstance(given, dict) or not isinstance(kept, dict):
+        return []
+    found = [f"{path}.{key}" for key in given if key not in kept]
+    for key, value in given.items():
+        if key in kept:
+            found += dropped(value, kept[key], f"{path}.{key}")
+    return found
+
+
+def test_the_example_variables_are_accepted_with_no_unknown_attribute(tmp_path: Path) -> None:
+    text = example_with_every_option()
+    given = hcl2.loads(text, serialization_options=HCL)
+    assert {"models", "intake", "function_sizing", "storage"} <= set(given)
+    values = evaluate(tmp_path, tfvars=text)
+    unknown = [
+        path
+        for name, value in given.items()
+        for path in dropped(value, values[f"var.{name}"], name)
+    ]
+    assert unknown == [], f"Terraform drops {unknown} of terraform.tfvars.example"
+    assert values["var.models"]["gemini_model"] == given["models"]["gemini_model"]
+
+
+def test_dropped_finds_an_attribute_terraform_would_drop() -> None:
+    given = {"intake": {"gemini_model": "x", "max_variants": 4}}
+    kept = {"intake": {"max_variants": 4, "daily_image_cap": 1000}}
+    assert dropped(given, kept, "var") == ["var.intake.gemini_model"]
+
+
+def test_every_function_may_be_sized(tmp_path: Path, evaluated: dict[str, Any]) -> None:
+    names = sorted(functions(evaluated))
+    sizing = "{" + ", ".join(f"{name} = {{ max_instances = 2 }}" for name in names) + "}"
+    values = evaluate(tmp_path, {"function_sizing": sizing})
+    assert sorted(values["var.function_sizing"]) == names
+    assert all(values["local.function_sizing"][name]["max_instances"] == 2 for name in names)
+
+
 def test_readme_documents_every_input_and_output(evaluated: dict[str, Any]) -> None:
     readme = (TF_DIR / "README.md").read_text()
     outputs = {name for block in terraform()["output"] for name in block}
@@ -992,6 +1059,50 @@ def test_readme_documents_every_input_and_output(evaluated: dict[str, Any]) -> N
         assert re.search(rf"^\| `{re.escape(name)}` \|", readme, re.MULTILINE), (
             f"README lacks `{name}`"
         )
+
+
+def readme_table(heading: str) -> dict[str, str]:
+    """The first column (its backticked names) and the rest of each row of the
+    table under ``## heading`` in the infra README."""
+    readme = (TF_DIR / "README.md").read_text()
+    section = readme.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].startswith("`"):
+            for name in re.findall(r"`([^`]+)`", cells[0]):
+                rows[name] = " | ".join(cells[1:])
+    return rows
+
+
+def test_the_outputs_table_is_the_configuration_s() -> None:
+    declared = {
+        name: body["description"] for block in terraform()["output"] for name, body in block.items()
+    }
+    assert readme_table("Outputs") == declared
+
+
+def test_the_resources_table_names_every_resource() -> None:
+    listed = " ".join(readme_table("Resources"))
+    missing = [
+        address
+        for address in blocks()
+        if not address.startswith("local.") and not re.search(rf"\b{re.escape(address)}\b", listed)
+    ]
+    assert missing == [], f"the infra README's Resources table lacks {missing}"
+
+
+def test_the_readme_counts_what_exists(evaluated: dict[str, Any]) -> None:
+    readme = (TF_DIR / "README.md").read_text() + tf_text()
+    words = {4: "four", 5: "five", 6: "six", 7: "seven"}
+    counts = {"functions": len(functions(evaluated)), "topics": len(locals_()["topics"])}
+    for noun, count in counts.items():
+        for number, word in words.items():
+            stated = re.findall(rf"\b{word} (?:Cloud )?{noun}\b", readme, re.IGNORECASE)
+            assert number == count or not stated, (
+                f"the infra README says {stated}; there are {count}"
+            )
+    assert not re.search(r"after 5 deliveries|\(5 attempts\)|5 attempts →", readme)
 
 
 def test_first_deploy_walkthrough_names_what_exists() -> None:
@@ -1018,6 +1129,7 @@ def test_cloudbuild_pipeline() -> None:
         "tfvars",
         "terraform-init",
         "terraform-plan",
+        "secrets-ready",
         "terraform-apply",
     ]
     script = {key: json.dumps(step) for key, step in steps.items()}
@@ -1028,5 +1140,44 @@ def test_cloudbuild_pipeline() -> None:
     assert "-backend-config=bucket=${_TF_STATE_BUCKET}" in script["terraform-init"]
     assert "source_archive_path=$$(cat" in script["terraform-plan"]
     assert '[ \\"$BRANCH_NAME\\" = \\"main\\" ]' in script["terraform-apply"]
+    # Nothing is applied before every secret the plan names has a version.
+    assert steps["terraform-apply"]["waitFor"] == ["terraform-plan", "secrets-ready"]
+    assert "secret_ids" in script["secrets-ready"] and "tfplan.json" in script["terraform-plan"]
     text = (REPO / "cloudbuild.yaml").read_text()
     assert not re.search(r"(?i)(api[_-]?key|password|secret)\s*[:=]\s*\S", text)
+
+
+def test_the_build_stops_before_applying_when_a_secret_has_no_version(tmp_path: Path) -> None:
+    yaml = pytest.importorskip("yaml")
+    build = yaml.safe_load((REPO / "cloudbuild.yaml").read_text())
+    (step,) = [s for s in build["steps"] if s["id"] == "secrets-ready"]
+    script = step["args"][1].split("<<'PY'\n", 1)[1].split("\nPY", 1)[0]
+    plan = tmp_path / "tfplan.json"
+    ids = {"API_KEY_HASHES": "p-api-key-hashes", "LINK_SIGNING_KEY": "p-link-signing-key"}
+    plan.write_text(json.dumps({"planned_values": {"outputs": {"secret_ids": {"value": ids}}}}))
+    # A gcloud that knows a version of the link key only.
+    gcloud = tmp_path / "bin" / "gcloud"
+    gcloud.parent.mkdir()
+    gcloud.write_text(
+        '#!/bin/sh\n[ "$4" = p-link-signing-key ] && echo projects/p/secrets/x/versions/1\nexit 0\n'
+    )
+    gcloud.chmod(0o755)
+    env = {**os.environ, "PATH": f"{gcloud.parent}:{os.environ['PATH']}"}
+    code = script.replace("/workspace/tfplan.json", str(plan))
+    ran = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert ran.returncode == 1
+    assert "p-api-key-hashes (API_KEY_HASHES): gcloud secrets versions add" in ran.stdout
+    assert "p-link-signing-key" not in ran.stdout
+    gcloud.write_text("#!/bin/sh\necho projects/p/secrets/x/versions/1\n")
+    ran = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+
+
+def test_the_deploy_account_commands_grant_the_roles_the_table_lists() -> None:
+    readme = (TF_DIR / "README.md").read_text()
+    section = readme.split("## Continuous deployment", 1)[1].split("\n## ", 1)[0]
+    loop = section.split("for role in", 1)[1].split("; do", 1)[0]
+    granted = {f"roles/{role}" for role in loop.replace("\\", " ").split()}
+    listed = set(re.findall(r"^\| `(roles/[\w.]+)` \|", section, re.MULTILINE))
+    assert granted == listed
+    assert "roles/cloudscheduler.admin" in granted  # the economy tick's job

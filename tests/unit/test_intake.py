@@ -24,6 +24,7 @@ from shared.services.ledger import JobLedger
 from shared.services.once import InProgress
 from shared.services.ports import Usage
 from shared.services.preflight import Preflight
+from shared.services.sheet_check import SheetCheck
 from tests.fakes import (
     IMAGES_BUCKET,
     T0,
@@ -33,6 +34,7 @@ from tests.fakes import (
     FakeJobStore,
     FakeModelDirectory,
     FakePublisher,
+    FakeSheetLayouts,
     make_job,
     make_settings,
 )
@@ -72,6 +74,11 @@ def request(
 
 
 @pytest.fixture
+def sheets() -> FakeSheetLayouts:
+    return FakeSheetLayouts()
+
+
+@pytest.fixture
 def make_intake(
     store: FakeJobStore,
     publisher: FakePublisher,
@@ -80,6 +87,7 @@ def make_intake(
     idempotency: FakeIdempotencyStore,
     model_directory: FakeModelDirectory,
     clock: FakeClock,
+    sheets: FakeSheetLayouts,
 ) -> Callable[..., Intake]:
     def build(
         store: FakeJobStore = store,
@@ -96,6 +104,7 @@ def make_intake(
             budget,
             idempotency,
             Preflight(model_directory, ttl_s=300, monotonic=clock.monotonic),
+            SheetCheck(sheets, monotonic=clock.monotonic),
             clock=clock,
             ids=counter_ids(),
         )

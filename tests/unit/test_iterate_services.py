@@ -37,6 +37,7 @@ from shared.services.intake import Intake
 from shared.services.ledger import JobLedger
 from shared.services.preflight import Preflight
 from shared.services.rerolls import Queued, Refused, Rerolls
+from shared.services.sheet_check import SheetCheck
 from tests.fakes import (
     IMAGES_BUCKET,
     LINK_SIGNING_KEY,
@@ -51,6 +52,7 @@ from tests.fakes import (
     FakeModelDirectory,
     FakeObjectStore,
     FakePublisher,
+    FakeSheetLayouts,
     UnseekableSink,
     jpeg_bytes,
     make_job,
@@ -512,6 +514,7 @@ def app(
             budget,
             idempotency,
             Preflight(FakeModelDirectory(), ttl_s=300),
+            SheetCheck(FakeSheetLayouts()),
             clock,
         ),
     )

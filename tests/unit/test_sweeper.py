@@ -24,6 +24,7 @@ from shared.services.ledger import JobLedger
 from shared.services.once import REQUEST_LEASE_S
 from shared.services.preflight import Preflight
 from shared.services.rerolls import Queued, Rerolls
+from shared.services.sheet_check import SheetCheck
 from shared.services.sheet_sync import SheetSync
 from shared.services.sweeper import (
     FOLLOW_UP_AFTER_S,
@@ -41,6 +42,7 @@ from tests.fakes import (
     FakeJobStore,
     FakeModelDirectory,
     FakePublisher,
+    FakeSheetLayouts,
     FakeSheetWriter,
     make_job,
     make_settings,
@@ -132,6 +134,7 @@ def make_intake(
             budget,
             idem,
             Preflight(model_directory, ttl_s=300, monotonic=clock.monotonic),
+            SheetCheck(FakeSheetLayouts(), monotonic=clock.monotonic),
             clock=clock,
             ids=lambda prefix: f"{prefix}_{next(counter)}",
         )
