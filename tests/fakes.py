@@ -976,6 +976,7 @@ class FakeQuotaGate:
         self.interval = timedelta(seconds=60 / images_per_minute if images_per_minute else 0)
         self.states: dict[str, GateState] = {}
         self.reserved: list[tuple[str, datetime, float, Slot]] = []
+        self.peeks: list[tuple[str, datetime]] = []
         self.closed: list[tuple[str, datetime, Limit]] = []
 
     def reserve(self, model: str, now: datetime, max_wait_s: float) -> Slot:
@@ -986,6 +987,11 @@ class FakeQuotaGate:
                 self.states[model] = updated
             self.reserved.append((model, now, max_wait_s, slot))
             return slot
+
+    def peek(self, model: str, now: datetime) -> Slot:
+        with self._lock:
+            self.peeks.append((model, now))
+            return quota.peek(self.states.get(model, GateState()), now, self.interval)
 
     def close(self, model: str, until: datetime, limit: Limit) -> None:
         with self._lock:

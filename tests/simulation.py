@@ -152,6 +152,18 @@ class Stats:
     holders_stalled: int = 0  # stalls of an actor holding a lease (its heartbeat stopped)
 
 
+class EveryDeliveryItsOwnInstance:
+    """The generate function's turn lock, for a run where one actor may run inside
+    another's port call on the same thread: each delivery counts as its own instance
+    (the turn only spaces out an instance's own deliveries; it decides nothing)."""
+
+    def acquire(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        return None
+
+
 class InlineExecutor(Executor):
     """Runs a row write at once (no thread: the run stays deterministic); a crash is
     the actor's and goes through."""
@@ -248,6 +260,7 @@ class World:
             sleep=self.clock.sleep,
             monotonic=self.clock.monotonic,
             heartbeat=self.heartbeat,
+            turns=EveryDeliveryItsOwnInstance(),
         )
         self.thumbnails = Thumbnails(self.settings, self.ledger, objects, _thumbnail, self.clock)
         self.dead_letters = DeadLetters(self.ledger, self.clock)

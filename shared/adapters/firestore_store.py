@@ -479,6 +479,12 @@ class FirestoreQuotaGate:
 
         return compare_and_set(self._gates.document(model), apply)
 
+    def peek(self, model: str, now: datetime) -> Slot:
+        snapshot = self._gates.document(model).get()
+        return quota.peek(
+            _gate(snapshot.to_dict() if snapshot.exists else None), now, self._interval
+        )
+
     def close(self, model: str, until: datetime, limit: Limit) -> None:
         def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, None]:
             updated, _ = quota.close(_gate(doc), until, limit)

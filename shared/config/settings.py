@@ -88,7 +88,7 @@ class Settings(BaseModel):
     # A variant's claim (a lease in the job store) lives this long unless its holder
     # renews it, which it does every third of it while it works: a holder that
     # stopped is taken over within this long.
-    claim_lease_s: float = Field(default=60.0, ge=3, le=600)
+    claim_lease_s: float = Field(default=15.0, ge=3, le=600)
     reference_max_bytes: int = Field(default=7 * 1024 * 1024, ge=1)
     # This deployment's own cap; the model's catalog limit applies too.
     reference_max_images: int = Field(default=14, ge=0)

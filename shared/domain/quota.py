@@ -65,6 +65,15 @@ def reserve(
     return replace(state, next_slot=earliest + interval), Slot(at=earliest, closed_for=reason)
 
 
+def peek(state: GateState, now: datetime, interval: timedelta) -> Slot:
+    """When the next call slot is, without taking it (``reopens``; ``at`` is None)."""
+    closed = state.closed_until is not None and state.closed_until > now
+    earliest = state.closed_until if closed and state.closed_until else now
+    if interval > timedelta(0) and state.next_slot is not None:
+        earliest = max(earliest, state.next_slot)
+    return Slot(at=None, reopens=earliest, closed_for=state.closed_for if closed else None)
+
+
 def close(state: GateState, until: datetime, limit: Limit) -> tuple[GateState | None, None]:
     """Close the gate until ``until`` after a refusal; a later closing wins."""
     if state.closed_until is not None and state.closed_until >= until:

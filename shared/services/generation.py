@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
+from typing import Protocol
 
 from shared.config.settings import Settings
 from shared.contracts.messages import JobMessage
@@ -51,7 +53,7 @@ from shared.domain.job import (
     money,
 )
 from shared.domain.lifecycle import ClaimResult, Spent, VariantClaim
-from shared.domain.quota import Limit, next_quota_day
+from shared.domain.quota import Limit, Slot, next_quota_day
 from shared.services.heartbeat import Heartbeat, ThreadHeartbeat
 from shared.services.job_references import JobReferences
 from shared.services.ledger import Applied, JobEntry, JobLedger
@@ -81,6 +83,13 @@ MAX_REFUSALS_PER_DELIVERY = 3
 SPEND_CAP_PAUSE_S = 600.0
 # In-process waits for a closed gate longer than this show on the job's row.
 WAIT_SHOWN_S = 10.0
+# A delivery takes a call slot only this close to it, and asks again when the next
+# one comes this close: a slot taken is the fleet's until it is used, so an
+# instance that dies loses the pace at most this long, not every slot its
+# waiting deliveries had taken minutes ahead.
+SLOT_HOLD_S = 2.0
+# Waiters wake a little apart, so that they do not all ask for the same slot at once.
+SLOT_JITTER_S = 0.25
 
 Context = dict[str, object]
 
@@ -102,6 +111,40 @@ class _Run:
     seed: int | None = None  # None: the variant's number (version 1)
 
 
+class TurnLock(Protocol):
+    """What the turn needs of a lock (``threading.Lock`` in production)."""
+
+    def acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class _Turn:
+    """This instance's turn at the fleet's call slots, held by one variant at a time
+    from its unclaimed wait until it has a slot (or gives up): its other deliveries
+    wait on the lock, not on the gate, so that neither the gate's document nor the
+    job documents are asked by every waiting delivery at once."""
+
+    def __init__(self, lock: TurnLock) -> None:
+        self._lock = lock
+        self._held = False
+
+    def take(self) -> None:
+        if not self._held:
+            self._lock.acquire()
+            self._held = True
+
+    def give(self) -> None:
+        if self._held:
+            self._held = False
+            self._lock.release()
+
+
+class _NotNear(TransientError):
+    """Another instance took the slot this variant was claimed for: it gives the
+    claim back and waits for the next one unclaimed."""
+
+
 @dataclass(frozen=True)
 class Generation:
     settings: Settings
@@ -116,6 +159,8 @@ class Generation:
     sleep: Callable[[float], None] = field(default=time.sleep)
     monotonic: Callable[[], float] = field(default=time.monotonic)
     heartbeat: Heartbeat = field(default_factory=ThreadHeartbeat)
+    # One per instance: its deliveries take turns at the fleet's call slots.
+    turns: TurnLock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @cached_property
     def names(self) -> ObjectNames:
@@ -342,19 +387,40 @@ class Generation:
         }
         if run.version != 1:
             context["version"] = run.version
+        turn = _Turn(self.turns)
+        while True:
+            outcome = self._one_claim(run, n, context, turn)
+            if not isinstance(outcome, _NotNear):
+                return outcome
+
+    def _one_claim(self, run: _Run, n: int, context: Context, turn: _Turn) -> TransientError | None:
+        """Wait (unclaimed) for a call slot near enough, claim, attempt; _NotNear when
+        the slot went elsewhere meanwhile."""
         refusals = 0
         while True:
+            # Unclaimed while the slot is far: an instance that dies while its
+            # deliveries wait holds no variant its redeliveries must wait out.
+            turn.take()
+            claimed = None
             try:
-                claimed = self._claim(run, n, context)
-            except TransientError as exc:
-                return exc
+                waited = self._near_slot(run, context)
+                if waited is None:
+                    claimed = self._claim(run, n, context, on_wait=turn.give)
+            except BaseException as exc:
+                turn.give()
+                if isinstance(exc, TransientError):
+                    return exc
+                raise
             if claimed is None:
-                return None
+                turn.give()
+                return waited  # None: the variant is finished
             result, slot = claimed
             context["attempt"] = result.attempt
             try:
                 with self.heartbeat.keep(lambda: self._renew(run, n), self.settings.claim_renew_s):
-                    return self._attempt(run, n, result, slot, context)
+                    return self._attempt(run, n, result, slot, context, turn)
+            except _NotNear as exc:
+                return exc
             except QuotaExceeded as exc:
                 refusals += 1
                 until, limit = self._quota_refused(run, n, exc, context)
@@ -365,6 +431,8 @@ class Generation:
                 # Out of the attempt after the claim (an upload or a store that failed):
                 # the claim is never left held, so a redelivery need not wait it out.
                 return self._attempt_broke(run, n, exc, context)
+            finally:
+                turn.give()
 
     def _renew(self, run: _Run, n: int) -> bool:
         lease = timedelta(seconds=self.settings.claim_lease_s)
@@ -373,7 +441,13 @@ class Generation:
         ).value
 
     def _attempt(
-        self, run: _Run, n: int, claimed: ClaimResult, slot: ImageSlot, context: Context
+        self,
+        run: _Run,
+        n: int,
+        claimed: ClaimResult,
+        slot: ImageSlot,
+        context: Context,
+        turn: _Turn,
     ) -> TransientError | None:
         """One attempt under our claim; raises QuotaExceeded (the claim released)."""
         job = run.job
@@ -398,6 +472,10 @@ class Generation:
             return self._release(run, n, "no time left in this delivery for a Gemini call", context)
         # The fleet's pace and gate, also for a variant taken over from a stopped holder.
         waited = self._call_slot(run, n, context)
+        turn.give()
+        if isinstance(waited, _NotNear):
+            self._release(run, n, str(waited), context)
+            raise waited
         if waited is not None:
             self._release(run, n, str(waited), context)
             return waited
@@ -485,21 +563,50 @@ class Generation:
         room = run.deadline - self.monotonic() - self.settings.gemini_budget_s
         max_wait = max(0.0, min(self.settings.quota_wait_s, room))
         now = self.clock()
-        slot = self.quota.reserve(run.job.model, now, max_wait)
+        slot = self.quota.reserve(run.job.model, now, min(SLOT_HOLD_S, max_wait))
         if slot.at is None:
             reopens = slot.reopens or now
-            self._waiting(run, slot.closed_for, reopens, now)
-            log.info(
-                "variant waits for the Gemini quota; message handed back",
-                extra={**context, "state": "waiting", "event": "variant_waiting"},
-            )
-            return TransientError(f"waiting for the Gemini quota until {reopens.isoformat()}")
+            if (reopens - now).total_seconds() > max_wait:
+                return self._hand_back(run, slot, context, now)
+            # Taken by another instance while this one claimed: wait for the next
+            # one unclaimed.
+            return _NotNear(f"the next call slot is at {reopens.isoformat()}")
         delay = (slot.at - now).total_seconds()
         if delay > 0:
-            if slot.closed_for is not None and delay > WAIT_SHOWN_S:
-                self._waiting(run, slot.closed_for, slot.at, now)
             self.sleep(delay)
         return None
+
+    def _near_slot(self, run: _Run, context: Context) -> TransientError | None:
+        """Wait, unclaimed and holding this instance's turn, until the fleet's next
+        call slot of the model is within SLOT_HOLD_S, or hand the message back when
+        it is further than this delivery may wait (None: near)."""
+        room = run.deadline - self.monotonic() - self.settings.gemini_budget_s
+        max_wait = max(0.0, min(self.settings.quota_wait_s, room))
+        now = self.clock()
+        give_up = now + timedelta(seconds=max_wait)
+        shown = False
+        while True:
+            slot = self.quota.peek(run.job.model, now)
+            reopens = slot.reopens or now
+            if reopens > give_up:
+                return self._hand_back(run, slot, context, now)
+            ahead = (reopens - now).total_seconds()
+            if ahead <= SLOT_HOLD_S:
+                return None
+            if not shown and slot.closed_for is not None and ahead > WAIT_SHOWN_S:
+                self._waiting(run, slot.closed_for, reopens, now)
+                shown = True
+            self.sleep(ahead - SLOT_HOLD_S + random.uniform(0, SLOT_JITTER_S))
+            now = self.clock()
+
+    def _hand_back(self, run: _Run, slot: Slot, context: Context, now: datetime) -> TransientError:
+        reopens = slot.reopens or now
+        self._waiting(run, slot.closed_for, reopens, now)
+        log.info(
+            "variant waits for the Gemini quota; message handed back",
+            extra={**context, "state": "waiting", "event": "variant_waiting"},
+        )
+        return TransientError(f"waiting for the Gemini quota until {reopens.isoformat()}")
 
     def _waiting(self, run: _Run, limit: Limit | None, until: datetime, now: datetime) -> None:
         """Show on the job (and its row) that it waits for the quota, and until when."""
@@ -542,7 +649,13 @@ class Generation:
         )
         return until, limit
 
-    def _claim(self, run: _Run, n: int, context: Context) -> tuple[ClaimResult, ImageSlot] | None:
+    def _claim(
+        self,
+        run: _Run,
+        n: int,
+        context: Context,
+        on_wait: Callable[[], None] = lambda: None,
+    ) -> tuple[ClaimResult, ImageSlot] | None:
         """Take the variant's lease, waiting a bounded time for a live holder.
 
         Returns the claim and the image as it stands under it, or None when the
@@ -590,6 +703,7 @@ class Generation:
             wait = HELD_POLL_S
             if claim.expires is not None:
                 wait = min(wait, max(0.05, self._seconds_until(claim.expires)))
+            on_wait()  # nobody else of this instance waits behind a held variant
             self.sleep(min(wait, remaining))
 
     def _release(self, run: _Run, n: int, reason: str, context: Context) -> TransientError:

@@ -229,6 +229,10 @@ class QuotaGate(Protocol):
         (``shared/domain/quota.py``)."""
         ...
 
+    def peek(self, model: str, now: datetime) -> Slot:
+        """When the model's next call slot is (``reopens``), without taking it."""
+        ...
+
     def close(self, model: str, until: datetime, limit: Limit) -> None:
         """Nobody calls the model before ``until``: it refused a call for quota."""
         ...

@@ -90,3 +90,27 @@ def test_the_sweepers_queries_find_what_they_should_and_nothing_else(stack: Live
     assert export is not None and export.export_id == "exp_1"
     store.update_batch(batch_id, lambda b: handover.start(b, "exp_1", LONG_AGO))
     assert batch_id not in {b.batch_id for b in store.queued_exports(500)}
+
+
+def test_open_economy_jobs_come_oldest_first_however_many_there_are(stack: LiveStack) -> None:
+    # Ordered before the limit: the oldest open economy jobs are never starved by
+    # newer ones (jobs of 2001 are older than any other test's).
+    store = FirestoreJobStore(stack.firestore)
+    batch_id = f"bat_{uuid.uuid4().hex[:12]}"
+    minutes = [-50, -7, -31, -2, -44, -19]  # before the other test's jobs
+    jobs = [_job(batch_id, m, lane="economy") for m in minutes]
+    done = _job(batch_id, -100, lane="economy", state=JobState.COMPLETED)
+    batch = Batch(
+        batch_id=batch_id,
+        caller="local-dev",
+        spreadsheet_id="sheet",
+        worksheet="Scenes",
+        model="gemini-nano-banana-2.1",
+        job_ids=[j.job_id for j in [*jobs, done]],
+        image_count=len(jobs) + 1,
+        estimated_cost_usd="0.2352",
+        created_at=LONG_AGO,
+    )
+    store.create_batch(batch, [*jobs, done])
+    oldest = sorted(jobs, key=lambda j: j.created_at)[:3]
+    assert [j.job_id for j in store.economy_jobs(3)] == [j.job_id for j in oldest]

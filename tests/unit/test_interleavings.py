@@ -237,7 +237,14 @@ def test_a_takeover_waits_for_the_fleets_quota_gate(
         build(generator, quota=gate).handle(MESSAGE)
     assert generator.calls == []
     v = store.job("job_1").variant(1)
-    assert (v.state, v.failures) == (VariantState.PENDING, 1)  # taken over, handed back
+    # Handed back before claiming anything: the dead holder's variant is taken over
+    # once the gate lets a call through, and only then.
+    assert (v.claim_id, v.failures) == ("clm_dead", 0)
+    clock.advance(31 * 60)
+    build(generator, quota=gate).handle(MESSAGE)
+    assert len(generator.calls) == 1
+    v = store.job("job_1").variant(1)
+    assert (v.state, v.failures) == (VariantState.UPLOADED, 1)  # the dead holder, once
 
 
 def test_a_job_ends_once_even_when_a_late_image_lands_and_is_then_cancelled(

@@ -15,7 +15,7 @@ from shared.domain import quota
 from shared.domain.errors import QuotaExceeded, TransientError
 from shared.domain.job import JobState, VariantState
 from shared.domain.quota import GateState, Limit, Slot
-from shared.services.generation import Generation
+from shared.services.generation import SLOT_HOLD_S, Generation
 from tests.fakes import (
     T0,
     FakeClock,
@@ -122,8 +122,13 @@ def test_paced_calls_wait_for_their_slot_in_the_delivery(
     make_generation(generate_concurrency=1).handle(MESSAGE)
     assert generator.count() == 3
     # One slot each, 3 s apart, waited out here (not handed back to Pub/Sub).
-    assert [slot.at for *_, slot in paced.reserved] == [T0, T0 + 3 * S, T0 + 6 * S]
-    assert fake_monotonic.sleeps == [3.0, 3.0]
+    taken = [(now, slot.at) for _, now, _, slot in paced.reserved if slot.at is not None]
+    assert [at for _, at in taken] == [T0, T0 + 3 * S, T0 + 6 * S]
+    assert sum(fake_monotonic.sleeps) == pytest.approx(6.0)
+    # Never taken further ahead than it holds one: an instance that dies while its
+    # deliveries wait loses the fleet's pace for seconds, not for every slot it took.
+    assert all(at - now <= timedelta(seconds=SLOT_HOLD_S) for now, at in taken)
+    assert all(max_wait <= SLOT_HOLD_S for _, _, max_wait, _ in paced.reserved)
     assert store.job("job_1").state == JobState.GENERATING  # all uploaded
 
 
@@ -272,3 +277,55 @@ def test_a_spending_cap_pauses_with_its_own_words_and_calls_nobody_until_it_can_
     make_generation().handle(MESSAGE)
     assert store.job("job_1").variant(1).state == VariantState.UPLOADED
     assert generator.count() == 2
+
+
+def test_a_delivery_waits_for_a_far_slot_unclaimed_and_claims_when_it_is_near(
+    make_generation: Build,
+    store: FakeJobStore,
+    generator: FakeImageGenerator,
+    paced: FakeQuotaGate,
+    fake_monotonic: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An instance that dies while its deliveries wait must leave no claim behind that
+    # their redeliveries would wait out, and no far slot the fleet could not use.
+    paced.states[MODEL] = GateState(next_slot=T0 + 60 * S)
+    store.add(make_job(variant_count=1))
+    claimed_while_sleeping: list[str | None] = []
+    real_sleep = fake_monotonic.sleep
+
+    def sleep(seconds: float) -> None:
+        claimed_while_sleeping.append(store.job("job_1").variant(1).claim_id)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(fake_monotonic, "sleep", sleep)
+    make_generation().handle(MESSAGE)
+    assert generator.count() == 1
+    assert claimed_while_sleeping[0] is None  # the long wait: nothing held
+    assert sum(fake_monotonic.sleeps) == pytest.approx(60.0)
+    assert fake_monotonic.sleeps[0] >= 60.0 - SLOT_HOLD_S  # one look, not a poll loop
+    taken = [slot.at for *_, slot in paced.reserved if slot.at is not None]
+    assert taken == [T0 + 60 * S]
+
+
+def test_a_slot_taken_elsewhere_while_claiming_gives_the_claim_back_and_waits_again(
+    make_generation: Build,
+    store: FakeJobStore,
+    generator: FakeImageGenerator,
+    paced: FakeQuotaGate,
+    fake_monotonic: FakeClock,
+) -> None:
+    store.add(make_job(variant_count=1))
+    real_reserve = paced.reserve
+    stolen = []
+
+    def reserve(model: str, now: datetime, max_wait_s: float) -> Slot:
+        if not stolen:  # another instance takes the near slot first
+            stolen.append(real_reserve(model, now, max_wait_s))
+        return real_reserve(model, now, max_wait_s)
+
+    paced.reserve = reserve  # type: ignore[method-assign]
+    make_generation().handle(MESSAGE)
+    assert generator.count() == 1
+    variant = store.job("job_1").variant(1)
+    assert (variant.state, variant.failures, variant.attempts) == (VariantState.UPLOADED, 0, 2)
