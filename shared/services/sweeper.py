@@ -33,6 +33,7 @@ from shared.contracts.messages import ExportMessage
 from shared.domain import handover, lifecycle
 from shared.domain.errors import NotFound, TransientError
 from shared.domain.ids import new_id, utcnow
+from shared.domain.job import Job
 from shared.domain.request_records import RequestRecord
 from shared.services import intake, rerolls
 from shared.services.job_messages import publish_jobs, unstarted
@@ -86,13 +87,17 @@ class Sweeper:
 
     def sweep(self) -> SweepReport:
         report = SweepReport()
+        # What ends a job past its age limit goes first: it is a few writes, and it
+        # must not wait behind a slow publish of something else in a sweep that
+        # then runs out of time.
+        young = self._fail_old_unstarted(report)
+        self._overdue_jobs(report)
         for record in self.idempotency.stale(self.clock(), RECORDS_PER_SWEEP):
             try:
                 self._request(record, report)
             except (TransientError, NotFound) as exc:
                 report.errors.append(f"request {record.names}: {exc}")
-        self._unstarted_jobs(report)
-        self._overdue_jobs(report)
+        self._republish(young, report)
         self._unfollowed_jobs(report)
         self._queued_exports(report)
         log.info("sweep", extra={"event": "sweep", "state": str(report.__dict__)})
@@ -178,22 +183,32 @@ class Sweeper:
         return None
 
     # ------------------------------------------------------------------ jobs
-    def _unstarted_jobs(self, report: SweepReport) -> None:
+    def _fail_old_unstarted(self, report: SweepReport) -> list[Job]:
+        """Fail the live jobs no delivery started within the age limit; the younger
+        ones (to publish again) are returned."""
         now = self.clock()
         before = now - timedelta(seconds=REPUBLISH_AFTER_S)
         limit = self.settings.max_event_age_s
+        young = []
         for job in self.store.unstarted_jobs(before, JOBS_PER_SWEEP):
             age = (now - job.created_at).total_seconds()
-            if age > limit:
-                reason = (
-                    f"dropped: no delivery started it in {int(age)} s, over the {limit} s "
-                    "limit (its messages never reached the generate function)"
-                )
-                applied = self.ledger.apply(
-                    job.job_id, partial(lifecycle.fail_job, reason=reason, now=self.clock())
-                )
-                report.jobs_failed += int(applied.changed)
+            if age <= limit:
+                young.append(job)
                 continue
+            reason = (
+                f"dropped: no delivery started it in {int(age)} s, over the {limit} s "
+                "limit (its messages never reached the generate function)"
+            )
+            applied = self.ledger.apply(
+                job.job_id, partial(lifecycle.fail_job, reason=reason, now=self.clock())
+            )
+            report.jobs_failed += int(applied.changed)
+        return young
+
+    def _republish(self, young: list[Job], report: SweepReport) -> None:
+        """Publish again the live jobs whose messages were lost (every few minutes)."""
+        now = self.clock()
+        for job in young:
             last = job.republished_at or job.created_at
             if (now - last).total_seconds() < REPUBLISH_EVERY_S and job.republished_at:
                 continue

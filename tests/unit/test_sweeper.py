@@ -485,3 +485,27 @@ def test_a_sweeper_that_lost_the_record_to_a_retry_gives_nothing_back(
     assert budget.used[("alice", DAY)].images == 2  # the retry's reservation stands
     (record,) = idem.records.values()
     assert record.holder == "retry"
+
+
+def test_a_sweep_that_dies_on_a_slow_publish_has_already_ended_the_jobs_past_their_age(
+    store: FakeJobStore, publisher: FakePublisher, sweeper: Sweeper, clock: FakeClock
+) -> None:
+    # Found by the simulation: sweeps that kept dying on a ten-minute publish of
+    # something else never reached the job past its age limit, which ended hours late.
+    store.add(
+        make_job(job_id="job_old"),
+        make_job(job_id="job_going", state=JobState.GENERATING, started_at=T0),
+    )
+    clock.advance(make_settings().max_event_age_s + 1)
+    store.add(make_job(job_id="job_young", created_at=clock(), updated_at=clock()))
+    clock.advance(REPUBLISH_AFTER_S + 1)
+
+    def dies(messages: Any) -> dict[str, str]:
+        raise RuntimeError("the instance ended at its timeout")
+
+    publisher.publish = dies  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        sweeper.sweep()
+    assert store.job("job_old").state == JobState.FAILED
+    assert store.job("job_going").state == JobState.FAILED  # overdue, nobody at work
+    assert store.job("job_young").state == JobState.QUEUED
