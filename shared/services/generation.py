@@ -563,14 +563,28 @@ class Generation:
         room = run.deadline - self.monotonic() - self.settings.gemini_budget_s
         max_wait = max(0.0, min(self.settings.quota_wait_s, room))
         now = self.clock()
-        slot = self.quota.reserve(run.job.model, now, min(SLOT_HOLD_S, max_wait))
-        if slot.at is None:
+        give_up = now + timedelta(seconds=max_wait)
+        shown = False
+        while True:
+            left = max(0.0, (give_up - now).total_seconds())
+            slot = self.quota.reserve(run.job.model, now, min(SLOT_HOLD_S, left))
+            if slot.at is not None:
+                break
             reopens = slot.reopens or now
-            if (reopens - now).total_seconds() > max_wait:
+            if reopens > give_up:
                 return self._hand_back(run, slot, context, now)
-            # Taken by another instance while this one claimed: wait for the next
-            # one unclaimed.
-            return _NotNear(f"the next call slot is at {reopens.isoformat()}")
+            if slot.closed_for is None:
+                # Taken by another instance while this one claimed: wait for the next
+                # one unclaimed.
+                return _NotNear(f"the next call slot is at {reopens.isoformat()}")
+            # The gate closed after this variant was claimed (a refusal elsewhere):
+            # the pause is everyone's; it is waited out here, as one attempt.
+            ahead = (reopens - now).total_seconds()
+            if not shown and ahead > WAIT_SHOWN_S:
+                self._waiting(run, slot.closed_for, reopens, now)
+                shown = True
+            self.sleep(max(0.05, ahead - SLOT_HOLD_S))
+            now = self.clock()
         delay = (slot.at - now).total_seconds()
         if delay > 0:
             self.sleep(delay)

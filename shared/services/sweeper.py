@@ -199,9 +199,13 @@ class Sweeper:
                 f"dropped: no delivery started it in {int(age)} s, over the {limit} s "
                 "limit (its messages never reached the generate function)"
             )
-            applied = self.ledger.apply(
-                job.job_id, partial(lifecycle.fail_job, reason=reason, now=self.clock())
-            )
+            try:
+                applied = self.ledger.apply(
+                    job.job_id, partial(lifecycle.fail_job, reason=reason, now=self.clock())
+                )
+            except TransientError as exc:  # its row is busy: the next sweep shows it
+                report.errors.append(f"job {job.job_id}: {exc}")
+                continue
             report.jobs_failed += int(applied.changed)
         return young
 
@@ -216,8 +220,11 @@ class Sweeper:
             if publish_jobs(self.publisher, [job], attributes):
                 report.errors.append(f"job {job.job_id}: not published")
                 continue
-            self.ledger.apply(job.job_id, lambda j: lifecycle.republished(j, self.clock()))
             report.jobs_republished += 1
+            try:
+                self.ledger.apply(job.job_id, lambda j: lifecycle.republished(j, self.clock()))
+            except TransientError as exc:  # published; the mark waits for the next sweep
+                report.errors.append(f"job {job.job_id}: {exc}")
 
     def _unfollowed_jobs(self, report: SweepReport) -> None:
         before = self.clock() - timedelta(seconds=FOLLOW_UP_AFTER_S)
@@ -270,7 +277,11 @@ class Sweeper:
         for job in self.store.overdue_jobs(now - timedelta(seconds=limit), JOBS_PER_SWEEP):
             age = int((now - job.created_at).total_seconds())
             reason = f"dropped: the job waited {age} s, over the {limit} s limit"
-            applied = self.ledger.apply(
-                job.job_id, partial(lifecycle.expire, reason=reason, now=self.clock())
-            )
+            try:
+                applied = self.ledger.apply(
+                    job.job_id, partial(lifecycle.expire, reason=reason, now=self.clock())
+                )
+            except TransientError as exc:  # its row is busy: the next sweep shows it
+                report.errors.append(f"job {job.job_id}: {exc}")
+                continue
             report.images_expired += applied.value

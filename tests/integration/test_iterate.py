@@ -40,6 +40,9 @@ def slow_prompts(stack: LiveStack) -> Iterator[Callable[[str], None]]:
 
 def used_today(stack: LiveStack, headers: dict[str, str] | None = None) -> Decimal:
     """What the caller has committed today (a dry run's budget figures)."""
+    probe = {"scene_id": "budget-probe", "prompt": "p", "variants": 1}
+    if "budget-probe" not in stack.worksheet.col_values(1):
+        stack.add_rows([probe])  # intake checks the row exists, dry run included
     body = {
         "items": [{"scene_id": "budget-probe", "prompt": "p", "variants": 1}],
         "runMode": "dry_run",

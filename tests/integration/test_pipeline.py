@@ -125,6 +125,7 @@ def test_dry_run_answers_the_plan_and_writes_nothing(
         {"scene_id": scene("d1"), "prompt": "p", "variants": 3},
         {"scene_id": scene("d2"), "prompt": "q", "variants": 2},
     ]
+    stack.add_rows(items)  # the dry run checks the rows, as the live run does
     answer = stack.post_batch(items, run_mode="dry_run")
     assert answer.status_code == 200
     plan = answer.json()

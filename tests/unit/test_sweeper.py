@@ -509,3 +509,30 @@ def test_a_sweep_that_dies_on_a_slow_publish_has_already_ended_the_jobs_past_the
     assert store.job("job_old").state == JobState.FAILED
     assert store.job("job_going").state == JobState.FAILED  # overdue, nobody at work
     assert store.job("job_young").state == JobState.QUEUED
+
+
+def test_a_busy_row_does_not_stop_the_sweep(
+    store: FakeJobStore,
+    budget: FakeBudgetLedger,
+    idem: Deaf,
+    publisher: FakePublisher,
+    clock: FakeClock,
+) -> None:
+    # Found by the simulation: a row another delivery was still writing made the
+    # whole sweep raise after one job, leaving the rest unswept.
+    class BusyRows:
+        def is_current(self, job: Any) -> bool:
+            return False
+
+        def sync(self, job_id: str, *args: Any, **kwargs: Any) -> None:
+            raise TransientError(f"another delivery is still writing the row of {job_id}")
+
+    store.add(make_job(job_id="job_a"), make_job(job_id="job_b"))
+    clock.advance(make_settings().max_event_age_s + 1)
+    ledger = JobLedger(store, rows=BusyRows(), budget=budget)  # type: ignore[arg-type]
+    sweeper = Sweeper(
+        make_settings(), store, ledger, idem, budget, publisher, FakeExportPublisher(), clock
+    )
+    report = sweeper.sweep()
+    assert {store.job(j).state for j in ("job_a", "job_b")} == {JobState.FAILED}
+    assert report.errors and all("still writing the row" in e for e in report.errors)
