@@ -7,6 +7,10 @@ from subscriptions that have neither a push config nor a retry policy, POSTs
 each message to its function as Pub/Sub's push does (same body, same URL), acks
 on a 102/200/201/202/204 answer, and on any other answer leaves the message with
 an ack deadline equal to the retry backoff, so the emulator redelivers it then.
+Like Pub/Sub, which adjusts its push rate to the rate of success answers, a
+route that fails stops pushing a while (``PushPace``): an endpoint that is down
+(an instance restarting) is not sent every waiting message in a moment, each
+failing and spending a delivery attempt.
 The emulator still counts delivery attempts and still forwards a message to the
 dead-letter topic after the subscription's max delivery attempts, with its
 ``CloudPubSubDeadLetter*`` attributes.
@@ -29,6 +33,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +53,11 @@ PULL_WAIT_S = 2.0
 # Attempt counts kept for subscriptions without a dead-letter policy (the
 # emulator counts only with one); bounded so a long ``make up`` cannot grow it.
 _LOCAL_ATTEMPTS_MAX = 10_000
+# After a failed push, a route pauses this long, doubling per failure in a row and
+# reset by a success. Pub/Sub's push backoff ranges from 100 ms to 60 s; locally an
+# endpoint is down for a restart of seconds, so the pause stays short.
+PUSH_PAUSE_MIN_S = 0.1
+PUSH_PAUSE_MAX_S = 1.0
 
 
 class PushConfigError(ValueError):
@@ -94,6 +104,32 @@ def push_body(received: Any, subscription: str) -> dict[str, Any]:
     return body
 
 
+class PushPace:
+    """When a route may push again: paused after a failure, the pause doubling per
+    failure in a row up to a maximum, and lifted by a success."""
+
+    def __init__(self, low_s: float = PUSH_PAUSE_MIN_S, high_s: float = PUSH_PAUSE_MAX_S) -> None:
+        self._low, self._high = low_s, high_s
+        self._pause = 0.0
+        self._until = 0.0
+        self._lock = threading.Lock()
+
+    def failed(self, now: float) -> None:
+        with self._lock:
+            self._pause = min(self._high, max(self._low, self._pause * 2))
+            self._until = max(self._until, now + self._pause)
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._pause = 0.0
+            self._until = 0.0
+
+    def wait_s(self, now: float) -> float:
+        """Seconds before the next push may start (0: now)."""
+        with self._lock:
+            return max(0.0, self._until - now)
+
+
 class _RouteWorker:
     """Pulls one subscription and pushes up to ``concurrency`` messages at once."""
 
@@ -107,6 +143,7 @@ class _RouteWorker:
         self._pool = ThreadPoolExecutor(route.concurrency, thread_name_prefix="push")
         self._attempts: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
+        self.pace = PushPace()
         self._thread = threading.Thread(target=self._pull_loop, name="pull", daemon=True)
 
     def check(self) -> None:
@@ -131,6 +168,10 @@ class _RouteWorker:
         from google.api_core import exceptions
 
         while not self.stopping.is_set():
+            paused = self.pace.wait_s(time.monotonic())
+            if paused > 0:
+                self.stopping.wait(paused)
+                continue
             if not self._slots.acquire(timeout=0.5):
                 continue
             taken = 1
@@ -181,6 +222,7 @@ class _RouteWorker:
         except requests.RequestException as exc:
             status = type(exc).__name__
         if status in ACK_CODES:
+            self.pace.succeeded()
             self.subscriber.acknowledge(subscription=route.subscription, ack_ids=[received.ack_id])
             with self._lock:
                 self._attempts.pop(message_id, None)
@@ -192,6 +234,7 @@ class _RouteWorker:
             self._count("dead_lettered")
         else:
             delay = backoff_s(route, attempt)
+        self.pace.failed(time.monotonic())
         self._count("failed")
         log.info(
             "push to %s: %s for message %s (attempt %d), again in %d s",

@@ -188,7 +188,9 @@ class World:
         self.running: list[Actor] = []
         self.queue: list[Actor] = []
         self._next_tick = T0 + timedelta(seconds=TICK_EVERY_S)
-        self._ticking = False
+        # The economy function runs one request at a time (max one instance of
+        # concurrency one): the tick in progress, if any.
+        self._ticking: Actor | None = None
         self.settings = make_settings(
             gemini_model=MODEL,
             claim_lease_s=LEASE_S,
@@ -391,14 +393,18 @@ class World:
     def advance(self, seconds: float) -> None:
         """Time passes; live holders' heartbeats beat meanwhile, and Cloud Scheduler
         runs the economy tick and the sweeper when its minute comes (once, however
-        many minutes passed: one run at a time)."""
+        many minutes passed: one run at a time, and a run past the function's
+        timeout has been ended by the platform)."""
         left = seconds
         while left > 0:
             step = min(left, LEASE_S / 3) if self.heartbeat.active else left
             self.clock.move(step)
             left -= step
             self.heartbeat.beat()
-        if self.clock() >= self._next_tick and not self._ticking:
+        ticking = self._ticking
+        if ticking is not None and self.clock.monotonic() - ticking.began > FUNCTION_TIMEOUT_S:
+            self._ticking = None  # ended: it makes no call after its timeout (``point``)
+        if self.clock() >= self._next_tick and self._ticking is None:
             self._next_tick = self.clock() + timedelta(seconds=TICK_EVERY_S)
             self._execute(Actor("scheduled tick", self._tick_work))
 
@@ -591,7 +597,7 @@ class World:
         self.add("tick", self._tick_work)
 
     def _tick_work(self, actor: Actor) -> None:
-        self._ticking = True
+        self._ticking = actor
         try:
             for batch in list(self.runner.batches.values()):
                 if batch.state in ("pending", "running"):
@@ -600,7 +606,8 @@ class World:
             self.sweeper.sweep()  # as functions/economy.py: the sweep first
             self.economy.tick()
         finally:
-            self._ticking = False
+            if self._ticking is actor:
+                self._ticking = None
 
 
 class SimClock(FakeClock):
