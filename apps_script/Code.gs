@@ -153,22 +153,26 @@ function generate_(ui) {
   }
   let message;
   try {
-    message = submitLocked_(settings, limits, batch, hash, seen, lane);
+    message = submitLocked_(settings, limits, batch, hash, seen, lane, table.sheet);
   } finally {
     lock.releaseLock();  // before the final dialog, which waits for a click
   }
   ui.alert(dialogTitle_('Generate'), message, ui.ButtonSet.OK);
 }
 
-/** Marks the rows, sends the batch and writes the job ids; returns the message to show. */
-function submitLocked_(settings, limits, batch, hash, seen, lane) {
+/**
+ * Marks the rows, sends the batch and writes the job ids; returns the message to
+ * show. Runs under the document lock; after the (slow) request every write finds
+ * its row again by scene_id, in the sheet as it is then.
+ */
+function submitLocked_(settings, limits, batch, hash, seen, lane, sheet) {
   const current = getSubmission_(hash);
   if (current && current.state === 'sent' && !sameSubmission_(seen, current)) {
     return 'These rows were already sent ' + ago_(current.at) + ' (batch ' + current.batch_id +
       '), by another click on Generate, so nothing was sent again.';
   }
   // The rows may have changed while the question was open: check again.
-  const table = readSheet_({ formulas: true });
+  const table = readSheet_({ formulas: true, sheet: sheet });
   const fresh = batchForRows_(table, batch.rows, limits);
   if (fresh.errors.length || JSON.stringify(fresh.items) !== JSON.stringify(batch.items) ||
       JSON.stringify(styleRefs_(table).refs) !== JSON.stringify(batch.styleRefs)) {
@@ -193,9 +197,12 @@ function submitLocked_(settings, limits, batch, hash, seen, lane) {
     res = postBatch_(settings, table, batch, 'live', { 'Idempotency-Key': record.key }, lane);
   } catch (err) {
     if (err instanceof ApiError && !err.uncertain) {
-      writeCells_(table.sheet, marks.previous);
+      const gone = restoreMarks_(table, marks);
       deleteSubmission_(hash);
-      throw new UserError(err.message + '\n\nNothing was sent; the rows are as they were.');
+      throw new UserError(err.message + '\n\nNothing was sent; the rows are as they were.' +
+        (gone.length ? '\n\n' + plural_(gone.length, 'scene') + ' no longer in the sheet ' +
+          '(deleted, or the scene_id changed, while the batch was sent) could not be put ' +
+          'back: ' + gone.join(', ') + '.' : ''));
     }
     if (err instanceof ApiError) {
       throw new UserError(
@@ -212,7 +219,7 @@ function submitLocked_(settings, limits, batch, hash, seen, lane) {
   record.batch_id = sent.batch_id;
   record.at = Date.now();
   saveSubmission_(hash, record);
-  const failed = writeJobIds_(table, batch, sent);
+  const written = writeJobIds_(table, batch, sent);
 
   const lines = [
     'Batch ' + sent.batch_id + ' accepted: ' + plural_(sent.job_count, 'scene') + ', ' +
@@ -223,7 +230,12 @@ function submitLocked_(settings, limits, batch, hash, seen, lane) {
     // An earlier attempt did arrive: the rows get the real state of its jobs.
     lines.push('');
     try {
-      const refreshed = refreshRows_(settings, readSheet_({ formulas: true }), batch.rows);
+      const targets = (sent.jobs || []).filter(function (job) {
+        return Object.prototype.hasOwnProperty.call(batch.rowOfScene, job.scene_id);
+      }).map(function (job) {
+        return { row: batch.rowOfScene[job.scene_id], sceneId: job.scene_id, jobId: String(job.job_id) };
+      });
+      const refreshed = refreshRows_(settings, table.sheet, targets);
       lines.push('This batch had already arrived from an earlier attempt; it was not run ' +
         'twice. The rows now show its jobs (' + countsText_(refreshed.states) + ').');
     } catch (err) {
@@ -235,10 +247,16 @@ function submitLocked_(settings, limits, batch, hash, seen, lane) {
     lines.push('The rows are marked "queued" and fill in as the images finish ' +
       '(use "Refresh status" to update them).');
   }
-  if (failed.length) {
+  if (written.failed.length) {
     lines.push('');
     lines.push('Could not be queued:');
-    failed.forEach(function (line) { lines.push('  • ' + line); });
+    written.failed.forEach(function (line) { lines.push('  • ' + line); });
+  }
+  if (written.missing.length) {
+    lines.push('');
+    lines.push('Rows no longer in the sheet (deleted, or their scene_id changed, while the ' +
+      'batch was sent):');
+    written.missing.forEach(function (line) { lines.push('  • ' + line); });
   }
   return lines.join('\n');
 }
@@ -308,12 +326,13 @@ function refresh_(ui) {
   }
   let result;
   try {
-    result = refreshRows_(settings, readSheet_({ formulas: true }), rows);
+    result = refreshRows_(settings, table.sheet, jobTargets_(table, rows));
   } finally {
     lock.releaseLock();
   }
   const summary = 'Refreshed ' + plural_(result.checked, 'row') + ' (' + scope + '): ' +
-    countsText_(result.states) + '; ' + plural_(result.written, 'row') + ' updated.';
+    countsText_(result.states) + '; ' + plural_(result.written, 'row') + ' updated.' +
+    skippedText_(result);
   if (result.problems.length || note) {
     ui.alert(dialogTitle_('Refresh status'),
       summary + (result.problems.length
@@ -328,24 +347,37 @@ function refresh_(ui) {
 }
 
 /**
- * Pulls the jobs of the given rows from /status and writes what advanced:
- * status_img, nano_img_k as =IMAGE(thumbnail link), job_id.
+ * Pulls the jobs of the given targets ({row, sceneId, jobId}: jobTargets_) from
+ * /status and writes what advanced: status_img, and nano_img_k as =IMAGE(thumbnail
+ * link). Called under the document lock. The sheet is read again after /status
+ * answers, and each answer is written only into the row that shows its scene_id
+ * (the first, as the server writes it) and names its job in job_id at that
+ * moment, never moving a cell back from what it shows then.
  */
-function refreshRows_(settings, table, rows) {
-  const jobCol = table.columns.job_id;
-  const wanted = rows.map(function (row) {
-    return { row: row, jobId: cellText_(table.values[row - 1][jobCol]) };
-  }).filter(function (entry) { return entry.jobId !== ''; });
-  const answers = fetchJobStatuses_(settings, wanted.map(function (e) { return e.jobId; }));
+function refreshRows_(settings, sheet, targets) {
+  const before = readSheet_({ formulas: true, sheet: sheet });
+  const rowsBefore = rowsByScene_(before);
+  const snapshots = targets.map(function (target) {
+    const row = rowsBefore[target.sceneId];
+    const owner = row ? cellText_(before.values[row - 1][before.columns.job_id]) : '';
+    return owner === target.jobId ? rowSnapshot_(before, row) : null;
+  });
+  const answers = fetchJobStatuses_(settings, targets.map(function (t) { return t.jobId; }));
 
-  const result = { checked: wanted.length, written: 0, states: {}, problems: [] };
+  const now = rereadSheet_(before);
+  const rowsNow = rowsByScene_(now);
+  const result = {
+    checked: targets.length, written: 0, states: {}, problems: [], gone: 0, taken: 0,
+  };
   const failures = [];
   const updates = [];
-  wanted.forEach(function (entry, i) {
+  targets.forEach(function (target, i) {
     const res = answers[i];
+    const row = rowsNow[target.sceneId];
+    const where = 'Row ' + (row || target.row) + ' (job ' + target.jobId + ')';
     if (res.status !== 200 || !res.json) {
       failures.push(res);
-      result.problems.push('Row ' + entry.row + ' (job ' + entry.jobId + '): ' +
+      result.problems.push(where + ': ' +
         (res.status === 404
           ? 'not found for your sign-in (sent with another API key or account?)'
           : apiError_(res, null).message.split('\n')[0]));
@@ -353,20 +385,48 @@ function refreshRows_(settings, table, rows) {
     }
     const view = res.json;
     result.states[view.state] = (result.states[view.state] || 0) + 1;
-    const cells = rowUpdatesForJob_(table, entry.row, view);
+    if (String(view.job_id) !== target.jobId || String(view.scene_id) !== target.sceneId) {
+      result.problems.push(where + ': the job is of scene_id "' + view.scene_id + '", not "' +
+        target.sceneId + '"; the row was not written.');
+      return;
+    }
+    if (!row) {
+      result.gone += 1;
+      return;
+    }
+    if (cellText_(now.values[row - 1][now.columns.job_id]) !== target.jobId) {
+      result.taken += 1;  // sent again meanwhile: the row is its new job's
+      return;
+    }
+    const cells = rowUpdatesForJob_(now, row, view, snapshots[i]);
     if (cells.length) {
       result.written += 1;
       Array.prototype.push.apply(updates, cells);
     }
   });
   // Every call failed the same way (signed out, server down): say that, not per row.
-  if (failures.length && failures.length === wanted.length &&
+  if (failures.length && failures.length === targets.length &&
       failures.every(function (r) { return r.status === failures[0].status; }) &&
       failures[0].status !== 404) {
     throw apiError_(failures[0], null);
   }
-  writeCells_(table.sheet, updates);
+  writeCells_(now.sheet, updates);
   return result;
+}
+
+/** The rows refreshRows_ left alone because they moved on, for the summary ('' if none). */
+function skippedText_(result) {
+  let text = '';
+  if (result.gone) {
+    text += ' ' + plural_(result.gone, 'row') + ' skipped: ' +
+      (result.gone === 1 ? 'its scene_id is' : 'their scene_ids are') +
+      ' no longer in the sheet.';
+  }
+  if (result.taken) {
+    text += ' ' + plural_(result.taken, 'row') + ' skipped: sent again meanwhile, ' +
+      (result.taken === 1 ? 'it belongs' : 'they belong') + ' to the new job.';
+  }
+  return text;
 }
 
 // ------------------------------------------------------------------ helpers

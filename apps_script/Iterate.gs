@@ -55,11 +55,11 @@ function cancel_(ui) {
     }
     lines.push('Row ' + row + ': ' + cancelText_(res.json));
   });
-  // Show the new states now, as the pipeline will.
+  // Show the new states now, as the pipeline will (each row found again by its scene_id).
   const lock = documentLock_();
   if (lock.tryLock(LOCK_WAIT_MS)) {
     try {
-      refreshRows_(settings, readSheet_({ formulas: true }), rows);
+      refreshRows_(settings, table.sheet, jobTargets_(table, rows));
     } finally {
       lock.releaseLock();
     }
@@ -185,7 +185,7 @@ function selectedImage_(table) {
   const values = table.values[row - 1];
   const jobId = cellText_(values[table.columns.job_id]);
   if (!jobId) throw new UserError('Row ' + row + ' has no job_id yet.' + help);
-  return { row: row, n: image.n, jobId: jobId, sceneId: cellText_(values[table.columns.scene_id]) };
+  return { row: row, n: image.n, jobId: jobId, sceneId: sceneIdOf_(table, row) };
 }
 
 // ------------------------------------------------------------------ Download

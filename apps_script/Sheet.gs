@@ -31,10 +31,17 @@ const ANCHOR_PATTERN = /^(scene|job):[A-Za-z0-9][A-Za-z0-9_.-]{0,63}#[1-9][0-9]?
 /** The rank of a final state: nothing moves a row back from it. */
 const FINAL_RANK = 3;
 
-/** The whole active sheet in one read: values (and formulas), header and columns. */
+/**
+ * The whole active sheet (or options.sheet) in one read: values (and formulas with
+ * options.formulas), header, columns, and each row's scene_id as the cell shows it.
+ *
+ * Scene ids are what the cell shows (getDisplayValues), as the server reads them
+ * to find a scene's row: a number-like id (12, 007, 1.5) is matched the same way
+ * on both sides.
+ */
 function readSheet_(options) {
   const ss = SpreadsheetApp.getActiveSpreadsheet();
-  const sheet = ss.getActiveSheet();
+  const sheet = options && options.sheet ? options.sheet : ss.getActiveSheet();
   const lastRow = sheet.getLastRow();
   const lastColumn = sheet.getLastColumn();
   if (lastRow < 1 || lastColumn < 1) {
@@ -55,10 +62,59 @@ function readSheet_(options) {
     const match = /^nano_img_(\d+)$/.exec(name);
     if (match && columns[name] === i) images.push({ n: Number(match[1]), index: i });
   });
+  const sceneIds = sheet.getRange(1, columns.scene_id + 1, lastRow, 1).getDisplayValues()
+    .map(function (line) { return cellText_(line[0]); });
   return {
     ss: ss, sheet: sheet, lastRow: lastRow, lastColumn: lastColumn, values: values,
-    formulas: formulas, header: header, columns: columns, images: images,
+    formulas: formulas, header: header, columns: columns, images: images, sceneIds: sceneIds,
   };
+}
+
+/** The sheet as it is now: read again just before writing, after a slow request. */
+function rereadSheet_(table) {
+  return readSheet_({ formulas: true, sheet: table.sheet });
+}
+
+/** A row's scene_id as the cell shows it, trimmed ('' for none). */
+function sceneIdOf_(table, row) {
+  return table.sceneIds[row - 1] || '';
+}
+
+/**
+ * The row of each scene_id: the first one that shows it, the row the server
+ * writes too. Rows are found again this way before every write that follows a
+ * slow request, since rows move (sorted, inserted, deleted) meanwhile.
+ */
+function rowsByScene_(table) {
+  const rows = Object.create(null);  // so that a scene_id such as "constructor" is no key already
+  for (let row = HEADER_ROW + 1; row <= table.lastRow; row++) {
+    const id = sceneIdOf_(table, row);
+    if (id && !Object.prototype.hasOwnProperty.call(rows, id)) rows[id] = row;
+  }
+  return rows;
+}
+
+/** The column (0-based) of a header name in this read, or -1. */
+function columnOf_(table, name) {
+  return Object.prototype.hasOwnProperty.call(table.columns, name) ? table.columns[name] : -1;
+}
+
+/**
+ * The rows with a job, as what identifies them whatever their row number:
+ * {row (as read), sceneId, jobId}; one per scene and job.
+ */
+function jobTargets_(table, rows) {
+  const seen = {};
+  const targets = [];
+  rows.forEach(function (row) {
+    const jobId = cellText_(table.values[row - 1][table.columns.job_id]);
+    const sceneId = sceneIdOf_(table, row);
+    const key = JSON.stringify([sceneId, jobId]);
+    if (!jobId || seen[key]) return;
+    seen[key] = true;
+    targets.push({ row: row, sceneId: sceneId, jobId: jobId });
+  });
+  return targets;
 }
 
 function missingColumnsText_(sheet, missing) {
@@ -156,8 +212,12 @@ function isReference_(text) {
     ANCHOR_PATTERN.test(text);
 }
 
-/** A cell of a row by column name ('' where the sheet has no such column). */
+/**
+ * A cell of a row by column name ('' where the sheet has no such column); the
+ * scene_id as the cell shows it.
+ */
 function cellOf_(table, row, name) {
+  if (name === 'scene_id') return sceneIdOf_(table, row);
   return name in table.columns ? table.values[row - 1][table.columns[name]] : '';
 }
 
@@ -323,24 +383,52 @@ function rowsLabel_(rows) {
 }
 
 /**
- * The cells that mark the batch's rows "queued" (old images and job id cleared),
- * and the cells that put them back as they were.
+ * The cells that mark the batch's rows "queued" (old images and job id cleared):
+ * `updates` to write now, by row number (from the read just made), and `cells`
+ * to put back if the server refuses the batch: {sceneId, name (column), mark
+ * (what Generate wrote), previous (what was there)}.
  */
 function queuedMarks_(table, batch) {
   const updates = [];
-  const previous = [];
-  const clear = [table.columns.job_id].concat(table.images.map(function (img) {
-    return img.index;
+  const cells = [];
+  const names = ['status_img', 'job_id'].concat(table.images.map(function (img) {
+    return table.header[img.index];
   }));
   batch.rows.forEach(function (row) {
-    updates.push({ row: row, col: table.columns.status_img, value: 'queued' });
-    previous.push({ row: row, col: table.columns.status_img, value: currentCell_(table, row, table.columns.status_img) });
-    clear.forEach(function (col) {
-      updates.push({ row: row, col: col, value: '' });
-      previous.push({ row: row, col: col, value: currentCell_(table, row, col) });
+    const sceneId = sceneIdOf_(table, row);
+    names.forEach(function (name) {
+      const col = table.columns[name];
+      const mark = name === 'status_img' ? 'queued' : '';
+      updates.push({ row: row, col: col, value: mark });
+      cells.push({ sceneId: sceneId, name: name, mark: mark, previous: currentCell_(table, row, col) });
     });
   });
-  return { updates: updates, previous: previous };
+  return { updates: updates, cells: cells };
+}
+
+/**
+ * Puts back what Generate's marks replaced, after a refused batch: each row found
+ * again by its scene_id, and only the cells that still hold what Generate wrote
+ * (the pipeline may have written the row meanwhile: that stays). Returns the
+ * scene ids no longer in the sheet.
+ */
+function restoreMarks_(table, marks) {
+  const now = rereadSheet_(table);
+  const rows = rowsByScene_(now);
+  const updates = [];
+  const gone = {};
+  marks.cells.forEach(function (cell) {
+    const row = rows[cell.sceneId];
+    const col = columnOf_(now, cell.name);
+    if (!row) {
+      gone[cell.sceneId] = true;
+      return;
+    }
+    if (col < 0 || currentCell_(now, row, col) !== cell.mark) return;
+    updates.push({ row: row, col: col, value: cell.previous });
+  });
+  writeCells_(now.sheet, updates);
+  return Object.keys(gone);
 }
 
 /** A cell as it must be written back to stay the same: its formula, or its value as text. */
@@ -356,36 +444,81 @@ function textCell_(text) {
   return /^[=+\-@']/.test(text) ? "'" + text : text;
 }
 
-/** Writes job ids (and failures) from a live answer; returns lines about failed jobs. */
+/**
+ * Writes the job ids (and failures) of a live answer. The rows are read again
+ * first and each job's row found by its scene_id, as they may have moved while
+ * the batch was sent. The newest job sent owns its row: if another job wrote
+ * the row after it was marked "queued", its status and images are cleared with
+ * it. Returns {failed: lines about jobs that could not be queued, missing:
+ * lines about scenes no longer in the sheet}.
+ */
 function writeJobIds_(table, batch, answer) {
+  const now = rereadSheet_(table);
+  const rows = rowsByScene_(now);
   const updates = [];
   const failed = [];
+  const missing = [];
   (answer.jobs || []).forEach(function (job) {
-    const row = batch.rowOfScene[job.scene_id];
-    if (!row) return;
-    updates.push({ row: row, col: table.columns.job_id, value: textCell_(String(job.job_id)) });
+    if (!Object.prototype.hasOwnProperty.call(batch.rowOfScene, job.scene_id)) return;
+    const jobId = String(job.job_id);
+    const row = rows[job.scene_id];
+    if (!row) {
+      missing.push('Row ' + batch.rowOfScene[job.scene_id] + ' (' + job.scene_id + '): no longer ' +
+        'in the sheet, so its job ' + jobId + ' was not written.');
+      return;
+    }
+    const owner = cellText_(now.values[row - 1][now.columns.job_id]);
+    updates.push({ row: row, col: now.columns.job_id, value: textCell_(jobId) });
     if (job.state === 'failed') {
       const reason = job.error || 'could not be queued';
-      updates.push({ row: row, col: table.columns.status_img, value: textCell_('failed: ' + reason) });
+      updates.push({ row: row, col: now.columns.status_img, value: textCell_('failed: ' + reason) });
       failed.push('Row ' + row + ' (' + job.scene_id + '): ' + reason);
+    } else if (owner && owner !== jobId) {
+      updates.push({ row: row, col: now.columns.status_img, value: 'queued' });
+    }
+    if (owner && owner !== jobId) {
+      now.images.forEach(function (img) { updates.push({ row: row, col: img.index, value: '' }); });
     }
   });
-  writeCells_(table.sheet, updates);
-  return failed;
+  writeCells_(now.sheet, updates);
+  return { failed: failed, missing: missing };
 }
 
-/** The cells of one row that a job view moves forward (never backwards). */
-function rowUpdatesForJob_(table, row, view) {
+/** What a row showed before a slow request: its status and image formulas by n. */
+function rowSnapshot_(table, row) {
+  const images = {};
+  table.images.forEach(function (img) { images[img.n] = formulaOrText_(table, row, img.index); });
+  return { status: cellText_(table.values[row - 1][table.columns.status_img]), images: images };
+}
+
+function formulaOrText_(table, row, col) {
+  const formula = table.formulas ? table.formulas[row - 1][col] : '';
+  return formula || cellText_(table.values[row - 1][col]);
+}
+
+/**
+ * The cells of one row that a job view moves forward (never backwards), compared
+ * with the row as it is now (`table` read just before writing). `before` is the
+ * row as read before /status was asked (rowSnapshot_, null if unknown): if the
+ * row changed meanwhile, someone (the pipeline) wrote it with news at least as
+ * fresh as this answer, so only a state further on, or an image for an empty
+ * cell, is written.
+ */
+function rowUpdatesForJob_(table, row, view, before) {
   const values = table.values[row - 1];
   const updates = [];
   const jobCol = table.columns.job_id;
-  if (cellText_(values[jobCol]) !== view.job_id) return updates;  // the row was sent again
+  if (cellText_(values[jobCol]) !== view.job_id) return updates;  // another job owns the row
   const statusCol = table.columns.status_img;
   const current = cellText_(values[statusCol]);
+  const snapshot = rowSnapshot_(table, row);
+  const changed = !before || before.status !== snapshot.status ||
+    table.images.some(function (img) { return before.images[img.n] !== snapshot.images[img.n]; });
   const next = view.status_text || view.state;
   const rankNext = viewRank_(view);
   const rankNow = cellRank_(current);
-  if (rankNext > rankNow || (rankNext >= 1 && rankNext >= rankNow && next !== current)) {
+  if (rankNext > rankNow ||
+      (!changed && rankNext >= 1 && rankNext >= rankNow && next !== current)) {
     updates.push({ row: row, col: statusCol, value: textCell_(next) });
   }
   (view.variants || []).forEach(function (variant) {
@@ -393,8 +526,10 @@ function rowUpdatesForJob_(table, row, view) {
     const column = table.images.filter(function (img) { return img.n === variant.variant; })[0];
     if (!column) return;  // no nano_img_k column for this variant
     const formula = imageFormula_(variant.thumbnail_url);
-    const now = table.formulas ? table.formulas[row - 1][column.index] : '';
-    if (now !== formula) updates.push({ row: row, col: column.index, value: formula });
+    const now = snapshot.images[column.n];
+    if (now !== formula && (now === '' || !changed)) {
+      updates.push({ row: row, col: column.index, value: formula });
+    }
   });
   return updates;
 }

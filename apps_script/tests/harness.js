@@ -12,7 +12,9 @@
  *                   the end of the execution, as in Apps Script.
  *   Ui              alert / prompt / createMenu / showModalDialog, recorded; the
  *                   answers to questions are scripted.
- *   UrlFetchApp     fetch / fetchAll making real, synchronous HTTP calls.
+ *   UrlFetchApp     fetch / fetchAll making real, synchronous HTTP calls; a test
+ *                   can act between a request's answer and the script's next step
+ *                   (duringFetch), e.g. as another writer of the sheet (asAnother).
  *   HtmlService     createHtmlOutput, as far as a dialog's content goes.
  *   CacheService    the script cache: strings that expire, with Apps Script's size limits.
  *   PropertiesService, LockService, Utilities, ScriptApp, Logger, console.
@@ -129,6 +131,22 @@ class StubSheets {
       data: data.map((d) => ({ range: `${quoteTitle(d.title)}!${d.a1}`, values: d.values })),
     });
     this.onWrite(data);
+  }
+
+  /** Writes as someone else would (not the script: not recorded as its write). */
+  writeAsAnother(title, a1, values) {
+    this.request('POST', '/values:batchUpdate', {
+      valueInputOption: 'USER_ENTERED',
+      data: [{ range: `${quoteTitle(title)}!${a1}`, values }],
+    });
+  }
+
+  sheetId(title) {
+    const sheet = (this.request('GET', '').sheets || []).find(
+      (s) => s.properties.title.toLowerCase() === title.toLowerCase(),
+    );
+    if (!sheet) throw new Error(`no sheet ${title}`);
+    return sheet.properties.sheetId;
   }
 
   grid(title) {
@@ -662,12 +680,15 @@ function makeUrlFetchApp(h) {
     fetch(url, params = {}) {
       const request = toRequest(url, params);
       const entry = record(request);
-      return toResponse(request, params, fetcher().fetch(request), entry);
+      const result = fetcher().fetch(request);
+      h.afterFetch([entry]);
+      return toResponse(request, params, result, entry);
     },
     fetchAll(list) {
       const requests = list.map((item) => (typeof item === 'string' ? toRequest(item, {}) : toRequest(item.url, item)));
       const entries = requests.map(record);
       const results = fetcher().fetchAll(requests);
+      h.afterFetch(entries);
       return results.map((result, i) =>
         toResponse(requests[i], typeof list[i] === 'string' ? {} : list[i], result, entries[i]),
       );
@@ -712,6 +733,7 @@ class Harness {
     this.unexpected = [];
     this.lockEvents = [];
     this.pendingWrites = [];
+    this.fetchHooks = [];
     this.execution = null;
     this.lockState = { holder: null };
     this.lockDir = options.sharedDir || null;
@@ -821,6 +843,79 @@ class Harness {
     const data = this.pendingWrites;
     this.pendingWrites = [];
     this.sheets.write(data);
+  }
+
+  /**
+   * Runs `fn(entry)` once, after the first request for which `match(entry)` holds
+   * has been answered and before the script sees the answer: what happens in the
+   * sheet while the script waits for a slow request. `entry` is the recorded fetch
+   * ({method, url, headers, payload, json}).
+   */
+  duringFetch(match, fn) { this.fetchHooks.push({ match, fn }); }
+
+  afterFetch(entries) {
+    const hooks = this.fetchHooks;
+    this.fetchHooks = [];
+    for (const hook of hooks) {
+      const entry = entries.find((e) => hook.match(e));
+      if (entry) hook.fn(entry);
+      else this.fetchHooks.push(hook);
+    }
+  }
+
+  /**
+   * Someone else at the sheet (a person, or the pipeline writing a row), acting on
+   * the cells directly: none of it is the script's write or waits for its flush.
+   * `title` defaults to the active sheet.
+   */
+  get asAnother() {
+    const h = this;
+    const titleOf = (title) => title || h.activeTitle;
+    return {
+      /** values typed in (USER_ENTERED): '=…' a formula, "'…" text, digits a number. */
+      write(a1, values, title) { h.sheets.writeAsAnother(titleOf(title), a1, values); },
+      /** `count` empty rows inserted before row `before`; the rows below move down. */
+      insertRows(before, count, title) {
+        const sheetId = h.sheets.sheetId(titleOf(title));
+        h.sheets.request('POST', ':batchUpdate', {
+          requests: [{
+            insertDimension: {
+              range: { sheetId, dimension: 'ROWS', startIndex: before - 1, endIndex: before - 1 + count },
+              inheritFromBefore: false,
+            },
+          }],
+        });
+      },
+      /** `count` rows from row `first` deleted; the rows below move up. */
+      deleteRows(first, count, title) {
+        const sheetId = h.sheets.sheetId(titleOf(title));
+        h.sheets.request('POST', ':batchUpdate', {
+          requests: [{
+            deleteDimension: { range: { sheetId, dimension: 'ROWS', startIndex: first - 1, endIndex: first - 1 + count } },
+          }],
+        });
+      },
+      /**
+       * Rows first..last sorted by `compare` (on each row's cells as an array), as
+       * Data → Sort range does: every cell moves with its row, formulas included.
+       */
+      sortRows(first, last, compare, title) {
+        const name = titleOf(title);
+        const width = h.sheets.grid(name).columnCount;
+        const a1 = `A${first}:${columnLetters(width)}${last}`;
+        const raw = h.sheets.values(name, a1, 'FORMULA');
+        const rows = [];
+        for (let r = 0; r <= last - first; r++) {
+          const line = [];
+          for (let c = 0; c < width; c++) line.push(raw[r] && raw[r][c] !== undefined ? raw[r][c] : '');
+          rows.push(line);
+        }
+        rows.sort(compare);
+        const typed = rows.map((line) => line.map((v) =>
+          (typeof v === 'string' && v !== '' && !v.startsWith('=') ? `'${v}` : v)));
+        h.sheets.writeAsAnother(name, a1, typed);
+      },
+    };
   }
 
   select(...ranges) { this.selection = ranges.flat(); }

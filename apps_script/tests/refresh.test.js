@@ -21,10 +21,10 @@ test.after(async () => {
   await canned.close();
 });
 
-function view(jobId, state, statusText, variants) {
+function view(jobId, sceneIdOf, state, statusText, variants) {
   const count = (s) => variants.filter(([, vstate]) => vstate === s).length;
   return {
-    job_id: jobId, batch_id: 'bat_r', scene_id: 's', state, status_text: statusText, error: null,
+    job_id: jobId, batch_id: 'bat_r', scene_id: sceneIdOf, state, status_text: statusText, error: null,
     progress: { done: count('done'), failed: count('failed'), total: variants.length },
     model: 'm', created_at: '2025-01-01T00:00:00+00:00',
     variants: variants.map(([n, vstate, thumb]) => ({ variant: n, state: vstate, error: null, thumbnail_url: thumb || null })),
@@ -34,19 +34,20 @@ function view(jobId, state, statusText, variants) {
 test('refresh writes status and images forward only, and names rows it cannot find', async () => {
   const tag = sceneId('refresh').replace(/[^A-Za-z0-9_-]/g, '_');
   const jobs = [`job_${tag}_a`, `job_${tag}_b`, `job_${tag}_c`, `job_${tag}_d`];
+  const scenes = [sceneId('ra'), sceneId('rb'), sceneId('rc'), sceneId('rd')];
   const rows = await appendRows(env, [
-    [sceneId('ra'), 'p', '', 2, 'queued', '', '', '', jobs[0]],
-    [sceneId('rb'), 'p', '', 1, 'queued', '', '', '', jobs[1]],
-    [sceneId('rc'), 'p', '', 1, 'completed', '=IMAGE("https://example.com/c1.jpg")', '', '', jobs[2]],
-    [sceneId('rd'), 'p', '', 1, 'queued', '', '', '', jobs[3]],
+    [scenes[0], 'p', '', 2, 'queued', '', '', '', jobs[0]],
+    [scenes[1], 'p', '', 1, 'queued', '', '', '', jobs[1]],
+    [scenes[2], 'p', '', 1, 'completed', '=IMAGE("https://example.com/c1.jpg")', '', '', jobs[2]],
+    [scenes[3], 'p', '', 1, 'queued', '', '', '', jobs[3]],
   ]);
   await canned.configure({
     routes: [
       // The words are for people: progress comes from the machine-readable fields.
-      { method: 'GET', path: `/status/${jobs[0]}`, status: 200, body: view(jobs[0], 'generating', 'generating, 1 image of 2 ready', [[1, 'done', 'https://example.com/a"1.jpg'], [2, 'generating']]) },
-      { method: 'GET', path: `/status/${jobs[1]}`, status: 200, body: view(jobs[1], 'completed', 'completed', [[1, 'done', 'https://example.com/b1.jpg']]) },
+      { method: 'GET', path: `/status/${jobs[0]}`, status: 200, body: view(jobs[0], scenes[0], 'generating', 'generating, 1 image of 2 ready', [[1, 'done', 'https://example.com/a"1.jpg'], [2, 'generating']]) },
+      { method: 'GET', path: `/status/${jobs[1]}`, status: 200, body: view(jobs[1], scenes[1], 'completed', 'completed', [[1, 'done', 'https://example.com/b1.jpg']]) },
       // Stale: the row already says completed; /status lags behind.
-      { method: 'GET', path: `/status/${jobs[2]}`, status: 200, body: view(jobs[2], 'generating', 'generating (0/1)', [[1, 'generating']]) },
+      { method: 'GET', path: `/status/${jobs[2]}`, status: 200, body: view(jobs[2], scenes[2], 'generating', 'generating (0/1)', [[1, 'generating']]) },
       { method: 'GET', path: `/status/${jobs[3]}`, status: 404, body: { error: 'not_found', message: `no job ${jobs[3]} for this caller` } },
     ],
   });
