@@ -64,6 +64,8 @@ resource "google_firestore_field" "unindexed" {
     "usage/settled"      = { collection = "usage", field = "settled" }
     "idempotency/body"   = { collection = "idempotency", field = "body" }
     "idempotency/intent" = { collection = "idempotency", field = "intent" }
+    # An export's image list (up to tens of KB): read with its batch, never queried.
+    "batches/export.contents" = { collection = "batches", field = "export.contents" }
   }
 
   project    = var.project_id

@@ -11,7 +11,8 @@ ExportState = Literal["queued", "running", "done", "failed"]
 
 
 class Export(BaseModel):
-    """One hand-over zip of a batch: every kept image at full size and a manifest."""
+    """One hand-over zip of a batch: the images kept when it was asked for, at full
+    size, and a manifest."""
 
     export_id: str
     state: ExportState = "queued"
@@ -24,6 +25,11 @@ class Export(BaseModel):
     # was lost, or never sent.
     republished_at: datetime | None = None
     object_name: str | None = None
+    # The images it holds, fixed when it was asked for (``handover.pack``: job id,
+    # variant, version; one string, so one index entry however many images). None
+    # for an export asked for before contents were recorded.
+    contents: str | None = None
+    # How many of them: those asked for, then those the zip holds.
     images: int | None = None
     bytes: int | None = None
     error: str | None = None

@@ -1,9 +1,15 @@
 """The hand-over zip of a batch: asked for over HTTP, written in the background.
 
-The exporter streams every kept image, one at a time, from the images bucket
+A request fixes the zip's contents: the images that exist then, every version,
+recorded with the export (``handover.pack``). A request once the batch has
+changed (a re-roll finished, say) gets a new zip; one while nothing changed gets
+the zip still being made.
+
+The exporter streams exactly those images, one at a time, from the images bucket
 into one zip that is itself uploaded as a stream (a resumable upload, a chunk at
 a time), so its memory stays bounded whatever the batch's size. The zip holds
-``{scene_id}/var_{n}[_v{k}].{ext}`` at full size and a ``manifest.csv``.
+``{scene_id}/var_{n}[_v{k}].{ext}`` at full size and a ``manifest.csv``; its
+counts are of those images, never of the jobs as they are by then.
 """
 
 from __future__ import annotations
@@ -60,14 +66,16 @@ class Exports:
     ids: Callable[[str], str] = new_id
 
     def request(self, batch_id: str, caller: str, admin: bool = False) -> ExportView | None:
-        """Queue a zip of the batch (or answer the one still being made); None if the
-        batch is missing or someone else's. Raises TransientError if it cannot be queued."""
+        """Queue a zip of the batch's images as they are now (or answer the one still
+        being made of the same images); None if the batch is missing or someone
+        else's. Raises TransientError if it cannot be queued."""
         batch = self.store.get_batch(batch_id)
         if batch is None or (batch.caller != caller and not admin):
             return None
+        members = handover.members_of(self.store.get_jobs(batch.job_ids))
         export_id = self.ids("exp")
         export, created = self.store.update_batch(
-            batch_id, lambda b: handover.request(b, export_id, caller, self.clock())
+            batch_id, lambda b: handover.request(b, export_id, caller, self.clock(), members)
         )
         message = ExportMessage(batch_id=batch_id, export_id=export.export_id)
         if created:
@@ -81,7 +89,12 @@ class Exports:
                 raise
             log.info(
                 "export requested",
-                extra={"batch_id": batch_id, "event": "export_requested", "export": export_id},
+                extra={
+                    "batch_id": batch_id,
+                    "event": "export_requested",
+                    "export": export_id,
+                    "images": len(members),
+                },
             )
         elif export.state == "queued":
             # Asked again while no delivery has started it: its message may never have
@@ -111,36 +124,43 @@ class Entry:
     row: dict[str, str]
 
 
-def kept_images(jobs: Sequence[Job]) -> list[Entry]:
-    """Every image that exists, every version, in scene, variant and version order."""
+def entries_of(members: Sequence[handover.Member], jobs: Sequence[Job]) -> list[Entry]:
+    """The zip's images, those ``members`` name, in their order. An image stays what
+    it was once made (its object and row never change), so reading the jobs now
+    finds what the request saw; one no longer in them is left out, with a warning."""
+    by_id = {job.job_id: job for job in jobs}
     entries = []
-    for job in sorted(jobs, key=lambda j: (j.scene_id, j.job_id)):
-        for key in sorted(job.variants, key=int):
-            variant = job.variants[key]
-            for number, slot in variant.slots():
-                if not slot.kept or slot.object_name is None:
-                    continue
-                path = ObjectNames.zip_member(job.scene_id, variant.n, number, slot.object_name)
-                made = slot.generated_at or slot.done_at or job.created_at
-                entries.append(
-                    Entry(
-                        path,
-                        slot.object_name,
-                        {
-                            "scene": job.scene_id,
-                            "variant": str(variant.n),
-                            "version": str(number),
-                            "prompt": job.prompt,
-                            "instruction": (
-                                slot.instruction or "" if isinstance(slot, Version) else ""
-                            ),
-                            "model": slot.model or job.model,
-                            "cost": slot.cost_usd or "",
-                            "created": made.isoformat(),
-                            "file": path,
-                        },
-                    )
-                )
+    for member in members:
+        job = by_id.get(member.job_id)
+        try:
+            slot = job.slot(member.n, member.version) if job is not None else None
+        except KeyError:
+            slot = None
+        if job is None or slot is None or not slot.kept or slot.object_name is None:
+            log.warning(
+                "image of the export no longer recorded; left out",
+                extra={"job_id": member.job_id, "variant": member.n, "version": member.version},
+            )
+            continue
+        path = ObjectNames.zip_member(job.scene_id, member.n, member.version, slot.object_name)
+        made = slot.generated_at or slot.done_at or job.created_at
+        entries.append(
+            Entry(
+                path,
+                slot.object_name,
+                {
+                    "scene": job.scene_id,
+                    "variant": str(member.n),
+                    "version": str(member.version),
+                    "prompt": job.prompt,
+                    "instruction": (slot.instruction or "") if isinstance(slot, Version) else "",
+                    "model": slot.model or job.model,
+                    "cost": slot.cost_usd or "",
+                    "created": made.isoformat(),
+                    "file": path,
+                },
+            )
+        )
     return entries
 
 
@@ -251,17 +271,33 @@ class Exporter:
         if started is None:
             log.info("export finished or superseded; message dropped", extra=context)
             return
-        self._write(batch, message.export_id, started.deliveries, context)
+        if started.contents is None:
+            reason = "it was asked for before zips recorded their images: ask for it again"
+            self.store.update_batch(
+                batch.batch_id,
+                lambda b: handover.fail(b, message.export_id, reason, self.clock()),
+            )
+            log.warning("export failed", extra={**context, "error": reason})
+            return
+        members = handover.unpack(started.contents)
+        self._write(batch, message.export_id, started.deliveries, members, context)
 
     def _write(
-        self, batch: Batch, export_id: str, delivery: int, context: dict[str, object]
+        self,
+        batch: Batch,
+        export_id: str,
+        delivery: int,
+        members: Sequence[handover.Member],
+        context: dict[str, object],
     ) -> None:
         cfg = self.settings
         bucket = cfg.images_bucket
-        # This delivery's own zip: one left by a delivery that died part way (or by a
-        # duplicate still writing) holds what that one saw, which may differ by now.
+        # This delivery's own zip, recorded with what this delivery wrote into it: one
+        # left by a delivery that died (or by a duplicate still writing) is not ours to
+        # count, so it is never recorded.
         name = object_names(cfg).export(batch.batch_id, export_id, delivery)
-        entries = kept_images(self.store.get_jobs(batch.job_ids))
+        job_ids = list(dict.fromkeys(member.job_id for member in members))
+        entries = entries_of(members, self.store.get_jobs(job_ids))
         counted: list[int] = []
         metadata = {"batch_id": batch.batch_id, "export_id": export_id}
 
