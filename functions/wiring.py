@@ -392,7 +392,8 @@ def thumbnails() -> Thumbnails:
 def dead_letters() -> DeadLetters:
     from shared.services.dead_letters import DeadLetters
 
-    return DeadLetters(ledger())
+    # The images bucket too: an image stored but not recorded is kept, not failed.
+    return DeadLetters(ledger(), settings(), object_store())
 
 
 @lru_cache(maxsize=1)

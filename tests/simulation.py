@@ -265,7 +265,7 @@ class World:
             turns=EveryDeliveryItsOwnInstance(),
         )
         self.thumbnails = Thumbnails(self.settings, self.ledger, objects, _thumbnail, self.clock)
-        self.dead_letters = DeadLetters(self.ledger, self.clock)
+        self.dead_letters = DeadLetters(self.ledger, self.settings, objects, self.clock)
         self.cancels = Cancels(store, self.intake_ledger, publisher, self.clock)
         self.rerolls = Rerolls(
             self.settings, store, self.intake_ledger, publisher, budget, idempotency, self.clock

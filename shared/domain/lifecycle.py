@@ -389,6 +389,33 @@ def gave_up_on(job: Job, n: int, reason: str, now: datetime, version: int = 1) -
     return variant_failed(job, n, reason, now, version=version)
 
 
+def thumbnail_gave_up(
+    job: Job,
+    n: int,
+    reason: str,
+    now: datetime,
+    object_name: str,
+    spent: Spent | None = None,
+    version: int = 1,
+) -> Step[None]:
+    """Pub/Sub gave up on the notification of the image ``object_name``: the image
+    fails, named and with its cost, since it was made and paid. One ended unmade
+    before it was recorded (given up on while its stopped holder had stored it)
+    fails the same way, so that it is charged once and not failed for free."""
+    variant = job.slot(n, version)
+    unmade = (VariantState.FAILED, VariantState.CANCELLED)
+    if variant.state not in unmade or variant.object_name is not None:
+        return variant_failed(
+            job, n, reason, now, spent=spent, version=version, object_name=object_name
+        )
+    variant.state = VariantState.FAILED
+    variant.error = reason
+    variant.object_name = object_name
+    _record_spent(variant, spent)
+    _unclaim(variant)
+    return _image_ended(job, version, now), None
+
+
 def thumbnail_done(
     job: Job,
     n: int,

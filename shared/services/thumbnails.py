@@ -12,6 +12,7 @@ from shared.config.settings import Settings
 from shared.contracts.messages import StorageObject
 from shared.contracts.objects import (
     ObjectNames,
+    VariantKey,
     is_thumbnail,
     recorded_spent,
     thumbnail_metadata,
@@ -20,7 +21,7 @@ from shared.contracts.objects import (
 from shared.domain import lifecycle
 from shared.domain.errors import NotFound, PermanentError
 from shared.domain.ids import utcnow
-from shared.domain.job import TERMINAL_VARIANT_STATES, VariantState
+from shared.domain.job import TERMINAL_VARIANT_STATES, Job, VariantState
 from shared.services.ledger import JobLedger
 from shared.services.ports import ObjectStore, Thumbnailer, ThumbnailSpec
 from shared.services.stored_images import object_names
@@ -42,6 +43,30 @@ def skip_reason(obj: StorageObject, settings: Settings) -> str | None:
         return "object is a thumbnail"
     if variant_key(obj.metadata) is None:
         return "object has no job_id/variant metadata"
+    return None
+
+
+def not_its_image(job: Job, key: VariantKey, name: str, names: ObjectNames) -> str | None:
+    """Why object ``name`` is not the image of the variant (version) ``key`` (None if
+    it is): the image the variant records, or, before it records one, an object
+    under the one name generation gives that image.
+
+    Metadata alone proves nothing: a stray upload under the images prefix, or another
+    variant's object, may carry any job and variant.
+    """
+    recorded = job.slot(key.n, key.version).object_name
+    if recorded is not None:
+        return None if name == recorded else f"{name} is not the variant's image {recorded}"
+    parsed = names.parse_image(name)
+    if parsed is None or parsed.mime_type is None:
+        return f"{name} is not named as an image"
+    if (parsed.scene_id, parsed.job_id, parsed.n, parsed.version) != (
+        job.scene_id,
+        job.job_id,
+        key.n,
+        key.version,
+    ):
+        return f"{name} is not the name of variant {key.n} version {key.version}"
     return None
 
 
@@ -84,6 +109,12 @@ class Thumbnails:
             variant = None
         if job is None or variant is None:
             log.error("no such job, variant or version; notification dropped", extra=context)
+            return
+        # Only the variant's own image makes its thumbnail, records it or charges it;
+        # another object naming the variant (a stray upload) is acknowledged untouched.
+        foreign = not_its_image(job, key, obj.name, self.names)
+        if foreign is not None:
+            log.warning("notification skipped: %s", foreign, extra=context)
             return
         with self.ledger.entry(job) as entry:
             made = variant.state == VariantState.DONE or (

@@ -315,6 +315,7 @@ def test_dead_letters_of_a_version_and_of_an_export_fail_only_those(store: FakeJ
     from shared.contracts.messages import push_message
     from shared.domain.batch import Batch
     from shared.services.dead_letters import DeadLetters
+    from tests.fakes import FakeObjectStore, make_settings
 
     job = mark_done(make_job(variant_count=1), 1)
     job.state = lifecycle.derive_state(job)
@@ -339,7 +340,7 @@ def test_dead_letters_of_a_version_and_of_an_export_fail_only_those(store: FakeJ
         data = base64.b64encode(json.dumps(body).encode()).decode()
         return push_message({"message": {"data": data, "attributes": attributes}})
 
-    letters = DeadLetters(JobLedger(store))
+    letters = DeadLetters(JobLedger(store), make_settings(), FakeObjectStore())
     message = {
         "job_id": "job_1",
         "batch_id": "bat_1",

@@ -5,18 +5,36 @@ from __future__ import annotations
 import contextlib
 import json
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 
+from shared.adapters.imaging import make_thumbnail
+from shared.config.settings import Settings
 from shared.contracts.messages import JobMessage, PushMessage
+from shared.contracts.objects import image_metadata
 from shared.contracts.sheet_row import Text
-from shared.domain import lifecycle
+from shared.domain import lifecycle, versions
 from shared.domain.errors import TransientError
-from shared.domain.job import JobState, VariantState
+from shared.domain.job import Job, JobState, VariantState
 from shared.services.dead_letters import DELIVERY_COUNT, DeadLetters
 from shared.services.ledger import JobLedger
 from shared.services.sheet_sync import SheetSync
-from tests.fakes import T0, FakeClock, FakeJobStore, FakeSheetWriter, make_job, mark_done
+from shared.services.thumbnails import Thumbnails
+from tests.fakes import (
+    IMAGES_BUCKET,
+    T0,
+    FakeBudgetLedger,
+    FakeClock,
+    FakeJobStore,
+    FakeObjectStore,
+    FakeSheetWriter,
+    finalize_event,
+    make_job,
+    make_settings,
+    mark_done,
+    png_bytes,
+)
 
 LEASE = timedelta(seconds=300)
 JOB_MESSAGE = JobMessage(job_id="job_1", batch_id="bat_1", scene_id="sc-001")
@@ -40,8 +58,10 @@ def thumbnail_letter(**metadata: str) -> PushMessage:
 
 
 @pytest.fixture
-def service(store: FakeJobStore, sheet_sync: SheetSync, clock: FakeClock) -> DeadLetters:
-    return DeadLetters(JobLedger(store, sheet_sync), clock)
+def service(
+    store: FakeJobStore, sheet_sync: SheetSync, objects: FakeObjectStore, clock: FakeClock
+) -> DeadLetters:
+    return DeadLetters(JobLedger(store, sheet_sync), make_settings(), objects, clock)
 
 
 def test_job_gave_up_fails_its_unfinished_variants(
@@ -214,3 +234,227 @@ def test_job_finished_is_logged_once_for_the_metrics(
     assert len(finished) == 1
     assert finished[0].state == "failed"  # type: ignore[attr-defined]
     assert finished[0].job_id == "job_1"  # type: ignore[attr-defined]
+
+
+# ----------------------------------------------------------------- issue 27: made images are kept
+
+SPENT = lifecycle.Spent("gemini-3.1-flash-image", "0.0670")
+DAY = T0.strftime("%Y-%m-%d")
+V2_NAME = "images/sc-001/job_1/var_1_v2.png"
+
+
+@pytest.fixture
+def kept(
+    store: FakeJobStore,
+    sheet_sync: SheetSync,
+    budget: FakeBudgetLedger,
+    objects: FakeObjectStore,
+    settings: Settings,
+    clock: FakeClock,
+) -> DeadLetters:
+    """Dead letters as wired: the budget settled, the images bucket looked in."""
+    return DeadLetters(JobLedger(store, sheet_sync, budget), settings, objects, clock)
+
+
+def version_letter(n: int = 1, version: int = 2) -> PushMessage:
+    body = JOB_MESSAGE.model_copy(update={"variant": n, "version": version})
+    return PushMessage(body.model_dump_json().encode(), {DELIVERY_COUNT: "5"}, "1", "t")
+
+
+def job_with_version() -> Job:
+    """Variant 1 done, its version 2 (a re-roll) claimed by a holder that stopped."""
+    done = mark_done(make_job(variant_count=1, started_at=T0), 1)
+    done.state = lifecycle.derive_state(done)
+    request = versions.VersionRequest(None, 4242, "alice", DAY, "0.0670")
+    asked, _ = versions.add_version(done, 1, request, T0)
+    assert asked is not None
+    claimed, _ = lifecycle.claim(asked, 1, "clm_dead", T0, LEASE, 3, version=2)
+    assert claimed is not None
+    return claimed
+
+
+def settles(budget: FakeBudgetLedger) -> list[tuple[object, ...]]:
+    return [call[3:] for call in budget.calls if call[0] == "settle"]
+
+
+def test_a_recorded_upload_of_a_version_is_kept_by_its_dead_letter(
+    kept: DeadLetters,
+    store: FakeJobStore,
+    budget: FakeBudgetLedger,
+    objects: FakeObjectStore,
+    settings: Settings,
+    sheet_sync: SheetSync,
+) -> None:
+    """The finding as stated: a version recorded as uploaded is not failed by its
+    dead letter; it gets its thumbnail and is charged once (fails without the
+    UPLOADED guard of ``lifecycle.gave_up_on``)."""
+    job, _ = lifecycle.uploaded(job_with_version(), 1, V2_NAME, "image/png", T0, SPENT, 2)
+    assert job is not None
+    store.add(job)
+    objects.put(
+        IMAGES_BUCKET, V2_NAME, png_bytes((64, 64)), "image/png", image_metadata(job, 1, SPENT, 2)
+    )
+    kept.handle(version_letter())
+    assert store.job("job_1").slot(1, 2).state == VariantState.UPLOADED
+
+    thumbnails = Thumbnails(settings, JobLedger(store, sheet_sync, budget), objects, make_thumbnail)
+    thumbnails.handle(finalize_event(V2_NAME, **image_metadata(job, 1, SPENT, 2)))
+    version = store.job("job_1").slot(1, 2)
+    assert (version.state, version.thumb_name) == (
+        VariantState.DONE,
+        "thumbnails/sc-001/job_1/var_1_v2.jpg",
+    )
+    assert settles(budget) == [("job_1/1/v2", 0, Decimal(0))]
+
+
+def test_a_versions_dead_letter_keeps_an_image_stored_but_not_recorded(
+    kept: DeadLetters,
+    store: FakeJobStore,
+    budget: FakeBudgetLedger,
+    objects: FakeObjectStore,
+    settings: Settings,
+    sheet_sync: SheetSync,
+    sheet_writer: FakeSheetWriter,
+) -> None:
+    """Its holder stored the image and stopped before recording it: the image was
+    made and paid, so the dead letter records it (charged once, never given back)
+    and its notification makes its thumbnail."""
+    job = job_with_version()
+    store.add(job)
+    objects.put(
+        IMAGES_BUCKET, V2_NAME, png_bytes((64, 64)), "image/png", image_metadata(job, 1, SPENT, 2)
+    )
+    kept.handle(version_letter())
+
+    version = store.job("job_1").slot(1, 2)
+    assert (version.state, version.object_name, version.cost_usd) == (
+        VariantState.UPLOADED,
+        V2_NAME,
+        "0.0670",
+    )
+    assert settles(budget) == [("job_1/1/v2", 0, Decimal(0))]
+    thumbnails = Thumbnails(settings, JobLedger(store, sheet_sync, budget), objects, make_thumbnail)
+    thumbnails.handle(finalize_event(V2_NAME, **image_metadata(job, 1, SPENT, 2)))
+    stored = store.job("job_1")
+    assert stored.slot(1, 2).state == VariantState.DONE
+    assert stored.variant(1).current()[0] == 2
+    assert settles(budget) == [("job_1/1/v2", 0, Decimal(0))]  # nothing given back, ever
+    assert sheet_writer.row("sc-001")["status_img"] == Text("completed")
+
+
+def test_a_version_with_no_image_is_still_failed_and_given_back(
+    kept: DeadLetters, store: FakeJobStore, budget: FakeBudgetLedger
+) -> None:
+    store.add(job_with_version())
+    kept.handle(version_letter())
+    version = store.job("job_1").slot(1, 2)
+    assert (version.state, version.error) == (VariantState.FAILED, "gave up after 5 deliveries")
+    assert settles(budget) == [("job_1/1/v2", -1, Decimal("-0.0670"))]
+
+
+def test_made_and_paid_never_ends_failed_and_free_whichever_letter_comes_first(
+    kept: DeadLetters, store: FakeJobStore, budget: FakeBudgetLedger, objects: FakeObjectStore
+) -> None:
+    """The version's dead letter, then its thumbnail's (the thumbnail could not be
+    made either): the image stays recorded and charged, as in the other order."""
+    job = job_with_version()
+    store.add(job)
+    metadata = image_metadata(job, 1, SPENT, 2)
+    objects.put(IMAGES_BUCKET, V2_NAME, png_bytes((64, 64)), "image/png", metadata)
+    kept.handle(version_letter())
+    payload = {"name": V2_NAME, "metadata": metadata}
+    attributes = {"eventType": "OBJECT_FINALIZE", "bucketId": IMAGES_BUCKET, "objectId": V2_NAME}
+    kept.handle(PushMessage(json.dumps(payload).encode(), attributes, "2", "t"))
+
+    version = store.job("job_1").slot(1, 2)
+    assert (version.state, version.object_name, version.cost_usd) == (
+        VariantState.FAILED,
+        V2_NAME,
+        "0.0670",
+    )
+    assert version.error == "thumbnail gave up after several deliveries"
+    assert settles(budget) == [("job_1/1/v2", 0, Decimal(0))]
+
+
+def test_a_jobs_dead_letter_keeps_first_images_stored_but_not_recorded(
+    kept: DeadLetters, store: FakeJobStore, budget: FakeBudgetLedger, objects: FakeObjectStore
+) -> None:
+    """The same for the job's first images: variant 1 stored (its holder stopped
+    before recording it) is kept and charged; variant 2, never made, fails."""
+    job, _ = lifecycle.claim(make_job(budget_day=DAY), 1, "clm_dead", T0, LEASE, 3)
+    assert job is not None
+    store.add(job)
+    objects.put(
+        IMAGES_BUCKET,
+        "images/sc-001/job_1/var_1.png",
+        png_bytes(),
+        "image/png",
+        image_metadata(job, 1, SPENT),
+    )
+    kept.handle(job_letter("5"))
+
+    stored = store.job("job_1")
+    assert [stored.variant(n).state for n in (1, 2)] == [
+        VariantState.UPLOADED,
+        VariantState.FAILED,
+    ]
+    assert stored.variant(1).cost_usd == "0.0670"
+    assert stored.state == JobState.GENERATING  # variant 1's thumbnail ends it
+    assert sorted(settles(budget)) == [
+        ("job_1/1", 0, Decimal(0)),
+        ("job_1/2", -1, Decimal("-0.0670")),
+    ]
+
+
+def test_a_thumbnail_letter_for_an_object_that_is_not_the_variants_image_is_dropped(
+    kept: DeadLetters, store: FakeJobStore, budget: FakeBudgetLedger
+) -> None:
+    """A stray object under images/ naming a variant in its metadata fails nothing
+    and charges nothing."""
+    job = make_job(started_at=T0, state=JobState.GENERATING, budget_day=DAY)
+    job.variant(1).state = VariantState.UPLOADED
+    job.variant(1).object_name = "images/sc-001/job_1/var_1.png"
+    store.add(job)
+    stray = "images/sc-001/job_1/var_1.webp"
+    payload = {"name": stray, "metadata": {"job_id": "job_1", "variant": "1", "cost_usd": "9"}}
+    attributes = {"eventType": "OBJECT_FINALIZE", "bucketId": IMAGES_BUCKET, "objectId": stray}
+    kept.handle(PushMessage(json.dumps(payload).encode(), attributes, "3", "t"))
+    assert store.job("job_1").variant(1).state == VariantState.UPLOADED
+    assert store.writes == []
+    assert settles(budget) == []
+
+
+@pytest.mark.parametrize("ended", [VariantState.FAILED, VariantState.CANCELLED])
+def test_a_thumbnail_letter_records_an_image_given_up_on_before_it_was_recorded(
+    kept: DeadLetters, store: FakeJobStore, budget: FakeBudgetLedger, ended: VariantState
+) -> None:
+    """Given up on while its stopped holder had stored it (the sweeper's age limit,
+    a cancel), then its thumbnail could not be made: the image was made and paid,
+    so it ends failed with its name and cost, charged once, not failed for free."""
+    job = make_job(variant_count=1, budget_day=DAY, started_at=T0)
+    job.variant(1).state, job.variant(1).error = ended, "dropped"
+    job.state = lifecycle.derive_state(job)
+    store.add(job)
+    kept.ledger.follow_up("job_1")  # its budget was given back, as for any unmade image
+    assert settles(budget) == [("job_1/1", -1, Decimal("-0.0670"))]
+
+    name = "images/sc-001/job_1/var_1.png"
+    payload = {"name": name, "metadata": image_metadata(job, 1, SPENT)}
+    attributes = {"eventType": "OBJECT_FINALIZE", "bucketId": IMAGES_BUCKET, "objectId": name}
+    kept.handle(PushMessage(json.dumps(payload).encode(), attributes, "4", "t"))
+
+    variant = store.job("job_1").variant(1)
+    assert (variant.state, variant.object_name, variant.cost_usd) == (
+        VariantState.FAILED,
+        name,
+        "0.0670",
+    )
+    assert settles(budget)[1:] == [("job_1/1/made", 1, Decimal("0.0670"))]
+
+
+def test_a_letter_for_a_version_that_does_not_exist_is_dropped(
+    kept: DeadLetters, store: FakeJobStore
+) -> None:
+    store.add(make_job(variant_count=1))
+    kept.handle(version_letter(1, 7))  # acknowledged, not raised (retried for ever)
+    assert store.writes == []

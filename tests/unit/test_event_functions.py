@@ -30,6 +30,7 @@ from tests.fakes import (
     FakeObjectStore,
     FakeSheetWriter,
     make_job,
+    make_settings,
 )
 
 MAIN = Path(__file__).resolve().parents[2] / "main.py"
@@ -243,7 +244,8 @@ def test_dead_letter_end_to_end_fails_the_job(
     clock: FakeClock,
 ) -> None:
     store.add(make_job())
-    wire(monkeypatch, "dead_letters", DeadLetters(JobLedger(store, sheet_sync), clock))
+    letters = DeadLetters(JobLedger(store, sheet_sync), make_settings(), FakeObjectStore(), clock)
+    wire(monkeypatch, "dead_letters", letters)
     attrs = {"CloudPubSubDeadLetterSourceDeliveryCount": "5"}
     response = make_client("handle_dead_letters").post(
         TOPIC_PATH, json=push_body(JOB_BODY.encode(), attrs)

@@ -489,3 +489,85 @@ def test_decompression_bomb_fails_its_variant_with_the_reason(
     assert variant.error == "thumbnail: image is 8000x8000; limit 50000000 pixels"
     assert objects.names(IMAGES_BUCKET) == [NAME_1]
     assert sheet_writer.row("sc-001")["status_img"] == Text("generating (0/2)")
+
+
+# --------------------------------------------------------------------------- issue 27: whose image
+
+
+def pixel(data: bytes) -> tuple[int, ...]:
+    with Image.open(io.BytesIO(data)) as image:
+        return tuple(image.convert("RGB").getpixel((0, 0)))  # type: ignore[arg-type]
+
+
+def near(color: tuple[int, ...], expected: tuple[int, int, int]) -> bool:
+    return all(abs(a - b) < 12 for a, b in zip(color, expected, strict=True))
+
+
+RED, BLUE = (200, 30, 30), (30, 30, 200)
+
+
+@pytest.mark.parametrize(
+    "stray",
+    [
+        "images/sc-001/job_1/var_1.webp",  # the recorded image is var_1.png
+        "images/sc-001/job_1/other.png",  # not an image name at all
+        NAME_2,  # another variant's name
+        "images/sc-001/job_1/var_1_v2.png",  # a version's name, metadata of version 1
+        "images/sc-002/job_1/var_1.png",  # another scene's folder
+    ],
+)
+def test_a_notification_for_another_object_than_the_recorded_image_is_ignored(
+    make_service: Callable[..., Thumbnails],
+    store: FakeJobStore,
+    objects: FakeObjectStore,
+    sheet_writer: FakeSheetWriter,
+    stray: str,
+) -> None:
+    """A stray upload (or another object) under images/ whose metadata names a
+    variant: nothing is read, written or marked; the variant's own image then makes
+    its thumbnail, from its own bytes."""
+    objects.put(IMAGES_BUCKET, NAME_1, png_bytes((600, 300), RED), "image/png")
+    objects.put(IMAGES_BUCKET, stray, png_bytes((600, 300), BLUE), "image/png")
+    service = make_service()
+    service.handle(finalize_event(stray, model="m", cost_usd="9.0000"))
+
+    assert [c for c in objects.calls if c[0] != "find"] == []
+    assert store.writes == []
+    assert sheet_writer.attempts == []
+    assert store.job("job_1").variant(1).state == VariantState.UPLOADED
+
+    service.handle(finalize_event(NAME_1))
+    v = store.job("job_1").variant(1)
+    assert (v.state, v.object_name, v.cost_usd) == (VariantState.DONE, NAME_1, None)
+    thumb = objects.objects[(IMAGES_BUCKET, "thumbnails/sc-001/job_1/var_1.jpg")]
+    assert near(pixel(thumb.data), RED)
+
+
+@pytest.mark.parametrize("state", [VariantState.GENERATING, VariantState.FAILED])
+def test_a_stray_object_never_finishes_or_revives_a_variant_with_no_recorded_image(
+    make_service: Callable[..., Thumbnails],
+    store: FakeJobStore,
+    objects: FakeObjectStore,
+    state: VariantState,
+) -> None:
+    """Before its image is recorded (its holder is at work, or it was given up on),
+    only the name generation gives the image is the variant's: a stray object
+    neither marks it done nor revives and charges it."""
+    job = store.job("job_1")
+    job.variant(1).state, job.variant(1).object_name = state, None
+    store.add(job)
+    stray = "images/sc-001/job_1/upload.png"
+    objects.put(IMAGES_BUCKET, stray, png_bytes((600, 300), BLUE), "image/png")
+    objects.put(IMAGES_BUCKET, NAME_1, png_bytes((600, 300), RED), "image/png")
+    service = make_service()
+    service.handle(finalize_event(stray, model="m", cost_usd="9.0000"))
+    v = store.job("job_1").variant(1)
+    assert (v.state, v.object_name, v.cost_usd) == (state, None, None)
+    assert objects.names(IMAGES_BUCKET) == [stray, NAME_1]  # no thumbnail
+
+    # The variant's own image, under the name generation gives it, is its image.
+    service.handle(finalize_event(NAME_1, model="m", cost_usd="0.0670"))
+    v = store.job("job_1").variant(1)
+    assert (v.state, v.object_name, v.cost_usd) == (VariantState.DONE, NAME_1, "0.0670")
+    thumb = objects.objects[(IMAGES_BUCKET, "thumbnails/sc-001/job_1/var_1.jpg")]
+    assert near(pixel(thumb.data), RED)
