@@ -3,7 +3,7 @@
 Google ships no Sheets emulator, so this speaks just enough of the REST protocol for
 the unmodified ``gspread`` client: spreadsheet metadata, structural ``batchUpdate``
 (addSheet, deleteSheet, updateSheetProperties, updateSpreadsheetProperties,
-appendDimension, insertDimension, deleteDimension) and the ``values`` family (get,
+appendDimension, insertDimension, deleteDimension, sortRange) and the ``values`` family (get,
 batchGet, update, batchUpdate, append, clear, batchClear).
 
 Deliberate limits: formulas are stored but never evaluated (their FORMATTED/UNFORMATTED
@@ -858,10 +858,52 @@ def _structural(book: Book, i: int, request: Json) -> Json:
             raise ApiError(400, f"Invalid requests[{i}].{kind}: You can't delete all the {what}")
         _shift(sheet, rows, start, start - end if deleting else end - start)
         return {}
+    if kind == "sortRange":
+        _sort(book, i, body)
+        return {}
     raise ApiError(
         400,
         f"Invalid requests[{i}]: request kind '{kind}' is not supported by the local Sheets stub.",
     )
+
+
+def _sort(book: Book, i: int, body: Json) -> None:
+    """sortRange: the range's rows reordered by their cells in the sort columns
+    (numbers before text, empty cells last, as Sheets does); the cells of the
+    range move with their rows."""
+    rng = body.get("range") or {}
+    sheet = book.sheet_by_id(rng.get("sheetId"))
+    r1, r2 = rng.get("startRowIndex", 0), rng.get("endRowIndex", sheet.row_count)
+    c1, c2 = rng.get("startColumnIndex", 0), rng.get("endColumnIndex", sheet.column_count)
+    specs = body.get("sortSpecs") or []
+    if not specs or not (0 <= r1 <= r2 <= sheet.row_count and 0 <= c1 <= c2):
+        raise ApiError(400, f"Invalid requests[{i}].sortRange: invalid range or sort specs")
+
+    def sort_key(row: int, spec: Json) -> tuple[int, Any]:
+        cell = sheet.cells.get((row, int(spec.get("dimensionIndex", 0))))
+        value = render(cell, "UNFORMATTED_VALUE") if cell else ""
+        if value == "":
+            return (2, "")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return (0, value)
+        return (1, str(value).lower())
+
+    order = list(range(r1, r2))
+    for spec in reversed(specs):  # the first spec decides, later ones break ties
+        descending = spec.get("sortOrder") == "DESCENDING"
+        filled = [r for r in order if sort_key(r, spec)[0] < 2]
+        empty = [r for r in order if sort_key(r, spec)[0] == 2]
+        filled.sort(key=lambda r, spec=spec: sort_key(r, spec), reverse=descending)  # type: ignore[misc]
+        order = filled + empty
+    moved = {
+        (r1 + new, c): sheet.cells[(old, c)]
+        for new, old in enumerate(order)
+        for c in range(c1, c2)
+        if (old, c) in sheet.cells
+    }
+    for key in [k for k in sheet.cells if r1 <= k[0] < r2 and c1 <= k[1] < c2]:
+        del sheet.cells[key]
+    sheet.cells.update(moved)
 
 
 # --- HTTP ----------------------------------------------------------------------------

@@ -103,9 +103,10 @@ def _openapi_document() -> dict[str, Any]:
     return document
 
 
-def _limits(named: object = None) -> Limits:
+def _limits(named: object = None, identity: Identity | None = None) -> Limits:
     """What a request may ask for; shapes and the reference limit are the catalog
-    entry's of the model the batch names (``named``), else the configured one's."""
+    entry's of the model the batch names (``named``), else the configured one's;
+    the spreadsheets, those of the caller (``identity``)."""
     cfg = wiring.settings()
     model = named if isinstance(named, str) else cfg.gemini_model
     entry = cfg.catalog.entry(model)
@@ -115,7 +116,11 @@ def _limits(named: object = None) -> Limits:
         max_prompt_chars=cfg.max_prompt_chars,
         images_bucket=cfg.images_bucket,
         references_prefix=cfg.references_prefix,
-        allowed_spreadsheet_ids=tuple(cfg.allowed_spreadsheet_ids),
+        allowed_spreadsheet_ids=tuple(
+            cfg.spreadsheets_for(identity.caller, identity.admin)
+            if identity is not None
+            else cfg.allowed_spreadsheet_ids
+        ),
         models=tuple(sorted(cfg.catalog.models)),
         aspect_ratios=entry.aspect_ratios if entry else (),
         image_sizes=entry.image_sizes if entry else (),
@@ -189,7 +194,7 @@ def submit_batch(request: flask.Request) -> flask.Response:
     identity, payload, key = parsed
     try:
         batch = BatchRequest.model_validate(
-            payload, context={"limits": _limits(payload.get("model"))}
+            payload, context={"limits": _limits(payload.get("model"), identity)}
         )
     except ValidationError as exc:
         return error(400, "invalid_request", "the batch is invalid", validation_details(exc))
@@ -198,13 +203,13 @@ def submit_batch(request: flask.Request) -> flask.Response:
         return error(400, "invalid_request", "the batch is invalid", problems)
     service = wiring.intake()
     if batch.run_mode == "dry_run":
-        plan = service.plan(batch, identity.caller)
+        plan = service.plan(batch, identity.caller, identity.admin)
         if isinstance(plan, ModelUnavailable):
             return _model_unavailable(plan, named_in_batch=batch.model is not None)
         if isinstance(plan, SheetMismatch):
             return _sheet_mismatch(plan)
         return _json(200, plan)
-    outcome = service.submit(batch, identity.caller, key)
+    outcome = service.submit(batch, identity.caller, key, identity.admin)
     if isinstance(outcome, ModelUnavailable):
         return _model_unavailable(outcome, named_in_batch=batch.model is not None)
     if isinstance(outcome, SheetMismatch):

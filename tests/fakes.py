@@ -271,6 +271,16 @@ class FakeJobStore:
                 if job.spreadsheet_id == spreadsheet_id and job.scene_id == scene_id
             ]
 
+    def jobs_of_scenes(self, spreadsheet_id: str, scene_ids: Sequence[str]) -> list[Job]:
+        wanted = set(scene_ids)
+        with self._lock:
+            self.calls.append(("jobs_of_scenes", f"{spreadsheet_id}/{len(wanted)}"))
+            return [
+                _copy(job)
+                for job in self._jobs.values()
+                if job.spreadsheet_id == spreadsheet_id and job.scene_id in wanted
+            ]
+
     def update_batch(self, batch_id: str, change: Callable[[Batch], tuple[Batch | None, R]]) -> R:
         with self._lock:
             self.calls.append(("update_batch", batch_id))

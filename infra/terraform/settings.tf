@@ -124,6 +124,7 @@ locals {
         ALLOWED_DOMAINS              = join(",", var.access.allowed_domains)
         ADMIN_CALLERS                = join(",", var.access.admin_callers)
         ALLOWED_SPREADSHEET_IDS      = join(",", var.access.allowed_spreadsheet_ids)
+        CALLER_SPREADSHEETS          = join(",", [for caller, ids in var.access.caller_spreadsheets : "${caller}:${join("|", ids)}"])
       })
       secrets = concat(["API_KEY_HASHES", "LINK_SIGNING_KEY"], local.model_secrets)
     }

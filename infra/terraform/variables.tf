@@ -160,16 +160,25 @@ variable "access" {
     allowed_emails          = optional(list(string), [])
     allowed_domains         = optional(list(string), [])
     admin_callers           = optional(list(string), [])
+    caller_spreadsheets     = optional(map(list(string)), {})
     public_base_url         = optional(string, "")
     public_invoker          = optional(string, "allUsers")
     # Issue 11: at most one fetch of Google's certificates this often.
     id_token_certs_min_refetch_s = optional(number, 60)
   })
-  description = "Callers of the HTTP function: id_token_certs_min_refetch_s (ID_TOKEN_CERTS_MIN_REFETCH_S: fewest seconds between two fetches of Google's ID-token certificates, so unknown key ids cannot make every request fetch them), allowed_spreadsheet_ids (ALLOWED_SPREADSHEET_IDS, required, [\"*\"] = any; the code refuses all when empty), id_token_audiences (ID_TOKEN_AUDIENCES: the Apps Script's OAuth client ID), allowed_emails/allowed_domains (ALLOWED_EMAILS/ALLOWED_DOMAINS for Google ID tokens), admin_callers (ADMIN_CALLERS), public_base_url (PUBLIC_BASE_URL; empty: https://REGION-PROJECT.cloudfunctions.net/FUNCTION), public_invoker (\"allUsers\": Terraform grants allUsers the invoker role; \"none\": no such grant, for organisations whose domain-restricted sharing forbids it, see README.md)."
+  description = "Callers of the HTTP function: id_token_certs_min_refetch_s (ID_TOKEN_CERTS_MIN_REFETCH_S: fewest seconds between two fetches of Google's ID-token certificates, so unknown key ids cannot make every request fetch them), allowed_spreadsheet_ids (ALLOWED_SPREADSHEET_IDS, required, [\"*\"] = any; the code refuses all when empty), id_token_audiences (ID_TOKEN_AUDIENCES: the Apps Script's OAuth client ID), allowed_emails/allowed_domains (ALLOWED_EMAILS/ALLOWED_DOMAINS for Google ID tokens), admin_callers (ADMIN_CALLERS), caller_spreadsheets (CALLER_SPREADSHEETS: per caller, the spreadsheets it may write, within allowed_spreadsheet_ids; a caller not listed may write all of them), public_base_url (PUBLIC_BASE_URL; empty: https://REGION-PROJECT.cloudfunctions.net/FUNCTION), public_invoker (\"allUsers\": Terraform grants allUsers the invoker role; \"none\": no such grant, for organisations whose domain-restricted sharing forbids it, see README.md)."
 
   validation {
     condition     = length(var.access.allowed_spreadsheet_ids) > 0 && alltrue([for id in var.access.allowed_spreadsheet_ids : can(regex("^([A-Za-z0-9_-]+|\\*)$", id))])
     error_message = "allowed_spreadsheet_ids must list at least one spreadsheet ID (or \"*\"), without commas."
+  }
+
+  validation {
+    condition = alltrue([
+      for caller, ids in var.access.caller_spreadsheets :
+      can(regex("^[^,:|]+$", caller)) && length(ids) > 0 && alltrue([for id in ids : can(regex("^([A-Za-z0-9_-]+|\\*)$", id))])
+    ])
+    error_message = "caller_spreadsheets maps a caller (no , : or |) to at least one spreadsheet ID (or \"*\")."
   }
 
   validation {

@@ -111,6 +111,10 @@ def update_record(
     return compare_and_set(ref, apply, fence)
 
 
+# Firestore's most values in one "in" filter.
+IN_FILTER_MAX = 30
+
+
 class FirestoreJobStore:
     def __init__(self, client: firestore.Client) -> None:
         self._db = client
@@ -236,6 +240,17 @@ class FirestoreJobStore:
             filter=FieldFilter("scene_id", "==", scene_id)
         )
         return [Job.from_doc(snap.to_dict() or {}) for snap in query.stream()]
+
+    def jobs_of_scenes(self, spreadsheet_id: str, scene_ids: Sequence[str]) -> list[Job]:
+        wanted = sorted(set(scene_ids))
+        found: list[Job] = []
+        # An "in" filter takes at most 30 values.
+        for start in range(0, len(wanted), IN_FILTER_MAX):
+            query = self._jobs.where(
+                filter=FieldFilter("spreadsheet_id", "==", spreadsheet_id)
+            ).where(filter=FieldFilter("scene_id", "in", wanted[start : start + IN_FILTER_MAX]))
+            found.extend(Job.from_doc(snap.to_dict() or {}) for snap in query.stream())
+        return found
 
     def update_batch(self, batch_id: str, change: Callable[[Batch], tuple[Batch | None, R]]) -> R:
         return update_record(self._batches.document(batch_id), Batch, f"batch {batch_id}", change)

@@ -3,12 +3,18 @@
 Rows are found by ``scene_id`` and columns by header name, with one
 ``values:batchGet`` (header row plus the ``scene_id`` column, the header
 cached) and one ``values:batchUpdate`` per call, however many rows it carries.
+Each row's write covers its key cell too (left as it is) and asks for the
+written values back: the answer says whose row the cells went into, as of the
+write itself, so a row that moved between the read and the write is known
+(``RowMoved``) instead of silently showing another scene's cells.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import gspread
@@ -16,14 +22,26 @@ from gspread.exceptions import APIError
 
 from shared.adapters.a1 import column_letter, literal_text, quote_title
 from shared.contracts.sheet_row import (
+    JOB_ID_COLUMN,
     KEY_COLUMN,
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
     Cell,
     Formula,
+    Text,
+    is_image_column,
 )
-from shared.domain.errors import MissingWorksheet, PermanentError, TransientError
+from shared.domain.errors import (
+    MissingWorksheet,
+    PermanentError,
+    PipelineError,
+    RowMoved,
+    TransientError,
+)
 from shared.services.ports import RowResult, RowUpdate, SheetLayout
+
+# Rounds of looking for, and clearing, a job's cells that landed in a blank row.
+STRAY_ROUNDS = 3
 
 
 class BadRequest(PermanentError):
@@ -55,45 +73,119 @@ class GspreadSheetWriter:
     def write_rows(self, spreadsheet_id: str, updates: Sequence[RowUpdate]) -> list[RowResult]:
         layouts = self._layouts(spreadsheet_id, sorted({u.worksheet for u in updates}))
         results: list[RowResult] = [RowResult() for _ in updates]
-        placed: list[tuple[int, list[dict[str, Any]]]] = []
+        placed: list[tuple[int, _Placed]] = []
         for i, update in enumerate(updates):
             layout = layouts[update.worksheet]
             if isinstance(layout, Exception):
                 results[i] = RowResult(error=layout)
                 continue
             try:
-                data, note = _row_data(update, layout)
+                row = _place(update, layout)
             except PermanentError as exc:
                 results[i] = RowResult(error=exc)
                 continue
-            results[i] = RowResult(note=note)
-            placed.append((i, data))
+            results[i] = RowResult(note=row.note)
+            placed.append((i, row))
         if not placed:
             return results
         try:
-            self._update(spreadsheet_id, [entry for _, data in placed for entry in data])
+            answers = self._update(spreadsheet_id, [row.data for _, row in placed])
         except BadRequest:
             if len(placed) == 1:
                 raise
             # Find the row that spoils the batch: the others still get written.
-            for i, data in placed:
+            answers = []
+            for i, row in placed:
                 try:
-                    self._update(spreadsheet_id, data)
+                    answers.extend(self._update(spreadsheet_id, [row.data]))
                 except PermanentError as exc:
                     results[i] = RowResult(error=exc)
+                    answers.append({})
         except PermanentError as exc:
             for i, _ in placed:
                 results[i] = RowResult(error=exc)
+            return results
+        for (i, row), answer in zip(placed, answers, strict=False):
+            if results[i].error is None:
+                results[i] = self._landed(spreadsheet_id, row, answer, results[i])
         return results
 
-    def _update(self, spreadsheet_id: str, data: list[dict[str, Any]]) -> None:
+    def _landed(
+        self, spreadsheet_id: str, row: _Placed, answer: dict[str, Any], result: RowResult
+    ) -> RowResult:
+        """Check in the write's own answer whose row the cells went into.
+
+        Rows are found by a read before the write; a sort, an insert or a delete in
+        between moves the scene elsewhere. The write asks back the row it wrote,
+        key cell included, as it was at the moment of writing: a key that is not the
+        scene's means the cells went to another row."""
+        if "updatedData" not in answer:
+            return result  # nothing to check against (the row is as it was found)
+        key = _key_in(answer, row.key_at)
+        if key == row.scene_id:
+            return result
+        self._forget(spreadsheet_id, row.worksheet)
+        if key:
+            return RowResult(error=RowMoved(row.scene_id, key))
+        # A blank row (inserted) got them: no job owns it, so take them back now, each
+        # clearing write checked the same way.
+        hit: list[str] = []
+        with contextlib.suppress(PipelineError):
+            cleared = self._update(spreadsheet_id, [row.blank])
+            hit = [key for key in [_key_in(cleared[0], row.key_at) if cleared else ""] if key]
+            if row.job_id:
+                # Rows may have moved again before the clearing write: any cells of ours
+                # still in a blank row are found by their job id.
+                hit += self._clear_strays(spreadsheet_id, row)
+        return RowResult(error=RowMoved(row.scene_id, *dict.fromkeys(hit)))
+
+    def _clear_strays(self, spreadsheet_id: str, row: _Placed) -> list[str]:
+        """Clear the rows with no scene_id that show this row's job id (where its
+        cells landed, wherever that row is now), each write checked like any other;
+        the scenes of rows a clearing write hit instead."""
+        sheet = quote_title(row.worksheet)
+        key_col, job_col = column_letter(row.key_col + 1), column_letter(row.job_col + 1)
+        hit: list[str] = []
+        for _ in range(STRAY_ROUNDS):
+            answer = self._call(
+                self._http.values_batch_get,
+                spreadsheet_id,
+                [f"{sheet}!{key_col}:{key_col}", f"{sheet}!{job_col}:{job_col}"],
+                {"majorDimension": "COLUMNS", "valueRenderOption": "FORMATTED_VALUE"},
+            )
+            keys, jobs = (_column(r) for r in [*answer.get("valueRanges", []), {}, {}][:2])
+            strays = [
+                n
+                for n in range(2, len(jobs) + 1)
+                if jobs[n - 1] == row.job_id and not (keys[n - 1] if n <= len(keys) else "")
+            ]
+            if not strays:
+                break
+            for n in strays:
+                span = f"{sheet}!{column_letter(row.first + 1)}{n}:{column_letter(row.last + 1)}{n}"
+                (cleared,) = self._update(spreadsheet_id, [{**row.blank, "range": span}]) or [{}]
+                hit += [key for key in [_key_in(cleared, row.key_at)] if key]
+        return hit
+
+    def _forget(self, spreadsheet_id: str, worksheet: str) -> None:
+        with self._lock:
+            self._headers.pop((spreadsheet_id, worksheet), None)
+
+    def _update(self, spreadsheet_id: str, data: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # USER_ENTERED so that our =IMAGE() formulas work; every text is
-        # apostrophe-prefixed (literal_text) and so never becomes a formula.
-        self._call(
+        # apostrophe-prefixed (literal_text) and so never becomes a formula. The
+        # answer holds each written row as it was written (the key cell included).
+        answer = self._call(
             self._http.values_batch_update,
             spreadsheet_id,
-            {"valueInputOption": "USER_ENTERED", "data": data},
+            {
+                "valueInputOption": "USER_ENTERED",
+                "data": data,
+                "includeValuesInResponse": True,
+                "responseValueRenderOption": "FORMATTED_VALUE",
+            },
         )
+        return list(answer.get("responses") or []) if isinstance(answer, dict) else []
 
     def _layouts(
         self, spreadsheet_id: str, worksheets: list[str]
@@ -176,8 +268,34 @@ class GspreadSheetWriter:
             raise TransientError(f"Sheets API unreachable: {exc}") from exc
 
 
-def _row_data(update: RowUpdate, layout: SheetLayout) -> tuple[list[dict[str, Any]], str | None]:
-    """The value ranges of one row update, and a note about cells left out."""
+@dataclass(frozen=True)
+class _Placed:
+    """One row update as written: one range over the row's cells, key cell included."""
+
+    worksheet: str
+    scene_id: str
+    data: dict[str, Any]  # the value range written
+    blank: dict[str, Any]  # the same range clearing what was written
+    key_at: int  # the key cell's place in the range
+    note: str | None
+    job_id: str  # what the row's job_id cell shows once written ("": no such cell)
+    job_at: int  # the job_id cell's place in the range
+    first: int  # the range's first and last columns (from 0)
+    last: int
+
+    @property
+    def key_col(self) -> int:
+        return self.first + self.key_at
+
+    @property
+    def job_col(self) -> int:
+        return self.first + self.job_at
+
+
+def _place(update: RowUpdate, layout: SheetLayout) -> _Placed:
+    """The value range of one row update: every cell it sets, each image cell it
+    does not fill cleared, and the key cell (left as it is) so that the write's
+    answer says whose row it went into."""
     header, worksheet = layout.header, update.worksheet
     missing = [name for name in REQUIRED_COLUMNS if name not in header]
     if missing:
@@ -188,18 +306,52 @@ def _row_data(update: RowUpdate, layout: SheetLayout) -> tuple[list[dict[str, An
     row, notes = rows[0], []
     if len(rows) > 1:
         notes.append(f"scene_id {update.scene_id!r} is in rows {rows}; only row {row} is updated")
-    sheet = quote_title(worksheet)
-    data, absent = [], []
+    values: dict[int, str] = {}
+    absent = []
     for name, cell in update.cells.items():
         if name not in header:
             if name not in OPTIONAL_COLUMNS:
                 absent.append(name)
             continue
-        col = column_letter(header.index(name) + 1)
-        data.append({"range": f"{sheet}!{col}{row}", "values": [[_value(cell)]]})
+        values[header.index(name)] = _value(cell)
+    for col, name in enumerate(header):
+        if is_image_column(name) and name not in update.cells:
+            values[col] = ""
     if absent:
         notes.append(f"worksheet {worksheet!r} has no column {', '.join(absent)}")
-    return data, "; ".join(notes) or None
+    key = header.index(KEY_COLUMN)
+    job = update.cells.get(JOB_ID_COLUMN)
+    job_id = job.value if isinstance(job, Text) and JOB_ID_COLUMN in header else ""
+    first, last = min([key, *values]), max([key, *values])
+    cols = f"{column_letter(first + 1)}{row}:{column_letter(last + 1)}{row}"
+    span = f"{quote_title(worksheet)}!{cols}"
+    line: list[str | None] = [values.get(col) for col in range(first, last + 1)]
+    blank = [None if value is None else "" for value in line]
+    return _Placed(
+        worksheet=worksheet,
+        scene_id=update.scene_id,
+        data={"range": span, "majorDimension": "ROWS", "values": [line]},
+        blank={"range": span, "majorDimension": "ROWS", "values": [blank]},
+        key_at=key - first,
+        note="; ".join(notes) or None,
+        job_id=job_id,
+        job_at=header.index(JOB_ID_COLUMN) - first if job_id else 0,
+        first=first,
+        last=last,
+    )
+
+
+def _column(value_range: dict[str, Any]) -> list[str]:
+    """One column's formatted values, from a COLUMNS-major value range."""
+    values = value_range.get("values") or [[]]
+    return [str(v).strip() for v in (values[0] if values else [])]
+
+
+def _key_in(answer: dict[str, Any], key_at: int) -> str:
+    """The key cell of the row a write went into, from the write's answer."""
+    values = (answer.get("updatedData") or {}).get("values") or [[]]
+    line = values[0] if values else []
+    return str(line[key_at]).strip() if key_at < len(line) else ""
 
 
 def _value(cell: Cell) -> str:

@@ -149,6 +149,8 @@ class Settings(BaseModel):
     allowed_domains: list[str] = Field(default_factory=list)
     admin_callers: list[str] = Field(default_factory=list)
     allowed_spreadsheet_ids: list[str] = Field(default_factory=list)
+    # Narrows the allowlist per caller: "caller-a:ID1|ID2,caller-b:*".
+    caller_spreadsheets: dict[str, list[str]] = Field(default_factory=dict)
     daily_image_cap: int = Field(default=1000, ge=0)
     daily_cost_cap_usd: Decimal = Field(default=Decimal("100"), ge=0)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
@@ -211,6 +213,32 @@ class Settings(BaseModel):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("caller_spreadsheets", mode="before")
+    @classmethod
+    def _parse_caller_spreadsheets(cls, value: object) -> object:
+        if isinstance(value, str):
+            parsed: dict[str, list[str]] = {}
+            for entry in (item.strip() for item in value.split(",") if item.strip()):
+                caller, sep, ids = entry.partition(":")
+                listed = [i.strip() for i in ids.split("|") if i.strip()]
+                if not sep or not caller.strip() or not listed:
+                    raise ValueError("expected 'caller:ID1|ID2' entries separated by commas")
+                parsed[caller.strip()] = listed
+            return parsed
+        return value
+
+    def spreadsheets_for(self, caller: str | None, admin: bool = False) -> list[str]:
+        """The spreadsheets ``caller`` may write ("*": any): the deployment's
+        allowlist, narrowed by CALLER_SPREADSHEETS for a caller listed there (an
+        admin is not narrowed)."""
+        base = self.allowed_spreadsheet_ids
+        own = self.caller_spreadsheets.get(caller or "") if not admin else None
+        if own is None or "*" in own:
+            return list(base)
+        if "*" in base:
+            return list(own)
+        return [sheet for sheet in own if sheet in base]
 
     @field_validator("api_key_hashes", mode="before")
     @classmethod

@@ -22,6 +22,12 @@ from shared.domain.job import Lane
 SCENE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+NOT_THIS_CALLERS_SHEET = (
+    "is not among the spreadsheets this caller may write "
+    "(ALLOWED_SPREADSHEET_IDS, CALLER_SPREADSHEETS)"
+)
+
+
 class Limits(BaseModel):
     """Request limits, taken from settings and passed as validation context."""
 
@@ -190,7 +196,7 @@ class BatchRequest(BaseModel):
     def _allowed_sheet(cls, value: str, info: ValidationInfo) -> str:
         allowed = _limits(info).allowed_spreadsheet_ids
         if "*" not in allowed and value not in allowed:
-            raise ValueError("is not in this deployment's allowlist of spreadsheets")
+            raise ValueError(NOT_THIS_CALLERS_SHEET)
         return value
 
     _batch_lane = field_validator("lane")(_lane)

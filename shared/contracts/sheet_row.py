@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -45,6 +46,20 @@ OPTIONAL_COLUMNS = frozenset({ERROR_COLUMN})
 def image_column(n: int) -> str:
     """The header of variant ``n``'s image cell (from 1)."""
     return f"nano_img_{n}"
+
+
+_IMAGE_COLUMN = re.compile(r"nano_img_[1-9][0-9]*")
+
+
+def is_image_column(name: str) -> bool:
+    """Whether a header names an image cell: a row's writer clears those it does not
+    fill, so that an earlier job's extra images never stand next to this one's."""
+    return _IMAGE_COLUMN.fullmatch(name) is not None
+
+
+def blank_cells() -> dict[str, Cell]:
+    """The cells of a row no job owns: what a stray write left there is cleared."""
+    return {"status_img": Text(""), JOB_ID_COLUMN: Text(""), ERROR_COLUMN: Text("")}
 
 
 def row_cells(job: Job, links: LinkSigner) -> dict[str, Cell]:

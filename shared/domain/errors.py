@@ -20,6 +20,21 @@ class NotReady(TransientError):
     to wait, never a failure."""
 
 
+class RowMoved(TransientError):
+    """A row write landed in another scene's row: the rows moved (a sort, an insert,
+    a delete) between finding the row and writing it. Written again where the scene
+    is now; the row that got the cells is given back to its own job."""
+
+    def __init__(self, scene_id: str, *landed_in: str) -> None:
+        rows = ", ".join(repr(scene) for scene in landed_in) or "a blank row, since cleared"
+        super().__init__(
+            f"the row of scene_id {scene_id!r} moved while it was written; "
+            f"cells landed in the row of {rows}"
+        )
+        self.scene_id = scene_id
+        self.landed_in = landed_in  # the scenes whose rows got cells not theirs
+
+
 class PermanentError(PipelineError):
     """A failure that retrying cannot fix: recorded on the job, event acknowledged."""
 

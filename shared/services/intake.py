@@ -27,6 +27,7 @@ from shared.domain.catalog import ModelEntry
 from shared.domain.errors import TransientError
 from shared.domain.ids import new_id, utcnow
 from shared.domain.job import Job, Lane, money
+from shared.domain.rows import row_owner
 from shared.services import once
 from shared.services.daily_budget import OverBudget, reserve
 from shared.services.job_messages import publish_jobs, unstarted
@@ -114,23 +115,45 @@ class Intake:
     ids: Callable[[str], str] = new_id
 
     # ------------------------------------------------------------------ plan
-    def plan(self, request: BatchRequest, caller: str) -> Plan | Refusal:
+    def plan(self, request: BatchRequest, caller: str, admin: bool = False) -> Plan | Refusal:
         """Exactly what ``live`` would do, without writing or publishing anything.
 
         The batch's model is checked with the backend first, then the worksheet: a
-        retired or unknown model, or images the sheet could not show, refuse the
-        batch before anyone pays.
+        retired or unknown model, images the sheet could not show, or rows another
+        caller's jobs show, refuse the batch before anyone pays.
         """
-        plan = self._plan(request, caller)
+        plan = self._plan(request, caller, admin)
         if isinstance(plan, ModelUnavailable):
             return plan
         findings = self.sheets.check(request)
-        if findings.problems:
-            return SheetMismatch(findings.problems)
+        problems = findings.problems + ([] if admin else self._rows_of_others(request, caller))
+        if problems:
+            return SheetMismatch(problems)
         plan.warnings.extend(findings.warnings)
         return plan
 
-    def _plan(self, request: BatchRequest, caller: str) -> Plan | ModelUnavailable:
+    def _rows_of_others(self, request: BatchRequest, caller: str) -> list[dict[str, str]]:
+        """The rows the batch names that another caller's job shows: each caller
+        writes only its own rows (an admin, any)."""
+        scenes = [item.scene_id for item in request.items]
+        jobs = self.store.jobs_of_scenes(request.spreadsheet_id, scenes)
+        problems = []
+        for i, item in enumerate(request.items):
+            owner = row_owner(jobs, request.spreadsheet_id, request.worksheet, item.scene_id)
+            if owner is not None and owner.caller != caller:
+                problems.append(
+                    {
+                        "field": f"items[{i}].scene_id",
+                        "reason": f"the row of {item.scene_id!r} in worksheet "
+                        f"{request.worksheet!r} shows another caller's job: each caller "
+                        "writes only its own rows (use another scene_id or worksheet)",
+                    }
+                )
+        return problems
+
+    def _plan(
+        self, request: BatchRequest, caller: str, admin: bool = False
+    ) -> Plan | ModelUnavailable:
         """The plan without the sheet check: what a batch recorded earlier resumes on
         (its rows were checked when it was first asked for)."""
         model = request.model or self.settings.gemini_model
@@ -186,7 +209,7 @@ class Intake:
             economy=ECONOMY_NOTE,
             estimate_notes=notes,
             budget=budget_view(self.settings, day, self.budget.usage(caller, day), images, cost),
-            warnings=self._model_warnings(model, entry) + self._warnings(request),
+            warnings=self._model_warnings(model, entry) + self._warnings(request, caller, admin),
             jobs=[job for job, _ in priced],
         )
 
@@ -205,9 +228,14 @@ class Intake:
             )
         ]
 
-    def _warnings(self, request: BatchRequest) -> list[Warning]:
+    def _warnings(self, request: BatchRequest, caller: str, admin: bool) -> list[Warning]:
+        """The caller's jobs of these scenes that still run (an admin: anyone's)."""
         scenes = {item.scene_id for item in request.items}
-        active = self.store.active_jobs(request.spreadsheet_id, request.worksheet)
+        active = [
+            job
+            for job in self.store.active_jobs(request.spreadsheet_id, request.worksheet)
+            if admin or job.caller == caller
+        ]
         return [
             Warning(
                 scene_id=job.scene_id,
@@ -219,7 +247,11 @@ class Intake:
 
     # ------------------------------------------------------------------ live
     def submit(
-        self, request: BatchRequest, caller: str, idempotency_key: str | None = None
+        self,
+        request: BatchRequest,
+        caller: str,
+        idempotency_key: str | None = None,
+        admin: bool = False,
     ) -> Submission:
         """Run a live batch once per idempotency key; replays get the first answer.
 
@@ -235,7 +267,7 @@ class Intake:
         if isinstance(held, once.InProgress):
             return held
         try:
-            outcome = self._submit(request, caller, held)
+            outcome = self._submit(request, caller, held, admin)
         except BaseException:
             held.let_go()
             raise
@@ -247,7 +279,7 @@ class Intake:
         return outcome
 
     def _submit(
-        self, request: BatchRequest, caller: str, held: once.Held
+        self, request: BatchRequest, caller: str, held: once.Held, admin: bool = False
     ) -> Accepted | OverBudget | Refusal:
         batch_id = held.names
         batch = self.store.get_batch(batch_id)
@@ -266,7 +298,7 @@ class Intake:
                 self.store.create_batch(batch, made)
                 jobs = self.store.get_jobs(batch.job_ids)
             return self._publish(batch, jobs, held, request)
-        plan = self.plan(request, caller)
+        plan = self.plan(request, caller, admin)
         day = str(held.intent.get("day") or "")
         if isinstance(plan, ModelUnavailable | SheetMismatch):
             if day:  # an earlier run reserved before the model (or the row) went away

@@ -84,6 +84,11 @@ class JobStore(Protocol):
         """Every job of this scene in this spreadsheet (any worksheet)."""
         ...
 
+    def jobs_of_scenes(self, spreadsheet_id: str, scene_ids: Sequence[str]) -> list[Job]:
+        """Every job of these scenes in this spreadsheet (any worksheet), in a few
+        queries however many scenes."""
+        ...
+
     def update_batch(self, batch_id: str, change: Callable[[Batch], tuple[Batch | None, R]]) -> R:
         """Like ``update_job``, for a batch; raises ``NotFound`` if it does not exist."""
         ...

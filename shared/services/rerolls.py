@@ -16,6 +16,7 @@ from shared.domain import pricing, versions
 from shared.domain.errors import TransientError
 from shared.domain.ids import new_id, utcnow
 from shared.domain.job import Job, money
+from shared.domain.rows import row_owner
 from shared.domain.versions import VersionRequest
 from shared.services import once
 from shared.services.daily_budget import OverBudget, reserve
@@ -95,6 +96,16 @@ class Rerolls:
             return Queued(self._replayed(held, key, job_id, n), replay=True)
         if isinstance(held, once.InProgress):
             return held
+        newer = None if held.intent else self._newer(job)
+        if newer is not None:
+            # A fresh request only: one that began before the scene was sent again
+            # finishes what it began.
+            held.abandon()
+            return Refused(
+                f"scene {job.scene_id!r} was sent again as job {newer.job_id}, which its "
+                "row shows now: a new version of this job would be paid for and never "
+                "shown; re-roll that job instead"
+            )
         try:
             outcome = self._request(job, n, instruction, caller, held)
         except BaseException:
@@ -105,6 +116,16 @@ class Rerolls:
         else:
             held.abandon()
         return outcome
+
+    def _newer(self, job: Job) -> Job | None:
+        """The job sent later for this job's row, if any."""
+        owner = row_owner(
+            self.store.scene_jobs(job.spreadsheet_id, job.scene_id),
+            job.spreadsheet_id,
+            job.worksheet,
+            job.scene_id,
+        )
+        return owner if owner is not None and owner.job_id != job.job_id else None
 
     def _replayed(self, replay: once.Replay, key: str, job_id: str, n: int) -> RerollAccepted:
         if replay.body:

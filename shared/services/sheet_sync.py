@@ -19,11 +19,12 @@ from enum import StrEnum
 from functools import partial
 
 from shared.contracts.links import LinkSigner
-from shared.contracts.sheet_row import cells_digest, row_cells, row_digest
+from shared.contracts.sheet_row import blank_cells, cells_digest, row_cells, row_digest
 from shared.domain import settlement
-from shared.domain.errors import NotFound, PermanentError, TransientError
+from shared.domain.errors import NotFound, PermanentError, PipelineError, RowMoved, TransientError
 from shared.domain.ids import new_id, utcnow
 from shared.domain.job import Job
+from shared.domain.rows import row_owner
 from shared.services.ports import JobStore, SheetWriter
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 # Writes of one sync; more are needed only when the job changes while its row
 # is being written. Bounded so that a flapping job cannot loop.
 MAX_ROUNDS = 3
+# Rows a sync gives back to their jobs after its cells landed in them (each may move
+# again while it is written).
+GIVE_BACK_MAX = 8
 
 
 class RowClaim(StrEnum):
@@ -109,13 +113,27 @@ class SheetSync:
         raise TransientError(f"the job {job_id} kept changing while its row was written")
 
     def _write(self, job: Job, token: str, late_writes: int, claimed_at: datetime) -> bool:
-        """Write the claimed row; False when this sync is over (a permanent error),
-        True to look at the job again (it may have moved on, or our write may have
-        landed after the claim ran out and over a newer one)."""
+        """Write the claimed row; False when this sync is over (a permanent error, or
+        a row that a newer job owns), True to look at the job again (it may have
+        moved on, or our write may have landed after the claim ran out and over a
+        newer one)."""
         cells = row_cells(job, self.links)
         context = {"job_id": job.job_id, "scene_id": job.scene_id}
+        owner = self._owner(job, job.scene_id)
+        if owner is not None and owner.job_id != job.job_id:
+            # Sent again since: the row is the newer job's. Nothing to write, ever.
+            newer = f"the row shows job {owner.job_id}, sent later for this scene"
+            digest = row_digest(job, self.links)
+            self._release(job.job_id, token, digest, newer, late_writes, claimed_at)
+            return False
         try:
             note = self.sheets.write_row(job.spreadsheet_id, job.worksheet, job.scene_id, cells)
+        except RowMoved as exc:
+            # The rows moved under the write: the cells went to another scene's row.
+            self._release(job.job_id, token, None, None, late_writes, claimed_at, keep_error=True)
+            log.warning("sheet row moved while written", extra={**context, "error": str(exc)})
+            self._give_back(job, *exc.landed_in)
+            return True  # written again, where the scene is now
         except PermanentError as exc:
             log.warning("sheet row not written", extra={**context, "error": str(exc)})
             self._release(job.job_id, token, None, str(exc), late_writes, claimed_at)
@@ -131,7 +149,42 @@ class SheetSync:
         if note is not None:
             log.warning("sheet row written without some cells", extra={**context, "error": note})
         self._release(job.job_id, token, cells_digest(cells), note, late_writes, claimed_at)
+        owner = self._owner(job, job.scene_id)
+        if owner is not None and owner.job_id != job.job_id:
+            # Sent again while we wrote: our write may have landed over the newer job's.
+            self._give_back(job, job.scene_id)
         return True
+
+    def _owner(self, job: Job, scene_id: str) -> Job | None:
+        """The newest job sent for ``scene_id``'s row in the job's worksheet."""
+        jobs = self.store.scene_jobs(job.spreadsheet_id, scene_id)
+        return row_owner(jobs, job.spreadsheet_id, job.worksheet, scene_id)
+
+    def _give_back(self, job: Job, *scene_ids: str) -> None:
+        """``job``'s cells may stand in these scenes' rows: each row's owner writes it
+        again, and a row no job owns is cleared (itself a write that may land
+        elsewhere: that row is given back in turn, a bounded number of times)."""
+        todo = list(scene_ids)
+        for _ in range(GIVE_BACK_MAX):
+            if not todo:
+                return
+            scene_id = todo.pop(0)
+            context = {"job_id": job.job_id, "scene_id": scene_id}
+            try:
+                owner = self._owner(job, scene_id)
+                if owner is None:
+                    sheet = (job.spreadsheet_id, job.worksheet)
+                    self.sheets.write_row(*sheet, scene_id, blank_cells())
+                elif owner.job_id != job.job_id:
+                    self.store.update_job(owner.job_id, _overwritten)
+                    self.sync(owner.job_id, wait=False)
+            except RowMoved as exc:
+                todo.extend([*exc.landed_in, scene_id])
+            except (PipelineError, NotFound):
+                # Its next event, or the sweeper's follow-up, writes it.
+                log.warning("row not given back to its job", extra=context, exc_info=True)
+        if todo:
+            log.warning("rows not given back", extra={"job_id": job.job_id, "error": str(todo)})
 
     def _release(
         self,
@@ -157,6 +210,13 @@ class SheetSync:
 
 # The row's own bookkeeping on the job (who writes it, what it shows); it never
 # touches the job's state, so it does not go through the ledger's transitions.
+def _overwritten(job: Job) -> tuple[Job, None]:
+    """Another job's write may have landed over this job's row: written again."""
+    job.sheet_late_writes += 1
+    job.sheet_digest = None
+    return job, None
+
+
 def _take_row(
     job: Job, links: LinkSigner, token: str, now: datetime, lease_s: float, holder_life_s: float
 ) -> tuple[Job | None, tuple[RowClaim, Job]]:

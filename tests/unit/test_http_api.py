@@ -19,6 +19,7 @@ from functions import wiring
 from shared.adapters.identity import hash_key
 from shared.config.environment import get_settings
 from shared.contracts.links import LinkSigner
+from shared.contracts.requests import NOT_THIS_CALLERS_SHEET
 from shared.domain import lifecycle
 from shared.domain.errors import TransientError
 from shared.domain.job import VariantState
@@ -245,9 +246,23 @@ def test_spreadsheet_allowlist(
         assert payload["details"] == [
             {
                 "field": "spreadsheet_id",
-                "reason": "is not in this deployment's allowlist of spreadsheets",
+                "reason": NOT_THIS_CALLERS_SHEET,
             }
         ]
+
+
+def test_a_caller_writes_only_the_spreadsheets_listed_for_it(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALLOWED_SPREADSHEET_IDS", "*")
+    monkeypatch.setenv("CALLER_SPREADSHEETS", "alice:alices-sheet")
+    get_settings.cache_clear()
+    refused = client.post("/batch/images", json=batch("dry_run"), headers=HEADERS)
+    assert assert_json_error(refused, 400, "invalid_request")["details"][0]["field"] == (
+        "spreadsheet_id"
+    )
+    bob = client.post("/batch/images", json=batch("dry_run"), headers={"X-API-Key": "bob-key"})
+    assert bob.status_code == 200  # not listed: the deployment's allowlist
 
 
 def test_dry_run_returns_plan_without_writing(

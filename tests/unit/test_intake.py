@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -19,7 +20,13 @@ from shared.domain.batch import Batch
 from shared.domain.errors import TransientError
 from shared.domain.job import Job, JobState, VariantState
 from shared.services.daily_budget import OverBudget
-from shared.services.intake import Accepted, Intake, ModelUnavailable, Submission
+from shared.services.intake import (
+    Accepted,
+    Intake,
+    ModelUnavailable,
+    SheetMismatch,
+    Submission,
+)
 from shared.services.ledger import JobLedger
 from shared.services.once import InProgress
 from shared.services.ports import Usage
@@ -212,6 +219,45 @@ def test_plan_warns_about_active_jobs_for_the_same_scenes(
         ("sc-001", "job job_q for this scene is still queued"),
         ("sc-002", "job job_g for this scene is still generating"),
     ]
+
+
+def test_a_caller_sees_and_warns_about_its_own_jobs_only(
+    intake: Intake, store: FakeJobStore
+) -> None:
+    store.add(
+        make_job(job_id="job_bob", scene_id="sc-001", caller="bob"),  # still queued
+        make_job(  # sent later by alice: the row is hers
+            job_id="job_alice",
+            scene_id="sc-001",
+            state=JobState.COMPLETED,
+            created_at=T0 + timedelta(minutes=1),
+        ),
+    )
+    plan = intake.plan(request(1, run_mode="dry_run"), "alice")
+    assert not isinstance(plan, SheetMismatch)
+    assert plan.warnings == []  # bob's running job is bob's business
+    seen = intake.plan(request(1, run_mode="dry_run"), "root", admin=True)
+    assert not isinstance(seen, SheetMismatch)
+    assert [w.message for w in seen.warnings] == ["job job_bob for this scene is still queued"]
+
+
+def test_rows_another_callers_job_shows_are_refused_by_row_in_dry_run_and_live(
+    intake: Intake, store: FakeJobStore, budget: FakeBudgetLedger, publisher: FakePublisher
+) -> None:
+    store.add(make_job(job_id="job_bob", scene_id="sc-002", caller="bob"))
+    for mode in ("dry_run", "live"):
+        outcome = (
+            intake.plan(request(1, 1, run_mode=mode), "alice")
+            if mode == "dry_run"
+            else intake.submit(request(1, 1, run_mode=mode), "alice", "k-1")
+        )
+        assert isinstance(outcome, SheetMismatch), mode
+        assert [p["field"] for p in outcome.problems] == ["items[1].scene_id"]
+        assert "another caller's job" in outcome.problems[0]["reason"]
+    assert publisher.published == [] and budget.used == {}
+    # Bob's own re-send, and an admin's, go through.
+    assert isinstance(intake.plan(request(1, 1, run_mode="dry_run"), "bob"), Plan)
+    assert isinstance(intake.plan(request(1, 1, run_mode="dry_run"), "root", admin=True), Plan)
 
 
 @pytest.mark.parametrize(
@@ -435,7 +481,8 @@ def test_same_idempotency_key_replays_the_first_answer(
 
 def test_idempotency_keys_are_per_caller(intake: Intake, store: FakeJobStore) -> None:
     first = accepted(intake.submit(request(1), "alice", "shared-key"))
-    other = intake.submit(request(1), "bob", "shared-key")
+    # Bob's own rows (alice's job shows row sc-001 of Scenes: not his to write).
+    other = intake.submit(request(1, worksheet="Other"), "bob", "shared-key")
     assert first_answer(other)
     assert accepted(other)["batch_id"] != first["batch_id"]
     assert len(store.created) == 2

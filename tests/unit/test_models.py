@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from shared.contracts.requests import BatchRequest, Limits
+from shared.contracts.requests import NOT_THIS_CALLERS_SHEET, BatchRequest, Limits
 from shared.domain.catalog import load_catalog
 from shared.domain.job import Job, Variant, VariantState, money
 from tests.fakes import make_job
@@ -230,7 +230,10 @@ def test_spreadsheet_allowlist_from_limits() -> None:
     assert validate(payload(), limits).spreadsheet_id == "sheet_1-A"
     errors = errors_of(payload(spreadsheet_id="not_listed"), limits)
     assert errors == [
-        (("spreadsheet_id",), "Value error, is not in this deployment's allowlist of spreadsheets")
+        (
+            ("spreadsheet_id",),
+            f"Value error, {NOT_THIS_CALLERS_SHEET}",
+        )
     ]
 
 

@@ -77,6 +77,25 @@ def test_malformed_api_key_hashes_entry(base_env: pytest.MonkeyPatch, value: str
     assert "caller:sha256hex" in str(info.value)
 
 
+def test_caller_spreadsheets_narrow_the_allowlist_per_caller(base_env: pytest.MonkeyPatch) -> None:
+    base_env.setenv("ALLOWED_SPREADSHEET_IDS", "s1,s2,s3")
+    base_env.setenv("CALLER_SPREADSHEETS", " team-a:s1|s9 , team-b:* ")
+    cfg = get_settings()
+    assert cfg.caller_spreadsheets == {"team-a": ["s1", "s9"], "team-b": ["*"]}
+    assert cfg.spreadsheets_for("team-a") == ["s1"]  # never beyond the deployment's
+    assert cfg.spreadsheets_for("team-b") == ["s1", "s2", "s3"]
+    assert cfg.spreadsheets_for("someone") == ["s1", "s2", "s3"]  # not listed: all
+    assert cfg.spreadsheets_for("team-a", admin=True) == ["s1", "s2", "s3"]
+
+
+@pytest.mark.parametrize("value", ["team-a", "team-a:", ":s1"])
+def test_malformed_caller_spreadsheets_entry(base_env: pytest.MonkeyPatch, value: str) -> None:
+    base_env.setenv("CALLER_SPREADSHEETS", value)
+    with pytest.raises(ConfigError, match="CALLER_SPREADSHEETS") as info:
+        get_settings()
+    assert "caller:ID1|ID2" in str(info.value)
+
+
 def test_unknown_model_is_a_config_error_naming_the_setting(base_env: pytest.MonkeyPatch) -> None:
     base_env.setenv("GEMINI_MODEL", "gemini-9-ultra-image")
     with pytest.raises(ConfigError, match="GEMINI_MODEL 'gemini-9-ultra-image' is not in the"):

@@ -10,10 +10,10 @@ from datetime import datetime, timedelta
 import pytest
 
 from shared.contracts.links import LinkSigner
-from shared.contracts.sheet_row import MAX_CELL_CHARS, Formula, Text, row_cells
+from shared.contracts.sheet_row import MAX_CELL_CHARS, Formula, Text, blank_cells, row_cells
 from shared.contracts.sheet_row import cells_digest as _digest
 from shared.domain import lifecycle
-from shared.domain.errors import PermanentError, TransientError
+from shared.domain.errors import PermanentError, RowMoved, TransientError
 from shared.domain.job import Job, JobState, VariantState
 from shared.services.sheet_sync import SheetSync
 from tests.fakes import T0, FakeClock, FakeJobStore, FakeSheetWriter, RowWrite, make_job, mark_done
@@ -459,3 +459,72 @@ def test_a_claim_that_ran_out_unreleased_leaves_the_row_unknown_even_when_it_loo
     job = store.job("job_1")
     assert (job.sheet_claim_id, job.sheet_overtaken_at) == (None, T0)
     assert job.sheet_digest == _digest(row_cells(job, links))
+
+
+# --------------------------------------------------------------------------- row owners
+
+
+def resent(job_id: str = "job_2", later_s: float = 60) -> Job:
+    """The same scene sent again, in a later batch."""
+    return make_job(
+        job_id=job_id, batch_id="bat_2", variant_count=1, created_at=T0 + timedelta(seconds=later_s)
+    )
+
+
+def test_a_resent_scene_whose_old_job_ends_last_keeps_the_new_jobs_row(
+    sheet_sync: SheetSync, store: FakeJobStore, sheet_writer: FakeSheetWriter
+) -> None:
+    store.add(make_job(variant_count=2), resent())
+    store.mutate("job_2", lambda j: mark_done(j, 1))
+    sheet_sync.sync("job_2")
+    store.mutate("job_1", lambda j: mark_done(j, 1, 2))
+    sheet_sync.sync("job_1")
+    sheet_sync.sync("job_1")
+    assert [w.cells["job_id"] for w in sheet_writer.attempts] == [Text("job_2")]
+    old = store.job("job_1")
+    assert old.sheet_error == "the row shows job job_2, sent later for this scene"
+    assert sheet_sync.is_current(old)  # nothing left to write for it
+
+
+def test_a_write_that_lands_after_the_scene_was_sent_again_gives_the_row_back(
+    sheet_sync: SheetSync, store: FakeJobStore, sheet_writer: FakeSheetWriter
+) -> None:
+    store.add(make_job())
+
+    def sent_again_meanwhile(write: RowWrite) -> None:
+        if write.cells["job_id"] == Text("job_1") and "job_2" not in store._jobs:
+            store.add(resent())
+            sheet_sync.sync("job_2")  # written first, then the slow write of job_1 lands
+
+    sheet_writer.on_write = sent_again_meanwhile
+    sheet_sync.sync("job_1")
+    assert [w.cells["job_id"] for w in sheet_writer.writes] == [
+        Text("job_2"),
+        Text("job_1"),
+        Text("job_2"),  # written again: the row ends showing the newer job
+    ]
+
+
+def test_cells_that_landed_in_another_scenes_row_go_back_to_its_job(
+    sheet_sync: SheetSync, store: FakeJobStore, sheet_writer: FakeSheetWriter
+) -> None:
+    store.add(make_job(), make_job(job_id="job_9", scene_id="sc-009"))
+    sheet_sync.sync("job_9")
+    sheet_writer.errors = [RowMoved("sc-001", "sc-009")]
+    sheet_sync.sync("job_1")
+    assert [(w.scene_id, w.cells["job_id"]) for w in sheet_writer.writes] == [
+        ("sc-009", Text("job_9")),
+        ("sc-009", Text("job_9")),  # its own cells again, over the stray ones
+        ("sc-001", Text("job_1")),  # and ours where the scene is now
+    ]
+
+
+def test_cells_that_landed_in_a_row_no_job_owns_are_cleared(
+    sheet_sync: SheetSync, store: FakeJobStore, sheet_writer: FakeSheetWriter
+) -> None:
+    store.add(make_job())
+    sheet_writer.errors = [RowMoved("sc-001", "sc-777")]
+    sheet_sync.sync("job_1")
+    first = sheet_writer.writes[0]
+    assert (first.scene_id, first.cells) == ("sc-777", blank_cells())
+    assert sheet_writer.writes[-1].scene_id == "sc-001"

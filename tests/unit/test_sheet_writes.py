@@ -25,7 +25,7 @@ from shared.adapters.throttle import Backoff, WriteLimiter
 from shared.contracts.links import LinkSigner
 from shared.contracts.sheet_row import Formula, Text, row_cells
 from shared.domain import lifecycle
-from shared.domain.errors import PermanentError, TransientError
+from shared.domain.errors import PermanentError, RowMoved, TransientError
 from shared.domain.job import JobState
 from shared.services.ports import RowUpdate
 from shared.services.sheet_sync import SheetSync
@@ -304,3 +304,71 @@ def test_a_burst_of_finishing_jobs_fits_the_write_quota(stub: Stub) -> None:
         assert store.job(f"job_{i}").sheet_digest is not None
     cells = row_cells(store.job("job_1"), links)
     assert stub.stored("Scenes", 2, "nano_img_1") == ("f", cells["nano_img_1"].value)
+
+
+# --------------------------------------------------------------------------- rows that move
+
+
+def between_read_and_write(writer: GspreadSheetWriter, change: Any) -> None:
+    """A collaborator acts once, after the writer found its row and before it writes."""
+    http = writer._http
+    real = http.values_batch_update
+    done: list[bool] = []
+
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        if not done:
+            done.append(True)
+            change()
+        return real(*args, **kwargs)
+
+    http.values_batch_update = hooked  # type: ignore[method-assign]
+
+
+def sheet_of(stub: Stub) -> gspread.Worksheet:
+    return client(stub.url).open_by_key(stub.spreadsheet_id).worksheet("Scenes")
+
+
+def test_a_row_inserted_between_read_and_write_is_caught_and_the_blank_row_cleared(
+    stub: Stub, writer: GspreadSheetWriter
+) -> None:
+    sheet = sheet_of(stub)
+    between_read_and_write(writer, lambda: sheet.insert_row([], 2))
+    with pytest.raises(RowMoved) as caught:
+        writer.write_row(stub.spreadsheet_id, "Scenes", "sc-001", {"status_img": Text("done")})
+    assert caught.value.landed_in == ()
+    assert stub.stored("Scenes", 2, "status_img") is None  # the new blank row: taken back
+    assert stub.stored("Scenes", 3, "scene_id") == ("v", "sc-001")
+    writer.write_row(stub.spreadsheet_id, "Scenes", "sc-001", {"status_img": Text("done")})
+    assert stub.stored("Scenes", 3, "status_img") == ("v", "done")  # written where it is now
+
+
+def test_a_sort_between_read_and_write_names_the_row_that_got_the_cells(
+    stub: Stub, writer: GspreadSheetWriter
+) -> None:
+    sheet = sheet_of(stub)
+    sort = {
+        "sortRange": {
+            "range": {"sheetId": sheet.id, "startRowIndex": 1, "endRowIndex": 121},
+            "sortSpecs": [{"dimensionIndex": 0, "sortOrder": "DESCENDING"}],
+        }
+    }
+    between_read_and_write(writer, lambda: sheet.spreadsheet.batch_update({"requests": [sort]}))
+    with pytest.raises(RowMoved) as caught:
+        writer.write_row(stub.spreadsheet_id, "Scenes", "sc-001", {"status_img": Text("done")})
+    assert (caught.value.scene_id, caught.value.landed_in) == ("sc-001", ("sc-120",))
+    assert stub.stored("Scenes", 2, "scene_id") == ("v", "sc-120")
+    writer.write_row(stub.spreadsheet_id, "Scenes", "sc-001", {"status_img": Text("done")})
+    assert stub.stored("Scenes", 121, "scene_id") == ("v", "sc-001")
+    assert stub.stored("Scenes", 121, "status_img") == ("v", "done")
+
+
+def test_a_row_write_clears_the_image_cells_it_does_not_fill(
+    stub: Stub, writer: GspreadSheetWriter
+) -> None:
+    two = {"nano_img_1": Formula('=IMAGE("https://a/1")'), "nano_img_2": Formula('=IMAGE("b")')}
+    writer.write_row(stub.spreadsheet_id, "Scenes", "sc-001", {"status_img": Text("a"), **two})
+    one = {"nano_img_1": Formula('=IMAGE("https://b/1")')}
+    writer.write_row(stub.spreadsheet_id, "Scenes", "sc-001", {"status_img": Text("b"), **one})
+    assert stub.stored("Scenes", 2, "nano_img_1") == ("f", '=IMAGE("https://b/1")')
+    assert stub.stored("Scenes", 2, "nano_img_2") is None
+    assert stub.stored("Scenes", 2, "prompt") == ("v", "prompt 1")  # not ours: untouched
