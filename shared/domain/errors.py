@@ -26,13 +26,18 @@ class RowMoved(TransientError):
     is now; the row that got the cells is given back to its own job."""
 
     def __init__(self, scene_id: str, *landed_in: str) -> None:
-        rows = ", ".join(repr(scene) for scene in landed_in) or "a blank row, since cleared"
-        super().__init__(
-            f"the row of scene_id {scene_id!r} moved while it was written; "
-            f"cells landed in the row of {rows}"
-        )
+        # The arguments are the exception's args: a copy (one per waiter of a
+        # coalesced write) is made from them.
+        super().__init__(scene_id, *landed_in)
         self.scene_id = scene_id
         self.landed_in = landed_in  # the scenes whose rows got cells not theirs
+
+    def __str__(self) -> str:
+        rows = ", ".join(repr(scene) for scene in self.landed_in) or "a blank row, since cleared"
+        return (
+            f"the row of scene_id {self.scene_id!r} moved while it was written; "
+            f"cells landed in the row of {rows}"
+        )
 
 
 class PermanentError(PipelineError):

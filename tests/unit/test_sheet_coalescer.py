@@ -11,7 +11,7 @@ import pytest
 from shared.adapters.sheet_coalescer import SheetCoalescer
 from shared.adapters.throttle import Backoff, WriteLimiter
 from shared.contracts.sheet_row import Cell, Text
-from shared.domain.errors import PermanentError, TransientError
+from shared.domain.errors import PermanentError, RowMoved, TransientError
 from shared.services.ports import RowResult, RowUpdate
 from tests.fakes import FakeClock
 
@@ -320,3 +320,13 @@ def test_wiring_writes_through_one_coalescer_with_the_configured_budget(
     assert thumbnails.ledger.rows is sync
     assert isinstance(thumbnails.thumbnailer, DecodeSlots)
     assert thumbnails.thumbnailer._slots._value == 3  # type: ignore[attr-defined]
+
+
+def test_a_row_that_moved_reaches_its_waiter_with_the_rows_that_got_its_cells(
+    clock: FakeClock,
+) -> None:
+    writer = FakeRowsWriter()
+    writer.script = [lambda updates: [RowResult(error=RowMoved("sc-1", "sc-7", "sc-9"))]]
+    with pytest.raises(RowMoved) as caught:
+        make_coalescer(writer, clock).write_row("sheet", "Scenes", "sc-1", cells("done"))
+    assert (caught.value.scene_id, caught.value.landed_in) == ("sc-1", ("sc-7", "sc-9"))
