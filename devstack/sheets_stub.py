@@ -1,10 +1,11 @@
 """Local protocol stub of the Google Sheets API v4 for the dev stack and tests.
 
 Google ships no Sheets emulator, so this speaks just enough of the REST protocol for
-the unmodified ``gspread`` client: spreadsheet metadata, structural ``batchUpdate``
-(addSheet, deleteSheet, updateSheetProperties, updateSpreadsheetProperties,
-appendDimension, insertDimension, deleteDimension, sortRange) and the ``values`` family (get,
-batchGet, update, batchUpdate, append, clear, batchClear).
+the unmodified ``gspread`` client: spreadsheet metadata (with the cells of given
+ranges: ``includeGridData``), structural ``batchUpdate`` (addSheet, deleteSheet,
+duplicateSheet, updateSheetProperties, updateSpreadsheetProperties, appendDimension,
+insertDimension, deleteDimension, sortRange) and the ``values`` family (get, batchGet,
+update, batchUpdate, append, clear, batchClear).
 
 Deliberate limits: formulas are stored but never evaluated (their FORMATTED/UNFORMATTED
 value is ""); USER_ENTERED parses plain numbers and TRUE/FALSE only (no dates,
@@ -406,6 +407,20 @@ def read_block(span: Span, option: str, major: str = "ROWS") -> list[list[Scalar
     ]
 
 
+def _grid_data(span: Span) -> Json:
+    """One range as the API's GridData: a row per sheet row up to the last one with
+    a value, a cell per column up to its last value (``{}`` for an empty one)."""
+    rows = read_block(span, "FORMATTED_VALUE")
+    return {
+        "startRow": span.a1.r1,
+        "startColumn": span.a1.c1,
+        "rowData": [
+            {"values": [{"formattedValue": v} if v != "" else {} for v in row]} if row else {}
+            for row in rows
+        ],
+    }
+
+
 def _matrix(values: Any, major: Any) -> list[list[Any]]:
     if not isinstance(values, list) or not all(isinstance(r, list) for r in values):
         raise ApiError(400, "Invalid value at 'data.values': expected a list of lists")
@@ -605,9 +620,26 @@ class Store:
             self._commit()
             return book.metadata()
 
-    def metadata(self, sid: str) -> Json:
+    def metadata(self, sid: str, ranges: Sequence[str] = (), grid: bool = False) -> Json:
+        """The spreadsheet's properties; with ``ranges``, only the sheets they are on,
+        and with ``grid`` each sheet's cells in those ranges (formatted values), one
+        GridData per range in the order asked, as the API answers."""
         with self.lock:
-            return self._book(sid).metadata()
+            book = self._book(sid)
+            answer = book.metadata()
+            if not ranges:
+                return answer
+            spans = [resolve(book, text) for text in ranges]
+            wanted = {span.sheet.sheet_id for span in spans}
+            answer["sheets"] = [s for s in answer["sheets"] if s["properties"]["sheetId"] in wanted]
+            if grid:
+                for entry in answer["sheets"]:
+                    entry["data"] = [
+                        _grid_data(span)
+                        for span in spans
+                        if span.sheet.sheet_id == entry["properties"]["sheetId"]
+                    ]
+            return answer
 
     def batch_update(self, sid: str, body: Json) -> Json:
         with self.lock:
@@ -861,6 +893,22 @@ def _structural(book: Book, i: int, request: Json) -> Json:
     if kind == "sortRange":
         _sort(book, i, body)
         return {}
+    if kind == "duplicateSheet":
+        source = book.sheet_by_id(body.get("sourceSheetId"))
+        copied: Json = {
+            "title": body.get("newSheetName") or f"Copy of {source.title}",
+            "gridProperties": {"rowCount": source.row_count, "columnCount": source.column_count},
+        }
+        if body.get("newSheetId") is not None:
+            copied["sheetId"] = body["newSheetId"]
+        if body.get("insertSheetIndex") is not None:
+            copied["index"] = body["insertSheetIndex"]
+        sheet = _add_sheet(book, copied)
+        sheet.cells = dict(source.cells)
+        reply = next(
+            s for s in book.metadata()["sheets"] if s["properties"]["sheetId"] == sheet.sheet_id
+        )
+        return {"duplicateSheet": reply}
     raise ApiError(
         400,
         f"Invalid requests[{i}]: request kind '{kind}' is not supported by the local Sheets stub.",
@@ -940,7 +988,8 @@ def _dispatch(
     if op == "spreadsheets.create":
         return store.create(body)
     if op == "spreadsheets.get":
-        return store.metadata(sid)
+        grid = params.get("includeGridData", "").lower() == "true"
+        return store.metadata(sid, query.get("ranges") or [], grid)
     if op == "spreadsheets.batchUpdate":
         return store.batch_update(sid, body)
     if op == "values.get":

@@ -1040,6 +1040,7 @@ class RowWrite:
     worksheet: str
     scene_id: str
     cells: dict[str, Cell] = field(default_factory=dict)
+    worksheet_id: int | None = None
 
 
 class FakeSheetWriter:
@@ -1059,9 +1060,14 @@ class FakeSheetWriter:
         self.on_write: Callable[[RowWrite], None] | None = None
 
     def write_row(
-        self, spreadsheet_id: str, worksheet: str, scene_id: str, cells: Mapping[str, Cell]
+        self,
+        spreadsheet_id: str,
+        worksheet: str,
+        scene_id: str,
+        cells: Mapping[str, Cell],
+        worksheet_id: int | None = None,
     ) -> str | None:
-        write = RowWrite(spreadsheet_id, worksheet, scene_id, dict(cells))
+        write = RowWrite(spreadsheet_id, worksheet, scene_id, dict(cells), worksheet_id)
         if self.on_write is not None:
             self.on_write(write)
         with self._lock:
@@ -1111,10 +1117,11 @@ class FakeSheetLayouts:
         worksheet: str,
         scenes: list[str],
         header: list[str] | None = None,
+        sheet_id: int | None = None,
     ) -> None:
         """A worksheet with ``header`` and one row per scene, in order."""
         self.sheets[(spreadsheet_id, worksheet)] = SheetLayout(
-            list(header or SHEET_HEADER), ["scene_id", *scenes]
+            list(header or SHEET_HEADER), ["scene_id", *scenes], sheet_id
         )
 
     def layout(self, spreadsheet_id: str, worksheet: str) -> SheetLayout:

@@ -17,6 +17,13 @@ def quote_title(title: str) -> str:
     return "'" + title.replace("'", "''") + "'"
 
 
+def unquote_title(quoted: str) -> str:
+    """The worksheet title of a ``quote_title`` result (or of a bare title)."""
+    if len(quoted) >= 2 and quoted.startswith("'") and quoted.endswith("'"):
+        return quoted[1:-1].replace("''", "'")
+    return quoted
+
+
 def literal_text(value: str) -> str:
     """Text that USER_ENTERED keeps as text: a leading apostrophe is never shown
     and stops ``=``, ``+``, ``-``, ``@`` or digits from being interpreted."""

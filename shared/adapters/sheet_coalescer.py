@@ -51,7 +51,10 @@ class _Batch:
             return len(self.updates) - 1
         earlier = self.updates[index]
         self.updates[index] = RowUpdate(
-            update.worksheet, update.scene_id, {**earlier.cells, **update.cells}
+            update.worksheet,
+            update.scene_id,
+            {**earlier.cells, **update.cells},
+            update.worksheet_id,
         )
         return index
 
@@ -83,14 +86,19 @@ class SheetCoalescer:
         self.flushes = 0  # calls made, for logs and tests
 
     def write_row(
-        self, spreadsheet_id: str, worksheet: str, scene_id: str, cells: Mapping[str, Cell]
+        self,
+        spreadsheet_id: str,
+        worksheet: str,
+        scene_id: str,
+        cells: Mapping[str, Cell],
+        worksheet_id: int | None = None,
     ) -> str | None:
         with self._lock:
             batch = self._open.get(spreadsheet_id)
             leader = batch is None
             if batch is None:
                 batch = self._open[spreadsheet_id] = _Batch(spreadsheet_id)
-            index = batch.add(RowUpdate(worksheet, scene_id, dict(cells)))
+            index = batch.add(RowUpdate(worksheet, scene_id, dict(cells), worksheet_id))
             if len(batch.updates) >= self._max_rows:
                 self._close(batch)
         if leader:

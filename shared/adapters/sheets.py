@@ -20,7 +20,7 @@ from typing import Any
 import gspread
 from gspread.exceptions import APIError
 
-from shared.adapters.a1 import column_letter, literal_text, quote_title
+from shared.adapters.a1 import column_letter, literal_text, quote_title, unquote_title
 from shared.contracts.sheet_row import (
     JOB_ID_COLUMN,
     KEY_COLUMN,
@@ -40,6 +40,8 @@ from shared.domain.errors import (
 )
 from shared.services.ports import RowResult, RowUpdate, SheetLayout
 
+# What a read of ranges asks for: each tab's id and name, and the cells' text.
+GRID_FIELDS = "sheets(properties(sheetId,title),data(rowData(values(formattedValue))))"
 # Rounds of looking for, and clearing, a job's cells that landed in a blank row.
 STRAY_ROUNDS = 3
 
@@ -54,12 +56,19 @@ class GspreadSheetWriter:
     def __init__(self, client: gspread.Client) -> None:
         self._http = client.http_client
         self._headers: dict[tuple[str, str], list[str]] = {}
+        self._titles: dict[tuple[str, int], str] = {}  # (spreadsheet, tab id) -> name
         self._lock = threading.Lock()
 
     def write_row(
-        self, spreadsheet_id: str, worksheet: str, scene_id: str, cells: Mapping[str, Cell]
+        self,
+        spreadsheet_id: str,
+        worksheet: str,
+        scene_id: str,
+        cells: Mapping[str, Cell],
+        worksheet_id: int | None = None,
     ) -> str | None:
-        (result,) = self.write_rows(spreadsheet_id, [RowUpdate(worksheet, scene_id, cells)])
+        update = RowUpdate(worksheet, scene_id, cells, worksheet_id)
+        (result,) = self.write_rows(spreadsheet_id, [update])
         if result.error is not None:
             raise result.error
         return result.note
@@ -71,16 +80,20 @@ class GspreadSheetWriter:
         return found
 
     def write_rows(self, spreadsheet_id: str, updates: Sequence[RowUpdate]) -> list[RowResult]:
-        layouts = self._layouts(spreadsheet_id, sorted({u.worksheet for u in updates}))
+        titles, layouts = self._where(spreadsheet_id, updates)
         results: list[RowResult] = [RowResult() for _ in updates]
         placed: list[tuple[int, _Placed]] = []
         for i, update in enumerate(updates):
-            layout = layouts[update.worksheet]
+            title = titles[i]
+            if isinstance(title, Exception):
+                results[i] = RowResult(error=title)
+                continue
+            layout = layouts[title]
             if isinstance(layout, Exception):
                 results[i] = RowResult(error=layout)
                 continue
             try:
-                row = _place(update, layout)
+                row = _place(update, title, layout)
             except PermanentError as exc:
                 results[i] = RowResult(error=exc)
                 continue
@@ -109,6 +122,28 @@ class GspreadSheetWriter:
             if results[i].error is None:
                 results[i] = self._landed(spreadsheet_id, row, answer, results[i])
         return results
+
+    def _where(
+        self, spreadsheet_id: str, updates: Sequence[RowUpdate]
+    ) -> tuple[list[str | Exception], dict[str, SheetLayout | Exception]]:
+        """Each update's tab by its name now, and each tab's layout; read again once
+        when a name read from the cache has meanwhile passed to another tab."""
+        for fresh in (False, True):
+            titles = [self._title_of(spreadsheet_id, u, fresh) for u in updates]
+            named = sorted({t for t in titles if isinstance(t, str)})
+            layouts = self._layouts(spreadsheet_id, named)
+            moved = any(
+                isinstance(t, str)
+                and u.worksheet_id is not None
+                and (
+                    isinstance(layouts[t], MissingWorksheet)  # renamed or deleted since
+                    or getattr(layouts[t], "sheet_id", u.worksheet_id) != u.worksheet_id
+                )
+                for u, t in zip(updates, titles, strict=True)
+            )
+            if not moved:
+                break
+        return titles, layouts
 
     def _landed(
         self, spreadsheet_id: str, row: _Placed, answer: dict[str, Any], result: RowResult
@@ -206,12 +241,7 @@ class GspreadSheetWriter:
                     ranges.append(f"{quote_title(worksheet)}!{col}:{col}")
                 plan.append((worksheet, keyed))
             try:
-                answer = self._call(
-                    self._http.values_batch_get,
-                    spreadsheet_id,
-                    ranges,
-                    {"majorDimension": "ROWS", "valueRenderOption": "FORMATTED_VALUE"},
-                )
+                value_ranges, tabs = self._read(spreadsheet_id, ranges)
             except BadRequest as exc:
                 if len(pending) > 1:
                     # One unknown worksheet fails the whole read: ask for each alone.
@@ -222,21 +252,19 @@ class GspreadSheetWriter:
                     f"no worksheet {pending[0]!r} in the spreadsheet ({exc})"
                 )
                 return found
-            value_ranges: Iterator[dict[str, Any]] = iter(answer.get("valueRanges", []))
             retry: list[str] = []
             for worksheet, keyed in plan:
-                header_rows = next(value_ranges, {}).get("values", [])
+                header_rows = next(value_ranges, [])
                 header = [str(h).strip() for h in (header_rows[0] if header_rows else [])]
-                keys_range: dict[str, Any] | None = (
-                    next(value_ranges, {}) if keyed is not None else None
-                )
+                keys_rows = next(value_ranges, []) if keyed is not None else None
+                tab = tabs.get(worksheet.casefold())
                 with self._lock:
                     self._headers[(spreadsheet_id, worksheet)] = header
-                if keys_range is not None and header == keyed:
-                    keys = [str(r[0]) if r else "" for r in keys_range.get("values", [])]
-                    found[worksheet] = SheetLayout(header, keys)
+                if keys_rows is not None and header == keyed:
+                    keys = [str(r[0]) if r else "" for r in keys_rows]
+                    found[worksheet] = SheetLayout(header, keys, tab)
                 elif KEY_COLUMN not in header:
-                    found[worksheet] = SheetLayout(header, [])
+                    found[worksheet] = SheetLayout(header, [], tab)
                 elif round_ == 0:
                     retry.append(worksheet)  # header new or moved: read its keys now
                 else:
@@ -247,6 +275,72 @@ class GspreadSheetWriter:
             if not pending:
                 break
         return found
+
+    def _read(
+        self, spreadsheet_id: str, ranges: list[str]
+    ) -> tuple[Iterator[list[list[str]]], dict[str, int]]:
+        """The ranges' formatted values (rows of cells) in the order asked, and the
+        tabs they are on by name (casefolded) -> sheet id, in one read: the id says
+        which tab a name meant at the moment it was read."""
+        answer = self._call(
+            self._http.fetch_sheet_metadata,
+            spreadsheet_id,
+            {"ranges": ranges, "includeGridData": "true", "fields": GRID_FIELDS},
+        )
+        tabs: dict[str, int] = {}
+        grids: dict[str, Iterator[dict[str, Any]]] = {}
+        for sheet in answer.get("sheets", []):
+            props = sheet.get("properties", {})
+            title = str(props.get("title", "")).casefold()
+            tabs[title] = int(props.get("sheetId", 0))
+            grids[title] = iter(sheet.get("data", []))
+            with self._lock:
+                self._titles[(spreadsheet_id, tabs[title])] = str(props.get("title", ""))
+        values = []
+        for text in ranges:
+            title = unquote_title(text.rsplit("!", 1)[0]).casefold()
+            grid = next(grids.get(title, iter([])), {})
+            values.append(
+                [
+                    [str(cell.get("formattedValue", "")) for cell in row.get("values", [])]
+                    for row in grid.get("rowData", [])
+                ]
+            )
+        return iter(values), tabs
+
+    def _titles_now(self, spreadsheet_id: str) -> None:
+        """Read which tab has which name now (a tab renamed since)."""
+        answer = self._call(
+            self._http.fetch_sheet_metadata,
+            spreadsheet_id,
+            {"fields": "sheets.properties(sheetId,title)"},
+        )
+        with self._lock:
+            for key in [k for k in self._titles if k[0] == spreadsheet_id]:
+                del self._titles[key]  # a tab deleted since has no name any more
+            for sheet in answer.get("sheets", []):
+                props = sheet.get("properties", {})
+                self._titles[(spreadsheet_id, int(props.get("sheetId", 0)))] = str(
+                    props.get("title", "")
+                )
+
+    def _title_of(self, spreadsheet_id: str, update: RowUpdate, fresh: bool) -> str | Exception:
+        """The name the update's tab has now: the batch named a tab, and renaming it
+        (or giving its old name to another tab) does not move the batch's rows."""
+        if update.worksheet_id is None:
+            return update.worksheet
+        key = (spreadsheet_id, update.worksheet_id)
+        with self._lock:
+            title = None if fresh else self._titles.get(key)
+        if title is None:
+            self._titles_now(spreadsheet_id)
+            with self._lock:
+                title = self._titles.get(key)
+        if title is None:
+            return MissingWorksheet(
+                f"the worksheet the batch was sent to (then named {update.worksheet!r}) was deleted"
+            )
+        return title
 
     @staticmethod
     def _call(method: Any, *args: Any) -> Any:
@@ -292,11 +386,11 @@ class _Placed:
         return self.first + self.job_at
 
 
-def _place(update: RowUpdate, layout: SheetLayout) -> _Placed:
-    """The value range of one row update: every cell it sets, each image cell it
-    does not fill cleared, and the key cell (left as it is) so that the write's
-    answer says whose row it went into."""
-    header, worksheet = layout.header, update.worksheet
+def _place(update: RowUpdate, worksheet: str, layout: SheetLayout) -> _Placed:
+    """The value range of one row update on ``worksheet`` (its tab's name now):
+    every cell it sets, each image cell it does not fill cleared, and the key cell
+    (left as it is) so that the write's answer says whose row it went into."""
+    header = layout.header
     missing = [name for name in REQUIRED_COLUMNS if name not in header]
     if missing:
         raise PermanentError(f"worksheet {worksheet!r} has no column {', '.join(missing)}")

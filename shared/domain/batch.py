@@ -42,6 +42,7 @@ class Batch(BaseModel):
     caller: str
     spreadsheet_id: str
     worksheet: str
+    worksheet_id: int | None = None  # the tab's id when it was sent (None: by name)
     model: str
     job_ids: list[str]
     image_count: int

@@ -188,6 +188,9 @@ class Job(BaseModel):
     caller: str
     spreadsheet_id: str
     worksheet: str
+    # The tab's id when the batch was sent: its rows follow the tab through a
+    # rename, and never go to another tab given its old name (None: by name).
+    worksheet_id: int | None = None
     model: str
     # The estimate per image the budget reserved (catalog price at the size plus the
     # estimated input tokens), on the UTC day ``budget_day``.

@@ -293,7 +293,13 @@ class Intake:
                     raise TransientError(f"the batch's model is not available: {resumed.reason}")
                 day = str(held.intent.get("day") or resumed.budget.day)
                 made = build_jobs(
-                    request, batch.caller, resumed, batch.batch_id, day, batch.created_at
+                    request,
+                    batch.caller,
+                    resumed,
+                    batch.batch_id,
+                    day,
+                    batch.created_at,
+                    batch.worksheet_id,
                 )
                 self.store.create_batch(batch, made)
                 jobs = self.store.get_jobs(batch.job_ids)
@@ -337,12 +343,14 @@ class Intake:
                 f"${budget.cost_remaining_usd} remain",
             )
         now = self.clock()
-        jobs = build_jobs(request, caller, plan, batch_id, day, now)
+        tab = self.sheets.tab_id(request)  # as the check just read it
+        jobs = build_jobs(request, caller, plan, batch_id, day, now, tab)
         batch = Batch(
             batch_id=batch_id,
             caller=caller,
             spreadsheet_id=request.spreadsheet_id,
             worksheet=request.worksheet,
+            worksheet_id=tab,
             model=plan.model,
             job_ids=[job.job_id for job in jobs],
             image_count=plan.image_count,
@@ -448,7 +456,13 @@ class Intake:
 
 
 def build_jobs(
-    request: BatchRequest, caller: str, plan: Plan, batch_id: str, day: str, now: datetime
+    request: BatchRequest,
+    caller: str,
+    plan: Plan,
+    batch_id: str,
+    day: str,
+    now: datetime,
+    worksheet_id: int | None = None,
 ) -> list[Job]:
     """The batch's jobs, one per item, as every run of the request makes them."""
     return [
@@ -464,6 +478,7 @@ def build_jobs(
             caller=caller,
             spreadsheet_id=request.spreadsheet_id,
             worksheet=request.worksheet,
+            worksheet_id=worksheet_id,
             model=plan.model,
             lane=planned.lane,
             price_per_image=planned.estimated_cost_per_image_usd,

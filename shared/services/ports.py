@@ -446,9 +446,16 @@ class SheetWriter(Protocol):
     """Writes a scene's row (Google Sheets through gspread in production)."""
 
     def write_row(
-        self, spreadsheet_id: str, worksheet: str, scene_id: str, cells: Mapping[str, Cell]
+        self,
+        spreadsheet_id: str,
+        worksheet: str,
+        scene_id: str,
+        cells: Mapping[str, Cell],
+        worksheet_id: int | None = None,
     ) -> str | None:
-        """Write ``cells`` (by header name) into the row whose ``scene_id`` matches.
+        """Write ``cells`` (by header name) into the row whose ``scene_id`` matches,
+        on the tab ``worksheet_id`` names (whatever its name now; ``worksheet``
+        when None).
 
         Returns a note when the row was written without some cells (say, the
         sheet has no ``nano_img_4`` column). Raises ``PermanentError`` for a
@@ -465,6 +472,7 @@ class SheetLayout:
 
     header: list[str]
     keys: list[str]
+    sheet_id: int | None = None  # the tab's id (it stays when the tab is renamed)
 
     def rows_of(self, scene_id: str) -> list[int]:
         """The row numbers (from 1) whose ``scene_id`` is ``scene_id``."""
@@ -488,6 +496,7 @@ class RowUpdate:
     worksheet: str
     scene_id: str
     cells: Mapping[str, Cell]
+    worksheet_id: int | None = None  # the tab, by id (None: by name)
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,12 @@ class SheetCheck:
             self._kept[where] = (now, layout)
         return findings_of(request, layout)
 
+    def tab_id(self, request: BatchRequest) -> int | None:
+        """The id of the tab the batch's worksheet name meant when it was checked."""
+        with self._lock:
+            kept = self._kept.get((request.spreadsheet_id, request.worksheet))
+        return kept[1].sheet_id if kept is not None else None
+
 
 def findings_of(request: BatchRequest, layout: SheetLayout) -> SheetFindings:
     """Each row the batch names, and each image column it fills, against ``layout``."""

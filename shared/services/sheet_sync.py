@@ -127,7 +127,9 @@ class SheetSync:
             self._release(job.job_id, token, digest, newer, late_writes, claimed_at)
             return False
         try:
-            note = self.sheets.write_row(job.spreadsheet_id, job.worksheet, job.scene_id, cells)
+            note = self.sheets.write_row(
+                job.spreadsheet_id, job.worksheet, job.scene_id, cells, job.worksheet_id
+            )
         except RowMoved as exc:
             # The rows moved under the write: the cells went to another scene's row.
             self._release(job.job_id, token, None, None, late_writes, claimed_at, keep_error=True)
@@ -174,7 +176,7 @@ class SheetSync:
                 owner = self._owner(job, scene_id)
                 if owner is None:
                     sheet = (job.spreadsheet_id, job.worksheet)
-                    self.sheets.write_row(*sheet, scene_id, blank_cells())
+                    self.sheets.write_row(*sheet, scene_id, blank_cells(), job.worksheet_id)
                 elif owner.job_id != job.job_id:
                     self.store.update_job(owner.job_id, _overwritten)
                     self.sync(owner.job_id, wait=False)

@@ -221,6 +221,16 @@ def test_plan_warns_about_active_jobs_for_the_same_scenes(
     ]
 
 
+def test_jobs_record_the_tab_their_worksheet_name_meant(
+    intake: Intake, store: FakeJobStore, sheets: FakeSheetLayouts
+) -> None:
+    sheets.put("sheet123", "Scenes", ["sc-001"], sheet_id=7351)
+    answer = accepted(intake.submit(request(1), "alice", "k-tab"))
+    job = store.job(answer["jobs"][0]["job_id"])
+    assert (job.worksheet, job.worksheet_id) == ("Scenes", 7351)
+    assert store.get_batch(answer["batch_id"]).worksheet_id == 7351  # type: ignore[union-attr]
+
+
 def test_a_caller_sees_and_warns_about_its_own_jobs_only(
     intake: Intake, store: FakeJobStore
 ) -> None:

@@ -528,3 +528,11 @@ def test_cells_that_landed_in_a_row_no_job_owns_are_cleared(
     first = sheet_writer.writes[0]
     assert (first.scene_id, first.cells) == ("sc-777", blank_cells())
     assert sheet_writer.writes[-1].scene_id == "sc-001"
+
+
+def test_a_row_is_written_on_the_tab_the_batch_was_sent_to(
+    sheet_sync: SheetSync, store: FakeJobStore, sheet_writer: FakeSheetWriter
+) -> None:
+    store.add(make_job(worksheet_id=7351))
+    sheet_sync.sync("job_1")
+    assert [(w.worksheet, w.worksheet_id) for w in sheet_writer.writes] == [("Scenes", 7351)]

@@ -25,7 +25,7 @@ from shared.adapters.throttle import Backoff, WriteLimiter
 from shared.contracts.links import LinkSigner
 from shared.contracts.sheet_row import Formula, Text, row_cells
 from shared.domain import lifecycle
-from shared.domain.errors import PermanentError, RowMoved, TransientError
+from shared.domain.errors import MissingWorksheet, PermanentError, RowMoved, TransientError
 from shared.domain.job import JobState
 from shared.services.ports import RowUpdate
 from shared.services.sheet_sync import SheetSync
@@ -372,3 +372,25 @@ def test_a_row_write_clears_the_image_cells_it_does_not_fill(
     assert stub.stored("Scenes", 2, "nano_img_1") == ("f", '=IMAGE("https://b/1")')
     assert stub.stored("Scenes", 2, "nano_img_2") is None
     assert stub.stored("Scenes", 2, "prompt") == ("v", "prompt 1")  # not ours: untouched
+
+
+# --------------------------------------------------------------------------- tabs
+
+
+def test_rows_follow_their_tab_through_a_rename_never_to_a_tab_given_its_old_name(
+    stub: Stub, writer: GspreadSheetWriter
+) -> None:
+    book = client(stub.url).open_by_key(stub.spreadsheet_id)
+    original = book.worksheet("Scenes")
+    tab = writer.layout(stub.spreadsheet_id, "Scenes").sheet_id
+    assert tab == original.id
+    writer.write_row(stub.spreadsheet_id, "Scenes", "sc-001", {"status_img": Text("a")}, tab)
+    # The team renames the tab and gives its old name to a copy with the same rows.
+    original.update_title("Scenes (June)")
+    copy = book.duplicate_sheet(original.id, new_sheet_name="Scenes")
+    writer.write_row(stub.spreadsheet_id, "Scenes", "sc-001", {"status_img": Text("b")}, tab)
+    assert original.acell("C2").value == "b"
+    assert copy.acell("C2").value == "a"  # the copy keeps what it was copied with
+    book.del_worksheet(original)
+    with pytest.raises(MissingWorksheet, match="was deleted"):
+        writer.write_row(stub.spreadsheet_id, "Scenes", "sc-001", {"status_img": Text("c")}, tab)
