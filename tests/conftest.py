@@ -16,6 +16,7 @@ from shared.config.settings import Settings
 from shared.contracts.links import LinkSigner
 from shared.services.generation import Generation
 from shared.services.ledger import JobLedger
+from shared.services.rerolls import Rerolls
 from shared.services.sheet_sync import SheetSync
 from tests.fakes import (
     LINK_SIGNING_KEY,
@@ -186,3 +187,24 @@ def make_generation(
         )
 
     return build
+
+
+@pytest.fixture
+def rerolls(
+    store: FakeJobStore,
+    budget: FakeBudgetLedger,
+    publisher: FakePublisher,
+    idempotency: FakeIdempotencyStore,
+    clock: FakeClock,
+) -> Rerolls:
+    """Re-rolls on the fakes: five images a day, every seed 777."""
+    return Rerolls(
+        make_settings(daily_image_cap=5),
+        store,
+        JobLedger(store, budget=budget),
+        publisher,
+        budget,
+        idempotency,
+        clock,
+        seeds=lambda: 777,
+    )

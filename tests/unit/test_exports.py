@@ -24,16 +24,13 @@ from shared.domain.job import Job, VariantState
 from shared.domain.versions import VersionRequest
 from shared.services.exports import MANIFEST, Exporter, Exports
 from shared.services.generation import Generation
-from shared.services.ledger import JobLedger
 from shared.services.rerolls import Queued, Rerolls
 from shared.services.views import batch_view
 from tests.fakes import (
     IMAGES_BUCKET,
     T0,
-    FakeBudgetLedger,
     FakeClock,
     FakeExportPublisher,
-    FakeIdempotencyStore,
     FakeJobStore,
     FakeObjectStore,
     FakePublisher,
@@ -187,26 +184,6 @@ def test_a_redelivery_after_a_delivery_died_counts_the_recorded_images_not_the_j
     batch = store.batches["bat_1"]
     shown = batch_view(batch, store.get_jobs(batch.job_ids), links).export
     assert shown is not None and (shown.state, shown.images) == ("done", 3)
-
-
-@pytest.fixture
-def rerolls(
-    store: FakeJobStore,
-    budget: FakeBudgetLedger,
-    publisher: FakePublisher,
-    idempotency: FakeIdempotencyStore,
-    clock: FakeClock,
-) -> Rerolls:
-    return Rerolls(
-        make_settings(daily_image_cap=5),
-        store,
-        JobLedger(store, budget=budget),
-        publisher,
-        budget,
-        idempotency,
-        clock,
-        seeds=lambda: 777,
-    )
 
 
 def test_an_export_asked_for_after_a_reroll_holds_the_rerolled_version(

@@ -117,26 +117,6 @@ def test_cancel_of_a_batch_cancels_each_job_gives_back_and_queues_row_updates(
 # --------------------------------------------------------------------------- rerolls
 
 
-@pytest.fixture
-def rerolls(
-    store: FakeJobStore,
-    budget: FakeBudgetLedger,
-    publisher: FakePublisher,
-    idempotency: FakeIdempotencyStore,
-    clock: FakeClock,
-) -> Rerolls:
-    return Rerolls(
-        make_settings(daily_image_cap=5),
-        store,
-        JobLedger(store, budget=budget),
-        publisher,
-        budget,
-        idempotency,
-        clock,
-        seeds=lambda: 777,
-    )
-
-
 def test_a_reroll_is_budgeted_recorded_and_published_once_per_key(
     rerolls: Rerolls, store: FakeJobStore, budget: FakeBudgetLedger, publisher: FakePublisher
 ) -> None:

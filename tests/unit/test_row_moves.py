@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,13 +19,10 @@ from typing import Any, cast
 
 import gspread
 import pytest
-import requests
-from google.auth.credentials import AnonymousCredentials
 from gspread.utils import ValueInputOption
 
-from devstack.sheets_stub import StubServer, make_server
+from devstack.stack import sheets_client
 from shared.adapters.sheets import GspreadSheetWriter
-from shared.adapters.sheets_session import SheetsSession
 from shared.contracts.links import LinkSigner
 from shared.contracts.sheet_row import Formula, Text, is_image_column, row_cells
 from shared.domain import lifecycle
@@ -35,6 +31,7 @@ from shared.domain.job import Job, JobState, VariantState
 from shared.domain.rows import row_owner
 from shared.services.sheet_sync import SheetSync
 from tests.fakes import T0, FakeJobStore, make_job, mark_done
+from tests.stubs import new_spreadsheet, serving_sheets, sheets_url
 
 HEADER = [
     "scene_id",
@@ -52,8 +49,7 @@ STEPS = 60
 
 
 def client(url: str) -> gspread.Client:
-    session = SheetsSession(AnonymousCredentials(), url)  # type: ignore[no-untyped-call]
-    return gspread.Client(auth=None, session=session)  # type: ignore[arg-type]
+    return cast(gspread.Client, sheets_client(url))
 
 
 @dataclass
@@ -67,22 +63,9 @@ class Sheet:
 
 @pytest.fixture
 def sheet() -> Iterator[Sheet]:
-    server = cast(StubServer, make_server("127.0.0.1", 0, None))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        grid = {"rowCount": 60, "columnCount": len(HEADER)}
-        created = requests.post(
-            f"{url}/v4/spreadsheets",
-            json={"sheets": [{"properties": {"title": "Scenes", "gridProperties": grid}}]},
-            timeout=10,
-        ).json()
-        yield Sheet(url, str(created["spreadsheetId"]))
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving_sheets() as server:
+        url = sheets_url(server)
+        yield Sheet(url, new_spreadsheet(url, rows=60, columns=len(HEADER)))
 
 
 class Collaborator:

@@ -7,19 +7,15 @@ dry run and live, before anything is reserved, naming the row and the column."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import gspread
 import pytest
-import requests
-from google.auth.credentials import AnonymousCredentials
 from gspread.utils import ValueInputOption
 
-from devstack.sheets_stub import StubServer, make_server
+from devstack.stack import sheets_client
 from shared.adapters.sheets import GspreadSheetWriter
-from shared.adapters.sheets_session import SheetsSession
 from shared.contracts.answers import Plan
 from shared.domain.errors import MissingWorksheet, PermanentError, TransientError
 from shared.services.intake import Accepted, Intake, SheetMismatch
@@ -33,6 +29,7 @@ from tests.fakes import (
     FakePublisher,
     FakeSheetLayouts,
 )
+from tests.stubs import new_spreadsheet, serving_sheets, sheets_url
 from tests.unit.test_intake import DAY, make_intake, request  # noqa: F401
 
 SHEET = ("sheet123", "Scenes")
@@ -210,29 +207,15 @@ def test_duplicate_rows_and_a_missing_job_id_column_warn(
 
 @pytest.fixture
 def stub_url() -> Iterator[str]:
-    server = cast(StubServer, make_server("127.0.0.1", 0, None))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving_sheets() as server:
+        yield sheets_url(server)
 
 
 def test_the_gspread_adapter_reads_header_and_scene_rows_from_the_sheets_api(
     stub_url: str,
 ) -> None:
-    session = SheetsSession(AnonymousCredentials(), stub_url)  # type: ignore[no-untyped-call]
-    client = gspread.Client(auth=None, session=session)  # type: ignore[arg-type]
-    grid = {"rowCount": 20, "columnCount": 8}
-    created = requests.post(
-        f"{stub_url}/v4/spreadsheets",
-        json={"sheets": [{"properties": {"title": "Scenes", "gridProperties": grid}}]},
-        timeout=10,
-    ).json()
-    sid = str(created["spreadsheetId"])
+    client = cast(gspread.Client, sheets_client(stub_url))
+    sid = new_spreadsheet(stub_url, rows=20, columns=8)
     rows = [["prompt", "scene_id", "status_img", "nano_img_1"], ["a", "s-1"], ["b", "s-2"]]
     client.open_by_key(sid).worksheet("Scenes").update(
         rows, "A1", value_input_option=ValueInputOption.raw

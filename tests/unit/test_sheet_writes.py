@@ -14,13 +14,12 @@ from typing import Any, cast
 import gspread
 import pytest
 import requests
-from google.auth.credentials import AnonymousCredentials
 from gspread.utils import ValueInputOption
 
-from devstack.sheets_stub import Store, StubServer, make_server
+from devstack.sheets_stub import Store
+from devstack.stack import sheets_client
 from shared.adapters.sheet_coalescer import SheetCoalescer
 from shared.adapters.sheets import GspreadSheetWriter
-from shared.adapters.sheets_session import SheetsSession
 from shared.adapters.throttle import Backoff, WriteLimiter
 from shared.contracts.links import LinkSigner
 from shared.contracts.sheet_row import Formula, Text, row_cells
@@ -30,6 +29,7 @@ from shared.domain.job import JobState
 from shared.services.ports import RowUpdate
 from shared.services.sheet_sync import SheetSync
 from tests.fakes import T0, FakeClock, FakeJobStore, make_job, mark_done
+from tests.stubs import new_spreadsheet, serving_sheets, sheets_url
 
 HEADER = ["scene_id", "prompt", "status_img", "nano_img_1", "nano_img_2", "job_id", "error_img"]
 # Text that USER_ENTERED would turn into a formula, a number, a boolean or an
@@ -74,33 +74,19 @@ class Stub:
 
 
 def client(url: str) -> gspread.Client:
-    session = SheetsSession(AnonymousCredentials(), url)  # type: ignore[no-untyped-call]
-    return gspread.Client(auth=None, session=session)  # type: ignore[arg-type]
+    return cast(gspread.Client, sheets_client(url))
 
 
 @pytest.fixture
 def stub() -> Iterator[Stub]:
-    server = cast(StubServer, make_server("127.0.0.1", 0, None))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        grid = {"rowCount": 200, "columnCount": len(HEADER)}
-        created = requests.post(
-            f"{url}/v4/spreadsheets",
-            json={"sheets": [{"properties": {"title": "Scenes", "gridProperties": grid}}]},
-            timeout=5,
-        ).json()
-        sid = str(created["spreadsheetId"])
+    with serving_sheets() as server:
+        url = sheets_url(server)
+        sid = new_spreadsheet(url, columns=len(HEADER))
         rows = [HEADER] + [[f"sc-{i:03d}", f"prompt {i}"] for i in range(1, 121)]
         client(url).open_by_key(sid).worksheet("Scenes").update(
             rows, "A1", value_input_option=ValueInputOption.raw
         )
         yield Stub(url, server.store, sid)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture

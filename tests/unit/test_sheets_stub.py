@@ -11,16 +11,16 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gspread
 import pytest
 import requests
-from google.auth.credentials import AnonymousCredentials
 from gspread.utils import ValueInputOption, ValueRenderOption
 
-from devstack.sheets_stub import A1Range, Mirror, main, make_server, parse_a1
-from shared.adapters.sheets_session import SheetsSession
+from devstack.sheets_stub import A1Range, Mirror, main, parse_a1
+from devstack.stack import sheets_client
+from tests.stubs import serving_sheets, sheets_url
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,15 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 def running(
     data_file: Path | None = None, mirror: Mirror | None = None, quota: int | None = None
 ) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, data_file, mirror, write_quota_per_minute=quota)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving_sheets(data_file, mirror, quota) as server:
+        yield sheets_url(server)
 
 
 @pytest.fixture
@@ -47,8 +40,7 @@ def base(tmp_path: Path) -> Iterator[str]:
 
 
 def client(base: str) -> gspread.Client:
-    session = SheetsSession(AnonymousCredentials(), base)  # type: ignore[no-untyped-call]
-    return gspread.Client(auth=None, session=session)  # type: ignore[arg-type]
+    return cast(gspread.Client, sheets_client(base))
 
 
 def create(base: str, title: str = "Pipeline", **extra: Any) -> str:
