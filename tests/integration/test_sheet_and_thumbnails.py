@@ -24,7 +24,6 @@ import requests
 from PIL import Image
 
 from devstack.stack import HEADER
-from shared.adapters.a1 import column_letter
 from shared.adapters.firestore_store import FirestoreJobStore
 from shared.domain import lifecycle
 from shared.domain.batch import Batch
@@ -34,7 +33,7 @@ from tests.integration.conftest import LiveStack
 
 pytestmark = pytest.mark.integration
 
-STATUS_COLUMN = column_letter(HEADER.index("status_img") + 1)
+ROW_RANGE = re.compile(r"(?P<sheet>.+)!(?P<first>[A-Z]+)(?P<row>\d+)(?::[A-Z]+(?P<end_row>\d+))?")
 BURST_JOBS = 100
 
 
@@ -86,14 +85,31 @@ def row_number(stack: LiveStack, scene_id: str) -> int:
 
 
 def status_writes(stack: LiveStack, scene_id: str, value: str | None = None) -> list[str]:
-    """Every status the sheet received for the scene's row (from the stub's write log)."""
-    target = f"{stack.env['WORKSHEET']}!{STATUS_COLUMN}{row_number(stack, scene_id)}"
+    """Every status the sheet received for the scene's row (from the stub's write log:
+    a write covers a row from one column to another, ``Scenes!A5:H5``)."""
+    row = row_number(stack, scene_id)
+    status = HEADER.index("status_img")
     seen = []
     for write in stub(stack, "writes")["writes"]:
         for entry in write["data"]:
-            if entry["range"].replace("'", "") == target:
-                seen.append(entry["values"][0][0])
+            found = ROW_RANGE.fullmatch(entry["range"].replace("'", ""))
+            if found is None or found["sheet"] != stack.env["WORKSHEET"]:
+                continue
+            if int(found["row"]) != row or int(found["end_row"] or row) != row:
+                continue
+            first = column_index(found["first"])
+            line = entry["values"][0]
+            if first <= status < first + len(line) and line[status - first] is not None:
+                seen.append(line[status - first])
     return [s for s in seen if value is None or s == value]
+
+
+def column_index(letters: str) -> int:
+    """A column's index from 0 ("A" is 0)."""
+    index = 0
+    for letter in letters:
+        index = index * 26 + ord(letter) - ord("A") + 1
+    return index - 1
 
 
 def seed_jobs(stack: LiveStack, scenes: list[str], variants: int) -> list[Job]:
