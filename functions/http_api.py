@@ -370,7 +370,7 @@ def reroll(request: flask.Request, job_id: str, variant: int) -> flask.Response:
     if isinstance(outcome, InProgress):
         return error(409, "in_progress", "the same request is being handled right now")
     if isinstance(outcome, Refused):
-        return error(409, "not_ready", outcome.message)
+        return error(409, outcome.code, outcome.message)
     if isinstance(outcome, OverBudget):
         return error(
             429, "budget_exceeded", outcome.message, budget=outcome.budget.model_dump(mode="json")

@@ -64,13 +64,15 @@ def _errors(*codes: int) -> dict[str, Any]:
         403: "Valid identity that is not allowed",
         404: "Not found, or not the caller's",
         409: "The same idempotency key is being processed right now, or (not_ready) the "
-        "variant cannot take a new version yet",
+        "variant cannot take a new version yet, or (row_taken) its scene was sent again "
+        "as a newer job, which its row shows",
         413: "Body larger than the configured limit",
         415: "Body is not application/json",
         422: "The batch's model is not available (model_unavailable): retired, unknown or "
         "not allowed; or the sheet cannot show some of its images (sheet_mismatch: a "
         "scene without a row, a variant without its nano_img_k column, a worksheet or "
-        "spreadsheet we cannot read; each in `details`). Nothing was reserved or queued",
+        "spreadsheet we cannot read, a row another caller's job shows; each in `details`). "
+        "Nothing was reserved or queued",
         429: "Daily image or cost budget exceeded (figures in `budget`)",
         503: "A backing service is busy; retry",
     }

@@ -45,9 +45,11 @@ class Queued:
 
 @dataclass(frozen=True)
 class Refused:
-    """The variant cannot take a new version now (still being made, nothing to edit)."""
+    """The variant cannot take a new version now (``not_ready``: still being made,
+    nothing to edit), or not from this job (``row_taken``: its scene was sent again)."""
 
     message: str
+    code: str = "not_ready"
 
 
 RerollOutcome = Queued | Refused | OverBudget | InProgress
@@ -104,7 +106,8 @@ class Rerolls:
             return Refused(
                 f"scene {job.scene_id!r} was sent again as job {newer.job_id}, which its "
                 "row shows now: a new version of this job would be paid for and never "
-                "shown; re-roll that job instead"
+                "shown; re-roll that job instead",
+                code="row_taken",
             )
         try:
             outcome = self._request(job, n, instruction, caller, held)

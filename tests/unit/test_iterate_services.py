@@ -155,6 +155,7 @@ def test_a_reroll_of_a_job_whose_scene_was_sent_again_is_refused_before_reservin
     store.add(done_job(), done_job(job_id="job_2", created_at=T0 + timedelta(minutes=5)))
     refused = rerolls.request("job_1", 1, None, "alice", idempotency_key="k1")
     assert isinstance(refused, Refused) and "sent again as job job_2" in refused.message
+    assert refused.code == "row_taken"
     assert budget.used.get(("alice", DAY)) is None or budget.used[("alice", DAY)].images == 0
     assert publisher.published == [] and store.job("job_1").variant(1).versions == []
     assert isinstance(rerolls.request("job_2", 1, None, "alice"), Queued)  # the row's job
