@@ -266,17 +266,12 @@ class Intake:
             return self._replay(held, request, caller)
         if isinstance(held, once.InProgress):
             return held
-        try:
-            outcome = self._submit(request, caller, held, admin)
-        except BaseException:
-            held.let_go()
-            raise
-        if isinstance(outcome, Accepted):
-            held.finish(kept_answer(outcome.answer))
-        else:
-            # A refusal (budget, model, sheet) committed nothing: a retry may pass.
-            held.abandon()
-        return outcome
+        # A refusal (budget, model, sheet) commits nothing: a retry may pass.
+        return once.run(
+            held,
+            lambda held: self._submit(request, caller, held, admin),
+            lambda outcome: outcome.answer if isinstance(outcome, Accepted) else None,
+        )
 
     def _submit(
         self, request: BatchRequest, caller: str, held: once.Held, admin: bool = False

@@ -14,10 +14,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -27,6 +27,8 @@ from shared.domain.request_records import RequestRecord
 from shared.services.ports import IdempotencyStore
 
 log = logging.getLogger(__name__)
+
+Outcome = TypeVar("Outcome")
 
 # How long one request holds its record: longer than the HTTP function's timeout,
 # so only a request that died (or gave up) is ever taken over.
@@ -114,6 +116,25 @@ def hold(
     if record.intent:
         log.info("request resumed", extra={"event": "request_resumed", "batch_id": record.names})
     return Held(store, record, holder)
+
+
+def run(
+    held: Held, work: Callable[[Held], Outcome], answer: Callable[[Outcome], BaseModel | None]
+) -> Outcome:
+    """Do ``work`` under the held record. An outcome with an answer finishes the record
+    (replayed from then on); one without (a refusal that committed nothing) forgets
+    it; a failure lets it go, keeping what was done for a retry to resume."""
+    try:
+        outcome = work(held)
+    except BaseException:
+        held.let_go()
+        raise
+    done = answer(outcome)
+    if done is not None:
+        held.finish(kept_answer(done))
+    else:
+        held.abandon()
+    return outcome
 
 
 def scoped_key(caller: str, key: str) -> str:

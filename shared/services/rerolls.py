@@ -98,27 +98,11 @@ class Rerolls:
             return Queued(self._replayed(held, key, job_id, n), replay=True)
         if isinstance(held, once.InProgress):
             return held
-        newer = None if held.intent else self._newer(job)
-        if newer is not None:
-            # A fresh request only: one that began before the scene was sent again
-            # finishes what it began.
-            held.abandon()
-            return Refused(
-                f"scene {job.scene_id!r} was sent again as job {newer.job_id}, which its "
-                "row shows now: a new version of this job would be paid for and never "
-                "shown; re-roll that job instead",
-                code="row_taken",
-            )
-        try:
-            outcome = self._request(job, n, instruction, caller, held)
-        except BaseException:
-            held.let_go()
-            raise
-        if isinstance(outcome, Queued):
-            held.finish(kept_answer(outcome.answer))
-        else:
-            held.abandon()
-        return outcome
+        return once.run(
+            held,
+            lambda held: self._request(job, n, instruction, caller, held),
+            lambda outcome: outcome.answer if isinstance(outcome, Queued) else None,
+        )
 
     def _newer(self, job: Job) -> Job | None:
         """The job sent later for this job's row, if any."""
@@ -175,6 +159,16 @@ class Rerolls:
     def _request(
         self, job: Job, n: int, instruction: str | None, caller: str, held: once.Held
     ) -> Queued | Refused | OverBudget:
+        newer = None if held.intent else self._newer(job)
+        if newer is not None:
+            # A fresh request only: one that began before the scene was sent again
+            # finishes what it began.
+            return Refused(
+                f"scene {job.scene_id!r} was sent again as job {newer.job_id}, which its "
+                "row shows now: a new version of this job would be paid for and never "
+                "shown; re-roll that job instead",
+                code="row_taken",
+            )
         cfg = self.settings
         intent = held.intent
         price = Decimal(str(intent["price"])) if intent else self._price(job, instruction)
