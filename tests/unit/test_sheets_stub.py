@@ -269,6 +269,56 @@ def test_insert_and_delete_rows(base: str) -> None:
     assert "delete all the rows" in err.value.error["message"]
 
 
+def test_sort_range_moves_whole_rows_numbers_then_text_then_empty(base: str) -> None:
+    sh = client(base).open_by_key(create(base))
+    ws = sh.add_worksheet("Jobs", rows=8, cols=3)
+    ws.update([["id", "n"], ["b", 2], ["", "x"], ["a", 10], ["c", 1]], "A1")
+    rows = {"sheetId": ws.id, "startRowIndex": 1, "endRowIndex": 6}
+    spec = {"dimensionIndex": 0, "sortOrder": "ASCENDING"}
+    sh.batch_update({"requests": [{"sortRange": {"range": rows, "sortSpecs": [spec]}}]})
+    assert ws.get_all_values()[1:5] == [["a", "10"], ["b", "2"], ["c", "1"], ["", "x"]]
+    spec = {"dimensionIndex": 1, "sortOrder": "DESCENDING"}
+    sh.batch_update({"requests": [{"sortRange": {"range": rows, "sortSpecs": [spec]}}]})
+    # Ascending puts numbers before text; descending is its reverse; empty cells last.
+    assert ws.col_values(2)[1:5] == ["x", "10", "2", "1"]
+    assert ws.col_values(1)[1:5] == ["", "a", "b", "c"]
+
+
+def test_duplicate_sheet_copies_cells_under_a_new_id(base: str) -> None:
+    sh = client(base).open_by_key(create(base))
+    ws = sh.add_worksheet("Jobs", rows=4, cols=2)
+    ws.update([["id"], ["1"]], "A1")
+    copy = sh.duplicate_sheet(ws.id, new_sheet_name="Jobs (copy)")
+    assert copy.id != ws.id and copy.get_all_values() == ws.get_all_values()
+    ws.update_acell("A2", "changed")
+    assert copy.acell("A2").value == "1"
+
+
+def test_spreadsheet_get_with_ranges_and_grid_data(base: str) -> None:
+    sid = create(base)
+    sh = client(base).open_by_key(sid)
+    ws = sh.add_worksheet("Jobs", rows=6, cols=3)
+    sh.add_worksheet("Other", rows=2, cols=2)
+    ws.update([["h1", "", "h3"], ["x"], [], ["42"]], "A1")
+    answer = requests.get(
+        f"{base}/v4/spreadsheets/{sid}",
+        params={"ranges": ["'Jobs'!1:1", "Jobs!A:A"], "includeGridData": "true"},
+        timeout=5,
+    ).json()
+    (sheet,) = answer["sheets"]  # only the sheet the ranges are on
+    assert sheet["properties"]["sheetId"] == ws.id
+    header, column = sheet["data"]  # one GridData per range, in order
+    assert header["rowData"] == [
+        {"values": [{"formattedValue": "h1"}, {}, {"formattedValue": "h3"}]}
+    ]
+    assert column["rowData"] == [
+        {"values": [{"formattedValue": "h1"}]},
+        {"values": [{"formattedValue": "x"}]},
+        {},
+        {"values": [{"formattedValue": "42"}]},
+    ]
+
+
 def test_update_outside_grid_or_range_is_rejected(base: str) -> None:
     sh = client(base).open_by_key(create(base))
     ws = sh.add_worksheet("Small", rows=2, cols=2)
