@@ -163,15 +163,16 @@ class GspreadSheetWriter:
         if key:
             return RowResult(error=RowMoved(row.scene_id, key))
         # A blank row (inserted) got them: no job owns it, so take them back now, each
-        # clearing write checked the same way.
+        # clearing write checked the same way. Rows may move again before that write:
+        # with a job_id cell, our cells are found by it wherever they are now.
         hit: list[str] = []
         with contextlib.suppress(PipelineError):
-            cleared = self._update(spreadsheet_id, [row.blank])
-            hit = [key for key in [_key_in(cleared[0], row.key_at) if cleared else ""] if key]
             if row.job_id:
-                # Rows may have moved again before the clearing write: any cells of ours
-                # still in a blank row are found by their job id.
-                hit += self._clear_strays(spreadsheet_id, row)
+                hit = self._clear_strays(spreadsheet_id, row)
+            else:
+                cleared = self._update(spreadsheet_id, [row.blank])
+                key = _key_in(cleared[0], row.key_at) if cleared else ""
+                hit = [key] if key else []
         return RowResult(error=RowMoved(row.scene_id, *dict.fromkeys(hit)))
 
     def _clear_strays(self, spreadsheet_id: str, row: _Placed) -> list[str]:
@@ -199,7 +200,9 @@ class GspreadSheetWriter:
             for n in strays:
                 span = f"{sheet}!{column_letter(row.first + 1)}{n}:{column_letter(row.last + 1)}{n}"
                 (cleared,) = self._update(spreadsheet_id, [{**row.blank, "range": span}]) or [{}]
-                hit += [key for key in [_key_in(cleared, row.key_at)] if key]
+                key = _key_in(cleared, row.key_at)
+                if key:
+                    hit.append(key)
         return hit
 
     def _forget(self, spreadsheet_id: str, worksheet: str) -> None:
