@@ -105,6 +105,23 @@ def make_job(**overrides: Any) -> Job:
     return Job(**values)
 
 
+def make_batch(*jobs: Job, **overrides: Any) -> Batch:
+    """The batch of ``jobs`` as intake records it (bat_1 of alice unless told otherwise)."""
+    values: dict[str, Any] = {
+        "batch_id": "bat_1",
+        "caller": "alice",
+        "spreadsheet_id": "sheet123",
+        "worksheet": "Scenes",
+        "model": "gemini-3.1-flash-image",
+        "job_ids": [job.job_id for job in jobs],
+        "image_count": sum(job.variant_count for job in jobs),
+        "estimated_cost_usd": "0",
+        "created_at": T0,
+    }
+    values.update(overrides)
+    return Batch(**values)
+
+
 def mark_done(job: Job, *numbers: int) -> Job:
     """Variants as the thumbnail path leaves them: done, with image and thumbnail names."""
     for n in numbers:

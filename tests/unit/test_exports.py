@@ -34,6 +34,7 @@ from tests.fakes import (
     FakeJobStore,
     FakeObjectStore,
     FakePublisher,
+    make_batch,
     make_job,
     make_settings,
     mark_done,
@@ -50,20 +51,7 @@ def done_job(**overrides: Any) -> Job:
 
 def seed(store: FakeJobStore, objects: FakeObjectStore, *jobs: Job) -> None:
     """A batch of ``jobs`` with their images in the bucket."""
-    store.create_batch(
-        Batch(
-            batch_id="bat_1",
-            caller="alice",
-            spreadsheet_id="sheet123",
-            worksheet="Scenes",
-            model="gemini-3.1-flash-image",
-            job_ids=[job.job_id for job in jobs],
-            image_count=sum(job.variant_count for job in jobs),
-            estimated_cost_usd="0",
-            created_at=T0,
-        ),
-        jobs,
-    )
+    store.create_batch(make_batch(*jobs), jobs)
     for job in jobs:
         for variant in job.variants.values():
             assert variant.object_name is not None

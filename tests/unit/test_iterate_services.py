@@ -55,6 +55,7 @@ from tests.fakes import (
     FakeSheetLayouts,
     UnseekableSink,
     jpeg_bytes,
+    make_batch,
     make_job,
     make_settings,
     mark_done,
@@ -73,17 +74,7 @@ def done_job(**overrides: Any) -> Job:
 
 
 def batch_of(*jobs: Job, caller: str = "alice") -> Batch:
-    return Batch(
-        batch_id="bat_1",
-        caller=caller,
-        spreadsheet_id="sheet123",
-        worksheet="Scenes",
-        model="gemini-3.1-flash-image",
-        job_ids=[job.job_id for job in jobs],
-        image_count=sum(job.variant_count for job in jobs),
-        estimated_cost_usd="0",
-        created_at=T0,
-    )
+    return make_batch(*jobs, caller=caller)
 
 
 # --------------------------------------------------------------------------- cancels

@@ -16,7 +16,6 @@ from shared.contracts.links import LinkSigner
 from shared.contracts.requests import BatchRequest, Limits
 from shared.contracts.sheet_row import row_cells
 from shared.domain import cancellation, handover, lifecycle
-from shared.domain.batch import Batch
 from shared.domain.errors import TransientError
 from shared.domain.job import JobState, VariantState
 from shared.services.intake import Accepted, Intake
@@ -44,6 +43,7 @@ from tests.fakes import (
     FakePublisher,
     FakeSheetLayouts,
     FakeSheetWriter,
+    make_batch,
     make_job,
     make_settings,
     mark_done,
@@ -383,20 +383,7 @@ def test_an_export_whose_message_was_lost_is_published_again_then_failed_when_to
         make_settings(), store, JobLedger(store), idem, budget, publisher, exports, clock
     )
     job = make_job()
-    store.create_batch(
-        Batch(
-            batch_id="bat_1",
-            caller="alice",
-            spreadsheet_id="sheet123",
-            worksheet="Scenes",
-            model=job.model,
-            job_ids=[job.job_id],
-            image_count=1,
-            estimated_cost_usd="0.0336",
-            created_at=T0,
-        ),
-        [job],
-    )
+    store.create_batch(make_batch(job, model=job.model, estimated_cost_usd="0.0336"), [job])
     # Recorded, then the request died before publishing it.
     store.update_batch("bat_1", lambda b: handover.request(b, "exp_1", "alice", clock()))
     assert sweeper.sweep().exports_republished == 0  # young: its message may be on its way
