@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from typing import Any
 
 _FIELDS = (
@@ -42,12 +43,17 @@ class CloudJsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+_SETUP = threading.Lock()
+
+
 def setup_logging(level: int = logging.INFO) -> None:
-    """Install the JSON formatter once per instance."""
+    """Install the JSON formatter once per instance, however many requests of a
+    fresh instance call this at once (two handlers would log every line twice)."""
     root = logging.getLogger()
-    if any(isinstance(h.formatter, CloudJsonFormatter) for h in root.handlers):
-        return
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(CloudJsonFormatter())
-    root.addHandler(handler)
-    root.setLevel(level)
+    with _SETUP:
+        if any(isinstance(h.formatter, CloudJsonFormatter) for h in root.handlers):
+            return
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(CloudJsonFormatter())
+        root.addHandler(handler)
+        root.setLevel(level)
