@@ -176,6 +176,11 @@ class Stack:
         # Said to whoever started the stack: which Gemini its functions call.
         self.gemini_endpoint = ""
         self.spreadsheet_wanted = ""
+        # The Chat webhook stub (devstack/chat_stub.py): its base URL, for
+        # ``GET {chat_url}/_messages`` and ``/_posts``; the functions post to
+        # ``chat_webhook_url``. Empty until the stack starts.
+        self.chat_url = ""
+        self.chat_webhook_url = ""
 
     # ----------------------------------------------------------------- start
     def start(self) -> dict[str, str]:
@@ -257,6 +262,7 @@ class Stack:
                     "GOOGLE_GEMINI_BASE_URL": stub_url,
                 }
         sheets_url = user_sheets_url or self._start_sheets_stub(mirror=None)
+        self._start_chat_stub()
 
         self.env.update(
             {
@@ -270,6 +276,9 @@ class Stack:
                 "GCS_EVENTS_TOPIC": cfg.gcs_topic,
                 "DEAD_LETTER_TOPIC": cfg.dead_letter_topic,
                 "EXPORTS_TOPIC": cfg.exports_topic,
+                # The team's Chat space: the local stub (no secret in its URL).
+                "CHAT_WEBHOOK_URL": self.chat_webhook_url,
+                "CHAT_STUB_URL": self.chat_url,
                 **gemini_env,
             }
         )
@@ -423,6 +432,20 @@ class Stack:
         url = f"http://{LOCALHOST}:{port}"
         self._wait_http("sheets-stub", f"{url}/_stub/healthz")
         return url
+
+    def _start_chat_stub(self) -> None:
+        """The Chat webhook stub, on loopback; sets ``chat_url`` and ``chat_webhook_url``."""
+        from devstack import chat_stub
+
+        port = free_port()
+        argv = [sys.executable, "-m", "devstack.chat_stub", "--host", LOCALHOST]
+        argv += ["--port", str(port), "--key", chat_stub.DEFAULT_KEY]
+        argv += ["--token", chat_stub.DEFAULT_TOKEN]
+        self._spawn("chat-stub", argv, port)
+        url = f"http://{LOCALHOST}:{port}"
+        self._wait_http("chat-stub", f"{url}/_healthz")
+        self.chat_url = url
+        self.chat_webhook_url = chat_stub.webhook_url(url)
 
     # ---------------------------------------------------------------- wiring
     def _create_topics(self) -> None:

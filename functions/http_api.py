@@ -19,7 +19,7 @@ from functions import wiring
 from shared.adapters.cloud_logging import setup_logging
 from shared.adapters.identity import AuthFailure, Identity
 from shared.contracts.answers import model_list
-from shared.contracts.requests import BatchRequest, Limits, RerollRequest
+from shared.contracts.requests import BatchRequest, FieldProblem, Limits, ModelShape, RerollRequest
 from shared.domain.errors import ConfigError, TransientError
 from shared.domain.ids import utcnow
 from shared.domain.job import ASSET_SIZES
@@ -71,6 +71,9 @@ def validation_details(exc: ValidationError) -> list[dict[str, str]]:
     details = []
     for err in exc.errors():
         loc = tuple(err["loc"])
+        problem = (err.get("ctx") or {}).get("error")
+        if isinstance(problem, FieldProblem):
+            loc = (*loc, *problem.path)
         # Model-level checks (such as duplicate scene ids) are about the items.
         field = _field(loc) if loc else "items"
         reason = str(err["msg"]).removeprefix("Value error, ")
@@ -126,6 +129,18 @@ def _limits(named: object = None, identity: Identity | None = None) -> Limits:
         image_sizes=entry.image_sizes if entry else (),
         economy_lane=cfg.gemini_backend == "gemini_api",
         max_references=cfg.reference_limit(model),
+        max_characters=entry.max_character_references if entry else None,
+        max_objects=entry.max_object_references if entry else None,
+        shapes={
+            name: ModelShape(
+                aspect_ratios=each.aspect_ratios,
+                image_sizes=each.image_sizes,
+                max_references=cfg.reference_limit(name),
+                max_characters=each.max_character_references,
+                max_objects=each.max_object_references,
+            )
+            for name, each in cfg.catalog.models.items()
+        },
     )
 
 

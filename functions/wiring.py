@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from shared.services.generation import Generation
     from shared.services.intake import Intake
     from shared.services.ledger import JobLedger
+    from shared.services.notices import Notices
     from shared.services.ports import SheetLayout
     from shared.services.preflight import Preflight
     from shared.services.rerolls import Rerolls
@@ -134,7 +135,26 @@ def ledger() -> JobLedger:
 
     # Finished images settle the daily budget from their estimate to their cost;
     # images never made (failed, cancelled) give theirs back.
-    return JobLedger(job_store(), sheet_sync(), budget_ledger())
+    return JobLedger(job_store(), sheet_sync(), budget_ledger(), notices=notices())
+
+
+@lru_cache(maxsize=1)
+def notices() -> Notices | None:
+    """Batch news to the team's Chat space; None when no webhook is configured."""
+    cfg = settings()
+    if not cfg.chat_webhook_url:
+        return None
+    from shared.adapters.chat import ChatWebhook
+    from shared.adapters.firestore_store import FirestoreNoticeLog
+    from shared.config.budgets import CHAT_POST_TIMEOUT_S
+    from shared.services.notices import Notices
+
+    return Notices(
+        job_store(),
+        FirestoreNoticeLog(firestore_client()),
+        ChatWebhook(cfg.chat_webhook_url, timeout_s=CHAT_POST_TIMEOUT_S),
+        cfg.notify_failure_share,
+    )
 
 
 @lru_cache(maxsize=1)
@@ -149,7 +169,8 @@ def intake_ledger() -> JobLedger:
     """The HTTP function's ledger: it writes no sheet rows (the generate function does)."""
     from shared.services.ledger import JobLedger
 
-    return JobLedger(job_store(), budget=budget_ledger())
+    # A cancel can end a batch: its news goes out from here too.
+    return JobLedger(job_store(), budget=budget_ledger(), notices=notices())
 
 
 @lru_cache(maxsize=1)

@@ -23,6 +23,7 @@ from shared.contracts.messages import ExportMessage, JobMessage, StorageObject
 from shared.contracts.sheet_row import Cell
 from shared.domain import daily_usage, quota, request_records
 from shared.domain.batch import Batch
+from shared.domain.batch_news import NoticeRecord, finish_notice, take_notice
 from shared.domain.daily_usage import DailyUsage
 from shared.domain.economy_batches import EconomyBatch
 from shared.domain.errors import MissingWorksheet, NotFound, PermanentError, TransientError
@@ -287,6 +288,13 @@ class FakeJobStore:
                 for job in self._jobs.values()
                 if job.spreadsheet_id == spreadsheet_id and job.scene_id == scene_id
             ]
+
+    def open_jobs(self, batch_id: str) -> int:
+        with self._lock:
+            self.calls.append(("open_jobs", batch_id))
+            return sum(
+                1 for job in self._jobs.values() if job.batch_id == batch_id and not job.terminal
+            )
 
     def jobs_of_scenes(self, spreadsheet_id: str, scene_ids: Sequence[str]) -> list[Job]:
         wanted = set(scene_ids)
@@ -619,6 +627,53 @@ class FakeIdempotencyStore:
 
 
 # --------------------------------------------------------------------------- publisher
+
+
+class FakeNoticeLog:
+    """Records of batch events told, in memory, with the same rules as Firestore's."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.records: dict[str, NoticeRecord] = {}
+        self.calls: list[tuple[str, str]] = []
+
+    def sent(self, key: str) -> bool:
+        with self._lock:
+            self.calls.append(("sent", key))
+            record = self.records.get(key)
+            return record is not None and (record.sent_at is not None or record.error is not None)
+
+    def claim(self, key: str, holder: str, now: datetime, lease: timedelta) -> bool:
+        with self._lock:
+            self.calls.append(("claim", key))
+            taken = take_notice(self.records.get(key), key, holder, now, lease)
+            if taken is not None:
+                self.records[key] = taken
+            return taken is not None
+
+    def done(self, key: str, holder: str, now: datetime, error: str | None = None) -> None:
+        with self._lock:
+            self.calls.append(("done", key))
+            finished = finish_notice(self.records.get(key), holder, now, error)
+            if finished is not None:
+                self.records[key] = finished
+
+
+class FakeTeamChannel:
+    """A Chat space: keeps one message per request id, and every post it was sent."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self._lock = threading.Lock()
+        self.posts: list[tuple[str, str, str]] = []
+        self.messages: dict[str, str] = {}
+        self.fail = fail
+
+    def post(self, text: str, request_id: str, thread_key: str) -> None:
+        with self._lock:
+            self.posts.append((text, request_id, thread_key))
+            if self.fail is not None:
+                raise self.fail
+            self.messages.setdefault(request_id, text)
 
 
 class FakePublisher:

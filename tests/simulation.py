@@ -50,6 +50,7 @@ from shared.contracts.links import LinkSigner
 from shared.contracts.messages import ExportMessage, JobMessage, PushMessage, StorageObject
 from shared.contracts.requests import BatchRequest, Limits
 from shared.contracts.sheet_row import row_cells
+from shared.domain.batch_news import batch_events
 from shared.domain.errors import PermanentError, QuotaExceeded, TransientError
 from shared.domain.job import TERMINAL_VARIANT_STATES, Job, VariantState
 from shared.services.cancels import Cancels
@@ -59,6 +60,8 @@ from shared.services.exports import MANIFEST, Exporter, Exports
 from shared.services.generation import Generation
 from shared.services.intake import Accepted, Intake
 from shared.services.ledger import JobLedger
+from shared.services.notices import Notices
+from shared.services.notices import request_id as notice_request_id
 from shared.services.once import InProgress
 from shared.services.ports import GeneratedImage, ThumbnailSpec
 from shared.services.preflight import Preflight
@@ -79,11 +82,13 @@ from tests.fakes import (
     FakeIdempotencyStore,
     FakeJobStore,
     FakeModelDirectory,
+    FakeNoticeLog,
     FakeObjectStore,
     FakeQuotaGate,
     FakeReferenceLoader,
     FakeSheetLayouts,
     FakeSheetWriter,
+    FakeTeamChannel,
     make_settings,
     png_bytes,
 )
@@ -98,6 +103,7 @@ _JOB_ID = re.compile(r"job_[0-9a-f]+_[0-9]+")
 LEASE_S = 30.0
 CALLER = "alice"
 MODEL = "gemini-nano-banana-2.1"
+FAILURE_SHARE = 0.2  # NOTIFY_FAILURE_SHARE of the simulated deployment
 # How long the sweeper may take to notice a job nobody finishes, beyond its age limit.
 AGE_SLACK_S = 3600.0
 
@@ -233,8 +239,17 @@ class World:
             sleep=self.clock.sleep,
             monotonic=self.clock.monotonic,
         )
-        self.ledger = JobLedger(store, sync, budget, self.clock, InlineExecutor)
-        self.intake_ledger = JobLedger(store, budget=budget, clock=self.clock)
+        self.notice_log = FakeNoticeLog()
+        self.chat = FakeTeamChannel()
+        notices = Notices(
+            store,
+            p("notices", self.notice_log),
+            p("chat", self.chat),
+            failure_share=FAILURE_SHARE,
+            clock=self.clock,
+        )
+        self.ledger = JobLedger(store, sync, budget, self.clock, InlineExecutor, notices=notices)
+        self.intake_ledger = JobLedger(store, budget=budget, clock=self.clock, notices=notices)
         publisher = p("publisher", SimPublisher(self))
         objects = p("objects", self.objects)
         idempotency = p("idempotency", self.idempotency)
@@ -1024,6 +1039,25 @@ def violations(world: World) -> list[str]:
             found.append(f"the request {record.names} never ended")
     found.extend(world.late_calls)
     found.extend(_export_violations(world))
+    found.extend(_news_violations(world, jobs))
+    return found
+
+
+def _news_violations(world: World, jobs: list[Job]) -> list[str]:
+    """Each batch that ended was told so in one Chat message (one request id, so Chat
+    keeps one however often it was posted) that says it ended. (How: as it was when
+    it first ended; a late image or a re-roll may change a job after that.)"""
+    found: list[str] = []
+    for batch_id in world.store.batches:
+        own = [job for job in jobs if job.batch_id == batch_id]
+        if not own or not all(job.terminal for job in own):
+            continue
+        (event,) = [e for e in batch_events(own, FAILURE_SHARE) if e.kind == "ended"]
+        told = world.chat.messages.get(notice_request_id(event.key))
+        if told is None:
+            found.append(f"batch {batch_id} ended and the team was never told")
+        elif not told.startswith((f"Batch {batch_id} is done", f"Batch {batch_id} ended")):
+            found.append(f"batch {batch_id} was told {told.splitlines()[0]!r}, not its end")
     return found
 
 

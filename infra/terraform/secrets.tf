@@ -3,7 +3,8 @@
 # ever lands in the Terraform state. Functions read version "latest" at start.
 # Keyed by the setting's name in lower case; settings.tf lists who reads which.
 # With the Vertex AI backend there is no Gemini API key: the functions use their
-# service accounts (iam.tf) instead.
+# service accounts (iam.tf) instead. The Chat webhook's URL (its key and token let
+# anyone post to the space) exists only with notifications.chat_webhook.
 locals {
   secrets = merge(
     {
@@ -11,6 +12,7 @@ locals {
       link_signing_key = { env = "LINK_SIGNING_KEY", format = "random hex, 64 characters" }
     },
     local.vertex ? {} : { gemini_api_key = { env = "GEMINI_API_KEY", format = "a Gemini API key" } },
+    var.notifications.chat_webhook ? { chat_webhook_url = { env = "CHAT_WEBHOOK_URL", format = "a Google Chat space's incoming-webhook URL" } } : {},
   )
 }
 

@@ -50,6 +50,18 @@ locals {
   # The functions that write sheet rows (shared/services/sheet_sync.py).
   sheet_writers = ["generate", "thumbnail", "dead_letter", "economy"]
 
+  # Word to the team (shared/services/notices.py): the functions that change
+  # jobs (the sheet writers, and the HTTP function, whose cancels can end a
+  # batch) see a batch end or need attention and post to the Chat space, once
+  # per batch and event; the HTTP function also reports the events (GET
+  # /batches/{id}). The export function changes no job. The webhook URL holds
+  # a key and token: a secret, and only with notifications.chat_webhook.
+  notifiers = concat(["api"], local.sheet_writers)
+  notice_env = {
+    NOTIFY_FAILURE_SHARE = tostring(var.notifications.notify_failure_share)
+  }
+  notice_secrets = var.notifications.chat_webhook ? ["CHAT_WEBHOOK_URL"] : []
+
   # Settings every function gets: the required ones, the HTTP function's URL
   # (for durable links), its own timeout; and those of every sheet writer: its
   # share of the Sheets quota (per service account, so shared by all of its
@@ -65,6 +77,7 @@ locals {
       contains(local.sheet_writers, key) ? {
         SHEETS_WRITES_PER_MINUTE = tostring(max(1, floor(var.sheets.quota_per_minute / sizing.max_instances)))
       } : {},
+      contains(local.notifiers, key) ? local.notice_env : {},
     )
   }
 
@@ -126,7 +139,7 @@ locals {
         ALLOWED_SPREADSHEET_IDS      = join(",", var.access.allowed_spreadsheet_ids)
         CALLER_SPREADSHEETS          = join(",", [for caller, ids in var.access.caller_spreadsheets : "${caller}:${join("|", ids)}"])
       })
-      secrets = concat(["API_KEY_HASHES", "LINK_SIGNING_KEY"], local.model_secrets)
+      secrets = concat(["API_KEY_HASHES", "LINK_SIGNING_KEY"], local.model_secrets, local.notice_secrets)
     }
     generate = {
       entry_point = "generate_images"
@@ -143,7 +156,7 @@ locals {
         QUOTA_WAIT_S             = tostring(var.generation.quota_wait_s)
         MAX_EVENT_AGE_S          = tostring(var.generation.max_event_age_s)
       })
-      secrets = concat(["LINK_SIGNING_KEY"], local.model_secrets)
+      secrets = concat(["LINK_SIGNING_KEY"], local.model_secrets, local.notice_secrets)
     }
     thumbnail = {
       entry_point = "make_thumbnails"
@@ -160,7 +173,7 @@ locals {
         THUMBNAIL_DECODE_SLOTS = tostring(var.thumbnails.thumbnail_decode_slots)
         SHEETS_COALESCE_MS     = tostring(var.sheets.sheets_coalesce_ms)
       })
-      secrets = ["LINK_SIGNING_KEY"]
+      secrets = concat(["LINK_SIGNING_KEY"], local.notice_secrets)
     }
     economy = {
       entry_point = "run_economy"
@@ -176,14 +189,14 @@ locals {
         ECONOMY_TICK_BUDGET_S      = tostring(var.economy.economy_tick_budget_s)
         SHEETS_COALESCE_MS         = tostring(var.sheets.sheets_coalesce_ms)
       })
-      secrets = concat(["LINK_SIGNING_KEY"], local.model_secrets)
+      secrets = concat(["LINK_SIGNING_KEY"], local.model_secrets, local.notice_secrets)
     }
     dead_letter = {
       entry_point = "handle_dead_letters"
       description = "Pushed from the dead-letter topic: marks the job failed with its last error, in Firestore and the sheet."
       public      = false
       env         = local.common_env.dead_letter
-      secrets     = ["LINK_SIGNING_KEY"]
+      secrets     = concat(["LINK_SIGNING_KEY"], local.notice_secrets)
     }
     export = {
       entry_point = "export_batch"

@@ -412,6 +412,21 @@ variable "sheets" {
   }
 }
 
+# ---------------------------------------------------------------- team notifications
+variable "notifications" {
+  type = object({
+    chat_webhook         = optional(bool, false)
+    notify_failure_share = optional(number, 0.2)
+  })
+  description = "Word to the team when a batch ends or needs attention (README.md, \"Word when a batch ends\"): chat_webhook (true: a Secret Manager secret for a Google Chat space's incoming-webhook URL, CHAT_WEBHOOK_URL, read by the functions that change jobs: api (cancels), generate, thumbnail, dead_letter, economy; its value is added with gcloud, never through Terraform; false: no Chat messages), notify_failure_share (NOTIFY_FAILURE_SHARE: a batch needs attention once more than this share of its jobs failed while others still run; the HTTP function also reports the events to the sheet)."
+  default     = {}
+
+  validation {
+    condition     = var.notifications.notify_failure_share >= 0 && var.notifications.notify_failure_share <= 1
+    error_message = "notify_failure_share must be between 0 and 1."
+  }
+}
+
 # ---------------------------------------------------------------- functions
 variable "function_sizing" {
   type = map(object({

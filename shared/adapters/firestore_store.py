@@ -16,7 +16,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from pydantic import BaseModel
 
-from shared.domain import daily_usage, quota, request_records
+from shared.domain import batch_news, daily_usage, quota, request_records
 from shared.domain.batch import Batch
 from shared.domain.daily_usage import Correction, DailyUsage, Reservation
 from shared.domain.economy_batches import OPEN_ECONOMY_STATES, EconomyBatch
@@ -251,6 +251,15 @@ class FirestoreJobStore:
             ).where(filter=FieldFilter("scene_id", "in", wanted[start : start + IN_FILTER_MAX]))
             found.extend(Job.from_doc(snap.to_dict() or {}) for snap in query.stream())
         return found
+
+    def open_jobs(self, batch_id: str) -> int:
+        query = self._jobs.where(filter=FieldFilter("batch_id", "==", batch_id)).where(
+            filter=FieldFilter("state", "in", [JobState.QUEUED.value, JobState.GENERATING.value])
+        )
+        # The library's annotations are off (count() is typed as a class): one
+        # result list holding one count.
+        counted: Any = query.count(alias="open")
+        return int(counted.get()[0][0].value)
 
     def update_batch(self, batch_id: str, change: Callable[[Batch], tuple[Batch | None, R]]) -> R:
         return update_record(self._batches.document(batch_id), Batch, f"batch {batch_id}", change)
@@ -525,3 +534,38 @@ def _gate_doc(state: GateState) -> dict[str, Any]:
         "closed_until": state.closed_until,
         "closed_for": state.closed_for.value if state.closed_for else None,
     }
+
+
+class FirestoreNoticeLog:
+    """``notices/{key}``: the batch events told (``shared/domain/batch_news.py``);
+    removed by the collection's TTL policy on ``expires_at``."""
+
+    def __init__(self, client: firestore.Client) -> None:
+        self._notices = client.collection("notices")
+
+    def _ref(self, key: str) -> Any:
+        # Document ids may not hold "/"; a digest keeps any key to one valid id.
+        return self._notices.document(hashlib.sha256(key.encode()).hexdigest())
+
+    def sent(self, key: str) -> bool:
+        snap = self._ref(key).get()
+        if not snap.exists:
+            return False
+        record = batch_news.NoticeRecord.model_validate(snap.to_dict())
+        return record.sent_at is not None or record.error is not None
+
+    def claim(self, key: str, holder: str, now: datetime, lease: timedelta) -> bool:
+        def take(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
+            record = batch_news.NoticeRecord.model_validate(doc) if doc else None
+            taken = batch_news.take_notice(record, key, holder, now, lease)
+            return (taken.model_dump(mode="python") if taken else None), taken is not None
+
+        return compare_and_set(self._ref(key), take)
+
+    def done(self, key: str, holder: str, now: datetime, error: str | None = None) -> None:
+        def finish(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, None]:
+            record = batch_news.NoticeRecord.model_validate(doc) if doc else None
+            finished = batch_news.finish_notice(record, holder, now, error)
+            return (finished.model_dump(mode="python") if finished else None), None
+
+        compare_and_set(self._ref(key), finish)

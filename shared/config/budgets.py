@@ -37,6 +37,12 @@ THUMBNAIL_WORK_S = 30.0
 PUBLISH_WAIT_S = 60.0
 # The HTTP function's own calls around it (Firestore, Secret Manager, signBlob).
 LAST_CALL_S = 60.0
+# A batch's news to its Chat space, told by the change that ended its last job
+# (or paused it): one post, its connect and its answer each within the webhook's
+# timeout (CHAT_POST_TIMEOUT_S, functions/wiring.py). Counted whether or not a
+# webhook is set: the URL is a secret the budget cannot see.
+CHAT_POST_TIMEOUT_S = 5.0
+BATCH_NEWS_S = 2 * CHAT_POST_TIMEOUT_S
 
 Path = dict[str, float]
 
@@ -53,7 +59,12 @@ def _sheet_write(s: Settings) -> Path:
 
 
 def _http(s: Settings) -> Path:
-    return {"Pub/Sub publish wait": PUBLISH_WAIT_S, "last call": LAST_CALL_S}
+    # A cancel may end a batch: its news is told before the answer.
+    return {"Pub/Sub publish wait": PUBLISH_WAIT_S, "last call": LAST_CALL_S, **_news()}
+
+
+def _news() -> Path:
+    return {"batch news": BATCH_NEWS_S}
 
 
 def _generate(s: Settings) -> Path:
@@ -63,6 +74,7 @@ def _generate(s: Settings) -> Path:
     return {
         "DELIVERY_DEADLINE_S": s.delivery_deadline_s,
         "last upload": STORAGE_CALL_S,
+        **_news(),
         **_sheet_write(s),
     }
 
@@ -72,12 +84,13 @@ def _thumbnail(s: Settings) -> Path:
         "image read": STORAGE_CALL_S,
         "thumbnail": THUMBNAIL_WORK_S,
         "thumbnail upload": STORAGE_CALL_S,
+        **_news(),
         **_sheet_write(s),
     }
 
 
 def _dead_letter(s: Settings) -> Path:
-    return _sheet_write(s)
+    return {**_news(), **_sheet_write(s)}
 
 
 def _economy(s: Settings) -> Path:
@@ -87,6 +100,7 @@ def _economy(s: Settings) -> Path:
     return {
         "ECONOMY_TICK_BUDGET_S": s.economy_tick_budget_s,
         "one image upload": STORAGE_CALL_S,
+        **_news(),
         **_sheet_write(s),
         "last call": LAST_CALL_S,
     }

@@ -163,6 +163,11 @@ class Settings(BaseModel):
     signing_credentials_file: str = ""
 
     sheets_api_url: str = ""
+    # --- Word when a batch ends (issue 25): a Google Chat space's incoming webhook
+    # (a secret; "" sends none), and the share of a batch's jobs that may fail
+    # before the team is told while the rest still run.
+    chat_webhook_url: str = Field(default="", repr=False)
+    notify_failure_share: float = Field(default=0.2, ge=0, le=1)
     thumbnail_size: int = Field(default=256, ge=16, le=2048)
 
     # --- Hostile inputs (issue 11). Each default is the safe choice.
@@ -226,6 +231,19 @@ class Settings(BaseModel):
                     raise ValueError("expected 'caller:ID1|ID2' entries separated by commas")
                 parsed[caller.strip()] = listed
             return parsed
+        return value
+
+    @field_validator("chat_webhook_url")
+    @classmethod
+    def _chat_webhook(cls, value: str) -> str:
+        # Google's Chat endpoint, or a local stand-in on loopback (the dev stack).
+        value = value.strip()
+        local = ("http://127.0.0.1:", "http://localhost:", "http://[::1]:")
+        if value and not value.startswith(("https://chat.googleapis.com/", *local)):
+            raise ValueError(
+                "must be a Google Chat incoming webhook (https://chat.googleapis.com/v1/"
+                "spaces/...) or a local stand-in on loopback"
+            )
         return value
 
     def spreadsheets_for(self, caller: str | None, admin: bool = False) -> list[str]:
@@ -344,6 +362,19 @@ class Settings(BaseModel):
                 "or add it with MODEL_CATALOG"
             )
         return entry
+
+    def shape_for(
+        self, model: str, aspect_ratio: str | None, image_size: str | None
+    ) -> tuple[str | None, str | None]:
+        """A job's aspect ratio and size as asked for: its own, else the configured
+        GEMINI_ASPECT_RATIO and GEMINI_IMAGE_SIZE where ``model`` takes them (a row
+        naming another model), else None (the model's default)."""
+        entry = self.catalog.entry(model)
+        ratio, size = self.gemini_aspect_ratio or None, self.gemini_image_size or None
+        if entry is not None:
+            ratio = ratio if ratio in entry.aspect_ratios else None
+            size = size if size in entry.image_sizes else None
+        return aspect_ratio or ratio, image_size or size
 
     def reference_limit(self, model: str) -> int:
         """Reference images one call of ``model`` takes: its catalog entry's limit,

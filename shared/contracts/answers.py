@@ -58,6 +58,10 @@ class Warning(_Answer):
 class PlanJob(_Answer):
     scene_id: str
     variants: int
+    model: str = Field(default="", description="The model this scene is made with")
+    prompt: str = Field(
+        default="", description="The prompt as sent: composed from the template, with avoid"
+    )
     lane: Literal["live", "economy"] = "live"
     image_size: str = Field(description="The size the images are made and priced at")
     reference_images: int = Field(
@@ -199,6 +203,11 @@ class JobView(_Answer):
         description="Why the scene's sheet row could not be (fully) written, e.g. no such row",
     )
     model: str
+    prompt: str = Field(default="", description="The prompt sent (composed from the template)")
+    template: str | None = Field(default=None, description="The template's name, if any")
+    references: list[str] = Field(
+        default_factory=list, description="The named references: '<role> <name>' each"
+    )
     variants: list[VariantView]
     created_at: str
     started_at: str | None = None
@@ -233,6 +242,12 @@ class BatchView(_Answer):
     estimated_cost_usd: str
     cost_usd: str = Field(description="What the batch's images actually cost so far")
     counts: dict[str, int]
+    events: list[Literal["ended", "failures", "paused_daily_quota", "paused_spend_cap"]] = Field(
+        default_factory=list,
+        description="What the team is told about now: ended (every job ended), failures "
+        "(more than NOTIFY_FAILURE_SHARE of the jobs failed while others run), "
+        "paused_daily_quota, paused_spend_cap",
+    )
     jobs: list[JobView]
     export: ExportView | None = None
 
@@ -339,6 +354,13 @@ class ModelLimits(_Answer):
     default_image_size: str
     max_reference_images: int = Field(
         description="The model's limit, within the deployment's REFERENCE_MAX_IMAGES"
+    )
+    max_character_references: int | None = Field(
+        default=None, description="Characters a call may name (None: only the total binds)"
+    )
+    max_object_references: int | None = Field(
+        default=None,
+        description="Products and style images a call may name (None: only the total binds)",
     )
 
 

@@ -53,3 +53,9 @@ class LinkSigner:
 def _same(expected: str, sig: str) -> bool:
     # Bytes, because compare_digest refuses non-ASCII str from an untrusted URL.
     return hmac.compare_digest(expected.encode(), sig.encode("utf-8", "replace"))
+
+
+def sheet_url(spreadsheet_id: str, worksheet_id: int | None = None) -> str:
+    """Where a team opens its sheet (at the batch's tab when known)."""
+    url = f"https://docs.google.com/spreadsheets/d/{quote(spreadsheet_id, safe='')}/edit"
+    return f"{url}#gid={worksheet_id}" if worksheet_id is not None else url

@@ -11,11 +11,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from shared.domain import briefs
 from shared.domain.anchors import ANCHOR_FORMS, is_anchor, parse_anchor
 from shared.domain.job import Lane
 
@@ -26,6 +28,27 @@ NOT_THIS_CALLERS_SHEET = (
     "is not among the spreadsheets this caller may write "
     "(ALLOWED_SPREADSHEET_IDS, CALLER_SPREADSHEETS)"
 )
+
+
+class FieldProblem(ValueError):
+    """A check across fields that names the field it is about (relative to the
+    model it is raised in), so a 422 can name it too."""
+
+    def __init__(self, path: tuple[str | int, ...], reason: str) -> None:
+        super().__init__(reason)
+        self.path = path
+        self.reason = reason
+
+
+class ModelShape(BaseModel):
+    """What one model accepts: its shapes and how many references of each kind."""
+
+    aspect_ratios: tuple[str, ...] = ()
+    image_sizes: tuple[str, ...] = ()
+    max_references: int = 14
+    # Google's split where it counts kinds apart (None: only the total binds).
+    max_characters: int | None = None
+    max_objects: int | None = None
 
 
 class Limits(BaseModel):
@@ -46,6 +69,22 @@ class Limits(BaseModel):
     economy_lane: bool = True
     # The batch's model takes at most this many reference images in all.
     max_references: int = 14
+    max_characters: int | None = None
+    max_objects: int | None = None
+    # Every catalog model's shape, for rows that name their own model.
+    shapes: dict[str, ModelShape] = Field(default_factory=dict)
+
+    def shape(self, model: str | None) -> ModelShape:
+        """The shape of a row's model (None, or one not in the catalog: the batch's)."""
+        if model is not None and model in self.shapes:
+            return self.shapes[model]
+        return ModelShape(
+            aspect_ratios=self.aspect_ratios,
+            image_sizes=self.image_sizes,
+            max_references=self.max_references,
+            max_characters=self.max_characters,
+            max_objects=self.max_objects,
+        )
 
 
 def _lane(value: Lane | None, info: ValidationInfo) -> Lane | None:
@@ -57,6 +96,13 @@ def _lane(value: Lane | None, info: ValidationInfo) -> Lane | None:
     return value
 
 
+def _known(model: str | None, info: ValidationInfo) -> str | None:
+    models = _limits(info).models
+    if model is not None and models and model not in models:
+        raise ValueError(f"is not in the model catalog; one of {', '.join(models)}")
+    return model
+
+
 def _limits(info: ValidationInfo) -> Limits:
     context = info.context or {}
     limits = context.get("limits")
@@ -64,27 +110,61 @@ def _limits(info: ValidationInfo) -> Limits:
 
 
 class BatchItem(BaseModel):
-    """One scene row of the sheet."""
+    """One scene row of the sheet: a prompt, or a template composed with the row's
+    columns (the composition is the prompt that is stored and sent)."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     scene_id: str = Field(json_schema_extra={"pattern": SCENE_ID_PATTERN.pattern})
-    prompt: str = Field(min_length=1, description="At most MAX_PROMPT_CHARS characters")
+    # Declared before the fields checked against it (validators see earlier fields).
+    model: str | None = Field(
+        default=None, max_length=100, description="This scene's model; default the batch's"
+    )
+    fields: dict[str, Annotated[str, Field(max_length=4000)]] = Field(
+        default_factory=dict,
+        max_length=100,
+        description="The row's columns by header, for the template's {column} placeholders",
+    )
+    avoid: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="What to leave out of the image (items separated by commas, "
+        "semicolons or lines); added to the prompt in the model's wording",
+    )
+    template: briefs.Template | None = Field(
+        default=None,
+        description="A prompt template with {column} placeholders filled from ``fields`` "
+        "({{ and }} for literal braces); instead of ``prompt``",
+    )
+    prompt: str | None = Field(
+        default=None,
+        min_length=1,
+        description="At most MAX_PROMPT_CHARS characters (with ``avoid``'s wording); "
+        "required unless ``template`` is given",
+    )
     ref_pack_public_url: str | None = Field(
         default=None,
         max_length=2048,
         description="An https:// URL, a gs:// object of the images bucket, or an earlier "
         "output: scene:<scene_id>#<variant> or job:<job_id>#<variant>",
     )
+    references: list[briefs.RoleReference] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Characters, products and a style by name, sent labelled before the "
+        "pack's images; within the model's limits per kind (GET /limits)",
+    )
     variants: int = Field(ge=1, description="1 to MAX_VARIANTS (default 4)")
     lane: Lane | None = Field(default=None, description="This scene's lane; default the batch's")
-    # What the batch's model accepts is in its catalog entry (GET /models).
+    # What the scene's model accepts is in its catalog entry (GET /models).
     aspect_ratio: str | None = Field(
         default=None, max_length=10, description="One of the model's aspect ratios, e.g. 16:9"
     )
     image_size: str | None = Field(
         default=None, max_length=10, description="One of the model's sizes, e.g. 1K, 2K, 4K"
     )
+
+    _text: str = PrivateAttr(default="")
 
     @field_validator("scene_id")
     @classmethod
@@ -96,11 +176,28 @@ class BatchItem(BaseModel):
             )
         return value
 
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _known(value, info)
+
+    @field_validator("template")
+    @classmethod
+    def _template(
+        cls, value: briefs.Template | None, info: ValidationInfo
+    ) -> briefs.Template | None:
+        if value is not None:
+            try:
+                briefs.compose(value.text, info.data.get("fields") or {})
+            except briefs.TemplateError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
     @field_validator("prompt")
     @classmethod
-    def _prompt(cls, value: str, info: ValidationInfo) -> str:
+    def _prompt(cls, value: str | None, info: ValidationInfo) -> str | None:
         limit = _limits(info).max_prompt_chars
-        if len(value) > limit:
+        if value is not None and len(value) > limit:
             raise ValueError(f"is {len(value)} characters long; the limit is {limit}")
         return value
 
@@ -117,10 +214,12 @@ class BatchItem(BaseModel):
     @field_validator("aspect_ratio", "image_size")
     @classmethod
     def _shape(cls, value: str | None, info: ValidationInfo) -> str | None:
-        limits = _limits(info)
-        accepted = limits.aspect_ratios if info.field_name == "aspect_ratio" else limits.image_sizes
+        shape = _limits(info).shape(info.data.get("model"))
+        accepted = shape.aspect_ratios if info.field_name == "aspect_ratio" else shape.image_sizes
         if value is not None and accepted and value not in accepted:
-            raise ValueError(f"must be one of the model's {', '.join(accepted)}")
+            model = info.data.get("model")
+            whose = f"{model}'s" if model else "model's"
+            raise ValueError(f"must be one of the {whose} {', '.join(accepted)}")
         return value
 
     @field_validator("ref_pack_public_url")
@@ -130,6 +229,54 @@ class BatchItem(BaseModel):
             return None
         limits = _limits(info)
         return check_reference(value, limits.images_bucket, limits.references_prefix)
+
+    @field_validator("references")
+    @classmethod
+    def _references(
+        cls, value: list[briefs.RoleReference], info: ValidationInfo
+    ) -> list[briefs.RoleReference]:
+        limits = _limits(info)
+        for ref in value:
+            try:
+                ref.ref = check_reference(ref.ref, limits.images_bucket, limits.references_prefix)
+            except ValueError as exc:
+                raise ValueError(f"{ref.role} {ref.name!r}: {exc}") from None
+        shape = limits.shape(info.data.get("model"))
+        kinds = briefs.counts_by_kind(value)
+        for kind, most in (("characters", shape.max_characters), ("objects", shape.max_objects)):
+            if most is not None and kinds[kind] > most:
+                what = "characters" if kind == "characters" else "products and style images"
+                raise ValueError(f"has {kinds[kind]} {what}; the model takes at most {most}")
+        return value
+
+    @model_validator(mode="after")
+    def _compose(self, info: ValidationInfo) -> BatchItem:
+        """The prompt that is stored and sent: the template's composition (or the
+        prompt given) and what to avoid, within the prompt limit."""
+        if self.template is not None and self.prompt is not None:
+            raise FieldProblem(("prompt",), "give a prompt or a template, not both")
+        if self.template is not None:
+            composed = briefs.compose(self.template.text, self.fields)
+        elif self.prompt is not None:
+            composed = self.prompt
+        else:
+            raise FieldProblem(("prompt",), "is required (or a template with the row's columns)")
+        prompt = briefs.with_avoid(composed, self.avoid)
+        limit = _limits(info).max_prompt_chars
+        if len(prompt) > limit:
+            field = "template" if self.template is not None else "avoid"
+            raise FieldProblem(
+                (field,),
+                f"the composed prompt is {len(prompt)} characters long; the limit is {limit}",
+            )
+        self._text = prompt
+        return self
+
+    @property
+    def text(self) -> str:
+        """The prompt that is stored and sent: the template's composition (or the
+        prompt given) with what to avoid."""
+        return self._text
 
 
 def _style_ref(value: str, info: ValidationInfo) -> str:
@@ -204,10 +351,7 @@ class BatchRequest(BaseModel):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str | None, info: ValidationInfo) -> str | None:
-        models = _limits(info).models
-        if value is not None and models and value not in models:
-            raise ValueError(f"is not in the model catalog; one of {', '.join(models)}")
-        return value
+        return _known(value, info)
 
     @field_validator("items")
     @classmethod
@@ -218,12 +362,32 @@ class BatchRequest(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _unique_scenes(self) -> BatchRequest:
+    def _unique_scenes(self, info: ValidationInfo) -> BatchRequest:
         seen: set[str] = set()
         for item in self.items:
             if item.scene_id in seen:
                 raise ValueError(f"scene_id {item.scene_id!r} appears more than once")
             seen.add(item.scene_id)
+        limits = _limits(info)
+        for i, item in enumerate(self.items):
+            # Known counts only: a pack's images are counted when it is read.
+            named = len(self.style_refs) + len(item.references) + bool(item.ref_pack_public_url)
+            shape = limits.shape(item.model or self.model)
+            objects = briefs.counts_by_kind(item.references)["objects"] + len(self.style_refs)
+            if shape.max_objects is not None and objects > shape.max_objects:
+                raise FieldProblem(
+                    ("items", i, "references"),
+                    f"with the batch's {len(self.style_refs)} style references, the row names "
+                    f"{objects} products and style images; the model takes at most "
+                    f"{shape.max_objects}",
+                )
+            most = shape.max_references
+            if named > most:
+                raise FieldProblem(
+                    ("items", i, "references"),
+                    f"with the batch's {len(self.style_refs)} style references and its own "
+                    f"pack, the row names {named} references; the model takes at most {most}",
+                )
         return self
 
 

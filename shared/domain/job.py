@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from shared.domain.briefs import RoleReference, Template
+
 # How an image is made: at once (generateContent), or through Gemini's Batch API
 # at half the price, within 24 hours.
 Lane = Literal["live", "economy"]
@@ -180,7 +182,12 @@ class Job(BaseModel):
     job_id: str
     batch_id: str
     scene_id: str
+    # The prompt sent: composed from ``template`` and the row's columns, with ``avoid``.
     prompt: str
+    template: Template | None = None
+    avoid: str | None = None
+    # Characters, products and a style by name, sent labelled before the pack.
+    references: list[RoleReference] = Field(default_factory=list)
     ref_pack_public_url: str | None = None
     aspect_ratio: str | None = None
     image_size: str | None = None
@@ -230,6 +237,12 @@ class Job(BaseModel):
     # not have run; cleared once both are done. The sweeper runs them for a job
     # left so too long (its delivery died between the change and them).
     followups_since: datetime | None = None
+    # Batch news (``shared/domain/batch_news.py``): a change that can make news
+    # (the job ended, or waits for a lasting quota) sets ``news_due`` to its
+    # signature in the same write; telling the team clears it and keeps the
+    # signature in ``news_told``. A follow-up like the row and the budget.
+    news_due: str | None = None
+    news_told: str | None = None
 
     @model_validator(mode="after")
     def _fill_variants(self) -> Job:

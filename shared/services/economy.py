@@ -25,7 +25,7 @@ from functools import cached_property, partial
 from shared.config.settings import Settings
 from shared.contracts.messages import JobMessage
 from shared.contracts.objects import ObjectNames
-from shared.domain import economy_batches, lifecycle, pricing
+from shared.domain import briefs, economy_batches, lifecycle, pricing
 from shared.domain.economy_batches import ENDED_UNMADE, EconomyBatch, item_key, parse_key
 from shared.domain.errors import NotFound, NotReady, PermanentError, TransientError
 from shared.domain.ids import new_id, utcnow
@@ -245,14 +245,15 @@ class Economy:
             except TransientError as exc:
                 self._drop(job, n, record, str(exc), report, rows)
                 continue
+            ratio, size = self.settings.shape_for(job.model, job.aspect_ratio, job.image_size)
             lines.append(
                 EconomyLine(
                     key=item_key(job.job_id, n),
-                    prompt=job.prompt,
+                    prompt=briefs.labelled(job.prompt, [r.label for r in refs]),
                     references=refs,
                     seed=n,
-                    aspect_ratio=job.aspect_ratio or self.settings.gemini_aspect_ratio or None,
-                    image_size=job.image_size or self.settings.gemini_image_size or None,
+                    aspect_ratio=ratio,
+                    image_size=size,
                     thinking_level=(
                         entry.thinking_level(self.settings.gemini_thinking_level) if entry else None
                     ),

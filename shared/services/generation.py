@@ -31,7 +31,7 @@ from typing import Protocol
 from shared.config.settings import Settings
 from shared.contracts.messages import JobMessage
 from shared.contracts.objects import ObjectNames, recorded_spent
-from shared.domain import lifecycle, pricing
+from shared.domain import briefs, lifecycle, pricing
 from shared.domain.catalog import ModelEntry
 from shared.domain.errors import (
     ModelGone,
@@ -263,6 +263,7 @@ class Generation:
         prompt: str,
         version: Version | None = None,
     ) -> _Run:
+        ratio, size = self.settings.shape_for(job.model, job.aspect_ratio, job.image_size)
         return _Run(
             job=job,
             entry=entry,
@@ -270,9 +271,10 @@ class Generation:
             references=references,
             claim_id=new_id("clm"),
             deadline=deadline,
-            aspect_ratio=job.aspect_ratio or self.settings.gemini_aspect_ratio or None,
-            image_size=job.image_size or self.settings.gemini_image_size or None,
-            prompt=prompt,
+            aspect_ratio=ratio,
+            image_size=size,
+            # Named references are told apart in words before the prompt.
+            prompt=briefs.labelled(prompt, [r.label for r in references]),
             version=version.version if version is not None else 1,
             seed=version.seed if version is not None else None,
         )

@@ -157,25 +157,31 @@ class Intake:
         """The plan without the sheet check: what a batch recorded earlier resumes on
         (its rows were checked when it was first asked for)."""
         model = request.model or self.settings.gemini_model
-        entry = self.settings.model_entry(model)
-        if not entry.served:
-            notice = entry.notice(model, self.clock().date()) or "shut down"
-            return ModelUnavailable(model, notice, entry.replacement)
-        check = self.preflight.check(model)
-        if not check.available:
-            return ModelUnavailable(model, check.reason, entry.replacement)
-        most = self.settings.reference_limit(model)
+        models = [model, *sorted({i.model for i in request.items if i.model} - {model})]
+        entries = {name: self.settings.model_entry(name) for name in models}
+        for name, entry in entries.items():
+            # Each model the batch uses is checked once, the batch's own first.
+            if not entry.served:
+                notice = entry.notice(name, self.clock().date()) or "shut down"
+                return ModelUnavailable(name, notice, entry.replacement)
+            check = self.preflight.check(name)
+            if not check.available:
+                return ModelUnavailable(name, check.reason, entry.replacement)
         priced: list[tuple[PlanJob, pricing.Estimate]] = []
         by_lane: dict[Lane, Decimal] = {"live": Decimal(0), "economy": Decimal(0)}
         for item in request.items:
-            size = entry.size(item.image_size or self.settings.gemini_image_size or None)
+            own = item.model or model
+            entry = entries[own]
+            most = self.settings.reference_limit(own)
+            size = entry.size(self.settings.shape_for(own, None, item.image_size)[1])
             references, known = pricing.references_of(
-                [*request.style_refs, item.ref_pack_public_url], most
+                [*request.style_refs, *(r.ref for r in item.references), item.ref_pack_public_url],
+                most,
             )
             lane = item.lane or request.lane
             estimates = {
                 each: pricing.estimate(
-                    entry, CATALOG_LANES[each], size, item.prompt, references, known
+                    entry, CATALOG_LANES[each], size, item.text, references, known
                 )
                 for each in by_lane
             }
@@ -185,6 +191,8 @@ class Intake:
             job = PlanJob(
                 scene_id=item.scene_id,
                 variants=item.variants,
+                model=own,
+                prompt=item.text,
                 lane=lane,
                 image_size=size,
                 reference_images=references,
@@ -195,7 +203,9 @@ class Intake:
         images = sum(item.variants for item in request.items)
         cost = sum((e.per_image * j.variants for j, e in priced), Decimal(0))
         day = self._day()
-        notes = estimate_notes(entry, [e for _, e in priced], most)
+        notes = estimate_notes(
+            entries[model], [e for _, e in priced], self.settings.reference_limit(model)
+        )
         if any(job.lane == "economy" for job, _ in priced):
             notes.append(ECONOMY_NOTE)
         return Plan(
@@ -209,7 +219,8 @@ class Intake:
             economy=ECONOMY_NOTE,
             estimate_notes=notes,
             budget=budget_view(self.settings, day, self.budget.usage(caller, day), images, cost),
-            warnings=self._model_warnings(model, entry) + self._warnings(request, caller, admin),
+            warnings=[w for name in models for w in self._model_warnings(name, entries[name])]
+            + self._warnings(request, caller, admin),
             jobs=[job for job, _ in priced],
         )
 
@@ -447,7 +458,12 @@ class Intake:
         batch = self.store.get_batch(batch_id)
         if batch is None or (batch.caller != caller and not admin):
             return None
-        return batch_view(batch, self.store.get_jobs(batch.job_ids), self.links)
+        return batch_view(
+            batch,
+            self.store.get_jobs(batch.job_ids),
+            self.links,
+            self.settings.notify_failure_share,
+        )
 
 
 def build_jobs(
@@ -465,7 +481,10 @@ def build_jobs(
             job_id=job_id_of(batch_id, index),
             batch_id=batch_id,
             scene_id=item.scene_id,
-            prompt=item.prompt,
+            prompt=item.text,
+            template=item.template,
+            avoid=item.avoid,
+            references=list(item.references),
             ref_pack_public_url=item.ref_pack_public_url,
             aspect_ratio=item.aspect_ratio,
             image_size=item.image_size,
@@ -474,7 +493,7 @@ def build_jobs(
             spreadsheet_id=request.spreadsheet_id,
             worksheet=request.worksheet,
             worksheet_id=worksheet_id,
-            model=plan.model,
+            model=planned.model or plan.model,
             lane=planned.lane,
             price_per_image=planned.estimated_cost_per_image_usd,
             style_refs=list(request.style_refs),

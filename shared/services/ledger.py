@@ -31,9 +31,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Generic, TypeVar
 
-from shared.domain import settlement
+from shared.domain import batch_news, settlement
 from shared.domain.ids import utcnow
 from shared.domain.job import Job, money
+from shared.services.notices import Notices, news_told
 from shared.services.ports import BudgetLedger, Fence, JobStore
 from shared.services.sheet_sync import SheetSync
 
@@ -55,7 +56,8 @@ class Applied(Generic[R]):
 
 class JobLedger:
     """The one writer of jobs. ``rows`` is None where no sheet is written (intake);
-    ``budget`` None where no image's budget is settled."""
+    ``budget`` None where no image's budget is settled; ``notices`` None where no
+    batch news is sent (no Chat webhook configured)."""
 
     def __init__(
         self,
@@ -66,11 +68,13 @@ class JobLedger:
         row_writers: Callable[[], Executor] = lambda: ThreadPoolExecutor(
             1, thread_name_prefix="row"
         ),
+        notices: Notices | None = None,
     ) -> None:
         self.store = store
         self.rows = rows
         self.budget = budget
         self.clock = clock
+        self.notices = notices
         # Where an entry writes its row while the delivery goes on (a thread; an
         # executor that runs the write at once works too, only slower).
         self.row_writers = row_writers
@@ -94,6 +98,7 @@ class JobLedger:
         if job is None:
             return
         self._settle_budget(job)
+        self._tell(job)
         if self.rows is not None:
             self.rows.sync(job_id, wait=False)
 
@@ -141,6 +146,10 @@ class JobLedger:
             updated, value = transition(job)
             if updated is not None and updated.followups_since is None:
                 updated.followups_since = self.clock()
+            if updated is not None and self.notices is not None:
+                news = batch_news.news_signature(updated)
+                if news is not None and news not in (updated.news_told, updated.news_due):
+                    updated.news_due = news  # told by ``_tell``, or by the sweeper
             after = updated if updated is not None else job
             finished = after.terminal and not was_terminal
             return updated, Applied(after, updated is not None, finished, value)
@@ -150,7 +159,23 @@ class JobLedger:
             _log_finished(applied.job)
         if applied.changed:
             self._settle_budget(applied.job)
+            self._tell(applied.job)
         return applied
+
+    def _tell(self, job: Job) -> None:
+        """Tell the team the batch news this job's change made due (once per batch
+        and event); the job's mark stays until it is told, for the sweeper."""
+        due = job.news_due
+        if due is None or self.notices is None:
+            return
+        try:
+            told = self.notices.tell(job)
+        except Exception:
+            # News never fails a delivery: the mark stays and the sweeper tries again.
+            log.warning("batch news not sent", extra={"job_id": job.job_id}, exc_info=True)
+            return
+        if told:
+            self._change(job.job_id, lambda j: news_told(j, due))
 
     def _settle_budget(self, job: Job) -> None:
         """Correct each ended image's reservation (every version) once: to what it

@@ -12,6 +12,7 @@ from typing import Any, BinaryIO, Literal, Protocol, TypeVar
 from shared.contracts.messages import ExportMessage, JobMessage
 from shared.contracts.sheet_row import Cell
 from shared.domain.batch import Batch
+from shared.domain.briefs import Label
 from shared.domain.economy_batches import EconomyBatch, EconomyBatchState
 from shared.domain.job import Job
 from shared.domain.quota import Limit, Slot
@@ -87,6 +88,10 @@ class JobStore(Protocol):
     def jobs_of_scenes(self, spreadsheet_id: str, scene_ids: Sequence[str]) -> list[Job]:
         """Every job of these scenes in this spreadsheet (any worksheet), in a few
         queries however many scenes."""
+        ...
+
+    def open_jobs(self, batch_id: str) -> int:
+        """How many of the batch's jobs are still queued or generating (one count)."""
         ...
 
     def update_batch(self, batch_id: str, change: Callable[[Batch], tuple[Batch | None, R]]) -> R:
@@ -328,6 +333,9 @@ class ImageProbe(Protocol):
 class ReferenceImage:
     data: bytes
     mime_type: str
+    # What the image is to the model (a named character, product or the style);
+    # None: a plain reference (a pack's image).
+    label: Label | None = None
 
 
 @dataclass(frozen=True)
@@ -514,4 +522,33 @@ class RowsWriter(Protocol):
         """One result per update, in order; a row that cannot be placed gets its
         ``PermanentError`` without keeping the others out. Raises
         ``TransientError`` when the whole call should be tried again."""
+        ...
+
+
+class NoticeLog(Protocol):
+    """Which batch events were told, so each is sent once (``notices/{key}``)."""
+
+    def sent(self, key: str) -> bool:
+        """Whether the event was sent (or given up on for good)."""
+        ...
+
+    def claim(self, key: str, holder: str, now: datetime, lease: timedelta) -> bool:
+        """Take the event to send it: True when it was not sent and no other holder's
+        claim is live (a claim that ran out is taken over)."""
+        ...
+
+    def done(self, key: str, holder: str, now: datetime, error: str | None = None) -> None:
+        """Record the event as sent (or, with ``error``, refused for good)."""
+        ...
+
+
+class TeamChannel(Protocol):
+    """Where a batch's news goes: a Google Chat space's incoming webhook."""
+
+    def post(self, text: str, request_id: str, thread_key: str) -> None:
+        """Post ``text`` to the space, in the thread ``thread_key`` (one per batch).
+
+        The same ``request_id`` posted again makes no second message (Chat keeps
+        the first). Raises TransientError (timeouts, 429, 5xx: worth another try)
+        or PermanentError (a refused webhook: recorded, never retried)."""
         ...

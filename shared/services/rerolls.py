@@ -144,7 +144,7 @@ class Rerolls:
         entry = self.settings.catalog.entry(job.model)
         if entry is None:
             return Decimal(job.price_per_image)  # a model no longer listed: as it was
-        size = entry.size(job.image_size or self.settings.gemini_image_size or None)
+        size = entry.size(self.settings.shape_for(job.model, None, job.image_size)[1])
         if instruction:
             references, known = 1, True
         else:

@@ -285,9 +285,10 @@ def _release_row(
 
 def _followed_up(job: Job) -> bool:
     """Whether a job whose row is current has no follow-up left: its budget settled,
-    and no overtaken holder that may still write an old row."""
+    its batch news told, and no overtaken holder that may still write an old row."""
     return (
         job.followups_since is not None
         and job.sheet_overtaken_at is None
+        and job.news_due is None
         and not settlement.settlements(job)
     )

@@ -23,12 +23,16 @@ from shared.contracts.answers import (
 from shared.contracts.links import LinkSigner
 from shared.contracts.status_words import progress, waiting_shown
 from shared.domain.batch import Batch, Export
+from shared.domain.batch_news import batch_events
 from shared.domain.job import AssetSize, ImageSlot, Job, Version, money
 from shared.services.ports import Usage
 
 
-def batch_view(batch: Batch, jobs: Sequence[Job], links: LinkSigner) -> BatchView:
-    """Counts per state, cost and every job of the batch, with its latest zip."""
+def batch_view(
+    batch: Batch, jobs: Sequence[Job], links: LinkSigner, failure_share: float = 0.2
+) -> BatchView:
+    """Counts per state, cost, what the team is told about now, and every job of the
+    batch, with its latest zip."""
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.state.value] = counts.get(job.state.value, 0) + 1
@@ -39,6 +43,7 @@ def batch_view(batch: Batch, jobs: Sequence[Job], links: LinkSigner) -> BatchVie
         estimated_cost_usd=batch.estimated_cost_usd,
         cost_usd=money(sum((job.cost() for job in jobs), Decimal(0))),
         counts=counts,
+        events=[event.kind for event in batch_events(jobs, failure_share)],
         jobs=[job_view(job, links) for job in jobs],
         export=export_view(batch.batch_id, batch.export, links),
     )
@@ -119,6 +124,9 @@ def job_view(job: Job, links: LinkSigner) -> JobView:
         error=job.error,
         sheet_error=job.sheet_error,
         model=job.model,
+        prompt=job.prompt,
+        template=job.template.name if job.template else None,
+        references=[f"{r.role} {r.name}" for r in job.references],
         variants=variants,
         created_at=job.created_at.isoformat(),
         started_at=job.started_at.isoformat() if job.started_at else None,
@@ -167,6 +175,8 @@ def deployment_limits(settings: Settings) -> DeploymentLimits:
                 image_sizes=list(entry.image_sizes),
                 default_image_size=entry.default_image_size,
                 max_reference_images=settings.reference_limit(name),
+                max_character_references=entry.max_character_references,
+                max_object_references=entry.max_object_references,
             )
             for name, entry in sorted(settings.catalog.models.items())
         },

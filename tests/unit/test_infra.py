@@ -56,7 +56,11 @@ HCL = hcl2.SerializationOptions(
 )
 # Settings that exist for the local stack only and must never be deployed.
 LOCAL_ONLY = {"SHEETS_API_URL", "SIGNING_CREDENTIALS_FILE"}
-SECRET_SETTINGS = {"GEMINI_API_KEY", "API_KEY_HASHES", "LINK_SIGNING_KEY"}
+SECRET_SETTINGS = {"GEMINI_API_KEY", "API_KEY_HASHES", "LINK_SIGNING_KEY", "CHAT_WEBHOOK_URL"}
+# A Google Chat space told when a batch ends (issue 25), as a tfvars override.
+WITH_CHAT = {"notifications": "{ chat_webhook = true }"}
+# The functions that change jobs, so see a batch end: all but the export function.
+NOTIFIERS = {"api", "generate", "thumbnail", "dead_letter", "economy"}
 # The variables without a default, as the tests' evaluation sets them.
 REQUIRED_VARS = {
     "project_id": "test-project",
@@ -209,6 +213,12 @@ def evaluate(
 def evaluated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The configuration's values with every default (see ``evaluate``)."""
     return evaluate(tmp_path_factory.mktemp("terraform-eval"))
+
+
+@pytest.fixture(scope="module")
+def evaluated_with_chat(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The values with a Chat webhook configured (``notifications.chat_webhook``)."""
+    return evaluate(tmp_path_factory.mktemp("terraform-eval-chat"), WITH_CHAT)
 
 
 def functions(evaluated: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -579,13 +589,18 @@ def test_the_vertex_backend_needs_no_api_key_but_a_role(tmp_path: Path) -> None:
     assert 'local.vertex ? ["aiplatform.googleapis.com"] : []' in (TF_DIR / "apis.tf").read_text()
 
 
-def test_referenced_secrets_exist(evaluated: dict[str, Any]) -> None:
+def test_referenced_secrets_exist(
+    evaluated: dict[str, Any], evaluated_with_chat: dict[str, Any]
+) -> None:
     text = (TF_DIR / "secrets.tf").read_text()
     declared = dict(re.findall(r"(\w+)\s*=\s*\{ env = \"([A-Z_]+)\"", text))
     assert resources("google_secret_manager_secret")["this"]["for_each"] == "${local.secrets}"
     assert declared == {env.lower(): env for env in SECRET_SETTINGS}
-    used = {env for spec in functions(evaluated).values() for env in spec["secrets"]}
+    used = {env for spec in functions(evaluated_with_chat).values() for env in spec["secrets"]}
     assert used == SECRET_SETTINGS, f"unused secrets: {SECRET_SETTINGS - used}"
+    # Without a Chat webhook the deployment names no such secret.
+    used = {env for spec in functions(evaluated).values() for env in spec["secrets"]}
+    assert used == SECRET_SETTINGS - {"CHAT_WEBHOOK_URL"}
     fn = resources("google_cloudfunctions2_function")["this"]
     (dynamic,) = fn["service_config"][0]["dynamic"]
     content = dynamic["secret_environment_variables"]["content"][0]
@@ -593,6 +608,85 @@ def test_referenced_secrets_exist(evaluated: dict[str, Any]) -> None:
     assert content["secret"] == (
         "${google_secret_manager_secret.this[lower(secret_environment_variables.key)].secret_id}"
     )
+
+
+def test_no_chat_webhook_unless_asked(evaluated: dict[str, Any]) -> None:
+    """A deploy without Chat works: no webhook secret, nobody reads one; the failure
+    share still reaches the functions that work out a batch's events."""
+    assert evaluated["var.notifications"] == {"chat_webhook": False, "notify_failure_share": 0.2}
+    for key, spec in functions(evaluated).items():
+        assert "CHAT_WEBHOOK_URL" not in spec["secrets"], key
+        assert "CHAT_WEBHOOK_URL" not in spec["env"], key
+        share = spec["env"].get("NOTIFY_FAILURE_SHARE")
+        assert share == ("0.2" if key in NOTIFIERS else None), key
+    assert Settings.model_fields["notify_failure_share"].default == 0.2
+
+
+def test_a_chat_webhook_is_a_secret_of_the_functions_that_change_jobs(
+    evaluated: dict[str, Any], evaluated_with_chat: dict[str, Any]
+) -> None:
+    assert evaluated_with_chat["local.notifiers"] == ["api", *evaluated["local.sheet_writers"]]
+    assert set(evaluated_with_chat["local.notifiers"]) == NOTIFIERS
+    without, with_chat = functions(evaluated), functions(evaluated_with_chat)
+    for key, spec in with_chat.items():
+        added = set(spec["secrets"]) - set(without[key]["secrets"])
+        assert added == ({"CHAT_WEBHOOK_URL"} if key in NOTIFIERS else set()), key
+        assert set(without[key]["secrets"]) <= set(spec["secrets"]), key
+        assert "CHAT_WEBHOOK_URL" not in spec["env"], f"{key}: the webhook URL as plain env"
+        assert spec["env"] == without[key]["env"], key
+    # The secret exists only when asked for; its id follows the others'.
+    secrets_tf = (TF_DIR / "secrets.tf").read_text()
+    assert (
+        'var.notifications.chat_webhook ? { chat_webhook_url = { env = "CHAT_WEBHOOK_URL"'
+        in secrets_tf
+    )
+
+
+def test_each_notifier_may_read_the_webhook_secret_and_no_account_more(
+    evaluated_with_chat: dict[str, Any],
+) -> None:
+    """secretAccessor is granted per secret, to the accounts of the functions given
+    it (iam on the secret, never on the project): the webhook's URL is readable by
+    the notifiers' accounts alone."""
+    accessor = resources("google_secret_manager_secret_iam_member")["runtime_accessor"]
+    assert accessor["role"] == "roles/secretmanager.secretAccessor"
+    assert accessor["secret_id"] == (
+        "${google_secret_manager_secret.this[each.value.secret].secret_id}"
+    )
+    assert "for env in fn.secrets" in accessor["for_each"]
+    assert "secret = lower(env)" in accessor["for_each"]
+    assert accessor["member"] == (
+        "serviceAccount:${google_service_account.this[each.value.account].email}"
+    )
+    # What that for_each yields with a Chat webhook.
+    grants = {
+        (key, env.lower())
+        for key, spec in functions(evaluated_with_chat).items()
+        for env in spec["secrets"]
+    }
+    assert {key for key, secret in grants if secret == "chat_webhook_url"} == NOTIFIERS
+    code = re.sub(r"#[^\n]*", "", tf_text())
+    assert code.count("roles/secretmanager.secretAccessor") == 1, "granted elsewhere too"
+
+
+def test_the_failure_share_is_passed_through_and_checked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    values = evaluate(tmp_path, {"notifications": "{ notify_failure_share = 0.5 }"})
+    for key, spec in functions(values).items():
+        if key in NOTIFIERS:
+            assert spec["env"]["NOTIFY_FAILURE_SHARE"] == "0.5", key
+            assert deployed_settings(monkeypatch, spec["env"]).notify_failure_share == 0.5
+        else:
+            assert "NOTIFY_FAILURE_SHARE" not in spec["env"], key
+    with pytest.raises(TerraformFailed, match="notify_failure_share must be between 0 and 1"):
+        evaluate(tmp_path, {"notifications": "{ notify_failure_share = 1.5 }"})
+
+
+def test_the_example_shows_how_to_turn_chat_on() -> None:
+    given = hcl2.loads(example_with_every_option(), serialization_options=HCL)
+    assert given["notifications"]["chat_webhook"] is True
+    assert "Word when a batch ends" in EXAMPLE.read_text()
 
 
 def deployed_settings(monkeypatch: pytest.MonkeyPatch, environ: dict[str, str]) -> Settings:
@@ -682,7 +776,7 @@ def test_a_timeout_within_the_longest_path_fails(
         },
     )
     problems = timeout_problems(monkeypatch, values)
-    assert problems[0] == "generate: timeout 540 s <= longest path 750.25 s"
+    assert problems[0] == "generate: timeout 540 s <= longest path 760.25 s"
     assert (
         "FUNCTION_TIMEOUT_S (540 s) must exceed the longest path of generate_images" in problems[1]
     )

@@ -814,3 +814,82 @@ def test_a_shut_down_model_is_refused_naming_its_replacement_before_anything_is_
     # Refused from the catalog: the backend was not even asked.
     assert model_directory.checks == []
     assert (store.writes, budget.used) == ([], {})
+
+
+# ------------------------------------------------------------------ per-row settings
+
+
+def row_request(*items: dict[str, Any], run_mode: str = "dry_run") -> BatchRequest:
+    return BatchRequest.model_validate(
+        {"items": list(items), "runMode": run_mode, "spreadsheet_id": "sheet123", "worksheet": "S"},
+        context={"limits": Limits(max_variants=8, images_bucket=IMAGES_BUCKET)},
+    )
+
+
+def test_each_row_is_priced_and_made_with_its_own_model_and_size(
+    intake: Intake, store: FakeJobStore, model_directory: FakeModelDirectory
+) -> None:
+    rows = (
+        {"scene_id": "a", "prompt": "p", "variants": 2},
+        {"scene_id": "b", "prompt": "p", "variants": 1, "model": "gemini-3-pro-image"},
+        {
+            "scene_id": "c",
+            "prompt": "p",
+            "variants": 1,
+            "model": "gemini-3-pro-image",
+            "image_size": "4K",
+        },
+    )
+    plan = intake.plan(row_request(*rows), "alice")
+    assert isinstance(plan, Plan)
+    assert [(j.model, j.image_size, j.estimated_cost_per_image_usd) for j in plan.jobs] == [
+        ("gemini-nano-banana-2.1", "1K", "0.0336"),
+        ("gemini-3-pro-image", "1K", "0.1340"),
+        ("gemini-3-pro-image", "4K", "0.2400"),
+    ]
+    assert plan.estimated_cost_usd == "0.4412"  # 2 x 0.0336 + 0.134 + 0.24
+    assert model_directory.checks == ["gemini-nano-banana-2.1", "gemini-3-pro-image"]
+    outcome = intake.submit(row_request(*rows, run_mode="live"), "alice")
+    assert isinstance(outcome, Accepted)
+    made = {job.scene_id: job for job in store.get_jobs([f"job_1_{i}" for i in (1, 2, 3)])}
+    assert [(made[s].model, made[s].image_size) for s in "abc"] == [
+        ("gemini-nano-banana-2.1", None),
+        ("gemini-3-pro-image", None),
+        ("gemini-3-pro-image", "4K"),
+    ]
+
+
+def test_a_rows_retired_model_refuses_the_batch_and_a_deprecated_one_warns(
+    intake: Intake, model_directory: FakeModelDirectory
+) -> None:
+    deprecated = {"scene_id": "a", "prompt": "p", "variants": 1, "model": "gemini-3.1-flash-image"}
+    plan = intake.plan(row_request(deprecated), "alice")
+    assert isinstance(plan, Plan)
+    assert any("gemini-3.1-flash-image is deprecated" in w.message for w in plan.warnings)
+    model_directory.retired["gemini-3-pro-image"] = "gone"
+    row = {"scene_id": "b", "prompt": "p", "variants": 1, "model": "gemini-3-pro-image"}
+    refused = intake.plan(row_request(deprecated, row), "alice")
+    assert isinstance(refused, ModelUnavailable) and refused.model == "gemini-3-pro-image"
+
+
+def test_a_templated_row_keeps_its_template_prompt_and_references(
+    intake: Intake, store: FakeJobStore
+) -> None:
+    row = {
+        "scene_id": "a",
+        "variants": 1,
+        "template": {"name": "hero", "text": "{character} on {setting}"},
+        "fields": {"character": "Mara", "setting": "a cliff"},
+        "avoid": "birds",
+        "references": [{"role": "character", "name": "Mara", "ref": "https://e.com/m.png"}],
+    }
+    plan = intake.plan(row_request(row), "alice")
+    assert isinstance(plan, Plan)
+    prompt = "Mara on a cliff\n\nLeave these out of the image entirely: birds."
+    assert plan.jobs[0].prompt == prompt
+    assert plan.jobs[0].reference_images == 1
+    assert isinstance(intake.submit(row_request(row, run_mode="live"), "alice"), Accepted)
+    job = store.job("job_1_1")
+    assert job.prompt == prompt
+    assert job.template is not None and job.template.text == "{character} on {setting}"
+    assert [(r.role, r.name) for r in job.references] == [("character", "Mara")]
