@@ -12,11 +12,12 @@ const LIMITS_CACHE_PREFIX = 'AI_IMAGES_LIMITS_';
 
 /**
  * What this deployment accepts, from GET /limits: rows per batch, variants,
- * prompt length, and the sizes, aspect ratios and reference limit of the batch's
- * model. The script sends no `model`, so the batch's model is the deployment's
- * `default_model`. Asked once per menu run and kept in the script cache for
- * LIMITS_CACHE_SECONDS, per API URL; if they cannot be read the run stops here:
- * rows are never checked against guessed limits.
+ * prompt length, lanes, and each model's sizes, aspect ratios and reference
+ * limits. The script sends no batch `model`, so the batch's model is the
+ * deployment's `default_model`; a row may name another (its "model" column).
+ * Asked once per menu run and kept in the script cache for LIMITS_CACHE_SECONDS,
+ * per API URL; if they cannot be read the run stops here: rows are never checked
+ * against guessed limits.
  */
 function deploymentLimits_(settings) {
   const cache = scriptCache_();
@@ -53,8 +54,12 @@ function limitsError_(reason) {
 }
 
 /**
- * The limits for the batch's model from a /limits answer (an object, or its JSON
- * text from the cache), or null if it does not have the expected shape.
+ * The limits from a /limits answer (an object, or its JSON text from the cache),
+ * or null if it does not have the expected shape: the deployment's bounds, the
+ * batch's model (the deployment's default: the script sends no batch `model`)
+ * with its shapes as before, and every model of the catalog by name (`models`),
+ * which a row's "model" column may choose: {aspectRatios, imageSizes,
+ * maxReferences, maxCharacters, maxObjects} (null: that limit does not bind).
  */
 function readLimits_(raw) {
   let data = raw;
@@ -66,6 +71,7 @@ function readLimits_(raw) {
     }
   }
   const whole = function (n) { return Number.isInteger(n) && n >= 1; };
+  const count = function (n) { return Number.isInteger(n) && n >= 0 ? n : null; };
   const texts = function (list) {
     return Array.isArray(list) && list.every(function (x) { return typeof x === 'string'; });
   };
@@ -75,19 +81,34 @@ function readLimits_(raw) {
       !Object.prototype.hasOwnProperty.call(data.models, data.default_model)) {
     return null;
   }
-  const model = data.models[data.default_model];
-  if (!model || typeof model !== 'object' || !texts(model.aspect_ratios) ||
-      !texts(model.image_sizes)) {
-    return null;
+  const models = {};
+  const names = Object.keys(data.models);
+  for (let i = 0; i < names.length; i++) {
+    const entry = data.models[names[i]];
+    if (!entry || typeof entry !== 'object' || !texts(entry.aspect_ratios) ||
+        !texts(entry.image_sizes)) {
+      return null;
+    }
+    models[names[i]] = {
+      aspectRatios: entry.aspect_ratios.slice(),
+      imageSizes: entry.image_sizes.slice(),
+      maxReferences: whole(entry.max_reference_images) ? entry.max_reference_images : null,
+      maxCharacters: count(entry.max_character_references),
+      maxObjects: count(entry.max_object_references),
+    };
   }
+  const model = models[data.default_model];
   return {
     maxItems: data.max_items_per_batch,
     maxVariants: data.max_variants,
     maxPromptChars: data.max_prompt_chars,
     model: data.default_model,
-    aspectRatios: model.aspect_ratios.slice(),
-    imageSizes: model.image_sizes.slice(),
-    maxReferences: whole(model.max_reference_images) ? model.max_reference_images : null,
+    aspectRatios: model.aspectRatios,
+    imageSizes: model.imageSizes,
+    maxReferences: model.maxReferences,
+    models: models,
+    // An answer without lanes is from before per-row lanes: the two the API knows.
+    lanes: texts(data.lanes) ? data.lanes.slice() : ['live', 'economy'],
   };
 }
 

@@ -7,14 +7,18 @@
  * shows them as a dialog: a message for people, never a stack trace.
  *
  * Files: Code.gs (menu and actions), Iterate.gs (cancel, re-roll, edit,
- * download), Sheet.gs (reading, checking and writing rows), Api.gs (HTTP calls
- * and error messages), Submissions.gs (idempotency of "Generate"), Settings.gs
- * (the Settings dialog and stored properties).
+ * download), Sheet.gs (reading, checking and writing rows), Briefs.gs (prompt
+ * templates, avoid, characters and products), Api.gs (HTTP calls and error
+ * messages), Submissions.gs (idempotency of "Generate"), Settings.gs (the
+ * Settings dialogs and stored properties), Notify.gs (the email when a batch
+ * ends or needs attention).
  */
 
 const MENU_TITLE = 'AI images';
 /** How long a document lock may be waited for before giving up. */
 const LOCK_WAIT_MS = 30 * 1000;
+/** How many rows' prompts (as composed from a template) the Estimate dialog shows. */
+const ESTIMATE_PROMPTS_SHOWN = 3;
 
 // Both error classes live here: a class that extends one from another file would
 // depend on the order in which Apps Script loads the files.
@@ -52,6 +56,7 @@ function onOpen() {
     .addItem('Download batch', 'downloadBatch')
     .addSeparator()
     .addItem('Settings', 'openSettings')
+    .addItem('Email me about my batches…', 'openEmailSetting')
     .addToUi();
 }
 
@@ -69,6 +74,10 @@ function refreshStatus() {
 
 function openSettings() {
   runAction_('Settings', settingsDialog_);
+}
+
+function openEmailSetting() {
+  runAction_('Email me', emailSettingDialog_);
 }
 
 /** Runs one menu action; any error becomes a dialog instead of a stack trace. */
@@ -114,9 +123,11 @@ function estimate_(ui) {
   const settings = loadSettings_();
   const batch = checkedBatch_(table, rows, deploymentLimits_(settings));
   const plan = postBatch_(settings, table, batch, 'dry_run').json;
+  const prompts = briefLines_(batch, ESTIMATE_PROMPTS_SHOWN);
   ui.alert(
     dialogTitle_('Estimate'),
-    planText_(plan, batch) + '\n\nNothing has been sent. Use "Generate selected rows" to start.',
+    planText_(plan, batch) + (prompts.length ? '\n\n' + prompts.join('\n') : '') +
+      '\n\nNothing has been sent. Use "Generate selected rows" to start.',
     ui.ButtonSet.OK);
 }
 
@@ -173,7 +184,7 @@ function submitLocked_(settings, limits, batch, hash, seen, lane, sheet) {
   }
   // The rows may have changed while the question was open: check again.
   const table = readSheet_({ formulas: true, sheet: sheet });
-  const fresh = batchForRows_(table, batch.rows, limits);
+  const fresh = batchForRows_(table, batch.rows, limits, batch.styleRefs.length);
   if (fresh.errors.length || JSON.stringify(fresh.items) !== JSON.stringify(batch.items) ||
       JSON.stringify(styleRefs_(table).refs) !== JSON.stringify(batch.styleRefs)) {
     throw new UserError(
@@ -220,6 +231,7 @@ function submitLocked_(settings, limits, batch, hash, seen, lane, sheet) {
   record.at = Date.now();
   saveSubmission_(hash, record);
   const written = writeJobIds_(table, batch, sent);
+  const mail = watchIfAsked_(sent.batch_id, table);
 
   const lines = [
     'Batch ' + sent.batch_id + ' accepted: ' + plural_(sent.job_count, 'scene') + ', ' +
@@ -246,6 +258,10 @@ function submitLocked_(settings, limits, batch, hash, seen, lane, sheet) {
     lines.push('');
     lines.push('The rows are marked "queued" and fill in as the images finish ' +
       '(use "Refresh status" to update them).');
+  }
+  if (mail) {
+    lines.push('');
+    lines.push(mail);
   }
   if (written.failed.length) {
     lines.push('');
@@ -281,6 +297,12 @@ function confirmText_(plan, batch, seen) {
       head.push('Yes: live lane, $' + lanes.live + ', images in minutes.');
       head.push('No: economy lane, $' + lanes.economy + ' (half price), images within 24 hours.');
       head.push('Cancel: send nothing.');
+      const own = batch.scenes.filter(function (scene) { return scene.lane; });
+      if (own.length) {
+        head.push('(' + plural_(own.length, 'row') + ' of the selection ' +
+          (own.length === 1 ? 'names its' : 'name their') + ' own lane in the "lane" ' +
+          'column and keep' + (own.length === 1 ? 's' : '') + ' it whatever you answer.)');
+      }
     }
   }
   return head.join('\n') + '\n\n' + planText_(plan, batch);

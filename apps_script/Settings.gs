@@ -11,6 +11,8 @@
  *   the editor, and it can be revoked per person. That is why the key is
  *   never put in Script Properties. Prefer the Google sign-in mode: then
  *   nothing secret is stored at all.
+ * - "Email me about my batches": User Properties of each person, off by default
+ *   (Notify.gs keeps the batches being watched there too).
  */
 
 const PROP_API_URL = 'AI_IMAGES_API_URL';
@@ -219,4 +221,43 @@ function identityTokenText_() {
   } catch (err) {
     return 'A Google sign-in token is available.';
   }
+}
+
+/**
+ * "Email me about my batches…": a setting of each user (User Properties, off by
+ * default). When on, each batch this user sends with Generate is watched and an
+ * email goes to them when it ends or needs attention (Notify.gs).
+ */
+function emailSettingDialog_(ui) {
+  const title = dialogTitle_('Email me');
+  const on = emailMeIsOn_();
+  const email = activeEmail_();
+  const answer = ui.alert(title,
+    'Email me' + (email ? ' (' + email + ')' : '') + ' when a batch I send with "Generate ' +
+    'selected rows" ends or needs attention (scenes failing, paused for the daily Gemini ' +
+    'quota or the spending cap)?\n\n' +
+    'Now: ' + (on ? 'on' : 'off') + '.\n\n' +
+    'Yes: turn it on. No: turn it off.\n\n' +
+    'This is your setting only (kept in your User Properties). The emails are sent from ' +
+    'your account to you, by a timer of yours that checks your batches every ' +
+    MAIL_EVERY_MINUTES + ' minutes while one is running.',
+    ui.ButtonSet.YES_NO_CANCEL);
+  if (answer !== ui.Button.YES && answer !== ui.Button.NO) {
+    throw new UserError('The email setting was not changed (' + (on ? 'on' : 'off') + ').');
+  }
+  const props = PropertiesService.getUserProperties();
+  if (answer === ui.Button.YES) {
+    if (!email) {
+      throw new UserError('Apps Script does not give this script your email address, so it ' +
+        'cannot email you. The setting was not changed.');
+    }
+    props.setProperty(PROP_EMAIL_ME, 'on');
+    ui.alert(title, 'On: the batches you send from now on are followed, and you get an ' +
+      'email at ' + email + ' when each ends or needs attention.', ui.ButtonSet.OK);
+    return;
+  }
+  props.deleteProperty(PROP_EMAIL_ME);
+  stopBatchMail_();
+  ui.alert(title, 'Off: no more emails about your batches (those being followed are no ' +
+    'longer followed).', ui.ButtonSet.OK);
 }

@@ -2,6 +2,9 @@
  * Reading, checking and writing scene rows. Columns are found by header name
  * (row 1), rows by the selection; nothing depends on column order.
  *
+ * A row's prompt, what it avoids and the characters and products it names are
+ * read by Briefs.gs (templates in named ranges, composed as the server does).
+ *
  * Rows are checked against two kinds of rules. What a deployment can change
  * (rows per batch, variants, prompt length, the model's sizes and aspect
  * ratios) comes from the server, GET /limits (deploymentLimits_ in Api.gs), and
@@ -11,7 +14,8 @@
  */
 
 const HEADER_ROW = 1;
-const REQUIRED_COLUMNS = ['scene_id', 'prompt', 'variants', 'status_img', 'job_id'];
+/** A row's prompt may come from a template (Briefs.gs), so "prompt" is not required. */
+const REQUIRED_COLUMNS = ['scene_id', 'variants', 'status_img', 'job_id'];
 /** The server's rule for scene ids (shared/contracts/requests.py SCENE_ID_PATTERN). */
 const SCENE_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const MAX_ERROR_LINES = 25;
@@ -166,8 +170,8 @@ function selectedSceneRows_(table) {
  * (deploymentLimits_); throws a UserError naming each problem.
  */
 function checkedBatch_(table, rows, limits) {
-  const batch = batchForRows_(table, rows, limits);
   const style = styleRefs_(table, limits);
+  const batch = batchForRows_(table, rows, limits, style.refs.length);
   batch.styleRefs = style.refs;
   const errors = batch.errors.concat(style.errors);
   if (errors.length) {
@@ -231,9 +235,16 @@ function isBlankRow_(table, row) {
 /**
  * Scenes, request items and problems of the given rows (blank rows are skipped),
  * checked against `limits` (deploymentLimits_: what this deployment accepts).
+ * A row's prompt is its own or a template's (Briefs.gs); its optional model,
+ * lane, aspect_ratio and image_size are checked against that row's model.
+ * `styleCount`: the batch's style references (styleRefs_), counted in each
+ * row's references; read here when not given.
  */
-function batchForRows_(table, rowNumbers, limits) {
+function batchForRows_(table, rowNumbers, limits, styleCount) {
   const get = function (row, name) { return cellOf_(table, row, name); };
+  const styles = styleCount === undefined ? styleRefs_(table, null).refs.length : styleCount;
+  const library = briefLibrary_(table, rowNumbers);
+  const tableErrors = {};
   const inSelection = {};
   rowNumbers.forEach(function (row) { inSelection[row] = true; });
   const rowsOfScene = {};
@@ -250,9 +261,10 @@ function batchForRows_(table, rowNumbers, limits) {
     const scene = {
       row: row,
       scene_id: cellText_(get(row, 'scene_id')),
-      prompt: cellText_(get(row, 'prompt')),
       ref: cellText_(get(row, 'ref_pack_public_url')),
       variantsRaw: get(row, 'variants'),
+      model: cellText_(get(row, 'model')),
+      lane: cellText_(get(row, 'lane')).toLowerCase(),
       aspect: cellText_(get(row, 'aspect_ratio')),
       size: cellText_(get(row, 'image_size')).toUpperCase(),
     };
@@ -274,13 +286,35 @@ function batchForRows_(table, rowNumbers, limits) {
           '; results go to the first row with that scene_id, so give each row its own.');
       }
     }
-    // Characters as the server counts them (code points, not UTF-16 units).
-    const promptChars = Array.from(scene.prompt).length;
-    if (!scene.prompt) {
-      errors.push(where + 'prompt is empty.');
-    } else if (promptChars > limits.maxPromptChars) {
-      errors.push(where + 'prompt is ' + promptChars + ' characters long; the limit is ' +
-        limits.maxPromptChars + '.');
+
+    // The row's model: its own (one of the deployment's) or the batch's.
+    let modelName = limits.model;
+    let shape = limits.models[limits.model];
+    if (scene.model) {
+      const found = choiceOf_(Object.keys(limits.models), scene.model);
+      if (found === null) {
+        errors.push(where + 'model "' + clip_(scene.model) + '" is not one this deployment ' +
+          'offers (' + Object.keys(limits.models).join(', ') + ').');
+        shape = null;
+      } else {
+        scene.model = found;
+        modelName = found;
+        shape = limits.models[found];
+      }
+    }
+
+    const brief = rowBrief_(table, row, library, errors, tableErrors);
+    scene.brief = brief;
+    scene.prompt = brief.composed === undefined ? '' : brief.composed;
+    if (brief.composed !== undefined) {
+      // Characters as the server counts them (code points, not UTF-16 units).
+      const promptChars = charCount_(brief.composed);
+      if (promptChars > limits.maxPromptChars) {
+        errors.push(where + (brief.template || brief.avoid ? 'the composed prompt' +
+          (brief.template ? ' (template "' + brief.template.name + '"' +
+            (brief.avoid ? ', with avoid' : '') + ')' : ' (with avoid)') : 'prompt') +
+          ' is ' + promptChars + ' characters long; the limit is ' + limits.maxPromptChars + '.');
+      }
     }
     const variants = parseVariants_(scene.variantsRaw, limits.maxVariants);
     if (variants === null) {
@@ -292,20 +326,26 @@ function batchForRows_(table, rowNumbers, limits) {
         'gs://bucket/object path, or an earlier image as scene:<scene_id>#<n> or ' +
         'job:<job_id>#<n> (found "' + clip_(scene.ref) + '").');
     }
-    if (scene.aspect) {
-      const aspect = choiceOf_(limits.aspectRatios, scene.aspect);
+    Array.prototype.push.apply(errors,
+      referenceLimitErrors_(row, brief, styles, !!scene.ref, modelName, shape));
+    if (scene.lane && limits.lanes.indexOf(scene.lane) < 0) {
+      errors.push(where + 'lane must be one of ' + limits.lanes.join(', ') + ' (found "' +
+        clip_(scene.lane) + '").');
+    }
+    if (scene.aspect && shape) {
+      const aspect = choiceOf_(shape.aspectRatios, scene.aspect);
       if (aspect === null) {
-        errors.push(where + 'aspect_ratio must be one of ' + limits.aspectRatios.join(', ') +
-          ' for ' + limits.model + ' (found "' + clip_(scene.aspect) + '").');
+        errors.push(where + 'aspect_ratio must be one of ' + shape.aspectRatios.join(', ') +
+          ' for ' + modelName + ' (found "' + clip_(scene.aspect) + '").');
       } else {
         scene.aspect = aspect;
       }
     }
-    if (scene.size) {
-      const size = choiceOf_(limits.imageSizes, scene.size);
+    if (scene.size && shape) {
+      const size = choiceOf_(shape.imageSizes, scene.size);
       if (size === null) {
-        errors.push(where + 'image_size must be one of ' + limits.imageSizes.join(', ') +
-          ' for ' + limits.model + ' (found "' + clip_(scene.size) + '").');
+        errors.push(where + 'image_size must be one of ' + shape.imageSizes.join(', ') +
+          ' for ' + modelName + ' (found "' + clip_(scene.size) + '").');
       } else {
         scene.size = size;
       }
@@ -320,8 +360,21 @@ function batchForRows_(table, rowNumbers, limits) {
   }
 
   const items = scenes.map(function (scene) {
-    const item = { scene_id: scene.scene_id, prompt: scene.prompt, variants: scene.variants };
+    const brief = scene.brief;
+    const item = { scene_id: scene.scene_id };
+    if (scene.model) item.model = scene.model;
+    if (brief.template) {
+      // The server composes the prompt itself from the template and the row's columns.
+      item.template = brief.template;
+      item.fields = brief.fields;
+    } else {
+      item.prompt = brief.prompt === undefined ? '' : brief.prompt;
+    }
+    if (brief.avoid) item.avoid = brief.avoid;
+    item.variants = scene.variants;
     if (scene.ref) item.ref_pack_public_url = scene.ref;
+    if (brief.references.length) item.references = brief.references;
+    if (scene.lane) item.lane = scene.lane;
     if (scene.aspect) item.aspect_ratio = scene.aspect;
     if (scene.size) item.image_size = scene.size;
     return item;

@@ -34,7 +34,7 @@ test('Settings, Estimate, Generate and Refresh status take selected rows to comp
     [
       'Estimate selected rows', 'Generate selected rows', 'Refresh status',
       'Cancel selected rows', 'Re-roll selected image', 'Edit selected image…', 'Download batch',
-      'Settings',
+      'Settings', 'Email me about my batches…',
     ],
   );
   h.answer({ button: 'OK', text: env.API_URL }, { button: 'OK', text: 'key' }, { button: 'OK', text: env.API_KEY });

@@ -17,10 +17,16 @@
  *                   (duringFetch), e.g. as another writer of the sheet (asAnother).
  *   HtmlService     createHtmlOutput, as far as a dialog's content goes.
  *   CacheService    the script cache: strings that expire, with Apps Script's size limits.
- *   PropertiesService, LockService, Utilities, ScriptApp, Logger, console.
+ *   ScriptApp       the identity token, and time-driven triggers (created, listed,
+ *                   deleted; never fired: a test runs the handler itself).
+ *   MailApp         sendEmail recorded in `mails`, with a daily quota and sends
+ *                   that fail (`mailFailures`); Session: the user's email.
+ *   PropertiesService, LockService (document, script and user locks, each its
+ *   own), Utilities, Logger, console.
  *
- * Document properties, the script cache and the document lock can live in files
- * instead of memory so that two processes (two racing executions) share them.
+ * Document properties, the script cache, the locks and the triggers can live in
+ * files instead of memory so that two processes (two racing executions) share
+ * them; with `sharedUserProperties` the user properties too.
  */
 const fs = require('node:fs');
 const path = require('node:path');
@@ -247,6 +253,7 @@ class FakeSheet {
 
   getName() { return this.title; }
   getSheetName() { return this.title; }
+  getSheetId() { return this.h.sheets.sheetId(this.title); }
   getParent() { return this.h.spreadsheet; }
 
   read(a1, render) {
@@ -440,6 +447,13 @@ class FakeProperties {
   deleteAllProperties() { this.store.update((all) => { for (const k of Object.keys(all)) delete all[k]; }); return this; }
 }
 
+/** A fileStore whose keys in `initial` are set when it is opened. */
+function seededFileStore(file, initial = {}) {
+  const store = fileStore(file);
+  if (initial && Object.keys(initial).length) store.update((all) => { Object.assign(all, initial); });
+  return store;
+}
+
 function memoryStore(initial = {}) {
   const data = { ...initial };
   return { load: () => data, update: (fn) => fn(data) };
@@ -528,28 +542,33 @@ class FakeCache {
   }
 }
 
-/** The document lock: in memory (one process) or a directory (shared by processes). */
+/**
+ * A lock of LockService (kind: document, script or user, each its own lock): in
+ * memory (one process) or a directory (shared by processes).
+ */
 class FakeLock {
-  constructor(harness) {
+  constructor(harness, kind = 'document') {
     this.h = harness;
+    this.kind = kind;
+    this.state = harness.lockStates[kind];
     this.held = false;
   }
 
   tryAcquire() {
     if (this.h.lockDir) {
       try {
-        fs.mkdirSync(path.join(this.h.lockDir, 'document.lock'));
+        fs.mkdirSync(path.join(this.h.lockDir, `${this.kind}.lock`));
         return true;
       } catch (err) {
         if (err.code === 'EEXIST') return false;
         throw err;
       }
     }
-    if (this.h.lockState.holder === null) {
-      this.h.lockState.holder = this;
+    if (this.state.holder === null) {
+      this.state.holder = this;
       return true;
     }
-    return this.h.lockState.holder === this;
+    return this.state.holder === this;
   }
 
   tryLock(timeoutMs) {
@@ -558,12 +577,12 @@ class FakeLock {
     for (;;) {
       if (this.tryAcquire()) {
         this.held = true;
-        this.h.lockEvents.push('acquired');
+        this.h.lockEvents.push(this.kind === 'document' ? 'acquired' : `${this.kind} acquired`);
         if (this.h.execution) this.h.execution.locks.push(this);
         return true;
       }
       if (Date.now() >= deadline) {
-        this.h.lockEvents.push('timed-out');
+        this.h.lockEvents.push(this.kind === 'document' ? 'timed-out' : `${this.kind} timed-out`);
         return false;
       }
       sleepSync(20);
@@ -579,9 +598,9 @@ class FakeLock {
   releaseLock() {
     if (!this.held) return;
     this.held = false;
-    this.h.lockEvents.push('released');
-    if (this.h.lockDir) fs.rmdirSync(path.join(this.h.lockDir, 'document.lock'));
-    else if (this.h.lockState.holder === this) this.h.lockState.holder = null;
+    this.h.lockEvents.push(this.kind === 'document' ? 'released' : `${this.kind} released`);
+    if (this.h.lockDir) fs.rmdirSync(path.join(this.h.lockDir, `${this.kind}.lock`));
+    else if (this.state.holder === this) this.state.holder = null;
   }
 }
 
@@ -696,6 +715,60 @@ function makeUrlFetchApp(h) {
   };
 }
 
+// ------------------------------------------------------------------ ScriptApp
+
+/**
+ * ScriptApp: the identity token, and this user's triggers of the project
+ * (newTrigger(fn).timeBased().everyMinutes(n).create(), getProjectTriggers,
+ * deleteTrigger), kept in `h.triggerStore`. The harness never fires a trigger:
+ * a test runs its function (h.run(fn)) as the trigger would.
+ */
+function makeScriptApp(h) {
+  const list = () => h.triggerStore.load().triggers || [];
+  const handle = (t) => ({
+    getUniqueId: () => t.id,
+    getHandlerFunction: () => t.handler,
+    getEventType: () => t.eventType,
+    getTriggerSource: () => 'CLOCK',
+  });
+  return {
+    getIdentityToken: () => h.identityToken,
+    getOAuthToken: () => 'stand-in-oauth-token',
+    EventType: { CLOCK: 'CLOCK' },
+    getProjectTriggers: () => list().map(handle),
+    deleteTrigger(trigger) {
+      const id = trigger.getUniqueId();
+      h.triggerStore.update((all) => { all.triggers = (all.triggers || []).filter((t) => t.id !== id); });
+      h.events.push({ type: 'trigger-deleted', id });
+    },
+    newTrigger(handler) {
+      if (typeof handler !== 'string' || !handler) throw new Error('Invalid argument: functionName');
+      const spec = { handler, eventType: 'CLOCK' };
+      const clock = {
+        everyMinutes(n) {
+          if (![1, 5, 10, 15, 30].includes(n)) throw new Error('Invalid argument: minutes (1, 5, 10, 15 or 30)');
+          spec.everyMinutes = n;
+          return clock;
+        },
+        everyHours(n) { spec.everyHours = n; return clock; },
+        create() {
+          if (!spec.everyMinutes && !spec.everyHours) throw new Error('The trigger has no schedule');
+          const trigger = { ...spec, id: crypto.randomUUID() };
+          h.triggerStore.update((all) => { all.triggers = [...(all.triggers || []), trigger]; });
+          h.events.push({ type: 'trigger-created', ...trigger });
+          return handle(trigger);
+        },
+      };
+      return { timeBased: () => clock };
+    },
+  };
+}
+
+/** The triggers of the project, as plain objects ({id, handler, everyMinutes}). */
+function triggersOf(h) {
+  return (h.triggerStore.load().triggers || []).map((t) => ({ ...t }));
+}
+
 // ------------------------------------------------------------------ the harness
 
 class Harness {
@@ -712,6 +785,9 @@ class Harness {
    *   loadOrder      'sorted' | 'reversed' order of the .gs files
    *   deployment     DEPLOYMENT in place of Deployment.gs (default TEST_DEPLOYMENT),
    *                  or 'shipped' to run Deployment.gs as it is
+   *   sharedUserProperties  with sharedDir: the user properties in a file there too
+   *   userEmail      what Session.getActiveUser().getEmail() returns (default tester@example.com)
+   *   mailQuota      MailApp's emails left today (default 100)
    */
   constructor(options) {
     const env = options.env;
@@ -735,7 +811,8 @@ class Harness {
     this.pendingWrites = [];
     this.fetchHooks = [];
     this.execution = null;
-    this.lockState = { holder: null };
+    this.lockStates = { document: { holder: null }, script: { holder: null }, user: { holder: null } };
+    this.lockState = this.lockStates.document;
     this.lockDir = options.sharedDir || null;
     if (this.lockDir) fs.mkdirSync(this.lockDir, { recursive: true });
     this.sheets = new StubSheets(env, (data) => {
@@ -743,7 +820,21 @@ class Harness {
     });
 
     this.scriptProps = new FakeProperties(memoryStore(options.scriptProperties));
-    this.userProps = new FakeProperties(memoryStore(options.userProperties));
+    // With sharedUserProperties (and sharedDir) one user's properties are shared by
+    // processes: two executions of the same person, e.g. two runs of a trigger.
+    this.userProps = new FakeProperties(
+      this.lockDir && options.sharedUserProperties
+        ? seededFileStore(path.join(this.lockDir, 'user-properties.json'), options.userProperties)
+        : memoryStore(options.userProperties),
+    );
+    this.userEmail = options.userEmail === undefined ? 'tester@example.com' : options.userEmail;
+    this.mails = [];
+    this.mailQuota = options.mailQuota === undefined ? 100 : options.mailQuota;
+    this.mailFailures = 0;  // the next n sends fail
+    // The project's triggers of this user (ScriptApp), shared by processes like the properties.
+    this.triggerStore = this.lockDir
+      ? fileStore(path.join(this.lockDir, 'triggers.json'))
+      : memoryStore();
     this.documentProps = new FakeProperties(
       this.lockDir
         ? fileStore(path.join(this.lockDir, 'document-properties.json'))
@@ -763,6 +854,7 @@ class Harness {
     const sheetNamed = (title) => (sheetsByTitle[title] = sheetsByTitle[title] || new FakeSheet(h, title));
     this.spreadsheet = {
       getId: () => env.SPREADSHEET_ID,
+      getUrl: () => `https://docs.google.com/spreadsheets/d/${env.SPREADSHEET_ID}/edit`,
       getName: () => 'AI image scenes (local)',
       getActiveSheet: () => sheetNamed(h.activeTitle),
       getSheetByName: (title) => sheetNamed(title),
@@ -805,13 +897,35 @@ class Harness {
         getDocumentCache: () => h.documentCache,
       },
       LockService: {
-        getDocumentLock: () => new FakeLock(h),
-        getScriptLock: () => new FakeLock(h),
-        getUserLock: () => new FakeLock(h),
+        getDocumentLock: () => new FakeLock(h, 'document'),
+        getScriptLock: () => new FakeLock(h, 'script'),
+        getUserLock: () => new FakeLock(h, 'user'),
       },
-      ScriptApp: {
-        getIdentityToken: () => h.identityToken,
-        getOAuthToken: () => 'stand-in-oauth-token',
+      ScriptApp: makeScriptApp(h),
+      Session: {
+        getActiveUser: () => ({ getEmail: () => h.userEmail }),
+        getEffectiveUser: () => ({ getEmail: () => h.userEmail }),
+      },
+      MailApp: {
+        sendEmail(...args) {
+          // (recipient, subject, body[, options]) or ({to, subject, body, ...})
+          const mail = typeof args[0] === 'object'
+            ? { to: args[0].to, subject: args[0].subject, body: args[0].body }
+            : { to: args[0], subject: args[1], body: args[2] };
+          for (const name of ['to', 'subject', 'body']) {
+            if (typeof mail[name] !== 'string' || !mail[name]) throw new Error(`Invalid argument: ${name}`);
+          }
+          if (h.mailQuota < 1) throw new Error('Service invoked too many times for one day: email.');
+          if (h.mailFailures > 0) {
+            // The send fails, or the execution dies in it: the mail does not leave.
+            h.mailFailures -= 1;
+            throw new Error('Service error: Gmail');
+          }
+          h.mailQuota -= 1;
+          h.mails.push(mail);
+          h.events.push({ type: 'mail', ...mail });
+        },
+        getRemainingDailyQuota: () => h.mailQuota,
       },
       Utilities: makeUtilities(),
       HtmlService: {
@@ -929,7 +1043,7 @@ class Harness {
     if (typeof fn !== 'function') throw new Error(`the script has no function ${name}`);
     const mark = {
       dialogs: this.dialogs.length, fetches: this.fetches.length, toasts: this.toasts.length,
-      events: this.events.length, unexpected: this.unexpected.length,
+      events: this.events.length, unexpected: this.unexpected.length, mails: this.mails.length,
     };
     this.execution = { locks: [] };
     let thrown = null;
@@ -953,6 +1067,7 @@ class Harness {
       lastDialog: dialogs[dialogs.length - 1] || null,
       fetches: this.fetches.slice(mark.fetches),
       toasts: this.toasts.slice(mark.toasts),
+      mails: this.mails.slice(mark.mails),
       events: this.events.slice(mark.events),
       unexpected: this.unexpected.slice(mark.unexpected),
     };
@@ -963,4 +1078,6 @@ function createHarness(options) {
   return new Harness(options);
 }
 
-module.exports = { createHarness, scriptFiles, columnLetters, parseA1, SCRIPT_DIR, TEST_DEPLOYMENT };
+module.exports = {
+  createHarness, scriptFiles, columnLetters, parseA1, SCRIPT_DIR, TEST_DEPLOYMENT, triggersOf,
+};

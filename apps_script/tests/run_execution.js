@@ -2,11 +2,13 @@
 /**
  * One execution of the script in its own process, for races between two
  * executions (a double click). Reads a JSON job on stdin:
- *   {env, fn, selection, sharedDir, scriptProperties, userProperties, answers}
- * and prints what the execution did as JSON on stdout. Document properties and
- * the document lock live in `sharedDir`, shared with the other process.
+ *   {env, fn, selection, sharedDir, scriptProperties, userProperties, answers,
+ *    sharedUserProperties, userEmail}
+ * and prints what the execution did as JSON on stdout. Document properties, the
+ * locks and the triggers live in `sharedDir`, shared with the other process; with
+ * `sharedUserProperties` the user properties too (two executions of one person).
  */
-const { createHarness } = require('./harness');
+const { createHarness, triggersOf } = require('./harness');
 
 let input = '';
 process.stdin.setEncoding('utf8');
@@ -19,6 +21,8 @@ process.stdin.on('end', () => {
     sharedDir: job.sharedDir,
     scriptProperties: job.scriptProperties,
     userProperties: job.userProperties,
+    sharedUserProperties: job.sharedUserProperties,
+    userEmail: job.userEmail,
   });
   h.answer(...(job.answers || []));
   const run = h.run(job.fn);
@@ -34,6 +38,8 @@ process.stdin.on('end', () => {
       status: f.status === undefined ? null : f.status,
     })),
     lockEvents: h.lockEvents,
+    mails: run.mails,
+    triggers: triggersOf(h),
   };
   process.stdout.write(JSON.stringify(out), () => process.exit(0));
 });

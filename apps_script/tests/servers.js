@@ -55,6 +55,37 @@ function limitsWith(changes = {}, model = {}) {
   return limits;
 }
 
+/**
+ * Canned answers to POST /batch/images for these items ({scene_id, variants}):
+ * the dry run's plan, and a live answer of batch `batchId` with a job per item.
+ */
+function batchAnswers(items, batchId = 'bat_canned') {
+  const images = items.reduce((n, item) => n + item.variants, 0);
+  const plan = {
+    runMode: 'dry_run',
+    model: DEFAULT_LIMITS.default_model,
+    price_per_image_usd: '0.0450',
+    job_count: items.length,
+    image_count: images,
+    estimated_cost_usd: (0.045 * images).toFixed(4),
+    lanes: { live: (0.045 * images).toFixed(4), economy: (0.0225 * images).toFixed(4) },
+    jobs: items.map((item) => ({
+      scene_id: item.scene_id, variants: item.variants, estimated_cost_usd: (0.045 * item.variants).toFixed(4),
+    })),
+  };
+  const live = {
+    ...plan,
+    runMode: 'live',
+    batch_id: batchId,
+    unpublished: [],
+    jobs: items.map((item, i) => ({ scene_id: item.scene_id, job_id: `${batchId}_job_${i}`, variants: item.variants, state: 'queued' })),
+  };
+  return [
+    { method: 'POST', path: '/batch/images', runMode: 'dry_run', status: 200, body: plan },
+    { method: 'POST', path: '/batch/images', runMode: 'live', status: 202, body: live },
+  ];
+}
+
 const SERVER_SOURCE = `
 const http = require('node:http');
 const { parentPort, workerData } = require('node:worker_threads');
@@ -87,6 +118,7 @@ const server = http.createServer(async (req, res) => {
     r.method === req.method && (r.path === path || (r.prefix && path.startsWith(r.prefix))) &&
     (!r.runMode || r.runMode === entry.runMode));
   if (route) {
+    if (route.delayMs) await new Promise((resolve) => setTimeout(resolve, route.delayMs));
     entry.status = route.status;
     const text = typeof route.body === 'string' ? route.body : JSON.stringify(route.body);
     res.writeHead(route.status, { 'content-type': route.contentType || 'application/json', ...(route.headers || {}) });
@@ -160,7 +192,7 @@ parentPort.on('message', ({ id, op, arg }) => {
 
 /**
  * Starts a server; `config`: {upstream?, routes?: [{method, path|prefix, runMode?, status,
- * body, headers?}], limits? (GET /limits without upstream), dropLiveAnswers?}.
+ * body, headers?, delayMs?}], limits? (GET /limits without upstream), dropLiveAnswers?}.
  */
 async function startServer(config) {
   const worker = new Worker(SERVER_SOURCE, {
@@ -208,4 +240,4 @@ async function startServer(config) {
   };
 }
 
-module.exports = { startServer, DEFAULT_LIMITS, limitsWith };
+module.exports = { startServer, DEFAULT_LIMITS, limitsWith, batchAnswers };

@@ -71,9 +71,12 @@ test('a plain-http or malformed URL, a bad mode, or Cancel change nothing', () =
 test('the manifest asks for the narrowest scopes that work', () => {
   const manifest = JSON.parse(fs.readFileSync(path.join(SCRIPT_DIR, 'appsscript.json'), 'utf8'));
   assert.equal(manifest.runtimeVersion, 'V8');
+  // send_mail and scriptapp: the email about a batch (MailApp, its time-driven trigger).
   assert.deepEqual([...manifest.oauthScopes].sort(), [
     'https://www.googleapis.com/auth/script.container.ui',
     'https://www.googleapis.com/auth/script.external_request',
+    'https://www.googleapis.com/auth/script.scriptapp',
+    'https://www.googleapis.com/auth/script.send_mail',
     'https://www.googleapis.com/auth/spreadsheets.currentonly',
     'https://www.googleapis.com/auth/userinfo.email',
     'openid',

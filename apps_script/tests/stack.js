@@ -122,11 +122,35 @@ function withoutLimits(entries) {
   return entries.filter((entry) => !isLimitsRequest(entry));
 }
 
+/**
+ * A new sheet of the spreadsheet, named `prefix` and a suffix unique to the run,
+ * holding `values` (rows of cells, header first) from A1 as typed (RAW); returns
+ * its title.
+ */
+async function addSheet(env, prefix, values) {
+  const title = `${prefix} ${sceneId('sheet')}`;
+  const base = `${env.SHEETS_API_URL}/v4/spreadsheets/${encodeURIComponent(env.SPREADSHEET_ID)}`;
+  await call(`${base}:batchUpdate`, {
+    method: 'POST',
+    body: JSON.stringify({ requests: [{ addSheet: { properties: { title } } }] }),
+  });
+  await call(`${base}/values/${encodeURIComponent(`'${title}'!A1`)}?valueInputOption=RAW`, {
+    method: 'PUT',
+    body: JSON.stringify({ values }),
+  });
+  return title;
+}
+
+/** Rows of `header` from objects by column name (missing names: empty cells). */
+function rowsOf(header, objects) {
+  return objects.map((o) => header.map((name) => (o[name] === undefined ? '' : o[name])));
+}
+
 async function sleep(ms) {
   await new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 module.exports = {
   stackEnv, sceneId, appendRows, addScenes, readRows, writeCells, rowsA1, harnessFor, sleep, header,
-  isLimitsRequest, withoutLimits,
+  isLimitsRequest, withoutLimits, addSheet, rowsOf,
 };

@@ -94,3 +94,83 @@ def test_the_script_hard_codes_no_limit_a_deployment_can_change() -> None:
         assert not re.search(rf"^const {name} = ", SHEET_GS, re.M), (
             f"Sheet.gs fixes {name}; read it from GET /limits"
         )
+
+
+# --- Briefs (apps_script/Briefs.gs) and batch emails (apps_script/Notify.gs): what the
+# script copies of shared/domain/briefs.py, the request's bounds and the batch events.
+# The composition itself is held to shared/domain/template_cases.json by
+# apps_script/tests/templates.test.js, as briefs.py is.
+
+_SCRIPT_DIR = Path(__file__).resolve().parents[2] / "apps_script"
+BRIEFS_GS = (_SCRIPT_DIR / "Briefs.gs").read_text()
+NOTIFY_GS = (_SCRIPT_DIR / "Notify.gs").read_text()
+
+
+def _js_const(source: str, name: str) -> str:
+    match = re.search(rf"^const {name} = (.+);$", source, re.M)
+    assert match, f"no constant {name}"
+    return match[1]
+
+
+def _js_int(source: str, name: str) -> int:
+    return int(_js_const(source, name).replace("_", ""))
+
+
+def _js_string(source: str, name: str) -> str:
+    text = _js_const(source, name)
+    assert text[0] == text[-1] == "'" and "\\" not in text, f"{name} is not a plain string"
+    return text[1:-1]
+
+
+def _js_list(source: str, name: str) -> list[str]:
+    return re.findall(r"'([^']*)'", _js_const(source, name))
+
+
+def test_the_script_composes_with_the_servers_token_and_wording() -> None:
+    from shared.domain import briefs
+
+    match = re.search(r"^const TEMPLATE_TOKEN = /(.+)/g;$", BRIEFS_GS, re.M)
+    assert match, "Briefs.gs has no TEMPLATE_TOKEN"
+    assert match[1] == briefs._TOKEN.pattern
+    assert _js_string(BRIEFS_GS, "AVOID_WORDING") + "{items}." == briefs.AVOID_WORDING
+    assert _js_string(BRIEFS_GS, "DEFAULT_TEMPLATE") == "default"
+
+
+def test_the_script_checks_a_briefs_bounds_as_the_request_does() -> None:
+    from shared.contracts.requests import BatchItem
+
+    schema = BatchItem.model_json_schema()
+    props, defs = schema["properties"], schema["$defs"]
+    assert _js_int(BRIEFS_GS, "AVOID_MAX_CHARS") == props["avoid"]["anyOf"][0]["maxLength"]
+    assert (
+        _js_int(BRIEFS_GS, "FIELD_MAX_CHARS")
+        == props["fields"]["additionalProperties"]["maxLength"]
+    )
+    assert _js_int(BRIEFS_GS, "MAX_FIELDS") == props["fields"]["maxProperties"]
+    assert _js_int(BRIEFS_GS, "MAX_ROLE_REFERENCES") == props["references"]["maxItems"]
+    template = defs["Template"]["properties"]
+    assert _js_int(BRIEFS_GS, "TEMPLATE_NAME_MAX_CHARS") == template["name"]["maxLength"]
+    assert _js_int(BRIEFS_GS, "TEMPLATE_MAX_CHARS") == template["text"]["maxLength"]
+    reference = defs["RoleReference"]["properties"]
+    assert _js_int(BRIEFS_GS, "REFERENCE_NAME_MAX_CHARS") == reference["name"]["maxLength"]
+    assert {"character", "product"} <= set(reference["role"]["enum"])
+    assert "'character'" in BRIEFS_GS and "'product'" in BRIEFS_GS
+
+
+def test_a_templates_fields_leave_out_the_columns_the_pipeline_writes() -> None:
+    from shared.contracts.sheet_row import ERROR_COLUMN, JOB_ID_COLUMN, image_column
+
+    written = set(_js_list(BRIEFS_GS, "PIPELINE_COLUMNS"))
+    assert written == {"status_img", JOB_ID_COLUMN, ERROR_COLUMN}
+    match = re.search(r"^const IMAGE_COLUMN_PATTERN = /(.+)/;$", BRIEFS_GS, re.M)
+    assert match, "Briefs.gs has no IMAGE_COLUMN_PATTERN"
+    for n in (1, 3, 12):
+        assert re.search(match[1], image_column(n))
+
+
+def test_the_script_emails_the_servers_batch_events() -> None:
+    from shared.contracts.answers import BatchView
+    from shared.domain.batch_news import EVENT_KINDS
+
+    assert _js_list(NOTIFY_GS, "BATCH_EVENTS") == list(EVENT_KINDS)
+    assert "events" in BatchView.model_fields
