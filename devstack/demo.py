@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
 import os
 import shutil
 import sys
@@ -25,6 +26,8 @@ from devstack.stack import HEADER, Stack, StackConfig, sheets_client
 
 TERMINAL = {"completed", "partial", "failed", "cancelled"}
 POLL_S = 1.0
+# Columns the pipeline writes: never a template's fields.
+PIPELINE_COLUMNS = {"status_img", "job_id", "error_img"}
 
 
 @dataclass
@@ -75,6 +78,15 @@ def reference_pngs() -> dict[str, bytes]:
         for name, data in images.items():
             zf.writestr(Path(name).name, data)
     images["refs/pack.zip"] = archive.getvalue()
+    # The character of the brief (examples/brief.json): a figure in a red scarf.
+    mara = Image.new("RGB", (256, 256), (236, 230, 216))
+    draw = ImageDraw.Draw(mara)
+    draw.ellipse((98, 40, 158, 100), fill=(196, 150, 120))
+    draw.rectangle((96, 100, 160, 210), fill=(40, 60, 90))
+    draw.rectangle((92, 96, 164, 114), fill=(200, 30, 40))
+    out = io.BytesIO()
+    mara.save(out, format="PNG")
+    images["refs/mara.png"] = out.getvalue()
     return images
 
 
@@ -91,18 +103,72 @@ def upload_references(env: Mapping[str, str]) -> None:
 
 
 def load_scenes(env: Mapping[str, str], scenes_csv: Path) -> list[dict[str, str]]:
-    """Put the example scenes into the local sheet, below the header."""
+    """Put the example scenes into the local sheet, below the header; columns the
+    pipeline does not know (a template's fields, ``characters``, ``avoid``) are added
+    after its own, as a team adds them."""
     with scenes_csv.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+        columns = HEADER + [c for c in reader.fieldnames or [] if c not in HEADER]
     worksheet = (
         sheets_client(env["SHEETS_API_URL"])
         .open_by_key(env["SPREADSHEET_ID"])
         .worksheet(env["WORKSHEET"])
     )
-    values = [[row.get(column, "") for column in HEADER] for row in rows]
-    worksheet.batch_clear([f"A2:{chr(64 + len(HEADER))}{max(len(values) + 50, 200)}"])
+    if worksheet.col_count < len(columns):
+        worksheet.resize(cols=len(columns))
+    worksheet.update([columns], "A1", value_input_option="RAW")
+    values = [[row.get(column, "") for column in columns] for row in rows]
+    worksheet.batch_clear([f"A2:{_column(len(columns))}{max(len(values) + 50, 200)}"])
     worksheet.update(values, "A2", value_input_option="RAW")
     return rows
+
+
+def _column(number: int) -> str:
+    """A1 letters of a 1-based column number."""
+    letters = ""
+    while number:
+        number, rest = divmod(number - 1, 26)
+        letters = chr(65 + rest) + letters
+    return letters
+
+
+def load_brief(scenes_csv: Path) -> dict[str, Any]:
+    """The sheet's named ranges the demo uses: the template and the characters."""
+    brief: dict[str, Any] = json.loads(scenes_csv.with_name("brief.json").read_text())
+    return brief
+
+
+def scene_item(row: Mapping[str, str], brief: Mapping[str, Any]) -> dict[str, Any]:
+    """A row as the sheet sends it: its prompt, or (prompt empty) the template with
+    the row's columns, and the characters it names with their references."""
+    item: dict[str, Any] = {
+        "scene_id": row["scene_id"],
+        "ref_pack_public_url": row["ref_pack_public_url"] or None,
+        "variants": int(row["variants"] or 1),
+    }
+    if row.get("prompt"):
+        item["prompt"] = row["prompt"]
+    else:
+        item["template"] = {"name": "default", "text": brief["prompt_template"]}
+        item["fields"] = {
+            name: value
+            for name, value in row.items()
+            if name not in PIPELINE_COLUMNS and not name.startswith("nano_img_")
+        }
+    if row.get("avoid"):
+        item["avoid"] = row["avoid"]
+    table = [(name, ref) for name, ref in brief.get("characters", [])]
+    named = [n.strip() for n in (row.get("characters") or "").split(",") if n.strip()]
+    references = [
+        {"role": "character", "name": name, "ref": ref}
+        for wanted in named
+        for name, ref in table
+        if name.lower() == wanted.lower()
+    ]
+    if references:
+        item["references"] = references
+    return item
 
 
 def read_sheet(env: Mapping[str, str], render: str = "FORMATTED_VALUE") -> list[dict[str, str]]:
@@ -136,20 +202,12 @@ def write_cells(env: Mapping[str, str], updates: Sequence[tuple[int, str, str]])
 
 
 def submit(
-    env: Mapping[str, str], client: Client, lane: str = "live"
+    env: Mapping[str, str], client: Client, brief: Mapping[str, Any], lane: str = "live"
 ) -> tuple[str, dict[str, str]]:
     """Estimate, mark queued, submit in ``lane``; returns the batch id and
     scene_id -> job_id."""
     rows = read_sheet(env)
-    items = [
-        {
-            "scene_id": row["scene_id"],
-            "prompt": row["prompt"],
-            "ref_pack_public_url": row["ref_pack_public_url"] or None,
-            "variants": int(row["variants"] or 1),
-        }
-        for row in rows
-    ]
+    items = [scene_item(row, brief) for row in rows]
     body = {
         "items": items,
         "lane": lane,
@@ -164,6 +222,9 @@ def submit(
         f"${plan['estimated_cost_usd']} with {plan['model']} in the {lane} lane "
         f"(live ${plan['lanes']['live']}, economy ${plan['lanes']['economy']})"
     )
+    for job in plan["jobs"]:
+        if not next(i for i in items if i["scene_id"] == job["scene_id"]).get("prompt"):
+            print(f"  {job['scene_id']} from the template: {job['prompt']!r}")
     # Rows are marked before the batch goes out, so a fast job can never be
     # overwritten by a late "queued".
     write_cells(env, [(i + 2, "status_img", "queued") for i in range(len(rows))])
@@ -217,6 +278,33 @@ def wait_for_sheet(env: Mapping[str, str], jobs: Mapping[str, str], timeout_s: f
         time.sleep(POLL_S)
 
 
+def labelled_calls(env: Mapping[str, str]) -> list[str]:
+    """What the Gemini stub received for the rows that name a character: the words
+    that tell the model which reference image is whom."""
+    answer = requests.get(f"{env['GEMINI_STUB_URL']}/_stub/requests", timeout=10)
+    answer.raise_for_status()
+    lines = []
+    for call in answer.json()["requests"]:
+        if call["prompt"].startswith("Image"):
+            head = call["prompt"].split("\n")[0]
+            images = len(call["reference_images"])
+            lines.append(f"  Gemini got {images} reference image(s), told: {head!r}")
+    return sorted(set(lines))
+
+
+def team_news(env: Mapping[str, str], batch_id: str, timeout_s: float) -> str:
+    """The Chat message the batch's end sent (the local Chat stub keeps it)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        answer = requests.get(f"{env['CHAT_STUB_URL']}/_messages", timeout=10)
+        answer.raise_for_status()
+        told = [m for m in answer.json()["messages"] if m["threadKey"] == batch_id]
+        if told:
+            return "\n\n".join(str(m["text"]) for m in told)
+        time.sleep(POLL_S)
+    return ""
+
+
 def download(url: str, target: Path) -> None:
     """Follow a durable link (302 to a signed URL) and save what it serves."""
     answer = requests.get(url, timeout=60, allow_redirects=True)
@@ -255,13 +343,15 @@ def write_output(
         cards.append(
             f'<section class="{html.escape(view.get("state", ""))}">'
             f"<h2>{html.escape(scene_id)}</h2>"
-            f'<p>{html.escape(scene["prompt"])}</p><p class="status">{html.escape(state)}</p>'
+            f"<p>{html.escape(view.get('prompt') or scene['prompt'])}</p>"
+            f'<p class="status">{html.escape(state)}</p>'
             f'<div class="tiles">{"".join(tiles)}</div></section>'
         )
     (output / "gallery.html").write_text(GALLERY.format(cards="\n".join(cards)))
     grid = read_sheet(env, render="FORMULA")
+    columns = list(grid[0]) if grid else HEADER
     with (output / "sheet.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=HEADER, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(grid)
 
@@ -346,7 +436,7 @@ def run_demo(state_dir: Path, scenes_csv: Path, output: Path, timeout_s: float =
         scenes = load_scenes(env, scenes_csv)
         print(f"loaded {len(scenes)} scenes into the sheet")
         client = Client(env["API_URL"], env["API_KEY"])
-        batch_id, jobs = submit(env, client, lane)
+        batch_id, jobs = submit(env, client, load_brief(scenes_csv), lane)
         views = watch(client, jobs, timeout_s)
         batch = client.batch(batch_id)
         print(
@@ -355,6 +445,12 @@ def run_demo(state_dir: Path, scenes_csv: Path, output: Path, timeout_s: float =
         )
         wait_for_sheet(env, jobs, 60)
         write_output(env, output, scenes, views)
+        for line in labelled_calls(env):
+            print(line)
+        news = team_news(env, batch_id, 60)
+        print("\nthe team's Chat space was told:")
+        print("\n".join(f"  | {line}" for line in news.splitlines()) or "  nothing (timed out)")
+        (output / "notification.txt").write_text(news + "\n")
     finally:
         stack.stop()
     print()
