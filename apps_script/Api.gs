@@ -95,6 +95,7 @@ function readLimits_(raw) {
       maxReferences: whole(entry.max_reference_images) ? entry.max_reference_images : null,
       maxCharacters: count(entry.max_character_references),
       maxObjects: count(entry.max_object_references),
+      defaultImageSize: typeof entry.default_image_size === 'string' ? entry.default_image_size : null,
     };
   }
   const model = models[data.default_model];
@@ -146,6 +147,7 @@ function postBatch_(settings, table, batch, runMode, extraHeaders, lane) {
     worksheet: table.sheet.getName(),
   };
   if (lane) body.lane = lane;
+  if (batch.drafts) body.drafts = true;
   if (batch.styleRefs && batch.styleRefs.length) body.style_refs = batch.styleRefs;
   const res = callApi_(settings, 'post', '/batch/images', body, extraHeaders);
   const ok = runMode === 'live' ? [200, 201, 202] : [200];

@@ -22,8 +22,10 @@ const TEMPLATE_RANGE_PREFIX = 'template_';
 const DEFAULT_TEMPLATE = 'default';
 const CHARACTERS_RANGE = 'characters';
 const PRODUCTS_RANGE = 'products';
-/** Columns the pipeline and this script write: never a template's fields. */
+/** Columns the pipeline writes: never a row's fields. */
 const PIPELINE_COLUMNS = ['status_img', 'job_id', 'error_img'];
+/** Columns this script writes (Review.gs): never a row's fields either. */
+const SCRIPT_COLUMNS = ['review'];
 const IMAGE_COLUMN_PATTERN = /^nano_img_\d+$/;
 
 // The request's own bounds (shared/contracts/requests.py BatchItem and
@@ -244,12 +246,14 @@ function splitNames_(text) {
 
 /** Whether a header is a column the pipeline (or this script) writes. */
 function isPipelineColumn_(name) {
-  return PIPELINE_COLUMNS.indexOf(name) >= 0 || IMAGE_COLUMN_PATTERN.test(name);
+  return PIPELINE_COLUMNS.indexOf(name) >= 0 || SCRIPT_COLUMNS.indexOf(name) >= 0 ||
+    IMAGE_COLUMN_PATTERN.test(name);
 }
 
 /**
- * A row's columns as sent with a template: every column of the header row but the
- * pipeline's own, by header, as the sheet shows the cell (trimmed).
+ * A row's columns as sent with it (`fields`, for a template's placeholders and for
+ * the file names of a delivery): every column of the header row but the pipeline's
+ * and this script's own, by header, as the sheet shows the cell (trimmed).
  */
 function rowFields_(table, row, library) {
   const shown = library.displayRow(row);
@@ -306,22 +310,27 @@ function rowBrief_(table, row, library, errors, tableErrors) {
       template = null;
     }
   }
-  if (template) {
-    const fields = rowFields_(table, row, library);
-    brief.template = { name: template.name, text: template.text };
-    brief.fields = fields;
-    const headers = Object.keys(fields);
-    if (headers.length > MAX_FIELDS) {
-      errors.push(where + 'the sheet has ' + headers.length + ' columns; a row sent with a ' +
-        'template takes at most ' + MAX_FIELDS + '.');
+  // Every row carries its columns: a template's placeholders, and the file names of
+  // a delivery (Review.gs), may use them. A row without a template sends its prompt
+  // as `prompt`, not a second time among its columns (each column is limited to
+  // FIELD_MAX_CHARS, a prompt to the deployment's length, and the body in bytes).
+  const fields = rowFields_(table, row, library);
+  if (!template) delete fields.prompt;
+  brief.fields = fields;
+  const headers = Object.keys(fields);
+  if (headers.length > MAX_FIELDS) {
+    errors.push(where + 'the sheet has ' + headers.length + ' columns of your own; a row is ' +
+      'sent with at most ' + MAX_FIELDS + '.');
+  }
+  headers.forEach(function (header) {
+    const n = charCount_(fields[header]);
+    if (n > FIELD_MAX_CHARS) {
+      errors.push(where + 'column "' + clip_(header) + '" holds ' + n + ' characters; a row ' +
+        'is sent with at most ' + FIELD_MAX_CHARS + ' in each column.');
     }
-    headers.forEach(function (header) {
-      const n = charCount_(fields[header]);
-      if (n > FIELD_MAX_CHARS) {
-        errors.push(where + 'column "' + clip_(header) + '" holds ' + n + ' characters; a row ' +
-          'sent with a template takes at most ' + FIELD_MAX_CHARS + ' in each column.');
-      }
-    });
+  });
+  if (template) {
+    brief.template = { name: template.name, text: template.text };
     try {
       brief.composed = composeTemplate_(template.text, fields);
     } catch (err) {

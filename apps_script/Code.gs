@@ -7,7 +7,8 @@
  * shows them as a dialog: a message for people, never a stack trace.
  *
  * Files: Code.gs (menu and actions), Iterate.gs (cancel, re-roll, edit,
- * download), Sheet.gs (reading, checking and writing rows), Briefs.gs (prompt
+ * download), Review.gs (approve, reject, final pick, promote, deliver to Drive),
+ * Sheet.gs (reading, checking and writing rows), Briefs.gs (prompt
  * templates, avoid, characters and products), Api.gs (HTTP calls and error
  * messages), Submissions.gs (idempotency of "Generate"), Settings.gs (the
  * Settings dialogs and stored properties), Notify.gs (the email when a batch
@@ -48,12 +49,21 @@ function onOpen() {
     .createMenu(MENU_TITLE)
     .addItem('Estimate selected rows', 'estimateSelectedRows')
     .addItem('Generate selected rows', 'generateSelectedRows')
+    .addItem('Generate drafts of selected rows', 'generateDraftsOfSelectedRows')
     .addItem('Refresh status', 'refreshStatus')
     .addSeparator()
     .addItem('Cancel selected rows', 'cancelSelectedRows')
     .addItem('Re-roll selected image', 'rerollSelectedImage')
     .addItem('Edit selected image…', 'editSelectedImage')
+    .addItem('Promote selected image…', 'promoteSelectedImage')
+    .addSeparator()
+    .addItem('Approve selected images', 'approveSelectedImages')
+    .addItem('Reject selected images', 'rejectSelectedImages')
+    .addItem('Mark selected image as final', 'markSelectedImageFinal')
+    .addItem('Send reviews of selected rows', 'sendReviewsOfSelectedRows')
+    .addSeparator()
     .addItem('Download batch', 'downloadBatch')
+    .addItem('Deliver to Drive…', 'deliverToDrive')
     .addSeparator()
     .addItem('Settings', 'openSettings')
     .addItem('Email me about my batches…', 'openEmailSetting')
@@ -65,7 +75,12 @@ function estimateSelectedRows() {
 }
 
 function generateSelectedRows() {
-  runAction_('Generate', generate_);
+  runAction_('Generate', function (ui) { generate_(ui, false); });
+}
+
+/** Generate with every image made as a draft (cheapest model and size); picks are promoted later. */
+function generateDraftsOfSelectedRows() {
+  runAction_('Generate drafts', function (ui) { generate_(ui, true); });
 }
 
 function refreshStatus() {
@@ -133,24 +148,28 @@ function estimate_(ui) {
 
 // ------------------------------------------------------------------ Generate
 
-function generate_(ui) {
+function generate_(ui, drafts) {
+  const title = drafts ? 'Generate drafts' : 'Generate';
   const table = readSheet_();
   const rows = selectedSceneRows_(table);
   const settings = loadSettings_();
   const limits = deploymentLimits_(settings);
   const batch = checkedBatch_(table, rows, limits);
+  batch.drafts = !!drafts;
   const plan = postBatch_(settings, table, batch, 'dry_run').json;
-  const hash = submissionHash_(table, batch.styleRefs.length ? [batch.items, batch.styleRefs] : batch.items);
+  const sent = batch.styleRefs.length ? [batch.items, batch.styleRefs] : batch.items;
+  // Drafts of the same rows are another request than their final images.
+  const hash = submissionHash_(table, drafts ? { drafts: true, batch: sent } : sent);
   const seen = getSubmission_(hash);
 
   // A first send chooses its lane: Yes live, No economy (half price, within 24 h).
   const again = seen && seen.state === 'sent';
   const answer = ui.alert(
-    dialogTitle_('Generate'), confirmText_(plan, batch, seen),
+    dialogTitle_(title), confirmText_(plan, batch, seen),
     again ? ui.ButtonSet.YES_NO : ui.ButtonSet.YES_NO_CANCEL);
   const lane = answer === ui.Button.YES ? 'live' : (!again && answer === ui.Button.NO ? 'economy' : null);
   if (!lane) {
-    ui.alert(dialogTitle_('Generate'), 'Nothing was sent.', ui.ButtonSet.OK);
+    ui.alert(dialogTitle_(title), 'Nothing was sent.', ui.ButtonSet.OK);
     return;
   }
 
@@ -168,7 +187,7 @@ function generate_(ui) {
   } finally {
     lock.releaseLock();  // before the final dialog, which waits for a click
   }
-  ui.alert(dialogTitle_('Generate'), message, ui.ButtonSet.OK);
+  ui.alert(dialogTitle_(title), message, ui.ButtonSet.OK);
 }
 
 /**
@@ -235,9 +254,14 @@ function submitLocked_(settings, limits, batch, hash, seen, lane, sheet) {
 
   const lines = [
     'Batch ' + sent.batch_id + ' accepted: ' + plural_(sent.job_count, 'scene') + ', ' +
-      plural_(sent.image_count, 'image') + ', estimated $' + sent.estimated_cost_usd +
+      plural_(sent.image_count, batch.drafts ? 'draft image' : 'image') + ', estimated $' +
+      sent.estimated_cost_usd +
       (lane === 'economy' ? ' in the economy lane (results within 24 hours)' : '') + '.',
   ];
+  if (batch.drafts) {
+    lines.push('Review the drafts (Approve / Mark as final), then "Promote selected image…" ' +
+      'makes the chosen ones at the final model and size.');
+  }
   if (header_(res, 'idempotent-replay') === 'true') {
     // An earlier attempt did arrive: the rows get the real state of its jobs.
     lines.push('');
@@ -289,8 +313,12 @@ function confirmText_(plan, batch, seen) {
         'Sending again is safe: if it did arrive, the server will not run it twice.');
       head.push('');
     }
-    head.push('Generate ' + plural_(plan.image_count, 'image') + ' for ' +
-      plural_(plan.job_count, 'scene') + '?');
+    head.push('Generate ' + plural_(plan.image_count, batch.drafts ? 'draft image' : 'image') +
+      ' for ' + plural_(plan.job_count, 'scene') + '?');
+    if (batch.drafts) {
+      head.push('Drafts are made at the cheapest model and size; promote the ones you pick ' +
+        'to the final model and size afterwards (Promote selected image…).');
+    }
     const lanes = plan.lanes || {};
     if (lanes.live && lanes.economy) {
       head.push('');
@@ -457,7 +485,9 @@ function planText_(plan, batch) {
   const lines = [];
   lines.push(plural_(plan.job_count, 'scene') + ' (' + batch.rowsLabel + '), ' +
     plural_(plan.image_count, 'image'));
-  lines.push('Estimated cost: $' + plan.estimated_cost_usd + ' with ' + plan.model +
+  const drafts = (plan.jobs || []).some(function (job) { return job.final_model; });
+  lines.push('Estimated cost: $' + plan.estimated_cost_usd +
+    (drafts ? ' as drafts' : ' with ' + plan.model) +
     ' ($' + plan.price_per_image_usd + ' per image)');
   const lanes = plan.lanes || {};
   if (lanes.economy) {
@@ -468,9 +498,14 @@ function planText_(plan, batch) {
   if (jobs.length && jobs.length <= 12) {
     jobs.forEach(function (job) {
       lines.push('  • row ' + batch.rowOfScene[job.scene_id] + ', ' + job.scene_id + ': ' +
-        plural_(job.variants, 'image') + ', $' + job.estimated_cost_usd);
+        plural_(job.variants, job.final_model ? 'draft' : 'image') + ', $' +
+        job.estimated_cost_usd + (job.final_model
+          ? ' (' + job.model + (job.image_size ? ' ' + job.image_size : '') + '; picks promoted ' +
+            'to ' + job.final_model + (job.final_size ? ' ' + job.final_size : '') + ')'
+          : ''));
     });
   }
+  Array.prototype.push.apply(lines, deliveredLines_(plan.delivered));
   const budget = budgetLines_(plan.budget);
   if (budget.length) {
     lines.push('');
@@ -490,6 +525,23 @@ function planText_(plan, batch) {
     }), 15).forEach(function (line) { lines.push(line); });
   }
   return lines.join('\n');
+}
+
+/**
+ * What one delivered image (one pick per scene) costs both ways, from the plan's
+ * `delivered`: every image made final, or drafts first and the pick promoted.
+ */
+function deliveredLines_(delivered) {
+  if (!delivered || typeof delivered !== 'object' || !delivered.every_image_final_usd) return [];
+  const cheaper = Number(delivered.drafts_then_promote_usd) < Number(delivered.every_image_final_usd);
+  return [
+    '',
+    'Per delivered image (one pick per scene):',
+    '  every image made final: $' + delivered.every_image_final_usd,
+    '  drafts, then the pick promoted: $' + delivered.drafts_then_promote_usd +
+      (cheaper ? (delivered.saving ? ' (saves ' + delivered.saving + ')' : '')
+        : ' (no saving for these rows: making every image final costs less)'),
+  ];
 }
 
 function overBudget_(plan) {

@@ -133,21 +133,40 @@ function reroll_(ui, edit) {
 
 /** Sends once per click: a lost answer is retried with the same key, a double click sends nothing. */
 function sendReroll_(settings, target, instruction, what) {
-  const hash = sha256Hex_(JSON.stringify([target.jobId, target.n, instruction]));
+  const path = '/jobs/' + encodeURIComponent(target.jobId) + '/variants/' + target.n + ':reroll';
+  const sent = sendVersionRequest_(settings, [target.jobId, target.n, instruction], 'reroll', path,
+    instruction ? { instruction: instruction } : {});
+  if (sent.repeat) {
+    return 'This was just sent (version ' + sent.repeat.version + ' of ' + what + '), so nothing ' +
+      'was sent again.';
+  }
+  const answer = sent.answer;
+  if (answer.state === 'failed') {
+    return 'Version ' + answer.version + ' of ' + what + ' could not be queued: ' + answer.error;
+  }
+  return 'Version ' + answer.version + ' of ' + what + ' is being made ($' +
+    answer.price_per_image_usd + '). The cell shows it when it is done (use "Refresh status" ' +
+    'to see it sooner); the earlier versions stay available.';
+}
+
+/**
+ * POST `path` with `body` once per click (a re-roll, an edit, a promotion): under an
+ * Idempotency-Key kept in the Document Properties for REROLL_WINDOW_MS with the
+ * hash of `what` (what makes the request the same), so a lost answer is retried with
+ * the same key and a double click sends nothing. Returns {answer} (the 202's JSON) or
+ * {repeat: the record of the same request just sent}; throws a UserError otherwise.
+ */
+function sendVersionRequest_(settings, what, kind, path, body) {
+  const hash = sha256Hex_(JSON.stringify(kind === 'reroll' ? what : [kind].concat(what)));
   const props = documentProperties_();
   const record = parseRecord_(props.getProperty(REROLL_PREFIX + hash));
   const fresh = record && Date.now() - record.at < REROLL_WINDOW_MS;
-  if (fresh && record.state === 'sent') {
-    return 'This was just sent (version ' + record.version + ' of ' + what + '), so nothing ' +
-      'was sent again.';
-  }
+  if (fresh && record.state === 'sent') return { repeat: record };
   const current = fresh && record.state === 'sending'
     ? record
-    : { key: 'sheets-reroll-' + Utilities.getUuid(), state: 'sending', at: Date.now() };
+    : { key: 'sheets-' + kind + '-' + Utilities.getUuid(), state: 'sending', at: Date.now() };
   props.setProperty(REROLL_PREFIX + hash, JSON.stringify(current));
-  const path = '/jobs/' + encodeURIComponent(target.jobId) + '/variants/' + target.n + ':reroll';
-  const res = callApi_(settings, 'post', path, instruction ? { instruction: instruction } : {},
-    { 'Idempotency-Key': current.key });
+  const res = callApi_(settings, 'post', path, body, { 'Idempotency-Key': current.key });
   if (res.status === 409 && res.json && res.json.error === 'not_ready') {
     props.deleteProperty(REROLL_PREFIX + hash);
     throw new UserError(String(res.json.message) + '.');
@@ -161,12 +180,7 @@ function sendReroll_(settings, target, instruction, what) {
   current.version = answer.version;
   current.at = Date.now();
   props.setProperty(REROLL_PREFIX + hash, JSON.stringify(current));
-  if (answer.state === 'failed') {
-    return 'Version ' + answer.version + ' of ' + what + ' could not be queued: ' + answer.error;
-  }
-  return 'Version ' + answer.version + ' of ' + what + ' is being made ($' +
-    answer.price_per_image_usd + '). The cell shows it when it is done (use "Refresh status" ' +
-    'to see it sooner); the earlier versions stay available.';
+  return { answer: answer };
 }
 
 /** The one selected image cell: its row, variant and job. */
@@ -193,6 +207,29 @@ function selectedImage_(table) {
 function download_(ui) {
   const settings = loadSettings_();
   const table = readSheet_();
+  const batchId = batchOfSelectedRows_(settings, table);
+  const res = callApi_(settings, 'post', '/batches/' + encodeURIComponent(batchId) + ':export');
+  if (res.status !== 202 || !res.json) throw apiError_(res, null);
+  const view = waitForExport_(settings, batchId, res.json);
+  if (view.state === 'failed') {
+    throw new UserError('The zip of batch ' + batchId + ' could not be made: ' + view.error);
+  }
+  if (view.state !== 'done') {
+    ui.alert(dialogTitle_('Download batch'), 'The zip of batch ' + batchId + ' is still being ' +
+      'made. Choose "Download batch" again in a minute to get its link.', ui.ButtonSet.OK);
+    return;
+  }
+  const html = '<p>Batch ' + escapeHtml_(batchId) + ': ' + plural_(view.images, 'image') +
+    ' at full size and manifest.csv (' + Math.max(1, Math.round(view.bytes / 1048576)) +
+    ' MB).</p><p><a href="' + escapeHtml_(view.download_url) +
+    '" target="_blank" rel="noopener">Download the zip</a></p>' +
+    '<p>The link keeps working; anyone who has it can download the zip.</p>';
+  ui.showModalDialog(
+    HtmlService.createHtmlOutput(html).setWidth(420).setHeight(180), dialogTitle_('Download batch'));
+}
+
+/** The one batch the selected rows' jobs belong to (GET /status of each); throws otherwise. */
+function batchOfSelectedRows_(settings, table) {
   const rows = rowsWithJobs_(table);
   const jobIds = rows.map(function (row) {
     return cellText_(table.values[row - 1][table.columns.job_id]);
@@ -212,32 +249,32 @@ function download_(ui) {
       ids.map(function (id) { return id + ': ' + rowsLabel_(batches[id]); }).join('; ') +
       '). Select rows of one batch.');
   }
-  const batchId = ids[0];
-  const res = callApi_(settings, 'post', '/batches/' + encodeURIComponent(batchId) + ':export');
-  if (res.status !== 202 || !res.json) throw apiError_(res, null);
-  let view = res.json;
+  return ids[0];
+}
+
+/**
+ * The export once done or failed, asking GET /batches/{id} every EXPORT_POLL_MS; as
+ * it last was (queued or running) after EXPORT_WAIT_MS. With `own`, another export of
+ * the batch asked for meanwhile (someone else's click) is not taken for this one:
+ * that stops the wait with a UserError.
+ */
+function waitForExport_(settings, batchId, first, own) {
+  let view = first;
   const deadline = Date.now() + EXPORT_WAIT_MS;
   while (view.state !== 'done' && view.state !== 'failed' && Date.now() < deadline) {
     Utilities.sleep(EXPORT_POLL_MS);
     const batch = callApi_(settings, 'get', '/batches/' + encodeURIComponent(batchId));
     if (batch.status !== 200 || !batch.json) throw apiError_(batch, null);
-    view = batch.json.export || view;
+    const now = batch.json.export;
+    if (!now) continue;
+    if (own && first.export_id && now.export_id !== first.export_id) {
+      throw new UserError('Another export of batch ' + batchId + ' was asked for while this ' +
+        'one was being made (a Download batch or Deliver from someone else?), and replaced ' +
+        'it. Choose the menu item again.');
+    }
+    view = now;
   }
-  if (view.state === 'failed') {
-    throw new UserError('The zip of batch ' + batchId + ' could not be made: ' + view.error);
-  }
-  if (view.state !== 'done') {
-    ui.alert(dialogTitle_('Download batch'), 'The zip of batch ' + batchId + ' is still being ' +
-      'made. Choose "Download batch" again in a minute to get its link.', ui.ButtonSet.OK);
-    return;
-  }
-  const html = '<p>Batch ' + escapeHtml_(batchId) + ': ' + plural_(view.images, 'image') +
-    ' at full size and manifest.csv (' + Math.max(1, Math.round(view.bytes / 1048576)) +
-    ' MB).</p><p><a href="' + escapeHtml_(view.download_url) +
-    '" target="_blank" rel="noopener">Download the zip</a></p>' +
-    '<p>The link keeps working; anyone who has it can download the zip.</p>';
-  ui.showModalDialog(
-    HtmlService.createHtmlOutput(html).setWidth(420).setHeight(180), dialogTitle_('Download batch'));
+  return view;
 }
 
 function escapeHtml_(text) {

@@ -366,10 +366,11 @@ function batchForRows_(table, rowNumbers, limits, styleCount) {
     if (brief.template) {
       // The server composes the prompt itself from the template and the row's columns.
       item.template = brief.template;
-      item.fields = brief.fields;
     } else {
       item.prompt = brief.prompt === undefined ? '' : brief.prompt;
     }
+    // Every row's columns: for a template, and for a delivery's file names.
+    item.fields = brief.fields;
     if (brief.avoid) item.avoid = brief.avoid;
     item.variants = scene.variants;
     if (scene.ref) item.ref_pack_public_url = scene.ref;

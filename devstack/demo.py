@@ -45,6 +45,15 @@ class Client:
             timeout=60,
         )
 
+    def post(self, path: str, body: Mapping[str, Any], key: str | None = None) -> dict[str, Any]:
+        """A POST of the API that must succeed; its JSON answer."""
+        headers = {"X-API-Key": self.api_key} | ({"Idempotency-Key": key} if key else {})
+        answer = requests.post(f"{self.api_url}{path}", json=body, headers=headers, timeout=60)
+        if answer.status_code >= 300:
+            raise SystemExit(f"{path} failed: {answer.status_code} {answer.text}")
+        data: dict[str, Any] = answer.json()
+        return data
+
     def batch(self, batch_id: str) -> dict[str, Any]:
         answer = requests.get(
             f"{self.api_url}/batches/{batch_id}", headers={"X-API-Key": self.api_key}, timeout=30
@@ -225,6 +234,8 @@ def submit(
     for job in plan["jobs"]:
         if not next(i for i in items if i["scene_id"] == job["scene_id"]).get("prompt"):
             print(f"  {job['scene_id']} from the template: {job['prompt']!r}")
+    for size in ("2K", "4K"):
+        print_delivered_costs(client, body, size)
     # Rows are marked before the batch goes out, so a fast job can never be
     # overwritten by a late "queued".
     write_cells(env, [(i + 2, "status_img", "queued") for i in range(len(rows))])
@@ -276,6 +287,92 @@ def wait_for_sheet(env: Mapping[str, str], jobs: Mapping[str, str], timeout_s: f
         ):
             return
         time.sleep(POLL_S)
+
+
+def print_delivered_costs(client: Client, body: Mapping[str, Any], size: str = "2K") -> None:
+    """What one delivered image per scene costs at ``size``: every variant made at
+    that size, or drafts at the catalog's cheapest and the pick promoted."""
+    at_size = {**body, "items": [{**i, "image_size": size} for i in body["items"]]}
+    answer = client.post_batch({**at_size, "runMode": "dry_run", "drafts": True})
+    answer.raise_for_status()
+    paths = answer.json()["delivered"]
+    saving = paths["saving"]
+    verdict = f"costs {saving.lstrip('-')} more" if saving.startswith("-") else f"saves {saving}"
+    print(
+        f"per delivered image at {size}: every variant at {size} "
+        f"${paths['every_image_final_usd']}; drafts then promote the pick "
+        f"${paths['drafts_then_promote_usd']} ({verdict})"
+    )
+
+
+def review_and_deliver(
+    env: Mapping[str, str], client: Client, batch_id: str, jobs: Mapping[str, str], output: Path
+) -> list[str]:
+    """The team's review: variant 1 of every scene approved, the first scene's
+    other variants rejected and its variant 1 picked as final, then promoted to 2K;
+    the approved images delivered to the Drive folder, copied into
+    ``output/delivered``. Returns what it printed."""
+    lines: list[str] = []
+    first = sorted(jobs)[0]
+    for scene, job_id in sorted(jobs.items()):
+        client.post(f"/jobs/{job_id}/variants/1:review", {"decision": "approved", "version": 1})
+        if scene == first:
+            for n in range(2, len(client.status(job_id)["variants"]) + 1):
+                client.post(f"/jobs/{job_id}/variants/{n}:review", {"decision": "rejected"})
+    job_id = jobs[first]
+    client.post(f"/jobs/{job_id}:final", {"variant": 1, "version": 1})
+    promoted = client.post(
+        f"/jobs/{job_id}/variants/1:promote",
+        {"image_size": "2K", "version": 1},
+        key=f"demo-promote-{batch_id}",
+    )
+    lines.append(
+        f"{first}: variant 1 picked as final and promoted to 2K (version "
+        f"{promoted['version']}, estimated ${promoted['price_per_image_usd']})"
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = client.status(job_id)
+        if (status.get("final") or {}).get("version") == promoted["version"]:
+            break
+        time.sleep(POLL_S)
+    version = status["variants"][0]["versions"][-1]
+    lines.append(
+        f"  the promoted image is {version['state']} at {version['image_size']}, cost "
+        f"${version['cost_usd']}; the final pick is now version {status['final']['version']}"
+    )
+    asked = client.post(
+        f"/batches/{batch_id}:export",
+        {
+            "only": "approved",
+            "name_template": "{scene_id}_{variant}_{version}",
+            "destination": "drive",
+            "drive_folder_id": env["DRIVE_FOLDER_ID"],
+        },
+    )
+    while time.monotonic() < deadline + 120:
+        export = client.batch(batch_id)["export"]
+        if export["export_id"] == asked["export_id"] and export["state"] in ("done", "failed"):
+            break
+        time.sleep(POLL_S)
+    files = requests.get(f"{env['DRIVE_STUB_URL']}/_files", timeout=10).json()["files"]
+    target = output / "delivered"
+    target.mkdir(parents=True, exist_ok=True)
+    for item in files:
+        if env["DRIVE_FOLDER_ID"] in item["parents"] and not item["trashed"]:
+            data = requests.get(
+                f"{env['DRIVE_STUB_URL']}/drive/v3/files/{item['id']}",
+                params={"alt": "media", "supportsAllDrives": "true"},
+                timeout=30,
+            )
+            data.raise_for_status()
+            (target / item["name"]).write_bytes(data.content)
+    lines.append(
+        f"approved-only delivery to the Drive folder: {export['state']}, "
+        f"{export.get('added')} files added ({export.get('images')} images and the manifests "
+        f"in {target})" + (f": {export['error']}" if export.get("error") else "")
+    )
+    return lines
 
 
 def labelled_calls(env: Mapping[str, str]) -> list[str]:
@@ -447,6 +544,9 @@ def run_demo(state_dir: Path, scenes_csv: Path, output: Path, timeout_s: float =
         write_output(env, output, scenes, views)
         for line in labelled_calls(env):
             print(line)
+        print("\nthe team reviews:")
+        for line in review_and_deliver(env, client, batch_id, jobs, output):
+            print(f"  {line}")
         news = team_news(env, batch_id, 60)
         print("\nthe team's Chat space was told:")
         print("\n".join(f"  | {line}" for line in news.splitlines()) or "  nothing (timed out)")

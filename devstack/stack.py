@@ -181,6 +181,11 @@ class Stack:
         # ``chat_webhook_url``. Empty until the stack starts.
         self.chat_url = ""
         self.chat_webhook_url = ""
+        # The Drive API stub (devstack/drive_stub.py): its base URL (the
+        # functions' DRIVE_API_URL; ``GET {drive_url}/_files`` shows what was
+        # delivered) and the id of its "Deliveries" folder. Empty until the stack starts.
+        self.drive_url = ""
+        self.drive_folder_id = ""
 
     # ----------------------------------------------------------------- start
     def start(self) -> dict[str, str]:
@@ -263,6 +268,7 @@ class Stack:
                 }
         sheets_url = user_sheets_url or self._start_sheets_stub(mirror=None)
         self._start_chat_stub()
+        self._start_drive_stub()
 
         self.env.update(
             {
@@ -279,6 +285,10 @@ class Stack:
                 # The team's Chat space: the local stub (no secret in its URL).
                 "CHAT_WEBHOOK_URL": self.chat_webhook_url,
                 "CHAT_STUB_URL": self.chat_url,
+                # Google Drive deliveries: the local stub, with one shared folder.
+                "DRIVE_API_URL": self.drive_url,
+                "DRIVE_STUB_URL": self.drive_url,
+                "DRIVE_FOLDER_ID": self.drive_folder_id,
                 **gemini_env,
             }
         )
@@ -446,6 +456,20 @@ class Stack:
         self._wait_http("chat-stub", f"{url}/_healthz")
         self.chat_url = url
         self.chat_webhook_url = chat_stub.webhook_url(url)
+
+    def _start_drive_stub(self, folder: str = "Deliveries") -> None:
+        """The Drive API stub, on loopback, with one folder shared with the
+        functions; sets ``drive_url`` and ``drive_folder_id``."""
+        port = free_port()
+        argv = [sys.executable, "-m", "devstack.drive_stub", "--host", LOCALHOST]
+        argv += ["--port", str(port)]
+        self._spawn("drive-stub", argv, port)
+        url = f"http://{LOCALHOST}:{port}"
+        self._wait_http("drive-stub", f"{url}/_healthz")
+        answer = requests.post(f"{url}/_folders", json={"name": folder}, timeout=10)
+        answer.raise_for_status()
+        self.drive_url = url
+        self.drive_folder_id = str(answer.json()["id"])
 
     # ---------------------------------------------------------------- wiring
     def _create_topics(self) -> None:

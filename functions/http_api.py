@@ -18,15 +18,27 @@ from werkzeug.routing import BaseConverter, Map, Rule
 from functions import wiring
 from shared.adapters.cloud_logging import setup_logging
 from shared.adapters.identity import AuthFailure, Identity
-from shared.contracts.answers import model_list
-from shared.contracts.requests import BatchRequest, FieldProblem, Limits, ModelShape, RerollRequest
+from shared.contracts.answers import ReviewAnswer, model_list
+from shared.contracts.requests import (
+    BatchRequest,
+    ExportRequest,
+    FieldProblem,
+    FinalRequest,
+    Limits,
+    ModelShape,
+    PromoteRequest,
+    RerollRequest,
+    ReviewRequest,
+)
 from shared.domain.errors import ConfigError, TransientError
 from shared.domain.ids import utcnow
 from shared.domain.job import ASSET_SIZES
 from shared.services.daily_budget import OverBudget
+from shared.services.exports import ExportRefusal
 from shared.services.intake import ModelUnavailable, SheetMismatch
 from shared.services.once import InProgress
-from shared.services.rerolls import Queued, Refused
+from shared.services.rerolls import Promotion, Queued, Refused, RerollOutcome
+from shared.services.reviews import Refusal as ReviewRefusal
 from shared.services.views import deployment_limits
 
 log = logging.getLogger(__name__)
@@ -380,10 +392,39 @@ def reroll(request: flask.Request, job_id: str, variant: int) -> flask.Response:
     outcome = wiring.rerolls().request(
         job_id, variant, body.instruction, identity.caller, identity.admin, key
     )
+    return _version_answer(outcome, job_id, variant)
+
+
+def promote(request: flask.Request, job_id: str, variant: int) -> flask.Response:
+    parsed = _keyed_json(request, "the body")
+    if isinstance(parsed, flask.Response):
+        return parsed
+    identity, payload, key = parsed
+    try:
+        body = PromoteRequest.model_validate(payload)
+    except ValidationError as exc:
+        return error(400, "invalid_request", "the request is invalid", validation_details(exc))
+    outcome = wiring.rerolls().request(
+        job_id,
+        variant,
+        None,
+        identity.caller,
+        identity.admin,
+        key,
+        promotion=Promotion(body.image_size, body.version),
+    )
+    return _version_answer(outcome, job_id, variant)
+
+
+def _version_answer(outcome: RerollOutcome | None, job_id: str, variant: int) -> flask.Response:
+    """A re-roll's, an edit's or a promotion's answer."""
     if outcome is None:
         return error(404, "not_found", f"no job {job_id} with variant {variant} for this caller")
     if isinstance(outcome, InProgress):
         return error(409, "in_progress", "the same request is being handled right now")
+    if isinstance(outcome, Refused) and outcome.code == "bad_size":
+        details = [{"field": "image_size", "reason": outcome.message}]
+        return error(400, "invalid_request", outcome.message, details)
     if isinstance(outcome, Refused):
         return error(409, outcome.code, outcome.message)
     if isinstance(outcome, OverBudget):
@@ -396,13 +437,65 @@ def reroll(request: flask.Request, job_id: str, variant: int) -> flask.Response:
     return response
 
 
+def review(request: flask.Request, job_id: str, variant: int) -> flask.Response:
+    parsed = _decision(request, ReviewRequest)
+    if isinstance(parsed, flask.Response):
+        return parsed
+    identity, body = parsed
+    assert isinstance(body, ReviewRequest)
+    return _reviewed(wiring.reviews().decide(job_id, variant, body, *identity), job_id)
+
+
+def final_pick(request: flask.Request, job_id: str) -> flask.Response:
+    parsed = _decision(request, FinalRequest)
+    if isinstance(parsed, flask.Response):
+        return parsed
+    identity, body = parsed
+    assert isinstance(body, FinalRequest)
+    return _reviewed(wiring.reviews().pick(job_id, body, *identity), job_id)
+
+
+def _decision(
+    request: flask.Request, model: type[ReviewRequest] | type[FinalRequest]
+) -> tuple[tuple[str, bool], BaseModel] | flask.Response:
+    identity = _identify(request)
+    if isinstance(identity, flask.Response):
+        return identity
+    payload = _json_body(request, "the decision")
+    if isinstance(payload, flask.Response):
+        return payload
+    try:
+        body = model.model_validate(payload)
+    except ValidationError as exc:
+        return error(400, "invalid_request", "the request is invalid", validation_details(exc))
+    return (identity.caller, identity.admin), body
+
+
+def _reviewed(outcome: ReviewAnswer | ReviewRefusal | None, job_id: str) -> flask.Response:
+    if outcome is None:
+        return error(404, "not_found", f"no job {job_id} for this caller")
+    if isinstance(outcome, ReviewRefusal):
+        return error(409, "not_ready", outcome.message)
+    return _json(200, outcome)
+
+
 def export_batch(request: flask.Request, batch_id: str) -> flask.Response:
     identity = _identify(request)
     if isinstance(identity, flask.Response):
         return identity
-    view = wiring.exports().request(batch_id, identity.caller, identity.admin)
+    payload = _json_body(request, "the export", optional=True)  # no body: a zip of all
+    if isinstance(payload, flask.Response):
+        return payload
+    try:
+        body = ExportRequest.model_validate(payload)
+    except ValidationError as exc:
+        return error(400, "invalid_request", "the request is invalid", validation_details(exc))
+    view = wiring.exports().request(batch_id, identity.caller, identity.admin, body)
     if view is None:
         return error(404, "not_found", f"no batch {batch_id} for this caller")
+    if isinstance(view, ExportRefusal):
+        details = [{"field": view.field, "reason": view.reason}]
+        return error(400, "invalid_request", view.reason, details)
     return _json(202, view)
 
 
@@ -435,6 +528,9 @@ HANDLERS: dict[str, Handler] = {
     "cancel_job": cancel_job,
     "cancel_batch": cancel_batch,
     "reroll": reroll,
+    "promote": promote,
+    "review": review,
+    "final_pick": final_pick,
     "export_batch": export_batch,
     "export_download": export_download,
 }
@@ -456,6 +552,17 @@ ROUTES = Map(
             methods=["POST"],
             endpoint="reroll",
         ),
+        Rule(
+            "/jobs/<id:job_id>/variants/<int(min=1,max=99):variant>:promote",
+            methods=["POST"],
+            endpoint="promote",
+        ),
+        Rule(
+            "/jobs/<id:job_id>/variants/<int(min=1,max=99):variant>:review",
+            methods=["POST"],
+            endpoint="review",
+        ),
+        Rule("/jobs/<id:job_id>:final", methods=["POST"], endpoint="final_pick"),
         Rule("/batches/<id:batch_id>:export", methods=["POST"], endpoint="export_batch"),
         Rule("/exports/<id:batch_id>/<id:export_id>", methods=["GET"], endpoint="export_download"),
     ],

@@ -6,14 +6,16 @@ function only pays at cold start for what it uses.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from shared.config.environment import get_settings
 from shared.config.settings import Settings
 from shared.contracts.links import LinkSigner
 
 if TYPE_CHECKING:
+    from shared.adapters.drive import GoogleDriveFolder
     from shared.adapters.firestore_store import (
         FirestoreBudgetLedger,
         FirestoreIdempotencyStore,
@@ -33,9 +35,10 @@ if TYPE_CHECKING:
     from shared.services.intake import Intake
     from shared.services.ledger import JobLedger
     from shared.services.notices import Notices
-    from shared.services.ports import SheetLayout
+    from shared.services.ports import DriveFile, SheetLayout
     from shared.services.preflight import Preflight
     from shared.services.rerolls import Rerolls
+    from shared.services.reviews import Reviews
     from shared.services.sheet_sync import SheetSync
     from shared.services.sweeper import Sweeper
     from shared.services.thumbnails import Thumbnails
@@ -312,7 +315,45 @@ def export_publisher() -> PubSubExportPublisher:
 def exporter() -> Exporter:
     from shared.services.exports import Exporter
 
-    return Exporter(settings(), job_store(), object_store())
+    return Exporter(settings(), job_store(), object_store(), drive=_LazyDrive())
+
+
+class _LazyDrive:
+    """The Drive folder port, its client made on the first Drive delivery only (a
+    zip needs no Drive credentials)."""
+
+    def check_folder(self, folder_id: str) -> None:
+        drive_folder().check_folder(folder_id)
+
+    def find(self, folder_id: str, key: str) -> DriveFile | None:
+        return drive_folder().find(folder_id, key)
+
+    def upload(
+        self,
+        folder_id: str,
+        name: str,
+        mime_type: str,
+        key: str,
+        write: Callable[[BinaryIO], None],
+        description: str = "",
+    ) -> DriveFile:
+        return drive_folder().upload(folder_id, name, mime_type, key, write, description)
+
+
+@lru_cache(maxsize=1)
+def drive_folder() -> GoogleDriveFolder:
+    """The team's Drive (Google's Drive API, or the dev stack's stub)."""
+    from shared.adapters.drive import GoogleDriveFolder, drive_session
+
+    base = settings().drive_api_url or "https://www.googleapis.com"
+    return GoogleDriveFolder(drive_session(base), base)
+
+
+@lru_cache(maxsize=1)
+def reviews() -> Reviews:
+    from shared.services.reviews import Reviews
+
+    return Reviews(job_store(), intake_ledger())
 
 
 @lru_cache(maxsize=1)

@@ -32,6 +32,7 @@ from shared.domain.quota import GateState, Limit, Slot
 from shared.domain.request_records import RequestRecord
 from shared.services.ports import (
     BatchProgress,
+    DriveFile,
     EconomyLine,
     Fence,
     FencedOut,
@@ -1214,3 +1215,45 @@ class _EveryRow(SheetLayout):
 
     def rows_of(self, scene_id: str) -> list[int]:
         return [2]
+
+
+class FakeDriveFolder:
+    """A Drive folder in memory: files by their ``pipeline_key``, every call recorded."""
+
+    def __init__(self, folders: Sequence[str] = ("folder_1",)) -> None:
+        self.folders = set(folders)
+        self.files: dict[str, tuple[str, str, bytes, str]] = {}  # key -> folder, name, ...
+        self.calls: list[tuple[str, str]] = []
+        self.fail_upload: Exception | None = None
+
+    def check_folder(self, folder_id: str) -> None:
+        self.calls.append(("check_folder", folder_id))
+        if folder_id not in self.folders:
+            raise PermanentError(f"folder {folder_id} is not shared with the service account")
+
+    def find(self, folder_id: str, key: str) -> DriveFile | None:
+        self.calls.append(("find", key))
+        found = self.files.get(key)
+        if found is None or found[0] != folder_id:
+            return None
+        return DriveFile(file_id=key, name=found[1], size=len(found[2]))
+
+    def upload(
+        self,
+        folder_id: str,
+        name: str,
+        mime_type: str,
+        key: str,
+        write: Callable[[BinaryIO], None],
+        description: str = "",
+    ) -> DriveFile:
+        self.calls.append(("upload", name))
+        if self.fail_upload is not None:
+            raise self.fail_upload
+        out = io.BytesIO()
+        write(out)
+        self.files[key] = (folder_id, name, out.getvalue(), mime_type)
+        return DriveFile(file_id=key, name=name, size=len(out.getvalue()))
+
+    def names(self) -> list[str]:
+        return sorted(name for _, name, _, _ in self.files.values())

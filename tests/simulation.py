@@ -56,7 +56,7 @@ from shared.domain.job import TERMINAL_VARIANT_STATES, Job, VariantState
 from shared.services.cancels import Cancels
 from shared.services.dead_letters import DELIVERY_COUNT, DeadLetters
 from shared.services.economy import Economy
-from shared.services.exports import MANIFEST, Exporter, Exports
+from shared.services.exports import MANIFEST, MANIFEST_JSON, Exporter, Exports
 from shared.services.generation import Generation
 from shared.services.intake import Accepted, Intake
 from shared.services.ledger import JobLedger
@@ -1091,7 +1091,7 @@ def _export_violations(world: World) -> list[str]:
             found.append(f"the export of {batch_id} names {export.object_name}, which is missing")
             continue
         with zipfile.ZipFile(io.BytesIO(obj.data)) as archive:
-            members = [n for n in archive.namelist() if n != MANIFEST]
+            members = [n for n in archive.namelist() if n not in (MANIFEST, MANIFEST_JSON)]
         if len(members) != export.images:
             found.append(
                 f"the export of {batch_id} says {export.images} images; its zip holds "

@@ -26,14 +26,34 @@ from shared.contracts.answers import (
     ModelList,
     Plan,
     RerollAccepted,
+    ReviewAnswer,
     Submitted,
 )
-from shared.contracts.requests import BatchRequest, RerollRequest
+from shared.contracts.requests import (
+    BatchRequest,
+    ExportRequest,
+    FinalRequest,
+    PromoteRequest,
+    RerollRequest,
+    ReviewRequest,
+)
 
-REQUESTS: tuple[type[BaseModel], ...] = (BatchRequest, RerollRequest)
+REQUESTS: tuple[type[BaseModel], ...] = (
+    BatchRequest,
+    RerollRequest,
+    PromoteRequest,
+    ReviewRequest,
+    FinalRequest,
+    ExportRequest,
+)
 MODELS: list[type[BaseModel]] = [
     BatchRequest,
     RerollRequest,
+    PromoteRequest,
+    ReviewRequest,
+    FinalRequest,
+    ExportRequest,
+    ReviewAnswer,
     Plan,
     Submitted,
     JobView,
@@ -47,6 +67,14 @@ MODELS: list[type[BaseModel]] = [
     ErrorBody,
     Health,
 ]
+
+
+_VARIANT = {
+    "name": "variant",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 99},
+}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -227,20 +255,85 @@ def build() -> dict[str, Any]:
                     },
                 }
             },
+            "/jobs/{job_id}/variants/{variant}:promote": {
+                "post": {
+                    "operationId": "promoteVariant",
+                    "description": (
+                        "A chosen image re-made at a larger size (2K, 4K) as a new version, "
+                        "the image itself the reference with an instruction to keep it "
+                        "unchanged; a draft's with its final model. Budgeted and priced like "
+                        "any image, once per Idempotency-Key; the scene's final pick moves to "
+                        "it when it is done, if it promoted the pick."
+                    ),
+                    "security": auth,
+                    "parameters": [_id_parameter("job_id"), _VARIANT, _IDEMPOTENCY_KEY],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("PromoteRequest")}},
+                    },
+                    "responses": {
+                        "202": _json_response("The promotion was queued", "RerollAccepted"),
+                        **_errors(400, 401, 403, 404, 409, 413, 415, 429, 503),
+                    },
+                }
+            },
+            "/jobs/{job_id}/variants/{variant}:review": {
+                "post": {
+                    "operationId": "reviewImage",
+                    "description": (
+                        "Approve or reject one image (a version of the variant: name it), or "
+                        "clear the decision; recorded with who and when."
+                    ),
+                    "security": auth,
+                    "parameters": [_id_parameter("job_id"), _VARIANT],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("ReviewRequest")}},
+                    },
+                    "responses": {
+                        "200": _json_response("The decision", "ReviewAnswer"),
+                        **_errors(400, 401, 403, 404, 409, 413, 415, 503),
+                    },
+                }
+            },
+            "/jobs/{job_id}:final": {
+                "post": {
+                    "operationId": "pickFinal",
+                    "description": "The scene's final image (approved too), or none.",
+                    "security": auth,
+                    "parameters": [_id_parameter("job_id")],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("FinalRequest")}},
+                    },
+                    "responses": {
+                        "200": _json_response("The pick", "ReviewAnswer"),
+                        **_errors(400, 401, 403, 404, 409, 413, 415, 503),
+                    },
+                }
+            },
             "/batches/{batch_id}:export": {
                 "post": {
                     "operationId": "exportBatch",
                     "description": (
-                        "Writes, in the background, one zip with every kept image at full size "
-                        "({scene_id}/var_{n}[_v{k}].{ext}) and manifest.csv; GET /batches/"
-                        "{batch_id} then shows its durable download link. While a zip is being "
-                        "made, this answers that one."
+                        "Hands the batch over, in the background: every kept image, the "
+                        "approved ones or each scene's final pick (`only`), at full size and "
+                        "byte for byte, named by `name_template`, with manifest.csv and "
+                        "manifest.json (prompt, references, model, size, lane, cost, decision); "
+                        "as one zip (GET /batches/{batch_id} then shows its durable link) or "
+                        "into a Google Drive folder shared with the service account (a file "
+                        "already there is not made again). While one is being made of the same "
+                        "images, this answers that one."
                     ),
                     "security": auth,
                     "parameters": [_id_parameter("batch_id")],
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": _ref("ExportRequest")}},
+                    },
                     "responses": {
-                        "202": _json_response("The zip asked for", "ExportView"),
-                        **_errors(401, 403, 404, 503),
+                        "202": _json_response("The export asked for", "ExportView"),
+                        **_errors(400, 401, 403, 404, 503),
                     },
                 }
             },

@@ -32,9 +32,11 @@ test('Settings, Estimate, Generate and Refresh status take selected rows to comp
   assert.deepEqual(
     h.menus[0].items.filter((i) => !i.separator).map((i) => i.caption),
     [
-      'Estimate selected rows', 'Generate selected rows', 'Refresh status',
-      'Cancel selected rows', 'Re-roll selected image', 'Edit selected image…', 'Download batch',
-      'Settings', 'Email me about my batches…',
+      'Estimate selected rows', 'Generate selected rows', 'Generate drafts of selected rows',
+      'Refresh status', 'Cancel selected rows', 'Re-roll selected image', 'Edit selected image…',
+      'Promote selected image…', 'Approve selected images', 'Reject selected images',
+      'Mark selected image as final', 'Send reviews of selected rows', 'Download batch',
+      'Deliver to Drive…', 'Settings', 'Email me about my batches…',
     ],
   );
   h.answer({ button: 'OK', text: env.API_URL }, { button: 'OK', text: 'key' }, { button: 'OK', text: env.API_KEY });

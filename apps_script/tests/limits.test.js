@@ -11,7 +11,7 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const { startServer, limitsWith, DEFAULT_LIMITS } = require('./servers');
 const {
-  stackEnv, sceneId, addScenes, readRows, rowsA1, harnessFor, withoutLimits, isLimitsRequest,
+  stackEnv, sceneId, addScenes, readRows, rowsA1, harnessFor, withoutLimits, isLimitsRequest, fieldsOf,
 } = require('./stack');
 
 let env;
@@ -93,9 +93,10 @@ test('a deployment that allows 6 variants and the 512 size gets a row of 6 at 51
     sizedRow({ ...six, aspect_ratio: '16:9', image_size: 512 }),
     sizedRow({ ...small, aspect_ratio: '21:9', image_size: '2k' }),
   ]);
+  const fields = (row) => fieldsOf(SIZED_HEADER, row);
   const expected = [
-    { scene_id: six.scene_id, prompt: six.prompt, variants: 6, aspect_ratio: '16:9', image_size: '512' },
-    { scene_id: small.scene_id, prompt: small.prompt, variants: 1, aspect_ratio: '21:9', image_size: '2K' },
+    { scene_id: six.scene_id, prompt: six.prompt, fields: fields({ ...six, aspect_ratio: '16:9', image_size: 512 }), variants: 6, aspect_ratio: '16:9', image_size: '512' },
+    { scene_id: small.scene_id, prompt: small.prompt, fields: fields({ ...small, aspect_ratio: '21:9', image_size: '2k' }), variants: 1, aspect_ratio: '21:9', image_size: '2K' },
   ];
   const deployment = await server({
     limits: limitsWith({ max_variants: 6 }, { image_sizes: ['512', '1K', '2K', '4K'] }),

@@ -10,7 +10,7 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { startServer, limitsWith, batchAnswers } = require('./servers');
-const { stackEnv, sceneId, harnessFor, withoutLimits, addSheet, rowsOf } = require('./stack');
+const { stackEnv, sceneId, harnessFor, withoutLimits, addSheet, rowsOf, fieldsOf } = require('./stack');
 
 const HEADER = [
   'scene_id', 'prompt', 'ref_pack_public_url', 'variants', 'status_img', 'nano_img_1', 'job_id',
@@ -76,6 +76,7 @@ test('the named characters and products go with the row, labelled, in table orde
     {
       scene_id: rows[0].scene_id,
       prompt: rows[0].prompt,
+      fields: fieldsOf(HEADER, rows[0]),
       variants: 1,
       references: [
         // Table order (not the row's), each name with its first spelling in the table.
@@ -90,10 +91,11 @@ test('the named characters and products go with the row, labelled, in table orde
       scene_id: rows[1].scene_id,
       model: 'gemini-3-pro-image',
       prompt: rows[1].prompt,
+      fields: fieldsOf(HEADER, rows[1]),
       variants: 2,
       references: [{ role: 'product', name: 'Mug', ref: 'https://refs.example.com/mug.png' }],
     },
-    { scene_id: rows[2].scene_id, prompt: rows[2].prompt, variants: 1 },
+    { scene_id: rows[2].scene_id, prompt: rows[2].prompt, fields: fieldsOf(HEADER, rows[2]), variants: 1 },
   ];
   const deployment = await server({ routes: batchAnswers(expected, 'bat_cast') });
   const h = harnessFor(env, { apiUrl: deployment.url, harness: { sheetTitle: title, selection: ['A2:J4'], namedRanges } });

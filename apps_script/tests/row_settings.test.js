@@ -8,7 +8,7 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { startServer, limitsWith, batchAnswers } = require('./servers');
-const { stackEnv, sceneId, harnessFor, withoutLimits, addSheet, rowsOf } = require('./stack');
+const { stackEnv, sceneId, harnessFor, withoutLimits, addSheet, rowsOf, fieldsOf } = require('./stack');
 
 const HEADER = [
   'scene_id', 'prompt', 'variants', 'status_img', 'nano_img_1', 'nano_img_2', 'job_id',
@@ -40,9 +40,9 @@ test('a row\'s model, size, aspect ratio and lane are sent with it', async () =>
   ];
   const title = await addSheet(env, 'Row settings', [HEADER, ...rowsOf(HEADER, rows)]);
   const expected = [
-    { scene_id: rows[0].scene_id, model: 'gemini-3-pro-image', prompt: rows[0].prompt, variants: 1, aspect_ratio: '21:9', image_size: '4K' },
-    { scene_id: rows[1].scene_id, prompt: rows[1].prompt, variants: 2, image_size: '512' },
-    { scene_id: rows[2].scene_id, model: 'gemini-2.5-flash-image', prompt: rows[2].prompt, variants: 1, lane: 'economy' },
+    { scene_id: rows[0].scene_id, model: 'gemini-3-pro-image', prompt: rows[0].prompt, fields: fieldsOf(HEADER, rows[0]), variants: 1, aspect_ratio: '21:9', image_size: '4K' },
+    { scene_id: rows[1].scene_id, prompt: rows[1].prompt, fields: fieldsOf(HEADER, rows[1]), variants: 2, image_size: '512' },
+    { scene_id: rows[2].scene_id, model: 'gemini-2.5-flash-image', prompt: rows[2].prompt, fields: fieldsOf(HEADER, rows[2]), variants: 1, lane: 'economy' },
   ];
   const deployment = await server({ routes: batchAnswers(expected, 'bat_rows') });
   const h = harnessFor(env, { apiUrl: deployment.url, harness: { sheetTitle: title, selection: ['A2:K4'] } });

@@ -30,8 +30,8 @@ function sceneId(name) {
   return `as-${name}-${RUN}-${counter}`;
 }
 
-function valuesUrl(env, range, suffix = '') {
-  const title = `'${env.WORKSHEET.replace(/'/g, "''")}'`;
+function valuesUrl(env, range, suffix = '', sheet = env.WORKSHEET) {
+  const title = `'${sheet.replace(/'/g, "''")}'`;
   return `${env.SHEETS_API_URL}/v4/spreadsheets/${encodeURIComponent(env.SPREADSHEET_ID)}/values/${encodeURIComponent(`${title}!${range}`)}${suffix}`;
 }
 
@@ -65,18 +65,21 @@ async function addScenes(env, scenes) {
   );
 }
 
-async function header(env) {
-  const answer = await call(valuesUrl(env, '1:1'));
+async function header(env, sheet = env.WORKSHEET) {
+  const answer = await call(valuesUrl(env, '1:1', '', sheet));
   return answer.values[0];
 }
 
-/** Rows by header name; render FORMULA shows =IMAGE() formulas. */
-async function readRows(env, rowNumbers, render = 'FORMULA') {
-  const names = await header(env);
+/**
+ * Rows by header name; render FORMULA shows =IMAGE() formulas. `sheet`: another
+ * sheet of the spreadsheet than the stack's scenes sheet.
+ */
+async function readRows(env, rowNumbers, render = 'FORMULA', sheet = env.WORKSHEET) {
+  const names = await header(env, sheet);
   const last = columnLetters(names.length);
   const out = [];
   for (const row of rowNumbers) {
-    const answer = await call(valuesUrl(env, `A${row}:${last}${row}`, `?valueRenderOption=${render}`));
+    const answer = await call(valuesUrl(env, `A${row}:${last}${row}`, `?valueRenderOption=${render}`, sheet));
     const values = (answer.values && answer.values[0]) || [];
     out.push(Object.fromEntries(names.map((name, i) => [name, values[i] === undefined ? '' : values[i]])));
   }
@@ -146,11 +149,26 @@ function rowsOf(header, objects) {
   return objects.map((o) => header.map((name) => (o[name] === undefined ? '' : o[name])));
 }
 
+/** Columns the pipeline or the script writes: never in a row's `fields`. */
+const WRITTEN_COLUMNS = ['status_img', 'job_id', 'error_img', 'review'];
+
+/**
+ * The `fields` a row is sent with: every column of `header` but those the pipeline
+ * or the script writes, as the sheet shows it (a number as text), trimmed; the
+ * prompt only for a row with a template (without one it is sent as `prompt`).
+ */
+function fieldsOf(header, row, withTemplate = false) {
+  return Object.fromEntries(header
+    .filter((name) => !WRITTEN_COLUMNS.includes(name) && !/^nano_img_\d+$/.test(name))
+    .filter((name) => withTemplate || name !== 'prompt')
+    .map((name) => [name, row[name] === undefined ? '' : String(row[name]).trim()]));
+}
+
 async function sleep(ms) {
   await new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 module.exports = {
   stackEnv, sceneId, appendRows, addScenes, readRows, writeCells, rowsA1, harnessFor, sleep, header,
-  isLimitsRequest, withoutLimits, addSheet, rowsOf,
+  isLimitsRequest, withoutLimits, addSheet, rowsOf, fieldsOf,
 };

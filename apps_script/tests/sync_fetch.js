@@ -31,7 +31,8 @@ async function one(request, retried) {
     return { ok: true, status: response.status, headers, body: body.toString('base64'), url: response.url };
   } catch (err) {
     const code = err && err.cause ? err.cause.code : '';
-    if (!retried && code === 'UND_ERR_SOCKET' && ['GET', 'HEAD'].includes(request.method)) {
+    // The closed socket shows as UND_ERR_SOCKET, or ECONNRESET when the close races the request.
+    if (!retried && ['UND_ERR_SOCKET', 'ECONNRESET'].includes(code) && ['GET', 'HEAD'].includes(request.method)) {
       return one(request, true);
     }
     const cause = err && err.cause ? (err.cause.code || err.cause.message) : '';

@@ -25,7 +25,7 @@ const HEADER = [
   'scene_id', 'prompt', 'ref_pack_public_url', 'variants', 'status_img', 'nano_img_1', 'nano_img_2',
   'job_id', 'template', 'Subject', 'Setting', 'avoid', 'notes',
 ];
-/** The columns a row sends with a template: all but the pipeline's own. */
+/** The columns a row is sent with: all but the pipeline's own. */
 const FIELD_COLUMNS = HEADER.filter((name) => !['status_img', 'nano_img_1', 'nano_img_2', 'job_id'].includes(name));
 
 let env;
@@ -59,6 +59,13 @@ async function templateSheets(rows, templates) {
 
 function fieldsOf(row) {
   return Object.fromEntries(FIELD_COLUMNS.map((name) => [name, row[name] === undefined ? '' : String(row[name])]));
+}
+
+/** A row without a template: its prompt goes as `prompt`, not among its columns. */
+function plainFieldsOf(row) {
+  const fields = fieldsOf(row);
+  delete fields.prompt;
+  return fields;
 }
 
 test('every shared template case composes as on the server, and fails with the same words', () => {
@@ -103,14 +110,15 @@ test('rows use the template their column names, the default one when the prompt 
       avoid: 'cars; text\nwatermarks',
       variants: 1,
     },
-    { scene_id: rows[1].scene_id, prompt: 'A plain prompt, as typed', variants: 2 },
+    // A row without a template carries its columns too (for a delivery's file names).
+    { scene_id: rows[1].scene_id, prompt: 'A plain prompt, as typed', fields: plainFieldsOf(rows[1]), variants: 2 },
     {
       scene_id: rows[2].scene_id,
       template: { name: 'product', text: templates.template_product },
       fields: fieldsOf(rows[2]),
       variants: 1,
     },
-    { scene_id: rows[3].scene_id, prompt: rows[3].prompt, avoid: 'people', variants: 1 },
+    { scene_id: rows[3].scene_id, prompt: rows[3].prompt, fields: plainFieldsOf(rows[3]), avoid: 'people', variants: 1 },
   ];
   const deployment = await server({ routes: batchAnswers(expected, 'bat_templates') });
   const h = harnessFor(stack(), {

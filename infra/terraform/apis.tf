@@ -7,6 +7,7 @@ locals {
     "cloudfunctions.googleapis.com",       # Cloud Functions gen2
     "cloudresourcemanager.googleapis.com", # project IAM bindings, the project data source
     "cloudscheduler.googleapis.com",       # the economy lane's tick
+    "drive.googleapis.com",                # deliveries into a team's Google Drive folder (export function)
     "firestore.googleapis.com",            # job state
     "iam.googleapis.com",                  # service accounts
     "iamcredentials.googleapis.com",       # signBlob for V4 signed URLs, OIDC tokens for push

@@ -31,6 +31,11 @@ output "sheet_reader_emails" {
   value       = [google_service_account.this["api"].email]
 }
 
+output "export_service_account_email" {
+  description = "The export function's service account: share the team's Google Drive delivery folder (in a shared drive) with it as Content manager."
+  value       = google_service_account.this["export"].email
+}
+
 output "images_bucket" {
   description = "Private images bucket (IMAGES_BUCKET)."
   value       = google_storage_bucket.this["images"].name

@@ -163,6 +163,8 @@ class Settings(BaseModel):
     signing_credentials_file: str = ""
 
     sheets_api_url: str = ""
+    # A Drive API endpoint other than Google's (the dev stack's stub); "" in production.
+    drive_api_url: str = ""
     # --- Word when a batch ends (issue 25): a Google Chat space's incoming webhook
     # (a secret; "" sends none), and the share of a batch's jobs that may fail
     # before the team is told while the rest still run.

@@ -69,11 +69,31 @@ class PlanJob(_Answer):
     )
     estimated_cost_per_image_usd: str
     estimated_cost_usd: str
+    final_model: str | None = Field(
+        default=None, description="A draft's picks are promoted to this model (drafts only)"
+    )
+    final_size: str | None = Field(default=None, description="... at this size (drafts only)")
+
+
+class DeliveryPaths(_Answer):
+    """Cost per delivered image (one pick per scene), both ways."""
+
+    every_image_final_usd: str = Field(
+        description="Every variant made at the final model and size, one delivered per scene"
+    )
+    drafts_then_promote_usd: str = Field(
+        description="Every variant made as a draft (the catalog's cheapest model and size "
+        "for the job), and the pick promoted to the final model and size"
+    )
+    saving: str = Field(description="What the drafts path saves, as a share")
 
 
 class _Costed(_Answer):
     """What every batch answer says about the model, images, money and budget."""
 
+    delivered: DeliveryPaths | None = Field(
+        default=None, description="Cost per delivered image: drafts then promote, or not"
+    )
     model: str
     price_per_image_usd: str = Field(description="The estimate per image, on average")
     job_count: int
@@ -122,13 +142,35 @@ ImageState = Literal["pending", "generating", "batched", "uploaded", "done", "fa
 JobStateName = Literal["queued", "generating", "completed", "partial", "failed", "cancelled"]
 
 
+class ReviewView(_Answer):
+    """The team's decision on one image."""
+
+    decision: Literal["approved", "rejected"]
+    by: str
+    at: str
+
+
+class FinalView(_Answer):
+    """The scene's final pick."""
+
+    variant: int
+    version: int
+    by: str
+    at: str
+
+
 class VersionView(_Answer):
-    """One version of a variant: the first image, a re-roll or an edit."""
+    """One version of a variant: the first image, a re-roll, an edit or a promotion."""
 
     version: int
-    kind: Literal["original", "reroll", "edit"]
+    kind: Literal["original", "reroll", "edit", "promote"]
     state: ImageState
     instruction: str | None = Field(default=None, description="What an edit asked for")
+    image_size: str | None = Field(
+        default=None, description="The size it is made at, when not the job's (a promotion)"
+    )
+    promotes: int | None = Field(default=None, description="The version a promotion re-makes")
+    review: ReviewView | None = None
     error: str | None = None
     image_url: str | None = Field(default=None, description="Durable link to the full image")
     thumbnail_url: str | None = None
@@ -208,6 +250,15 @@ class JobView(_Answer):
     references: list[str] = Field(
         default_factory=list, description="The named references: '<role> <name>' each"
     )
+    image_size: str | None = Field(
+        default=None, description="The size its images are made at (None: the model's default)"
+    )
+    final: FinalView | None = Field(default=None, description="The scene's final pick")
+    draft: bool = Field(
+        default=False, description="Made as a draft: promote its picks to final_model"
+    )
+    final_model: str | None = None
+    final_size: str | None = None
     variants: list[VariantView]
     created_at: str
     started_at: str | None = None
@@ -227,12 +278,22 @@ class ExportView(_Answer):
     requested_at: str
     started_at: str | None = None
     finished_at: str | None = None
-    images: int | None = Field(default=None, description="Images in the zip")
+    images: int | None = Field(default=None, description="Images in the zip (or delivered)")
     bytes: int | None = None
     download_url: str | None = Field(
         default=None, description="Durable link (redirects to a short-lived signed URL) once done"
     )
     error: str | None = None
+    only: Literal["all", "approved", "final"] = "all"
+    name_template: str | None = None
+    destination: Literal["zip", "drive"] = "zip"
+    drive_folder_id: str | None = None
+    added: int | None = Field(
+        default=None, description="Drive: files this export put in the folder"
+    )
+    present: int | None = Field(
+        default=None, description="Drive: files found there already (not made again)"
+    )
 
 
 class BatchView(_Answer):
@@ -276,13 +337,25 @@ class BatchCancelled(_Answer):
     jobs: list[JobCancelled]
 
 
+class ReviewAnswer(_Answer):
+    """What a review decision or a final pick did."""
+
+    job_id: str
+    variant: int | None
+    version: int | None
+    decision: Literal["approved", "rejected", "none", "final"]
+    final: FinalView | None = None
+    by: str
+    at: str
+
+
 class RerollAccepted(_Answer):
     """A new version of a variant was queued (or this replays that first answer)."""
 
     job_id: str
     variant: int
     version: int
-    kind: Literal["reroll", "edit"]
+    kind: Literal["reroll", "edit", "promote"]
     instruction: str | None = None
     state: Literal["queued", "failed"]
     error: str | None = None

@@ -321,6 +321,12 @@ class BatchRequest(BaseModel):
     )
     spreadsheet_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
     worksheet: str = Field(min_length=1, max_length=100)
+    drafts: bool = Field(
+        default=False,
+        description="Make every image as a draft, at the catalog's cheapest model and size "
+        "for the job; promote the picks to the batch's model and size "
+        "(POST /jobs/{job_id}/variants/{n}:promote)",
+    )
     style_refs: list[Annotated[str, AfterValidator(_style_ref)]] = Field(
         default_factory=list,
         description="References applied to every item, before each item's own pack: "
@@ -411,3 +417,86 @@ class RerollRequest(BaseModel):
         if len(value) > limit:
             raise ValueError(f"is {len(value)} characters long; the limit is {limit}")
         return value
+
+
+class ReviewRequest(BaseModel):
+    """Body of ``POST /jobs/{job_id}/variants/{n}:review``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approved", "rejected", "none"] = Field(
+        description="none clears the decision (rejecting the final pick clears the pick)"
+    )
+    version: int | None = Field(
+        default=None,
+        ge=1,
+        description="The version decided on (default: the one the sheet shows now); name it "
+        "when a newer version may be on its way",
+    )
+
+
+class FinalRequest(BaseModel):
+    """Body of ``POST /jobs/{job_id}:final``: the scene's final pick (approved too)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variant: int | None = Field(ge=1, description="None clears the pick")
+    version: int | None = Field(default=None, ge=1, description="Default: the one shown now")
+
+
+class PromoteRequest(BaseModel):
+    """Body of ``POST /jobs/{job_id}/variants/{n}:promote``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_size: str = Field(
+        max_length=10, description="A larger size the model makes (2K, 4K), e.g. 2K"
+    )
+    version: int | None = Field(
+        default=None, ge=1, description="The version to promote (default: the one shown now)"
+    )
+
+
+NAME_TEMPLATE_FIELDS = ("scene_id", "variant", "version", "job_id", "model", "image_size")
+
+
+class ExportRequest(BaseModel):
+    """Body of ``POST /batches/{batch_id}:export`` (may be empty: a zip of everything)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    only: Literal["all", "approved", "final"] = Field(
+        default="all",
+        description="approved: approved images (a final pick is approved); final: each "
+        "scene's final pick; rejected and unreviewed images are in neither",
+    )
+    name_template: str | None = Field(
+        default=None,
+        max_length=200,
+        description="File names: {scene_id}, {variant}, {version}, {job_id}, {model}, "
+        "{image_size} and the row's columns ({{ }} for braces); the extension is added",
+    )
+    destination: Literal["zip", "drive"] = "zip"
+    drive_folder_id: str | None = Field(
+        default=None,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="The Drive folder to deliver into (shared with the service account)",
+    )
+
+    @field_validator("name_template")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            briefs.placeholders(value)
+        except briefs.TemplateError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _folder(self) -> ExportRequest:
+        if self.destination == "drive" and not self.drive_folder_id:
+            raise FieldProblem(("drive_folder_id",), "is required to deliver to Drive")
+        return self

@@ -8,6 +8,9 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 ExportState = Literal["queued", "running", "done", "failed"]
+# Which images (``shared/domain/reviews.py``) and where to: a zip, or a Drive folder.
+ExportSelection = Literal["all", "approved", "final"]
+ExportDestination = Literal["zip", "drive"]
 
 
 class Export(BaseModel):
@@ -33,6 +36,18 @@ class Export(BaseModel):
     images: int | None = None
     bytes: int | None = None
     error: str | None = None
+    only: ExportSelection = "all"
+    # File names: a template of the image's and its row's fields (None: the zip's
+    # ``{scene_id}/var_{n}[_v{k}]``).
+    name_template: str | None = None
+    destination: ExportDestination = "zip"
+    drive_folder_id: str | None = None
+    # A Drive delivery: one delivery at a time (until ``lease_until``), and how many
+    # files it put in the folder and found there already.
+    holder: str | None = None
+    lease_until: datetime | None = None
+    added: int | None = None
+    present: int | None = None
 
 
 class Batch(BaseModel):

@@ -49,6 +49,26 @@ TERMINAL_JOB_STATES = frozenset(
 )
 
 
+Decision = Literal["approved", "rejected"]
+
+
+class Review(BaseModel):
+    """The team's decision on one image: what, who, when (``shared/domain/reviews.py``)."""
+
+    decision: Decision
+    by: str
+    at: datetime
+
+
+class FinalPick(BaseModel):
+    """The scene's final image: version ``version`` of variant ``variant``."""
+
+    variant: int
+    version: int
+    by: str
+    at: datetime
+
+
 class ImageSlot(BaseModel):
     """One image to make and pay for once: a variant's first version, or a later one."""
 
@@ -80,6 +100,7 @@ class ImageSlot(BaseModel):
     # A cancel reached the image while its call (or its Gemini batch) may have been
     # running: if that gives it back unmade, it is cancelled instead of retried.
     cancel_requested: bool = False
+    review: Review | None = None
 
     def asset_name(self, size: AssetSize) -> str | None:
         """The object behind the image's ``full`` size or ``thumb``, once it is ready.
@@ -117,9 +138,16 @@ class Version(ImageSlot):
     price_per_image: str
     # The request (its idempotency record) that asked for it.
     request_key: str | None = None
+    # A promotion: the version it re-makes larger (its image the reference), at
+    # ``image_size`` with ``target_model`` (a draft's final model; None: the job's).
+    promotes: int | None = None
+    image_size: str | None = None
+    target_model: str | None = None
 
     @property
-    def kind(self) -> Literal["reroll", "edit"]:
+    def kind(self) -> Literal["reroll", "edit", "promote"]:
+        if self.promotes is not None:
+            return "promote"
         return "edit" if self.instruction else "reroll"
 
 
@@ -188,6 +216,13 @@ class Job(BaseModel):
     avoid: str | None = None
     # Characters, products and a style by name, sent labelled before the pack.
     references: list[RoleReference] = Field(default_factory=list)
+    # The row's columns when it was sent (file names of a delivery use them).
+    fields: dict[str, str] = Field(default_factory=dict)
+    # A draft: made at the cheapest model and size; its picks are promoted to these.
+    final_model: str | None = None
+    final_size: str | None = None
+    # The scene's final pick (``shared/domain/reviews.py``).
+    final: FinalPick | None = None
     ref_pack_public_url: str | None = None
     aspect_ratio: str | None = None
     image_size: str | None = None

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TypeVar
 
+from shared.domain import reviews
 from shared.domain.job import (
     TERMINAL_JOB_STATES,
     TERMINAL_VARIANT_STATES,
@@ -440,6 +441,8 @@ def thumbnail_done(
     # by now, and status, anchors and exports date it.
     variant.generated_at = variant.generated_at or now
     variant.done_at = now
+    if version > 1:
+        reviews.carry_pick(job, n, version, now)
     return _image_ended(job, version, now), None
 
 

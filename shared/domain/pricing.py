@@ -87,3 +87,27 @@ def actual_cost(
 
 def cents(value: Decimal) -> Decimal:
     return value.quantize(CENT_FRACTION, rounding=ROUND_HALF_UP)
+
+
+def cheapest(
+    models: Mapping[str, ModelEntry],
+    lane: Lane,
+    aspect_ratio: str | None,
+    references: int,
+) -> tuple[str, str]:
+    """The model and size a draft is made at: the lowest price per image in ``lane``
+    among models Google serves and does not retire (generally available or in
+    preview) that take the aspect ratio and the references; ties go to the name
+    first in order. ValueError if none does."""
+    offers = [
+        (price, name, size)
+        for name, entry in models.items()
+        if entry.status in ("ga", "preview")
+        and (aspect_ratio is None or aspect_ratio in entry.aspect_ratios)
+        and references <= entry.max_reference_images
+        for size, price in entry.price_per_image[lane].items()
+    ]
+    if not offers:
+        raise ValueError("no model of the catalog takes this job's shape and references")
+    _, name, size = min(offers)
+    return name, size

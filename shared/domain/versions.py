@@ -1,5 +1,6 @@
-"""Later versions of a variant: a re-roll (new seed) or an edit (an instruction on
-the current image), each a new image made and paid for once."""
+"""Later versions of a variant: a re-roll (new seed), an edit (an instruction on
+the current image) or a promotion (a chosen image re-made larger, itself the
+reference), each a new image made and paid for once."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ Step = tuple[Job | None, R]
 
 # Versions one variant may have (they live in the job's document).
 MAX_VERSIONS = 50
+# What a promotion asks of the model, with the image itself as the reference.
+PROMOTE_INSTRUCTION = (
+    "Re-create this exact image at a higher resolution. Keep everything unchanged: "
+    "composition, subjects, faces, colours, lighting, text and style. Add detail only."
+)
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,11 @@ class VersionRequest:
     # The request that asks for it (its idempotency record): one version per request,
     # whichever run of the request (a retry, the sweeper) adds it.
     request_key: str | None = None
+    # A promotion: the version to re-make larger, the size, and the model (a draft's
+    # final model; None: the job's).
+    promotes: int | None = None
+    image_size: str | None = None
+    target_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,8 +61,14 @@ def add_version(job: Job, n: int, request: VersionRequest, now: datetime) -> Ste
     if len(variant.versions) + 1 >= MAX_VERSIONS:
         return None, VersionAdded(None, f"variant {n} has {MAX_VERSIONS} versions already")
     source_version, source = variant.current()
+    if request.promotes is not None:
+        try:
+            source_version, source = request.promotes, variant.slot(request.promotes)
+        except KeyError:
+            return None, VersionAdded(None, f"variant {n} has no version {request.promotes}")
     if request.instruction and (source.state != VariantState.DONE or not source.object_name):
-        return None, VersionAdded(None, f"variant {n} has no image to edit")
+        what = "promote" if request.promotes is not None else "edit"
+        return None, VersionAdded(None, f"variant {n} has no image to {what}")
     number = max((v.version for v in variant.versions), default=1) + 1
     variant.versions.append(
         Version(
@@ -65,6 +82,9 @@ def add_version(job: Job, n: int, request: VersionRequest, now: datetime) -> Ste
             budget_day=request.budget_day,
             price_per_image=request.price_per_image,
             request_key=request.request_key,
+            promotes=request.promotes,
+            image_size=request.image_size,
+            target_model=request.target_model,
         )
     )
     job.updated_at = now

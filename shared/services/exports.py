@@ -1,9 +1,18 @@
-"""The hand-over zip of a batch: asked for over HTTP, written in the background.
+"""The hand-over of a batch: asked for over HTTP, written in the background, as one
+zip or into the team's Google Drive folder.
 
-A request fixes the zip's contents: the images that exist then, every version,
-recorded with the export (``handover.pack``). A request once the batch has
-changed (a re-roll finished, say) gets a new zip; one while nothing changed gets
-the zip still being made.
+A request fixes what is handed over: the images it selects then (every kept one,
+the approved ones, or each scene's final pick; ``shared/domain/reviews.py``),
+recorded with the export (``handover.pack``), and how files are named (a template
+of the image's and its row's fields). A request once the batch has changed (a
+re-roll finished, say) gets a new export; one while nothing changed gets the one
+still being made.
+
+A Drive delivery puts one file per image, byte for byte as Gemini made it (its
+SynthID and any C2PA data intact), and a manifest (CSV and JSON), each tagged
+with the image it is (``pipeline_key``): a file already in the folder is not
+made again, so a second delivery of the same images adds nothing, and one that
+ran out of time is finished by the next (one delivery at a time).
 
 The exporter streams exactly those images, one at a time, from the images bucket
 into one zip that is itself uploaded as a stream (a resumable upload, a chunk at
@@ -15,13 +24,15 @@ counts are of those images, never of the jobs as they are by then.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import logging
 import time
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import IO, BinaryIO
 
 from shared.config.settings import Settings
@@ -29,18 +40,21 @@ from shared.contracts.answers import ExportView
 from shared.contracts.links import LinkSigner
 from shared.contracts.messages import ExportMessage
 from shared.contracts.objects import ObjectNames
+from shared.contracts.requests import ExportRequest
 from shared.domain import handover
-from shared.domain.batch import Batch
+from shared.domain.batch import Batch, Export
+from shared.domain.briefs import TemplateError
 from shared.domain.errors import NotFound, PermanentError, TransientError
 from shared.domain.ids import new_id, utcnow
-from shared.domain.job import Job, Version
-from shared.services.ports import ExportPublisher, JobStore, ObjectStore
+from shared.domain.job import ImageSlot, Job, Version
+from shared.services.ports import DriveFolder, ExportPublisher, JobStore, ObjectStore
 from shared.services.stored_images import object_names
 from shared.services.views import export_view
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.csv"
+MANIFEST_JSON = "manifest.json"
 MANIFEST_COLUMNS = (
     "scene",
     "variant",
@@ -51,8 +65,26 @@ MANIFEST_COLUMNS = (
     "cost",
     "created",
     "file",
+    "template",
+    "references",
+    "size",
+    "lane",
+    "decision",
+    "decided_by",
+    "final",
 )
 ZIP_CONTENT_TYPE = "application/zip"
+# A Drive delivery holds its export this long past the function's timeout (the
+# longest it can live): only a delivery that surely ended is taken over.
+DRIVE_LEASE_MARGIN_S = 60.0
+
+
+@dataclass(frozen=True)
+class ExportRefusal:
+    """An export that cannot be made as asked (400): the field and why."""
+
+    field: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -65,17 +97,38 @@ class Exports:
     clock: Callable[[], datetime] = utcnow
     ids: Callable[[str], str] = new_id
 
-    def request(self, batch_id: str, caller: str, admin: bool = False) -> ExportView | None:
-        """Queue a zip of the batch's images as they are now (or answer the one still
-        being made of the same images); None if the batch is missing or someone
-        else's. Raises TransientError if it cannot be queued."""
+    def request(
+        self,
+        batch_id: str,
+        caller: str,
+        admin: bool = False,
+        asked: ExportRequest | None = None,
+    ) -> ExportView | ExportRefusal | None:
+        """Queue an export of the batch's images as ``asked`` selects them now (or
+        answer the one still being made of the same images, named and delivered the
+        same way); None if the batch is missing or someone else's. Raises
+        TransientError if it cannot be queued."""
         batch = self.store.get_batch(batch_id)
         if batch is None or (batch.caller != caller and not admin):
             return None
-        members = handover.members_of(self.store.get_jobs(batch.job_ids))
+        asked = asked or ExportRequest()
+        jobs = self.store.get_jobs(batch.job_ids)
+        members = handover.members_of(jobs, asked.only)
+        if not members and asked.only != "all":
+            what = "approved" if asked.only == "approved" else "picked as final"
+            return ExportRefusal("only", f"no image of batch {batch_id} is {what} yet")
+        if asked.name_template is not None:
+            try:
+                entries_of(members, jobs, asked.name_template)
+            except TemplateError as exc:
+                return ExportRefusal("name_template", str(exc))
+        spec = handover.Spec(
+            asked.only, asked.name_template, asked.destination, asked.drive_folder_id
+        )
         export_id = self.ids("exp")
         export, created = self.store.update_batch(
-            batch_id, lambda b: handover.request(b, export_id, caller, self.clock(), members)
+            batch_id,
+            lambda b: handover.request(b, export_id, caller, self.clock(), members, spec),
         )
         message = ExportMessage(batch_id=batch_id, export_id=export.export_id)
         if created:
@@ -117,19 +170,28 @@ class Exports:
 
 @dataclass(frozen=True)
 class Entry:
-    """One image of the zip, with its manifest row."""
+    """One image of the export, with its manifest row."""
 
-    path: str  # inside the zip
+    path: str  # inside the zip; the file's name in Drive (``/`` as ``_``)
     object_name: str
     row: dict[str, str]
+    key: str  # which image it is: job, variant, version
+
+    @property
+    def drive_name(self) -> str:
+        return self.path.replace("/", "_")
 
 
-def entries_of(members: Sequence[handover.Member], jobs: Sequence[Job]) -> list[Entry]:
-    """The zip's images, those ``members`` name, in their order. An image stays what
-    it was once made (its object and row never change), so reading the jobs now
-    finds what the request saw; one no longer in them is left out, with a warning."""
+def entries_of(
+    members: Sequence[handover.Member], jobs: Sequence[Job], name_template: str | None = None
+) -> list[Entry]:
+    """The export's images, those ``members`` name, in their order, named by
+    ``name_template`` (TemplateError, naming the scene, for a column a row lacks).
+    An image stays what it was once made (its object and row never change), so
+    reading the jobs now finds what the request saw; one no longer in them is left
+    out, with a warning."""
     by_id = {job.job_id: job for job in jobs}
-    entries = []
+    found: list[tuple[handover.Member, Job, ImageSlot]] = []
     for member in members:
         job = by_id.get(member.job_id)
         try:
@@ -142,8 +204,29 @@ def entries_of(members: Sequence[handover.Member], jobs: Sequence[Job]) -> list[
                 extra={"job_id": member.job_id, "variant": member.n, "version": member.version},
             )
             continue
-        path = ObjectNames.zip_member(job.scene_id, member.n, member.version, slot.object_name)
+        found.append((member, job, slot))
+    paths = []
+    for member, job, slot in found:
+        assert slot.object_name is not None
+        if name_template is None:
+            paths.append(
+                ObjectNames.zip_member(job.scene_id, member.n, member.version, slot.object_name)
+            )
+            continue
+        try:
+            stem = handover.file_stem(name_template, job, member.n, member.version, slot)
+        except TemplateError as exc:
+            raise TemplateError(f"scene {job.scene_id}: {exc}") from None
+        paths.append(f"{stem}.{slot.object_name.rsplit('.', 1)[-1]}")
+    entries = []
+    for (member, job, slot), path in zip(found, handover.unique(paths), strict=True):
+        assert slot.object_name is not None
         made = slot.generated_at or slot.done_at or job.created_at
+        version = slot if isinstance(slot, Version) else None
+        final = job.final is not None and (job.final.variant, job.final.version) == (
+            member.n,
+            member.version,
+        )
         entries.append(
             Entry(
                 path,
@@ -153,15 +236,42 @@ def entries_of(members: Sequence[handover.Member], jobs: Sequence[Job]) -> list[
                     "variant": str(member.n),
                     "version": str(member.version),
                     "prompt": job.prompt,
-                    "instruction": (slot.instruction or "") if isinstance(slot, Version) else "",
+                    "instruction": (version.instruction or "") if version else "",
                     "model": slot.model or job.model,
                     "cost": slot.cost_usd or "",
                     "created": made.isoformat(),
                     "file": path,
+                    "template": job.template.name if job.template else "",
+                    "references": "; ".join(
+                        [f"{r.role} {r.name}: {r.ref}" for r in job.references]
+                        + [f"style: {ref}" for ref in job.style_refs]
+                        + ([f"pack: {job.ref_pack_public_url}"] if job.ref_pack_public_url else [])
+                        + (
+                            [f"image: {version.source_object}"]
+                            if version and version.source_object
+                            else []
+                        )
+                    ),
+                    "size": (version.image_size if version else None) or job.image_size or "",
+                    "lane": "live" if version else job.lane,
+                    "decision": slot.review.decision if slot.review else "",
+                    "decided_by": slot.review.by if slot.review else "",
+                    "final": "yes" if final else "",
                 },
+                f"{job.job_id}/{member.n}/{member.version}",
             )
         )
     return entries
+
+
+def manifests(rows: Sequence[dict[str, str]]) -> tuple[bytes, bytes]:
+    """The manifest as CSV (formula-safe, for a spreadsheet) and as JSON."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(_safe(row) for row in rows)
+    as_json = json.dumps({"images": list(rows)}, indent=1, ensure_ascii=False)
+    return text.getvalue().encode(), as_json.encode()
 
 
 def write_zip(
@@ -201,11 +311,9 @@ def write_zip(
                 raise
             member.close()
             rows.append(entry.row)
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(_safe(row) for row in rows)
-        archive.writestr(MANIFEST, text.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
+        as_csv, as_json = manifests(rows)
+        archive.writestr(MANIFEST, as_csv, compress_type=zipfile.ZIP_DEFLATED)
+        archive.writestr(MANIFEST_JSON, as_json, compress_type=zipfile.ZIP_DEFLATED)
     return len(rows)
 
 
@@ -257,13 +365,23 @@ class Exporter:
     store: JobStore
     objects: ObjectStore
     clock: Callable[[], datetime] = utcnow
+    # The team's Drive (None where no Drive delivery is possible: a zip only).
+    drive: DriveFolder | None = None
 
     def handle(self, message: ExportMessage) -> None:
-        """Write the zip and record it; raises (TransientError) to be retried."""
+        """Write the zip (or the Drive files) and record it; raises (TransientError)
+        to be retried."""
         context: dict[str, object] = {"batch_id": message.batch_id, "export": message.export_id}
         batch = self.store.get_batch(message.batch_id)
         if batch is None:
             log.error("batch not found; export dropped", extra=context)
+            return
+        asked = batch.export
+        if asked is not None and (asked.export_id, asked.destination) == (
+            message.export_id,
+            "drive",
+        ):
+            self._deliver(batch.batch_id, message.export_id, context)
             return
         started = self.store.update_batch(
             batch.batch_id, lambda b: handover.start(b, message.export_id, self.clock())
@@ -337,3 +455,108 @@ class Exporter:
                 "bytes": size,
             },
         )
+
+    # ------------------------------------------------------------------ Drive
+    def _deliver(self, batch_id: str, export_id: str, context: dict[str, object]) -> None:
+        """Put every selected image and the manifest in the export's Drive folder, one
+        delivery at a time; what is there already is not made again."""
+        holder = new_id("dlv")
+        timeout = self.settings.function_timeout_s or self.settings.export_deadline_s
+        lease = timedelta(seconds=timeout + DRIVE_LEASE_MARGIN_S)
+        taken = self.store.update_batch(
+            batch_id, lambda b: handover.take(b, export_id, holder, self.clock(), lease)
+        )
+        if taken is None:
+            log.info("export finished or superseded; message dropped", extra=context)
+            return
+        if taken is False:
+            raise TransientError("another delivery of this export is running; retried later")
+        export = taken
+        assert isinstance(export, Export)
+        folder = export.drive_folder_id or ""
+        if self.drive is None:
+            self._failed(batch_id, export_id, "Drive delivery is not set up here", context)
+            return
+        try:
+            self.drive.check_folder(folder)
+            members = handover.unpack(export.contents or "")
+            job_ids = list(dict.fromkeys(member.job_id for member in members))
+            entries = entries_of(members, self.store.get_jobs(job_ids), export.name_template)
+            added, size = self._files(batch_id, folder, entries, context)
+        except PermanentError as exc:
+            self._failed(batch_id, export_id, f"Drive refused the delivery: {exc}", context)
+            return
+        except BaseException:
+            # The next delivery goes on where this one stopped (found files are kept).
+            self.store.update_batch(batch_id, lambda b: handover.let_go(b, export_id, holder))
+            raise
+        self.store.update_batch(
+            batch_id,
+            lambda b: handover.delivered(
+                b, export_id, holder, len(entries), added, size, self.clock()
+            ),
+        )
+        log.info(
+            "export delivered to Drive",
+            extra={**context, "event": "export_done", "images": len(entries), "added": added},
+        )
+
+    def _files(
+        self, batch_id: str, folder: str, entries: Sequence[Entry], context: dict[str, object]
+    ) -> tuple[int, int]:
+        """Upload what the folder lacks; (files added, bytes uploaded)."""
+        assert self.drive is not None
+        drive, bucket = self.drive, self.settings.images_bucket
+        deadline = time.monotonic() + self.settings.export_deadline_s
+        added = size = 0
+        for done, entry in enumerate(entries):
+            if time.monotonic() >= deadline:
+                raise TransientError(
+                    f"{done} of {len(entries)} images delivered within EXPORT_DEADLINE_S; "
+                    "the next delivery goes on"
+                )
+            key = _drive_key(f"{batch_id}/{entry.key}")
+            if drive.find(folder, key) is not None:
+                continue
+
+            def write(out: BinaryIO, name: str = entry.object_name) -> None:
+                self.objects.read_into(bucket, name, out)
+
+            mime = _mime(entry.object_name)
+            made = drive.upload(folder, entry.drive_name, mime, key, write, entry.row["prompt"])
+            added += 1
+            size += made.size or 0
+        as_csv, as_json = manifests([entry.row for entry in entries])
+        digest = hashlib.sha256(as_csv).hexdigest()[:12]
+        for data, ext, mime in ((as_csv, "csv", "text/csv"), (as_json, "json", "application/json")):
+            key = _drive_key(f"{batch_id}/manifest/{digest}.{ext}")
+            if drive.find(folder, key) is None:
+                drive.upload(
+                    folder,
+                    f"manifest_{batch_id}_{digest}.{ext}",
+                    mime,
+                    key,
+                    lambda out, data=data: out.write(data),  # type: ignore[misc]
+                )
+        return added, size
+
+    def _failed(
+        self, batch_id: str, export_id: str, reason: str, context: dict[str, object]
+    ) -> None:
+        self.store.update_batch(
+            batch_id, lambda b: handover.fail(b, export_id, reason, self.clock())
+        )
+        log.warning("export failed", extra={**context, "error": reason})
+
+
+def _drive_key(key: str) -> str:
+    """A file's ``pipeline_key``: Drive keeps a property's name and value within 124
+    bytes, so a long key (long ids) is kept as its digest."""
+    if len(key.encode()) <= 96:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:64]
+
+
+def _mime(object_name: str) -> str:
+    ext = object_name.rsplit(".", 1)[-1].lower()
+    return {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}.get(ext, "image/png")

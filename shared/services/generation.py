@@ -109,6 +109,8 @@ class _Run:
     prompt: str
     version: int = 1
     seed: int | None = None  # None: the variant's number (version 1)
+    # The model the call uses: the job's, or a promotion's target (a draft's final).
+    model_name: str = ""
 
 
 class TurnLock(Protocol):
@@ -263,11 +265,14 @@ class Generation:
         prompt: str,
         version: Version | None = None,
     ) -> _Run:
-        ratio, size = self.settings.shape_for(job.model, job.aspect_ratio, job.image_size)
+        model = (version.target_model if version is not None else None) or job.model
+        size_asked = (version.image_size if version is not None else None) or job.image_size
+        ratio, size = self.settings.shape_for(model, job.aspect_ratio, size_asked)
         return _Run(
             job=job,
             entry=entry,
-            model=self.settings.catalog.entry(job.model),
+            model_name=model,
+            model=self.settings.catalog.entry(model),
             references=references,
             claim_id=new_id("clm"),
             deadline=deadline,
@@ -491,7 +496,7 @@ class Generation:
         begin = self.monotonic()
         try:
             image = self.generator.generate(
-                job.model,
+                run.model_name,
                 run.prompt,
                 run.references,
                 seed=run.seed if run.seed is not None else n,
@@ -505,7 +510,7 @@ class Generation:
             )
         except ModelGone as exc:
             context["duration_ms"] = self._ms_since(begin)
-            self._variant_failed(run, n, self._model_gone(job.model, exc), context)
+            self._variant_failed(run, n, self._model_gone(run.model_name, exc), context)
             return None
         except PermanentError as exc:
             context["duration_ms"] = self._ms_since(begin)
@@ -540,7 +545,7 @@ class Generation:
     def _record_found(self, run: _Run, n: int, found: FoundObject, context: Context) -> None:
         parsed = self.names.parse_image(found.name)
         mime = (parsed.mime_type if parsed else None) or ""
-        spent = recorded_spent(found.metadata) or Spent(run.job.model, self._price(run, n))
+        spent = recorded_spent(found.metadata) or Spent(run.model_name, self._price(run, n))
         self._record_upload(run, n, found.name, mime, spent, context)
 
     def _attempt_broke(
@@ -569,7 +574,7 @@ class Generation:
         shown = False
         while True:
             left = max(0.0, (give_up - now).total_seconds())
-            slot = self.quota.reserve(run.job.model, now, min(SLOT_HOLD_S, left))
+            slot = self.quota.reserve(run.model_name, now, min(SLOT_HOLD_S, left))
             if slot.at is not None:
                 break
             reopens = slot.reopens or now
@@ -602,7 +607,7 @@ class Generation:
         give_up = now + timedelta(seconds=max_wait)
         shown = False
         while True:
-            slot = self.quota.peek(run.job.model, now)
+            slot = self.quota.peek(run.model_name, now)
             reopens = slot.reopens or now
             if reopens > give_up:
                 return self._hand_back(run, slot, context, now)
@@ -651,7 +656,7 @@ class Generation:
             # Spread the fleet's return a little, so it does not bounce off the quota at once.
             delay += random.uniform(0, min(QUOTA_JITTER_S, delay / 5))
             until, limit = now + timedelta(seconds=delay), Limit.MINUTE
-        self.quota.close(run.job.model, until, limit)
+        self.quota.close(run.model_name, until, limit)
         log.warning(
             "Gemini refused the call for quota; calls paused",
             extra={
@@ -805,11 +810,10 @@ class Generation:
     def _spent(self, run: _Run, n: int, usage: Mapping[str, int]) -> Spent:
         """What the image cost: its tokens at the catalog's prices, else the
         catalog's price per image (the estimate, if the model left the catalog)."""
-        job = run.job
         if run.model is None:
-            return Spent(job.model, self._price(run, n), dict(usage))
-        cost = pricing.actual_cost(run.model, "live", job.image_size or run.image_size, usage)
-        return Spent(job.model, money(cost), dict(usage))
+            return Spent(run.model_name, self._price(run, n), dict(usage))
+        cost = pricing.actual_cost(run.model, "live", run.image_size, usage)
+        return Spent(run.model_name, money(cost), dict(usage))
 
     def _price(self, run: _Run, n: int) -> str:
         """What the image was estimated at (and reserved) when it was asked for."""

@@ -11,6 +11,7 @@ from decimal import Decimal
 from shared.config.settings import Settings
 from shared.contracts.answers import (
     BatchView,
+    DeliveryPaths,
     JobView,
     Plan,
     PlanJob,
@@ -20,7 +21,7 @@ from shared.contracts.answers import (
 )
 from shared.contracts.links import LinkSigner
 from shared.contracts.requests import BatchRequest
-from shared.domain import pricing
+from shared.domain import pricing, versions
 from shared.domain.batch import Batch
 from shared.domain.catalog import Lane as CatalogLane
 from shared.domain.catalog import ModelEntry
@@ -169,6 +170,7 @@ class Intake:
                 return ModelUnavailable(name, check.reason, entry.replacement)
         priced: list[tuple[PlanJob, pricing.Estimate]] = []
         by_lane: dict[Lane, Decimal] = {"live": Decimal(0), "economy": Decimal(0)}
+        every_final, drafted = Decimal(0), Decimal(0)
         for item in request.items:
             own = item.model or model
             entry = entries[own]
@@ -179,6 +181,24 @@ class Intake:
                 most,
             )
             lane = item.lane or request.lane
+            final = pricing.estimate(
+                entry, CATALOG_LANES[lane], size, item.text, references, known
+            ).per_image
+            draft_model, draft_size = pricing.cheapest(
+                self.settings.catalog.models, CATALOG_LANES[lane], item.aspect_ratio, references
+            )
+            draft_entry = self.settings.model_entry(draft_model)
+            draft = pricing.estimate(
+                draft_entry, CATALOG_LANES[lane], draft_size, item.text, references, known
+            ).per_image
+            promotion = pricing.estimate(
+                entry, "live", size, versions.PROMOTE_INSTRUCTION, 1
+            ).per_image
+            every_final += final * item.variants
+            drafted += draft * item.variants + promotion
+            if request.drafts:
+                # Made at the cheapest model and size; the picks are promoted later.
+                own, entry, size = draft_model, draft_entry, draft_size
             estimates = {
                 each: pricing.estimate(
                     entry, CATALOG_LANES[each], size, item.text, references, known
@@ -198,8 +218,20 @@ class Intake:
                 reference_images=references,
                 estimated_cost_per_image_usd=money(estimate.per_image),
                 estimated_cost_usd=money(estimate.per_image * item.variants),
+                final_model=(item.model or model) if request.drafts else None,
+                final_size=entries[item.model or model].size(
+                    self.settings.shape_for(item.model or model, None, item.image_size)[1]
+                )
+                if request.drafts
+                else None,
             )
             priced.append((job, estimate))
+        scenes = len(request.items)
+        paths = DeliveryPaths(
+            every_image_final_usd=money(every_final / scenes),
+            drafts_then_promote_usd=money(drafted / scenes),
+            saving=f"{(1 - drafted / every_final) * 100:.0f} %" if every_final else "0 %",
+        )
         images = sum(item.variants for item in request.items)
         cost = sum((e.per_image * j.variants for j, e in priced), Decimal(0))
         day = self._day()
@@ -222,6 +254,7 @@ class Intake:
             warnings=[w for name in models for w in self._model_warnings(name, entries[name])]
             + self._warnings(request, caller, admin),
             jobs=[job for job, _ in priced],
+            delivered=paths,
         )
 
     def _day(self) -> str:
@@ -487,7 +520,8 @@ def build_jobs(
             references=list(item.references),
             ref_pack_public_url=item.ref_pack_public_url,
             aspect_ratio=item.aspect_ratio,
-            image_size=item.image_size,
+            # A draft is made at its draft size (its row's size is the final one).
+            image_size=planned.image_size if planned.final_model else item.image_size,
             variant_count=item.variants,
             caller=caller,
             spreadsheet_id=request.spreadsheet_id,
@@ -495,6 +529,9 @@ def build_jobs(
             worksheet_id=worksheet_id,
             model=planned.model or plan.model,
             lane=planned.lane,
+            final_model=planned.final_model,
+            final_size=planned.final_size,
+            fields=dict(item.fields),
             price_per_image=planned.estimated_cost_per_image_usd,
             style_refs=list(request.style_refs),
             budget_day=day,

@@ -552,3 +552,40 @@ class TeamChannel(Protocol):
         the first). Raises TransientError (timeouts, 429, 5xx: worth another try)
         or PermanentError (a refused webhook: recorded, never retried)."""
         ...
+
+
+@dataclass(frozen=True)
+class DriveFile:
+    """A file in the team's Drive folder."""
+
+    file_id: str
+    name: str
+    size: int | None = None
+
+
+class DriveFolder(Protocol):
+    """A Google Drive folder the team shared with the service account (Drive API v3)."""
+
+    def check_folder(self, folder_id: str) -> None:
+        """Raise PermanentError naming the folder when it does not exist, is not a
+        folder, or is not shared with us for writing; TransientError to retry."""
+        ...
+
+    def find(self, folder_id: str, key: str) -> DriveFile | None:
+        """The file of ``folder_id`` whose app property ``pipeline_key`` is ``key``
+        (not trashed), if any: how a delivery knows it already put a file there."""
+        ...
+
+    def upload(
+        self,
+        folder_id: str,
+        name: str,
+        mime_type: str,
+        key: str,
+        write: Callable[[BinaryIO], None],
+        description: str = "",
+    ) -> DriveFile:
+        """Upload one file with a resumable upload, its bytes as ``write`` streams them
+        (chunk by chunk, memory bounded), tagged with ``key`` (app property
+        ``pipeline_key``). TransientError / PermanentError as for every port."""
+        ...

@@ -15,7 +15,7 @@ from shared.contracts.messages import JobMessage
 from shared.domain import pricing, versions
 from shared.domain.errors import TransientError
 from shared.domain.ids import new_id, utcnow
-from shared.domain.job import Job, money
+from shared.domain.job import Job, Version, money
 from shared.domain.rows import row_owner
 from shared.domain.versions import VersionRequest
 from shared.services import once
@@ -54,6 +54,17 @@ class Refused:
 
 RerollOutcome = Queued | Refused | OverBudget | InProgress
 
+# Sizes from small to large: a promotion only goes up.
+SIZE_ORDER = ("512", "1K", "2K", "4K")
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """Re-make version ``version`` (None: the one shown) larger, at ``image_size``."""
+
+    image_size: str
+    version: int | None = None
+
 
 def _seed() -> int:
     return secrets.randbelow(2**31 - 1) + 1
@@ -78,17 +89,20 @@ class Rerolls:
         caller: str,
         admin: bool = False,
         idempotency_key: str | None = None,
+        promotion: Promotion | None = None,
     ) -> RerollOutcome | None:
-        """A new version of variant ``n``, once per idempotency key (a retry after any
-        failure finishes the first request's version); None if the job or variant is
-        missing or the job someone else's."""
+        """A new version of variant ``n`` (with ``promotion``: a chosen image re-made
+        larger), once per idempotency key (a retry after any failure finishes the
+        first request's version); None if the job or variant is missing or the job
+        someone else's."""
         job = self.store.get_job(job_id)
         if job is None or (job.caller != caller and not admin) or str(n) not in job.variants:
             return None
         # Without a key, each request is a new version (its record only lets the
         # sweeper finish or undo it).
         asked = idempotency_key or new_id("once")
-        key = scoped_key(caller, f"reroll:{job_id}:{n}:{asked}")
+        kind = "promote" if promotion is not None else "reroll"
+        key = scoped_key(caller, f"{kind}:{job_id}:{n}:{asked}")
         # The record names this request's version (a new name for every record: a key
         # whose first request was undone starts afresh).
         held = once.hold(
@@ -100,7 +114,7 @@ class Rerolls:
             return held
         return once.run(
             held,
-            lambda held: self._request(job, n, instruction, caller, held),
+            lambda held: self._request(job, n, instruction, caller, held, promotion),
             lambda outcome: outcome.answer if isinstance(outcome, Queued) else None,
         )
 
@@ -138,13 +152,17 @@ class Rerolls:
             budget=budget_view(self.settings, version.budget_day, used, 1, price),
         )
 
-    def _price(self, job: Job, instruction: str | None) -> Decimal:
-        """The estimate a new version reserves: the catalog's live price at the job's
-        size plus its input tokens (an edit sends its instruction and the image)."""
-        entry = self.settings.catalog.entry(job.model)
+    def _price(
+        self, job: Job, instruction: str | None, model: str | None = None, size: str | None = None
+    ) -> Decimal:
+        """The estimate a new version reserves: the catalog's live price at its model
+        and size (a promotion's; else the job's) plus its input tokens (an edit or a
+        promotion sends its instruction and the image)."""
+        model = model or job.model
+        entry = self.settings.catalog.entry(model)
         if entry is None:
             return Decimal(job.price_per_image)  # a model no longer listed: as it was
-        size = entry.size(self.settings.shape_for(job.model, None, job.image_size)[1])
+        size = entry.size(size or self.settings.shape_for(model, None, job.image_size)[1])
         if instruction:
             references, known = 1, True
         else:
@@ -156,9 +174,55 @@ class Rerolls:
             entry, "live", size, instruction or job.prompt, references, known
         ).per_image
 
+    def _promotion(self, job: Job, n: int, promotion: Promotion) -> tuple[int, str] | Refused:
+        """The version a promotion re-makes and the model it uses, or why it cannot."""
+        model = job.final_model or job.model
+        entry = self.settings.catalog.entry(model)
+        sizes = entry.image_sizes if entry is not None else ()
+        if promotion.image_size not in sizes:
+            return Refused(
+                f"{model} makes {', '.join(sizes) or 'no sizes'}, not {promotion.image_size}",
+                code="bad_size",
+            )
+        variant = job.variant(n)
+        number = promotion.version if promotion.version is not None else variant.current()[0]
+        try:
+            source = variant.slot(number)
+        except KeyError:
+            return Refused(f"variant {n} has no version {number}")
+        made_at = (
+            (source.image_size if isinstance(source, Version) and source.image_size else None)
+            or self.settings.shape_for(job.model, None, job.image_size)[1]
+            or (entry.default_image_size if entry is not None else None)
+        )
+        if (
+            model == job.model
+            and made_at in SIZE_ORDER
+            and SIZE_ORDER.index(promotion.image_size) <= SIZE_ORDER.index(made_at)
+        ):
+            return Refused(
+                f"version {number} of variant {n} was made at {made_at}: promote it to a "
+                "larger size",
+                code="bad_size",
+            )
+        return number, model
+
     def _request(
-        self, job: Job, n: int, instruction: str | None, caller: str, held: once.Held
+        self,
+        job: Job,
+        n: int,
+        instruction: str | None,
+        caller: str,
+        held: once.Held,
+        promotion: Promotion | None = None,
     ) -> Queued | Refused | OverBudget:
+        promotes, target = None, None
+        if promotion is not None:
+            found = self._promotion(job, n, promotion)
+            if isinstance(found, Refused):
+                return found
+            promotes, target = found
+            instruction = versions.PROMOTE_INSTRUCTION
         newer = None if held.intent else self._newer(job)
         if newer is not None:
             # A fresh request only: one that began before the scene was sent again
@@ -171,7 +235,10 @@ class Rerolls:
             )
         cfg = self.settings
         intent = held.intent
-        price = Decimal(str(intent["price"])) if intent else self._price(job, instruction)
+        size = promotion.image_size if promotion is not None else None
+        price = (
+            Decimal(str(intent["price"])) if intent else self._price(job, instruction, target, size)
+        )
         day = str(intent.get("day") or self.clock().strftime("%Y-%m-%d"))
         seed = int(intent.get("seed") or self.seeds())
         # The intent first: whoever finds this record (a retry, the sweeper) knows what
@@ -202,7 +269,17 @@ class Rerolls:
                 f"a new version costs ${money(price)}; today {budget.images_remaining} images "
                 f"and ${budget.cost_remaining_usd} remain",
             )
-        wanted = VersionRequest(instruction, seed, caller, day, money(price), held.key)
+        wanted = VersionRequest(
+            instruction,
+            seed,
+            caller,
+            day,
+            money(price),
+            held.key,
+            promotes=promotes,
+            image_size=size,
+            target_model=target if target != job.model else None,
+        )
         # Added only while this request still holds its record: one that lost it (it
         # stalled; the sweeper gave its reservation back) adds nothing.
         try:
@@ -224,7 +301,7 @@ class Rerolls:
             job_id=job.job_id,
             variant=n,
             version=number,
-            kind="edit" if instruction else "reroll",
+            kind="promote" if promotes is not None else ("edit" if instruction else "reroll"),
             instruction=instruction,
             state="queued",
             price_per_image_usd=money(price),

@@ -12,10 +12,12 @@ from shared.contracts.answers import (
     Budget,
     DeploymentLimits,
     ExportView,
+    FinalView,
     GeminiBatchView,
     JobView,
     ModelLimits,
     Progress,
+    ReviewView,
     VariantView,
     VersionView,
     WaitingView,
@@ -52,7 +54,7 @@ def batch_view(
 def export_view(batch_id: str, export: Export | None, links: LinkSigner) -> ExportView | None:
     if export is None:
         return None
-    done = export.state == "done"
+    done = export.state == "done" and export.destination == "zip"
     return ExportView(
         export_id=export.export_id,
         state=export.state,
@@ -63,6 +65,12 @@ def export_view(batch_id: str, export: Export | None, links: LinkSigner) -> Expo
         bytes=export.bytes,
         download_url=links.export_link(batch_id, export.export_id) if done else None,
         error=export.error,
+        only=export.only,
+        name_template=export.name_template,
+        destination=export.destination,
+        drive_folder_id=export.drive_folder_id,
+        added=export.added,
+        present=export.present,
     )
 
 
@@ -127,6 +135,11 @@ def job_view(job: Job, links: LinkSigner) -> JobView:
         prompt=job.prompt,
         template=job.template.name if job.template else None,
         references=[f"{r.role} {r.name}" for r in job.references],
+        image_size=job.image_size,
+        final=final_view(job),
+        draft=job.final_model is not None,
+        final_model=job.final_model,
+        final_size=job.final_size,
         variants=variants,
         created_at=job.created_at.isoformat(),
         started_at=job.started_at.isoformat() if job.started_at else None,
@@ -150,6 +163,13 @@ def _version_view(links: LinkSigner, job: Job, n: int, number: int, slot: ImageS
         kind=slot.kind if isinstance(slot, Version) else "original",
         state=slot.state.value,
         instruction=slot.instruction if isinstance(slot, Version) else None,
+        image_size=slot.image_size if isinstance(slot, Version) else None,
+        promotes=slot.promotes if isinstance(slot, Version) else None,
+        review=ReviewView(
+            decision=slot.review.decision, by=slot.review.by, at=slot.review.at.isoformat()
+        )
+        if slot.review
+        else None,
         error=slot.error,
         image_url=_link(links, job, n, number, slot, "full"),
         thumbnail_url=_link(links, job, n, number, slot, "thumb"),
@@ -180,4 +200,14 @@ def deployment_limits(settings: Settings) -> DeploymentLimits:
             )
             for name, entry in sorted(settings.catalog.models.items())
         },
+    )
+
+
+def final_view(job: Job) -> FinalView | None:
+    """The scene's final pick, if the team made one."""
+    final = job.final
+    if final is None:
+        return None
+    return FinalView(
+        variant=final.variant, version=final.version, by=final.by, at=final.at.isoformat()
     )

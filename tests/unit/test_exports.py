@@ -22,7 +22,7 @@ from shared.domain.batch import Batch
 from shared.domain.handover import Member
 from shared.domain.job import Job, VariantState
 from shared.domain.versions import VersionRequest
-from shared.services.exports import MANIFEST, Exporter, Exports
+from shared.services.exports import MANIFEST, MANIFEST_JSON, Exporter, Exports
 from shared.services.generation import Generation
 from shared.services.rerolls import Queued, Rerolls
 from shared.services.views import batch_view
@@ -86,7 +86,7 @@ def zip_of(objects: FakeObjectStore, name: str | None) -> tuple[list[str], list[
     assert name is not None
     with zipfile.ZipFile(io.BytesIO(objects.objects[(IMAGES_BUCKET, name)].data)) as archive:
         rows = list(csv.DictReader(io.StringIO(archive.read(MANIFEST).decode())))
-        return [n for n in archive.namelist() if n != MANIFEST], rows
+        return [n for n in archive.namelist() if n not in (MANIFEST, MANIFEST_JSON)], rows
 
 
 def test_a_request_after_the_batch_changed_gets_a_new_zip_one_while_nothing_changed_the_same(

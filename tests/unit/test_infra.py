@@ -55,7 +55,7 @@ HCL = hcl2.SerializationOptions(
     with_comments=False, explicit_blocks=False, strip_string_quotes=True
 )
 # Settings that exist for the local stack only and must never be deployed.
-LOCAL_ONLY = {"SHEETS_API_URL", "SIGNING_CREDENTIALS_FILE"}
+LOCAL_ONLY = {"SHEETS_API_URL", "SIGNING_CREDENTIALS_FILE", "DRIVE_API_URL"}
 SECRET_SETTINGS = {"GEMINI_API_KEY", "API_KEY_HASHES", "LINK_SIGNING_KEY", "CHAT_WEBHOOK_URL"}
 # A Google Chat space told when a batch ends (issue 25), as a tfvars override.
 WITH_CHAT = {"notifications": "{ chat_webhook = true }"}
@@ -687,6 +687,52 @@ def test_the_example_shows_how_to_turn_chat_on() -> None:
     given = hcl2.loads(example_with_every_option(), serialization_options=HCL)
     assert given["notifications"]["chat_webhook"] is True
     assert "Word when a batch ends" in EXAMPLE.read_text()
+
+
+# ------------------------------------------------------------------ Google Drive deliveries
+def enabled_apis() -> set[str]:
+    """The APIs every deployment enables (``local.base_apis``)."""
+    return set(re.findall(r'"([a-z0-9]+\.googleapis\.com)"', locals_()["base_apis"]))
+
+
+def test_the_drive_api_is_enabled_with_the_others() -> None:
+    """The export function calls the Drive API as its own service account: the
+    API must be on in the project, whatever the options (and, like every API,
+    waited for before use)."""
+    assert "drive.googleapis.com" in enabled_apis()
+    assert "local.base_apis" in locals_()["required_apis"]
+    assert "drive" in readme_table("Resources")["google_project_service.apis"]
+
+
+def test_the_export_account_is_an_output_to_share_the_drive_folder_with(
+    evaluated: dict[str, Any],
+) -> None:
+    """Drive access is a share in Drive, not an IAM role: Terraform names the
+    account to share with, and the README says how."""
+    outputs = {name: body for block in terraform()["output"] for name, body in block.items()}
+    assert outputs["export_service_account_email"]["value"] == (
+        '${google_service_account.this["export"].email}'
+    )
+    assert functions(evaluated)["export"]["entry_point"] == "export_batch"
+    readme = (TF_DIR / "README.md").read_text()
+    section = readme.split("\n## Google Drive deliveries\n", 1)[1].split("\n## ", 1)[0]
+    section = " ".join(section.replace("**", "").split())
+    for needed in (
+        "terraform output -raw export_service_account_email",
+        "Content manager",
+        "shared drive",
+        "storageQuotaExceeded",
+        "https://www.googleapis.com/auth/drive",
+    ):
+        assert needed in section, needed
+
+
+def test_the_drive_endpoint_is_the_local_stack_s_only(evaluated: dict[str, Any]) -> None:
+    """Unset, the export function talks to Google's Drive API; DRIVE_API_URL (the
+    local stub) is never deployed."""
+    assert "DRIVE_API_URL" in LOCAL_ONLY
+    for key, spec in functions(evaluated).items():
+        assert "DRIVE_API_URL" not in {*spec["env"], *spec["secrets"]}, key
 
 
 def deployed_settings(monkeypatch: pytest.MonkeyPatch, environ: dict[str, str]) -> Settings:

@@ -893,3 +893,28 @@ def test_a_templated_row_keeps_its_template_prompt_and_references(
     assert job.prompt == prompt
     assert job.template is not None and job.template.text == "{character} on {setting}"
     assert [(r.role, r.name) for r in job.references] == [("character", "Mara")]
+
+
+def test_drafts_are_made_at_the_cheapest_model_and_priced_both_ways(intake: Intake) -> None:
+    items = [
+        {"scene_id": f"sc-{i}", "prompt": "p", "variants": 4, "image_size": "2K"} for i in range(2)
+    ]
+    request = BatchRequest.model_validate(
+        {
+            "items": items,
+            "runMode": "dry_run",
+            "spreadsheet_id": "sheet123",
+            "worksheet": "Scenes",
+            "drafts": True,
+        },
+        context={"limits": Limits(images_bucket=IMAGES_BUCKET)},
+    )
+    plan = intake.plan(request, "alice")
+    job = plan.jobs[0]
+    assert (job.model, job.image_size) == ("gemini-3.1-flash-lite-image", "1K")
+    assert (job.final_model, job.final_size) == ("gemini-nano-banana-2.1", "2K")
+    paths = plan.delivered
+    every, drafted = Decimal(paths.every_image_final_usd), Decimal(paths.drafts_then_promote_usd)
+    # Four at 2K ($0.0504 each) against four Lite drafts ($0.0336) and one 2K promotion.
+    assert Decimal("0.2016") <= every < Decimal("0.21")
+    assert Decimal("0.1848") <= drafted < every

@@ -348,6 +348,7 @@ def test_the_zip_streams_every_kept_version_and_a_manifest(
             "sc-001/var_1_v2.png",
             "sc-001/var_2.png",
             "manifest.csv",
+            "manifest.json",
         ]
         assert archive.read("sc-001/var_1_v2.png") == big + b"var_1_v2.png"
         rows = list(csv.DictReader(io.StringIO(archive.read("manifest.csv").decode())))
@@ -385,7 +386,7 @@ def test_an_error_while_an_image_is_copied_into_the_zip_is_the_error_raised() ->
         member.write(b"half an image")
         raise TransientError("the download broke off")
 
-    entry = Entry("sc-001/var_1.png", "images/x.png", {"created": T0.isoformat()})
+    entry = Entry("sc-001/var_1.png", "images/x.png", {"created": T0.isoformat()}, "j/1/1")
     with pytest.raises(TransientError, match="broke off"):
         write_zip(io.BytesIO(), [entry], copy)
 
@@ -442,10 +443,13 @@ def test_write_zip_leaves_out_an_image_that_is_gone() -> None:
 
     sink = UnseekableSink()
     row = {"created": "2030-01-02T03:04:05+00:00", "file": "a"}
-    entries = [Entry("s/var_1.png", "gone", dict(row)), Entry("s/var_2.png", "ok", dict(row))]
+    entries = [
+        Entry("s/var_1.png", "gone", dict(row), "j/1/1"),
+        Entry("s/var_2.png", "ok", dict(row), "j/2/1"),
+    ]
     assert write_zip(sink, entries, copy) == 1  # type: ignore[arg-type]
     with zipfile.ZipFile(io.BytesIO(sink.data())) as archive:
-        assert archive.namelist() == ["s/var_2.png", "manifest.csv"]
+        assert archive.namelist() == ["s/var_2.png", "manifest.csv", "manifest.json"]
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -655,5 +659,5 @@ def test_a_redelivery_after_a_delivery_died_writes_and_records_its_own_zip(
     second = f"exports/bat_1/{view.export_id}-2.zip"
     assert export is not None and export.state == "done" and export.object_name == second
     with zipfile.ZipFile(io.BytesIO(objects.objects[(IMAGES_BUCKET, second)].data)) as archive:
-        assert len(archive.namelist()) - 1 == export.images == 2
+        assert len(archive.namelist()) - 2 == export.images == 2
     assert objects.objects[(IMAGES_BUCKET, first)].data == b"PK-a-zip-of-one-image"

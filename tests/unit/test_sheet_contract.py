@@ -174,3 +174,56 @@ def test_the_script_emails_the_servers_batch_events() -> None:
 
     assert _js_list(NOTIFY_GS, "BATCH_EVENTS") == list(EVENT_KINDS)
     assert "events" in BatchView.model_fields
+
+
+# --- Pick, promote, hand over (apps_script/Review.gs, issue 24): what the script copies
+# of the review, promotion and export requests.
+
+REVIEW_GS = (_SCRIPT_DIR / "Review.gs").read_text()
+
+
+def test_the_script_promotes_up_the_servers_size_order() -> None:
+    from shared.services.rerolls import SIZE_ORDER
+
+    assert _js_list(REVIEW_GS, "PROMOTE_SIZE_ORDER") == list(SIZE_ORDER)
+
+
+def test_the_script_sends_the_decisions_the_server_takes() -> None:
+    from typing import get_args
+
+    from shared.contracts.requests import FinalRequest, ReviewRequest
+
+    decision = ReviewRequest.model_fields["decision"].annotation
+    sent = set(re.findall(r"'(approved|rejected|none)'", REVIEW_GS))
+    assert sent <= set(get_args(decision)) and {"approved", "rejected"} <= sent
+    assert {"decision", "version"} == set(ReviewRequest.model_fields)
+    assert {"variant", "version"} == set(FinalRequest.model_fields)
+    assert "{ decision: decision, version:" in REVIEW_GS
+    assert "{ variant: cell.n, version:" in REVIEW_GS
+
+
+def test_the_script_delivers_with_the_export_requests_fields() -> None:
+    from typing import get_args
+
+    from shared.contracts.requests import NAME_TEMPLATE_FIELDS, ExportRequest, PromoteRequest
+    from shared.domain import briefs
+
+    fields = ExportRequest.model_fields
+    assert {"only", "name_template", "destination", "drive_folder_id"} == set(fields)
+    assert {"approved", "final"} <= set(get_args(fields["only"].annotation))
+    assert "drive" in get_args(fields["destination"].annotation)
+    schema = ExportRequest.model_json_schema()["properties"]["drive_folder_id"]["anyOf"][0]
+    folder = _js_const(REVIEW_GS, "DRIVE_FOLDER_ID_PATTERN")
+    assert (
+        folder
+        == "/" + schema["pattern"].replace("+$", "{1," + str(schema["maxLength"]) + "}$") + "/"
+    )
+    default = _js_string(REVIEW_GS, "DEFAULT_NAME_TEMPLATE")
+    assert set(briefs.placeholders(default)) <= set(NAME_TEMPLATE_FIELDS)
+    assert {"image_size", "version"} == set(PromoteRequest.model_fields)
+    assert "{ image_size: size, version: target.version }" in REVIEW_GS
+
+
+def test_the_review_column_is_never_sent_as_a_rows_field() -> None:
+    assert _js_list(BRIEFS_GS, "SCRIPT_COLUMNS") == ["review"]
+    assert _js_string(REVIEW_GS, "REVIEW_COLUMN") == "review"
