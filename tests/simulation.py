@@ -30,6 +30,7 @@ shrinks a failing schedule to the smallest one.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -48,7 +49,7 @@ from typing import Any, Protocol
 
 from shared.contracts.links import LinkSigner
 from shared.contracts.messages import ExportMessage, JobMessage, PushMessage, StorageObject
-from shared.contracts.requests import BatchRequest, Limits
+from shared.contracts.requests import BatchRequest, FinalRequest, Limits
 from shared.contracts.sheet_row import row_cells
 from shared.domain.batch_news import batch_events
 from shared.domain.errors import PermanentError, QuotaExceeded, TransientError
@@ -65,7 +66,8 @@ from shared.services.notices import request_id as notice_request_id
 from shared.services.once import InProgress
 from shared.services.ports import GeneratedImage, ThumbnailSpec
 from shared.services.preflight import Preflight
-from shared.services.rerolls import Queued, Rerolls
+from shared.services.rerolls import Promotion, Queued, Rerolls
+from shared.services.reviews import Reviews
 from shared.services.sheet_check import SheetCheck
 from shared.services.sheet_sync import SheetSync
 from shared.services.sweeper import Sweeper
@@ -282,6 +284,7 @@ class World:
         self.thumbnails = Thumbnails(self.settings, self.ledger, objects, _thumbnail, self.clock)
         self.dead_letters = DeadLetters(self.ledger, self.settings, objects, self.clock)
         self.cancels = Cancels(store, self.intake_ledger, publisher, self.clock)
+        self.reviews = Reviews(store, self.intake_ledger, self.clock)
         self.rerolls = Rerolls(
             self.settings, store, self.intake_ledger, publisher, budget, idempotency, self.clock
         )
@@ -581,10 +584,19 @@ class World:
 
         self.add(f"cancel {job_id}", work)
 
-    def reroll(self, job_id: str, n: int, key: str, instruction: str | None) -> None:
+    def reroll(
+        self,
+        job_id: str,
+        n: int,
+        key: str,
+        instruction: str | None,
+        promotion: Promotion | None = None,
+    ) -> None:
         def work(actor: Actor) -> None:
             try:
-                outcome = self.rerolls.request(job_id, n, instruction, CALLER, False, key)
+                outcome = self.rerolls.request(
+                    job_id, n, instruction, CALLER, False, key, promotion=promotion
+                )
             except (Crash, TransientError):
                 outcome = None
             if isinstance(outcome, Queued):
@@ -593,6 +605,15 @@ class World:
                 self.add(actor.name, work, actor.attempt + 1)
 
         self.add(f"reroll {job_id}#{n}", work)
+
+    def pick(self, job_id: str) -> None:
+        """The team picks variant 1 (the version shown) as the scene's final image."""
+
+        def work(actor: Actor) -> None:
+            with contextlib.suppress(Crash, TransientError):
+                self.reviews.pick(job_id, FinalRequest(variant=1), CALLER)
+
+        self.add(f"pick {job_id}#1", work)
 
     def export(self, batch_id: str) -> None:
         def work(actor: Actor) -> None:
@@ -868,10 +889,13 @@ def _run(chooser: Chooser, steps: int) -> Run:
             elif action == 2 and job_ids:
                 job_id = job_ids[chooser.below(len(job_ids))]
                 key = f"reroll-{step}"
-                instruction = "warmer" if chooser.below(2) else None
-                world.reroll(job_id, 1, key, instruction)
+                kind = chooser.below(3)
+                instruction = "warmer" if kind == 1 else None
+                promotion = Promotion("2K") if kind == 2 else None
+                world.reroll(job_id, 1, key, instruction, promotion)
                 rerolls += 1
-                schedule.append(f"step {step}: reroll {job_id}#1 ({key})")
+                what = "promote" if promotion else "reroll"
+                schedule.append(f"step {step}: {what} {job_id}#1 ({key})")
             elif action == 3:
                 world.tick()
             elif action == 4:
@@ -881,6 +905,10 @@ def _run(chooser: Chooser, steps: int) -> Run:
                 batch_id = batch_ids[chooser.below(len(batch_ids))]
                 world.export(batch_id)
                 schedule.append(f"step {step}: export {batch_id}")
+            elif action == 7 and job_ids:
+                job_id = job_ids[chooser.below(len(job_ids))]
+                world.pick(job_id)
+                schedule.append(f"step {step}: pick {job_id}#1 as final")
             elif action == 6 and job_ids and not anchored:
                 # A batch whose image takes an earlier scene's image as its style anchor.
                 anchored = True
@@ -1040,6 +1068,29 @@ def violations(world: World) -> list[str]:
     found.extend(world.late_calls)
     found.extend(_export_violations(world))
     found.extend(_news_violations(world, jobs))
+    found.extend(_pick_violations(jobs))
+    return found
+
+
+def _pick_violations(jobs: list[Job]) -> list[str]:
+    """A final pick names a finished, approved image; a finished promotion of the
+    pick took it over."""
+    found: list[str] = []
+    for job in jobs:
+        final = job.final
+        if final is None:
+            continue
+        try:
+            slot = job.slot(final.variant, final.version)
+        except KeyError:
+            found.append(f"{job.job_id} picks version {final.version}, which does not exist")
+            continue
+        if slot.state != VariantState.DONE or slot.review is None:
+            found.append(f"{job.job_id} picks an image that is {slot.state.value}, unreviewed")
+        for number, later in job.variant(final.variant).slots():
+            promotes = getattr(later, "promotes", None)
+            if promotes == final.version and later.state == VariantState.DONE:
+                found.append(f"{job.job_id}: promotion v{number} of the pick is done, not picked")
     return found
 
 
