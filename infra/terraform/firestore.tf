@@ -19,7 +19,7 @@ resource "google_firestore_database" "default" {
 # Idempotency records and daily usage documents carry `expires_at`; Firestore's
 # TTL deletes them some time after it (the code treats expired records as absent).
 resource "google_firestore_field" "ttl" {
-  for_each = toset(["idempotency", "usage"])
+  for_each = toset(["idempotency", "usage", "usage_reservations", "usage_settled"])
 
   project    = var.project_id
   database   = "(default)"

@@ -302,9 +302,17 @@ class FirestoreEconomyBatches:
 
 class FirestoreBudgetLedger:
     """``usage/{caller-hash}_{day}``: a caller's usage of one UTC day
-    (``shared/domain/daily_usage.py``), changed under compare-and-set."""
+    (``shared/domain/daily_usage.py``): its totals in the document, each
+    reservation and each image's settlement in a document of its own below it
+    (``usage_reservations/{key}``, ``usage_settled/{key}``), so the day's document
+    stays the same size however many images the caller makes. A change writes the
+    totals and its one key's record in one commit, under compare-and-set on both.
+
+    Records of days before this layout keep their keys in the day's document
+    (``reservations``, ``settled`` maps): read, never written again."""
 
     def __init__(self, client: firestore.Client) -> None:
+        self._client = client
         self._usage = client.collection("usage")
 
     def _ref(self, caller: str, day: str) -> Any:
@@ -330,59 +338,111 @@ class FirestoreBudgetLedger:
         ok, before = self._change(
             caller,
             day,
+            RESERVATIONS,
+            key,
             lambda u: daily_usage.reserve(u, key, images, cost, image_cap, cost_cap),
             fence,
         )
         return ok, Usage(before.images, before.cost)
 
     def release(self, caller: str, day: str, key: str, fence: Fence | None = None) -> None:
-        self._change(caller, day, lambda u: daily_usage.release(u, key), fence)
+        self._change(caller, day, RESERVATIONS, key, lambda u: daily_usage.release(u, key), fence)
 
     def settle(self, caller: str, day: str, key: str, images: int, cost: Decimal) -> None:
-        self._change(caller, day, lambda u: daily_usage.settle(u, key, images, cost))
+        self._change(
+            caller, day, SETTLED, key, lambda u: daily_usage.settle(u, key, images, cost)
+        )
 
     def _change(
         self,
         caller: str,
         day: str,
+        kind: str,
+        key: str,
         change: Callable[[DailyUsage], tuple[DailyUsage | None, R]],
         fence: Fence | None = None,
     ) -> R:
-        def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, R]:
-            updated, result = change(_read_usage(doc, caller, day))
-            return (_usage_doc(updated) if updated is not None else None), result
+        """``change`` on the day's totals and the record of ``key`` alone (the day's
+        other keys are neither read nor written)."""
+        day_ref = self._ref(caller, day)
+        key_ref = day_ref.collection(kind).document(hashlib.sha256(key.encode()).hexdigest())
+        for attempt in range(_CAS_ATTEMPTS):
+            day_snap, key_snap = day_ref.get(), key_ref.get()
+            doc = day_snap.to_dict() if day_snap.exists else None
+            used = _read_usage(doc, caller, day, keep=(kind, key))
+            if key_snap.exists:
+                _put_record(used, kind, key, key_snap.to_dict() or {})
+            updated, result = change(used)
+            if updated is None:
+                return result
+            commit = self._client.batch()
+            totals = _totals_doc(updated)
+            if day_snap.exists:
+                option = self._client.write_option(last_update_time=day_snap.update_time)
+                commit.update(day_ref, totals, option=option)
+            else:
+                commit.create(day_ref, totals)
+            record = {**_record_doc(updated, kind, key), "expires_at": totals["expires_at"]}
+            if key_snap.exists:
+                option = self._client.write_option(last_update_time=key_snap.update_time)
+                commit.update(key_ref, record, option=option)
+            else:
+                commit.create(key_ref, record)
+            if fence is not None:
+                _fenced(self._client, commit, fence)
+            try:
+                commit.commit()
+            except (gexc.FailedPrecondition, gexc.Conflict):
+                time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
+                continue
+            return result
+        raise TransientError(f"{day_ref.path} kept changing; gave up after {_CAS_ATTEMPTS} tries")
 
-        return compare_and_set(self._ref(caller, day), apply, fence)
+
+RESERVATIONS = "usage_reservations"
+SETTLED = "usage_settled"
 
 
-def _read_usage(doc: Mapping[str, Any] | None, caller: str, day: str) -> DailyUsage:
+def _read_usage(
+    doc: Mapping[str, Any] | None,
+    caller: str,
+    day: str,
+    keep: tuple[str, str] | None = None,
+) -> DailyUsage:
+    """The day's totals; with ``keep``, the one (kind, key) record a day's document
+    of the earlier layout holds in its maps (else none)."""
     if not doc:
         return DailyUsage(caller=caller, day=day)
-    return DailyUsage(
+    used = DailyUsage(
         caller=caller,
         day=day,
         images=int(doc.get("images", 0)),
         cost=Decimal(str(doc.get("cost_usd", "0"))),
-        reservations={
-            key: Reservation(
-                images=int(held["images"]),
-                cost=Decimal(str(held["cost_usd"])),
-                released=bool(held.get("released")),
-            )
-            for key, held in (doc.get("reservations") or {}).items()
-        },
-        settled={
-            key: (
-                Correction(images=int(done["images"]), cost=Decimal(str(done["cost_usd"])))
-                if isinstance(done, Mapping)
-                else True
-            )
-            for key, done in (doc.get("settled") or {}).items()
-        },
     )
+    if keep is not None:
+        kind, key = keep
+        legacy = doc.get("reservations" if kind == RESERVATIONS else "settled") or {}
+        if key in legacy:
+            _put_record(used, kind, key, legacy[key])
+    return used
 
 
-def _usage_doc(usage: DailyUsage) -> dict[str, Any]:
+def _put_record(used: DailyUsage, kind: str, key: str, record: Any) -> None:
+    if kind == RESERVATIONS:
+        used.reservations[key] = Reservation(
+            images=int(record["images"]),
+            cost=Decimal(str(record["cost_usd"])),
+            released=bool(record.get("released")),
+        )
+    elif isinstance(record, Mapping) and "images" in record:
+        used.settled[key] = Correction(
+            images=int(record["images"]), cost=Decimal(str(record["cost_usd"]))
+        )
+    else:
+        used.settled[key] = True  # settled before amounts were kept
+
+
+def _totals_doc(usage: DailyUsage) -> dict[str, Any]:
     # Kept a while for the record, then removed by the collection's TTL policy.
     expires = datetime.strptime(usage.day, "%Y-%m-%d").replace(tzinfo=UTC) + USAGE_KEPT
     return {
@@ -391,19 +451,22 @@ def _usage_doc(usage: DailyUsage) -> dict[str, Any]:
         "images": usage.images,
         "cost_usd": str(usage.cost),
         "expires_at": expires,
-        "reservations": {
-            key: {"images": held.images, "cost_usd": str(held.cost), "released": held.released}
-            for key, held in usage.reservations.items()
-        },
-        "settled": {
-            key: (
-                {"images": done.images, "cost_usd": str(done.cost)}
-                if isinstance(done, Correction)
-                else True
-            )
-            for key, done in usage.settled.items()
-        },
     }
+
+
+def _record_doc(usage: DailyUsage, kind: str, key: str) -> dict[str, Any]:
+    if kind == RESERVATIONS:
+        held = usage.reservations[key]
+        return {
+            "key": key,
+            "images": held.images,
+            "cost_usd": str(held.cost),
+            "released": held.released,
+        }
+    done = usage.settled[key]
+    if isinstance(done, Correction):
+        return {"key": key, "images": done.images, "cost_usd": str(done.cost)}
+    return {"key": key, "settled": True}
 
 
 class FirestoreIdempotencyStore:
