@@ -125,12 +125,8 @@ class GeminiBatchRunner:
                 ]
                 batch = self._client.batches.create(model=model, src=inline, config=config)
                 return _name(batch), True
-            data = "".join(
-                json.dumps({"key": line.key, "request": request_json(line)}) + "\n"
-                for line in lines
-            ).encode()
             uploaded = self._client.files.upload(
-                file=io.BytesIO(data),
+                file=JsonlStream(lines),
                 config=types.UploadFileConfig(
                     mime_type="application/jsonl", display_name=display_name
                 ),
@@ -218,6 +214,71 @@ class GeminiBatchRunner:
             return LineResult(key, image=read_image(response, self._max_pixels))
         except PermanentError as exc:
             return LineResult(key, error=str(exc))
+
+
+def jsonl_line(line: EconomyLine) -> bytes:
+    """One line of the batch's request file: its key and its request, base64 inline."""
+    return (json.dumps({"key": line.key, "request": request_json(line)}) + "\n").encode()
+
+
+class JsonlStream(io.RawIOBase):
+    """The batch's request file, read as it is made: one line's JSON (its references
+    in base64) at a time, so the file is never whole in memory (on Cloud Functions
+    even /tmp is memory). Its size is measured first, by making each line once and
+    dropping it; the SDK's resumable upload asks for it (seek to the end) before it
+    reads from the start."""
+
+    def __init__(self, lines: Sequence[EconomyLine]) -> None:
+        super().__init__()
+        self._lines = lines
+        self._size = sum(len(jsonl_line(line)) for line in lines)
+        self._rewind(0)
+
+    def _rewind(self, position: int) -> None:
+        self._next = iter(self._lines)
+        self._buffer = b""
+        self._position = 0
+        self._skip(position)
+
+    def _skip(self, count: int) -> None:
+        while count > 0:
+            chunk = self.read(min(count, 1 << 20))
+            if not chunk:
+                return
+            count -= len(chunk)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = {io.SEEK_SET: offset, io.SEEK_CUR: self._position + offset}.get(
+            whence, self._size + offset
+        )
+        if target >= self._size:
+            # Only the SDK's size probe goes to the end; nothing is read there.
+            self._next, self._buffer, self._position = iter(()), b"", target
+        elif target != self._position:
+            self._rewind(target)
+        return self._position
+
+    def readinto(self, out: Any) -> int:
+        view = memoryview(out).cast("B")
+        while len(self._buffer) < len(view):
+            line = next(self._next, None)
+            if line is None:
+                break
+            self._buffer += jsonl_line(line)
+        count = min(len(view), len(self._buffer))
+        view[:count] = self._buffer[:count]
+        self._buffer = self._buffer[count:]
+        self._position += count
+        return count
 
 
 def inline_size(lines: Sequence[EconomyLine]) -> int:

@@ -146,3 +146,27 @@ def test_refusals_are_permanent_and_an_unreachable_api_is_transient(
     gone = Backend(kind="gemini_api", api_key="test", base_url="http://127.0.0.1:9")
     with pytest.raises(TransientError):
         GeminiBatchRunner(gone, 2.0, 0, 40_000_000).progress("batches/x")
+
+
+def test_the_request_file_is_streamed_line_by_line_with_its_size_known() -> None:
+    from shared.adapters.gemini_batches import JsonlStream, jsonl_line
+
+    refs = [ReferenceImage(bytes([n]) * 300_000, "image/png") for n in range(3)]
+    lines = [
+        EconomyLine(key=f"job_1/{n}", prompt=f"prompt {n}", references=refs, seed=n)
+        for n in range(1, 6)
+    ]
+    whole = b"".join(jsonl_line(line) for line in lines)
+    stream = JsonlStream(lines)
+    # The SDK's size probe: to the end and back.
+    assert stream.seek(0, io.SEEK_END) == len(whole) and stream.tell() == len(whole)
+    assert stream.seek(0) == 0
+    read, largest = b"", 0
+    while chunk := stream.read(65_536):
+        read += chunk
+        largest = max(largest, len(stream._buffer))
+    assert read == whole
+    # Never more than one line (and a chunk) held at once, not the whole file.
+    assert largest < len(jsonl_line(lines[0])) + 65_536 < len(whole) / 3
+    stream.seek(1_000_000)
+    assert stream.read(10) == whole[1_000_000:1_000_010]
