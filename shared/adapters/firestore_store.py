@@ -349,9 +349,7 @@ class FirestoreBudgetLedger:
         self._change(caller, day, RESERVATIONS, key, lambda u: daily_usage.release(u, key), fence)
 
     def settle(self, caller: str, day: str, key: str, images: int, cost: Decimal) -> None:
-        self._change(
-            caller, day, SETTLED, key, lambda u: daily_usage.settle(u, key, images, cost)
-        )
+        self._change(caller, day, SETTLED, key, lambda u: daily_usage.settle(u, key, images, cost))
 
     def _change(
         self,
@@ -547,37 +545,82 @@ class FirestoreIdempotencyStore:
 
 
 class FirestoreQuotaGate:
-    """``quota/{model}``: the shared pace and gate of Gemini calls (``shared/domain/quota.py``).
+    """``quota/{model}`` (and ``{model}~1`` ...): the shared pace and gate of Gemini
+    calls (``shared/domain/quota.py``).
 
-    One small document per model; every call of the fleet reads it and, when
-    calls are paced, writes it once (about images-per-minute writes a minute).
+    Every call of the fleet reads the model's gate documents and, when calls are
+    paced, takes a slot from the one free soonest: one write per call. The pace is
+    spread over ``quota.shards_for(images_per_minute)`` documents, each pacing at its
+    share, so none takes more writes than Firestore sustains on one document
+    (about one a second); a refusal closes them all.
     """
 
     def __init__(self, client: firestore.Client, images_per_minute: float) -> None:
+        self._client = client
         self._gates = client.collection("quota")
-        self._interval = timedelta(seconds=60 / images_per_minute if images_per_minute else 0)
+        self._shards = quota.shards_for(images_per_minute)
+        self._interval = timedelta(
+            seconds=60 * self._shards / images_per_minute if images_per_minute else 0
+        )
+
+    def _refs(self, model: str) -> list[Any]:
+        return [
+            self._gates.document(model if shard == 0 else f"{model}~{shard}")
+            for shard in range(self._shards)
+        ]
+
+    def _snaps(self, model: str) -> list[tuple[Any, Any]]:
+        refs = self._refs(model)
+        if len(refs) == 1:
+            return [(refs[0], refs[0].get())]
+        found = {snap.id: snap for snap in self._client.get_all(refs)}
+        return [(ref, found.get(ref.id)) for ref in refs]
+
+    def _states(self, model: str) -> list[tuple[Any, GateState]]:
+        return [(ref, _gate_of(snap)) for ref, snap in self._snaps(model)]
 
     def reserve(self, model: str, now: datetime, max_wait_s: float) -> Slot:
         max_wait = timedelta(seconds=max(max_wait_s, 0.0))
-
-        def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, Slot]:
-            updated, slot = quota.reserve(_gate(doc), now, self._interval, max_wait)
-            return (_gate_doc(updated) if updated is not None else None), slot
-
-        return compare_and_set(self._gates.document(model), apply)
+        for attempt in range(_CAS_ATTEMPTS):
+            # The gate free soonest; when another caller takes it first, all are read
+            # again and the soonest then is tried (not the same one, later).
+            ref, snap = min(
+                self._snaps(model),
+                key=lambda pair: quota.peek(_gate_of(pair[1]), now, self._interval).reopens
+                or now,
+            )
+            updated, slot = quota.reserve(_gate_of(snap), now, self._interval, max_wait)
+            if updated is None:
+                return slot
+            commit = self._client.batch()
+            if snap is not None and snap.exists:
+                option = self._client.write_option(last_update_time=snap.update_time)
+                commit.update(ref, _gate_doc(updated), option=option)
+            else:
+                commit.create(ref, _gate_doc(updated))
+            try:
+                commit.commit()
+            except (gexc.FailedPrecondition, gexc.Conflict):
+                time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
+                continue
+            return slot
+        raise TransientError(f"the quota gate of {model} kept changing")
 
     def peek(self, model: str, now: datetime) -> Slot:
-        snapshot = self._gates.document(model).get()
-        return quota.peek(
-            _gate(snapshot.to_dict() if snapshot.exists else None), now, self._interval
-        )
+        slots = [quota.peek(state, now, self._interval) for _, state in self._states(model)]
+        return min(slots, key=lambda slot: slot.reopens or now)
 
     def close(self, model: str, until: datetime, limit: Limit) -> None:
         def apply(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, None]:
             updated, _ = quota.close(_gate(doc), until, limit)
             return (_gate_doc(updated) if updated is not None else None), None
 
-        compare_and_set(self._gates.document(model), apply)
+        for ref in self._refs(model):
+            compare_and_set(ref, apply)
+
+
+def _gate_of(snap: Any) -> GateState:
+    return _gate(snap.to_dict() if snap is not None and snap.exists else None)
 
 
 def _gate(doc: Mapping[str, Any] | None) -> GateState:

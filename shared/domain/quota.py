@@ -81,6 +81,17 @@ def close(state: GateState, until: datetime, limit: Limit) -> tuple[GateState | 
     return replace(state, closed_until=until, closed_for=limit), None
 
 
+# Writes a minute one gate document takes at most: Firestore sustains about one
+# write a second on a document, and compare-and-set retries need headroom.
+GATE_WRITES_PER_MINUTE = 40
+
+
+def shards_for(images_per_minute: float) -> int:
+    """How many documents the pace is spread over, so that none takes more than
+    ``GATE_WRITES_PER_MINUTE`` (one write per call slot); each paces at its share."""
+    return max(1, -(-int(images_per_minute) // GATE_WRITES_PER_MINUTE))
+
+
 def next_quota_day(now: datetime) -> datetime:
     """When a daily quota refused now resets: the next midnight, Pacific time."""
     local = now.astimezone(QUOTA_DAY_ZONE)
