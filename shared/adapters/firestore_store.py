@@ -20,7 +20,7 @@ from shared.domain import batch_news, daily_usage, quota, request_records
 from shared.domain.batch import Batch
 from shared.domain.daily_usage import Correction, DailyUsage, Reservation
 from shared.domain.economy_batches import OPEN_ECONOMY_STATES, EconomyBatch
-from shared.domain.errors import NotFound, TransientError
+from shared.domain.errors import NotFound, PermanentError, TransientError
 from shared.domain.job import Job, JobState
 from shared.domain.quota import GateState, Limit, Slot
 from shared.domain.request_records import RequestRecord
@@ -66,12 +66,37 @@ def compare_and_set(
                 commit.create(ref, updated)
             if fence is not None:
                 _fenced(client, commit, fence)
-            commit.commit()
+            _commit(commit, ref.path)
         except (gexc.FailedPrecondition, gexc.Conflict):
             time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
             continue
         return result
     raise TransientError(f"{ref.path} kept changing; gave up after {_CAS_ATTEMPTS} tries")
+
+
+# Refusals of a write that no retry changes: too large, too many index entries.
+_REFUSED = (gexc.InvalidArgument,)
+# Refusals that pass: the service busy, a deadline, a transaction aborted.
+_PASSING = (
+    gexc.ServiceUnavailable,
+    gexc.DeadlineExceeded,
+    gexc.Aborted,
+    gexc.ResourceExhausted,
+    gexc.InternalServerError,
+)
+
+
+def _commit(commit: Any, path: str) -> None:
+    """Commit; a precondition that failed (another writer got in first) is raised as
+    it is, for the caller to read again. Firestore's other refusals are ours, on
+    purpose: a document too large or with too many index entries is permanent (no
+    retry fixes it), a busy service transient."""
+    try:
+        commit.commit()
+    except _REFUSED as exc:
+        raise PermanentError(f"Firestore refused the write of {path}: {exc.message}") from exc
+    except _PASSING as exc:
+        raise TransientError(f"Firestore did not take the write of {path} now: {exc}") from exc
 
 
 def _fenced(client: Any, commit: Any, fence: Fence) -> None:
@@ -389,7 +414,7 @@ class FirestoreBudgetLedger:
             if fence is not None:
                 _fenced(self._client, commit, fence)
             try:
-                commit.commit()
+                _commit(commit, day_ref.path)
             except (gexc.FailedPrecondition, gexc.Conflict):
                 time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
                 continue
@@ -599,7 +624,7 @@ class FirestoreQuotaGate:
             else:
                 commit.create(ref, _gate_doc(updated))
             try:
-                commit.commit()
+                _commit(commit, ref.path)
             except (gexc.FailedPrecondition, gexc.Conflict):
                 time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
                 continue
