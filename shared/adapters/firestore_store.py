@@ -611,8 +611,7 @@ class FirestoreQuotaGate:
             # again and the soonest then is tried (not the same one, later).
             ref, snap = min(
                 self._snaps(model),
-                key=lambda pair: quota.peek(_gate_of(pair[1]), now, self._interval).reopens
-                or now,
+                key=lambda pair: quota.peek(_gate_of(pair[1]), now, self._interval).reopens or now,
             )
             updated, slot = quota.reserve(_gate_of(snap), now, self._interval, max_wait)
             if updated is None:
