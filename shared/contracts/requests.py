@@ -30,6 +30,10 @@ NOT_THIS_CALLERS_SHEET = (
 )
 
 
+# The row's columns kept on its job: enough for any sheet's names and notes.
+FIELDS_MAX_CHARS = 20_000
+
+
 class FieldProblem(ValueError):
     """A check across fields that names the field it is about (relative to the
     model it is raised in), so a 422 can name it too."""
@@ -180,6 +184,18 @@ class BatchItem(BaseModel):
     @classmethod
     def _known_model(cls, value: str | None, info: ValidationInfo) -> str | None:
         return _known(value, info)
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, value: dict[str, str]) -> dict[str, str]:
+        # Kept on the job (file names of a delivery use them): bounded in all.
+        size = sum(len(k) + len(v) for k, v in value.items())
+        if size > FIELDS_MAX_CHARS:
+            raise ValueError(
+                f"hold {size} characters in all; the limit is {FIELDS_MAX_CHARS} "
+                "(leave long columns out)"
+            )
+        return value
 
     @field_validator("template")
     @classmethod

@@ -326,3 +326,10 @@ def test_style_images_count_as_objects_in_the_call(
     (call,) = generator.calls
     assert [r.data.decode() for r in call.references] == ["can"] + [f"s{i}" for i in range(9)]
     assert call.prompt.startswith("Image 1 is the product Can.\nImages 2 to 10 show the style")
+
+
+def test_the_rows_columns_are_bounded_in_all() -> None:
+    fields = {f"c{i}": "x" * 3000 for i in range(7)}
+    reason = refused(body(item(prompt="p", fields=fields)))[0]
+    assert reason["field"] == "items[0].fields"
+    assert reason["reason"].startswith("hold 21014 characters in all; the limit is 20000")
