@@ -54,6 +54,8 @@ class Settings(BaseModel):
     # The exporter starts no image after this long; a batch that does not fit
     # fails its export with the reason (the function timeout bounds a delivery).
     export_deadline_s: float = Field(default=420.0, gt=0, le=3400)
+    # Images a zip reads ahead, in parallel, while it writes (memory: that many images).
+    export_read_ahead: int = Field(default=8, ge=1, le=32)
     images_bucket: str = Field(min_length=3)
     # Where thumbnails go; unset, the images bucket (under THUMBNAILS_PREFIX).
     thumbnails_bucket: str = ""

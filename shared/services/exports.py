@@ -30,7 +30,9 @@ import json
 import logging
 import time
 import zipfile
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import IO, BinaryIO
@@ -317,6 +319,43 @@ def write_zip(
     return len(rows)
 
 
+class ReadAhead:
+    """The zip's images read a few ahead, in parallel, while the one before is
+    written (one read at a time waited on each object's latency). Memory: at most
+    ``ahead`` images. ``copy`` must be called for the names in their order."""
+
+    CHUNK = 32 * 1024  # written through to the upload as it comes
+
+    def __init__(self, read: Callable[[str], bytes], names: Sequence[str], ahead: int) -> None:
+        self._read = read
+        self._names = list(names)
+        self._ahead = max(1, ahead)
+        self._pool = ThreadPoolExecutor(self._ahead, thread_name_prefix="zip-read")
+        self._pending: deque[tuple[str, Future[bytes]]] = deque()
+        self._next = 0
+
+    def __enter__(self) -> ReadAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for _, future in self._pending:
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def copy(self, object_name: str, member: BinaryIO) -> None:
+        """Write the image into its member; NotFound (before any byte) if it is gone."""
+        while self._next < len(self._names) and len(self._pending) < self._ahead:
+            name = self._names[self._next]
+            self._pending.append((name, self._pool.submit(self._read, name)))
+            self._next += 1
+        if not self._pending or self._pending[0][0] != object_name:
+            raise ValueError(f"{object_name} copied out of order")
+        _, future = self._pending.popleft()
+        data = future.result()
+        for start in range(0, len(data), self.CHUNK):
+            member.write(data[start : start + self.CHUNK])
+
+
 class _Member:
     """A zip member opened on its first byte, so an image that turns out to be gone
     leaves no empty member behind."""
@@ -419,16 +458,19 @@ class Exporter:
         counted: list[int] = []
         metadata = {"batch_id": batch.batch_id, "export_id": export_id}
 
-        def copy(object_name: str, member: BinaryIO) -> None:
-            self.objects.read_into(bucket, object_name, member)
-
         deadline = time.monotonic() + cfg.export_deadline_s
+        ahead = ReadAhead(
+            lambda object_name: self._read(bucket, object_name),
+            [entry.object_name for entry in entries],
+            cfg.export_read_ahead,
+        )
 
         def write(out: BinaryIO) -> None:
-            counted.append(write_zip(out, entries, copy, lambda: time.monotonic() < deadline))
+            counted.append(write_zip(out, entries, ahead.copy, lambda: time.monotonic() < deadline))
 
         try:
-            size = self.objects.write_stream(bucket, name, ZIP_CONTENT_TYPE, metadata, write)
+            with ahead:
+                size = self.objects.write_stream(bucket, name, ZIP_CONTENT_TYPE, metadata, write)
         except PermanentError as exc:
             reason = f"the zip could not be written: {exc}"
             self.store.update_batch(
@@ -455,6 +497,11 @@ class Exporter:
                 "bytes": size,
             },
         )
+
+    def _read(self, bucket: str, object_name: str) -> bytes:
+        out = io.BytesIO()
+        self.objects.read_into(bucket, object_name, out)
+        return out.getvalue()
 
     # ------------------------------------------------------------------ Drive
     def _deliver(self, batch_id: str, export_id: str, context: dict[str, object]) -> None:

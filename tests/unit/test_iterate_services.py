@@ -661,3 +661,32 @@ def test_a_redelivery_after_a_delivery_died_writes_and_records_its_own_zip(
     with zipfile.ZipFile(io.BytesIO(objects.objects[(IMAGES_BUCKET, second)].data)) as archive:
         assert len(archive.namelist()) - 2 == export.images == 2
     assert objects.objects[(IMAGES_BUCKET, first)].data == b"PK-a-zip-of-one-image"
+
+
+def test_images_are_read_ahead_in_parallel_in_order_and_bounded() -> None:
+    import threading
+
+    from shared.services.exports import ReadAhead
+
+    started: list[str] = []
+    release = threading.Event()
+    lock = threading.Lock()
+
+    def read(name: str) -> bytes:
+        with lock:
+            started.append(name)
+        release.wait(5)
+        return name.encode()
+
+    names = [f"img{i}" for i in range(6)]
+    with ReadAhead(read, names, ahead=3) as ahead:
+        out = io.BytesIO()
+        threading.Timer(0.2, release.set).start()
+        ahead.copy("img0", out)  # type: ignore[arg-type]
+        # Three reads were started at once (not one after the other), no more.
+        assert sorted(started[:3]) == ["img0", "img1", "img2"]
+        for name in names[1:]:
+            ahead.copy(name, out)  # type: ignore[arg-type]
+    assert out.getvalue() == b"".join(n.encode() for n in names)
+    with ReadAhead(read, names, ahead=2) as ahead, pytest.raises(ValueError):
+        ahead.copy("img3", io.BytesIO())  # type: ignore[arg-type]
