@@ -76,7 +76,7 @@ function readLimits_(raw) {
     return Array.isArray(list) && list.every(function (x) { return typeof x === 'string'; });
   };
   if (!data || typeof data !== 'object' || !whole(data.max_items_per_batch) ||
-      !whole(data.max_variants) || !whole(data.max_prompt_chars) ||
+      !whole(data.max_body_bytes) || !whole(data.max_variants) || !whole(data.max_prompt_chars) ||
       typeof data.default_model !== 'string' || !data.models || typeof data.models !== 'object' ||
       !Object.prototype.hasOwnProperty.call(data.models, data.default_model)) {
     return null;
@@ -101,6 +101,9 @@ function readLimits_(raw) {
   const model = models[data.default_model];
   return {
     maxItems: data.max_items_per_batch,
+    // The largest request body the server reads (UTF-8 bytes): larger selections are
+    // sent in chunks (Chunks.gs).
+    maxBodyBytes: data.max_body_bytes,
     maxVariants: data.max_variants,
     maxPromptChars: data.max_prompt_chars,
     model: data.default_model,
@@ -138,8 +141,28 @@ function cachePut_(cache, key, value, seconds) {
   }
 }
 
-/** POST /batch/images; returns the parsed answer or throws an ApiError. */
+/**
+ * POST /batch/images of `batch` (or of one chunk of it: chunkOf_); returns the parsed
+ * answer or throws an ApiError.
+ */
 function postBatch_(settings, table, batch, runMode, extraHeaders, lane) {
+  const body = batchBody_(table, batch, runMode, lane);
+  const res = callApi_(settings, 'post', '/batch/images', body, extraHeaders);
+  const ok = runMode === 'live' ? [200, 201, 202] : [200];
+  if (ok.indexOf(res.status) < 0 || !res.json || typeof res.json !== 'object') {
+    // Too large after all: the limits may have changed since they were read.
+    if (res.status === 413) forgetLimits_(settings);
+    throw apiError_(res, batch);
+  }
+  if (runMode === 'live' && !res.json.batch_id) {
+    throw new ApiError('The server accepted the batch but sent no batch_id (HTTP ' +
+      res.status + ').', res.status, '', true);
+  }
+  return res;
+}
+
+/** The JSON body of POST /batch/images for `batch` (its items: all, or one chunk's). */
+function batchBody_(table, batch, runMode, lane) {
   const body = {
     items: batch.items,
     runMode: runMode,
@@ -149,16 +172,18 @@ function postBatch_(settings, table, batch, runMode, extraHeaders, lane) {
   if (lane) body.lane = lane;
   if (batch.drafts) body.drafts = true;
   if (batch.styleRefs && batch.styleRefs.length) body.style_refs = batch.styleRefs;
-  const res = callApi_(settings, 'post', '/batch/images', body, extraHeaders);
-  const ok = runMode === 'live' ? [200, 201, 202] : [200];
-  if (ok.indexOf(res.status) < 0 || !res.json || typeof res.json !== 'object') {
-    throw apiError_(res, batch);
+  return body;
+}
+
+/** Drops the cached limits of this API URL: the next run asks GET /limits again. */
+function forgetLimits_(settings) {
+  const cache = scriptCache_();
+  if (!cache) return;
+  try {
+    cache.remove(LIMITS_CACHE_PREFIX + sha256Hex_(settings.apiUrl));
+  } catch (err) {
+    // Expires by itself.
   }
-  if (runMode === 'live' && !res.json.batch_id) {
-    throw new ApiError('The server accepted the batch but sent no batch_id (HTTP ' +
-      res.status + ').', res.status, '', true);
-  }
-  return res;
 }
 
 /** GET /status/{job_id} for each id, STATUS_FETCH_BATCH at a time; answers in order. */
@@ -261,7 +286,8 @@ function apiError_(res, batch) {
     uncertain = true;
     text = 'The same batch is being sent right now (' + tag + ')' + said;
   } else if (status === 413) {
-    text = 'Too much for one request (' + tag + ')' + said + '\n\nSelect fewer rows and try again.';
+    text = 'Too much for one request (' + tag + ')' + said + '\n\nThe service\'s limits may have ' +
+      'changed: try again (they are read again), or select fewer rows.';
   } else if (status === 415) {
     text = 'The server does not accept this request format (' + tag + ')' + said;
   } else if (status === 429 && (code === 'budget_exceeded' || body.budget)) {

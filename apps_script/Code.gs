@@ -10,9 +10,10 @@
  * download), Review.gs (approve, reject, final pick, promote, deliver to Drive),
  * Sheet.gs (reading, checking and writing rows), Briefs.gs (prompt
  * templates, avoid, characters and products), Api.gs (HTTP calls and error
- * messages), Submissions.gs (idempotency of "Generate"), Settings.gs (the
- * Settings dialogs and stored properties), Notify.gs (the email when a batch
- * ends or needs attention).
+ * messages), Chunks.gs (a large selection sent as several requests),
+ * Submissions.gs (idempotency of "Generate"), Settings.gs (the Settings dialogs
+ * and stored properties), Notify.gs (the email when a batch ends or needs
+ * attention).
  */
 
 const MENU_TITLE = 'AI images';
@@ -137,7 +138,7 @@ function estimate_(ui) {
   const rows = selectedSceneRows_(table);
   const settings = loadSettings_();
   const batch = checkedBatch_(table, rows, deploymentLimits_(settings));
-  const plan = postBatch_(settings, table, batch, 'dry_run').json;
+  const plan = planChunks_(settings, table, batch, batch.chunks, allChunks_(batch.chunks));
   const prompts = briefLines_(batch, ESTIMATE_PROMPTS_SHOWN);
   ui.alert(
     dialogTitle_('Estimate'),
@@ -156,16 +157,31 @@ function generate_(ui, drafts) {
   const limits = deploymentLimits_(settings);
   const batch = checkedBatch_(table, rows, limits);
   batch.drafts = !!drafts;
-  const plan = postBatch_(settings, table, batch, 'dry_run').json;
   const sent = batch.styleRefs.length ? [batch.items, batch.styleRefs] : batch.items;
   // Drafts of the same rows are another request than their final images.
   const hash = submissionHash_(table, drafts ? { drafts: true, batch: sent } : sent);
-  const seen = getSubmission_(hash);
+  let seen = getSubmission_(hash);
+
+  // A send of these rows that stopped part-way goes on in its own chunks: only the
+  // chunks not answered yet are estimated (and sent).
+  let sizes = batch.chunks;
+  let pending = allChunks_(sizes);
+  if (seen && seen.state === 'sending') {
+    const own = recordChunks_(seen, batch.items.length);
+    if (own) {
+      sizes = own;
+      pending = pendingChunks_(seen);
+    } else {
+      seen = null;  // not a record of these rows after all
+    }
+  }
+  const plan = planChunks_(settings, table, batch, sizes, pending);
+  const view = chunksView_(batch, sizes, pending);
 
   // A first send chooses its lane: Yes live, No economy (half price, within 24 h).
   const again = seen && seen.state === 'sent';
   const answer = ui.alert(
-    dialogTitle_(title), confirmText_(plan, batch, seen),
+    dialogTitle_(title), confirmText_(plan, view, seen, batch),
     again ? ui.ButtonSet.YES_NO : ui.ButtonSet.YES_NO_CANCEL);
   const lane = answer === ui.Button.YES ? 'live' : (!again && answer === ui.Button.NO ? 'economy' : null);
   if (!lane) {
@@ -191,15 +207,21 @@ function generate_(ui, drafts) {
 }
 
 /**
- * Marks the rows, sends the batch and writes the job ids; returns the message to
- * show. Runs under the document lock; after the (slow) request every write finds
- * its row again by scene_id, in the sheet as it is then.
+ * Marks the rows, sends the batch (in its chunks) and writes the job ids; returns
+ * the message to show. Runs under the document lock; after each (slow) request
+ * every write finds its row again by scene_id, in the sheet as it is then.
  */
 function submitLocked_(settings, limits, batch, hash, seen, lane, sheet) {
   const current = getSubmission_(hash);
   if (current && current.state === 'sent' && !sameSubmission_(seen, current)) {
-    return 'These rows were already sent ' + ago_(current.at) + ' (batch ' + current.batch_id +
-      '), by another click on Generate, so nothing was sent again.';
+    return 'These rows were already sent ' + ago_(current.at) + ' (' +
+      recordBatchesText_(current) + '), by another click on Generate, so nothing was sent again.';
+  }
+  if (seen && seen.state === 'sending' && !(current && current.nonce === seen.nonce)) {
+    // The send the question spoke of is gone (expired) or was replaced meanwhile.
+    throw new UserError(
+      'The record of the earlier send of these rows changed while the question was open, so ' +
+      'nothing was sent. Choose "Generate selected rows" again.');
   }
   // The rows may have changed while the question was open: check again.
   const table = readSheet_({ formulas: true, sheet: sheet });
@@ -211,111 +233,277 @@ function submitLocked_(settings, limits, batch, hash, seen, lane, sheet) {
       'Check them and choose "Generate selected rows" again.');
   }
 
-  // An answer that never arrived is retried with the same key, so it cannot run twice.
-  const record = current && current.state === 'sending' ? current : newSubmission_(hash);
+  // A send that got no answer, or stopped part-way, goes on with its chunks and keys,
+  // so that no chunk can run twice.
+  let record = current && current.state === 'sending' ? current : null;
+  if (!record || !recordChunks_(record, batch.items.length)) {
+    record = newSubmission_(hash, batch.chunks);
+  }
   record.state = 'sending';
   record.at = Date.now();
   saveSubmission_(hash, record);
+  return sendChunks_(settings, table, batch, hash, record, lane);
+}
 
-  // Mark the rows before sending, so that a fast job is never overwritten by a late "queued".
-  const marks = queuedMarks_(table, batch);
-  writeCells_(table.sheet, marks.updates);
-  SpreadsheetApp.flush();
-
-  let res;
-  try {
-    res = postBatch_(settings, table, batch, 'live', { 'Idempotency-Key': record.key }, lane);
-  } catch (err) {
-    if (err instanceof ApiError && !err.uncertain) {
-      const gone = restoreMarks_(table, marks);
-      deleteSubmission_(hash);
-      throw new UserError(err.message + '\n\nNothing was sent; the rows are as they were.' +
-        (gone.length ? '\n\n' + plural_(gone.length, 'scene') + ' no longer in the sheet ' +
-          '(deleted, or the scene_id changed, while the batch was sent) could not be put ' +
-          'back: ' + gone.join(', ') + '.' : ''));
-    }
-    if (err instanceof ApiError) {
-      throw new UserError(
-        err.message + '\n\nIt is not known whether the batch arrived; the rows stay marked ' +
-        '"queued". Choose "Generate selected rows" again within ' +
-        Math.round(SUBMISSION_WINDOW_MS / 60000) + ' minutes: the same request is sent ' +
-        'again and the server does not run it twice.');
-    }
-    throw err;
+/**
+ * Sends the chunks of the record not answered yet, one after the other: each
+ * chunk's rows are marked "queued" just before it is sent, its job ids written
+ * (and flushed) as soon as it is answered, and only then is the chunk recorded as
+ * answered, so a stopped execution leaves every answered row marked with its job
+ * and the next Generate of the same rows sends only the rest. A chunk whose
+ * answer is lost is asked again with the same key (postChunk_). A refused chunk
+ * stops the send: its rows are put back, and the message says which rows were
+ * sent and which were not.
+ */
+function sendChunks_(settings, table, batch, hash, record, lane) {
+  const sizes = record.chunks;
+  const total = sizes.length;
+  const images = chunkImages_(batch, sizes);
+  const allImages = images.reduce(function (n, k) { return n + k; }, 0);
+  const before = allChunks_(sizes).filter(function (i) { return !!record.batches[i]; });
+  let sheetNow = table;  // the sheet as last read: rows are found again in it
+  const answers = {};
+  const replayed = [];
+  const failed = [];
+  const missing = [];
+  let mail = '';
+  const doneImages = function () {
+    return allChunks_(sizes).reduce(function (n, i) {
+      return n + (record.batches[i] ? images[i] : 0);
+    }, 0);
+  };
+  if (total > 1) {
+    table.ss.toast('Sending ' + plural_(allImages, 'image').replace(/^\d+/, thousands_) + ' in ' +
+      total + ' chunks' + (before.length ? ' (' + before.length + ' sent earlier)' : '') + '…',
+      MENU_TITLE, 30);
   }
 
-  const sent = res.json;
+  for (let i = 0; i < total; i++) {
+    if (record.batches[i]) continue;
+    const chunk = chunkOf_(batch, sizes, i);
+    // Rows found again by scene_id: they may have moved while earlier chunks were sent.
+    const rowsNow = rowsByScene_(sheetNow);
+    const marked = Object.assign({}, chunk, {
+      rows: chunk.scenes.map(function (s) { return rowsNow[s.scene_id]; })
+        .filter(function (row) { return !!row; }),
+    });
+    // Marked before sending, so that a fast job is never overwritten by a late "queued".
+    const marks = queuedMarks_(sheetNow, marked);
+    writeCells_(sheetNow.sheet, marks.updates);
+    SpreadsheetApp.flush();
+
+    let res;
+    try {
+      res = postChunk_(settings, sheetNow, chunk, chunkKey_(record, i), lane);
+    } catch (err) {
+      if (!(err instanceof ApiError)) throw err;
+      const anySent = record.batches.some(function (id) { return !!id; });
+      if (!err.uncertain) {
+        const gone = restoreMarks_(sheetNow, marks);
+        const goneText = gone.length ? '\n\n' + plural_(gone.length, 'scene') + ' no longer in ' +
+          'the sheet (deleted, or the scene_id changed, while the batch was sent) could not be ' +
+          'put back: ' + gone.join(', ') + '.' : '';
+        if (!anySent) {
+          deleteSubmission_(hash);
+          throw new UserError(err.message + '\n\nNothing was sent; the rows are as they were.' +
+            goneText);
+        }
+        throw new UserError(stoppedText_(err, batch, record, i, false) + goneText);
+      }
+      if (total === 1) {
+        throw new UserError(
+          err.message + '\n\nIt is not known whether the batch arrived; the rows stay marked ' +
+          '"queued". Choose "Generate selected rows" again ' + windowText_() + ': the same ' +
+          'request is sent again and the server does not run it twice.');
+      }
+      throw new UserError(stoppedText_(err, batch, record, i, true));
+    }
+
+    const sent = res.json;
+    const written = writeJobIds_(sheetNow, chunk, sent);
+    SpreadsheetApp.flush();  // the job ids are in the sheet before the record says so
+    record.batches[i] = sent.batch_id;
+    record.at = Date.now();
+    saveSubmission_(hash, record);
+    sheetNow = written.table;
+    answers[i] = { json: sent, replay: header_(res, 'idempotent-replay') === 'true' };
+    Array.prototype.push.apply(failed, written.failed);
+    Array.prototype.push.apply(missing, written.missing);
+    if (answers[i].replay) replayed.push(i);
+    mail = watchIfAsked_(sent.batch_id, table) || mail;
+    if (total > 1) {
+      const done = record.batches.filter(function (id) { return !!id; }).length;
+      table.ss.toast('Sent ' + done + ' of ' + total + ' chunks (' + thousands_(doneImages()) +
+        ' of ' + thousands_(allImages) + ' images).', MENU_TITLE, 30);
+    }
+  }
+
   record.state = 'sent';
-  record.batch_id = sent.batch_id;
+  record.batch_id = record.batches[0];
   record.at = Date.now();
   saveSubmission_(hash, record);
-  const written = writeJobIds_(table, batch, sent);
-  const mail = watchIfAsked_(sent.batch_id, table);
 
-  const lines = [
-    'Batch ' + sent.batch_id + ' accepted: ' + plural_(sent.job_count, 'scene') + ', ' +
-      plural_(sent.image_count, batch.drafts ? 'draft image' : 'image') + ', estimated $' +
-      sent.estimated_cost_usd +
-      (lane === 'economy' ? ' in the economy lane (results within 24 hours)' : '') + '.',
-  ];
+  // An earlier attempt of a chunk did arrive: its rows get the real state of its jobs.
+  let replayText = '';
+  if (replayed.length) {
+    const targets = [];
+    replayed.forEach(function (i) {
+      (answers[i].json.jobs || []).forEach(function (job) {
+        if (!Object.prototype.hasOwnProperty.call(batch.rowOfScene, job.scene_id)) return;
+        targets.push({ row: batch.rowOfScene[job.scene_id], sceneId: job.scene_id, jobId: String(job.job_id) });
+      });
+    });
+    const what = total === 1 ? 'This batch had' : capitalized_(chunksLabel_(replayed)) + ' had';
+    let it = { was: 'they were', rows: 'Their rows', its: 'their' };
+    if (replayed.length === 1) {
+      it = { was: 'it was', rows: total === 1 ? 'The rows' : 'Its rows', its: 'its' };
+    }
+    try {
+      const refreshed = refreshRows_(settings, table.sheet, targets);
+      replayText = what + ' already arrived from an earlier attempt; ' + it.was + ' not run ' +
+        'twice. ' + it.rows + ' now show ' + it.its + ' jobs (' + countsText_(refreshed.states) + ').';
+    } catch (err) {
+      replayText = what + ' already arrived from an earlier attempt; ' + it.was + ' not run ' +
+        'twice. Use "Refresh status" to show the state of ' + it.its + ' jobs.';
+    }
+  }
+
+  const lines = [];
+  if (total === 1) {
+    const one = answers[0].json;
+    lines.push('Batch ' + one.batch_id + ' accepted: ' + plural_(one.job_count, 'scene') + ', ' +
+      plural_(one.image_count, batch.drafts ? 'draft image' : 'image') + ', estimated $' +
+      one.estimated_cost_usd +
+      (lane === 'economy' ? ' in the economy lane (results within 24 hours)' : '') + '.');
+  } else {
+    const sentNow = Object.keys(answers).map(Number);
+    const cost = moneyText_(sentNow.reduce(function (n, i) {
+      return n + moneyUnits_(answers[i].json.estimated_cost_usd);
+    }, 0));
+    lines.push('All ' + total + ' chunks accepted, each a batch of its own: ' +
+      plural_(batch.scenes.length, 'scene') + ', ' +
+      plural_(allImages, batch.drafts ? 'draft image' : 'image').replace(/^\d+/, thousands_) +
+      ', estimated $' + cost + (before.length ? ' for the ' + plural_(sentNow.length, 'chunk') +
+        ' sent now' : '') +
+      (lane === 'economy' ? ' in the economy lane (results within 24 hours)' : '') + '.');
+    limitLines_(allChunks_(sizes).map(function (i) {
+      const rows = chunkOf_(batch, sizes, i).rowsLabel;
+      const note = answers[i] ? (answers[i].replay ? ' (had already arrived: replayed)' : '')
+        : ' (sent earlier)';
+      return '  • chunk ' + (i + 1) + ', ' + rows + ': batch ' + record.batches[i] + note;
+    }), 20).forEach(function (line) { lines.push(line); });
+  }
   if (batch.drafts) {
     lines.push('Review the drafts (Approve / Mark as final), then "Promote selected image…" ' +
       'makes the chosen ones at the final model and size.');
   }
-  if (header_(res, 'idempotent-replay') === 'true') {
-    // An earlier attempt did arrive: the rows get the real state of its jobs.
-    lines.push('');
-    try {
-      const targets = (sent.jobs || []).filter(function (job) {
-        return Object.prototype.hasOwnProperty.call(batch.rowOfScene, job.scene_id);
-      }).map(function (job) {
-        return { row: batch.rowOfScene[job.scene_id], sceneId: job.scene_id, jobId: String(job.job_id) };
-      });
-      const refreshed = refreshRows_(settings, table.sheet, targets);
-      lines.push('This batch had already arrived from an earlier attempt; it was not run ' +
-        'twice. The rows now show its jobs (' + countsText_(refreshed.states) + ').');
-    } catch (err) {
-      lines.push('This batch had already arrived from an earlier attempt; it was not run ' +
-        'twice. Use "Refresh status" to show the state of its jobs.');
-    }
+  lines.push('');
+  if (total === 1 && replayText) {
+    lines.push(replayText);
   } else {
-    lines.push('');
     lines.push('The rows are marked "queued" and fill in as the images finish ' +
       '(use "Refresh status" to update them).');
+    if (replayText) lines.push(replayText);
   }
   if (mail) {
     lines.push('');
-    lines.push(mail);
+    lines.push(total === 1 ? mail : mail.replace('this batch', 'each of these batches'));
   }
-  if (written.failed.length) {
+  if (failed.length) {
     lines.push('');
     lines.push('Could not be queued:');
-    written.failed.forEach(function (line) { lines.push('  • ' + line); });
+    limitLines_(failed, MAX_ERROR_LINES).forEach(function (line) { lines.push('  • ' + line); });
   }
-  if (written.missing.length) {
+  if (missing.length) {
     lines.push('');
     lines.push('Rows no longer in the sheet (deleted, or their scene_id changed, while the ' +
       'batch was sent):');
-    written.missing.forEach(function (line) { lines.push('  • ' + line); });
+    limitLines_(missing, MAX_ERROR_LINES).forEach(function (line) { lines.push('  • ' + line); });
   }
   return lines.join('\n');
 }
 
-function confirmText_(plan, batch, seen) {
+/**
+ * What a send that stopped at chunk `index` did: the error, the rows sent (with
+ * their batches), the chunk whose answer is unknown (`uncertain`) or that was
+ * refused (its rows put back), the rows not sent, and how to go on.
+ */
+function stoppedText_(err, batch, record, index, uncertain) {
+  const sizes = record.chunks;
+  const total = sizes.length;
+  const done = allChunks_(sizes).filter(function (i) { return !!record.batches[i]; });
+  const later = allChunks_(sizes).filter(function (i) { return i > index && !record.batches[i]; });
+  const chunk = chunkOf_(batch, sizes, index);
+  const lines = [
+    'Chunk ' + (index + 1) + ' of ' + total + ' (' + chunk.rowsLabel + ') ' +
+      (uncertain ? 'got no answer' : 'was refused') + ', so the send stopped there.',
+    '',
+    err.message,
+    '',
+  ];
+  if (done.length) {
+    lines.push('Sent: ' + chunksView_(batch, sizes, done).rowsLabel + ' (' + chunksLabel_(done) +
+      ', ' + recordBatchesText_(record) + '): these rows have their job ids and fill in as ' +
+      'their images finish.');
+  }
+  if (uncertain) {
+    lines.push('Not known: ' + chunk.rowsLabel + ' (chunk ' + (index + 1) + '): it is not known ' +
+      'whether it arrived; its rows stay marked "queued".');
+    if (later.length) {
+      lines.push('Not sent: ' + chunksView_(batch, sizes, later).rowsLabel + ' (' +
+        chunksLabel_(later) + '); these rows are as they were.');
+    }
+    lines.push('');
+    lines.push('Choose "Generate selected rows" again on the same rows ' + windowText_() +
+      ': the rows already sent are not sent again, chunk ' + (index + 1) + ' is sent again with ' +
+      'the same key (the server does not run it twice), then the rest.');
+  } else {
+    const unsent = [index].concat(later);
+    lines.push('Not sent: ' + chunksView_(batch, sizes, unsent).rowsLabel + ' (' +
+      chunksLabel_(unsent) + '); these rows are as they were.');
+    lines.push('');
+    lines.push('To send the rest, select the same rows and choose "Generate selected rows" ' +
+      'again ' + windowText_() + ' (when the problem is solved): the rows already sent are not ' +
+      'sent again. Or select only the rows not sent (changed rows are always a new send).');
+  }
+  return lines.join('\n');
+}
+
+/** How long a send that stopped can be taken up again. */
+function windowText_() {
+  return 'within ' + plural_(Math.round(SENDING_WINDOW_MS / 3600000), 'hour');
+}
+
+/**
+ * The question before a send: `plan` and `view` are of the chunks still to send
+ * (all of them, unless an earlier send of these rows stopped part-way: `seen`).
+ */
+function confirmText_(plan, view, seen, batch) {
   const head = [];
   if (seen && seen.state === 'sent') {
-    head.push('These exact rows were already sent ' + ago_(seen.at) + ' (batch ' +
-      seen.batch_id + ').');
+    head.push('These exact rows were already sent ' + ago_(seen.at) + ' (' +
+      recordBatchesText_(seen) + ').');
     head.push('Send them AGAIN as a new batch (and pay again)?');
   } else {
-    if (seen && seen.state === 'sending') {
+    const sizes = seen && seen.state === 'sending' ? seen.chunks : null;
+    const done = sizes ? allChunks_(sizes).filter(function (i) { return !!seen.batches[i]; }) : [];
+    if (done.length) {
+      head.push('An earlier send of these rows (' + ago_(seen.started || seen.at) + ') stopped ' +
+        'part-way: ' + done.length + ' of ' + sizes.length + ' chunks were accepted (' +
+        chunksView_(batch, sizes, done).rowsLabel + ', ' + recordBatchesText_(seen) + '). ' +
+        'Those rows keep their jobs and are not sent again.');
+      head.push('Sending the rest is safe: a chunk that arrived without an answer is not run ' +
+        'twice.');
+      head.push('');
+    } else if (seen && seen.state === 'sending') {
       head.push('An earlier attempt to send these rows ' + ago_(seen.at) + ' got no answer. ' +
         'Sending again is safe: if it did arrive, the server will not run it twice.');
       head.push('');
     }
-    head.push('Generate ' + plural_(plan.image_count, batch.drafts ? 'draft image' : 'image') +
-      ' for ' + plural_(plan.job_count, 'scene') + '?');
-    if (batch.drafts) {
+    head.push('Generate ' + plural_(plan.image_count, view.drafts ? 'draft image' : 'image') +
+      ' for ' + plural_(plan.job_count, 'scene') + (done.length ? ' (the rows not sent yet)' : '') +
+      '?');
+    if (view.drafts) {
       head.push('Drafts are made at the cheapest model and size; promote the ones you pick ' +
         'to the final model and size afterwards (Promote selected image…).');
     }
@@ -325,7 +513,7 @@ function confirmText_(plan, batch, seen) {
       head.push('Yes: live lane, $' + lanes.live + ', images in minutes.');
       head.push('No: economy lane, $' + lanes.economy + ' (half price), images within 24 hours.');
       head.push('Cancel: send nothing.');
-      const own = batch.scenes.filter(function (scene) { return scene.lane; });
+      const own = view.scenes.filter(function (scene) { return scene.lane; });
       if (own.length) {
         head.push('(' + plural_(own.length, 'row') + ' of the selection ' +
           (own.length === 1 ? 'names its' : 'name their') + ' own lane in the "lane" ' +
@@ -333,7 +521,7 @@ function confirmText_(plan, batch, seen) {
       }
     }
   }
-  return head.join('\n') + '\n\n' + planText_(plan, batch);
+  return head.join('\n') + '\n\n' + planText_(plan, view);
 }
 
 // ------------------------------------------------------------------ Refresh
@@ -505,6 +693,10 @@ function planText_(plan, batch) {
           : ''));
     });
   }
+  if (plan.chunks > 1) {
+    lines.push('Sent in ' + plan.chunks + ' chunks, one after the other, each a batch of its ' +
+      'own: more than one request to the image service may hold.');
+  }
   Array.prototype.push.apply(lines, deliveredLines_(plan.delivered));
   const budget = budgetLines_(plan.budget);
   if (budget.length) {
@@ -512,7 +704,10 @@ function planText_(plan, batch) {
     lines.push('Budget:');
     Array.prototype.push.apply(lines, budget);
     if (overBudget_(plan)) {
-      lines.push('  ⚠ This is more than what is left for today: the server will refuse it.');
+      lines.push(plan.chunks > 1
+        ? '  ⚠ This is more than what is left for today: the server will refuse the chunk ' +
+          'that goes past it, and the send stops there (the chunks before it are made).'
+        : '  ⚠ This is more than what is left for today: the server will refuse it.');
     }
   }
   const warnings = plan.warnings || [];
@@ -556,6 +751,10 @@ function overBudget_(plan) {
 function sceneLabel_(batch, sceneId) {
   const row = batch && batch.rowOfScene[sceneId];
   return row ? 'Row ' + row + ' (' + sceneId + ')' : String(sceneId);
+}
+
+function capitalized_(text) {
+  return text.charAt(0).toUpperCase() + text.slice(1);
 }
 
 function plural_(n, word) {

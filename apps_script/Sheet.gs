@@ -167,13 +167,19 @@ function selectedSceneRows_(table) {
 
 /**
  * The scenes of these rows as a batch checked against the deployment's limits
- * (deploymentLimits_); throws a UserError naming each problem.
+ * (deploymentLimits_), cut into the chunks it is sent in (`chunks`: rows per
+ * request, Chunks.gs); throws a UserError naming each problem.
  */
 function checkedBatch_(table, rows, limits) {
   const style = styleRefs_(table, limits);
   const batch = batchForRows_(table, rows, limits, style.refs.length);
   batch.styleRefs = style.refs;
-  const errors = batch.errors.concat(style.errors);
+  let errors = batch.errors.concat(style.errors);
+  if (!errors.length) {
+    const cut = chunkSizes_(table, batch, limits);
+    batch.chunks = cut.sizes;
+    errors = cut.errors;
+  }
   if (errors.length) {
     throw new UserError(
       'Nothing was sent: ' + plural_(errors.length, 'problem') +
@@ -353,11 +359,6 @@ function batchForRows_(table, rowNumbers, limits, styleCount) {
     scene.variants = variants;
     scenes.push(scene);
   });
-  if (scenes.length > limits.maxItems) {
-    errors.unshift('The selection has ' + scenes.length + ' scenes; this deployment takes at ' +
-      'most ' + limits.maxItems + ' in one batch. Select fewer rows and send the rest as ' +
-      'another batch.');
-  }
 
   const items = scenes.map(function (scene) {
     const brief = scene.brief;
@@ -504,7 +505,7 @@ function textCell_(text) {
  * the batch was sent. The newest job sent owns its row: if another job wrote
  * the row after it was marked "queued", its status and images are cleared with
  * it. Returns {failed: lines about jobs that could not be queued, missing:
- * lines about scenes no longer in the sheet}.
+ * lines about scenes no longer in the sheet, table: the sheet as read here}.
  */
 function writeJobIds_(table, batch, answer) {
   const now = rereadSheet_(table);
@@ -535,7 +536,7 @@ function writeJobIds_(table, batch, answer) {
     }
   });
   writeCells_(now.sheet, updates);
-  return { failed: failed, missing: missing };
+  return { failed: failed, missing: missing, table: now };
 }
 
 /** What a row showed before a slow request: its status and image formulas by n. */

@@ -145,7 +145,7 @@ test('two Generate executions racing on the same rows make one batch', { timeout
   }
 });
 
-test('a lost answer: clicking again reuses the Idempotency-Key and the server replays the batch', { timeout: 180000 }, async () => {
+test('a lost answer: asked again at once, then by clicking again, with the same Idempotency-Key; the server replays the batch', { timeout: 180000 }, async () => {
   // Needs the server's Idempotency-Key support (replay with Idempotent-Replay: true).
   const scenes = [
     { scene_id: sceneId('lost'), prompt: 'A message in a bottle', variants: 2 },
@@ -155,28 +155,32 @@ test('a lost answer: clicking again reuses the Idempotency-Key and the server re
   const rows = await addScenes(env, scenes);
   const h = harnessFor(env, { apiUrl: proxy.url, harness: { selection: [rowsA1(rows[0], rows[1])] } });
 
-  await proxy.configure({ dropLiveAnswers: 1 });
+  // The script asks once more by itself (same key); both answers are lost here.
+  await proxy.configure({ dropLiveAnswers: 2 });
   h.answer('YES');
   const first = h.run('generateSelectedRows');
   assert.equal(first.thrown, null);
   const text = first.lastDialog.text;
   assert.match(text, /^Could not reach the image service/);
-  assert.match(text, /It is not known whether the batch arrived; the rows stay marked "queued"\. Choose "Generate selected rows" again within 10 minutes/);
+  assert.match(text, /It is not known whether the batch arrived; the rows stay marked "queued"\. Choose "Generate selected rows" again within 23 hours/);
   let lives = await livesFor(ids);
-  assert.equal(lives.length, 1);
-  assert.ok(lives[0].dropped, 'the proxy forwarded the batch and cut the answer');
+  assert.equal(lives.length, 2, 'sent, and asked once more with the same key');
+  assert.ok(lives[0].dropped && lives[1].dropped, 'the proxy forwarded the batch and cut the answer');
+  assert.equal(lives[1].headers['idempotency-key'], lives[0].headers['idempotency-key']);
   const firstBatch = lives[0].response.batch_id;
   assert.ok(firstBatch, 'the server accepted the first request');
+  assert.equal(lives[1].response.batch_id, firstBatch);
+  assert.equal(lives[1].replay, 'true');
 
   h.answer({ button: 'YES', expect: /earlier attempt to send these rows .* got no answer/ });
   const second = h.run('generateSelectedRows');
   assert.equal(second.thrown, null);
   assert.deepEqual(second.unexpected, []);
   lives = await livesFor(ids);
-  assert.equal(lives.length, 2);
-  assert.equal(lives[1].headers['idempotency-key'], lives[0].headers['idempotency-key'], 'the same key is sent again');
-  assert.equal(lives[1].response.batch_id, firstBatch, 'the server replays the first batch instead of running a second one');
-  assert.equal(lives[1].replay, 'true');
+  assert.equal(lives.length, 3);
+  assert.equal(lives[2].headers['idempotency-key'], lives[0].headers['idempotency-key'], 'the same key is sent again');
+  assert.equal(lives[2].response.batch_id, firstBatch, 'the server replays the first batch instead of running a second one');
+  assert.equal(lives[2].replay, 'true');
   assert.match(second.lastDialog.text, new RegExp(`^Batch ${firstBatch} accepted[\\s\\S]*already arrived from an earlier attempt; it was not run twice`));
 
   const jobOf = Object.fromEntries(lives[0].response.jobs.map((j) => [j.scene_id, j.job_id]));
@@ -193,7 +197,7 @@ test('a server error after the batch arrived: clicking again sends the same key 
 
   // The server records the batch; the client gets a 503 (its instance died after
   // the work, say), so it cannot know the batch arrived.
-  await proxy.configure({ failLiveAnswers: 1 });
+  await proxy.configure({ failLiveAnswers: 2 });
   h.answer('YES');
   const first = h.run('generateSelectedRows');
   assert.equal(first.thrown, null);
@@ -201,19 +205,20 @@ test('a server error after the batch arrived: clicking again sends the same key 
   assert.match(text, /^The image service had a problem \(HTTP 503 unavailable\)/);
   assert.match(text, /the same request is sent again and the server does not run it twice/);
   let lives = await livesFor(ids);
-  assert.equal(lives.length, 1);
+  assert.equal(lives.length, 2, 'sent, and asked once more with the same key');
   assert.ok(lives[0].failed && lives[0].response.batch_id, 'the server accepted the first request');
   const firstBatch = lives[0].response.batch_id;
+  assert.equal(lives[1].response.batch_id, firstBatch);
 
   h.answer({ button: 'YES', expect: /earlier attempt to send these rows .* got no answer/ });
   const second = h.run('generateSelectedRows');
   assert.equal(second.thrown, null);
   assert.deepEqual(second.unexpected, []);
   lives = await livesFor(ids);
-  assert.equal(lives.length, 2);
-  assert.equal(lives[1].headers['idempotency-key'], lives[0].headers['idempotency-key']);
-  assert.equal(lives[1].response.batch_id, firstBatch, 'no second batch: the first is answered again');
-  assert.equal(lives[1].replay, 'true');
+  assert.equal(lives.length, 3);
+  assert.equal(lives[2].headers['idempotency-key'], lives[0].headers['idempotency-key']);
+  assert.equal(lives[2].response.batch_id, firstBatch, 'no second batch: the first is answered again');
+  assert.equal(lives[2].replay, 'true');
   assert.match(second.lastDialog.text, /already arrived from an earlier attempt; it was not run twice/);
   const done = await waitCompleted(h, rows);
   assert.deepEqual(done.map((r) => r.job_id), lives[0].response.jobs.map((j) => j.job_id));

@@ -3,10 +3,12 @@
  * One execution of the script in its own process, for races between two
  * executions (a double click). Reads a JSON job on stdin:
  *   {env, fn, selection, sharedDir, scriptProperties, userProperties, answers,
- *    sharedUserProperties, userEmail}
+ *    sharedUserProperties, userEmail, dieAfterLiveAnswers}
  * and prints what the execution did as JSON on stdout. Document properties, the
  * locks and the triggers live in `sharedDir`, shared with the other process; with
  * `sharedUserProperties` the user properties too (two executions of one person).
+ * With `dieAfterLiveAnswers: n` the process exits (code 137, nothing printed) as soon
+ * as the nth live POST /batch/images is answered: an execution stopped mid-send.
  */
 const { createHarness, triggersOf } = require('./harness');
 
@@ -25,6 +27,15 @@ process.stdin.on('end', () => {
     userEmail: job.userEmail,
   });
   h.answer(...(job.answers || []));
+  if (job.dieAfterLiveAnswers) {
+    // The execution is stopped (Apps Script's time limit, say) once the nth live
+    // request has been answered by the server, before the script sees the answer.
+    let live = 0;
+    h.duringFetch(
+      (entry) => entry.json && entry.json.runMode === 'live' && ++live === job.dieAfterLiveAnswers,
+      () => process.exit(137),
+    );
+  }
   const run = h.run(job.fn);
   const out = {
     thrown: run.thrown ? String(run.thrown.stack || run.thrown) : null,

@@ -10,6 +10,12 @@
  *     connection, so the client never sees the answer (a lost answer);
  *     `failLiveAnswers: n` forwards them but answers 503 instead of the server's
  *     answer (the front end's error when an instance dies after its work);
+ *     `faults: [{scene, kind, times?, status?, body?}]` does the same to the live
+ *     submissions that carry row `scene` (`kind` 'drop' or 'fail'), `times` times
+ *     (default 1), or refuses them without forwarding (`kind` 'refuse': `status`
+ *     and `body`, as the API answers a refusal, e.g. a 429 budget_exceeded);
+ *     `maxBodyBytes: n` answers 413 payload_too_large, as the API does, to a body
+ *     longer than n bytes (a deployment with a small max_body_bytes);
  *   - canned answers (`routes`), e.g. a 429 with the API's JSON error body; a
  *     server without `upstream` answers GET /limits with `limits` (default
  *     DEFAULT_LIMITS, what the API says for its default settings) unless a
@@ -107,6 +113,7 @@ const server = http.createServer(async (req, res) => {
   const entry = {
     method: req.method,
     path,
+    bytes: body.length,
     runMode: json && json.runMode ? json.runMode : null,
     lane: json && json.lane ? json.lane : null,
     scenes: json && Array.isArray(json.items) ? json.items.map((i) => i.scene_id) : null,
@@ -114,6 +121,24 @@ const server = http.createServer(async (req, res) => {
     headers: { ...req.headers },
   };
   log.push(entry);
+  if (config.maxBodyBytes && body.length > config.maxBodyBytes) {
+    entry.status = 413;
+    res.writeHead(413, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ error: 'payload_too_large',
+      message: 'the body must be at most ' + config.maxBodyBytes + ' bytes' }));
+    return;
+  }
+  const fault = entry.runMode === 'live' && entry.scenes
+    ? (config.faults || []).find((f) => (f.times === undefined ? 1 : f.times) > 0 && entry.scenes.includes(f.scene))
+    : null;
+  if (fault) fault.times = (fault.times === undefined ? 1 : fault.times) - 1;
+  if (fault && fault.kind === 'refuse') {
+    entry.status = fault.status;
+    entry.refused = true;
+    res.writeHead(fault.status, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(fault.body));
+    return;
+  }
   const route = (config.routes || []).find((r) =>
     r.method === req.method && (r.path === path || (r.prefix && path.startsWith(r.prefix))) &&
     (!r.runMode || r.runMode === entry.runMode));
@@ -156,14 +181,19 @@ const server = http.createServer(async (req, res) => {
   entry.status = upstream.status;
   entry.response = parse(answer);
   entry.replay = upstream.headers.get('idempotent-replay');
+  if (fault && fault.kind === 'drop') {
+    entry.dropped = true;
+    req.socket.destroy();
+    return;
+  }
   if (entry.runMode === 'live' && config.dropLiveAnswers > 0) {
     config.dropLiveAnswers -= 1;
     entry.dropped = true;
     req.socket.destroy();
     return;
   }
-  if (entry.runMode === 'live' && config.failLiveAnswers > 0) {
-    config.failLiveAnswers -= 1;
+  if ((fault && fault.kind === 'fail') || (entry.runMode === 'live' && config.failLiveAnswers > 0)) {
+    if (!fault) config.failLiveAnswers -= 1;
     entry.failed = true;
     res.writeHead(503, { 'content-type': 'application/json' });
     res.end(JSON.stringify({ error: 'unavailable', message: 'The service is unavailable; try again.' }));
@@ -192,7 +222,8 @@ parentPort.on('message', ({ id, op, arg }) => {
 
 /**
  * Starts a server; `config`: {upstream?, routes?: [{method, path|prefix, runMode?, status,
- * body, headers?, delayMs?}], limits? (GET /limits without upstream), dropLiveAnswers?}.
+ * body, headers?, delayMs?}], limits? (GET /limits without upstream), dropLiveAnswers?,
+ * failLiveAnswers?, faults?, maxBodyBytes?}.
  */
 async function startServer(config) {
   const worker = new Worker(SERVER_SOURCE, {

@@ -227,3 +227,63 @@ def test_the_script_delivers_with_the_export_requests_fields() -> None:
 def test_the_review_column_is_never_sent_as_a_rows_field() -> None:
     assert _js_list(BRIEFS_GS, "SCRIPT_COLUMNS") == ["review"]
     assert _js_string(REVIEW_GS, "REVIEW_COLUMN") == "review"
+
+
+# --- Chunked sends (apps_script/Chunks.gs and Submissions.gs, issue 23): a large
+# selection is cut by the limits GET /limits reports, and each chunk is sent with an
+# Idempotency-Key the server keeps longer than the script takes a send up again.
+
+CHUNKS_GS = (_SCRIPT_DIR / "Chunks.gs").read_text()
+SUBMISSIONS_GS = (_SCRIPT_DIR / "Submissions.gs").read_text()
+API_GS = (_SCRIPT_DIR / "Api.gs").read_text()
+CODE_GS = (_SCRIPT_DIR / "Code.gs").read_text()
+HTTP_API_PY = (Path(__file__).resolve().parents[2] / "functions" / "http_api.py").read_text()
+
+
+def _js_product(source: str, name: str) -> int:
+    """A constant written as a product of whole numbers (``10 * 60 * 1000``)."""
+    text = _js_const(source, name)
+    assert re.fullmatch(r"[0-9_ *]+", text), f"{name} is not a product of numbers: {text}"
+    product = 1
+    for factor in text.split("*"):
+        product *= int(factor.strip().replace("_", ""))
+    return product
+
+
+def test_the_script_cuts_chunks_by_the_limits_the_server_reports() -> None:
+    from shared.contracts.answers import DeploymentLimits
+
+    assert {"max_items_per_batch", "max_body_bytes"} <= set(DeploymentLimits.model_fields)
+    assert "data.max_items_per_batch" in API_GS and "data.max_body_bytes" in API_GS
+    for source in (CHUNKS_GS, API_GS):
+        for name in ("MAX_BODY_BYTES", "MAX_ITEMS", "MAX_ITEMS_PER_BATCH"):
+            assert not re.search(rf"^const {name} = ", source, re.M), (
+                f"the script fixes {name}; read it from GET /limits"
+            )
+    assert "limits.maxBodyBytes" in CHUNKS_GS and "limits.maxItems" in CHUNKS_GS
+    slack = float(_js_const(CHUNKS_GS, "BODY_SLACK"))
+    assert 0 < slack < 0.2
+
+
+def test_a_chunks_idempotency_key_fits_the_servers_bound() -> None:
+    bound = int(re.search(r"^MAX_IDEMPOTENCY_KEY = (\d+)$", HTTP_API_PY, re.M)[1])
+    assert 'request.headers.get("Idempotency-Key")' in HTTP_API_PY
+    assert "{ 'Idempotency-Key': key }" in CHUNKS_GS
+    # The send's key, then the chunk's number and how many there are.
+    assert "key: 'sheets-' + sha256Hex_(hash + ':' + nonce)," in SUBMISSIONS_GS
+    assert "record.key + '-' + (index + 1) + 'of' + n" in SUBMISSIONS_GS
+    most = _js_int(CHUNKS_GS, "MAX_CHUNKS")
+    assert len("sheets-" + "0" * 64 + f"-{most}of{most}") <= bound
+
+
+def test_an_unfinished_send_is_taken_up_again_only_while_the_server_keeps_its_keys() -> None:
+    from shared.config.settings import Settings
+
+    kept_ms = Settings.model_fields["idempotency_ttl_s"].default * 1000
+    assert _js_product(SUBMISSIONS_GS, "SENDING_WINDOW_MS") < kept_ms
+    assert _js_product(SUBMISSIONS_GS, "SUBMISSION_WINDOW_MS") < kept_ms
+
+
+def test_the_script_reads_a_replay_as_the_server_marks_it() -> None:
+    assert 'response.headers["Idempotent-Replay"] = "true"' in HTTP_API_PY
+    assert "header_(res, 'idempotent-replay') === 'true'" in CODE_GS
