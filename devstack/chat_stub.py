@@ -52,6 +52,8 @@ from types import FrameType
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from devstack.serving import running
+
 log = logging.getLogger("chat_stub")
 
 Json = dict[str, Any]
@@ -321,15 +323,8 @@ def webhook_url(
 def serving(key: str = DEFAULT_KEY, token: str = DEFAULT_TOKEN) -> Iterator[StubServer]:
     """The stub on a free loopback port, served on a thread until the block ends;
     its address is ``base_url(server)``, its state ``server.store``."""
-    server = make_server("127.0.0.1", 0, key, token)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with running(make_server("127.0.0.1", 0, key, token)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

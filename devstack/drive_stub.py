@@ -92,6 +92,8 @@ from types import FrameType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from devstack.serving import running
+
 log = logging.getLogger("drive_stub")
 
 Json = dict[str, Any]
@@ -960,15 +962,8 @@ def serving(folder: str | None = "Deliveries") -> Iterator[StubServer]:
     """The stub on a free loopback port, served on a thread until the block ends;
     its address is ``base_url(server)``, its state ``server.store`` (the folder
     made at start: ``server.store.default_folder_id``)."""
-    server = make_server("127.0.0.1", 0, folder)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with running(make_server("127.0.0.1", 0, folder)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from socketserver import BaseServer
@@ -13,26 +12,14 @@ import requests
 
 from devstack import sheets_stub
 from devstack.gemini_stub import GeminiStubServer, StubConfig, make_server
+from devstack.serving import running
 
 S = TypeVar("S", bound=BaseServer)
 
 
 @contextlib.contextmanager
-def _running(server: S) -> Iterator[S]:
-    """Serve ``server`` on a thread until the block ends."""
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-@contextlib.contextmanager
 def serving(config: StubConfig) -> Iterator[GeminiStubServer]:
-    with _running(make_server("127.0.0.1", 0, config)) as server:
+    with running(make_server("127.0.0.1", 0, config)) as server:
         yield server
 
 
@@ -47,7 +34,7 @@ def serving_sheets(
         sheets_stub.StubServer,
         sheets_stub.make_server("127.0.0.1", 0, data_file, mirror, write_quota_per_minute=quota),
     )
-    with _running(server):
+    with running(server):
         yield server
 
 
