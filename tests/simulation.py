@@ -208,6 +208,8 @@ class World:
             gemini_failure_budget=3,
             max_event_age_s=4 * 3600,
             economy_lease_s=60,
+            # Every port call on the scheduler's thread: the zip reads one image at a time.
+            export_read_ahead=1,
         )
         self.idempotency = FakeIdempotencyStore()
         self.store = FakeJobStore(self.idempotency)

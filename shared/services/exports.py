@@ -322,12 +322,20 @@ def write_zip(
 class ReadAhead:
     """The zip's images read a few ahead, in parallel, while the one before is
     written (one read at a time waited on each object's latency). Memory: at most
-    ``ahead`` images. ``copy`` must be called for the names in their order."""
+    ``ahead`` images. ``copy`` must be called for the names in their order. With
+    ``ahead`` 1, each image is streamed in the caller's thread as it is copied."""
 
     CHUNK = 32 * 1024  # written through to the upload as it comes
 
-    def __init__(self, read: Callable[[str], bytes], names: Sequence[str], ahead: int) -> None:
+    def __init__(
+        self,
+        read: Callable[[str], bytes],
+        names: Sequence[str],
+        ahead: int,
+        stream: Callable[[str, BinaryIO], None] | None = None,
+    ) -> None:
         self._read = read
+        self._stream = stream if ahead <= 1 else None
         self._names = list(names)
         self._ahead = max(1, ahead)
         self._pool = ThreadPoolExecutor(self._ahead, thread_name_prefix="zip-read")
@@ -344,6 +352,9 @@ class ReadAhead:
 
     def copy(self, object_name: str, member: BinaryIO) -> None:
         """Write the image into its member; NotFound (before any byte) if it is gone."""
+        if self._stream is not None:
+            self._stream(object_name, member)
+            return
         while self._next < len(self._names) and len(self._pending) < self._ahead:
             name = self._names[self._next]
             self._pending.append((name, self._pool.submit(self._read, name)))
@@ -463,6 +474,7 @@ class Exporter:
             lambda object_name: self._read(bucket, object_name),
             [entry.object_name for entry in entries],
             cfg.export_read_ahead,
+            lambda object_name, member: self.objects.read_into(bucket, object_name, member),
         )
 
         def write(out: BinaryIO) -> None:

@@ -690,3 +690,22 @@ def test_images_are_read_ahead_in_parallel_in_order_and_bounded() -> None:
     assert out.getvalue() == b"".join(n.encode() for n in names)
     with ReadAhead(read, names, ahead=2) as ahead, pytest.raises(ValueError):
         ahead.copy("img3", io.BytesIO())  # type: ignore[arg-type]
+
+
+def test_with_no_read_ahead_each_image_streams_in_the_callers_thread() -> None:
+    import threading
+
+    from shared.services.exports import ReadAhead
+
+    threads: list[str] = []
+
+    def stream(name: str, out: Any) -> None:
+        threads.append(threading.current_thread().name)
+        out.write(name.encode())
+
+    out = io.BytesIO()
+    with ReadAhead(lambda name: b"never", ["a", "b"], ahead=1, stream=stream) as ahead:
+        ahead.copy("a", out)  # type: ignore[arg-type]
+        ahead.copy("b", out)  # type: ignore[arg-type]
+    assert out.getvalue() == b"ab"
+    assert threads == [threading.current_thread().name] * 2
