@@ -369,8 +369,9 @@ def review_and_deliver(
             (target / item["name"]).write_bytes(data.content)
     lines.append(
         f"approved-only delivery to the Drive folder: {export['state']}, "
-        f"{export.get('added')} files added ({export.get('images')} images and the manifests "
-        f"in {target})" + (f": {export['error']}" if export.get("error") else "")
+        f"{export.get('images')} approved images ({export.get('added')} new) and the "
+        f"manifest (CSV, JSON), copied to {target}"
+        + (f": {export['error']}" if export.get("error") else "")
     )
     return lines
 
