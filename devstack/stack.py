@@ -146,11 +146,20 @@ class StackConfig:
     gcs_backend: str = "memory"
 
 
+# Ports handed out by this process: the kernel may offer a port again before the
+# service it was meant for has bound it, and two services would then share it.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOCALHOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A free loopback port, never one this process handed out before."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((LOCALHOST, 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclass

@@ -444,7 +444,13 @@ def test_export_of_a_batch_with_failed_and_rerolled_variants(
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert archive.testzip() is None
         assert sorted(archive.namelist()) == sorted(
-            [f"{good}/var_1.png", f"{good}/var_1_v2.png", f"{good}/var_2.png", "manifest.csv"]
+            [
+                f"{good}/var_1.png",
+                f"{good}/var_1_v2.png",
+                f"{good}/var_2.png",
+                "manifest.csv",
+                "manifest.json",
+            ]
         )
         for name in (f"{good}/var_1.png", f"{good}/var_1_v2.png", f"{good}/var_2.png"):
             stored = name.replace(good, f"images/{good}/{jobs[good]}")
