@@ -165,9 +165,11 @@ const server = http.createServer(async (req, res) => {
   for (const [name, value] of Object.entries(req.headers)) if (!HOP.has(name)) headers[name] = value;
   let upstream;
   try {
+    // A connection per request: gunicorn closes an idle keep-alive connection after
+    // 2 s, and a pooled one reused just then fails the request unsent ("fetch failed").
     upstream = await fetch(config.upstream + req.url, {
       method: req.method,
-      headers,
+      headers: { ...headers, connection: 'close' },
       body: req.method === 'GET' || req.method === 'HEAD' ? undefined : body,
       redirect: 'manual',
     });

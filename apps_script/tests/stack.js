@@ -38,7 +38,7 @@ function valuesUrl(env, range, suffix = '', sheet = env.WORKSHEET) {
 async function call(url, options = {}) {
   const res = await fetch(url, {
     ...options,
-    headers: { 'content-type': 'application/json', ...(options.headers || {}) },
+    headers: { 'content-type': 'application/json', connection: 'close', ...(options.headers || {}) },
   });
   const json = await res.json();
   if (!res.ok) throw new Error(`Sheets stub ${res.status}: ${JSON.stringify(json)}`);

@@ -13,14 +13,14 @@ const WORKER_SOURCE = `
 const { workerData } = require('node:worker_threads');
 const { port, signal } = workerData;
 
-// UrlFetchApp opens its own connections; fetch here reuses pooled keep-alive ones,
-// which a server may close while they idle (gunicorn after 2 s). A GET that meets
-// such a closed socket is sent again once, on a fresh connection.
-async function one(request, retried) {
+// UrlFetchApp opens its own connections, and so does this: a pooled keep-alive
+// connection can be closed by the server (gunicorn after 2 s idle) just as it is
+// reused, which fails the request unsent.
+async function one(request) {
   try {
     const response = await fetch(request.url, {
       method: request.method,
-      headers: request.headers,
+      headers: { ...request.headers, connection: 'close' },
       body: request.body == null ? undefined : Buffer.from(request.body, 'base64'),
       redirect: request.followRedirects === false ? 'manual' : 'follow',
       signal: AbortSignal.timeout(request.timeoutMs),
@@ -30,18 +30,13 @@ async function one(request, retried) {
     response.headers.forEach((value, name) => { headers[name] = value; });
     return { ok: true, status: response.status, headers, body: body.toString('base64'), url: response.url };
   } catch (err) {
-    const code = err && err.cause ? err.cause.code : '';
-    // The closed socket shows as UND_ERR_SOCKET, or ECONNRESET when the close races the request.
-    if (!retried && ['UND_ERR_SOCKET', 'ECONNRESET'].includes(code) && ['GET', 'HEAD'].includes(request.method)) {
-      return one(request, true);
-    }
     const cause = err && err.cause ? (err.cause.code || err.cause.message) : '';
     return { ok: false, error: (err && err.message ? err.message : String(err)) + (cause ? ' (' + cause + ')' : '') };
   }
 }
 
 port.on('message', async ({ id, requests }) => {
-  const results = await Promise.all(requests.map((request) => one(request, false)));
+  const results = await Promise.all(requests.map((request) => one(request)));
   port.postMessage({ id, results });
   Atomics.add(signal, 0, 1);
   Atomics.notify(signal, 0);
