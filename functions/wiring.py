@@ -315,7 +315,9 @@ def export_publisher() -> PubSubExportPublisher:
 def exporter() -> Exporter:
     from shared.services.exports import Exporter
 
-    return Exporter(settings(), job_store(), object_store(), drive=_LazyDrive())
+    return Exporter(
+        settings(), job_store(), object_store(), drive=_LazyDrive(), publisher=export_publisher()
+    )
 
 
 class _LazyDrive:

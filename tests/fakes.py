@@ -811,6 +811,26 @@ class FakeObjectStore:
             self.objects[(bucket, name)] = StoredObject(sink.data(), content_type, dict(metadata))
         return len(sink.data())
 
+    def compose(
+        self,
+        bucket: str,
+        sources: Sequence[str],
+        name: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+    ) -> int | None:
+        assert len(sources) <= 32, "Cloud Storage composes at most 32 objects"
+        with self._lock:
+            self.calls.append(("compose", bucket, name))
+            if (bucket, name) in self.objects:
+                return None
+            missing = [source for source in sources if (bucket, source) not in self.objects]
+            if missing:
+                raise NotFound(f"gs://{bucket}/{missing[0]} does not exist")
+            data = b"".join(self.objects[(bucket, source)].data for source in sources)
+            self.objects[(bucket, name)] = StoredObject(data, content_type, dict(metadata))
+        return len(data)
+
     def signed_url(self, bucket: str, name: str, ttl_s: int) -> str:
         with self._lock:
             self.calls.append(("signed_url", bucket, name))

@@ -314,7 +314,9 @@ class World:
             self.clock,
         )
         self.exports = Exports(store, export_publisher, self.links, self.clock)
-        self.exporter = Exporter(self.settings, store, objects, self.clock)
+        self.exporter = Exporter(
+            self.settings, store, objects, self.clock, publisher=export_publisher
+        )
 
     def note(self, text: str) -> None:
         """A line of the trace, with the simulated seconds since the start."""

@@ -22,6 +22,8 @@ locals {
     "exports/api"  = { topic = "exports", member = "serviceAccount:${google_service_account.this["api"].email}" }
     # The sweeper (run with the economy tick) publishes exports whose message was lost.
     "exports/economy" = { topic = "exports", member = "serviceAccount:${google_service_account.this["economy"].email}" }
+    # The exporter queues the delivery that goes on with a zip too large for one.
+    "exports/export" = { topic = "exports", member = "serviceAccount:${google_service_account.this["export"].email}" }
   }
 
   # Direct push subscriptions (not Eventarc), as the local stack wires them

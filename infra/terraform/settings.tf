@@ -200,10 +200,11 @@ locals {
     }
     export = {
       entry_point = "export_batch"
-      description = "Pushed from the exports topic: streams a batch's kept images into one zip in the images bucket."
+      description = "Pushed from the exports topic: streams a batch's kept images into one zip in the images bucket (a zip too large for one delivery in parts, joined at the end)."
       public      = false
       env = merge(local.common_env.export, {
         EXPORTS_PREFIX    = var.storage.exports_prefix
+        EXPORTS_TOPIC     = var.pubsub.exports_topic
         EXPORT_DEADLINE_S = tostring(var.exports.export_deadline_s)
       })
       secrets = []

@@ -359,7 +359,7 @@ variable "exports" {
   type = object({
     export_deadline_s = optional(number, 420)
   })
-  description = "The export function (a batch's hand-over zip): export_deadline_s (EXPORT_DEADLINE_S: no image is added to a zip after this long; a batch that does not fit fails its export with the reason; with the last image and upload chunk it must stay below the function's timeout, checked at start)."
+  description = "The export function (a batch's hand-over zip): export_deadline_s (EXPORT_DEADLINE_S: no image is added to a zip after this long in one delivery; a batch that does not fit goes on in the next delivery as a part, and the parts are joined into one zip; with the last image and upload chunk it must stay below the function's timeout, checked at start)."
   default     = {}
 
   validation {

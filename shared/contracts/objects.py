@@ -109,6 +109,10 @@ class ObjectNames:
         writes it, so the zip an export records is one its writer saw to the end."""
         return f"{self.exports_prefix}{batch_id}/{export_id}-{delivery}.zip"
 
+    def export_joined(self, batch_id: str, export_id: str, delivery: int) -> str:
+        """A zip written in parts, joined by the delivery that wrote its last one."""
+        return f"{self.exports_prefix}{batch_id}/{export_id}-{delivery}-joined.zip"
+
     @staticmethod
     def zip_member(scene_id: str, n: int, version: int, image_name: str) -> str:
         """An image's path inside the zip: ``{scene_id}/var_{n}[_v{k}].{ext}``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 ExportState = Literal["queued", "running", "done", "failed"]
 # Which images (``shared/domain/reviews.py``) and where to: a zip, or a Drive folder.
@@ -48,6 +48,11 @@ class Export(BaseModel):
     lease_until: datetime | None = None
     added: int | None = None
     present: int | None = None
+    # A zip too large for one delivery: the parts written so far (objects, in
+    # order), how many of its images they went through and their bytes.
+    parts: list[str] = Field(default_factory=list)
+    written: int = 0
+    offset: int = 0
 
 
 class Batch(BaseModel):

@@ -219,11 +219,33 @@ def let_go(batch: Batch, export_id: str, holder: str) -> Step:
     return batch, export
 
 
-def finish(
-    batch: Batch, export_id: str, object_name: str, images: int, size: int | None, now: datetime
+def progress(
+    batch: Batch, export_id: str, parts_before: int, part: str, written: int, end: int
 ) -> Step:
+    """A delivery wrote the next part of a zip too large for one: ``part`` goes on
+    from where the export's ``parts_before`` parts ended, unless another delivery
+    recorded that part first."""
     export = _ours(batch, export_id)
-    if export is None:
+    if export is None or len(export.parts) != parts_before:
+        return None, None
+    export.parts.append(part)
+    export.written, export.offset = written, end
+    return batch, export
+
+
+def finish(
+    batch: Batch,
+    export_id: str,
+    object_name: str,
+    images: int,
+    size: int | None,
+    now: datetime,
+    parts_before: int = 0,
+) -> Step:
+    """The zip is written: the last part, after ``parts_before`` parts (unless
+    another delivery recorded a part, or the zip, first)."""
+    export = _ours(batch, export_id)
+    if export is None or len(export.parts) != parts_before:
         return None, None
     export.state = "done"
     export.object_name, export.images, export.bytes = object_name, images, size

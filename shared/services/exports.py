@@ -14,9 +14,12 @@ with the image it is (``pipeline_key``): a file already in the folder is not
 made again, so a second delivery of the same images adds nothing, and one that
 ran out of time is finished by the next (one delivery at a time).
 
-The exporter streams exactly those images, one at a time, from the images bucket
-into one zip that is itself uploaded as a stream (a resumable upload, a chunk at
-a time), so its memory stays bounded whatever the batch's size. The zip holds
+The exporter streams exactly those images, a few read ahead, from the images
+bucket into one zip that is itself uploaded as a stream (a resumable upload, a
+chunk at a time), so its memory stays bounded whatever the batch's size. A zip
+that does not fit in one delivery's deadline is written in parts, one per
+delivery, each queuing the next, and joined by Cloud Storage at the end
+(``shared/services/zip_parts.py``). The zip holds
 ``{scene_id}/var_{n}[_v{k}].{ext}`` at full size and a ``manifest.csv``; its
 counts are of those images, never of the jobs as they are by then.
 """
@@ -31,7 +34,7 @@ import logging
 import time
 import zipfile
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -52,6 +55,7 @@ from shared.domain.job import ImageSlot, Job, Version
 from shared.services.ports import DriveFolder, ExportPublisher, JobStore, ObjectStore
 from shared.services.stored_images import object_names
 from shared.services.views import export_view
+from shared.services.zip_parts import At, PartRecord, compose_rounds
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,11 @@ MANIFEST_COLUMNS = (
     "final",
 )
 ZIP_CONTENT_TYPE = "application/zip"
+# A part's record: its images' zip entries and manifest rows (a few hundred bytes each).
+PART_RECORD_MAX = 64 * 1024 * 1024
+# Reading the parts' records and joining them, at most (a compose call may take two
+# minutes on very large parts).
+JOIN_RESERVE_S = 180.0
 # A Drive delivery holds its export this long past the function's timeout (the
 # longest it can live): only a delivery that surely ended is taken over.
 DRIVE_LEASE_MARGIN_S = 60.0
@@ -276,26 +285,42 @@ def manifests(rows: Sequence[dict[str, str]]) -> tuple[bytes, bytes]:
     return text.getvalue().encode(), as_json.encode()
 
 
+@dataclass(frozen=True)
+class Written:
+    """What one delivery wrote of a zip: its images' entries and rows, how many of
+    the export's entries it went through, and whether it ended the zip."""
+
+    infos: list[zipfile.ZipInfo]
+    rows: list[dict[str, str]]
+    went_through: int
+    last: bool
+
+
 def write_zip(
     out: BinaryIO,
     entries: Sequence[Entry],
     copy: Callable[[str, BinaryIO], None],
     time_left: Callable[[], bool] = lambda: True,
-) -> int:
-    """The zip, member by member, into an unseekable stream; how many images it holds.
+    start: int = 0,
+    earlier: Callable[[], Sequence[PartRecord]] = list,
+) -> Written:
+    """The zip, member by member, into an unseekable stream, ``start`` bytes into the
+    whole zip (after the ``earlier`` parts).
 
     ``copy(object_name, member)`` streams one image into its member. An image that
     is gone by now is left out (and out of the manifest), with a warning. When
-    ``time_left()`` says no before an image, the zip is abandoned (PermanentError).
+    ``time_left()`` says no before an image (never before the first), the part ends
+    there without a central directory: the next delivery goes on after it. The
+    part that writes the last image ends the zip: the manifests and the central
+    directory of every image of every part.
     """
-    rows = []
-    with zipfile.ZipFile(out, "w", allowZip64=True) as archive:
+    rows: list[dict[str, str]] = []
+    at = At(out, start)
+    with zipfile.ZipFile(at, "w", allowZip64=True) as archive:  # type: ignore[call-overload]
         for done, entry in enumerate(entries):
-            if not time_left():
-                raise PermanentError(
-                    f"the batch is too large to zip within EXPORT_DEADLINE_S: "
-                    f"{done} of {len(entries)} images were written"
-                )
+            if done and not time_left():
+                at.cut = True  # no central directory in a part that is not the last
+                return Written(list(archive.filelist), rows, done, last=False)
             info = zipfile.ZipInfo(entry.path, date_time=_zip_time(entry.row["created"]))
             # Images are compressed already: stored as they are, no CPU spent.
             info.compress_type = zipfile.ZIP_STORED
@@ -310,13 +335,19 @@ def write_zip(
                 # Close the member first: otherwise closing the zip on the way out
                 # raises a ValueError of its own that hides this error.
                 member.close()
+                at.cut = True
                 raise
             member.close()
             rows.append(entry.row)
-        as_csv, as_json = manifests(rows)
+        written = list(archive.filelist)
+        before = list(earlier())
+        # The central directory lists every part's images, in the zip's order.
+        archive.filelist[:0] = [info for part in before for info in part.infos]
+        every = [row for part in before for row in part.rows] + rows
+        as_csv, as_json = manifests(every)
         archive.writestr(MANIFEST, as_csv, compress_type=zipfile.ZIP_DEFLATED)
         archive.writestr(MANIFEST_JSON, as_json, compress_type=zipfile.ZIP_DEFLATED)
-    return len(rows)
+    return Written(written, rows, len(entries), last=True)
 
 
 class ReadAhead:
@@ -417,6 +448,9 @@ class Exporter:
     clock: Callable[[], datetime] = utcnow
     # The team's Drive (None where no Drive delivery is possible: a zip only).
     drive: DriveFolder | None = None
+    # Queues the delivery that goes on with a zip too large for one (None: Pub/Sub's
+    # redelivery of this one does).
+    publisher: ExportPublisher | None = None
 
     def handle(self, message: ExportMessage) -> None:
         """Write the zip (or the Drive files) and record it; raises (TransientError)
@@ -448,28 +482,35 @@ class Exporter:
             log.warning("export failed", extra={**context, "error": reason})
             return
         members = handover.unpack(started.contents)
-        self._write(batch, message.export_id, started.deliveries, members, context)
+        self._write(batch, started, members, context)
 
     def _write(
         self,
         batch: Batch,
-        export_id: str,
-        delivery: int,
+        export: Export,
         members: Sequence[handover.Member],
         context: dict[str, object],
     ) -> None:
+        """Write the next part of the zip: to its end (then join the parts and record
+        the zip), or as far as the deadline allows (then record the part and queue
+        the next delivery)."""
         cfg = self.settings
-        bucket = cfg.images_bucket
-        # This delivery's own zip, recorded with what this delivery wrote into it: one
-        # left by a delivery that died (or by a duplicate still writing) is not ours to
-        # count, so it is never recorded.
-        name = object_names(cfg).export(batch.batch_id, export_id, delivery)
+        bucket, export_id = cfg.images_bucket, export.export_id
+        names = object_names(cfg)
+        # This delivery's own object, recorded with what this delivery wrote into it:
+        # one left by a delivery that died (or by a duplicate still writing) is not
+        # ours to count, so it is never recorded.
+        name = names.export(batch.batch_id, export_id, export.deliveries)
         job_ids = list(dict.fromkeys(member.job_id for member in members))
-        entries = entries_of(members, self.store.get_jobs(job_ids))
-        counted: list[int] = []
+        entries = entries_of(members, self.store.get_jobs(job_ids))[export.written :]
+        parts_before = list(export.parts)
+        made: list[Written] = []
         metadata = {"batch_id": batch.batch_id, "export_id": export_id}
 
-        deadline = time.monotonic() + cfg.export_deadline_s
+        # A delivery after parts may have to join them: that time comes out of its
+        # deadline, so the longest path stays as budgeted (shared/config/budgets.py).
+        reserve = JOIN_RESERVE_S if parts_before else 0.0
+        deadline = time.monotonic() + max(0.0, cfg.export_deadline_s - reserve)
         ahead = ReadAhead(
             lambda object_name: self._read(bucket, object_name),
             [entry.object_name for entry in entries],
@@ -477,38 +518,119 @@ class Exporter:
             lambda object_name, member: self.objects.read_into(bucket, object_name, member),
         )
 
+        records: list[PartRecord] = []
+
+        def earlier() -> list[PartRecord]:
+            if len(records) < len(parts_before):
+                records[:] = [self._part_record(bucket, part) for part in parts_before]
+            return records
+
         def write(out: BinaryIO) -> None:
-            counted.append(write_zip(out, entries, ahead.copy, lambda: time.monotonic() < deadline))
+            made.append(
+                write_zip(
+                    out,
+                    entries,
+                    ahead.copy,
+                    lambda: time.monotonic() < deadline,
+                    start=export.offset,
+                    earlier=earlier,
+                )
+            )
 
         try:
             with ahead:
                 size = self.objects.write_stream(bucket, name, ZIP_CONTENT_TYPE, metadata, write)
         except PermanentError as exc:
-            reason = f"the zip could not be written: {exc}"
-            self.store.update_batch(
-                batch.batch_id, lambda b: handover.fail(b, export_id, reason, self.clock())
-            )
-            log.warning("export failed", extra={**context, "error": reason})
+            self._failed(batch.batch_id, export_id, f"the zip could not be written: {exc}", context)
             return
-        if size is None or not counted:
+        if size is None or not made:
             # Our name was taken (it cannot be, each delivery has its own): a
             # redelivery writes another.
             raise TransientError(f"the zip {name} exists already")
-        images = counted[0]
-        self.store.update_batch(
+        written = made[0]
+        if not written.last:
+            self._continue(batch.batch_id, export, name, size, written, context)
+            return
+        zip_name, zip_size = name, size
+        if parts_before:
+            zip_name = names.export_joined(batch.batch_id, export_id, export.deliveries)
+            try:
+                joined = self._join(bucket, [*parts_before, name], zip_name, metadata)
+            except (PermanentError, NotFound) as exc:
+                reason = f"the zip's parts could not be joined: {exc}"
+                self._failed(batch.batch_id, export_id, reason, context)
+                return
+            if joined is None:  # our name was taken (it cannot be): a redelivery joins
+                raise TransientError(f"the zip {zip_name} exists already")
+            zip_size = joined
+        images = len(written.rows) + sum(len(part.rows) for part in earlier())
+        finished = self.store.update_batch(
             batch.batch_id,
-            lambda b: handover.finish(b, export_id, name, images, size, self.clock()),
+            lambda b: handover.finish(
+                b, export_id, zip_name, images, zip_size, self.clock(), len(parts_before)
+            ),
         )
+        if finished is None:
+            log.info("export finished by another delivery; ours dropped", extra=context)
+            return
         log.info(
             "export done",
             extra={
                 **context,
                 "event": "export_done",
-                "object": name,
+                "object": zip_name,
                 "images": images,
-                "bytes": size,
+                "bytes": zip_size,
+                "parts": len(parts_before) + 1,
             },
         )
+
+    def _continue(
+        self,
+        batch_id: str,
+        export: Export,
+        name: str,
+        size: int,
+        written: Written,
+        context: dict[str, object],
+    ) -> None:
+        """Record a part that ran out of time, then queue the delivery that goes on
+        after it. A crash before the record leaves an object nobody counts (the
+        redelivery writes the part again); one after it, a message not yet acked
+        (its redelivery goes on from the record)."""
+        bucket, export_id = self.settings.images_bucket, export.export_id
+        went = export.written + written.went_through
+        record = PartRecord(written.infos, written.rows, went, export.offset + size)
+        self.objects.create(bucket, part_record_name(name), record.dumps(), "application/json", {})
+        recorded = self.store.update_batch(
+            batch_id,
+            lambda b: handover.progress(
+                b, export_id, len(export.parts), name, record.written, record.end
+            ),
+        )
+        if recorded is None:
+            log.info("part written by another delivery first; ours dropped", extra=context)
+            return
+        if self.publisher is None:
+            raise TransientError("the zip goes on in the next delivery")
+        self.publisher.publish_export(ExportMessage(batch_id=batch_id, export_id=export_id))
+        log.info(
+            "export part written; the next delivery goes on",
+            extra={**context, "part": len(export.parts) + 1, "entries": went},
+        )
+
+    def _part_record(self, bucket: str, part: str) -> PartRecord:
+        return PartRecord.loads(self.objects.read(bucket, part_record_name(part), PART_RECORD_MAX))
+
+    def _join(
+        self, bucket: str, parts: Sequence[str], name: str, metadata: Mapping[str, str]
+    ) -> int | None:
+        """The parts composed, in order, into the zip ``name``; its size (None when
+        it exists already)."""
+        size: int | None = None
+        for sources, target in compose_rounds(parts, name[: -len(".zip")] + "-interim"):
+            size = self.objects.compose(bucket, sources, target or name, ZIP_CONTENT_TYPE, metadata)
+        return size
 
     def _read(self, bucket: str, object_name: str) -> bytes:
         out = io.BytesIO()
@@ -606,6 +728,11 @@ class Exporter:
             batch_id, lambda b: handover.fail(b, export_id, reason, self.clock())
         )
         log.warning("export failed", extra={**context, "error": reason})
+
+
+def part_record_name(part: str) -> str:
+    """The record of a zip part, next to it."""
+    return part + ".json"
 
 
 def _drive_key(key: str) -> str:

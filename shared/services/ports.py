@@ -291,6 +291,19 @@ class ObjectStore(Protocol):
         a chunk at a time); the bytes written, or None when the object existed."""
         ...
 
+    def compose(
+        self,
+        bucket: str,
+        sources: Sequence[str],
+        name: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+    ) -> int | None:
+        """Create-only: the objects ``sources`` (at most 32) joined, in order, into
+        ``name``; its size, or None when it existed. ``NotFound`` if a source is
+        gone."""
+        ...
+
     def signed_url(self, bucket: str, name: str, ttl_s: int) -> str: ...
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 import sys
 import zipfile
 from collections.abc import Callable
@@ -405,32 +404,6 @@ def test_an_export_that_cannot_be_queued_is_failed_with_the_reason(
     assert export.error == "could not be queued: pubsub down"
 
 
-def test_a_batch_too_large_for_the_deadline_fails_its_export(
-    store: FakeJobStore, objects: FakeObjectStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from shared.services import exports as module
-
-    job = done_job()
-    store.create_batch(batch_of(job), [job])
-    for n in (1, 2):
-        objects.put(IMAGES_BUCKET, f"images/sc-001/job_1/var_{n}.png", b"img")
-    view = Exports(store, FakeExportPublisher(), LinkSigner("k", "https://x"), clock).request(
-        "bat_1", "alice"
-    )
-    assert view is not None
-    ticks = itertools.count(0, 300)
-    monkeypatch.setattr(module.time, "monotonic", lambda: float(next(ticks)))
-    exporter = Exporter(make_settings(export_deadline_s=500), store, objects, clock)
-    exporter.handle(ExportMessage(batch_id="bat_1", export_id=view.export_id))
-    export = store.batches["bat_1"].export
-    assert export is not None and export.state == "failed"
-    assert export.error == (
-        "the zip could not be written: the batch is too large to zip within "
-        "EXPORT_DEADLINE_S: 1 of 2 images were written"
-    )
-    assert not [n for n in objects.names(IMAGES_BUCKET) if n.startswith("exports/")]
-
-
 def test_write_zip_leaves_out_an_image_that_is_gone() -> None:
     from shared.services.exports import Entry, write_zip
 
@@ -447,7 +420,7 @@ def test_write_zip_leaves_out_an_image_that_is_gone() -> None:
         Entry("s/var_1.png", "gone", dict(row), "j/1/1"),
         Entry("s/var_2.png", "ok", dict(row), "j/2/1"),
     ]
-    assert write_zip(sink, entries, copy) == 1  # type: ignore[arg-type]
+    assert len(write_zip(sink, entries, copy).rows) == 1  # type: ignore[arg-type]
     with zipfile.ZipFile(io.BytesIO(sink.data())) as archive:
         assert archive.namelist() == ["s/var_2.png", "manifest.csv", "manifest.json"]
 
