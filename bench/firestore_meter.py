@@ -13,12 +13,15 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 LOG_VARIABLE = "FIRESTORE_WRITE_LOG"
+# Set (to anything): also one ``doc <epoch seconds> <document path>`` line per write.
+DOCS_VARIABLE = "FIRESTORE_WRITE_DOCS"
 SITE = "import bench.firestore_meter as _meter\n_meter.install()\n"
 
 
@@ -48,12 +51,36 @@ def _counted(call: Callable[..., Any], rpc: str, path: str) -> Callable[..., Any
         writes = kwargs.get("writes")
         if writes is None and request is not None:
             writes = request.get("writes") if isinstance(request, dict) else request.writes
+        lines = f"{rpc} {len(writes or [])}\n"
+        if os.environ.get(DOCS_VARIABLE):
+            now = time.time()
+            lines += "".join(f"doc {now:.3f} {_document(w)}\n" for w in writes or [])
         # One short O_APPEND write per call: lines from many processes never mix.
         with open(path, "a") as log:
-            log.write(f"{rpc} {len(writes or [])}\n")
+            log.write(lines)
         return answer
 
     return wrapper
+
+
+def _document(write: Any) -> str:
+    """The path of the document a write changes (below ``.../documents/``)."""
+    if isinstance(write, dict):
+        name = (
+            (write.get("update") or {}).get("name")
+            or write.get("delete")
+            or (write.get("transform") or {}).get("document")
+            or ""
+        )
+    else:
+        pb = getattr(write, "_pb", write)
+        kind = pb.WhichOneof("operation")
+        name = {
+            "update": lambda: pb.update.name,
+            "delete": lambda: pb.delete,
+            "transform": lambda: pb.transform.document,
+        }.get(kind, lambda: "")()
+    return str(name).partition("/documents/")[2] or str(name)
 
 
 @dataclass(frozen=True)

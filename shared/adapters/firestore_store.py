@@ -327,11 +327,20 @@ class FirestoreEconomyBatches:
 
 class FirestoreBudgetLedger:
     """``usage/{caller-hash}_{day}``: a caller's usage of one UTC day
-    (``shared/domain/daily_usage.py``): its totals in the document, each
-    reservation and each image's settlement in a document of its own below it
-    (``usage_reservations/{key}``, ``usage_settled/{key}``), so the day's document
-    stays the same size however many images the caller makes. A change writes the
-    totals and its one key's record in one commit, under compare-and-set on both.
+    (``shared/domain/daily_usage.py``). The day's document holds what was reserved
+    (reservations less releases); each image's settlement adds its correction to
+    one of ``USAGE_SHARDS`` documents below it (``usage_shards/{n}``, by the image's
+    key), so no document takes a write per image: a busy caller's settlements are
+    spread over the shards. Each reservation and each settlement also has a
+    document of its own (``usage_reservations/{key}``, ``usage_settled/{key}``), so
+    no document grows with images. A change writes its totals and its one key's
+    record in one commit, under compare-and-set on both.
+
+    The day's usage is the day's document plus its shards. A reservation reads the
+    shards without holding them: a settlement committed meanwhile counts from the
+    next read. Settlements lower the usage (an image never made is given back)
+    except a given-back image found made after all, so a cap can be passed by at
+    most those images settled in the same instant.
 
     Records of days before this layout keep their keys in the day's document
     (``reservations``, ``settled`` maps): read, never written again."""
@@ -345,9 +354,22 @@ class FirestoreBudgetLedger:
         return self._usage.document(f"{digest}_{day}")
 
     def usage(self, caller: str, day: str) -> Usage:
-        snap = self._ref(caller, day).get()
+        day_ref = self._ref(caller, day)
+        snap = day_ref.get()
         used = _read_usage(snap.to_dict() if snap.exists else None, caller, day)
-        return Usage(used.images, used.cost)
+        images, cost = self._settled(day_ref)
+        return Usage(max(used.images + images, 0), max(used.cost + cost, Decimal(0)))
+
+    def _settled(self, day_ref: Any) -> tuple[int, Decimal]:
+        """The corrections of the day's settlements, over its shards."""
+        refs = [day_ref.collection(SHARDS).document(str(n)) for n in range(USAGE_SHARDS)]
+        images, cost = 0, Decimal(0)
+        for snap in self._client.get_all(refs):
+            if snap.exists:
+                doc = snap.to_dict() or {}
+                images += int(doc.get("images", 0))
+                cost += Decimal(str(doc.get("cost_usd", "0")))
+        return images, cost
 
     def reserve(
         self,
@@ -374,7 +396,43 @@ class FirestoreBudgetLedger:
         self._change(caller, day, RESERVATIONS, key, lambda u: daily_usage.release(u, key), fence)
 
     def settle(self, caller: str, day: str, key: str, images: int, cost: Decimal) -> None:
-        self._change(caller, day, SETTLED, key, lambda u: daily_usage.settle(u, key, images, cost))
+        """Add the image's correction to its shard, once per key."""
+        day_ref = self._ref(caller, day)
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        key_ref = day_ref.collection(SETTLED).document(digest)
+        shard_ref = day_ref.collection(SHARDS).document(str(int(digest[:8], 16) % USAGE_SHARDS))
+        expires = _expiry(day)
+        for attempt in range(_CAS_ATTEMPTS):
+            day_snap, key_snap, shard_snap = day_ref.get(), key_ref.get(), shard_ref.get()
+            used = _read_usage(
+                day_snap.to_dict() if day_snap.exists else None, caller, day, keep=(SETTLED, key)
+            )
+            if key_snap.exists:
+                _put_record(used, SETTLED, key, key_snap.to_dict() or {})
+            delta = daily_usage.correction(used.settled.get(key), images, cost)
+            if delta is None:
+                return
+            shard = shard_snap.to_dict() if shard_snap.exists else {}
+            totals = {
+                "images": int(shard.get("images", 0)) + delta.images,
+                "cost_usd": str(Decimal(str(shard.get("cost_usd", "0"))) + delta.cost),
+                "expires_at": expires,
+            }
+            record = {"images": images, "cost_usd": str(cost), "expires_at": expires}
+            commit = self._client.batch()
+            for ref, snap, doc in ((shard_ref, shard_snap, totals), (key_ref, key_snap, record)):
+                if snap.exists:
+                    option = self._client.write_option(last_update_time=snap.update_time)
+                    commit.update(ref, doc, option=option)
+                else:
+                    commit.create(ref, doc)
+            try:
+                _commit(commit, shard_ref.path)
+            except (gexc.FailedPrecondition, gexc.Conflict):
+                time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
+                continue
+            return
+        raise TransientError(f"{shard_ref.path} kept changing; gave up after {_CAS_ATTEMPTS} tries")
 
     def _change(
         self,
@@ -385,19 +443,27 @@ class FirestoreBudgetLedger:
         change: Callable[[DailyUsage], tuple[DailyUsage | None, R]],
         fence: Fence | None = None,
     ) -> R:
-        """``change`` on the day's totals and the record of ``key`` alone (the day's
-        other keys are neither read nor written)."""
+        """``change`` on the day's usage (its document and its shards) and the record
+        of ``key`` alone (the day's other keys are neither read nor written)."""
         day_ref = self._ref(caller, day)
         key_ref = day_ref.collection(kind).document(hashlib.sha256(key.encode()).hexdigest())
         for attempt in range(_CAS_ATTEMPTS):
             day_snap, key_snap = day_ref.get(), key_ref.get()
             doc = day_snap.to_dict() if day_snap.exists else None
             used = _read_usage(doc, caller, day, keep=(kind, key))
+            own_images, own_cost = used.images, used.cost
+            settled_images, settled_cost = self._settled(day_ref)
+            used.images = max(own_images + settled_images, 0)
+            used.cost = max(own_cost + settled_cost, Decimal(0))
+            seen_images, seen_cost = used.images, used.cost
             if key_snap.exists:
                 _put_record(used, kind, key, key_snap.to_dict() or {})
             updated, result = change(used)
             if updated is None:
                 return result
+            # The day's document keeps its own part: what the change added to the whole.
+            updated.images = own_images + updated.images - seen_images
+            updated.cost = own_cost + updated.cost - seen_cost
             commit = self._client.batch()
             totals = _totals_doc(updated)
             if day_snap.exists:
@@ -424,6 +490,10 @@ class FirestoreBudgetLedger:
 
 RESERVATIONS = "usage_reservations"
 SETTLED = "usage_settled"
+SHARDS = "usage_shards"
+# A busy caller's settlements spread over this many documents: at about 40 writes
+# a minute each, some 600 images a minute per caller.
+USAGE_SHARDS = 16
 
 
 def _read_usage(
@@ -465,9 +535,13 @@ def _put_record(used: DailyUsage, kind: str, key: str, record: Any) -> None:
         used.settled[key] = True  # settled before amounts were kept
 
 
-def _totals_doc(usage: DailyUsage) -> dict[str, Any]:
+def _expiry(day: str) -> datetime:
     # Kept a while for the record, then removed by the collection's TTL policy.
-    expires = datetime.strptime(usage.day, "%Y-%m-%d").replace(tzinfo=UTC) + USAGE_KEPT
+    return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC) + USAGE_KEPT
+
+
+def _totals_doc(usage: DailyUsage) -> dict[str, Any]:
+    expires = _expiry(usage.day)
     return {
         "caller": usage.caller,
         "day": usage.day,

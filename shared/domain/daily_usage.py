@@ -90,13 +90,21 @@ def settle(usage: DailyUsage, key: str, images: int, cost: Decimal) -> Step[bool
     the image was made after all, and the job that would have asked for the
     recharge never recorded the give-back. A made image is never given back later:
     a settlement computed from an older read of the job changes nothing."""
-    done = usage.settled.get(key)
-    if done is not None and (isinstance(done, bool) or done.images >= 0 or images < 0):
+    delta = correction(usage.settled.get(key), images, cost)
+    if delta is None:
         return None, False
-    before = done if isinstance(done, Correction) else Correction(images=0, cost=Decimal(0))
     usage.settled[key] = Correction(images=images, cost=cost)
-    _add(usage, images - before.images, cost - before.cost)
+    _add(usage, delta.images, delta.cost)
     return usage, True
+
+
+def correction(done: Correction | bool | None, images: int, cost: Decimal) -> Correction | None:
+    """What settling a key as ``images``/``cost`` changes in the day's totals, given
+    how it was settled before (``done``); None when it changes nothing."""
+    if done is not None and (isinstance(done, bool) or done.images >= 0 or images < 0):
+        return None
+    before = done if isinstance(done, Correction) else Correction(images=0, cost=Decimal(0))
+    return Correction(images=images - before.images, cost=cost - before.cost)
 
 
 def _add(usage: DailyUsage, images: int, cost: Decimal) -> None:

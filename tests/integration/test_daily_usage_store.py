@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shared.adapters.firestore_store import SETTLED, FirestoreBudgetLedger
+from shared.adapters.firestore_store import SETTLED, SHARDS, USAGE_SHARDS, FirestoreBudgetLedger
 from tests.integration.conftest import LiveStack
 
 pytestmark = pytest.mark.integration
@@ -21,35 +21,46 @@ DAY = "2001-02-03"
 CAP, COST_CAP = 10**6, Decimal(10**6)
 
 
-def day_doc(stack: LiveStack, caller: str) -> dict[str, Any]:
+def day_ref(stack: LiveStack, caller: str) -> Any:
     digest = hashlib.sha256(caller.encode()).hexdigest()[:24]
-    snap = stack.firestore.collection("usage").document(f"{digest}_{DAY}").get()
-    data: dict[str, Any] = snap.to_dict() or {}
-    return data
+    return stack.firestore.collection("usage").document(f"{digest}_{DAY}")
 
 
 def test_the_50000th_image_of_a_day_is_settled_like_the_first(stack: LiveStack) -> None:
     ledger = FirestoreBudgetLedger(stack.firestore)
     caller = f"busy-{uuid.uuid4().hex[:8]}"
     assert ledger.reserve(caller, DAY, "batch:a", 50_000, Decimal("1680"), CAP, COST_CAP)[0]
+    day = day_ref(stack, caller)
+    reserved = day.get()
     ledger.settle(caller, DAY, "job_a/1", 0, Decimal("-0.0010"))
-    first = day_doc(stack, caller)
     # Two hundred images later, and then the day's 50,000th key: each record is a
-    # document below the day's, so the day's document keeps the same few fields.
+    # document below the day's, and each correction goes to one of the day's shards,
+    # so the day's document is neither written nor grown by a settlement.
     for n in range(2, 202):
         ledger.settle(caller, DAY, f"job_a/{n}", 0, Decimal("-0.0010"))
+        ledger.settle(caller, DAY, f"job_a/{n}", 0, Decimal("-0.0010"))
     ledger.settle(caller, DAY, "job_a/50000", -1, Decimal("-0.0336"))
-    last = day_doc(stack, caller)
-    assert set(last) == set(first) == {"caller", "day", "images", "cost_usd", "expires_at"}
-    assert last["images"] == 49_999
-    assert Decimal(last["cost_usd"]) == Decimal("1680") - Decimal("0.2010") - Decimal("0.0336")
+    after = day.get()
+    assert after.update_time == reserved.update_time
+    assert set(after.to_dict() or {}) == {"caller", "day", "images", "cost_usd", "expires_at"}
+    shards = list(day.collection(SHARDS).stream())
+    assert 8 <= len(shards) <= USAGE_SHARDS  # 202 keys spread over the shards
+    assert max(int(s.to_dict()["images"]) for s in shards) == 0
+    used = ledger.usage(caller, DAY)
+    assert used.images == 49_999
+    assert used.cost == Decimal("1680") - Decimal("0.2010") - Decimal("0.0336")
     # Once per key: settling any of them again changes nothing.
     ledger.settle(caller, DAY, "job_a/50000", -1, Decimal("-0.0336"))
     ledger.settle(caller, DAY, "job_a/7", 0, Decimal("-0.0010"))
-    assert day_doc(stack, caller)["cost_usd"] == last["cost_usd"]
+    assert ledger.usage(caller, DAY) == used
     # A given-back image found made after all is corrected once more, to made.
     ledger.settle(caller, DAY, "job_a/50000", 0, Decimal("0.0020"))
-    assert day_doc(stack, caller)["images"] == 50_000
+    assert ledger.usage(caller, DAY).images == 50_000
+    # The next reservation counts the settlements: the cap sees the whole day.
+    ok, before = ledger.reserve(caller, DAY, "batch:b", 1, Decimal("1"), 50_001, COST_CAP)
+    assert ok and before.images == 50_000
+    assert not ledger.reserve(caller, DAY, "batch:c", 1, Decimal("1"), 50_001, COST_CAP)[0]
+    assert ledger.usage(caller, DAY).images == 50_001
 
 
 def test_concurrent_settlements_of_one_day_each_count_once(stack: LiveStack) -> None:
