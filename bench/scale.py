@@ -12,7 +12,8 @@ It reports:
 
 - the wall time from the first submit to the last job ended, against the ideal
   (images / quota minutes; target <= 1.15);
-- the Sheets stub's refusals (429) and the refusals that reached a job (a job that
+- the Sheets stub's refusals (429; with ``--fleet-pace 0`` each function process
+  paces itself alone, as before the fleet's pace) and the refusals that reached a job (a job that
   ended with a ``sheet_error``, or whose row never showed all its images; target 0);
 - the lag from a scene's last thumbnail to its row showing every image (p50, p95,
   max), read by polling every sheet each second;
@@ -195,7 +196,7 @@ def hottest_document(log: Path) -> tuple[int, str]:
     return best
 
 
-def run(sheets_count: int, images: int, quota: int, timeout_s: float) -> int:
+def run(sheets_count: int, images: int, quota: int, fleet_pace: float, timeout_s: float) -> int:
     state = Path(tempfile.mkdtemp(prefix="scale-bench-"))
     meter_log = state / "firestore-writes.log"
     site = firestore_meter.site_dir()
@@ -212,6 +213,10 @@ def run(sheets_count: int, images: int, quota: int, timeout_s: float) -> int:
                 "ALLOWED_SPREADSHEET_IDS": "*",
                 "DAILY_IMAGE_CAP": str(images * 10),
                 "GEMINI_IMAGES_PER_MINUTE": str(round(quota * 0.97, 2)),
+                # As Terraform sets them: each instance may use the quota alone, the
+                # fleet's pace shares it.
+                "SHEETS_WRITES_PER_MINUTE": str(SHEETS_QUOTA),
+                "SHEETS_FLEET_WRITES_PER_MINUTE": str(fleet_pace),
             },
         )
     )
@@ -287,7 +292,11 @@ def report(
     after = largest_document(env)
     lags.sort()
     p95 = lags[max(0, int(len(lags) * 0.95) - 1)] if lags else float("nan")
-    print(f"spreadsheets {len(sheets)}, images {images}, Gemini quota {quota}/min", flush=True)
+    print(
+        f"spreadsheets {len(sheets)}, images {images}, Gemini quota {quota}/min, "
+        f"Sheets quota {SHEETS_QUOTA}/min",
+        flush=True,
+    )
     print(f"jobs by state: {dict(states)}")
     print(f"wall {wall:.0f} s vs ideal {ideal:.0f} s: {wall / ideal:.3f} x ideal")
     print(
@@ -313,9 +322,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sheets", type=int, default=10)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--quota", type=int, default=240, help="the Gemini stub's images a minute")
+    parser.add_argument(
+        "--fleet-pace",
+        type=float,
+        default=57.0,
+        help="SHEETS_FLEET_WRITES_PER_MINUTE (0: each instance paces itself alone)",
+    )
     parser.add_argument("--timeout-s", type=float, default=3600.0)
     args = parser.parse_args(argv)
-    return run(args.sheets, args.images, args.quota, args.timeout_s)
+    return run(args.sheets, args.images, args.quota, args.fleet_pace, args.timeout_s)
 
 
 if __name__ == "__main__":

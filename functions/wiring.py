@@ -114,14 +114,21 @@ def sheets() -> GspreadSheetWriter:
 @lru_cache(maxsize=1)
 def sheet_sync() -> SheetSync:
     from shared.adapters.sheet_coalescer import SheetCoalescer
-    from shared.adapters.throttle import WriteLimiter
+    from shared.adapters.throttle import FleetPace, Limiter, WriteLimiter
     from shared.services.sheet_sync import SheetSync
 
     cfg = settings()
-    # Concurrent requests of this instance share one coalescer and one write budget.
+    # Concurrent requests of this instance share one coalescer and one write budget;
+    # with a fleet pace, every instance's writes also share the quota's pace.
+    limiter: Limiter = WriteLimiter(cfg.sheets_writes_per_minute)
+    if cfg.sheets_fleet_writes_per_minute > 0:
+        from shared.adapters.firestore_store import FirestoreQuotaGate
+
+        gate = FirestoreQuotaGate(firestore_client(), cfg.sheets_fleet_writes_per_minute)
+        limiter = FleetPace(gate, limiter)
     writer = SheetCoalescer(
         sheets(),
-        WriteLimiter(cfg.sheets_writes_per_minute),
+        limiter,
         window_s=cfg.sheets_coalesce_ms / 1000,
         timeout_s=cfg.sheets_write_timeout_s,
     )

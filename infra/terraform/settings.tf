@@ -75,7 +75,10 @@ locals {
         FUNCTION_TIMEOUT_S   = tostring(sizing.timeout_seconds)
       },
       contains(local.sheet_writers, key) ? {
-        SHEETS_WRITES_PER_MINUTE = tostring(max(1, floor(var.sheets.quota_per_minute / sizing.max_instances)))
+        # Every instance may use the whole quota alone; the fleet's pace (Firestore)
+        # shares it, just under it, among all the instances of all the functions.
+        SHEETS_WRITES_PER_MINUTE       = tostring(max(1, var.sheets.quota_per_minute))
+        SHEETS_FLEET_WRITES_PER_MINUTE = tostring(floor(var.sheets.quota_per_minute * 0.95))
       } : {},
       contains(local.notifiers, key) ? local.notice_env : {},
     )

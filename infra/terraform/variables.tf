@@ -403,7 +403,7 @@ variable "sheets" {
     sheets_coalesce_ms     = optional(number, 250)
     sheets_write_timeout_s = optional(number, 60)
   })
-  description = "Sheet writes of the generate, thumbnail and dead-letter functions: quota_per_minute (Sheets writes a minute per service account, Google's quota is 60; each function gets it divided by its max_instances as SHEETS_WRITES_PER_MINUTE), sheets_coalesce_ms (window in which concurrent row updates become one write), sheets_write_timeout_s (longest a row write waits and backs off before Pub/Sub retries; counted in each function's longest path)."
+  description = "Sheet writes of the generate, thumbnail and dead-letter functions: quota_per_minute (Sheets writes a minute per service account, Google's quota is 60: every instance may use it alone, SHEETS_WRITES_PER_MINUTE, and the fleet's shared pace, SHEETS_FLEET_WRITES_PER_MINUTE, keeps all of them together at 95 % of it), sheets_coalesce_ms (window in which concurrent row updates become one write), sheets_write_timeout_s (longest a row write waits and backs off before Pub/Sub retries; counted in each function's longest path)."
   default     = {}
 
   validation {

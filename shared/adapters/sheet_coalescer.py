@@ -3,7 +3,7 @@
 The Sheets quota is 60 writes a minute per service account, and a burst of
 jobs finishing together would spend it in a second. The first update of a
 spreadsheet leads a batch: it waits a short window (and then for a write
-slot of the per-instance limiter, while the batch stays open and keeps
+slot of the limiter (the instance's, and the fleet's pace), while the batch stays open and keeps
 growing), writes every gathered row in one call, retrying transient failures
 with capped backoff within a deadline, and hands each waiter its own result.
 No background thread: Cloud Functions may freeze an instance between requests.
@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from shared.adapters.throttle import Backoff, WriteLimiter
+from shared.adapters.throttle import Backoff, Limiter
 from shared.contracts.sheet_row import Cell
 from shared.domain.errors import PipelineError, TransientError
 from shared.services.ports import RowResult, RowsWriter, RowUpdate
@@ -65,7 +65,7 @@ class SheetCoalescer:
     def __init__(
         self,
         writer: RowsWriter,
-        limiter: WriteLimiter,
+        limiter: Limiter,
         window_s: float,
         timeout_s: float,
         backoff: Backoff | None = None,

@@ -1,4 +1,5 @@
-"""Per-instance write budget and capped, jittered backoff (no cloud imports)."""
+"""Write budgets (the instance's own, and the fleet's shared pace) and capped,
+jittered backoff (no cloud imports)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from datetime import datetime
+from typing import Protocol
 
 from shared.domain.errors import TransientError
+from shared.domain.ids import utcnow
+from shared.services.ports import QuotaGate
 
 WINDOW_S = 60.0
+
+
+class Limiter(Protocol):
+    def acquire(self, deadline: float) -> None:
+        """Take one write, waiting for it; TransientError past ``deadline``."""
+        ...
 
 
 class WriteLimiter:
@@ -48,6 +59,41 @@ class WriteLimiter:
                 raise TransientError(
                     f"this instance's Sheets write budget ({self.per_minute}/min) is spent"
                 )
+            self._sleep(wait)
+
+
+class FleetPace:
+    """The service account's Sheets quota shared by every instance of every function:
+    each write, once this instance's own limiter allows it, takes the next slot of
+    one pace kept in the fleet's gate (Firestore, as Gemini's pace), and waits for
+    it. Slots go in the order they are asked for, so spreadsheets waiting together
+    are served in turn; a write that cannot have a slot before ``deadline`` is
+    refused (TransientError), and its event is delivered again."""
+
+    def __init__(
+        self,
+        gate: QuotaGate,
+        own: Limiter,
+        key: str = "sheets-writes",
+        clock: Callable[[], datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._gate, self._own, self._key = gate, own, key
+        self._clock, self._monotonic, self._sleep = clock, monotonic, sleep
+
+    def acquire(self, deadline: float) -> None:
+        self._own.acquire(deadline)
+        now = self._clock()
+        slot = self._gate.reserve(self._key, now, max(0.0, deadline - self._monotonic()))
+        if slot.at is None:
+            raise TransientError(
+                f"the fleet's Sheets writes are booked until {slot.reopens:%H:%M:%S} UTC"
+                if slot.reopens is not None
+                else "the fleet's Sheets writes are booked"
+            )
+        wait = (slot.at - now).total_seconds()
+        if wait > 0:
             self._sleep(wait)
 
 

@@ -202,6 +202,9 @@ class Settings(BaseModel):
     thumbnail_max_pixels: int = Field(default=50_000_000, ge=1_000_000, le=500_000_000)
     thumbnail_decode_slots: int = Field(default=2, ge=1, le=64)
     sheets_writes_per_minute: int = Field(default=60, ge=1, le=600)
+    # The fleet's pace of Sheets writes, shared by every instance through Firestore
+    # (0: none, each instance keeps to SHEETS_WRITES_PER_MINUTE alone).
+    sheets_fleet_writes_per_minute: float = Field(default=0, ge=0, le=600)
     sheets_coalesce_ms: int = Field(default=250, ge=0, le=5000)
     sheets_write_timeout_s: float = Field(default=60.0, ge=1, le=300)
 

@@ -75,7 +75,8 @@ FROM_THE_DEPLOYMENT = {
     "PUBLIC_BASE_URL",  # the HTTP function's URL
     "ALLOWED_SPREADSHEET_IDS",  # required: no default
     "FUNCTION_TIMEOUT_S",  # the function's own timeout_seconds
-    "SHEETS_WRITES_PER_MINUTE",  # the Sheets quota divided by max_instances
+    "SHEETS_WRITES_PER_MINUTE",  # the Sheets quota, each instance's own bound
+    "SHEETS_FLEET_WRITES_PER_MINUTE",  # the fleet's shared pace
 }
 
 
@@ -473,8 +474,9 @@ def test_sizing_overrides_change_one_field(tmp_path: Path) -> None:
         600,
         "1Gi",
     )
-    # The Sheets quota is shared by the instances: 60 / 2.
-    assert values["local.functions"]["generate"]["env"]["SHEETS_WRITES_PER_MINUTE"] == "30"
+    # The Sheets quota is shared by the fleet's pace, not split per instance.
+    env = values["local.functions"]["generate"]["env"]
+    assert (env["SHEETS_WRITES_PER_MINUTE"], env["SHEETS_FLEET_WRITES_PER_MINUTE"]) == ("60", "57")
 
 
 def test_only_the_http_function_is_public(evaluated: dict[str, Any]) -> None:

@@ -9,11 +9,11 @@ from functools import partial
 import pytest
 
 from shared.adapters.sheet_coalescer import SheetCoalescer
-from shared.adapters.throttle import Backoff, WriteLimiter
+from shared.adapters.throttle import Backoff, FleetPace, WriteLimiter
 from shared.contracts.sheet_row import Cell, Text
 from shared.domain.errors import PermanentError, RowMoved, TransientError
 from shared.services.ports import RowResult, RowUpdate
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, FakeQuotaGate
 
 # --------------------------------------------------------------------------- limiter
 
@@ -49,6 +49,47 @@ def test_limiter_gives_up_at_the_deadline(clock: FakeClock) -> None:
     with pytest.raises(TransientError, match=r"budget \(1/min\) is spent"):
         limiter.acquire(clock.monotonic() + 5)
     assert clock.sleeps == []  # it does not sleep past the deadline first
+
+
+# --------------------------------------------------------------------------- fleet
+
+
+def test_the_fleets_writes_keep_to_one_pace_however_many_instances_write(
+    clock: FakeClock,
+) -> None:
+    gate = FakeQuotaGate(57)
+    # Four instances, each free to use the whole quota alone.
+    instances = [
+        FleetPace(
+            gate,
+            WriteLimiter(60, monotonic=clock.monotonic, sleep=clock.sleep),
+            clock=clock,
+            monotonic=clock.monotonic,
+            sleep=clock.sleep,
+        )
+        for _ in range(4)
+    ]
+    stamps = []
+    for i in range(240):
+        instances[i % 4].acquire(clock.monotonic() + 600)
+        stamps.append(clock.monotonic())
+    # Alone, each instance would write 60 a minute: together they write 57.
+    for i, start in enumerate(stamps):
+        assert len([t for t in stamps[i:] if t - start < 60 - 1e-6]) <= 57
+    assert stamps[-1] - stamps[0] >= 239 * 60 / 57 - 1e-6
+    assert {model for model, *_ in gate.reserved} == {"sheets-writes"}
+
+
+def test_a_fleet_slot_past_the_deadline_is_refused_without_waiting(clock: FakeClock) -> None:
+    gate = FakeQuotaGate(6)  # a slot every 10 s
+    own = WriteLimiter(60, monotonic=clock.monotonic, sleep=clock.sleep)
+    pace = FleetPace(gate, own, clock=clock, monotonic=clock.monotonic, sleep=clock.sleep)
+    pace.acquire(clock.monotonic() + 5)
+    with pytest.raises(TransientError, match="fleet's Sheets writes are booked until"):
+        pace.acquire(clock.monotonic() + 5)
+    assert clock.sleeps == []
+    pace.acquire(clock.monotonic() + 30)  # the next slot, 10 s on
+    assert clock.sleeps == [10]
 
 
 # --------------------------------------------------------------------------- backoff
