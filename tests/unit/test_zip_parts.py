@@ -61,6 +61,16 @@ def ask(store: FakeJobStore, clock: FakeClock) -> ExportMessage:
     return ExportMessage(batch_id="bat_1", export_id=view.export_id)
 
 
+def exporting(
+    store: FakeJobStore, objects: FakeObjectStore, clock: FakeClock
+) -> tuple[Exporter, FakeExportPublisher, ExportMessage]:
+    """An export of four scenes asked for: its exporter, publisher and message."""
+    four_scenes(store, objects)
+    message = ask(store, clock)
+    publisher = FakeExportPublisher()
+    return Exporter(make_settings(), store, objects, clock, publisher=publisher), publisher, message
+
+
 def drain(exporter: Exporter, publisher: FakeExportPublisher, first: ExportMessage) -> int:
     """Deliver the message and every continuation it queues; how many deliveries."""
     queue, count = [first], 0
@@ -128,10 +138,7 @@ def test_the_joined_zip_is_the_zip_one_delivery_writes(
 def test_two_deliveries_writing_the_same_part_record_it_once(
     store: FakeJobStore, objects: FakeObjectStore, clock: FakeClock, no_time: None
 ) -> None:
-    four_scenes(store, objects)
-    message = ask(store, clock)
-    publisher = FakeExportPublisher()
-    exporter = Exporter(make_settings(), store, objects, clock, publisher=publisher)
+    exporter, publisher, message = exporting(store, objects, clock)
     raced: list[str] = []
 
     def second_delivery(bucket: str, name: str) -> None:
@@ -159,10 +166,7 @@ def test_two_deliveries_writing_the_same_part_record_it_once(
 def test_a_part_recorded_whose_next_delivery_was_not_queued_goes_on_at_the_redelivery(
     store: FakeJobStore, objects: FakeObjectStore, clock: FakeClock, no_time: None
 ) -> None:
-    four_scenes(store, objects)
-    message = ask(store, clock)
-    publisher = FakeExportPublisher()
-    exporter = Exporter(make_settings(), store, objects, clock, publisher=publisher)
+    exporter, publisher, message = exporting(store, objects, clock)
     publisher.fail = TransientError("pubsub down")
     with pytest.raises(TransientError):
         exporter.handle(message)  # raised: Pub/Sub delivers the message again
@@ -178,10 +182,7 @@ def test_a_part_recorded_whose_next_delivery_was_not_queued_goes_on_at_the_redel
 def test_a_part_without_its_record_is_not_counted(
     store: FakeJobStore, objects: FakeObjectStore, clock: FakeClock, no_time: None
 ) -> None:
-    four_scenes(store, objects)
-    message = ask(store, clock)
-    publisher = FakeExportPublisher()
-    exporter = Exporter(make_settings(), store, objects, clock, publisher=publisher)
+    exporter, publisher, message = exporting(store, objects, clock)
 
     def die(bucket: str, name: str) -> None:
         raise RuntimeError("the instance died right after writing the part's record")
