@@ -17,6 +17,7 @@ ENTRY_POINTS = {
     "handle_dead_letters": "functions.dead_letters",
     "run_economy": "functions.economy",
     "export_batch": "functions.export",
+    "write_sheet_rows": "functions.sheet_rows",
 }
 
 __all__ = sorted(ENTRY_POINTS)

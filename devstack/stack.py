@@ -47,6 +47,7 @@ FUNCTIONS = {
     "deadletter": "handle_dead_letters",
     "economy": "run_economy",
     "export": "export_batch",
+    "rows": "write_sheet_rows",
 }
 
 
@@ -122,6 +123,10 @@ class StackConfig:
     gcs_topic: str = "image-gcs-events"
     dead_letter_topic: str = "image-jobs-dead-letter"
     exports_topic: str = "image-exports"
+    sheet_rows_topic: str = "image-sheet-rows"
+    # Rows written by the fleet's one sheet writer (as deployed), or by each
+    # delivery itself (SHEET_ROWS_TOPIC unset).
+    queued_rows: bool = True
     worksheet: str = "Scenes"
     spreadsheet_title: str = "AI image scenes (local)"
     gemini_latency_ms: int = 200
@@ -291,6 +296,7 @@ class Stack:
                 "GCS_EVENTS_TOPIC": cfg.gcs_topic,
                 "DEAD_LETTER_TOPIC": cfg.dead_letter_topic,
                 "EXPORTS_TOPIC": cfg.exports_topic,
+                "SHEET_ROWS_TOPIC": cfg.sheet_rows_topic if cfg.queued_rows else "",
                 # The team's Chat space: the local stub (no secret in its URL).
                 "CHAT_WEBHOOK_URL": self.chat_webhook_url,
                 "CHAT_STUB_URL": self.chat_url,
@@ -384,7 +390,7 @@ class Stack:
                 cwd=REPO,
             )
         self._wait_http("fn-api", f"http://{LOCALHOST}:{api_port}/healthz")
-        for name in ("generate", "thumbnail", "deadletter", "economy", "export"):
+        for name in ("generate", "thumbnail", "deadletter", "economy", "export", "rows"):
             self._wait_port(f"fn-{name}", ports[name])
         routes = self._create_subscriptions(ports)
         self._start_push(routes)
@@ -492,6 +498,7 @@ class Stack:
                 self.config.gcs_topic,
                 self.config.dead_letter_topic,
                 self.config.exports_topic,
+                self.config.sheet_rows_topic,
             ):
                 with contextlib.suppress(AlreadyExists):
                     publisher.create_topic(name=publisher.topic_path(self.config.project, topic))
@@ -531,6 +538,7 @@ class Stack:
                     False,
                 ),
                 f"{cfg.exports_topic}-export": (cfg.exports_topic, ports["export"], True),
+                f"{cfg.sheet_rows_topic}-rows": (cfg.sheet_rows_topic, ports["rows"], False),
             }
             for name, (topic, port, with_dead_letter) in pushes.items():
                 path = str(subscriber.subscription_path(cfg.project, name))

@@ -24,7 +24,11 @@ if TYPE_CHECKING:
     from shared.adapters.gcs_store import GcsObjectStore
     from shared.adapters.gemini import Backend
     from shared.adapters.identity import Authenticator
-    from shared.adapters.pubsub_publisher import PubSubExportPublisher, PubSubJobPublisher
+    from shared.adapters.pubsub_publisher import (
+        PubSubExportPublisher,
+        PubSubJobPublisher,
+        PubSubRowsQueue,
+    )
     from shared.adapters.references import PackReferenceLoader
     from shared.adapters.sheets import GspreadSheetWriter
     from shared.services.cancels import Cancels
@@ -33,12 +37,13 @@ if TYPE_CHECKING:
     from shared.services.exports import Exporter, Exports
     from shared.services.generation import Generation
     from shared.services.intake import Intake
-    from shared.services.ledger import JobLedger
+    from shared.services.ledger import JobLedger, Rows
     from shared.services.notices import Notices
     from shared.services.ports import DriveFile, SheetLayout
     from shared.services.preflight import Preflight
     from shared.services.rerolls import Rerolls
     from shared.services.reviews import Reviews
+    from shared.services.sheet_rows import QueuedRows, SheetRows
     from shared.services.sheet_sync import SheetSync
     from shared.services.sweeper import Sweeper
     from shared.services.thumbnails import Thumbnails
@@ -144,8 +149,36 @@ def ledger() -> JobLedger:
     from shared.services.ledger import JobLedger
 
     # Finished images settle the daily budget from their estimate to their cost;
-    # images never made (failed, cancelled) give theirs back.
-    return JobLedger(job_store(), sheet_sync(), budget_ledger(), notices=notices())
+    # images never made (failed, cancelled) give theirs back. With a sheet rows
+    # topic, rows go to the fleet's one writer instead of being written here.
+    rows: Rows = queued_rows() if settings().sheet_rows_topic else sheet_sync()
+    return JobLedger(job_store(), rows, budget_ledger(), notices=notices())
+
+
+@lru_cache(maxsize=1)
+def rows_queue() -> PubSubRowsQueue:
+    from shared.adapters.pubsub_publisher import PubSubRowsQueue
+
+    client = publisher_client()
+    topic = client.topic_path(settings().google_cloud_project, settings().sheet_rows_topic)
+    return PubSubRowsQueue(client, topic)
+
+
+@lru_cache(maxsize=1)
+def queued_rows() -> QueuedRows:
+    from shared.services.sheet_rows import QueuedRows
+
+    return QueuedRows(job_store(), link_signer(), rows_queue())
+
+
+@lru_cache(maxsize=1)
+def sheet_rows() -> SheetRows:
+    """The fleet's sheet writer: its ledger writes rows, never queues them again."""
+    from shared.services.ledger import JobLedger
+    from shared.services.sheet_rows import SheetRows
+
+    writer = JobLedger(job_store(), sheet_sync(), budget_ledger(), notices=notices())
+    return SheetRows(job_store(), writer, rows_queue())
 
 
 @lru_cache(maxsize=1)

@@ -416,6 +416,16 @@ class FakeJobStore:
             ]
         return sorted(jobs, key=lambda j: (j.followups_since or j.created_at, j.job_id))[:limit]
 
+    def unfollowed_in(self, spreadsheet_id: str, limit: int) -> list[Job]:
+        with self._lock:
+            self.calls.append(("unfollowed_in", spreadsheet_id))
+            jobs = [
+                _copy(job)
+                for job in self._jobs.values()
+                if job.followups_since is not None and job.spreadsheet_id == spreadsheet_id
+            ]
+        return sorted(jobs, key=lambda j: (j.followups_since or j.created_at, j.job_id))[:limit]
+
     def mutate(self, job_id: str, fn: Callable[[Job], None]) -> None:
         """Test-side edit of a stored job (bypasses the call log)."""
         with self._lock:
@@ -695,6 +705,19 @@ class FakePublisher:
             else:
                 self.published.append((message, attributes))
         return failed
+
+
+class FakeRowsQueue:
+    """RowsQueue recording the spreadsheets queued; ``fail`` makes it raise."""
+
+    def __init__(self) -> None:
+        self.queued: list[str] = []
+        self.fail: Exception | None = None
+
+    def flush(self, spreadsheet_id: str) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.queued.append(spreadsheet_id)
 
 
 class FakeExportPublisher:

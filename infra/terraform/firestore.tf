@@ -55,6 +55,25 @@ resource "google_firestore_index" "jobs_by_age" {
   depends_on = [google_firestore_database.default, time_sleep.apis_ready]
 }
 
+# The sheet writer's query: a spreadsheet's jobs whose follow-ups (their rows)
+# have not run, oldest change first (FirestoreJobStore.unfollowed_in).
+resource "google_firestore_index" "jobs_unfollowed_by_sheet" {
+  project    = var.project_id
+  database   = "(default)"
+  collection = "jobs"
+
+  fields {
+    field_path = "spreadsheet_id"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "followups_since"
+    order      = "ASCENDING"
+  }
+
+  depends_on = [google_firestore_database.default, time_sleep.apis_ready]
+}
+
 # Maps that grow with a day's reservations and settled images, and a request's
 # kept answer: never queried, so they get no index entries (each map key would
 # cost two of a document's 40,000).

@@ -1,4 +1,4 @@
-# The six functions from one definition (their specs: settings.tf). The HTTP
+# The seven functions from one definition (their specs: settings.tf). The HTTP
 # function is the only one reachable from the internet (the Apps Script and the
 # sheet's =IMAGE() fetches come from Google's servers, not from a VPC); the four
 # Pub/Sub-pushed ones (generate, thumbnail, dead letters, export) and the economy

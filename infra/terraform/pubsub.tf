@@ -1,12 +1,13 @@
 locals {
   pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
 
-  # The four topics; the dead-letter one also keeps its messages for replay.
+  # The five topics; the dead-letter one also keeps its messages for replay.
   topics = {
     jobs        = { name = var.pubsub.jobs_topic, retention = null }
     gcs_events  = { name = var.pubsub.gcs_events_topic, retention = null }
     dead_letter = { name = var.pubsub.dead_letter_topic, retention = var.pubsub.dead_letter_topic_retention }
     exports     = { name = var.pubsub.exports_topic, retention = null }
+    sheet_rows  = { name = var.pubsub.sheet_rows_topic, retention = null }
   }
 
   # Who publishes to which topic: the HTTP function its jobs (first images,
@@ -24,6 +25,14 @@ locals {
     "exports/economy" = { topic = "exports", member = "serviceAccount:${google_service_account.this["economy"].email}" }
     # The exporter queues the delivery that goes on with a zip too large for one.
     "exports/export" = { topic = "exports", member = "serviceAccount:${google_service_account.this["export"].email}" }
+  }
+  # Every function that changes jobs queues their spreadsheets for the sheet writer
+  # (which queues a spreadsheet again when it has more rows than one write).
+  row_publishers = {
+    for key in local.sheet_writers : "sheet_rows/${key}" => {
+      topic  = "sheet_rows"
+      member = "serviceAccount:${google_service_account.this[key].email}"
+    }
   }
 
   # Direct push subscriptions (not Eventarc), as the local stack wires them
@@ -53,6 +62,14 @@ locals {
       topic       = google_pubsub_topic.this["exports"].name
       function    = "export"
       dead_letter = true
+    }
+    # No dead letters: a rows message only asks for rows to be written again, and
+    # the sweeper follows up any job whose row is left stale.
+    rows = {
+      name        = "${var.pubsub.sheet_rows_topic}-rows"
+      topic       = google_pubsub_topic.this["sheet_rows"].name
+      function    = "rows"
+      dead_letter = false
     }
   }
 }
@@ -114,7 +131,7 @@ resource "google_pubsub_subscription" "push" {
 
 # ---------------------------------------------------------------- publishers
 resource "google_pubsub_topic_iam_member" "publisher" {
-  for_each = local.topic_publishers
+  for_each = merge(local.topic_publishers, local.row_publishers)
 
   project = var.project_id
   topic   = google_pubsub_topic.this[each.value.topic].name

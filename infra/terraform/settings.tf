@@ -11,6 +11,7 @@ locals {
     dead_letter = "${var.name_prefix}-handle-dead-letters"
     economy     = "${var.name_prefix}-run-economy"
     export      = "${var.name_prefix}-export-batch"
+    rows        = "${var.name_prefix}-write-sheet-rows"
   }
 
   images_bucket_name     = var.storage.images_bucket_name != "" ? var.storage.images_bucket_name : "${var.project_id}-images"
@@ -40,6 +41,9 @@ locals {
     # memory holds one image of the results stream and one reference pack.
     economy = { memory = "1Gi", cpu = "1", timeout_seconds = 600, min_instances = 0, max_instances = 1, concurrency = 1 }
     export  = { memory = "512Mi", cpu = "1", timeout_seconds = 600, min_instances = 0, max_instances = 2, concurrency = 1 }
+    # The fleet's one sheet writer: one instance, so its own pace is the fleet's;
+    # a few spreadsheets at once, their rows each in one write.
+    rows = { memory = "512Mi", cpu = "1", timeout_seconds = 300, min_instances = 0, max_instances = 1, concurrency = 8 }
   }
   function_sizing = {
     for key, defaults in local.function_sizing_defaults : key => merge(defaults, {
@@ -47,8 +51,11 @@ locals {
     })
   }
 
-  # The functions that write sheet rows (shared/services/sheet_sync.py).
-  sheet_writers = ["generate", "thumbnail", "dead_letter", "economy"]
+  # The functions that change jobs and so their sheet rows (shared/services/ledger.py):
+  # they queue a changed job's spreadsheet for the fleet's one sheet writer (rows,
+  # shared/services/sheet_rows.py), which writes the rows. Each runs as its own
+  # account, and every spreadsheet is shared with all of them (outputs.tf).
+  sheet_writers = ["generate", "thumbnail", "dead_letter", "economy", "rows"]
 
   # Word to the team (shared/services/notices.py): the functions that change
   # jobs (the sheet writers, and the HTTP function, whose cancels can end a
@@ -79,6 +86,7 @@ locals {
         # shares it, just under it, among all the instances of all the functions.
         SHEETS_WRITES_PER_MINUTE       = tostring(max(1, var.sheets.quota_per_minute))
         SHEETS_FLEET_WRITES_PER_MINUTE = tostring(floor(var.sheets.quota_per_minute * 0.95))
+        SHEET_ROWS_TOPIC               = var.pubsub.sheet_rows_topic
       } : {},
       contains(local.notifiers, key) ? local.notice_env : {},
     )
@@ -211,6 +219,15 @@ locals {
         EXPORT_DEADLINE_S = tostring(var.exports.export_deadline_s)
       })
       secrets = []
+    }
+    rows = {
+      entry_point = "write_sheet_rows"
+      description = "Pushed from the sheet-rows topic: the fleet's one sheet writer writes every stale row of a spreadsheet in one write, at the Sheets quota's pace."
+      public      = false
+      env = merge(local.common_env.rows, {
+        SHEETS_COALESCE_MS = tostring(var.sheets.sheets_coalesce_ms)
+      })
+      secrets = concat(["LINK_SIGNING_KEY"], local.notice_secrets)
     }
   }
 }

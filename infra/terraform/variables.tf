@@ -108,6 +108,7 @@ variable "pubsub" {
     gcs_events_topic            = optional(string, "image-gcs-events")
     dead_letter_topic           = optional(string, "image-jobs-dead-letter")
     exports_topic               = optional(string, "image-exports")
+    sheet_rows_topic            = optional(string, "image-sheet-rows")
     ack_deadline_seconds        = optional(number, 600)
     retry_minimum_backoff       = optional(string, "10s")
     retry_maximum_backoff       = optional(string, "600s")
@@ -115,7 +116,7 @@ variable "pubsub" {
     message_retention_duration  = optional(string, "604800s")
     dead_letter_topic_retention = optional(string, "604800s")
   })
-  description = "Topics and push subscriptions: jobs_topic (JOBS_TOPIC), gcs_events_topic (the bucket notifications), dead_letter_topic; exports_topic (EXPORTS_TOPIC: the HTTP function asks the export function for a batch's zip there); ack_deadline_seconds (for push also the request timeout, so at least each pushed function's timeout); retry_minimum_backoff/retry_maximum_backoff (redelivery backoff); max_delivery_attempts (before a message is dead-lettered: high, because a job waiting for the Gemini quota hands its message back often and our own accounting ends jobs, by GEMINI_FAILURE_BUDGET and MAX_EVENT_AGE_S; the dead-letter topic only catches poison messages and bugs); message_retention_duration (subscriptions); dead_letter_topic_retention (for replay with a seek)."
+  description = "Topics and push subscriptions: jobs_topic (JOBS_TOPIC), gcs_events_topic (the bucket notifications), dead_letter_topic; exports_topic (EXPORTS_TOPIC: the HTTP function asks the export function for a batch's zip there); sheet_rows_topic (SHEET_ROWS_TOPIC: the functions that change jobs queue their spreadsheets there for the one sheet writer); ack_deadline_seconds (for push also the request timeout, so at least each pushed function's timeout); retry_minimum_backoff/retry_maximum_backoff (redelivery backoff); max_delivery_attempts (before a message is dead-lettered: high, because a job waiting for the Gemini quota hands its message back often and our own accounting ends jobs, by GEMINI_FAILURE_BUDGET and MAX_EVENT_AGE_S; the dead-letter topic only catches poison messages and bugs); message_retention_duration (subscriptions); dead_letter_topic_retention (for replay with a seek)."
   default     = {}
 
   validation {
@@ -437,12 +438,12 @@ variable "function_sizing" {
     max_instances   = optional(number)
     concurrency     = optional(number)
   }))
-  description = "Sizing overrides by function (api, generate, thumbnail, dead_letter, economy, export): memory (e.g. \"1Gi\"), cpu, timeout_seconds (must exceed the function's longest path, checked at start; at most the ack deadline for the pushed ones), min_instances, max_instances, concurrency. Omitted fields keep the defaults in settings.tf."
+  description = "Sizing overrides by function (api, generate, thumbnail, dead_letter, economy, export, rows): memory (e.g. \"1Gi\"), cpu, timeout_seconds (must exceed the function's longest path, checked at start; at most the ack deadline for the pushed ones), min_instances, max_instances, concurrency. Omitted fields keep the defaults in settings.tf."
   default     = {}
 
   validation {
-    condition     = alltrue([for key in keys(var.function_sizing) : contains(["api", "generate", "thumbnail", "dead_letter", "economy", "export"], key)])
-    error_message = "function_sizing keys must be api, generate, thumbnail, dead_letter, economy or export."
+    condition     = alltrue([for key in keys(var.function_sizing) : contains(["api", "generate", "thumbnail", "dead_letter", "economy", "export", "rows"], key)])
+    error_message = "function_sizing keys must be api, generate, thumbnail, dead_letter, economy, export or rows."
   }
 }
 

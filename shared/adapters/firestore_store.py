@@ -34,6 +34,7 @@ IDEMPOTENCY = "idempotency"
 _CAS_ATTEMPTS = 30
 _GET_ALL_CHUNK = 300
 USAGE_KEPT = timedelta(days=90)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def compare_and_set(
@@ -255,6 +256,17 @@ class FirestoreJobStore:
         # (jobs without the field, or with null, are not in the range).
         query = (
             self._jobs.where(filter=FieldFilter("followups_since", "<", changed_before))
+            .order_by("followups_since")
+            .limit(limit)
+        )
+        return [Job.from_doc(snap.to_dict() or {}) for snap in query.stream()]
+
+    def unfollowed_in(self, spreadsheet_id: str, limit: int) -> list[Job]:
+        # An equality and a range: the composite index jobs_unfollowed_by_sheet
+        # (infra/terraform/firestore.tf).
+        query = (
+            self._jobs.where(filter=FieldFilter("spreadsheet_id", "==", spreadsheet_id))
+            .where(filter=FieldFilter("followups_since", ">", _EPOCH))
             .order_by("followups_since")
             .limit(limit)
         )

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-from shared.contracts.messages import ExportMessage, JobMessage
+from shared.contracts.messages import ExportMessage, JobMessage, RowsMessage
 from shared.domain.errors import TransientError
 
 PUBLISH_TIMEOUT_S = 60.0
@@ -50,3 +50,19 @@ class PubSubExportPublisher:
             future.result(timeout=PUBLISH_TIMEOUT_S)
         except Exception as exc:
             raise TransientError(f"the export could not be queued: {exc}") from exc
+
+
+class PubSubRowsQueue:
+    """The fleet's sheet writer's queue: a message per spreadsheet to bring up to date."""
+
+    def __init__(self, client: pubsub_v1.PublisherClient, topic_path: str) -> None:
+        self._client = client
+        self._topic = topic_path
+
+    def flush(self, spreadsheet_id: str) -> None:
+        message = RowsMessage(spreadsheet_id=spreadsheet_id)
+        future = self._client.publish(self._topic, message.model_dump_json().encode())
+        try:
+            future.result(timeout=PUBLISH_TIMEOUT_S)
+        except Exception as exc:
+            raise TransientError(f"the sheet's rows could not be queued: {exc}") from exc

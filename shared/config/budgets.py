@@ -116,6 +116,17 @@ def _export(s: Settings) -> Path:
     }
 
 
+def _sheet_rows(s: Settings) -> Path:
+    # The rows of a spreadsheet go in one write (or a few, each its own wait), their
+    # jobs' news told first.
+    return {
+        "the spreadsheet's jobs": STORAGE_CALL_S,
+        **_news(),
+        **_sheet_write(s),
+        "Pub/Sub publish wait": PUBLISH_WAIT_S,
+    }
+
+
 LONGEST_PATHS: dict[str, Callable[[Settings], Path]] = {
     "http_api": _http,
     "generate_images": _generate,
@@ -123,6 +134,7 @@ LONGEST_PATHS: dict[str, Callable[[Settings], Path]] = {
     "handle_dead_letters": _dead_letter,
     "run_economy": _economy,
     "export_batch": _export,
+    "write_sheet_rows": _sheet_rows,
 }
 
 

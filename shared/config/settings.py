@@ -50,6 +50,9 @@ class Settings(BaseModel):
     # Where the HTTP function asks for a batch's hand-over zip, and where zips go
     # (outside IMAGES_PREFIX, so they never trigger a thumbnail).
     exports_topic: str = "image-exports"
+    # Where rows go to the fleet's one sheet writer ("": each delivery writes its
+    # own job's row).
+    sheet_rows_topic: str = "image-sheet-rows"
     exports_prefix: str = "exports/"
     # The exporter starts no image after this long; a batch that does not fit
     # fails its export with the reason (the function timeout bounds a delivery).

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from shared.domain.errors import PermanentError
 
@@ -20,6 +20,13 @@ class ExportMessage(BaseModel):
 
     batch_id: str
     export_id: str
+
+
+class RowsMessage(BaseModel):
+    """Pub/Sub payload asking the fleet's sheet writer to bring a spreadsheet's rows
+    up to date (every row whose job changed since it was written)."""
+
+    spreadsheet_id: str = Field(min_length=1)
 
 
 class JobMessage(BaseModel):
@@ -85,6 +92,13 @@ def export_message(message: PushMessage) -> ExportMessage:
         return ExportMessage.model_validate_json(message.data)
     except ValidationError as exc:
         raise PermanentError(f"export message is malformed: {exc.error_count()} error(s)") from exc
+
+
+def rows_message(message: PushMessage) -> RowsMessage:
+    try:
+        return RowsMessage.model_validate_json(message.data)
+    except ValidationError as exc:
+        raise PermanentError(f"rows message is malformed: {exc.error_count()} error(s)") from exc
 
 
 @dataclass(frozen=True)

@@ -29,14 +29,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from shared.domain import batch_news, settlement
 from shared.domain.ids import utcnow
 from shared.domain.job import Job, money
 from shared.services.notices import Notices, news_told
 from shared.services.ports import BudgetLedger, Fence, JobStore
-from shared.services.sheet_sync import SheetSync
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +53,15 @@ class Applied(Generic[R]):
     value: R  # what the transition returned besides the job
 
 
+class Rows(Protocol):
+    """Keeps a job's sheet row in step: ``SheetSync`` writes it, ``QueuedRows``
+    (``shared/services/sheet_rows.py``) hands it to the fleet's writer."""
+
+    def is_current(self, job: Job) -> bool: ...
+
+    def sync(self, job_id: str, wait: bool = True) -> bool: ...
+
+
 class JobLedger:
     """The one writer of jobs. ``rows`` is None where no sheet is written (intake);
     ``budget`` None where no image's budget is settled; ``notices`` None where no
@@ -62,7 +70,7 @@ class JobLedger:
     def __init__(
         self,
         store: JobStore,
-        rows: SheetSync | None = None,
+        rows: Rows | None = None,
         budget: BudgetLedger | None = None,
         clock: Callable[[], datetime] = utcnow,
         row_writers: Callable[[], Executor] = lambda: ThreadPoolExecutor(
@@ -232,7 +240,7 @@ class JobEntry:
                     self._pool = self._ledger.row_writers()
                 self._writer = self._pool.submit(self._write_in_background, rows)
 
-    def _write_in_background(self, rows: SheetSync) -> bool:
+    def _write_in_background(self, rows: Rows) -> bool:
         """Write while changes keep coming; True when the row was left current.
 
         It does not wait for another delivery that is writing this row (that

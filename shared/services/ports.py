@@ -85,6 +85,11 @@ class JobStore(Protocol):
         """Every job of this scene in this spreadsheet (any worksheet)."""
         ...
 
+    def unfollowed_in(self, spreadsheet_id: str, limit: int) -> list[Job]:
+        """The spreadsheet's jobs with follow-ups (a row to write, say) not run yet,
+        oldest change first."""
+        ...
+
     def jobs_of_scenes(self, spreadsheet_id: str, scene_ids: Sequence[str]) -> list[Job]:
         """Every job of these scenes in this spreadsheet (any worksheet), in a few
         queries however many scenes."""
@@ -228,6 +233,14 @@ class ExportPublisher(Protocol):
 
     def publish_export(self, message: ExportMessage) -> None:
         """Publish or raise ``TransientError``."""
+        ...
+
+
+class RowsQueue(Protocol):
+    """Hands a spreadsheet to the fleet's one sheet writer (Pub/Sub in production)."""
+
+    def flush(self, spreadsheet_id: str) -> None:
+        """Ask for the spreadsheet's stale rows to be written; or raise ``TransientError``."""
         ...
 
 

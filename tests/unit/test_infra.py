@@ -60,7 +60,7 @@ SECRET_SETTINGS = {"GEMINI_API_KEY", "API_KEY_HASHES", "LINK_SIGNING_KEY", "CHAT
 # A Google Chat space told when a batch ends (issue 25), as a tfvars override.
 WITH_CHAT = {"notifications": "{ chat_webhook = true }"}
 # The functions that change jobs, so see a batch end: all but the export function.
-NOTIFIERS = {"api", "generate", "thumbnail", "dead_letter", "economy"}
+NOTIFIERS = {"api", "generate", "thumbnail", "dead_letter", "economy", "rows"}
 # The variables without a default, as the tests' evaluation sets them.
 REQUIRED_VARS = {
     "project_id": "test-project",
@@ -571,6 +571,7 @@ def test_secrets_go_where_they_are_read(evaluated: dict[str, Any]) -> None:
         "dead_letter": {"LINK_SIGNING_KEY"},
         "economy": {"GEMINI_API_KEY", "LINK_SIGNING_KEY"},
         "export": set(),
+        "rows": {"LINK_SIGNING_KEY"},
     }
 
 
@@ -901,12 +902,22 @@ def test_topic_defaults_match_code_and_devstack(evaluated: dict[str, Any]) -> No
     assert list(resources("google_pubsub_topic")) == ["this"]
     assert functions(evaluated)["api"]["env"]["JOBS_TOPIC"] == pubsub["jobs_topic"]
     publishers = locals_()["topic_publishers"]
-    assert {p["topic"] for p in publishers.values()} == set(locals_()["topics"])
+    assert {p["topic"] for p in publishers.values()} | {"sheet_rows"} == set(locals_()["topics"])
     assert 'google_service_account.this["api"]' in publishers["jobs/api"]["member"]
     assert 'google_service_account.this["economy"]' in publishers["jobs/economy"]["member"]
     # The sweeper runs in the economy function and publishes lost exports again.
     assert 'google_service_account.this["economy"]' in publishers["exports/economy"]["member"]
     assert functions(evaluated)["economy"]["env"]["EXPORTS_TOPIC"] == pubsub["exports_topic"]
+    # Every function that changes jobs queues their rows for the one sheet writer.
+    assert pubsub["sheet_rows_topic"] == stack.sheet_rows_topic
+    assert pubsub["sheet_rows_topic"] == Settings.model_fields["sheet_rows_topic"].default
+    assert locals_()["topics"]["sheet_rows"]["name"] == "${var.pubsub.sheet_rows_topic}"
+    writers = evaluated["local.sheet_writers"]
+    for key in writers:
+        assert functions(evaluated)[key]["env"]["SHEET_ROWS_TOPIC"] == pubsub["sheet_rows_topic"]
+    assert 'for key in local.sheet_writers : "sheet_rows/${key}"' in locals_()["row_publishers"]
+    publisher = resources("google_pubsub_topic_iam_member")["publisher"]
+    assert publisher["for_each"] == "${merge(local.topic_publishers, local.row_publishers)}"
 
 
 def test_push_subscriptions_are_wired_like_the_devstack(evaluated: dict[str, Any]) -> None:
@@ -916,6 +927,7 @@ def test_push_subscriptions_are_wired_like_the_devstack(evaluated: dict[str, Any
         "thumbnail": '${google_pubsub_topic.this["gcs_events"].name}',
         "dead_letter": '${google_pubsub_topic.this["dead_letter"].name}',
         "export": '${google_pubsub_topic.this["exports"].name}',
+        "rows": '${google_pubsub_topic.this["sheet_rows"].name}',
     }
     assert {key: sub["function"] for key, sub in subs.items()} == {k: k for k in subs}
     pushed = {key for key, spec in functions(evaluated).items() if not spec["public"]}
@@ -937,6 +949,7 @@ def test_push_subscriptions_are_wired_like_the_devstack(evaluated: dict[str, Any
         "jobs_topic": "jobs_topic",
         "gcs_events_topic": "gcs_topic",
         "exports_topic": "exports_topic",
+        "sheet_rows_topic": "sheet_rows_topic",
     }
     stack_names = set(
         re.findall(r'f"\{cfg\.(\w+)\}-(\w+)"', (REPO / "devstack/stack.py").read_text())
