@@ -344,6 +344,7 @@ def test_wiring_writes_through_one_coalescer_with_the_configured_budget(
         "SHEETS_COALESCE_MS": "400",
         "SHEETS_WRITE_TIMEOUT_S": "30",
         "THUMBNAIL_DECODE_SLOTS": "3",
+        "SHEET_ROWS_TOPIC": "",  # each delivery writes its own row
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(wiring, "job_store", lambda: FakeJobStore())
@@ -361,6 +362,32 @@ def test_wiring_writes_through_one_coalescer_with_the_configured_budget(
     assert thumbnails.ledger.rows is sync
     assert isinstance(thumbnails.thumbnailer, DecodeSlots)
     assert thumbnails.thumbnailer._slots._value == 3  # type: ignore[attr-defined]
+
+
+def test_wiring_hands_rows_to_the_fleets_writer_whose_own_ledger_writes_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from functions import wiring
+    from shared.services.sheet_rows import QueuedRows
+    from tests.fakes import FakeBudgetLedger, FakeJobStore, FakeRowsQueue
+
+    for name, value in {
+        "GOOGLE_CLOUD_PROJECT": "p",
+        "IMAGES_BUCKET": "bucket",
+        "PUBLIC_BASE_URL": "https://api.example.test",
+        "LINK_SIGNING_KEY": "k",
+        "SHEETS_API_URL": "http://127.0.0.1:9",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SHEET_ROWS_TOPIC", raising=False)  # the default: the fleet's writer
+    monkeypatch.setattr(wiring, "job_store", lambda: FakeJobStore())
+    monkeypatch.setattr(wiring, "budget_ledger", lambda: FakeBudgetLedger())
+    queue = FakeRowsQueue()
+    monkeypatch.setattr(wiring, "rows_queue", lambda: queue)
+    assert isinstance(wiring.ledger().rows, QueuedRows)
+    assert wiring.ledger().rows.queue is queue  # type: ignore[union-attr]
+    writer = wiring.sheet_rows()
+    assert writer.ledger.rows is wiring.sheet_sync()  # the writer writes, never queues
 
 
 def test_a_row_that_moved_reaches_its_waiter_with_the_rows_that_got_its_cells(
