@@ -48,7 +48,13 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from shared.contracts.links import LinkSigner
-from shared.contracts.messages import ExportMessage, JobMessage, PushMessage, StorageObject
+from shared.contracts.messages import (
+    ExportMessage,
+    JobMessage,
+    PushMessage,
+    RowsMessage,
+    StorageObject,
+)
 from shared.contracts.requests import BatchRequest, FinalRequest, Limits
 from shared.contracts.sheet_row import row_cells
 from shared.domain.batch_news import batch_events
@@ -69,6 +75,7 @@ from shared.services.preflight import Preflight
 from shared.services.rerolls import Promotion, Queued, Rerolls
 from shared.services.reviews import Reviews
 from shared.services.sheet_check import SheetCheck
+from shared.services.sheet_rows import QueuedRows, SheetRows
 from shared.services.sheet_sync import SheetSync
 from shared.services.sweeper import Sweeper, SweepReport
 from shared.services.thumbnails import Thumbnails
@@ -250,7 +257,19 @@ class World:
             failure_share=FAILURE_SHARE,
             clock=self.clock,
         )
-        self.ledger = JobLedger(store, sync, budget, self.clock, InlineExecutor, notices=notices)
+        # As deployed: deliveries queue their rows for the fleet's one sheet writer,
+        # whose own ledger writes them.
+        rows_queue = p("rows_queue", SimRowsQueue(self))
+        self.ledger = JobLedger(
+            store,
+            QueuedRows(store, self.links, rows_queue),
+            budget,
+            self.clock,
+            InlineExecutor,
+            notices=notices,
+        )
+        writer = JobLedger(store, sync, budget, self.clock, InlineExecutor, notices=notices)
+        self.sheet_rows = SheetRows(store, writer, rows_queue, workers=1)
         self.intake_ledger = JobLedger(store, budget=budget, clock=self.clock, notices=notices)
         publisher = p("publisher", SimPublisher(self))
         objects = p("objects", self.objects)
@@ -540,6 +559,17 @@ class World:
             )
             self._redeliver(actor, push, lambda a: self._export(a, message))
 
+    def _rows(self, actor: Actor, message: RowsMessage) -> None:
+        self.stats.deliveries += 1
+        actor.again = lambda a: self._rows(a, message)
+        try:
+            self.sheet_rows.flush(message.spreadsheet_id)
+        except (Crash, TransientError, PermanentError):
+            # No dead letters on this subscription: retried until the message's
+            # retention ends (here, a few attempts); the sweeper follows up after.
+            if actor.attempt < MAX_ATTEMPTS:
+                self.add(actor.name, lambda a: self._rows(a, message), actor.attempt + 1)
+
     def check_call_age(self, actor: Actor, seed: int) -> None:
         """A Gemini call is paid only for an image that has not waited past the age
         limit (checked when its delivery began; the call may come up to a function's
@@ -795,6 +825,27 @@ class SimExportPublisher:
             raise TransientError("the export could not be queued: DeadlineExceeded")
         for _ in range(2 if world.faults and world.chooser.below(8) == 1 else 1):
             world.add(f"export {message.export_id}", lambda a: world._export(a, message))
+
+
+class SimRowsQueue:
+    """The sheet rows topic: publishing may fail; what goes out is delivered to the
+    one sheet writer, sometimes twice."""
+
+    def __init__(self, world: World) -> None:
+        self._world = world
+
+    def flush(self, spreadsheet_id: str) -> None:
+        world = self._world
+        if world.faults and world.chooser.below(16) == 1:
+            raise TransientError("the sheet's rows could not be queued: DeadlineExceeded")
+        name = f"rows {spreadsheet_id}"
+        if any(actor.name == name for actor in world.queue):
+            # A message still waiting runs after this change, and covers it: one of
+            # them stands for the many Pub/Sub carries, to keep schedules short.
+            return
+        message = RowsMessage(spreadsheet_id=spreadsheet_id)
+        for _ in range(2 if world.faults and world.chooser.below(8) == 1 else 1):
+            world.add(name, lambda a: world._rows(a, message))
 
 
 class SimGenerator:

@@ -83,9 +83,15 @@ class SheetRows:
             except TransientError as exc:
                 failed.append(f"{job.job_id}: {exc}")
 
-        # Together, so that their rows meet in the coalescer and go in one write.
-        with ThreadPoolExecutor(min(self.workers, len(jobs)), thread_name_prefix="rows") as pool:
-            list(pool.map(one, jobs))
+        if self.workers <= 1 or len(jobs) == 1:
+            for job in jobs:
+                one(job)
+        else:
+            # Together, so that their rows meet in the coalescer and go in one write.
+            with ThreadPoolExecutor(
+                min(self.workers, len(jobs)), thread_name_prefix="rows"
+            ) as pool:
+                list(pool.map(one, jobs))
         if len(jobs) >= self.per_flush:
             self.queue.flush(spreadsheet_id)
         log.info(
