@@ -274,6 +274,12 @@ def test_duplicate_and_concurrent_finalize_events_write_the_final_row_once(
     ]
     codes = run_together(deliveries)
     assert all(code < 300 for code in codes), codes
+    # The deliveries queue the row; the one sheet writer writes it.
+    stack.wait_for(
+        lambda: job_doc(stack, job.job_id).get("followups_since") is None,
+        timeout_s=60,
+        what="the row written by the sheet writer",
+    )
 
     doc = job_doc(stack, job.job_id)
     assert doc["state"] == "completed"
