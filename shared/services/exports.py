@@ -369,7 +369,12 @@ class ReadAhead:
         self._stream = stream if ahead <= 1 else None
         self._names = list(names)
         self._ahead = max(1, ahead)
-        self._pool = ThreadPoolExecutor(self._ahead, thread_name_prefix="zip-read")
+        # Streamed in the caller's thread at ``ahead`` 1: no pool.
+        self._pool = (
+            None
+            if self._stream is not None
+            else ThreadPoolExecutor(self._ahead, thread_name_prefix="zip-read")
+        )
         self._pending: deque[tuple[str, Future[bytes]]] = deque()
         self._next = 0
 
@@ -379,7 +384,8 @@ class ReadAhead:
     def __exit__(self, *exc: object) -> None:
         for _, future in self._pending:
             future.cancel()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def copy(self, object_name: str, member: BinaryIO) -> None:
         """Write the image into its member; NotFound (before any byte) if it is gone."""
@@ -388,6 +394,7 @@ class ReadAhead:
             return
         while self._next < len(self._names) and len(self._pending) < self._ahead:
             name = self._names[self._next]
+            assert self._pool is not None  # only a stream has none
             self._pending.append((name, self._pool.submit(self._read, name)))
             self._next += 1
         if not self._pending or self._pending[0][0] != object_name:

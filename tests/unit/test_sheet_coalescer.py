@@ -327,6 +327,20 @@ def test_spreadsheets_are_batched_separately(clock: FakeClock) -> None:
 # --------------------------------------------------------------------------- wiring
 
 
+def deployed(monkeypatch: pytest.MonkeyPatch, **settings: str) -> None:
+    """A function's environment: the required settings, a local Sheets endpoint, and
+    ``settings``."""
+    for name, value in {
+        "GOOGLE_CLOUD_PROJECT": "p",
+        "IMAGES_BUCKET": "bucket",
+        "PUBLIC_BASE_URL": "https://api.example.test",
+        "LINK_SIGNING_KEY": "k",
+        "SHEETS_API_URL": "http://127.0.0.1:9",
+        **settings,
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
 def test_wiring_writes_through_one_coalescer_with_the_configured_budget(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -334,19 +348,14 @@ def test_wiring_writes_through_one_coalescer_with_the_configured_budget(
     from shared.adapters.imaging import DecodeSlots
     from tests.fakes import FakeBudgetLedger, FakeJobStore, FakeObjectStore
 
-    for name, value in {
-        "GOOGLE_CLOUD_PROJECT": "p",
-        "IMAGES_BUCKET": "bucket",
-        "PUBLIC_BASE_URL": "https://api.example.test",
-        "LINK_SIGNING_KEY": "k",
-        "SHEETS_API_URL": "http://127.0.0.1:9",
-        "SHEETS_WRITES_PER_MINUTE": "12",
-        "SHEETS_COALESCE_MS": "400",
-        "SHEETS_WRITE_TIMEOUT_S": "30",
-        "THUMBNAIL_DECODE_SLOTS": "3",
-        "SHEET_ROWS_TOPIC": "",  # each delivery writes its own row
-    }.items():
-        monkeypatch.setenv(name, value)
+    deployed(
+        monkeypatch,
+        SHEETS_WRITES_PER_MINUTE="12",
+        SHEETS_COALESCE_MS="400",
+        SHEETS_WRITE_TIMEOUT_S="30",
+        THUMBNAIL_DECODE_SLOTS="3",
+        SHEET_ROWS_TOPIC="",  # each delivery writes its own row
+    )
     monkeypatch.setattr(wiring, "job_store", lambda: FakeJobStore())
     monkeypatch.setattr(wiring, "object_store", lambda: FakeObjectStore())
     monkeypatch.setattr(wiring, "budget_ledger", lambda: FakeBudgetLedger())
@@ -371,14 +380,7 @@ def test_wiring_hands_rows_to_the_fleets_writer_whose_own_ledger_writes_them(
     from shared.services.sheet_rows import QueuedRows
     from tests.fakes import FakeBudgetLedger, FakeJobStore, FakeRowsQueue
 
-    for name, value in {
-        "GOOGLE_CLOUD_PROJECT": "p",
-        "IMAGES_BUCKET": "bucket",
-        "PUBLIC_BASE_URL": "https://api.example.test",
-        "LINK_SIGNING_KEY": "k",
-        "SHEETS_API_URL": "http://127.0.0.1:9",
-    }.items():
-        monkeypatch.setenv(name, value)
+    deployed(monkeypatch)
     monkeypatch.delenv("SHEET_ROWS_TOPIC", raising=False)  # the default: the fleet's writer
     monkeypatch.setattr(wiring, "job_store", lambda: FakeJobStore())
     monkeypatch.setattr(wiring, "budget_ledger", lambda: FakeBudgetLedger())
