@@ -17,10 +17,10 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { spawn } = require('node:child_process');
 const { startServer } = require('./servers');
 const {
   stackEnv, sceneId, addScenes, readRows, writeCells, rowsA1, harnessFor, sleep, withoutLimits,
+  spawnExecution,
 } = require('./stack');
 
 /** A small body limit: two of the rows below fit one request, three do not. */
@@ -273,18 +273,6 @@ test('a chunk that still gets no answer stops the send: its rows stay queued, la
   assert.deepEqual((await readRows(env, rows)).map((r) => r.job_id), ids.map((id) => jobOf[id]));
 });
 
-function runExecution(job) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(__dirname, 'run_execution.js')], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (c) => { out += c; });
-    child.stderr.on('data', (c) => { err += c; });
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, out, err }));
-    child.stdin.end(JSON.stringify(job));
-  });
-}
 
 test('an execution stopped half-way: Generate again on the same rows sends only the rest, the chunk in flight with its key', { timeout: 180000 }, async () => {
   const api = await deployment({ max_body_bytes: SMALL_BODY });
@@ -294,7 +282,7 @@ test('an execution stopped half-way: Generate again on the same rows sends only 
   const shared = fs.mkdtempSync(path.join(os.tmpdir(), 'apps-script-chunks-'));
   try {
     // Stopped as chunk 2's answer arrives: the server made its batch, the script never saw it.
-    const killed = await runExecution({
+    const killed = await spawnExecution({
       env,
       fn: 'generateSelectedRows',
       selection: [rowsA1(rows[0], rows[5])],

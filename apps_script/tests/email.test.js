@@ -11,10 +11,9 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { spawn } = require('node:child_process');
 const { triggersOf } = require('./harness');
 const { startServer, batchAnswers } = require('./servers');
-const { stackEnv, sceneId, addScenes, rowsA1, harnessFor } = require('./stack');
+const { stackEnv, sceneId, addScenes, rowsA1, harnessFor, runExecution } = require('./stack');
 
 let env;
 const servers = [];
@@ -178,21 +177,6 @@ test('at most once: an email whose send fails is not sent again; one the day\'s 
   assert.deepEqual(h.run('checkBatchMail').mails, []);
 });
 
-function runExecution(job) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(__dirname, 'run_execution.js')], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (c) => { out += c; });
-    child.stderr.on('data', (c) => { err += c; });
-    child.on('error', reject);
-    child.on('close', (code) => {
-      if (code !== 0) reject(new Error(`execution exited ${code}: ${err}`));
-      else resolve(JSON.parse(out));
-    });
-    child.stdin.end(JSON.stringify(job));
-  });
-}
 
 test('two trigger runs at the same time send one email', { timeout: 60000 }, async () => {
   const scene = { scene_id: sceneId('mail-race'), prompt: 'Two timers, one email', variants: 1 };

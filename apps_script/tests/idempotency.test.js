@@ -15,10 +15,9 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { spawn } = require('node:child_process');
 const { startServer } = require('./servers');
 const {
-  stackEnv, sceneId, addScenes, readRows, rowsA1, harnessFor, sleep, withoutLimits,
+  stackEnv, sceneId, addScenes, readRows, rowsA1, harnessFor, sleep, withoutLimits, runExecution,
 } = require('./stack');
 
 let env;
@@ -85,21 +84,6 @@ test('a second click on the same rows asks before sending again; No keeps one ba
   await waitCompleted(h, rows);
 });
 
-function runExecution(job) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(__dirname, 'run_execution.js')], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (c) => { out += c; });
-    child.stderr.on('data', (c) => { err += c; });
-    child.on('error', reject);
-    child.on('close', (code) => {
-      if (code !== 0) reject(new Error(`execution exited ${code}: ${err}`));
-      else resolve(JSON.parse(out));
-    });
-    child.stdin.end(JSON.stringify(job));
-  });
-}
 
 test('two Generate executions racing on the same rows make one batch', { timeout: 120000 }, async () => {
   const scenes = [

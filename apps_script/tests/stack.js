@@ -5,6 +5,8 @@
  * (asynchronously, between executions of the script).
  */
 const crypto = require('node:crypto');
+const path = require('node:path');
+const { spawn } = require('node:child_process');
 const { createHarness, columnLetters } = require('./harness');
 
 const NAMES = ['API_URL', 'API_KEY', 'SPREADSHEET_ID', 'WORKSHEET', 'SHEETS_API_URL'];
@@ -168,7 +170,28 @@ async function sleep(ms) {
   await new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/** Runs one Apps Script execution in its own process (run_execution.js); its exit code and output. */
+function spawnExecution(job) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [path.join(__dirname, 'run_execution.js')], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (c) => { out += c; });
+    child.stderr.on('data', (c) => { err += c; });
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, out, err }));
+    child.stdin.end(JSON.stringify(job));
+  });
+}
+
+/** Runs one execution that must end normally; what it reports (run_execution.js). */
+async function runExecution(job) {
+  const { code, out, err } = await spawnExecution(job);
+  if (code !== 0) throw new Error(`execution exited ${code}: ${err}`);
+  return JSON.parse(out);
+}
+
 module.exports = {
   stackEnv, sceneId, appendRows, addScenes, readRows, writeCells, rowsA1, harnessFor, sleep, header,
-  isLimitsRequest, withoutLimits, addSheet, rowsOf, fieldsOf,
+  isLimitsRequest, withoutLimits, addSheet, rowsOf, fieldsOf, spawnExecution, runExecution,
 };

@@ -100,6 +100,15 @@ def _commit(commit: Any, path: str) -> None:
         raise TransientError(f"Firestore did not take the write of {path} now: {exc}") from exc
 
 
+def _put(client: Any, commit: Any, ref: Any, snap: Any, doc: dict[str, Any]) -> None:
+    """Add to ``commit`` the write of ``doc`` at ``ref``: a create where ``snap`` found
+    no document, else an update that holds only if nobody wrote it since ``snap``."""
+    if snap is not None and snap.exists:
+        commit.update(ref, doc, option=client.write_option(last_update_time=snap.update_time))
+    else:
+        commit.create(ref, doc)
+
+
 def _fenced(client: Any, commit: Any, fence: Fence) -> None:
     """Add to ``commit`` a write of the request's record that holds only while its
     holder is still ``fence.holder`` (the precondition fails the whole commit)."""
@@ -432,12 +441,8 @@ class FirestoreBudgetLedger:
             }
             record = {"images": images, "cost_usd": str(cost), "expires_at": expires}
             commit = self._client.batch()
-            for ref, snap, doc in ((shard_ref, shard_snap, totals), (key_ref, key_snap, record)):
-                if snap.exists:
-                    option = self._client.write_option(last_update_time=snap.update_time)
-                    commit.update(ref, doc, option=option)
-                else:
-                    commit.create(ref, doc)
+            _put(self._client, commit, shard_ref, shard_snap, totals)
+            _put(self._client, commit, key_ref, key_snap, record)
             try:
                 _commit(commit, shard_ref.path)
             except (gexc.FailedPrecondition, gexc.Conflict):
@@ -478,17 +483,9 @@ class FirestoreBudgetLedger:
             updated.cost = own_cost + updated.cost - seen_cost
             commit = self._client.batch()
             totals = _totals_doc(updated)
-            if day_snap.exists:
-                option = self._client.write_option(last_update_time=day_snap.update_time)
-                commit.update(day_ref, totals, option=option)
-            else:
-                commit.create(day_ref, totals)
+            _put(self._client, commit, day_ref, day_snap, totals)
             record = {**_record_doc(updated, kind, key), "expires_at": totals["expires_at"]}
-            if key_snap.exists:
-                option = self._client.write_option(last_update_time=key_snap.update_time)
-                commit.update(key_ref, record, option=option)
-            else:
-                commit.create(key_ref, record)
+            _put(self._client, commit, key_ref, key_snap, record)
             if fence is not None:
                 _fenced(self._client, commit, fence)
             try:
@@ -703,11 +700,7 @@ class FirestoreQuotaGate:
             if updated is None:
                 return slot
             commit = self._client.batch()
-            if snap is not None and snap.exists:
-                option = self._client.write_option(last_update_time=snap.update_time)
-                commit.update(ref, _gate_doc(updated), option=option)
-            else:
-                commit.create(ref, _gate_doc(updated))
+            _put(self._client, commit, ref, snap, _gate_doc(updated))
             try:
                 _commit(commit, ref.path)
             except (gexc.FailedPrecondition, gexc.Conflict):
