@@ -17,6 +17,9 @@ schema = schemathesis.openapi.from_path(str(OPENAPI_PATH))
 CASES: dict[str, int] = {}
 EXAMPLES_PER_OPERATION = 200
 MINIMUM_CASES = 500
+# Answered by the HTTP server before our code runs (gunicorn locally, Google's front
+# end in production): a generated empty Content-Length got gunicorn's HTML 400.
+FRAMING_HEADERS = {"content-length", "transfer-encoding", "connection", "host"}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,9 @@ def authenticated(stack: LiveStack) -> dict[str, Any]:
 )
 def test_no_server_errors_and_json_errors(case: Any, authenticated: dict[str, Any]) -> None:
     headers = dict(authenticated["headers"])
-    headers.update(case.headers or {})
+    headers.update(
+        {k: v for k, v in (case.headers or {}).items() if k.lower() not in FRAMING_HEADERS}
+    )
     response = case.call(base_url=authenticated["base_url"], headers=headers, timeout=30)
     CASES[case.operation.label] = CASES.get(case.operation.label, 0) + 1
     assert response.status_code < 500, response.text
